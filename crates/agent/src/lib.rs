@@ -1,0 +1,1 @@
+//! The agent: wires wg-core, netstack and local-proxy (work in progress).

@@ -1,0 +1,1 @@
+//! HTTP reverse proxy from accepted streams to a local app (work in progress).

@@ -1,0 +1,1 @@
+//! A userspace TCP/IP stack under virtual IPs (work in progress).

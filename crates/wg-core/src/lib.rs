@@ -1,0 +1,1 @@
+//! WireGuard peers for several gateways, over boringtun (work in progress).

@@ -1,0 +1,118 @@
+//! `cargo xtask`: every project task beyond `cargo build`.
+//!
+//! - `cargo xtask test`: the one command CI runs. Checks (and, as root, installs) what the suites
+//!   need, then runs formatting, clippy, the layering tidy check, every workspace test and the
+//!   doc tests.
+//! - `cargo xtask bench`: the criterion benches.
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+mod prereq;
+mod tidy;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("test") => test(&args[1..]),
+        Some("bench") => bench(&args[1..]),
+        Some("tidy") => tidy::run(&root()),
+        Some("help") | Some("--help") | Some("-h") | None => {
+            eprintln!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Some(other) => {
+            eprintln!("unknown task `{other}`\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+const USAGE: &str = "usage: cargo xtask <task>
+
+tasks:
+  test [--quick]   formatting, clippy, layering, all tests (what CI runs);
+                   --quick skips fmt and clippy
+  bench [ARGS..]   criterion benches (ARGS go to `cargo bench`)
+  tidy             the layering check alone";
+
+/// The workspace root (xtask lives one level below it).
+pub(crate) fn root() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    dir.parent().unwrap_or(dir).to_path_buf()
+}
+
+/// Runs a command in the workspace root, echoing it, and fails when it fails.
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}").replace('"', "");
+    eprintln!("$ {shown}");
+    let started = Instant::now();
+    let status = cmd
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("cannot start `{shown}`"))?;
+    if !status.success() {
+        bail!("`{shown}` failed ({status})");
+    }
+    eprintln!("  ok in {:.1?}", started.elapsed());
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn test(args: &[String]) -> Result<()> {
+    let quick = args.iter().any(|a| a == "--quick");
+    prereq::ensure_toolchain()?;
+    prereq::ensure_system_packages()?;
+    if !quick {
+        run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+        run(cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+    }
+    tidy::run(&root())?;
+    if prereq::has_nextest() {
+        run(cargo().args([
+            "nextest",
+            "run",
+            "--workspace",
+            "--no-fail-fast",
+            "--profile",
+            "ci",
+        ]))?;
+    } else {
+        eprintln!("cargo-nextest not found: running plain `cargo test`");
+        run(cargo().args([
+            "test",
+            "--workspace",
+            "--no-fail-fast",
+            "--lib",
+            "--bins",
+            "--tests",
+        ]))?;
+    }
+    run(cargo().args(["test", "--workspace", "--doc"]))?;
+    Ok(())
+}
+
+fn bench(args: &[String]) -> Result<()> {
+    run(cargo().args(["bench", "-p", "benches"]).args(args))
+}
