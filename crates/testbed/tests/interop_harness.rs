@@ -1,0 +1,172 @@
+//! Self-tests of the namespace and wireguard-go harness (root only: they skip with one line
+//! without it, and fail under `CI=true`).
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::ErrorKind;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use testbed::{GatewayConfig, GatewayPeer, Netns, WireguardGo, run};
+
+fn netns_exists(name: &str) -> bool {
+    run("ip", ["netns", "list"])
+        .unwrap()
+        .lines()
+        .any(|line| line.split_whitespace().next() == Some(name))
+}
+
+fn link_exists(ifname: &str) -> bool {
+    run("ip", ["link", "show", ifname]).is_ok()
+}
+
+/// A UDP datagram to a closed port is answered by the kernel with ICMP port unreachable, which a
+/// connected socket reports as `ConnectionRefused`: proof of a round trip with no tool inside.
+fn udp_round_trip(to: SocketAddr) -> bool {
+    let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+    socket.connect(to).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let _ = socket.send(b"probe");
+    let mut buf = [0u8; 16];
+    matches!(socket.recv(&mut buf), Err(e) if e.kind() == ErrorKind::ConnectionRefused)
+}
+
+#[test]
+fn interop_netns_veth_to_host_and_cleanup() {
+    testbed::require_gateway_prereqs!();
+    let ns = Netns::new("self").unwrap();
+    let name = ns.name().to_owned();
+    assert!(name.starts_with("wgtb-self-"), "{name}");
+    assert!(netns_exists(&name));
+    let link = ns.veth_to_host().unwrap();
+    assert_eq!(link.a.netns.as_deref(), Some(name.as_str()));
+    assert_eq!(link.b.netns, None);
+    assert!(link_exists(&link.b.ifname));
+    assert!(udp_round_trip(SocketAddr::new(link.a.ip.into(), 9)));
+    // A second namespace gets a different name and subnet.
+    let other = Netns::new("self").unwrap();
+    let link2 = other.veth_to_host().unwrap();
+    assert_ne!(other.name(), name);
+    assert_ne!(link2.a.ip, link.a.ip);
+
+    let log = testbed::TempDir::new("self").unwrap();
+    let mut sleeper = ns
+        .spawn("sleep", ["30"], &log.path().join("sleep.log"))
+        .unwrap();
+    let pid = sleeper.id();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !ns.pids().contains(&pid) {
+        assert!(Instant::now() < deadline, "sleep never showed up in {name}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let host_if = link.b.ifname.clone();
+    drop(link);
+    assert!(!link_exists(&host_if));
+    drop(ns);
+    assert!(!netns_exists(&name));
+    // The process inside was killed.
+    let status = sleeper.wait().unwrap();
+    assert!(!status.success());
+    drop(link2);
+    drop(other);
+}
+
+#[test]
+fn interop_netns_is_removed_when_the_test_panics() {
+    testbed::require_gateway_prereqs!();
+    let mut seen = None;
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let ns = Netns::new("panic").unwrap();
+        let _link = ns.veth_to_host().unwrap();
+        seen = Some(ns.name().to_owned());
+        panic!("test failure inside");
+    }));
+    assert!(result.is_err());
+    let name = seen.unwrap();
+    assert!(!netns_exists(&name), "{name} left behind");
+}
+
+#[test]
+fn interop_two_wireguard_go_gateways_handshake_and_carry_tcp() {
+    testbed::require_gateway_prereqs!();
+    let ns1 = Netns::new("gw1").unwrap();
+    let ns2 = Netns::new("gw2").unwrap();
+    let link = ns1.veth_to(&ns2).unwrap();
+    let c1 = GatewayConfig::new("10.1.0.1/24").unwrap();
+    let c2 = GatewayConfig::new("10.1.0.2/24").unwrap();
+    let (k1, k2) = (c1.key.public.clone(), c2.key.public.clone());
+    let gw2 =
+        WireguardGo::start(&ns2, c2.with_peer(GatewayPeer::new(&k1, &["10.1.0.1/32"]))).unwrap();
+    let gw1 = WireguardGo::start(
+        &ns1,
+        c1.with_peer(
+            GatewayPeer::new(&k2, &["10.1.0.2/32"])
+                .with_endpoint(SocketAddr::new(link.b.ip.into(), 51820)),
+        ),
+    )
+    .unwrap();
+    assert_ne!(gw1.ifname(), gw2.ifname());
+    assert!(gw1.control_socket().exists() && gw2.control_socket().exists());
+    assert_eq!(gw1.dump().unwrap().public_key, k1);
+
+    // curl from gw1's namespace to a closed port on 10.1.0.2: the SYN crosses the tunnel and
+    // gw2's kernel answers RST through it, so curl fails fast with "couldn't connect" (7), not
+    // with a timeout (28).
+    let out = ns1
+        .command("curl")
+        .args(["-sS", "--max-time", "10", "http://10.1.0.2:9/"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "curl: {}\ngw1: {}\ngw2: {}",
+        String::from_utf8_lossy(&out.stderr),
+        gw1.log(),
+        gw2.log()
+    );
+    let p2 = gw1.wait_for_handshake(&k2, Duration::from_secs(5)).unwrap();
+    let p1 = gw2.wait_for_handshake(&k1, Duration::from_secs(5)).unwrap();
+    assert_eq!(p1.endpoint, Some(SocketAddr::new(link.a.ip.into(), 51820)));
+    // Both sides count the same wire bytes (nothing is in flight any more).
+    assert!(p2.tx_bytes > 148 && p2.rx_bytes > 92, "{p2:?}");
+    assert_eq!((p2.tx_bytes, p2.rx_bytes), (p1.rx_bytes, p1.tx_bytes));
+}
+
+#[test]
+fn interop_wireguard_go_restart_keeps_key_and_peers() {
+    testbed::require_gateway_prereqs!();
+    let ns = Netns::new("gwr").unwrap();
+    let peer = testbed::KeyPair::generate().unwrap();
+    let mut gw = WireguardGo::start(
+        &ns,
+        GatewayConfig::new("10.1.0.1/24")
+            .unwrap()
+            .with_peer(GatewayPeer::new(&peer.public, &["10.1.0.100/32"]).with_keepalive(25)),
+    )
+    .unwrap();
+    let before = gw.dump().unwrap();
+    let pid = gw.pid().unwrap();
+    gw.restart(&ns).unwrap();
+    assert_ne!(gw.pid(), Some(pid));
+    let after = gw.dump().unwrap();
+    assert_eq!(after.public_key, before.public_key);
+    assert_eq!(after.listen_port, 51820);
+    assert_eq!(after.peers.len(), 1);
+    assert_eq!(after.peers[0].public_key, peer.public);
+    assert_eq!(after.peers[0].persistent_keepalive, Some(25));
+    assert!(
+        ns.ip(["addr", "show", gw.ifname()])
+            .unwrap()
+            .contains("10.1.0.1/24")
+    );
+    gw.remove_peer(&peer.public).unwrap();
+    assert!(gw.dump().unwrap().peers.is_empty());
+    let socket = gw.control_socket();
+    drop(gw);
+    assert!(!Path::new(&socket).exists());
+    assert!(ns.pids().is_empty());
+}

@@ -1,0 +1,245 @@
+//! Self-tests of `ImpairedRelay` over loopback: forwarding both ways, and drop / duplicate /
+//! reorder counts that match what a receiver observes, reproducible for a fixed seed.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use testbed::{ImpairedRelay, Impairment, RelayStats};
+
+const LOOPBACK: &str = "127.0.0.1:0";
+
+fn socket() -> UdpSocket {
+    let s = UdpSocket::bind(LOOPBACK).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    s
+}
+
+fn wait_idle(relay: &ImpairedRelay) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while relay.queued() > 0 {
+        assert!(Instant::now() < deadline, "relay never drained: {relay:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Receives until nothing arrives for 200 ms (bounded by `max`).
+fn drain(socket: &UdpSocket, max: usize) -> Vec<Vec<u8>> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 2048];
+    while got.len() < max {
+        match socket.recv_from(&mut buf) {
+            Ok((n, _)) => got.push(buf[..n].to_vec()),
+            Err(_) => break,
+        }
+    }
+    got
+}
+
+#[test]
+fn transparent_relay_forwards_both_ways_and_learns_the_agent() {
+    let gateway = socket();
+    let agent = socket();
+    let relay = ImpairedRelay::start(
+        LOOPBACK.parse().unwrap(),
+        gateway.local_addr().unwrap(),
+        Impairment::default(),
+    )
+    .unwrap();
+    agent.send_to(b"hello gateway", relay.local_addr()).unwrap();
+    let mut buf = [0u8; 64];
+    let (n, from) = gateway.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"hello gateway");
+    assert_eq!(from, relay.upstream_local_addr());
+    gateway.send_to(b"hello agent", from).unwrap();
+    let (n, from) = agent.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"hello agent");
+    assert_eq!(from, relay.local_addr());
+
+    // A stranger sending to the upstream socket is not forwarded to the agent.
+    let stranger = socket();
+    stranger
+        .send_to(b"spoof", relay.upstream_local_addr())
+        .unwrap();
+    assert!(agent.recv_from(&mut buf).is_err());
+
+    wait_idle(&relay);
+    let stats = relay.stats();
+    assert_eq!((stats.to_gateway.received, stats.to_gateway.sent), (1, 1));
+    assert_eq!((stats.to_agent.received, stats.to_agent.sent), (1, 1));
+    assert_eq!(stats.to_gateway.dropped + stats.to_agent.dropped, 0);
+}
+
+#[test]
+fn delay_applies_to_each_direction() {
+    let gateway = socket();
+    let agent = socket();
+    let relay = ImpairedRelay::start(
+        LOOPBACK.parse().unwrap(),
+        gateway.local_addr().unwrap(),
+        Impairment {
+            delay: Duration::from_millis(40),
+            ..Impairment::default()
+        },
+    )
+    .unwrap();
+    let start = Instant::now();
+    agent.send_to(b"x", relay.local_addr()).unwrap();
+    let mut buf = [0u8; 16];
+    let (_, from) = gateway.recv_from(&mut buf).unwrap();
+    let one_way = start.elapsed();
+    gateway.send_to(b"y", from).unwrap();
+    agent.recv_from(&mut buf).unwrap();
+    let rtt = start.elapsed();
+    assert!(one_way >= Duration::from_millis(40), "one way {one_way:?}");
+    assert!(rtt >= Duration::from_millis(80), "round trip {rtt:?}");
+    assert!(rtt < Duration::from_millis(1000), "round trip {rtt:?}");
+}
+
+/// What the gateway side saw: per sequence number, how often; and how many arrived late.
+struct Observed {
+    copies: BTreeMap<u32, u32>,
+    late: u64,
+}
+
+fn observe(datagrams: &[Vec<u8>]) -> Observed {
+    let mut copies = BTreeMap::new();
+    let mut late = 0;
+    let mut highest = None;
+    for d in datagrams {
+        let seq = u32::from_be_bytes([d[0], d[1], d[2], d[3]]);
+        let first_copy = !copies.contains_key(&seq);
+        *copies.entry(seq).or_insert(0) += 1;
+        if first_copy && highest.is_some_and(|h| seq < h) {
+            late += 1;
+        }
+        highest = highest.max(Some(seq));
+    }
+    Observed { copies, late }
+}
+
+fn impaired_run(seed: u64, count: u32) -> (RelayStats, Observed) {
+    let gateway = socket();
+    let agent = socket();
+    let relay = ImpairedRelay::start(
+        LOOPBACK.parse().unwrap(),
+        gateway.local_addr().unwrap(),
+        Impairment {
+            loss: 0.2,
+            duplicate: 0.1,
+            reorder: 0.1,
+            reorder_hold: Duration::from_millis(200),
+            seed,
+            ..Impairment::default()
+        },
+    )
+    .unwrap();
+    let receiver = std::thread::spawn(move || drain(&gateway, 10 * count as usize));
+    for seq in 0..count {
+        let mut datagram = seq.to_be_bytes().to_vec();
+        datagram.resize(100, 0xab);
+        agent.send_to(&datagram, relay.local_addr()).unwrap();
+        // Pace the sender so no kernel socket buffer overflows: the relay's counts must be
+        // the only losses.
+        if seq % 16 == 15 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    wait_idle(&relay);
+    let got = receiver.join().unwrap();
+    (relay.stats(), observe(&got))
+}
+
+#[test]
+fn impairment_counts_match_what_arrives_and_repeat_for_a_seed() {
+    const COUNT: u32 = 2000;
+    let (stats, seen) = impaired_run(42, COUNT);
+    let s = stats.to_gateway;
+    assert_eq!(s.received, u64::from(COUNT), "{stats:?}");
+    assert_eq!(s.queue_full + s.send_errors, 0, "{stats:?}");
+    // Everything the relay says it sent arrived; dropped ones never did; duplicates twice.
+    let delivered: u32 = seen.copies.values().sum();
+    assert_eq!(u64::from(delivered), s.sent, "{stats:?}");
+    assert_eq!(
+        seen.copies.len() as u64,
+        s.received - s.dropped,
+        "{stats:?}"
+    );
+    assert_eq!(s.sent, s.received - s.dropped + s.duplicated, "{stats:?}");
+    let twice = seen.copies.values().filter(|&&n| n == 2).count() as u64;
+    assert_eq!(twice, s.duplicated, "{stats:?}");
+    assert!(seen.copies.values().all(|&n| n <= 2));
+    // Every held-back datagram arrived after its successor (but for a last one that had none).
+    assert!(
+        seen.late <= s.reordered && seen.late + 1 >= s.reordered,
+        "{stats:?} late {}",
+        seen.late
+    );
+    // The rates are near what was asked (binomial, > 5 sigma margins).
+    let near = |n: u64, p: f64, base: u64| {
+        let mean = p * base as f64;
+        let sigma = (base as f64 * p * (1.0 - p)).sqrt();
+        (n as f64 - mean).abs() < 5.0 * sigma
+    };
+    assert!(near(s.dropped, 0.2, s.received), "{stats:?}");
+    assert!(near(s.duplicated, 0.1, s.received - s.dropped), "{stats:?}");
+    assert!(s.reordered > 50, "{stats:?}");
+    assert_eq!(stats.to_agent, Default::default());
+
+    // Same seed, same decisions; another seed, others.
+    let (again, _) = impaired_run(42, COUNT);
+    assert_eq!(again, stats);
+    let (other, _) = impaired_run(43, COUNT);
+    assert_ne!(other.to_gateway, stats.to_gateway);
+}
+
+#[test]
+fn full_queue_drops_and_counts() {
+    let gateway = socket();
+    let agent = socket();
+    let relay = ImpairedRelay::start(
+        LOOPBACK.parse().unwrap(),
+        gateway.local_addr().unwrap(),
+        Impairment {
+            delay: Duration::from_millis(300),
+            queue_limit: 10,
+            ..Impairment::default()
+        },
+    )
+    .unwrap();
+    for i in 0..30u8 {
+        agent.send_to(&[i], relay.local_addr()).unwrap();
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while relay.stats().to_gateway.received < 30 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let queued = relay.stats().to_gateway;
+    assert_eq!(queued.received, 30);
+    assert_eq!(queued.queue_full, 20, "{queued:?}");
+    wait_idle(&relay);
+    let got = drain(&gateway, 100);
+    assert_eq!(got.len(), 10);
+    assert_eq!(relay.stats().to_gateway.sent, 10);
+}
+
+#[test]
+fn drop_stops_the_threads_and_frees_the_port() {
+    let gateway = socket();
+    let relay = ImpairedRelay::start(
+        LOOPBACK.parse().unwrap(),
+        gateway.local_addr().unwrap(),
+        Impairment::default(),
+    )
+    .unwrap();
+    let addr: SocketAddr = relay.local_addr();
+    let start = Instant::now();
+    drop(relay);
+    assert!(start.elapsed() < Duration::from_secs(1));
+    // The port is free again once the sockets are closed.
+    UdpSocket::bind(addr).unwrap();
+}
