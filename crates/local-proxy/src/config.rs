@@ -1,0 +1,199 @@
+//! Settings of the proxy (`[proxy]` in the agent's config) and of one route.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Settings shared by every route: the `[proxy]` table of the agent's configuration.
+///
+/// `Default` gives the values documented in the SPEC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ProxyConfig {
+    /// Time a client has to send a complete request head. It also cuts clients that connect and
+    /// send nothing (including during HTTP/1-or-HTTP/2 detection) and bounds the wait for the
+    /// next request on a kept-alive HTTP/1 connection.
+    pub header_read_timeout: Duration,
+    /// Time to establish a TCP connection to the upstream (502 when exceeded).
+    pub upstream_connect_timeout: Duration,
+    /// Time the upstream has to produce a response head (504 when exceeded).
+    pub upstream_response_timeout: Duration,
+    /// A connection (or upgraded tunnel, or TCP forward) with no byte moving either way for this
+    /// long is closed.
+    pub idle_timeout: Duration,
+    /// On shutdown, how long in-flight requests and tunnels get before they are closed.
+    pub drain_timeout: Duration,
+    /// Largest request head accepted (request line plus headers); larger heads get `431`.
+    pub max_header_bytes: usize,
+    /// Connections open at once across every route served with one
+    /// [`ConnectionTracker`](crate::ConnectionTracker); more are closed on accept.
+    pub max_connections: usize,
+    /// Emit one `info` event per request on the target `local_proxy::access`.
+    pub access_log: bool,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(30),
+            upstream_connect_timeout: Duration::from_secs(5),
+            upstream_response_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(90),
+            drain_timeout: Duration::from_secs(30),
+            max_header_bytes: 65_536,
+            max_connections: 4096,
+            access_log: false,
+        }
+    }
+}
+
+/// Where a route sends its traffic: `host:port`, an IP address or a DNS name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Upstream {
+    host: String,
+    port: u16,
+}
+
+impl Upstream {
+    /// An upstream from a host (IP literal or DNS name, IPv6 without brackets) and a port.
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
+        let host = host.into();
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .map(str::to_owned)
+            .unwrap_or(host);
+        Self { host, port }
+    }
+
+    /// The host part, without brackets.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `host:port` with brackets around an IPv6 host, as used in URIs and `Host` headers.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl From<SocketAddr> for Upstream {
+    fn from(addr: SocketAddr) -> Self {
+        Self::new(addr.ip().to_string(), addr.port())
+    }
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.authority())
+    }
+}
+
+/// An upstream string that is not `host:port`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("upstream `{value}` is not host:port")]
+#[non_exhaustive]
+pub struct UpstreamParseError {
+    /// The rejected text.
+    pub value: String,
+}
+
+impl FromStr for Upstream {
+    type Err = UpstreamParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || UpstreamParseError {
+            value: s.to_owned(),
+        };
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            return Ok(addr.into());
+        }
+        let (host, port) = s.rsplit_once(':').ok_or_else(err)?;
+        let port: u16 = port.parse().map_err(|_| err())?;
+        let valid = !host.is_empty()
+            && !host.contains(':')
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+        if !valid || port == 0 {
+            return Err(err());
+        }
+        Ok(Self::new(host, port))
+    }
+}
+
+/// One HTTP route: requests accepted on a port are forwarded to `upstream`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HttpRouteConfig {
+    /// The local app.
+    pub upstream: Upstream,
+    /// `true` (default): keep the incoming `X-Forwarded-*` / `Forwarded` chain and append the
+    /// tunnel peer; `false`: replace incoming values with the tunnel peer's.
+    pub trust_forwarded: bool,
+    /// Speak HTTP/2 with prior knowledge (h2c) to the upstream instead of HTTP/1.1.
+    pub upstream_h2c: bool,
+}
+
+impl HttpRouteConfig {
+    /// A route to `upstream` with the defaults (`trust_forwarded = true`, HTTP/1.1 upstream).
+    pub fn new(upstream: impl Into<Upstream>) -> Self {
+        Self {
+            upstream: upstream.into(),
+            trust_forwarded: true,
+            upstream_h2c: false,
+        }
+    }
+}
+
+/// One raw TCP route: bytes accepted on a port are copied to and from `upstream`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TcpRouteConfig {
+    /// The local app.
+    pub upstream: Upstream,
+    /// Send a PROXY protocol v2 header to the upstream before the first byte.
+    pub proxy_protocol: bool,
+}
+
+impl TcpRouteConfig {
+    /// A route to `upstream` without PROXY protocol.
+    pub fn new(upstream: impl Into<Upstream>) -> Self {
+        Self {
+            upstream: upstream.into(),
+            proxy_protocol: false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn upstream_parses_ip_dns_and_ipv6() {
+        let u: Upstream = "127.0.0.1:8080".parse().unwrap();
+        assert_eq!((u.host(), u.port()), ("127.0.0.1", 8080));
+        let u: Upstream = "app.local:80".parse().unwrap();
+        assert_eq!(u.authority(), "app.local:80");
+        let u: Upstream = "[::1]:8080".parse().unwrap();
+        assert_eq!((u.host(), u.authority().as_str()), ("::1", "[::1]:8080"));
+        for bad in [
+            "", "host", "host:", "host:x", ":80", "a b:80", "::1:80", "h:0",
+        ] {
+            assert!(bad.parse::<Upstream>().is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! Header rewriting: hop-by-hop fields (RFC 9110 §7.6.1) and the forwarded chain.
+
+use std::net::{IpAddr, SocketAddr};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Fields that only concern one hop, removed in both directions.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Whether `headers` ask to switch protocols (`Connection: upgrade` plus `Upgrade`).
+pub(crate) fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE) && connection_tokens(headers).any(|t| t == "upgrade")
+}
+
+/// Remove hop-by-hop fields, including every field named in `Connection`. With `upgrade`, the
+/// `Upgrade` field and `Connection: upgrade` survive (they must reach the other side).
+pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        if upgrade && *name == header::UPGRADE {
+            continue;
+        }
+        headers.remove(name);
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = String> + '_ {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+}
+
+/// Write `X-Forwarded-For`, `-Proto`, `-Host` and `Forwarded` for a request from `peer` that
+/// arrived over `proto` with `host`. `trust`: keep the incoming chain and append; otherwise
+/// replace it.
+pub(crate) fn apply_forwarded(
+    headers: &mut HeaderMap,
+    peer: SocketAddr,
+    host: Option<&HeaderValue>,
+    proto: &'static str,
+    trust: bool,
+) {
+    let ip = canonical_ip(peer.ip());
+    let ip_text = ip.to_string();
+
+    let xff = match joined(headers, &X_FORWARDED_FOR).filter(|_| trust) {
+        Some(chain) => format!("{chain}, {ip_text}"),
+        None => ip_text.clone(),
+    };
+    set(headers, X_FORWARDED_FOR, &xff);
+
+    if !trust || !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    }
+    if !trust || !headers.contains_key(&X_FORWARDED_HOST) {
+        headers.remove(&X_FORWARDED_HOST);
+        if let Some(host) = host {
+            headers.insert(X_FORWARDED_HOST, host.clone());
+        }
+    }
+
+    let node = match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    let mut element = format!("for={node}");
+    if let Some(host) = host.and_then(|h| h.to_str().ok())
+        && !host.contains(['"', '\\'])
+    {
+        element.push_str(&format!(";host=\"{host}\""));
+    }
+    element.push_str(";proto=");
+    element.push_str(proto);
+    let forwarded = match joined(headers, &header::FORWARDED).filter(|_| trust) {
+        Some(chain) => format!("{chain}, {element}"),
+        None => element,
+    };
+    set(headers, header::FORWARDED, &forwarded);
+}
+
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Every value of `name` joined with `, `, or `None` when absent or not text.
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let mut out = String::new();
+    for value in headers.get_all(name) {
+        let text = value.to_str().ok()?.trim();
+        if text.is_empty() {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(", ");
+        }
+        out.push_str(text);
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    // Built from header text, IP addresses and static tokens: always a valid value; skip if not.
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(name, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_removed_including_connection_named() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("host", "a"),
+            ("x-keep", "2"),
+        ]);
+        assert!(!wants_upgrade(&h));
+        remove_hop_by_hop(&mut h, false);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["host", "x-keep"]);
+    }
+
+    #[test]
+    fn upgrade_survives() {
+        let mut h = map(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("keep-alive", "1"),
+        ]);
+        assert!(wants_upgrade(&h));
+        remove_hop_by_hop(&mut h, true);
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["upgrade"], "websocket");
+        assert!(!h.contains_key("keep-alive"));
+    }
+
+    #[test]
+    fn forwarded_chain_kept_or_replaced() {
+        let peer: SocketAddr = "10.1.0.1:5555".parse().unwrap();
+        let host = HeaderValue::from_static("app.example:8080");
+        let incoming = [
+            ("x-forwarded-for", "203.0.113.7"),
+            ("x-forwarded-for", "198.51.100.2"),
+            ("x-forwarded-proto", "https"),
+            ("forwarded", "for=203.0.113.7;proto=https"),
+        ];
+        let mut h = map(&incoming);
+        apply_forwarded(&mut h, peer, Some(&host), "http", true);
+        assert_eq!(h["x-forwarded-for"], "203.0.113.7, 198.51.100.2, 10.1.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "app.example:8080");
+        assert_eq!(
+            h["forwarded"],
+            "for=203.0.113.7;proto=https, for=10.1.0.1;host=\"app.example:8080\";proto=http"
+        );
+
+        let mut h = map(&incoming);
+        apply_forwarded(&mut h, peer, Some(&host), "http", false);
+        assert_eq!(h["x-forwarded-for"], "10.1.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(
+            h["forwarded"],
+            "for=10.1.0.1;host=\"app.example:8080\";proto=http"
+        );
+
+        let mut h = HeaderMap::new();
+        apply_forwarded(&mut h, "[fd00::1]:1".parse().unwrap(), None, "http", true);
+        assert_eq!(h["forwarded"], "for=\"[fd00::1]\";proto=http");
+        assert!(!h.contains_key("x-forwarded-host"));
+    }
+}

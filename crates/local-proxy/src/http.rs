@@ -1,0 +1,515 @@
+//! The HTTP reverse proxy: HTTP/1.1 and h2c from clients, pooled HTTP/1.1 (or h2c) upstream.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::time::Instant;
+
+use crate::accept::{Accept, accept_loop};
+use crate::headers::{apply_forwarded, remove_hop_by_hop, wants_upgrade};
+use crate::io::{Activity, IdleClock, Rewind};
+use crate::metrics::OpenConnection;
+use crate::tracker::{ConnGuard, ShutdownSignal};
+use crate::{ConnectionTracker, HttpRouteConfig, ProxyConfig, RouteMetrics};
+
+/// Body of responses sent to clients: the upstream's body streamed, or a short error text.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// An HTTP route: serves HTTP/1.1 (keep-alive, pipelining, upgrades) and HTTP/2 with prior
+/// knowledge on accepted streams and forwards every request to one upstream.
+///
+/// Cheap to clone; clones share the upstream connection pool and the metrics.
+#[derive(Debug, Clone)]
+pub struct HttpProxy {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    route: HttpRouteConfig,
+    config: ProxyConfig,
+    client: Client<HttpConnector, Incoming>,
+    /// `http://host:port`, the prefix of every upstream URI.
+    base: String,
+    metrics: Arc<RouteMetrics>,
+}
+
+/// What a connection carries for its requests and its tunnels: dropping the last clone frees
+/// the connection's slot.
+#[derive(Debug)]
+struct Slot {
+    _guard: ConnGuard,
+    _open: OpenConnection,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+impl HttpProxy {
+    /// A proxy for `route` with `config`'s timeouts and limits. Needs no runtime until used.
+    pub fn new(route: HttpRouteConfig, config: &ProxyConfig) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.upstream_connect_timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(config.idle_timeout)
+            .pool_max_idle_per_host(256)
+            .http2_only(route.upstream_h2c)
+            .build(connector);
+        let base = format!("http://{}", route.upstream.authority());
+        Self {
+            inner: Arc::new(Inner {
+                route,
+                config: config.clone(),
+                client,
+                base,
+                metrics: Arc::new(RouteMetrics::new()),
+            }),
+        }
+    }
+
+    /// This route's counters.
+    pub fn metrics(&self) -> &Arc<RouteMetrics> {
+        &self.inner.metrics
+    }
+
+    /// Accept from `listener` until it closes or `tracker` begins shutdown; each connection runs
+    /// in its own task. Returns when accepting stops; use the tracker to wait for connections.
+    pub async fn serve<A: Accept>(&self, listener: A, tracker: &ConnectionTracker) {
+        accept_loop(
+            listener,
+            tracker,
+            &self.inner.metrics,
+            |stream, peer, guard| {
+                let this = self.clone();
+                let signal = tracker.signal();
+                tokio::spawn(async move { this.run(stream, peer, guard, signal).await });
+            },
+        )
+        .await;
+    }
+
+    /// Serve one accepted stream from `peer` until it closes; counted in `tracker` (closed at
+    /// once when the tracker is at its limit or shutting down).
+    pub async fn serve_connection<S>(
+        &self,
+        stream: S,
+        peer: SocketAddr,
+        tracker: &ConnectionTracker,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        match tracker.try_admit() {
+            Some(guard) => self.run(stream, peer, guard, tracker.signal()).await,
+            None => self.inner.metrics.connection_rejected(),
+        }
+    }
+
+    async fn run<S>(&self, stream: S, peer: SocketAddr, guard: ConnGuard, signal: ShutdownSignal)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let inner = &self.inner;
+        let config = &inner.config;
+        let slot = Arc::new(Slot {
+            _guard: guard,
+            _open: inner.metrics.open_connection(),
+        });
+        let clock = IdleClock::new();
+        let mut stream = Activity::new(stream, Arc::clone(&clock), Arc::clone(&inner.metrics));
+
+        let mut draining = signal.clone();
+        let detected = tokio::select! {
+            detected = tokio::time::timeout(config.header_read_timeout, detect(&mut stream)) => detected,
+            () = draining.draining() => return,
+        };
+        let (protocol, prefix) = match detected {
+            Ok(Ok(Some(found))) => found,
+            Ok(Ok(None)) => return,
+            Ok(Err(error)) => {
+                tracing::trace!(%peer, %error, "read failed before the first request");
+                return;
+            }
+            Err(_) => {
+                inner.metrics.client_timeout();
+                tracing::debug!(%peer, "client sent no request within header_read_timeout");
+                return;
+            }
+        };
+        let io = TokioIo::new(Rewind::new(prefix, stream));
+        let service = {
+            let this = self.clone();
+            let clock = Arc::clone(&clock);
+            let signal = signal.clone();
+            service_fn(move |req| {
+                let this = this.clone();
+                let tunnel = TunnelContext {
+                    slot: Arc::clone(&slot),
+                    clock: Arc::clone(&clock),
+                    signal: signal.clone(),
+                };
+                async move { Ok::<_, Infallible>(this.handle(req, peer, protocol, tunnel).await) }
+            })
+        };
+        let result = match protocol {
+            Protocol::Http1 => {
+                let max = config.max_header_bytes.max(1024);
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(config.header_read_timeout)
+                    .max_header_size(max)
+                    .max_buf_size(max.saturating_add(16 * 1024).max(64 * 1024))
+                    .keep_alive(true)
+                    .serve_connection(io, service)
+                    .with_upgrades();
+                drive(conn, signal, &clock, config.idle_timeout).await
+            }
+            Protocol::Http2 => {
+                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .max_header_list_size(
+                        u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX),
+                    )
+                    .max_concurrent_streams(256)
+                    .serve_connection(io, service);
+                drive(conn, signal, &clock, config.idle_timeout).await
+            }
+        };
+        match result {
+            Ended::Done(Ok(())) => {}
+            Ended::Done(Err(error)) => self.connection_error(peer, &error),
+            Ended::Idle => tracing::debug!(%peer, "connection idle, closed"),
+            Ended::Closed => tracing::debug!(%peer, "connection closed by shutdown"),
+        }
+    }
+
+    /// Count and log a connection that ended with an error; hyper has already answered a
+    /// malformed or oversized head (431 or 400, empty body).
+    fn connection_error(&self, peer: SocketAddr, error: &hyper::Error) {
+        let metrics = &self.inner.metrics;
+        if error.is_parse_too_large() {
+            metrics.record_status(431);
+            tracing::info!(%peer, "431: request head larger than max_header_bytes");
+        } else if error.is_parse() || error.is_parse_status() {
+            metrics.record_status(400);
+            tracing::info!(%peer, %error, "400: malformed request");
+        } else if error.is_timeout() {
+            metrics.client_timeout();
+            tracing::debug!(%peer, "request head not complete within header_read_timeout");
+        } else {
+            tracing::debug!(%peer, %error, "connection ended with an error");
+        }
+    }
+
+    async fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        protocol: Protocol,
+        tunnel: TunnelContext,
+    ) -> Response<ProxyBody> {
+        let start = Instant::now();
+        let inner = &self.inner;
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let response = self.forward(req, peer, protocol, tunnel).await;
+        let status = response.status();
+        inner.metrics.record_status(status.as_u16());
+        let latency = start.elapsed();
+        inner.metrics.record_latency(latency);
+        if inner.config.access_log {
+            tracing::info!(
+                target: "local_proxy::access",
+                %peer,
+                %method,
+                path,
+                status = status.as_u16(),
+                latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
+                upstream = %inner.route.upstream,
+            );
+        }
+        response
+    }
+
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+        protocol: Protocol,
+        tunnel: TunnelContext,
+    ) -> Response<ProxyBody> {
+        let inner = &self.inner;
+        if req.method() == Method::CONNECT {
+            return error_response(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported");
+        }
+        let upgrade = protocol == Protocol::Http1 && wants_upgrade(req.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+        let host = req.headers().get(header::HOST).cloned().or_else(|| {
+            req.uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        let path_and_query = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        let Ok(uri) = Uri::try_from(format!("{}{}", inner.base, path_and_query)) else {
+            return error_response(StatusCode::BAD_REQUEST, "request target is not valid");
+        };
+        let (mut parts, body) = req.into_parts();
+        parts.uri = uri;
+        parts.version = if inner.route.upstream_h2c {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        let headers = &mut parts.headers;
+        remove_hop_by_hop(headers, upgrade);
+        if let Some(host) = &host {
+            headers.insert(header::HOST, host.clone());
+        }
+        apply_forwarded(
+            headers,
+            peer,
+            host.as_ref(),
+            "http",
+            inner.route.trust_forwarded,
+        );
+        let upstream_req = Request::from_parts(parts, body);
+
+        let timeout = inner.config.upstream_response_timeout;
+        let mut response = match tokio::time::timeout(timeout, inner.client.request(upstream_req))
+            .await
+        {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => {
+                inner.metrics.upstream_error();
+                let source = error_chain(&error);
+                tracing::warn!(%peer, upstream = %inner.route.upstream, error = %source, "502: upstream failed");
+                return error_response(StatusCode::BAD_GATEWAY, "upstream unavailable");
+            }
+            Err(_) => {
+                inner.metrics.upstream_error();
+                tracing::warn!(%peer, upstream = %inner.route.upstream, ?timeout, "504: upstream sent no response in time");
+                return error_response(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream did not answer in time",
+                );
+            }
+        };
+
+        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if switching {
+            let Some(client_upgrade) = client_upgrade else {
+                inner.metrics.upstream_error();
+                tracing::warn!(%peer, "502: upstream switched protocols unasked");
+                return error_response(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream switched protocols unasked",
+                );
+            };
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            tokio::spawn(run_tunnel(
+                client_upgrade,
+                upstream_upgrade,
+                tunnel,
+                inner.config.idle_timeout,
+            ));
+        }
+        let (mut parts, body) = response.into_parts();
+        remove_hop_by_hop(&mut parts.headers, switching);
+        parts.version = Version::HTTP_11;
+        Response::from_parts(parts, Either::Left(body))
+    }
+}
+
+/// What a request needs to keep its connection's slot and idle clock alive in a tunnel.
+struct TunnelContext {
+    slot: Arc<Slot>,
+    clock: Arc<IdleClock>,
+    signal: ShutdownSignal,
+}
+
+/// Join the two upgraded halves and copy both ways until either side closes, the tunnel idles
+/// or shutdown closes it. Bytes are counted by the client stream's [`Activity`].
+async fn run_tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    mut tunnel: TunnelContext,
+    idle: Duration,
+) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(error) => {
+            tracing::debug!(%error, "upgrade did not complete");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    tokio::select! {
+        result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+            if let Err(error) = result {
+                tracing::debug!(%error, "tunnel ended with an error");
+            }
+        }
+        () = tunnel.signal.closed() => tracing::debug!("tunnel closed by shutdown"),
+        () = tunnel.clock.expired(idle) => tracing::debug!("tunnel idle, closed"),
+    }
+    drop(tunnel.slot);
+}
+
+enum Ended {
+    Done(Result<(), hyper::Error>),
+    Idle,
+    Closed,
+}
+
+/// A served connection that can be asked to finish gracefully.
+trait GracefulConnection: Future<Output = Result<(), hyper::Error>> {
+    fn graceful(self: Pin<&mut Self>);
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<I, S, B> GracefulConnection for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    fn graceful(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, B, E> GracefulConnection for hyper::server::conn::http2::Connection<I, S, E>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: http_body::Body + 'static,
+    B::Error: Into<BoxError>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn graceful(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Run a connection until it ends, idles, or shutdown closes it; ask it to finish gracefully
+/// when draining begins.
+async fn drive<C: GracefulConnection>(
+    conn: C,
+    signal: ShutdownSignal,
+    clock: &IdleClock,
+    idle: Duration,
+) -> Ended {
+    let mut conn = pin!(conn);
+    let mut draining = signal.clone();
+    let mut closing = signal;
+    let mut asked = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => return Ended::Done(result),
+            () = draining.draining(), if !asked => {
+                asked = true;
+                conn.as_mut().graceful();
+            }
+            () = closing.closed() => return Ended::Closed,
+            () = clock.expired(idle) => return Ended::Idle,
+        }
+    }
+}
+
+/// Read until the bytes seen differ from the HTTP/2 preface (HTTP/1) or match all of it
+/// (HTTP/2). `None`: closed before the first byte. Reads at most 24 bytes.
+async fn detect<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> std::io::Result<Option<(Protocol, Bytes)>> {
+    let mut buf = BytesMut::with_capacity(H2_PREFACE.len());
+    loop {
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Ok((!buf.is_empty()).then(|| (Protocol::Http1, buf.freeze())));
+        }
+        let seen = buf.len();
+        if buf[..] != H2_PREFACE[..seen] {
+            return Ok(Some((Protocol::Http1, buf.freeze())));
+        }
+        if seen == H2_PREFACE.len() {
+            return Ok(Some((Protocol::Http2, buf.freeze())));
+        }
+    }
+}
+
+fn error_response(status: StatusCode, text: &str) -> Response<ProxyBody> {
+    let body = format!(
+        "{} {}: {text}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// The error and its sources on one line (the legacy client's own message is vague).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[tokio::test]
+    async fn detect_protocols() {
+        let mut h1: &[u8] = b"GET / HTTP/1.1\r\n\r\n";
+        let (p, prefix) = detect(&mut h1).await.unwrap().unwrap();
+        assert_eq!(
+            (p, &prefix[..]),
+            (Protocol::Http1, &b"GET / HTTP/1.1\r\n\r\n"[..])
+        );
+        let mut h2 = [&H2_PREFACE[..], b"rest"].concat();
+        let (p, prefix) = detect(&mut &h2[..]).await.unwrap().unwrap();
+        assert_eq!((p, prefix.len()), (Protocol::Http2, 24));
+        h2.truncate(10);
+        let (p, _) = detect(&mut &h2[..]).await.unwrap().unwrap();
+        assert_eq!(p, Protocol::Http1);
+        assert!(detect(&mut &b""[..]).await.unwrap().is_none());
+    }
+}

@@ -1,0 +1,136 @@
+//! The raw TCP forwarder: bytes copied both ways, with half-close and optional PROXY v2.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::accept::{Accept, accept_loop};
+use crate::io::{Activity, IdleClock};
+use crate::proxy_protocol::encode_v2;
+use crate::tracker::{ConnGuard, ShutdownSignal};
+use crate::{ConnectionTracker, ProxyConfig, RouteMetrics, TcpRouteConfig};
+
+/// Copy buffer per direction.
+const COPY_BUFFER: usize = 64 * 1024;
+
+/// A raw TCP route: each accepted stream is joined to a fresh connection to the upstream.
+///
+/// When one side stops sending, the other side's write half is shut down (half-close); the
+/// connection ends when both directions are done, when it idles for `idle_timeout`, or when
+/// shutdown closes it. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct TcpForwarder {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    route: TcpRouteConfig,
+    config: ProxyConfig,
+    metrics: Arc<RouteMetrics>,
+}
+
+impl TcpForwarder {
+    /// A forwarder for `route` with `config`'s connect and idle timeouts.
+    pub fn new(route: TcpRouteConfig, config: &ProxyConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                route,
+                config: config.clone(),
+                metrics: Arc::new(RouteMetrics::new()),
+            }),
+        }
+    }
+
+    /// This route's counters (bytes, connections, upstream errors).
+    pub fn metrics(&self) -> &Arc<RouteMetrics> {
+        &self.inner.metrics
+    }
+
+    /// Accept from `listener` until it closes or `tracker` begins shutdown, forwarding each
+    /// connection in its own task. The listener's [`Accept::local_addr`] is the PROXY header's
+    /// destination.
+    pub async fn serve<A: Accept>(&self, listener: A, tracker: &ConnectionTracker) {
+        let local = listener.local_addr();
+        accept_loop(
+            listener,
+            tracker,
+            &self.inner.metrics,
+            |stream, peer, guard| {
+                let this = self.clone();
+                let signal = tracker.signal();
+                tokio::spawn(async move { this.run(stream, peer, local, guard, signal).await });
+            },
+        )
+        .await;
+    }
+
+    /// Forward one accepted stream from `peer` (accepted on `local`, if known) until it ends.
+    pub async fn serve_connection<S>(
+        &self,
+        stream: S,
+        peer: SocketAddr,
+        local: Option<SocketAddr>,
+        tracker: &ConnectionTracker,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        match tracker.try_admit() {
+            Some(guard) => self.run(stream, peer, local, guard, tracker.signal()).await,
+            None => self.inner.metrics.connection_rejected(),
+        }
+    }
+
+    async fn run<S>(
+        &self,
+        stream: S,
+        peer: SocketAddr,
+        local: Option<SocketAddr>,
+        _guard: ConnGuard,
+        mut signal: ShutdownSignal,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let inner = &self.inner;
+        let _open = inner.metrics.open_connection();
+        let upstream = &inner.route.upstream;
+        let connect = TcpStream::connect((upstream.host(), upstream.port()));
+        let mut upstream_stream =
+            match tokio::time::timeout(inner.config.upstream_connect_timeout, connect).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(error)) => {
+                    inner.metrics.upstream_error();
+                    tracing::warn!(%peer, %upstream, %error, "tcp route: upstream connect failed");
+                    return;
+                }
+                Err(_) => {
+                    inner.metrics.upstream_error();
+                    tracing::warn!(%peer, %upstream, "tcp route: upstream connect timed out");
+                    return;
+                }
+            };
+        // Latency only; forwarding works either way.
+        let _ = upstream_stream.set_nodelay(true);
+        if inner.route.proxy_protocol
+            && let Err(error) = upstream_stream.write_all(&encode_v2(peer, local)).await
+        {
+            inner.metrics.upstream_error();
+            tracing::warn!(%peer, %upstream, %error, "tcp route: sending PROXY header failed");
+            return;
+        }
+        let clock = IdleClock::new();
+        let mut client = Activity::new(stream, Arc::clone(&clock), Arc::clone(&inner.metrics));
+        tokio::select! {
+            result = tokio::io::copy_bidirectional_with_sizes(
+                &mut client, &mut upstream_stream, COPY_BUFFER, COPY_BUFFER,
+            ) => match result {
+                Ok((sent, received)) => tracing::trace!(%peer, sent, received, "tcp route: done"),
+                Err(error) => tracing::debug!(%peer, %error, "tcp route: connection ended with an error"),
+            },
+            () = signal.closed() => tracing::debug!(%peer, "tcp route: closed by shutdown"),
+            () = clock.expired(inner.config.idle_timeout) => tracing::debug!(%peer, "tcp route: idle, closed"),
+        }
+    }
+}
