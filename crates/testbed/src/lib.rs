@@ -7,7 +7,8 @@
 //!   test prints one `skipping ...` line and returns — or fails when `CI=true`.
 //! - [`Netns`]: uniquely named network namespaces (`wgtb-<label>-<pid>-<n>`) with `lo` up, veth
 //!   pairs ([`VethPair`], /30s from 198.18.0.0/15) to another namespace or to the host, commands
-//!   inside, detached processes; everything killed and deleted on drop, also on panic.
+//!   inside, detached processes ([`Daemon`], stopped on drop); everything killed and deleted on
+//!   drop, also on panic.
 //! - [`WireguardGo`]: a `wireguard-go` gateway in a namespace, configured with `wg set` and `ip`,
 //!   with a unique interface name (the control socket path is shared by namespaces); parsed
 //!   `wg show IF dump` ([`WgDump`]), restart with the same key, killed on drop. [`KeyPair`]s come
@@ -53,6 +54,7 @@
 //! ```
 
 mod cmd;
+mod daemon;
 mod netns;
 pub mod packet;
 mod prereq;
@@ -60,6 +62,7 @@ mod relay;
 mod wggo;
 
 pub use cmd::{TempDir, on_path, run, run_command, run_with_input, write_private_file};
+pub use daemon::Daemon;
 pub use netns::{NETNS_PREFIX, Netns, VETH_RANGE, VethEnd, VethPair};
 pub use prereq::{REQUIRED_PROGRAMS, check_gateway_prereqs, gateway_tests_can_run, in_ci, is_root};
 pub use relay::{DirectionStats, ImpairedRelay, Impairment, RelayStats};

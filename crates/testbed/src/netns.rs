@@ -7,13 +7,14 @@
 use std::fs;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
 use crate::cmd::{pid_alive, run, run_command, signal};
+use crate::daemon::Daemon;
 
 /// Prefix of every namespace this crate creates.
 pub const NETNS_PREFIX: &str = "wgtb-";
@@ -82,33 +83,17 @@ impl Netns {
         run_command(&mut command)
     }
 
-    /// Starts `program args...` inside the namespace, detached (`setsid`, its own session, stdin
-    /// closed), stdout and stderr appended to `log`. The process is killed when the namespace is
-    /// dropped; the caller should still `wait` the returned child to reap it.
-    pub fn spawn<I, S>(&self, program: &str, args: I, log: &Path) -> Result<Child>
+    /// Starts `program args...` inside the namespace as a [`Daemon`] (detached, its own
+    /// session, output appended to `log`, stopped when dropped; the namespace's drop also kills
+    /// it).
+    pub fn spawn<I, S>(&self, program: &str, args: I, log: &Path) -> Result<Daemon>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
-        let out = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .with_context(|| format!("cannot open log {}", log.display()))?;
-        let err = out
-            .try_clone()
-            .with_context(|| format!("cannot open log {}", log.display()))?;
-        let mut command = Command::new("setsid");
-        command
-            .args(["ip", "netns", "exec", &self.name, program])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        let line = crate::cmd::describe(&command);
-        command
-            .spawn()
-            .with_context(|| format!("cannot start `{line}`"))
+        let mut command = self.command(program);
+        command.args(args);
+        Daemon::spawn_command(command, log)
     }
 
     /// Pids of the processes running inside the namespace.

@@ -258,15 +258,36 @@ const MAX_DATAGRAM: usize = 65_535;
 const POLL: Duration = Duration::from_millis(20);
 
 impl ImpairedRelay {
-    /// Binds `listen` (the address the agent sends to; port 0 = any) and an upstream socket on
-    /// the same IP, and forwards between the agent and `gateway` with `impairment`.
+    /// Binds `listen` (the address the agent sends to; port 0 = any) and an upstream socket,
+    /// and forwards between the agent and `gateway` with `impairment`. The upstream socket is
+    /// bound to loopback when `listen` is a loopback address, else to the unspecified address
+    /// so that the kernel picks the source address of the route to `gateway` (the relay may
+    /// join two namespaces' veth links in the host); to choose it, see
+    /// [`start_with_upstream`](Self::start_with_upstream).
     pub fn start(
         listen: SocketAddr,
         gateway: SocketAddr,
         impairment: Impairment,
     ) -> io::Result<Self> {
+        let upstream_ip = if listen.ip().is_loopback() {
+            listen.ip()
+        } else if gateway.is_ipv4() {
+            std::net::Ipv4Addr::UNSPECIFIED.into()
+        } else {
+            std::net::Ipv6Addr::UNSPECIFIED.into()
+        };
+        Self::start_with_upstream(listen, SocketAddr::new(upstream_ip, 0), gateway, impairment)
+    }
+
+    /// Like [`start`](Self::start), with the upstream socket bound to `upstream`.
+    pub fn start_with_upstream(
+        listen: SocketAddr,
+        upstream: SocketAddr,
+        gateway: SocketAddr,
+        impairment: Impairment,
+    ) -> io::Result<Self> {
         let front = UdpSocket::bind(listen)?;
-        let back = UdpSocket::bind(SocketAddr::new(listen.ip(), 0))?;
+        let back = UdpSocket::bind(upstream)?;
         front.set_read_timeout(Some(POLL))?;
         back.set_read_timeout(Some(POLL))?;
         let seed = impairment.seed;

@@ -4,13 +4,14 @@
 use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use crate::cmd::{TempDir, run, run_with_input, signal, write_private_file};
+use crate::cmd::{TempDir, run, run_with_input, write_private_file};
+use crate::daemon::Daemon;
 use crate::netns::Netns;
 
 /// Where wireguard-go puts its control sockets; shared by all network namespaces.
@@ -140,7 +141,7 @@ pub struct WireguardGo {
     ifname: String,
     config: GatewayConfig,
     dir: TempDir,
-    child: Option<Child>,
+    daemon: Option<Daemon>,
 }
 
 static GATEWAYS: AtomicU32 = AtomicU32::new(0);
@@ -164,7 +165,7 @@ impl WireguardGo {
             ifname,
             config,
             dir,
-            child: None,
+            daemon: None,
         };
         gateway.launch(netns)?;
         Ok(gateway)
@@ -172,14 +173,11 @@ impl WireguardGo {
 
     fn launch(&mut self, netns: &Netns) -> Result<()> {
         let log = self.log_path();
-        let child = netns.spawn("wireguard-go", ["-f", &self.ifname], &log)?;
-        self.child = Some(child);
+        self.daemon = Some(netns.spawn("wireguard-go", ["-f", &self.ifname], &log)?);
         let socket = self.control_socket();
         let deadline = Instant::now() + Self::START_TIMEOUT;
         while !socket.exists() {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
+            if let Some(status) = self.daemon.as_mut().and_then(Daemon::try_wait) {
                 bail!(
                     "wireguard-go for {} exited ({status}) before its control socket appeared: {}",
                     self.ifname,
@@ -242,7 +240,7 @@ impl WireguardGo {
 
     /// The pid of the wireguard-go process, while it runs.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.daemon.as_ref().and_then(Daemon::pid)
     }
 
     /// The control socket path.
@@ -340,24 +338,12 @@ impl WireguardGo {
         }
     }
 
-    /// Kills wireguard-go (`SIGTERM`, then `SIGKILL` after 2 s) and reaps it. Its interface and
+    /// Kills wireguard-go (`SIGKILL`: it takes over a second to honour `SIGTERM`, and a gateway
+    /// that crashes is what tests simulate) and reaps it. Its interface and
     /// every session go with it. Idempotent.
     pub fn kill(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        signal(child.id(), "TERM");
-        let deadline = Instant::now() + Duration::from_secs(2);
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) | Err(_) => break,
-                Ok(None) if Instant::now() > deadline => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            }
+        if let Some(mut daemon) = self.daemon.take() {
+            daemon.kill();
         }
         let _ = fs::remove_file(self.control_socket());
     }

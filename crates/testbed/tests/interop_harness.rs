@@ -8,7 +8,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use testbed::{GatewayConfig, GatewayPeer, Netns, WireguardGo, run};
+use testbed::{GatewayConfig, GatewayPeer, ImpairedRelay, Impairment, Netns, WireguardGo, run};
 
 fn netns_exists(name: &str) -> bool {
     run("ip", ["netns", "list"])
@@ -56,7 +56,7 @@ fn interop_netns_veth_to_host_and_cleanup() {
     let mut sleeper = ns
         .spawn("sleep", ["30"], &log.path().join("sleep.log"))
         .unwrap();
-    let pid = sleeper.id();
+    let pid = sleeper.pid().unwrap();
     let deadline = Instant::now() + Duration::from_secs(2);
     while !ns.pids().contains(&pid) {
         assert!(Instant::now() < deadline, "sleep never showed up in {name}");
@@ -68,7 +68,7 @@ fn interop_netns_veth_to_host_and_cleanup() {
     drop(ns);
     assert!(!netns_exists(&name));
     // The process inside was killed.
-    let status = sleeper.wait().unwrap();
+    let status = sleeper.wait_timeout(Duration::from_secs(2)).unwrap();
     assert!(!status.success());
     drop(link2);
     drop(other);
@@ -169,4 +169,64 @@ fn interop_wireguard_go_restart_keeps_key_and_peers() {
     drop(gw);
     assert!(!Path::new(&socket).exists());
     assert!(ns.pids().is_empty());
+}
+
+#[test]
+fn interop_impaired_relay_carries_wireguard_between_namespaces() {
+    testbed::require_gateway_prereqs!();
+    // gw1 (ns1) -> relay in the host (on ns1's host link) -> gw2 (ns2, via its host link).
+    let ns1 = Netns::new("rl1").unwrap();
+    let ns2 = Netns::new("rl2").unwrap();
+    let link1 = ns1.veth_to_host().unwrap();
+    let link2 = ns2.veth_to_host().unwrap();
+    let gw2_addr = SocketAddr::new(link2.a.ip.into(), 51820);
+    let relay = ImpairedRelay::start(
+        SocketAddr::new(link1.b.ip.into(), 0),
+        gw2_addr,
+        Impairment {
+            delay: Duration::from_millis(20),
+            jitter: Duration::from_millis(5),
+            duplicate: 0.3,
+            seed: 6,
+            ..Impairment::default()
+        },
+    )
+    .unwrap();
+    let c1 = GatewayConfig::new("10.1.0.1/24").unwrap();
+    let c2 = GatewayConfig::new("10.1.0.2/24").unwrap();
+    let (k1, k2) = (c1.key.public.clone(), c2.key.public.clone());
+    let gw2 =
+        WireguardGo::start(&ns2, c2.with_peer(GatewayPeer::new(&k1, &["10.1.0.1/32"]))).unwrap();
+    let gw1 = WireguardGo::start(
+        &ns1,
+        c1.with_peer(GatewayPeer::new(&k2, &["10.1.0.2/32"]).with_endpoint(relay.local_addr())),
+    )
+    .unwrap();
+    let start = Instant::now();
+    let out = ns1
+        .command("curl")
+        .args(["-sS", "--max-time", "10", "http://10.1.0.2:9/"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "curl: {}\nrelay: {relay:?}\ngw1: {}\ngw2: {}",
+        String::from_utf8_lossy(&out.stderr),
+        gw1.log(),
+        gw2.log()
+    );
+    // Handshake and SYN/RST: at least two round trips of 2 x 20 ms (- jitter).
+    assert!(
+        start.elapsed() >= Duration::from_millis(60),
+        "{:?}",
+        start.elapsed()
+    );
+    let p1 = gw2.wait_for_handshake(&k1, Duration::from_secs(5)).unwrap();
+    // gw2 sees gw1 at the relay's upstream socket (an address in the host).
+    assert_eq!(p1.endpoint.map(|e| e.ip()), Some(link2.b.ip.into()));
+    let stats = relay.stats();
+    assert!(stats.to_gateway.received >= 2, "{stats:?}");
+    assert!(stats.to_agent.received >= 2, "{stats:?}");
+    assert_eq!(stats.to_gateway.send_errors + stats.to_agent.send_errors, 0);
 }
