@@ -1,0 +1,223 @@
+//! One peer: its configuration ([`PeerConfig`]), its boringtun tunnel and wg-core's own timers.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use boringtun::noise::Tunn;
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::x25519;
+
+use crate::stats::{DropCounts, HandshakeState};
+use crate::{IpNet, PresharedKey, PublicKey};
+
+/// WireGuard's reject-after time: a session older than this is dead.
+pub(crate) const REJECT_AFTER: Duration = Duration::from_secs(180);
+/// WireGuard's rekey-after time: an initiator renews a session this old when it sends.
+pub(crate) const REKEY_AFTER: Duration = Duration::from_secs(120);
+/// boringtun abandons a handshake after this long (REKEY_ATTEMPT_TIME).
+pub(crate) const REKEY_ATTEMPT: Duration = Duration::from_secs(90);
+/// First retry delay once boringtun has given up.
+pub(crate) const BACKOFF_MIN: Duration = Duration::from_secs(5);
+/// Largest retry delay.
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// The configuration of one peer (a gateway). Two configs with equal fields are the same peer
+/// in the same state: [`Peers::set_peers`](crate::Peers::set_peers) leaves such a peer alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    /// The peer's identity.
+    pub public_key: PublicKey,
+    /// Where to send; `None` waits for the peer to initiate (its source becomes the endpoint).
+    pub endpoint: Option<SocketAddr>,
+    /// Inner addresses routed to this peer, and accepted as sources from it.
+    pub allowed_ips: Vec<IpNet>,
+    /// Send a keepalive when nothing crossed the tunnel for this long (WireGuard's
+    /// `PersistentKeepalive`; 25 s is usual). Scheduled by wg-core, changeable on a live session.
+    pub persistent_keepalive: Option<Duration>,
+    /// Optional preshared key mixed into the handshake.
+    pub preshared_key: Option<PresharedKey>,
+}
+
+impl PeerConfig {
+    /// A peer with only a public key: no endpoint, no allowed IPs, no keepalive, no PSK.
+    pub fn new(public_key: PublicKey) -> Self {
+        Self {
+            public_key,
+            endpoint: None,
+            allowed_ips: Vec::new(),
+            persistent_keepalive: None,
+            preshared_key: None,
+        }
+    }
+
+    /// Sets the endpoint.
+    pub fn with_endpoint(mut self, endpoint: SocketAddr) -> Self {
+        self.endpoint = Some(endpoint);
+        self
+    }
+
+    /// Adds an allowed-IP prefix.
+    pub fn with_allowed_ip(mut self, net: IpNet) -> Self {
+        self.allowed_ips.push(net);
+        self
+    }
+
+    /// Sets the persistent keepalive interval.
+    pub fn with_keepalive(mut self, interval: Duration) -> Self {
+        self.persistent_keepalive = Some(interval);
+        self
+    }
+
+    /// Sets the preshared key.
+    pub fn with_preshared_key(mut self, key: PresharedKey) -> Self {
+        self.preshared_key = Some(key);
+        self
+    }
+}
+
+/// Everything the engine keeps about one peer.
+pub(crate) struct Peer {
+    pub(crate) config: PeerConfig,
+    pub(crate) tunn: Tunn,
+    /// 24-bit receiver index; boringtun puts it in the upper bits of every session index.
+    pub(crate) index: u32,
+    pub(crate) endpoint: Option<SocketAddr>,
+    pub(crate) state: HandshakeState,
+    /// Set once anything was sent or received: from then on boringtun's timers need ticks.
+    pub(crate) used: bool,
+    pub(crate) connecting_since: Option<Instant>,
+    pub(crate) backoff_attempt: u32,
+    pub(crate) next_retry: Option<Instant>,
+    pub(crate) last_handshake: Option<Instant>,
+    pub(crate) last_received: Option<Instant>,
+    /// Last authenticated packet sent or received: the persistent keepalive counts from it.
+    pub(crate) last_traversal: Option<Instant>,
+    pub(crate) last_data_sent: Option<Instant>,
+    pub(crate) rx_bytes: u64,
+    pub(crate) tx_bytes: u64,
+    pub(crate) handshakes: u64,
+    pub(crate) drops: DropCounts,
+    pub(crate) added_at: Instant,
+    /// Configuration order, for prefixes claimed by two peers (the later one wins).
+    pub(crate) seq: u64,
+}
+
+impl Peer {
+    pub(crate) fn new(
+        config: PeerConfig,
+        secret: &x25519::StaticSecret,
+        index: u32,
+        limiter: &Arc<RateLimiter>,
+        now: Instant,
+    ) -> Self {
+        let tunn = new_tunn(&config, secret, index, limiter);
+        Self {
+            endpoint: config.endpoint,
+            config,
+            tunn,
+            index,
+            state: HandshakeState::Idle,
+            used: false,
+            connecting_since: None,
+            backoff_attempt: 0,
+            next_retry: None,
+            last_handshake: None,
+            last_received: None,
+            last_traversal: None,
+            last_data_sent: None,
+            rx_bytes: 0,
+            tx_bytes: 0,
+            handshakes: 0,
+            drops: DropCounts::default(),
+            added_at: now,
+            seq: 0,
+        }
+    }
+
+    /// Replaces the tunnel (new keys, new PSK, or a fresh start after boringtun gave up).
+    pub(crate) fn recreate_tunn(
+        &mut self,
+        secret: &x25519::StaticSecret,
+        index: u32,
+        limiter: &Arc<RateLimiter>,
+    ) {
+        self.tunn = new_tunn(&self.config, secret, index, limiter);
+        self.index = index;
+    }
+
+    /// When the persistent keepalive is due, if one is configured and useful now.
+    pub(crate) fn keepalive_deadline(&self) -> Option<Instant> {
+        let interval = self.config.persistent_keepalive?;
+        self.endpoint?;
+        match self.state {
+            HandshakeState::Established | HandshakeState::Idle => {
+                Some(self.last_traversal.unwrap_or(self.added_at) + interval)
+            }
+            HandshakeState::Connecting | HandshakeState::Backoff => None,
+        }
+    }
+
+    /// Whether the peer wants a session even without traffic (keepalive, or recent data).
+    pub(crate) fn wants_session(&self, now: Instant) -> bool {
+        self.config.persistent_keepalive.is_some()
+            || self
+                .last_data_sent
+                .is_some_and(|t| now.saturating_duration_since(t) < REKEY_ATTEMPT)
+    }
+
+    /// Whether boringtun's `update_timers` has work for this peer.
+    pub(crate) fn needs_tick(&self) -> bool {
+        self.used && self.state != HandshakeState::Backoff
+    }
+
+    pub(crate) fn session_age(&self, now: Instant) -> Option<Duration> {
+        self.last_handshake
+            .map(|t| now.saturating_duration_since(t))
+            .filter(|age| *age < REJECT_AFTER)
+    }
+}
+
+fn new_tunn(
+    config: &PeerConfig,
+    secret: &x25519::StaticSecret,
+    index: u32,
+    limiter: &Arc<RateLimiter>,
+) -> Tunn {
+    Tunn::new(
+        secret.clone(),
+        config.public_key.to_x25519(),
+        config.preshared_key.as_ref().map(PresharedKey::to_bytes),
+        // Persistent keepalive is scheduled by wg-core, so it can change on a live session.
+        None,
+        index,
+        Some(Arc::clone(limiter)),
+    )
+}
+
+/// The delay before retry number `attempt` (0-based): 5 s doubling to 60 s, times a random
+/// factor in [0.75, 1.0) from `unit` (a number in [0, 1)).
+pub(crate) fn backoff_delay(attempt: u32, unit: f64) -> Duration {
+    let base = BACKOFF_MIN
+        .saturating_mul(1u32.checked_shl(attempt.min(16)).unwrap_or(u32::MAX))
+        .min(BACKOFF_MAX);
+    base.mul_f64(1.0 - 0.25 * unit.clamp(0.0, 1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_cap_with_jitter() {
+        assert_eq!(backoff_delay(0, 0.0), Duration::from_secs(5));
+        assert_eq!(backoff_delay(1, 0.0), Duration::from_secs(10));
+        assert_eq!(backoff_delay(2, 0.0), Duration::from_secs(20));
+        assert_eq!(backoff_delay(3, 0.0), Duration::from_secs(40));
+        assert_eq!(backoff_delay(4, 0.0), Duration::from_secs(60));
+        assert_eq!(backoff_delay(40, 0.0), Duration::from_secs(60));
+        let low = backoff_delay(4, 0.999);
+        assert!(low >= Duration::from_secs(45) && low < Duration::from_secs(46));
+        assert_eq!(backoff_delay(0, 0.5), Duration::from_millis(4375));
+    }
+}
