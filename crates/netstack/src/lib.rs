@@ -1,1 +1,68 @@
-//! A userspace TCP/IP stack under virtual IPs (work in progress).
+//! A userspace TCP/IP stack on virtual IPs: smoltcp 0.14 on `Medium::Ip`, with tokio
+//! sockets.
+//!
+//! What it does: takes IP packets in ([`Netstack::send_packets`]) and gives IP packets out
+//! ([`Netstack::recv_packets`]), and in between serves [`TcpListener`], [`TcpStream`]
+//! (`AsyncRead + AsyncWrite`), [`UdpSocket`] and ICMP echo ([`Netstack::ping`]) on one
+//! IPv4 and/or one IPv6 address. Every queue and table is bounded (see
+//! [`NetstackConfig`]); malformed packets are dropped and counted ([`NetstackStats`]).
+//!
+//! What it does not do: it never sees a key or a UDP socket. Moving its packets through
+//! a tunnel (WireGuard) is the caller's job; no TUN device, no root.
+//!
+//! Layout: [`wire`](crate) classifies inbound packets, `shard` is the sans-IO core (one
+//! smoltcp interface and socket set per shard, packets and `now` in, packets and the next
+//! deadline out), `stack` is the tokio adapter with the driver task, `tcp`, `udp` and
+//! `icmp` are the sockets.
+//!
+//! ```
+//! use std::net::SocketAddr;
+//! use netstack::{Netstack, NetstackConfig};
+//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> std::io::Result<()> {
+//! let a = Netstack::new(NetstackConfig::new(["10.0.0.1".parse().unwrap()])).unwrap();
+//! let b = Netstack::new(NetstackConfig::new(["10.0.0.2".parse().unwrap()])).unwrap();
+//! // Join the two stacks in memory (a tunnel would carry these packets).
+//! for (from, to) in [(a.clone(), b.clone()), (b.clone(), a.clone())] {
+//!     tokio::spawn(async move {
+//!         let mut batch = Vec::new();
+//!         loop {
+//!             from.recv_packets(&mut batch, 64).await;
+//!             to.send_packets(&batch).await;
+//!             batch.clear();
+//!         }
+//!     });
+//! }
+//! let listener = b.listen("10.0.0.2:80".parse().unwrap())?;
+//! let mut client = a.connect("10.0.0.2:80".parse().unwrap()).await?;
+//! let (mut server, peer) = listener.accept().await?;
+//! assert_eq!(peer, client.local_addr());
+//! client.write_all(b"ping").await?;
+//! client.shutdown().await?;
+//! let mut got = Vec::new();
+//! server.read_to_end(&mut got).await?;
+//! assert_eq!(got, b"ping");
+//! # Ok(())
+//! # }
+//! ```
+
+#[allow(unsafe_code)]
+mod buffer;
+mod config;
+mod device;
+mod icmp;
+mod shard;
+mod stack;
+mod stats;
+mod tcp;
+mod time;
+mod udp;
+mod wire;
+
+pub use config::{ConfigError, NetstackConfig};
+pub use stack::Netstack;
+pub use stats::{DropCounts, DropReason, NetstackStats};
+pub use tcp::{TcpListener, TcpStream};
+pub use udp::UdpSocket;

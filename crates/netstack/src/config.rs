@@ -1,0 +1,169 @@
+//! Configuration of a [`Netstack`](crate::Netstack).
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// Limits and tuning of one userspace stack.
+///
+/// Every queue and table it describes is bounded; past a bound a new connection is
+/// refused with RST and the packet is counted in [`DropCounts`](crate::DropCounts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NetstackConfig {
+    /// The virtual IPs the stack answers on: at most one IPv4 and one IPv6 address
+    /// (smoltcp's interface holds two). Outbound connections use the first address
+    /// of the remote's family.
+    pub addresses: Vec<IpAddr>,
+    /// IP MTU in bytes (default 1420, WireGuard's). TCP MSS follows from it.
+    pub mtu: usize,
+    /// Receive buffer of each TCP connection in bytes (default 1 MiB). The advertised
+    /// window (with window scaling) follows from it. Pages are committed only when used.
+    pub tcp_rx_buffer: usize,
+    /// Send buffer of each TCP connection in bytes (default 1 MiB).
+    pub tcp_tx_buffer: usize,
+    /// Maximum TCP sockets in any state (half-open, open, closing). Default 16,384.
+    pub max_connections: usize,
+    /// Default accept backlog of a listener: half-open plus established connections
+    /// not yet accepted (default 1,024). [`Netstack::listen_with_backlog`] overrides it.
+    ///
+    /// [`Netstack::listen_with_backlog`]: crate::Netstack::listen_with_backlog
+    pub accept_backlog: usize,
+    /// Maximum half-open (SYN received) connections over all listeners (default 1,024).
+    pub max_pending_syns: usize,
+    /// A half-open connection that does not complete its handshake in this time is
+    /// dropped (default 20 s).
+    pub handshake_timeout: Duration,
+    /// Abort a connection when nothing was heard from the peer for this long
+    /// (default 180 s). With `keepalive` set, a live peer answers the probes, so
+    /// only dead peers are cut. `None`: never.
+    pub idle_timeout: Option<Duration>,
+    /// Send a keep-alive probe after this much silence (default 60 s). `None`: off.
+    pub keepalive: Option<Duration>,
+    /// How long a connection closed by us stays in TIME-WAIT (default 1 s; smoltcp's
+    /// own 10 s would keep thousands of sockets in every poll).
+    pub time_wait: Duration,
+    /// A stream dropped without shutdown sends FIN and is given this long to finish
+    /// the close before it is aborted (default 30 s).
+    pub close_timeout: Duration,
+    /// Nagle's algorithm (default off: latency matters more than tiny segments here).
+    pub nagle: bool,
+    /// Delayed ACK (default 10 ms, smoltcp's). `None`: ACK at once.
+    pub ack_delay: Option<Duration>,
+    /// Number of socket-set shards (1..=64, default 16). smoltcp scans every socket of a
+    /// shard on each poll; connections are spread by a keyed hash of their 4-tuple.
+    pub shards: usize,
+    /// Bound of the outbound packet queue the caller drains with
+    /// [`Netstack::recv_packets`](crate::Netstack::recv_packets) (default 4,096 packets).
+    /// Past it the stack stops emitting (back-pressure) instead of growing memory.
+    pub max_outbound_packets: usize,
+    /// Datagrams queued per UDP socket and direction (default 256).
+    pub udp_queue_packets: usize,
+    /// Payload bytes queued per UDP socket and direction (default 256 KiB).
+    pub udp_queue_bytes: usize,
+}
+
+impl Default for NetstackConfig {
+    fn default() -> Self {
+        Self {
+            addresses: Vec::new(),
+            mtu: 1420,
+            tcp_rx_buffer: 1 << 20,
+            tcp_tx_buffer: 1 << 20,
+            max_connections: 16_384,
+            accept_backlog: 1024,
+            max_pending_syns: 1024,
+            handshake_timeout: Duration::from_secs(20),
+            idle_timeout: Some(Duration::from_secs(180)),
+            keepalive: Some(Duration::from_secs(60)),
+            time_wait: Duration::from_secs(1),
+            close_timeout: Duration::from_secs(30),
+            nagle: false,
+            ack_delay: Some(Duration::from_millis(10)),
+            shards: 16,
+            max_outbound_packets: 4096,
+            udp_queue_packets: 256,
+            udp_queue_bytes: 256 << 10,
+        }
+    }
+}
+
+impl NetstackConfig {
+    /// A default configuration answering on `addresses`.
+    pub fn new(addresses: impl IntoIterator<Item = IpAddr>) -> Self {
+        Self {
+            addresses: addresses.into_iter().collect(),
+            ..Self::default()
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        let v4 = self.addresses.iter().filter(|a| a.is_ipv4()).count();
+        let v6 = self.addresses.len() - v4;
+        if self.addresses.is_empty() || v4 > 1 || v6 > 1 {
+            return Err(ConfigError::Addresses);
+        }
+        if let Some(bad) = self
+            .addresses
+            .iter()
+            .find(|a| a.is_unspecified() || a.is_multicast())
+        {
+            return Err(ConfigError::Address(*bad));
+        }
+        if !(1280..=65_535).contains(&self.mtu) {
+            return Err(ConfigError::Mtu(self.mtu));
+        }
+        for (field, value) in [
+            ("tcp_rx_buffer", self.tcp_rx_buffer),
+            ("tcp_tx_buffer", self.tcp_tx_buffer),
+        ] {
+            if !(4096..=(1 << 30)).contains(&value) {
+                return Err(ConfigError::Range { field, value });
+            }
+        }
+        for (field, value) in [
+            ("max_connections", self.max_connections),
+            ("accept_backlog", self.accept_backlog),
+            ("max_pending_syns", self.max_pending_syns),
+            ("max_outbound_packets", self.max_outbound_packets),
+            ("udp_queue_packets", self.udp_queue_packets),
+            ("udp_queue_bytes", self.udp_queue_bytes),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Range { field, value });
+            }
+        }
+        if !(1..=64).contains(&self.shards) {
+            return Err(ConfigError::Range {
+                field: "shards",
+                value: self.shards,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A [`NetstackConfig`] that cannot work.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// No address, or more than one per IP family.
+    #[error("netstack config: addresses: need one or two addresses, at most one per IP family")]
+    Addresses,
+    /// An address that cannot be a host address.
+    #[error("netstack config: addresses: `{0}` is not a unicast host address")]
+    Address(IpAddr),
+    /// MTU out of range.
+    #[error("netstack config: mtu: {0} is outside 1280..=65535")]
+    Mtu(usize),
+    /// A size or count out of its range.
+    #[error("netstack config: {field}: {value} is out of range")]
+    Range {
+        /// The field.
+        field: &'static str,
+        /// Its value.
+        value: usize,
+    },
+    /// [`Netstack::new`](crate::Netstack::new) was called outside a tokio runtime.
+    #[error("netstack: must be created inside a tokio runtime (it spawns its driver task)")]
+    NoRuntime,
+}

@@ -1,0 +1,516 @@
+//! One shard of the stack: a smoltcp interface and socket set, and the connection table
+//! that gives the socket set a backlog, limits and cleanup. Sans-IO: packets and `now` go
+//! in, packets and the next deadline come out.
+//!
+//! smoltcp scans every socket of a set on each ingress packet and each egress pass, so
+//! the stack splits its TCP connections over several shards by a keyed hash of the
+//! 4-tuple. UDP and ICMP sockets live in shard 0.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::DeviceCapabilities;
+use smoltcp::socket::tcp;
+use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
+
+use crate::buffer::TcpBuffers;
+use crate::config::NetstackConfig;
+use crate::device::{Dev, capabilities};
+use crate::stack::Shared;
+use crate::stats::DropReason;
+use crate::tcp::{Accepted, ListenerShared};
+use crate::time::{Clock, smol_duration};
+use crate::wire::{Class, Tuple};
+
+/// How often half-open and closing connections are checked while any exist.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
+
+/// A TCP socket's entry in the connection table.
+struct Conn {
+    handle: SocketHandle,
+    state: ConnState,
+    /// Keep last: the socket using these rings is removed from the set first.
+    bufs: TcpBuffers,
+}
+
+/// Who owns a TCP socket.
+enum ConnState {
+    /// Handshake in progress on behalf of `listener`; dropped past `deadline`.
+    HalfOpen {
+        listener: Arc<ListenerShared>,
+        deadline: Instant,
+    },
+    /// A `TcpStream` or a listener's accept queue owns it.
+    Owned,
+    /// Its stream was dropped: finishing the close, aborted past `deadline`.
+    Closing {
+        deadline: Instant,
+        time_wait_until: Option<Instant>,
+    },
+}
+
+/// One smoltcp interface with its sockets.
+pub(crate) struct Shard {
+    /// Declared first and cleared in `Drop`: sockets must go before the mappings in `conns`.
+    sockets: SocketSet<'static>,
+    iface: Interface,
+    conns: HashMap<Tuple, Conn>,
+    caps: DeviceCapabilities,
+    clock: Clock,
+    tx: Vec<Bytes>,
+    /// Connections in `HalfOpen` or `Closing`.
+    watched: usize,
+    sweep_at: Option<Instant>,
+    /// Bound UDP ports (shard 0 only), with the number of sockets on each.
+    pub(crate) udp_ports: HashMap<u16, usize>,
+    /// ICMP echo identifiers in use (shard 0 only).
+    pub(crate) icmp_idents: HashSet<u16>,
+    index: usize,
+}
+
+impl Drop for Shard {
+    fn drop(&mut self) {
+        // Drop every socket (and its borrowed rings) before `conns` unmaps them.
+        self.sockets = SocketSet::new(Vec::new());
+    }
+}
+
+impl Shard {
+    /// A shard answering on `config.addresses`.
+    pub(crate) fn new(
+        index: usize,
+        config: &NetstackConfig,
+        clock: Clock,
+        seed: u64,
+        now: Instant,
+    ) -> Self {
+        let caps = capabilities(config.mtu);
+        let mut tx = Vec::new();
+        let mut dev = Dev {
+            rx: None,
+            tx: &mut tx,
+            tx_limit: 0,
+            caps: &caps,
+        };
+        let mut iface_config = Config::new(HardwareAddress::Ip);
+        iface_config.random_seed = seed;
+        let mut iface = Interface::new(iface_config, &mut dev, clock.smol_at(now));
+        iface.update_ip_addrs(|addrs| {
+            for addr in &config.addresses {
+                let addr = IpAddress::from(*addr);
+                let prefix = if addr.version() == smoltcp::wire::IpVersion::Ipv4 {
+                    32
+                } else {
+                    128
+                };
+                // Capacity is 2 and the config allows one address per family.
+                let _ = addrs.push(IpCidr::new(addr, prefix));
+            }
+        });
+        // Medium::Ip has no neighbours: a default route (via our own address, which is
+        // never looked at) makes every destination reachable through the device.
+        for addr in &config.addresses {
+            let _ = match IpAddress::from(*addr) {
+                IpAddress::Ipv4(a) => iface.routes_mut().add_default_ipv4_route(a).map(|_| ()),
+                IpAddress::Ipv6(a) => iface.routes_mut().add_default_ipv6_route(a).map(|_| ()),
+            };
+        }
+        Self {
+            sockets: SocketSet::new(Vec::new()),
+            iface,
+            conns: HashMap::new(),
+            caps,
+            clock,
+            tx,
+            watched: 0,
+            sweep_at: None,
+            udp_ports: HashMap::new(),
+            icmp_idents: HashSet::new(),
+            index,
+        }
+    }
+
+    /// Feeds one classified inbound packet through smoltcp (ingress only).
+    pub(crate) fn handle_packet(
+        &mut self,
+        shared: &Shared,
+        packet: &[u8],
+        class: Class,
+        now: Instant,
+    ) {
+        let mut watch = None;
+        match class {
+            Class::Tcp { tuple, syn_only } => match self.conns.get(&tuple) {
+                Some(conn) => {
+                    if matches!(conn.state, ConnState::HalfOpen { .. }) {
+                        watch = Some(tuple);
+                    }
+                }
+                None if syn_only => {
+                    if self.open_half(shared, tuple, now) {
+                        watch = Some(tuple);
+                    }
+                }
+                None => shared.counters.drop(DropReason::NoSocket),
+            },
+            Class::Udp { port } => {
+                if !self.udp_ports.contains_key(&port) {
+                    shared.counters.drop(DropReason::NoSocket);
+                    return;
+                }
+            }
+            Class::Other => {}
+        }
+        let mut dev = Dev {
+            rx: Some(packet),
+            tx: &mut self.tx,
+            tx_limit: usize::MAX,
+            caps: &self.caps,
+        };
+        self.iface
+            .poll_ingress_single(self.clock.smol_at(now), &mut dev, &mut self.sockets);
+        if let Some(tuple) = watch {
+            self.check_half_open(shared, tuple, now);
+        }
+    }
+
+    /// Runs egress passes until smoltcp has nothing more to send or `budget` packets
+    /// were produced.
+    pub(crate) fn egress(&mut self, now: Instant, budget: usize) {
+        let limit = self.tx.len().saturating_add(budget);
+        let mut dev = Dev {
+            rx: None,
+            tx: &mut self.tx,
+            tx_limit: limit,
+            caps: &self.caps,
+        };
+        let t = self.clock.smol_at(now);
+        loop {
+            let res = self.iface.poll_egress(t, &mut dev, &mut self.sockets);
+            if res == smoltcp::iface::PollResult::None || dev.tx.len() >= limit {
+                break;
+            }
+        }
+    }
+
+    /// Drops half-open connections past their deadline and finishes closing ones.
+    pub(crate) fn maintain(&mut self, shared: &Shared, now: Instant) {
+        if self.sweep_at.is_none_or(|at| now < at) {
+            return;
+        }
+        let time_wait = shared.config.time_wait;
+        let mut remove = Vec::new();
+        let mut expired = Vec::new();
+        for (tuple, conn) in &mut self.conns {
+            let socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
+            match &mut conn.state {
+                ConnState::Owned => {}
+                ConnState::HalfOpen { deadline, .. } => {
+                    if now >= *deadline {
+                        expired.push(*tuple);
+                    }
+                }
+                ConnState::Closing {
+                    deadline,
+                    time_wait_until,
+                } => match socket.state() {
+                    tcp::State::Closed => remove.push(*tuple),
+                    tcp::State::TimeWait => {
+                        let until = *time_wait_until.get_or_insert(now + time_wait);
+                        if now >= until {
+                            remove.push(*tuple);
+                        }
+                    }
+                    _ if now >= *deadline => {
+                        socket.abort();
+                    }
+                    _ => {}
+                },
+            }
+        }
+        for tuple in expired {
+            self.drop_half_open(shared, tuple, true, now);
+        }
+        for tuple in remove {
+            self.remove(shared, tuple);
+        }
+        self.sweep_at = (self.watched > 0).then(|| now + SWEEP_INTERVAL);
+    }
+
+    /// When this shard next needs a poll.
+    pub(crate) fn poll_timeout(&mut self, now: Instant) -> Option<Instant> {
+        let smol = self
+            .iface
+            .poll_at(self.clock.smol_at(now), &self.sockets)
+            .map(|t| self.clock.std_at(t));
+        match (smol, self.sweep_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Takes the packets produced since the last call.
+    pub(crate) fn take_transmit(&mut self) -> Vec<Bytes> {
+        std::mem::take(&mut self.tx)
+    }
+
+    /// Whether packets are waiting in [`Shard::take_transmit`].
+    pub(crate) fn has_transmit(&self) -> bool {
+        !self.tx.is_empty()
+    }
+
+    /// Number of sockets (of all kinds) in this shard.
+    pub(crate) fn socket_count(&self) -> usize {
+        self.sockets.iter().count()
+    }
+
+    /// Opens an outbound connection on `tuple`; `Ok(None)` when the tuple is taken.
+    pub(crate) fn connect(
+        &mut self,
+        shared: &Shared,
+        tuple: Tuple,
+    ) -> io::Result<Option<SocketHandle>> {
+        if self.conns.contains_key(&tuple) {
+            return Ok(None);
+        }
+        let (handle, bufs) = self.new_tcp(shared)?;
+        let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+        // Until established the smoltcp timeout bounds the handshake.
+        socket.set_timeout(Some(smol_duration(shared.config.handshake_timeout)));
+        let res = socket.connect(self.iface.context(), tuple.remote, tuple.local);
+        self.conns.insert(
+            tuple,
+            Conn {
+                handle,
+                state: ConnState::Owned,
+                bufs,
+            },
+        );
+        if let Err(err) = res {
+            self.remove(shared, tuple);
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("netstack: connect to {}: {err}", tuple.remote),
+            ));
+        }
+        Ok(Some(handle))
+    }
+
+    /// The TCP socket behind `handle`.
+    pub(crate) fn tcp(&mut self, handle: SocketHandle) -> &mut tcp::Socket<'static> {
+        self.sockets.get_mut::<tcp::Socket>(handle)
+    }
+
+    /// Sets the options of an established connection (idle timeout after the handshake).
+    pub(crate) fn established(&mut self, shared: &Shared, handle: SocketHandle) {
+        let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+        socket.set_timeout(shared.config.idle_timeout.map(smol_duration));
+    }
+
+    /// The stream or accept queue owning `tuple` let go of it: close gracefully in the
+    /// background (abort when unread data is left, as a kernel does), bounded by
+    /// `close_timeout`.
+    pub(crate) fn release(&mut self, shared: &Shared, tuple: Tuple, now: Instant, abort: bool) {
+        let Some(conn) = self.conns.get_mut(&tuple) else {
+            return;
+        };
+        let socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
+        match socket.state() {
+            tcp::State::Closed | tcp::State::TimeWait | tcp::State::Listen => {
+                self.remove(shared, tuple);
+                return;
+            }
+            tcp::State::SynSent => {
+                socket.abort();
+            }
+            _ if abort || socket.recv_queue() > 0 => socket.abort(),
+            _ => socket.close(),
+        }
+        conn.state = ConnState::Closing {
+            deadline: now + shared.config.close_timeout,
+            time_wait_until: None,
+        };
+        self.watch(now);
+    }
+
+    /// Adds a UDP or ICMP socket.
+    pub(crate) fn add_socket<T: smoltcp::socket::AnySocket<'static>>(
+        &mut self,
+        socket: T,
+    ) -> SocketHandle {
+        self.sockets.add(socket)
+    }
+
+    /// Removes a UDP or ICMP socket.
+    pub(crate) fn remove_socket(&mut self, handle: SocketHandle) {
+        self.sockets.remove(handle);
+    }
+
+    /// A UDP or ICMP socket.
+    pub(crate) fn socket<T: smoltcp::socket::AnySocket<'static>>(
+        &mut self,
+        handle: SocketHandle,
+    ) -> &mut T {
+        self.sockets.get_mut::<T>(handle)
+    }
+
+    fn watch(&mut self, now: Instant) {
+        self.watched += 1;
+        let at = now + SWEEP_INTERVAL;
+        self.sweep_at = Some(self.sweep_at.map_or(at, |s| s.min(at)));
+    }
+
+    /// A SYN for a new 4-tuple: give it a listening socket if a listener wants it and
+    /// no limit is reached (else smoltcp answers RST). Returns whether one was made.
+    fn open_half(&mut self, shared: &Shared, tuple: Tuple, now: Instant) -> bool {
+        let Some(listener) = shared.find_listener(tuple.local) else {
+            shared.counters.drop(DropReason::NoSocket);
+            return false;
+        };
+        let c = &shared.counters;
+        if c.half_open.load(Relaxed) >= shared.config.max_pending_syns
+            || listener.pending.load(Relaxed) >= listener.backlog
+        {
+            c.drop(DropReason::LimitReached);
+            return false;
+        }
+        let Ok((handle, bufs)) = self.new_tcp(shared) else {
+            c.drop(DropReason::LimitReached);
+            return false;
+        };
+        let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+        if socket.listen(tuple.local).is_err() {
+            self.sockets.remove(handle);
+            c.tcp_sockets.fetch_sub(1, Relaxed);
+            drop(bufs);
+            return false;
+        }
+        listener.pending.fetch_add(1, Relaxed);
+        c.half_open.fetch_add(1, Relaxed);
+        self.conns.insert(
+            tuple,
+            Conn {
+                handle,
+                state: ConnState::HalfOpen {
+                    listener,
+                    deadline: now + shared.config.handshake_timeout,
+                },
+                bufs,
+            },
+        );
+        self.watch(now);
+        true
+    }
+
+    /// After a packet for half-open `tuple`: hand it to the accept queue once
+    /// established, forget it if the handshake failed.
+    fn check_half_open(&mut self, shared: &Shared, tuple: Tuple, now: Instant) {
+        let Some(conn) = self.conns.get(&tuple) else {
+            return;
+        };
+        let ConnState::HalfOpen { listener, .. } = &conn.state else {
+            return;
+        };
+        let handle = conn.handle;
+        match self.sockets.get::<tcp::Socket>(handle).state() {
+            tcp::State::SynReceived => {}
+            tcp::State::Listen | tcp::State::Closed => {
+                self.drop_half_open(shared, tuple, false, now)
+            }
+            _ => {
+                let listener = Arc::clone(listener);
+                if listener.is_closed() {
+                    self.drop_half_open(shared, tuple, true, now);
+                    return;
+                }
+                self.established(shared, handle);
+                if let Some(conn) = self.conns.get_mut(&tuple) {
+                    conn.state = ConnState::Owned;
+                }
+                self.watched -= 1;
+                shared.counters.half_open.fetch_sub(1, Relaxed);
+                shared.counters.pending_accepts.fetch_add(1, Relaxed);
+                listener.push(Accepted {
+                    shard: self.index,
+                    handle,
+                    tuple,
+                });
+            }
+        }
+    }
+
+    /// Forgets a half-open connection (sending RST when `abort`).
+    fn drop_half_open(&mut self, shared: &Shared, tuple: Tuple, abort: bool, now: Instant) {
+        let Some(conn) = self.conns.get_mut(&tuple) else {
+            return;
+        };
+        let ConnState::HalfOpen { listener, .. } = &conn.state else {
+            return;
+        };
+        listener.pending.fetch_sub(1, Relaxed);
+        shared.counters.half_open.fetch_sub(1, Relaxed);
+        let socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
+        if abort && socket.state() != tcp::State::Closed && socket.state() != tcp::State::Listen {
+            // Keep it until the RST is out; the sweep removes closed sockets.
+            socket.abort();
+            conn.state = ConnState::Closing {
+                deadline: now,
+                time_wait_until: None,
+            };
+            return;
+        }
+        self.watched -= 1;
+        self.remove_conn(shared, tuple);
+    }
+
+    /// Removes a connection that is `Closing` (or owned, on release).
+    fn remove(&mut self, shared: &Shared, tuple: Tuple) {
+        if let Some(conn) = self.conns.get(&tuple)
+            && matches!(conn.state, ConnState::Closing { .. })
+        {
+            self.watched -= 1;
+        }
+        self.remove_conn(shared, tuple);
+    }
+
+    fn remove_conn(&mut self, shared: &Shared, tuple: Tuple) {
+        if let Some(conn) = self.conns.remove(&tuple) {
+            // The socket (holding slices of `conn.bufs`) goes first, then the mapping.
+            drop(self.sockets.remove(conn.handle));
+            drop(conn.bufs);
+            shared.counters.tcp_sockets.fetch_sub(1, Relaxed);
+        }
+    }
+
+    /// A TCP socket with this stack's options, within `max_connections`.
+    fn new_tcp(&mut self, shared: &Shared) -> io::Result<(SocketHandle, TcpBuffers)> {
+        let config = &shared.config;
+        let count = &shared.counters.tcp_sockets;
+        if count.fetch_add(1, Relaxed) >= config.max_connections {
+            count.fetch_sub(1, Relaxed);
+            return Err(io::Error::new(
+                io::ErrorKind::QuotaExceeded,
+                "netstack: max_connections reached",
+            ));
+        }
+        let mut bufs = match TcpBuffers::new(config.tcp_rx_buffer, config.tcp_tx_buffer) {
+            Ok(bufs) => bufs,
+            Err(err) => {
+                count.fetch_sub(1, Relaxed);
+                return Err(err);
+            }
+        };
+        let mut socket = bufs.socket();
+        socket.set_nagle_enabled(config.nagle);
+        socket.set_ack_delay(config.ack_delay.map(smol_duration));
+        socket.set_keep_alive(config.keepalive.map(smol_duration));
+        socket.set_congestion_control(tcp::CongestionControl::Cubic);
+        let handle = self.sockets.add(socket);
+        Ok((handle, bufs))
+    }
+}

@@ -1,0 +1,503 @@
+//! The tokio adapter: [`Netstack`], its shards behind locks, the outbound queue and the
+//! driver task that polls shards at their deadlines.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::pin;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
+use std::time::Instant;
+
+use bytes::Bytes;
+use smoltcp::wire::{IpAddress, IpEndpoint};
+use tokio::sync::Notify;
+
+use crate::config::{ConfigError, NetstackConfig};
+use crate::shard::Shard;
+use crate::stats::{Counters, DropReason, NetstackStats};
+use crate::tcp::{ListenerShared, TcpListener, TcpStream};
+use crate::time::Clock;
+use crate::wire::{Class, Tuple, classify, shard_of};
+
+/// First port of the ephemeral range for outbound connections.
+const EPHEMERAL_FIRST: u16 = 49_152;
+
+/// A userspace TCP/IP stack on virtual IPs. A cheap handle: clones share one stack.
+///
+/// The packet side ([`send_packets`](Self::send_packets) in,
+/// [`recv_packets`](Self::recv_packets) out) connects it to a tunnel; the socket side
+/// ([`listen`](Self::listen), [`connect`](Self::connect), [`bind_udp`](Self::bind_udp),
+/// [`ping`](Self::ping)) serves applications. A driver task, spawned by
+/// [`Netstack::new`] and ended when the last handle, socket and listener are gone,
+/// runs timers (retransmits, delayed ACKs, keep-alives) from smoltcp's next deadline:
+/// it sleeps when nothing is due.
+#[derive(Clone)]
+pub struct Netstack {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Netstack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Netstack")
+            .field("addresses", &self.shared.config.addresses)
+            .finish_non_exhaustive()
+    }
+}
+
+/// State shared by the handle, the sockets and the driver.
+pub(crate) struct Shared {
+    pub(crate) config: NetstackConfig,
+    pub(crate) clock: Clock,
+    pub(crate) counters: Counters,
+    addrs: Vec<IpAddress>,
+    shards: Box<[Mutex<Shard>]>,
+    /// Each shard's next deadline in clock microseconds (`u64::MAX`: none).
+    deadlines: Box<[AtomicU64]>,
+    /// Shards that want a poll now (bit per shard).
+    dirty: AtomicU64,
+    /// Shards that stopped emitting because the outbound queue was full.
+    blocked: AtomicU64,
+    /// When the driver will wake next (clock microseconds).
+    driver_at: AtomicU64,
+    driver: Arc<Notify>,
+    out: Mutex<VecDeque<Bytes>>,
+    out_len: AtomicUsize,
+    out_ready: Notify,
+    out_space: Notify,
+    listeners: RwLock<HashMap<u16, Vec<Arc<ListenerShared>>>>,
+    hash_key: u64,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Wake the driver so it sees the stack is gone and ends.
+        self.driver.notify_one();
+        tracing::debug!("netstack: stopped");
+    }
+}
+
+impl Netstack {
+    /// Creates the stack and spawns its driver on the current tokio runtime.
+    pub fn new(config: NetstackConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| ConfigError::NoRuntime)?;
+        let now = Instant::now();
+        let clock = Clock::new(now);
+        let shards = (0..config.shards)
+            .map(|i| Mutex::new(Shard::new(i, &config, clock, rand::random(), now)))
+            .collect();
+        let deadlines = (0..config.shards)
+            .map(|_| AtomicU64::new(u64::MAX))
+            .collect();
+        let wake = Arc::new(Notify::new());
+        let shared = Arc::new(Shared {
+            addrs: config
+                .addresses
+                .iter()
+                .map(|a| IpAddress::from(*a))
+                .collect(),
+            clock,
+            counters: Counters::default(),
+            shards,
+            deadlines,
+            dirty: AtomicU64::new(0),
+            blocked: AtomicU64::new(0),
+            driver_at: AtomicU64::new(u64::MAX),
+            driver: Arc::clone(&wake),
+            out: Mutex::new(VecDeque::new()),
+            out_len: AtomicUsize::new(0),
+            out_ready: Notify::new(),
+            out_space: Notify::new(),
+            listeners: RwLock::new(HashMap::new()),
+            hash_key: rand::random(),
+            config,
+        });
+        runtime.spawn(drive(Arc::downgrade(&shared), wake));
+        tracing::info!(addresses = ?shared.config.addresses, mtu = shared.config.mtu, "netstack: up");
+        Ok(Self { shared })
+    }
+
+    /// The stack's configuration.
+    pub fn config(&self) -> &NetstackConfig {
+        &self.shared.config
+    }
+
+    /// Gauges and counters.
+    pub fn stats(&self) -> NetstackStats {
+        self.shared.counters.snapshot()
+    }
+
+    /// Takes inbound IP packets (from the tunnel) and processes them at once: each
+    /// shard's share of the batch goes through smoltcp, then one egress pass emits
+    /// replies into the outbound queue. Waits first while the outbound queue is full
+    /// (back-pressure: drain it with [`recv_packets`](Self::recv_packets)). Returns how
+    /// many packets were accepted (the rest were malformed or not for us, and counted).
+    pub async fn send_packets<P: AsRef<[u8]>>(&self, packets: &[P]) -> usize {
+        let shared = &self.shared;
+        loop {
+            let mut space = pin!(shared.out_space.notified());
+            space.as_mut().enable();
+            if shared.out_len.load(Relaxed) < shared.config.max_outbound_packets {
+                break;
+            }
+            space.await;
+        }
+        self.push_packets(packets)
+    }
+
+    /// Like [`send_packets`](Self::send_packets) without waiting: when the outbound
+    /// queue is full the whole batch is dropped and counted as
+    /// [`DropReason::QueueFull`], and 0 is returned.
+    pub fn try_push_packets<P: AsRef<[u8]>>(&self, packets: &[P]) -> usize {
+        let shared = &self.shared;
+        if shared.out_len.load(Relaxed) >= shared.config.max_outbound_packets {
+            for _ in packets {
+                shared.counters.drop(DropReason::QueueFull);
+            }
+            return 0;
+        }
+        self.push_packets(packets)
+    }
+
+    fn push_packets<P: AsRef<[u8]>>(&self, packets: &[P]) -> usize {
+        let shared = &*self.shared;
+        let now = Instant::now();
+        let n_shards = shared.shards.len();
+        let mut items: Vec<(usize, usize, Class)> = Vec::with_capacity(packets.len());
+        shared
+            .counters
+            .rx_packets
+            .fetch_add(packets.len() as u64, Relaxed);
+        for (i, packet) in packets.iter().enumerate() {
+            match classify(packet.as_ref(), &shared.addrs) {
+                Ok(class) => {
+                    let shard = match &class {
+                        Class::Tcp { tuple, .. } => shard_of(shared.hash_key, tuple, n_shards),
+                        _ => 0,
+                    };
+                    items.push((shard, i, class));
+                }
+                Err(reason) => shared.counters.drop(reason),
+            }
+        }
+        items.sort_by_key(|item| item.0);
+        for group in items.chunk_by(|a, b| a.0 == b.0) {
+            let idx = group[0].0;
+            shared.with_shard(idx, now, |shard| {
+                for (_, i, class) in group {
+                    shard.handle_packet(shared, packets[*i].as_ref(), *class, now);
+                }
+            });
+        }
+        items.len()
+    }
+
+    /// Waits for outbound IP packets (to the tunnel) and moves up to `max` of them into
+    /// `out`. Returns how many (at least 1).
+    pub async fn recv_packets(&self, out: &mut Vec<Bytes>, max: usize) -> usize {
+        loop {
+            let mut ready = pin!(self.shared.out_ready.notified());
+            ready.as_mut().enable();
+            let n = self.try_recv_packets(out, max);
+            if n > 0 || max == 0 {
+                return n;
+            }
+            ready.await;
+        }
+    }
+
+    /// Moves up to `max` queued outbound packets into `out` without waiting.
+    pub fn try_recv_packets(&self, out: &mut Vec<Bytes>, max: usize) -> usize {
+        let shared = &*self.shared;
+        let n = {
+            let mut q = lock(&shared.out);
+            let n = max.min(q.len());
+            out.extend(q.drain(..n));
+            shared.out_len.fetch_sub(n, SeqCst);
+            n
+        };
+        if n > 0 {
+            if shared.blocked.load(SeqCst) != 0 {
+                shared.driver.notify_one();
+            }
+            shared.out_space.notify_waiters();
+            if shared.out_len.load(Relaxed) > 0 {
+                // More left: keep the next `recv_packets` from sleeping.
+                shared.out_ready.notify_one();
+            }
+        }
+        n
+    }
+
+    /// Outbound packets waiting to be taken.
+    pub fn pending_outbound(&self) -> usize {
+        self.shared.out_len.load(Relaxed)
+    }
+
+    /// Listens on `addr` (one of the stack's addresses, or unspecified for all of them)
+    /// with the configured accept backlog.
+    pub fn listen(&self, addr: SocketAddr) -> io::Result<TcpListener> {
+        self.listen_with_backlog(addr, self.shared.config.accept_backlog)
+    }
+
+    /// Listens on `addr` with an accept backlog of `backlog` connections (half-open plus
+    /// established, not yet accepted); SYNs past it are answered with RST.
+    pub fn listen_with_backlog(&self, addr: SocketAddr, backlog: usize) -> io::Result<TcpListener> {
+        let shared = &self.shared;
+        let ip = shared.local_ip(addr.ip())?;
+        if addr.port() == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "netstack: listen: port 0 is not supported",
+            ));
+        }
+        let mut listeners = shared
+            .listeners
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let on_port = listeners.entry(addr.port()).or_default();
+        if on_port
+            .iter()
+            .any(|l| l.addr.is_none() || ip.is_none() || l.addr == ip)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("netstack: listen: {addr} is in use"),
+            ));
+        }
+        let listener = Arc::new(ListenerShared::new(ip, addr.port(), backlog.max(1)));
+        on_port.push(Arc::clone(&listener));
+        drop(listeners);
+        tracing::debug!(%addr, backlog, "netstack: listening");
+        Ok(TcpListener::new(Arc::clone(&self.shared), listener, addr))
+    }
+
+    /// Opens a TCP connection from the stack's address of `remote`'s family. A closed
+    /// port fails with `ConnectionRefused` as soon as the RST arrives; no answer within
+    /// `handshake_timeout` fails with `TimedOut`.
+    pub async fn connect(&self, remote: SocketAddr) -> io::Result<TcpStream> {
+        let shared = &self.shared;
+        let local_ip = shared.source_for(remote.ip())?;
+        if remote.port() == 0 || remote.ip().is_unspecified() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("netstack: connect: {remote} is not a destination"),
+            ));
+        }
+        let now = Instant::now();
+        for _ in 0..64 {
+            let port = rand::random_range(EPHEMERAL_FIRST..=u16::MAX);
+            let tuple = Tuple {
+                local: IpEndpoint::new(local_ip, port),
+                remote: IpEndpoint::from(remote),
+            };
+            let idx = shard_of(shared.hash_key, &tuple, shared.shards.len());
+            let handle = shared.with_shard(idx, now, |shard| shard.connect(shared, tuple))?;
+            if let Some(handle) = handle {
+                let stream = TcpStream::new(Arc::clone(shared), idx, handle, tuple);
+                stream.wait_established(now).await?;
+                return Ok(stream);
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::AddrNotAvailable,
+            format!("netstack: connect to {remote}: no free local port"),
+        ))
+    }
+
+    /// Number of sockets in each shard (for tests and benches of the sharding).
+    pub fn shard_sizes(&self) -> Vec<usize> {
+        (0..self.shared.shards.len())
+            .map(|i| self.shared.lock(i).socket_count())
+            .collect()
+    }
+}
+
+impl Shared {
+    /// Locks shard `idx`. A panic elsewhere never leaves a shard half-updated in a way
+    /// that matters more than stopping the stack would, so poisoning is ignored.
+    pub(crate) fn lock(&self, idx: usize) -> MutexGuard<'_, Shard> {
+        lock(&self.shards[idx])
+    }
+
+    /// Runs `f` on shard `idx`, then its egress pass, maintenance and deadline update.
+    pub(crate) fn with_shard<R>(
+        &self,
+        idx: usize,
+        now: Instant,
+        f: impl FnOnce(&mut Shard) -> R,
+    ) -> R {
+        let mut shard = self.lock(idx);
+        let r = f(&mut shard);
+        self.finish(idx, &mut shard, now);
+        r
+    }
+
+    /// Egress, maintenance, flush to the outbound queue, next deadline.
+    pub(crate) fn finish(&self, idx: usize, shard: &mut Shard, now: Instant) {
+        let bit = 1u64 << idx;
+        let room = self
+            .config
+            .max_outbound_packets
+            .saturating_sub(self.out_len.load(SeqCst));
+        let blocked = if room > 0 {
+            shard.egress(now, room);
+            false
+        } else {
+            self.blocked.fetch_or(bit, SeqCst);
+            true
+        };
+        shard.maintain(self, now);
+        if shard.has_transmit() {
+            self.enqueue_out(shard.take_transmit());
+        }
+        let now_us = self.clock.micros(now);
+        let deadline = if blocked {
+            // Polled again when the queue drains (see `try_recv_packets`).
+            u64::MAX
+        } else {
+            match shard.poll_timeout(now) {
+                // smoltcp asks for "now" only when it could not send; do not spin.
+                Some(t) => self.clock.micros(t).max(now_us + 1000),
+                None => u64::MAX,
+            }
+        };
+        self.deadlines[idx].store(deadline, SeqCst);
+        if deadline < self.driver_at.load(SeqCst) {
+            self.driver.notify_one();
+        }
+    }
+
+    fn enqueue_out(&self, packets: Vec<Bytes>) {
+        let n = packets.len();
+        lock(&self.out).extend(packets);
+        self.out_len.fetch_add(n, SeqCst);
+        self.counters.tx_packets.fetch_add(n as u64, Relaxed);
+        self.out_ready.notify_one();
+    }
+
+    /// The listener for a SYN to `local`, if any.
+    pub(crate) fn find_listener(&self, local: IpEndpoint) -> Option<Arc<ListenerShared>> {
+        let listeners = self
+            .listeners
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        listeners
+            .get(&local.port)?
+            .iter()
+            .find(|l| l.addr.is_none_or(|a| a == local.addr))
+            .cloned()
+    }
+
+    /// Forgets a listener.
+    pub(crate) fn unregister(&self, listener: &Arc<ListenerShared>) {
+        let mut listeners = self
+            .listeners
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(on_port) = listeners.get_mut(&listener.port) {
+            on_port.retain(|l| !Arc::ptr_eq(l, listener));
+            if on_port.is_empty() {
+                listeners.remove(&listener.port);
+            }
+        }
+    }
+
+    /// `ip` as a local address to bind: `None` for unspecified, else one of ours.
+    pub(crate) fn local_ip(&self, ip: IpAddr) -> io::Result<Option<IpAddress>> {
+        if ip.is_unspecified() {
+            return Ok(None);
+        }
+        let ip = IpAddress::from(ip);
+        if self.addrs.contains(&ip) {
+            Ok(Some(ip))
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::AddrNotAvailable,
+                format!("netstack: {ip} is not an address of this stack"),
+            ))
+        }
+    }
+
+    /// Our address of `remote`'s family.
+    pub(crate) fn source_for(&self, remote: IpAddr) -> io::Result<IpAddress> {
+        self.addrs
+            .iter()
+            .copied()
+            .find(|a| a.version() == IpAddress::from(remote).version())
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::AddrNotAvailable,
+                    format!("netstack: no local address of the family of {remote}"),
+                )
+            })
+    }
+
+    /// One driver pass: polls the shards that are dirty or due. Returns the earliest
+    /// remaining deadline (clock microseconds).
+    fn drive_once(&self) -> u64 {
+        let now = Instant::now();
+        let now_us = self.clock.micros(now);
+        self.driver_at.store(0, SeqCst);
+        let full = self.out_len.load(SeqCst) >= self.config.max_outbound_packets;
+        let mut due = self.dirty.swap(0, SeqCst);
+        if !full {
+            due |= self.blocked.swap(0, SeqCst);
+        }
+        for (idx, deadline) in self.deadlines.iter().enumerate() {
+            if due & (1 << idx) != 0 || deadline.load(SeqCst) <= now_us {
+                self.with_shard(idx, now, |_| {});
+            }
+        }
+        let next = self.min_deadline();
+        self.driver_at.store(next, SeqCst);
+        // A shard that stored an earlier deadline before seeing `driver_at` is caught here.
+        self.min_deadline().min(next)
+    }
+
+    fn min_deadline(&self) -> u64 {
+        self.deadlines
+            .iter()
+            .map(|d| d.load(SeqCst))
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+}
+
+/// Locks a mutex, ignoring poisoning (see [`Shared::lock`]).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The driver task: polls shards when they are due, sleeps otherwise. Holds only a weak
+/// reference while asleep, so dropping the last handle and socket ends it.
+async fn drive(weak: Weak<Shared>, wake: Arc<Notify>) {
+    loop {
+        let mut notified = pin!(wake.notified());
+        notified.as_mut().enable();
+        let sleep_until = {
+            let Some(shared) = weak.upgrade() else {
+                return;
+            };
+            let next = shared.drive_once();
+            let now_us = shared.clock.micros(Instant::now());
+            if shared.dirty.load(SeqCst) != 0 || next <= now_us {
+                drop(shared);
+                tokio::task::yield_now().await;
+                continue;
+            }
+            (next != u64::MAX).then(|| shared.clock.instant_at(next))
+        };
+        match sleep_until {
+            Some(at) => {
+                tokio::select! {
+                    () = notified => {}
+                    () = tokio::time::sleep_until(at.into()) => {}
+                }
+            }
+            None => notified.await,
+        }
+    }
+}

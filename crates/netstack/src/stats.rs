@@ -1,0 +1,123 @@
+//! Counters the agent exports as metrics.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+
+/// Why an inbound packet was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DropReason {
+    /// Not a parseable IPv4/IPv6 packet, or a bad TCP/UDP header.
+    Malformed,
+    /// Destination is not one of the stack's addresses.
+    NotForUs,
+    /// IP fragments and other features the stack does not handle.
+    Unsupported,
+    /// UDP to a port nobody bound, or TCP to a port nobody listens on (answered with RST).
+    NoSocket,
+    /// A connection refused because a limit was reached (answered with RST).
+    LimitReached,
+    /// The outbound queue was full (only [`Netstack::try_push_packets`](crate::Netstack::try_push_packets)).
+    QueueFull,
+}
+
+impl DropReason {
+    /// Every reason, in [`DropCounts`] order.
+    pub const ALL: [DropReason; 6] = [
+        DropReason::Malformed,
+        DropReason::NotForUs,
+        DropReason::Unsupported,
+        DropReason::NoSocket,
+        DropReason::LimitReached,
+        DropReason::QueueFull,
+    ];
+
+    /// A short metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "malformed",
+            DropReason::NotForUs => "not_for_us",
+            DropReason::Unsupported => "unsupported",
+            DropReason::NoSocket => "no_socket",
+            DropReason::LimitReached => "limit_reached",
+            DropReason::QueueFull => "queue_full",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            DropReason::Malformed => 0,
+            DropReason::NotForUs => 1,
+            DropReason::Unsupported => 2,
+            DropReason::NoSocket => 3,
+            DropReason::LimitReached => 4,
+            DropReason::QueueFull => 5,
+        }
+    }
+}
+
+/// Dropped inbound packets by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DropCounts([u64; 6]);
+
+impl DropCounts {
+    /// Packets dropped for `reason`.
+    pub fn get(&self, reason: DropReason) -> u64 {
+        self.0[reason.index()]
+    }
+
+    /// All drops.
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+}
+
+/// A snapshot of a stack's gauges and counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NetstackStats {
+    /// TCP sockets in any state (half-open, open, closing).
+    pub tcp_sockets: usize,
+    /// Established connections waiting in listeners' accept queues.
+    pub pending_accepts: usize,
+    /// Half-open connections (SYN received, handshake not finished).
+    pub half_open: usize,
+    /// IP packets taken in.
+    pub rx_packets: u64,
+    /// IP packets handed out.
+    pub tx_packets: u64,
+    /// Inbound packets dropped, by reason.
+    pub dropped: DropCounts,
+}
+
+/// The live counters behind [`NetstackStats`].
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) tcp_sockets: AtomicUsize,
+    pub(crate) pending_accepts: AtomicUsize,
+    pub(crate) half_open: AtomicUsize,
+    pub(crate) rx_packets: AtomicU64,
+    pub(crate) tx_packets: AtomicU64,
+    drops: [AtomicU64; 6],
+}
+
+impl Counters {
+    pub(crate) fn drop(&self, reason: DropReason) {
+        tracing::trace!(reason = reason.as_str(), "netstack: packet dropped");
+        self.drops[reason.index()].fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> NetstackStats {
+        let mut dropped = DropCounts::default();
+        for (slot, counter) in dropped.0.iter_mut().zip(&self.drops) {
+            *slot = counter.load(Relaxed);
+        }
+        NetstackStats {
+            tcp_sockets: self.tcp_sockets.load(Relaxed),
+            pending_accepts: self.pending_accepts.load(Relaxed),
+            half_open: self.half_open.load(Relaxed),
+            rx_packets: self.rx_packets.load(Relaxed),
+            tx_packets: self.tx_packets.load(Relaxed),
+            dropped,
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! TCP sockets: [`TcpListener`] with an accept backlog, and [`TcpStream`] with tokio's
+//! `AsyncRead`/`AsyncWrite`.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::{Pin, pin};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use smoltcp::iface::SocketHandle;
+use smoltcp::socket::tcp;
+use smoltcp::wire::IpAddress;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+
+use crate::stack::{Shared, lock};
+use crate::wire::Tuple;
+
+/// An established connection waiting in a listener's accept queue.
+#[derive(Debug)]
+pub(crate) struct Accepted {
+    pub(crate) shard: usize,
+    pub(crate) handle: SocketHandle,
+    pub(crate) tuple: Tuple,
+}
+
+/// A listener's state shared with the shards that complete its handshakes.
+#[derive(Debug)]
+pub(crate) struct ListenerShared {
+    /// Bound address; `None` for every address of the stack.
+    pub(crate) addr: Option<IpAddress>,
+    pub(crate) port: u16,
+    pub(crate) backlog: usize,
+    /// Half-open plus queued connections, bounded by `backlog`.
+    pub(crate) pending: AtomicUsize,
+    queue: Mutex<VecDeque<Accepted>>,
+    notify: Notify,
+    closed: AtomicBool,
+}
+
+impl ListenerShared {
+    pub(crate) fn new(addr: Option<IpAddress>, port: u16, backlog: usize) -> Self {
+        Self {
+            addr,
+            port,
+            backlog,
+            pending: AtomicUsize::new(0),
+            queue: Mutex::new(VecDeque::new()),
+            notify: Notify::new(),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Relaxed)
+    }
+
+    /// Queues an established connection (called with its shard locked).
+    pub(crate) fn push(&self, accepted: Accepted) {
+        lock(&self.queue).push_back(accepted);
+        self.notify.notify_one();
+    }
+}
+
+/// A TCP listener on a virtual IP. Connections are queued (up to the backlog) from the
+/// moment their SYN arrives and handed out by [`accept`](Self::accept) once established.
+/// Dropping it resets queued connections and frees their sockets.
+pub struct TcpListener {
+    shared: Arc<Shared>,
+    listener: Arc<ListenerShared>,
+    addr: SocketAddr,
+}
+
+impl std::fmt::Debug for TcpListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpListener")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+impl TcpListener {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        listener: Arc<ListenerShared>,
+        addr: SocketAddr,
+    ) -> Self {
+        Self {
+            shared,
+            listener,
+            addr,
+        }
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Waits for an established connection; returns it with the peer's address.
+    pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
+        loop {
+            let mut notified = pin!(self.listener.notify.notified());
+            notified.as_mut().enable();
+            if let Some(stream) = self.try_accept() {
+                let peer = stream.peer_addr();
+                return Ok((stream, peer));
+            }
+            notified.await;
+        }
+    }
+
+    fn try_accept(&self) -> Option<TcpStream> {
+        let accepted = lock(&self.listener.queue).pop_front()?;
+        self.listener.pending.fetch_sub(1, Relaxed);
+        self.shared.counters.pending_accepts.fetch_sub(1, Relaxed);
+        Some(TcpStream::new(
+            Arc::clone(&self.shared),
+            accepted.shard,
+            accepted.handle,
+            accepted.tuple,
+        ))
+    }
+}
+
+impl Drop for TcpListener {
+    fn drop(&mut self) {
+        self.listener.closed.store(true, Relaxed);
+        self.shared.unregister(&self.listener);
+        let queued: Vec<Accepted> = lock(&self.listener.queue).drain(..).collect();
+        let now = Instant::now();
+        for accepted in queued {
+            self.listener.pending.fetch_sub(1, Relaxed);
+            self.shared.counters.pending_accepts.fetch_sub(1, Relaxed);
+            self.shared.with_shard(accepted.shard, now, |shard| {
+                shard.release(&self.shared, accepted.tuple, now, true);
+            });
+        }
+    }
+}
+
+/// A TCP connection on a virtual IP.
+///
+/// `shutdown` sends FIN and reading continues until the peer's FIN (half-close).
+/// Errors: `ConnectionReset` after an RST (or an idle timeout), `BrokenPipe` when
+/// writing after shutdown. Dropping it closes gracefully in the background (FIN, bounded
+/// by `close_timeout`), or resets when unread data is left.
+pub struct TcpStream {
+    shared: Arc<Shared>,
+    shard: usize,
+    handle: SocketHandle,
+    tuple: Tuple,
+}
+
+impl std::fmt::Debug for TcpStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpStream")
+            .field("local", &self.local_addr())
+            .field("peer", &self.peer_addr())
+            .finish()
+    }
+}
+
+impl TcpStream {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        shard: usize,
+        handle: SocketHandle,
+        tuple: Tuple,
+    ) -> Self {
+        Self {
+            shared,
+            shard,
+            handle,
+            tuple,
+        }
+    }
+
+    /// Our address (virtual IP and port).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.tuple.local.into()
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.tuple.remote.into()
+    }
+
+    /// Waits until an outbound connection is established.
+    pub(crate) async fn wait_established(&self, started: Instant) -> io::Result<()> {
+        poll_fn(|cx| {
+            let mut shard = self.shared.lock(self.shard);
+            let socket = shard.tcp(self.handle);
+            match socket.state() {
+                tcp::State::SynSent | tcp::State::SynReceived => {
+                    socket.register_recv_waker(cx.waker());
+                    Poll::Pending
+                }
+                tcp::State::Closed => {
+                    let timed_out = started.elapsed() >= self.shared.config.handshake_timeout;
+                    let (kind, what) = if timed_out {
+                        (io::ErrorKind::TimedOut, "timed out")
+                    } else {
+                        (io::ErrorKind::ConnectionRefused, "refused")
+                    };
+                    Poll::Ready(Err(io::Error::new(
+                        kind,
+                        format!("netstack: connect to {}: {what}", self.tuple.remote),
+                    )))
+                }
+                _ => {
+                    shard.established(&self.shared, self.handle);
+                    Poll::Ready(Ok(()))
+                }
+            }
+        })
+        .await
+    }
+
+    fn closed_error(&self, socket: &tcp::Socket<'_>, writing: bool) -> io::Error {
+        let (kind, what) = match socket.state() {
+            tcp::State::Closed => (io::ErrorKind::ConnectionReset, "connection reset"),
+            _ if writing => (io::ErrorKind::BrokenPipe, "write after shutdown"),
+            _ => (io::ErrorKind::NotConnected, "not connected"),
+        };
+        io::Error::new(
+            kind,
+            format!(
+                "netstack: {} -> {}: {what}",
+                self.tuple.local, self.tuple.remote
+            ),
+        )
+    }
+}
+
+impl AsyncRead for TcpStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let mut shard = this.shared.lock(this.shard);
+        let socket = shard.tcp(this.handle);
+        let before = socket.recv_queue();
+        let half = socket.recv_capacity() / 2;
+        let dst = buf.initialize_unfilled();
+        if dst.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        match socket.recv_slice(dst) {
+            Ok(0) => {
+                socket.register_recv_waker(cx.waker());
+                Poll::Pending
+            }
+            Ok(n) => {
+                buf.advance(n);
+                if before > half {
+                    // The window doubles: announce it now rather than at the next timer.
+                    this.shared.finish(this.shard, &mut shard, Instant::now());
+                }
+                Poll::Ready(Ok(()))
+            }
+            Err(tcp::RecvError::Finished) => Poll::Ready(Ok(())),
+            Err(_) => Poll::Ready(Err(this.closed_error(socket, false))),
+        }
+    }
+}
+
+impl AsyncWrite for TcpStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let mut shard = this.shared.lock(this.shard);
+        let socket = shard.tcp(this.handle);
+        if !socket.may_send() {
+            return Poll::Ready(Err(this.closed_error(socket, true)));
+        }
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        match socket.send_slice(buf) {
+            Ok(0) => {
+                socket.register_send_waker(cx.waker());
+                Poll::Pending
+            }
+            Ok(n) => {
+                this.shared.finish(this.shard, &mut shard, Instant::now());
+                Poll::Ready(Ok(n))
+            }
+            Err(_) => Poll::Ready(Err(this.closed_error(socket, true))),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let mut shard = this.shared.lock(this.shard);
+        shard.tcp(this.handle).close();
+        this.shared.finish(this.shard, &mut shard, Instant::now());
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for TcpStream {
+    fn drop(&mut self) {
+        let now = Instant::now();
+        let shared = &*self.shared;
+        shared.with_shard(self.shard, now, |shard| {
+            shard.release(shared, self.tuple, now, false);
+        });
+    }
+}

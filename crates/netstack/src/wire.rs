@@ -1,0 +1,195 @@
+//! Classifies an inbound IP packet before smoltcp sees it: which shard owns it, and
+//! whether it must be dropped (and under which reason).
+
+use smoltcp::wire::{
+    IpAddress, IpEndpoint, IpProtocol, Ipv4Packet, Ipv6Packet, TcpPacket, UdpPacket,
+};
+
+use crate::stats::DropReason;
+
+/// A TCP connection's 4-tuple, from this stack's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Tuple {
+    /// Our virtual IP and port.
+    pub(crate) local: IpEndpoint,
+    /// The peer's.
+    pub(crate) remote: IpEndpoint,
+}
+
+/// What an inbound packet is, as far as demultiplexing cares.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Class {
+    /// A TCP segment.
+    Tcp {
+        /// Its connection.
+        tuple: Tuple,
+        /// SYN without ACK: may open a connection.
+        syn_only: bool,
+    },
+    /// A UDP datagram to our `port`.
+    Udp {
+        /// Destination port.
+        port: u16,
+    },
+    /// ICMP and anything else smoltcp may answer.
+    Other,
+}
+
+/// Parses the headers of `packet`; `ours` are the stack's addresses.
+pub(crate) fn classify(packet: &[u8], ours: &[IpAddress]) -> Result<Class, DropReason> {
+    let (src, dst, proto, payload) = match packet.first().map(|b| b >> 4) {
+        Some(4) => {
+            let ip = Ipv4Packet::new_checked(packet).map_err(|_| DropReason::Malformed)?;
+            if ip.more_frags() || ip.frag_offset() != 0 {
+                return Err(DropReason::Unsupported);
+            }
+            let (src, dst) = (
+                IpAddress::Ipv4(ip.src_addr()),
+                IpAddress::Ipv4(ip.dst_addr()),
+            );
+            (src, dst, ip.next_header(), ip.payload())
+        }
+        Some(6) => {
+            let ip = Ipv6Packet::new_checked(packet).map_err(|_| DropReason::Malformed)?;
+            let (src, dst) = (
+                IpAddress::Ipv6(ip.src_addr()),
+                IpAddress::Ipv6(ip.dst_addr()),
+            );
+            (src, dst, ip.next_header(), ip.payload())
+        }
+        _ => return Err(DropReason::Malformed),
+    };
+    if !ours.contains(&dst) {
+        return Err(DropReason::NotForUs);
+    }
+    if src.is_unspecified() || src.is_multicast() || src.is_broadcast() {
+        return Err(DropReason::Malformed);
+    }
+    match proto {
+        IpProtocol::Tcp => {
+            let tcp = TcpPacket::new_checked(payload).map_err(|_| DropReason::Malformed)?;
+            if tcp.src_port() == 0 || tcp.dst_port() == 0 {
+                return Err(DropReason::Malformed);
+            }
+            let tuple = Tuple {
+                local: IpEndpoint::new(dst, tcp.dst_port()),
+                remote: IpEndpoint::new(src, tcp.src_port()),
+            };
+            let syn_only = tcp.syn() && !tcp.ack() && !tcp.rst();
+            Ok(Class::Tcp { tuple, syn_only })
+        }
+        IpProtocol::Udp => {
+            let udp = UdpPacket::new_checked(payload).map_err(|_| DropReason::Malformed)?;
+            Ok(Class::Udp {
+                port: udp.dst_port(),
+            })
+        }
+        _ => Ok(Class::Other),
+    }
+}
+
+/// The shard of a TCP connection: a keyed hash of the peer and both ports.
+pub(crate) fn shard_of(key: u64, tuple: &Tuple, shards: usize) -> usize {
+    if shards <= 1 {
+        return 0;
+    }
+    const K: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut h = key;
+    let mut mix = |v: u64| h = (h ^ v).wrapping_mul(K).rotate_left(29);
+    match tuple.remote.addr {
+        IpAddress::Ipv4(a) => mix(u64::from(a.to_bits())),
+        IpAddress::Ipv6(a) => {
+            let bits = a.to_bits();
+            // Truncation intended: both halves are mixed.
+            mix(bits as u64);
+            mix((bits >> 64) as u64);
+        }
+    }
+    mix(u64::from(tuple.remote.port) << 16 | u64::from(tuple.local.port));
+    let h = h ^ (h >> 32);
+    // Multiply-shift maps the hash uniformly onto 0..shards.
+    ((u128::from(h) * shards as u128) >> 64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{Ipv4Address, Ipv4Repr, TcpControl, TcpRepr, TcpSeqNumber};
+
+    fn syn(src: Ipv4Address, dst: Ipv4Address) -> Vec<u8> {
+        let tcp = TcpRepr {
+            src_port: 40000,
+            dst_port: 80,
+            control: TcpControl::Syn,
+            seq_number: TcpSeqNumber(1),
+            ack_number: None,
+            window_len: 1000,
+            window_scale: None,
+            max_seg_size: None,
+            sack_permitted: false,
+            sack_ranges: [None; 3],
+            timestamp: None,
+            payload: &[],
+        };
+        let ip = Ipv4Repr {
+            src_addr: src,
+            dst_addr: dst,
+            next_header: IpProtocol::Tcp,
+            payload_len: tcp.buffer_len(),
+            hop_limit: 64,
+        };
+        let mut buf = vec![0u8; ip.buffer_len() + tcp.buffer_len()];
+        let caps = ChecksumCapabilities::default();
+        let mut pkt = Ipv4Packet::new_unchecked(&mut buf);
+        ip.emit(&mut pkt, &caps);
+        tcp.emit(
+            &mut TcpPacket::new_unchecked(pkt.payload_mut()),
+            &src.into(),
+            &dst.into(),
+            &caps,
+        );
+        buf
+    }
+
+    #[test]
+    fn classifies_a_syn_and_drops_what_is_not_ours() {
+        let ours = [IpAddress::v4(10, 0, 0, 2)];
+        let pkt = syn(Ipv4Address::new(10, 0, 0, 1), Ipv4Address::new(10, 0, 0, 2));
+        match classify(&pkt, &ours) {
+            Ok(Class::Tcp { tuple, syn_only }) => {
+                assert!(syn_only);
+                assert_eq!(tuple.local.port, 80);
+                assert_eq!(tuple.remote.port, 40000);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let other = syn(Ipv4Address::new(10, 0, 0, 1), Ipv4Address::new(10, 0, 0, 3));
+        assert_eq!(classify(&other, &ours).err(), Some(DropReason::NotForUs));
+        assert_eq!(
+            classify(&pkt[..30], &ours).err(),
+            Some(DropReason::Malformed)
+        );
+        assert_eq!(classify(&[], &ours).err(), Some(DropReason::Malformed));
+    }
+
+    #[test]
+    fn shard_hash_is_in_range_and_spreads() {
+        let mut seen = [0usize; 8];
+        for port in 1..=800u16 {
+            let t = Tuple {
+                local: IpEndpoint::new(IpAddress::v4(10, 0, 0, 2), 80),
+                remote: IpEndpoint::new(IpAddress::v4(10, 0, 0, 1), port),
+            };
+            seen[shard_of(7, &t, 8)] += 1;
+        }
+        assert!(seen.iter().all(|&n| n > 50), "{seen:?}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn classify_never_panics(data in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            let _ = classify(&data, &[IpAddress::v4(10, 0, 0, 2)]);
+        }
+    }
+}

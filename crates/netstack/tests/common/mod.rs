@@ -1,0 +1,131 @@
+//! Two stacks joined in memory, directly or through an impaired link.
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use bytes::Bytes;
+use netstack::{Netstack, NetstackConfig};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+pub const A: &str = "10.9.0.1";
+pub const B: &str = "10.9.0.2";
+pub const A6: &str = "fd00::1";
+pub const B6: &str = "fd00::2";
+
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().expect("test address")
+}
+
+pub fn sa(s: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip(s), port)
+}
+
+pub fn config(addrs: &[&str]) -> NetstackConfig {
+    NetstackConfig::new(addrs.iter().map(|a| ip(a)))
+}
+
+/// Impairments of a link direction.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Impair {
+    pub loss: f64,
+    pub reorder: f64,
+    pub duplicate: f64,
+    pub delay: Duration,
+    pub jitter: Duration,
+    pub seed: u64,
+}
+
+pub struct Pair {
+    pub a: Netstack,
+    pub b: Netstack,
+    pumps: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        for p in &self.pumps {
+            p.abort();
+        }
+    }
+}
+
+pub fn pair_with(ca: NetstackConfig, cb: NetstackConfig, impair: Option<Impair>) -> Pair {
+    let a = Netstack::new(ca).expect("stack a");
+    let b = Netstack::new(cb).expect("stack b");
+    let pumps = vec![
+        tokio::spawn(pump(a.clone(), b.clone(), impair)),
+        tokio::spawn(pump(
+            b.clone(),
+            a.clone(),
+            impair.map(|i| Impair {
+                seed: i.seed ^ 0x5555,
+                ..i
+            }),
+        )),
+    ];
+    Pair { a, b, pumps }
+}
+
+pub fn pair() -> Pair {
+    pair_with(config(&[A, A6]), config(&[B, B6]), None)
+}
+
+async fn pump(from: Netstack, to: Netstack, impair: Option<Impair>) {
+    let mut batch: Vec<Bytes> = Vec::new();
+    let Some(imp) = impair else {
+        loop {
+            from.recv_packets(&mut batch, 256).await;
+            to.send_packets(&batch).await;
+            batch.clear();
+        }
+    };
+    let mut rng = StdRng::seed_from_u64(imp.seed);
+    let mut held: BinaryHeap<Reverse<(Instant, u64, Vec<u8>)>> = BinaryHeap::new();
+    let mut seq = 0u64;
+    loop {
+        let next = held.peek().map(|Reverse((t, _, _))| *t);
+        tokio::select! {
+            _ = from.recv_packets(&mut batch, 256) => {
+                let now = Instant::now();
+                for p in batch.drain(..) {
+                    if rng.random_bool(imp.loss) {
+                        continue;
+                    }
+                    let copies = if rng.random_bool(imp.duplicate) { 2 } else { 1 };
+                    for _ in 0..copies {
+                        let mut at = now + imp.delay;
+                        if imp.jitter > Duration::ZERO {
+                            at += imp.jitter.mul_f64(rng.random::<f64>());
+                        }
+                        if rng.random_bool(imp.reorder) {
+                            at += Duration::from_millis(3);
+                        }
+                        seq += 1;
+                        held.push(Reverse((at, seq, p.to_vec())));
+                    }
+                }
+            }
+            _ = async { tokio::time::sleep_until(next.unwrap_or_else(Instant::now)).await }, if next.is_some() => {}
+        }
+        let now = Instant::now();
+        let mut due = Vec::new();
+        while let Some(Reverse((t, _, _))) = held.peek() {
+            if *t > now {
+                break;
+            }
+            let Some(Reverse((_, _, p))) = held.pop() else {
+                break;
+            };
+            due.push(p);
+        }
+        if !due.is_empty() {
+            to.send_packets(&due).await;
+        }
+    }
+}

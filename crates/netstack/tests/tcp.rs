@@ -1,0 +1,249 @@
+//! TCP between two in-memory stacks.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test]
+async fn connect_accept_and_echo_over_ipv4_and_ipv6() {
+    let p = pair();
+    for (a, b) in [(A, B), (A6, B6)] {
+        let listener = p.b.listen(sa(b, 7)).expect("listen");
+        let client = tokio::spawn({
+            let a_stack = p.a.clone();
+            async move {
+                let mut s = a_stack.connect(sa(b, 7)).await.expect("connect");
+                assert_eq!(s.peer_addr(), sa(b, 7));
+                assert_eq!(s.local_addr().ip(), ip(a));
+                s.write_all(b"hello").await.expect("write");
+                let mut buf = [0u8; 5];
+                s.read_exact(&mut buf).await.expect("read");
+                buf
+            }
+        });
+        let (mut server, peer) = listener.accept().await.expect("accept");
+        assert_eq!(peer.ip(), ip(a));
+        let mut buf = [0u8; 5];
+        server.read_exact(&mut buf).await.expect("server read");
+        server.write_all(&buf).await.expect("server write");
+        assert_eq!(&client.await.expect("join"), b"hello");
+    }
+}
+
+#[tokio::test]
+async fn connect_to_a_closed_port_is_refused_fast() {
+    let p = pair();
+    let start = Instant::now();
+    let err = p.a.connect(sa(B, 81)).await.expect_err("nobody listens");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    assert!(
+        start.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(p.b.stats().dropped.get(netstack::DropReason::NoSocket) >= 1);
+}
+
+#[tokio::test]
+async fn half_close_both_ways() {
+    let p = pair();
+    let listener = p.b.listen(sa(B, 9)).expect("listen");
+    let mut client = p.a.connect(sa(B, 9)).await.expect("connect");
+    let (mut server, _) = listener.accept().await.expect("accept");
+
+    // Client closes its half first; the server still writes back.
+    client.write_all(b"request").await.expect("write");
+    client.shutdown().await.expect("shutdown");
+    let mut req = Vec::new();
+    server.read_to_end(&mut req).await.expect("read to eof");
+    assert_eq!(req, b"request");
+    server
+        .write_all(b"response after client fin")
+        .await
+        .expect("write after peer fin");
+    server.shutdown().await.expect("server shutdown");
+    let mut resp = Vec::new();
+    client.read_to_end(&mut resp).await.expect("client read");
+    assert_eq!(resp, b"response after client fin");
+    let err = client
+        .write_all(b"x")
+        .await
+        .expect_err("write after shutdown");
+    assert_eq!(err.kind(), std::io::ErrorKind::BrokenPipe, "{err}");
+
+    // Now the server closes first.
+    let mut client = p.a.connect(sa(B, 9)).await.expect("connect 2");
+    let (mut server, _) = listener.accept().await.expect("accept 2");
+    server.write_all(b"banner").await.expect("banner");
+    server.shutdown().await.expect("server shutdown 2");
+    let mut banner = Vec::new();
+    client.read_to_end(&mut banner).await.expect("client eof");
+    assert_eq!(banner, b"banner");
+    client
+        .write_all(b"late")
+        .await
+        .expect("client writes after server fin");
+    client.shutdown().await.expect("client shutdown 2");
+    let mut late = Vec::new();
+    server.read_to_end(&mut late).await.expect("server eof");
+    assert_eq!(late, b"late");
+}
+
+#[tokio::test]
+async fn backlog_burst_of_256_syns_is_all_accepted() {
+    let p = pair();
+    let listener = p.b.listen_with_backlog(sa(B, 80), 256).expect("listen");
+    let mut clients = Vec::new();
+    for _ in 0..256 {
+        let a = p.a.clone();
+        clients.push(tokio::spawn(async move { a.connect(sa(B, 80)).await }));
+    }
+    let mut streams = Vec::new();
+    for _ in 0..256 {
+        let (s, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+            .await
+            .expect("accept in time")
+            .expect("accept");
+        streams.push(s);
+    }
+    for c in clients {
+        c.await.expect("join").expect("every connect succeeds");
+    }
+    assert_eq!(
+        p.b.stats().dropped.get(netstack::DropReason::LimitReached),
+        0
+    );
+}
+
+#[tokio::test]
+async fn past_the_backlog_new_connections_are_refused() {
+    let p = pair();
+    let _listener = p.b.listen_with_backlog(sa(B, 80), 4).expect("listen");
+    let mut ok = Vec::new();
+    for _ in 0..4 {
+        ok.push(p.a.connect(sa(B, 80)).await.expect("within backlog"));
+    }
+    let err = p.a.connect(sa(B, 80)).await.expect_err("backlog full");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    assert_eq!(p.b.stats().pending_accepts, 4);
+    assert!(p.b.stats().dropped.get(netstack::DropReason::LimitReached) >= 1);
+}
+
+#[tokio::test]
+async fn dropped_streams_free_their_sockets() {
+    let p = pair();
+    let listener = p.b.listen(sa(B, 80)).expect("listen");
+    for _ in 0..20 {
+        let mut c = p.a.connect(sa(B, 80)).await.expect("connect");
+        let (mut s, _) = listener.accept().await.expect("accept");
+        c.write_all(b"x").await.expect("write");
+        let mut one = [0u8; 1];
+        s.read_exact(&mut one).await.expect("read");
+        drop(c);
+        drop(s);
+    }
+    drop(listener);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while p.a.stats().tcp_sockets + p.b.stats().tcp_sockets > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "sockets left: {:?} {:?}",
+            p.a.stats(),
+            p.b.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn reset_is_reported_as_connection_reset() {
+    let p = pair();
+    let listener = p.b.listen(sa(B, 80)).expect("listen");
+    let mut c = p.a.connect(sa(B, 80)).await.expect("connect");
+    let (mut s, _) = listener.accept().await.expect("accept");
+    c.write_all(b"unread").await.expect("write");
+    let mut one = [0u8; 1];
+    s.read_exact(&mut one).await.expect("read one");
+    // Unread data left: dropping resets.
+    drop(s);
+    let mut buf = [0u8; 16];
+    let err = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+        .await
+        .expect("in time")
+        .expect_err("reset");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+}
+
+/// Moves `bytes` each way at once over one connection and checks SHA-256 of both.
+pub async fn transfer(p: &Pair, bytes: usize, port: u16) {
+    let listener = p.b.listen(sa(B, port)).expect("listen");
+    let c = p.a.connect(sa(B, port)).await.expect("connect");
+    let (s, _) = listener.accept().await.expect("accept");
+    let (c_rd, c_wr) = tokio::io::split(c);
+    let (s_rd, s_wr) = tokio::io::split(s);
+    let up = tokio::spawn(send(c_wr, bytes, 1));
+    let down = tokio::spawn(send(s_wr, bytes, 2));
+    let up_rx = tokio::spawn(recv(s_rd));
+    let down_rx = tokio::spawn(recv(c_rd));
+    let (up_sent, down_sent) = (up.await.expect("up"), down.await.expect("down"));
+    let (up_got, down_got) = (up_rx.await.expect("up rx"), down_rx.await.expect("down rx"));
+    assert_eq!(up_got, (bytes, up_sent));
+    assert_eq!(down_got, (bytes, down_sent));
+}
+
+async fn send<W: AsyncWriteExt + Unpin>(mut w: W, n: usize, salt: u8) -> [u8; 32] {
+    let mut chunk: Vec<u8> = (0..65_536u32)
+        .map(|i| (i.wrapping_mul(7) ^ (i >> 9)) as u8)
+        .collect();
+    let mut h = Sha256::new();
+    let mut left = n;
+    let mut round = 0u8;
+    while left > 0 {
+        chunk[0] = salt;
+        chunk[1] = round;
+        round = round.wrapping_add(1);
+        let k = left.min(chunk.len());
+        w.write_all(&chunk[..k]).await.expect("write");
+        h.update(&chunk[..k]);
+        left -= k;
+    }
+    w.shutdown().await.expect("shutdown");
+    h.finalize().into()
+}
+
+async fn recv<R: AsyncReadExt + Unpin>(mut r: R) -> (usize, [u8; 32]) {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 65_536];
+    let mut total = 0;
+    loop {
+        let n = r.read(&mut buf).await.expect("read");
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        total += n;
+    }
+    (total, h.finalize().into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_mib_each_way_with_checksums() {
+    let p = pair();
+    tokio::time::timeout(Duration::from_secs(30), transfer(&p, 4 << 20, 5001))
+        .await
+        .expect("in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_64_mib_each_way_with_checksums() {
+    let p = pair();
+    let start = Instant::now();
+    tokio::time::timeout(Duration::from_secs(60), transfer(&p, 64 << 20, 5002))
+        .await
+        .expect("in time");
+    eprintln!("64 MiB each way in {:?}", start.elapsed());
+}
