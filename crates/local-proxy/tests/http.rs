@@ -1,0 +1,498 @@
+//! The HTTP proxy against a real upstream on loopback.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::Request;
+use http_body_util::{Full, channel::Channel};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use local_proxy::{HttpRouteConfig, ProxyConfig, ShutdownOutcome};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[tokio::test]
+async fn get_and_post_with_fixed_and_chunked_bodies() {
+    let (_, p) = start_pair(ProxyConfig::default()).await;
+
+    let resp = send(p.addr, get("/say?hello")).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(body_text(resp).await, "hello");
+
+    let fixed = Request::post("/echo")
+        .header("host", "example.test")
+        .body(Full::new(Bytes::from_static(b"fixed body")))
+        .unwrap();
+    let resp = send(p.addr, fixed).await;
+    assert_eq!(body_text(resp).await, "fixed body");
+
+    // No length known up front: the client sends chunked, the upstream echoes chunked.
+    let (mut tx, body) = Channel::<Bytes, std::convert::Infallible>::new(2);
+    let chunked = Request::post("/echo")
+        .header("host", "example.test")
+        .body(body)
+        .unwrap();
+    let sending = tokio::spawn(async move {
+        for part in ["one ", "two ", "three"] {
+            tx.send_data(Bytes::from(part)).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    let resp = send(p.addr, chunked).await;
+    assert_eq!(resp.headers()["transfer-encoding"], "chunked");
+    assert_eq!(body_text(resp).await, "one two three");
+    sending.await.unwrap();
+
+    // Chunked by hand, too, with the upstream seeing no hop-by-hop framing.
+    let raw = raw_exchange(
+        p.addr,
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    assert!(raw.ends_with("\r\n\r\n11"), "{raw}");
+
+    let m = p.proxy.metrics().snapshot();
+    assert_eq!(m.requests_by_class[1], 4);
+    assert!(m.bytes_in > 0 && m.bytes_out > 0);
+    assert_eq!(m.latency.count, 4);
+}
+
+#[tokio::test]
+async fn pipelined_requests_on_one_kept_alive_connection() {
+    let (_, p) = start_pair(ProxyConfig::default()).await;
+    let mut stream = TcpStream::connect(p.addr).await.unwrap();
+    let mut batch = Vec::new();
+    for i in 1..=3 {
+        batch
+            .extend_from_slice(format!("GET /say?pong-{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+    }
+    batch.extend_from_slice(b"GET /say?last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    stream.write_all(&batch).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let out = String::from_utf8(out).unwrap();
+    assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 4, "{out}");
+    let order: Vec<usize> = ["pong-1", "pong-2", "pong-3", "last"]
+        .iter()
+        .map(|w| out.find(w).unwrap())
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{out}");
+    assert_eq!(p.proxy.metrics().snapshot().connections, 1);
+}
+
+#[tokio::test]
+async fn h2c_from_the_client_is_forwarded_as_http11() {
+    let (_, p) = start_pair(ProxyConfig::default()).await;
+    let stream = TcpStream::connect(p.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("http://app.example:8080/headers")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let seen = body_text(resp).await;
+    assert!(seen.contains("version: HTTP/1.1"), "{seen}");
+    assert!(seen.contains("host: app.example:8080"), "{seen}");
+    // Several streams at once on the same connection, with bodies.
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let mut sender = sender.clone();
+        tasks.push(tokio::spawn(async move {
+            let req = Request::post("http://app.example/echo")
+                .body(Full::new(Bytes::from(format!("body {i}"))))
+                .unwrap();
+            body_text(sender.send_request(req).await.unwrap()).await
+        }));
+    }
+    for (i, task) in tasks.into_iter().enumerate() {
+        assert_eq!(task.await.unwrap(), format!("body {i}"));
+    }
+}
+
+#[tokio::test]
+async fn h2c_to_the_upstream_when_configured() {
+    let upstream = start_upstream().await;
+    let mut route = HttpRouteConfig::new(upstream);
+    route.upstream_h2c = true;
+    let p = start_proxy(route, ProxyConfig::default()).await;
+    let seen = body_text(send(p.addr, get("/headers")).await).await;
+    assert!(seen.contains("version: HTTP/2.0"), "{seen}");
+    let req = Request::post("/echo")
+        .header("host", "x")
+        .body(Full::new(Bytes::from_static(b"over h2")))
+        .unwrap();
+    assert_eq!(body_text(send(p.addr, req).await).await, "over h2");
+}
+
+#[tokio::test]
+async fn forwarded_chain_is_kept_and_appended_by_default() {
+    let (_, p) = start_pair(ProxyConfig::default()).await;
+    let req = Request::get("/headers")
+        .header("host", "app.example")
+        .header("x-forwarded-for", "203.0.113.7")
+        .header("x-forwarded-proto", "https")
+        .header("forwarded", "for=203.0.113.7;proto=https")
+        .header("connection", "x-drop-me")
+        .header("x-drop-me", "1")
+        .header("keep-alive", "timeout=5")
+        .header("te", "trailers")
+        .header("x-app", "kept")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let seen = body_text(send(p.addr, req).await).await;
+    assert!(seen.contains("host: app.example\n"), "{seen}");
+    assert!(
+        seen.contains("x-forwarded-for: 203.0.113.7, 127.0.0.1\n"),
+        "{seen}"
+    );
+    assert!(seen.contains("x-forwarded-proto: https\n"), "{seen}");
+    assert!(seen.contains("x-forwarded-host: app.example\n"), "{seen}");
+    assert!(
+        seen.contains("forwarded: for=203.0.113.7;proto=https, for=127.0.0.1;host=\"app.example\";proto=http\n"),
+        "{seen}"
+    );
+    assert!(seen.contains("x-app: kept\n"), "{seen}");
+    for gone in ["x-drop-me", "keep-alive", "te:"] {
+        assert!(!seen.contains(gone), "{gone} reached the upstream: {seen}");
+    }
+}
+
+#[tokio::test]
+async fn forwarded_chain_is_replaced_when_not_trusted() {
+    let upstream = start_upstream().await;
+    let mut route = HttpRouteConfig::new(upstream);
+    route.trust_forwarded = false;
+    let p = start_proxy(route, ProxyConfig::default()).await;
+    let req = Request::get("/headers")
+        .header("host", "app.example")
+        .header("x-forwarded-for", "203.0.113.7")
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "evil.example")
+        .header("forwarded", "for=203.0.113.7")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let seen = body_text(send(p.addr, req).await).await;
+    assert!(seen.contains("x-forwarded-for: 127.0.0.1\n"), "{seen}");
+    assert!(seen.contains("x-forwarded-proto: http\n"), "{seen}");
+    assert!(seen.contains("x-forwarded-host: app.example\n"), "{seen}");
+    assert!(
+        seen.contains("forwarded: for=127.0.0.1;host=\"app.example\";proto=http\n"),
+        "{seen}"
+    );
+    assert!(
+        !seen.contains("203.0.113.7") && !seen.contains("evil"),
+        "{seen}"
+    );
+}
+
+#[tokio::test]
+async fn websocket_upgrade_is_tunnelled_both_ways() {
+    let (_, p) = start_pair(ProxyConfig::default()).await;
+    let mut stream = TcpStream::connect(p.addr).await.unwrap();
+    stream
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("upgrade: websocket"),
+        "{head}"
+    );
+    for round in 0..3 {
+        let msg = format!("frame {round} through the tunnel");
+        stream.write_all(msg.as_bytes()).await.unwrap();
+        let mut back = vec![0; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, msg.as_bytes());
+    }
+    assert_eq!(p.tracker.open_connections(), 1);
+    assert_eq!(p.proxy.metrics().snapshot().requests_by_class[0], 1);
+    // Closing our side ends the tunnel and frees the slot.
+    stream.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), p.tracker.drained())
+        .await
+        .unwrap();
+}
+
+async fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            n,
+            1,
+            "closed before the end of the head: {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+#[tokio::test]
+async fn upstream_refused_gives_502() {
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let p = start_proxy(HttpRouteConfig::new(closed), ProxyConfig::default()).await;
+    let resp = send(p.addr, get("/")).await;
+    assert_eq!(resp.status(), 502);
+    assert!(body_text(resp).await.starts_with("502 Bad Gateway"));
+    let m = p.proxy.metrics().snapshot();
+    assert_eq!((m.requests_by_class[4], m.upstream_errors), (1, 1));
+}
+
+#[tokio::test]
+async fn slow_upstream_gives_504_and_the_proxy_keeps_serving() {
+    let config = config(|c| c.upstream_response_timeout = Duration::from_millis(300));
+    let (_, p) = start_pair(config).await;
+    let started = std::time::Instant::now();
+    let resp = send(p.addr, get("/slow?3000")).await;
+    assert_eq!(resp.status(), 504);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(body_text(resp).await.starts_with("504 Gateway Timeout"));
+    assert_eq!(
+        body_text(send(p.addr, get("/say?fine")).await).await,
+        "fine"
+    );
+}
+
+#[tokio::test]
+async fn oversized_head_gives_431_and_malformed_gives_400() {
+    let config = config(|c| c.max_header_bytes = 8 * 1024);
+    let (_, p) = start_pair(config).await;
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(9 * 1024)
+    );
+    let out = raw_exchange(p.addr, big.as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 431"), "{out}");
+    // Far beyond any buffer: still 431, and the proxy reads no more than it must.
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(200 * 1024)
+    );
+    let out = raw_exchange(p.addr, huge.as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 431"), "{out}");
+    let out = raw_exchange(p.addr, b"THIS IS NOT HTTP\r\n\r\n").await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    let out = raw_exchange(p.addr, b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n").await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert_eq!(
+        body_text(send(p.addr, get("/say?still-here")).await).await,
+        "still-here"
+    );
+    let m = p.proxy.metrics().snapshot();
+    assert_eq!(m.requests_by_class[3], 4, "{m:?}");
+}
+
+#[tokio::test]
+async fn silent_and_trickling_clients_are_cut_at_the_header_timeout() {
+    let config = config(|c| c.header_read_timeout = Duration::from_millis(500));
+    let (_, p) = start_pair(config).await;
+    let started = std::time::Instant::now();
+
+    let silent = async {
+        let mut s = TcpStream::connect(p.addr).await.unwrap();
+        let mut buf = [0; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+        started.elapsed()
+    };
+    // Sends the start of a head, then trickles `more` every 100 ms.
+    let trickle = |first: &'static [u8], more: &'static [u8]| async move {
+        let mut s = TcpStream::connect(p.addr).await.unwrap();
+        s.write_all(first).await.unwrap();
+        let mut buf = [0; 64];
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if s.write_all(more).await.is_err() {
+                break;
+            }
+            if let Ok(read) = tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf)).await
+            {
+                let answer = read
+                    .as_ref()
+                    .map(|n| String::from_utf8_lossy(&buf[..*n]).into_owned());
+                assert!(
+                    matches!(read, Ok(0) | Err(_)),
+                    "unexpected answer {answer:?}"
+                );
+                break;
+            }
+        }
+        started.elapsed()
+    };
+    let (a, b, c) = tokio::join!(
+        silent,
+        trickle(b"GET / HTTP/1.1\r\n", b"X-Slow: 1\r\n"),
+        // A partial HTTP/2 preface, then silence: stuck in protocol detection.
+        trickle(b"PRI * HTTP", b""),
+    );
+    for cut in [a, b, c] {
+        assert!(
+            cut >= Duration::from_millis(450) && cut < Duration::from_millis(2000),
+            "{cut:?}"
+        );
+    }
+    assert_eq!(p.proxy.metrics().snapshot().client_timeouts, 3);
+    tokio::time::timeout(Duration::from_secs(2), p.tracker.drained())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn max_connections_is_enforced() {
+    let config = config(|c| c.max_connections = 1);
+    let (_, p) = start_pair(config).await;
+    let mut first = TcpStream::connect(p.addr).await.unwrap();
+    first
+        .write_all(b"GET /say?a HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut first).await;
+    assert!(head.starts_with("HTTP/1.1 200"));
+    let mut second = TcpStream::connect(p.addr).await.unwrap();
+    let mut buf = [0; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), second.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "second connection should be closed");
+    assert_eq!(p.proxy.metrics().snapshot().connections_rejected, 1);
+    drop(first);
+    tokio::time::timeout(Duration::from_secs(2), p.tracker.drained())
+        .await
+        .unwrap();
+    assert_eq!(body_text(send(p.addr, get("/say?b")).await).await, "b");
+}
+
+#[tokio::test]
+async fn graceful_shutdown_completes_a_slow_response() {
+    let (_, p) = start_pair(ProxyConfig::default()).await;
+    let in_flight = tokio::spawn(send(p.addr, get("/slow?800")));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(p.tracker.open_connections(), 1);
+    let outcome = tokio::time::timeout(Duration::from_secs(5), p.tracker.shutdown())
+        .await
+        .unwrap();
+    assert_eq!(outcome, ShutdownOutcome::Drained);
+    let resp = in_flight.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(body_text(resp).await, "slow done");
+    p.serving.await.unwrap();
+    assert!(
+        TcpStream::connect(p.addr).await.is_err(),
+        "listener should be closed"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_closes_tunnels_after_the_drain_timeout() {
+    let config = config(|c| c.drain_timeout = Duration::from_millis(300));
+    let (_, p) = start_pair(config).await;
+    let mut ws = TcpStream::connect(p.addr).await.unwrap();
+    ws.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert!(read_head(&mut ws).await.starts_with("HTTP/1.1 101"));
+    let started = std::time::Instant::now();
+    let outcome = tokio::time::timeout(Duration::from_secs(5), p.tracker.shutdown())
+        .await
+        .unwrap();
+    assert_eq!(outcome, ShutdownOutcome::ForcedClose { closed: 1 });
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), ws.read_to_end(&mut rest))
+        .await
+        .unwrap();
+    assert!(matches!(n, Ok(0) | Err(_)));
+}
+
+#[tokio::test]
+async fn metrics_render_as_prometheus_text() {
+    let (_, p) = start_pair(ProxyConfig::default()).await;
+    for path in ["/say?x", "/status?404", "/status?503"] {
+        let _ = body_text(send(p.addr, get(path)).await).await;
+    }
+    let snap = p.proxy.metrics().snapshot();
+    let text = snap.to_prometheus("wg_agent_route", "port=\"80\"");
+    for line in [
+        "wg_agent_route_requests_total{port=\"80\",class=\"2xx\"} 1",
+        "wg_agent_route_requests_total{port=\"80\",class=\"4xx\"} 1",
+        "wg_agent_route_requests_total{port=\"80\",class=\"5xx\"} 1",
+        "wg_agent_route_request_duration_seconds_count{port=\"80\"} 3",
+        "wg_agent_route_connections_total{port=\"80\"} 3",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn idle_connections_and_tunnels_are_closed_at_the_idle_timeout() {
+    let config = config(|c| c.idle_timeout = Duration::from_millis(400));
+    let (_, p) = start_pair(config).await;
+    let started = std::time::Instant::now();
+    let mut kept = TcpStream::connect(p.addr).await.unwrap();
+    kept.write_all(b"GET /say?a HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_head(&mut kept).await.starts_with("HTTP/1.1 200"));
+    let mut ws = TcpStream::connect(p.addr).await.unwrap();
+    ws.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert!(read_head(&mut ws).await.starts_with("HTTP/1.1 101"));
+    // Traffic keeps the tunnel open past the timeout.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        ws.write_all(b"ping").await.unwrap();
+        let mut back = [0; 4];
+        ws.read_exact(&mut back).await.unwrap();
+    }
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(3), kept.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "idle keep-alive connection stayed open");
+    let closed = tokio::time::timeout(Duration::from_secs(3), ws.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "idle tunnel stayed open");
+    assert!(started.elapsed() >= Duration::from_millis(1000));
+    tokio::time::timeout(Duration::from_secs(2), p.tracker.drained())
+        .await
+        .unwrap();
+}

@@ -1,0 +1,100 @@
+//! The raw TCP forwarder on loopback.
+#![allow(clippy::unwrap_used)]
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use local_proxy::{ConnectionTracker, ProxyConfig, TcpForwarder, TcpRouteConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+/// Parse a PROXY v2 header the way an upstream would: returns (source, destination).
+async fn read_proxy_v2(stream: &mut TcpStream) -> (SocketAddr, SocketAddr) {
+    let mut fixed = [0u8; 16];
+    stream.read_exact(&mut fixed).await.unwrap();
+    assert_eq!(
+        &fixed[..12],
+        b"\x0d\x0a\x0d\x0a\x00\x0d\x0a\x51\x55\x49\x54\x0a"
+    );
+    assert_eq!(fixed[12], 0x21, "version 2, PROXY command");
+    assert_eq!(fixed[13], 0x11, "TCP over IPv4");
+    let len = u16::from_be_bytes([fixed[14], fixed[15]]) as usize;
+    assert_eq!(len, 12);
+    let mut addrs = vec![0u8; len];
+    stream.read_exact(&mut addrs).await.unwrap();
+    let ip = |b: &[u8]| IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]));
+    let port = |b: &[u8]| u16::from_be_bytes([b[0], b[1]]);
+    (
+        SocketAddr::new(ip(&addrs[0..4]), port(&addrs[8..10])),
+        SocketAddr::new(ip(&addrs[4..8]), port(&addrs[10..12])),
+    )
+}
+
+async fn start_forwarder(route: TcpRouteConfig) -> (SocketAddr, TcpForwarder, ConnectionTracker) {
+    let config = ProxyConfig::default();
+    let tracker = ConnectionTracker::new(&config);
+    let forwarder = TcpForwarder::new(route, &config);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn({
+        let (f, t) = (forwarder.clone(), tracker.clone());
+        async move { f.serve(listener, &t).await }
+    });
+    (addr, forwarder, tracker)
+}
+
+#[tokio::test]
+async fn proxy_v2_header_then_bytes_both_ways_with_half_close() {
+    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_addr = upstream.local_addr().unwrap();
+    let (seen_tx, seen_rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = upstream.accept().await.unwrap();
+        let header = read_proxy_v2(&mut s).await;
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap(); // the client half-closed
+        s.write_all(&got).await.unwrap();
+        s.write_all(b" and bye").await.unwrap();
+        seen_tx.send(header).unwrap();
+    });
+    let mut route = TcpRouteConfig::new(upstream_addr);
+    route.proxy_protocol = true;
+    let (addr, forwarder, tracker) = start_forwarder(route).await;
+
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    client.write_all(b"hello upstream").await.unwrap();
+    client.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(back, b"hello upstream and bye");
+
+    let (source, destination) = seen_rx.await.unwrap();
+    assert_eq!(source, client.local_addr().unwrap());
+    assert_eq!(destination, addr);
+    tokio::time::timeout(Duration::from_secs(2), tracker.drained())
+        .await
+        .unwrap();
+    let m = forwarder.metrics().snapshot();
+    assert_eq!((m.bytes_in, m.bytes_out, m.connections), (14, 22, 1));
+}
+
+#[tokio::test]
+async fn refused_upstream_closes_the_client_and_counts() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (addr, forwarder, _tracker) = start_forwarder(TcpRouteConfig::new(closed)).await;
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0; 8];
+    let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert_eq!(forwarder.metrics().snapshot().upstream_errors, 1);
+}
