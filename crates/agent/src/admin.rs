@@ -1,0 +1,445 @@
+//! The local admin HTTP endpoint: `/healthz`, `/readyz`, `/status`, `/metrics`, served with
+//! hyper on a loopback TCP address or a unix socket. The runtime plugs in through
+//! [`StatusSource`]; this module knows nothing about tunnels.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), agent::admin::AdminError> {
+//! use std::sync::Arc;
+//! use agent::admin::{AdminAddr, AdminServer, StatusSource};
+//! use agent::snapshot::StatusSnapshot;
+//!
+//! struct Idle;
+//! impl StatusSource for Idle {
+//!     fn snapshot(&self) -> StatusSnapshot {
+//!         StatusSnapshot::new("10.1.0.100".parse().unwrap(), vec![], vec![])
+//!     }
+//! }
+//! let server = AdminServer::bind(&AdminAddr::Tcp("127.0.0.1:9090".parse().unwrap())).await?;
+//! server.serve(Arc::new(Idle), std::future::pending()).await;
+//! # Ok(()) }
+//! ```
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::Semaphore;
+
+use crate::config::AdminListen;
+use crate::metrics::{MetricsWriter, write_gateway_metrics};
+use crate::snapshot::StatusSnapshot;
+
+/// Most admin connections served at once; further clients wait in the kernel's backlog.
+const MAX_CONNECTIONS: usize = 64;
+/// A client must send its request head within this time.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the admin endpoint reports. The runtime implements it; tests use fakes.
+pub trait StatusSource: Send + Sync + 'static {
+    /// The current status document (also the source of the per-gateway metrics).
+    fn snapshot(&self) -> StatusSnapshot;
+
+    /// Appends series beyond the per-gateway ones (connections, drops, per-route requests).
+    fn write_metrics(&self, _out: &mut MetricsWriter<'_>) {}
+
+    /// True once shutdown has begun: `/readyz` then answers 503.
+    fn draining(&self) -> bool {
+        false
+    }
+}
+
+/// Where an admin endpoint is reached: a TCP address or a unix socket path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminAddr {
+    /// TCP (the server only binds loopback addresses; the config enforces it).
+    Tcp(SocketAddr),
+    /// A unix socket.
+    Unix(PathBuf),
+}
+
+impl AdminAddr {
+    /// The address for a configured `[admin] listen`, `None` when it is `off`.
+    pub fn from_listen(listen: &AdminListen) -> Option<Self> {
+        match listen {
+            AdminListen::Tcp(addr) => Some(Self::Tcp(*addr)),
+            AdminListen::Unix(path) => Some(Self::Unix(path.clone())),
+            AdminListen::Off => None,
+        }
+    }
+}
+
+impl fmt::Display for AdminAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp(addr) => write!(f, "{addr}"),
+            Self::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+impl std::str::FromStr for AdminAddr {
+    type Err = String;
+
+    /// `"127.0.0.1:9090"`, `"[::1]:9090"`, `"localhost:9090"` or `"unix:/path"`.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if let Some(path) = text.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("`unix:` needs a socket path".into());
+            }
+            return Ok(Self::Unix(PathBuf::from(path)));
+        }
+        if let Some(port) = text.strip_prefix("localhost:") {
+            let port: u16 = port.parse().map_err(|_| format!("`{text}`: bad port"))?;
+            return Ok(Self::Tcp(SocketAddr::from(([127, 0, 0, 1], port))));
+        }
+        text.parse()
+            .map(Self::Tcp)
+            .map_err(|_| format!("`{text}` is not an address like 127.0.0.1:9090 or unix:/path"))
+    }
+}
+
+/// Why the admin endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdminError {
+    /// Binding the address failed.
+    #[error("admin endpoint: cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: AdminAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The unix socket path is in use by a live process, or is not a socket.
+    #[error("admin endpoint: {path} {reason}", path = path.display())]
+    SocketPath {
+        /// The path.
+        path: PathBuf,
+        /// Why it cannot be used.
+        reason: &'static str,
+    },
+}
+
+enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+/// A bound admin endpoint, ready to [`serve`](AdminServer::serve).
+pub struct AdminServer {
+    listener: Listener,
+    addr: AdminAddr,
+}
+
+impl fmt::Debug for AdminServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminServer")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AdminServer {
+    /// Binds `addr`. A stale unix socket file (nobody listening) is replaced; a live one is
+    /// an error.
+    pub async fn bind(addr: &AdminAddr) -> Result<Self, AdminError> {
+        let bind_error = |source| AdminError::Bind {
+            addr: addr.clone(),
+            source,
+        };
+        let (listener, addr) = match addr {
+            AdminAddr::Tcp(sock) => {
+                let l = TcpListener::bind(sock).await.map_err(bind_error)?;
+                let local = l.local_addr().map_err(bind_error)?;
+                (Listener::Tcp(l), AdminAddr::Tcp(local))
+            }
+            AdminAddr::Unix(path) => {
+                remove_stale_socket(path).await?;
+                let l = UnixListener::bind(path).map_err(bind_error)?;
+                (Listener::Unix(l), AdminAddr::Unix(path.clone()))
+            }
+        };
+        Ok(Self { listener, addr })
+    }
+
+    /// The bound address (with the real port when bound to port 0).
+    pub fn local_addr(&self) -> &AdminAddr {
+        &self.addr
+    }
+
+    /// Serves requests until `shutdown` completes; then stops accepting, and removes the unix
+    /// socket file. Connections already accepted finish on their own tasks.
+    pub async fn serve(self, source: Arc<dyn StatusSource>, shutdown: impl Future<Output = ()>) {
+        let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        tokio::pin!(shutdown);
+        tracing::info!(addr = %self.addr, "admin endpoint listening");
+        loop {
+            let permit = tokio::select! {
+                () = &mut shutdown => break,
+                permit = permits.clone().acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => break, // the semaphore is never closed
+                },
+            };
+            let accepted = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = accept(&self.listener) => accepted,
+            };
+            match accepted {
+                Ok(io) => {
+                    let source = source.clone();
+                    tokio::spawn(async move {
+                        serve_connection(io, source).await;
+                        drop(permit);
+                    });
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "admin endpoint: accept failed");
+                    // Out of file descriptors and similar: do not spin.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        if let AdminAddr::Unix(path) = &self.addr {
+            let _ = std::fs::remove_file(path);
+        }
+        tracing::debug!(addr = %self.addr, "admin endpoint stopped");
+    }
+}
+
+enum Io {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(listener: &Listener) -> std::io::Result<Io> {
+    match listener {
+        Listener::Tcp(l) => l.accept().await.map(|(s, _)| Io::Tcp(s)),
+        Listener::Unix(l) => l.accept().await.map(|(s, _)| Io::Unix(s)),
+    }
+}
+
+async fn serve_connection(io: Io, source: Arc<dyn StatusSource>) {
+    let service = hyper::service::service_fn(move |req| {
+        let source = source.clone();
+        async move { Ok::<_, Infallible>(handle(&req, source.as_ref())) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let result = match io {
+        Io::Tcp(s) => builder.serve_connection(TokioIo::new(s), service).await,
+        Io::Unix(s) => builder.serve_connection(TokioIo::new(s), service).await,
+    };
+    if let Err(error) = result {
+        tracing::debug!(%error, "admin endpoint: connection ended with an error");
+    }
+}
+
+async fn remove_stale_socket(path: &Path) -> Result<(), AdminError> {
+    use std::os::unix::fs::FileTypeExt as _;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !meta.file_type().is_socket() {
+        return Err(AdminError::SocketPath {
+            path: path.to_owned(),
+            reason: "exists and is not a socket",
+        });
+    }
+    if tokio::net::UnixStream::connect(path).await.is_ok() {
+        return Err(AdminError::SocketPath {
+            path: path.to_owned(),
+            reason: "is in use by another process (is another wg-agent running?)",
+        });
+    }
+    let _ = std::fs::remove_file(path);
+    Ok(())
+}
+
+/// Answers one request. Public so the runtime can reuse it (for example in tests).
+pub fn handle(req: &Request<Incoming>, source: &dyn StatusSource) -> Response<Full<Bytes>> {
+    respond(req.method(), req.uri().path(), source)
+}
+
+fn respond(method: &Method, path: &str, source: &dyn StatusSource) -> Response<Full<Bytes>> {
+    if method != Method::GET && method != Method::HEAD {
+        let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        resp.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return resp;
+    }
+    match path {
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => {
+            if source.draining() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready: draining\n")
+            } else if source.snapshot().any_gateway_up() {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: no gateway is up\n",
+                )
+            }
+        }
+        "/status" => match serde_json::to_string_pretty(&source.snapshot()) {
+            Ok(mut json) => {
+                json.push('\n');
+                with_type(StatusCode::OK, json, "application/json")
+            }
+            Err(error) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("status: {error}\n"),
+            ),
+        },
+        "/metrics" => {
+            let mut out = String::with_capacity(4096);
+            let mut w = MetricsWriter::new(&mut out);
+            write_gateway_metrics(&mut w, &source.snapshot());
+            source.write_metrics(&mut w);
+            with_type(
+                StatusCode::OK,
+                out,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found; try /healthz, /readyz, /status or /metrics\n",
+        ),
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    with_type(status, body, "text/plain; charset=utf-8")
+}
+
+fn with_type(
+    status: StatusCode,
+    body: impl Into<Bytes>,
+    content_type: &'static str,
+) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::{GatewayState, GatewayStatus};
+    use http_body_util::BodyExt as _;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    struct Fake {
+        up: AtomicBool,
+        draining: AtomicBool,
+    }
+
+    impl StatusSource for Fake {
+        fn snapshot(&self) -> StatusSnapshot {
+            let state = if self.up.load(Ordering::Relaxed) {
+                GatewayState::Up
+            } else {
+                GatewayState::Connecting
+            };
+            let gw = GatewayStatus::new(
+                "gw1".into(),
+                None,
+                "pk".into(),
+                "192.0.2.1:51820".into(),
+                state,
+                None,
+                1,
+                2,
+            );
+            StatusSnapshot::new("10.1.0.100".parse().unwrap(), vec![gw], vec![])
+        }
+        fn draining(&self) -> bool {
+            self.draining.load(Ordering::Relaxed)
+        }
+    }
+
+    fn body(resp: Response<Full<Bytes>>) -> (StatusCode, String) {
+        let status = resp.status();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let bytes = rt.block_on(resp.into_body().collect()).unwrap().to_bytes();
+        (status, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    #[test]
+    fn routes_and_readiness() {
+        let fake = Fake {
+            up: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+        };
+        let get = |path: &str| body(respond(&Method::GET, path, &fake));
+        assert_eq!(get("/healthz"), (StatusCode::OK, "ok\n".into()));
+        assert_eq!(get("/readyz").0, StatusCode::SERVICE_UNAVAILABLE);
+        fake.up.store(true, Ordering::Relaxed);
+        assert_eq!(get("/readyz"), (StatusCode::OK, "ready\n".into()));
+        fake.draining.store(true, Ordering::Relaxed);
+        assert_eq!(
+            get("/readyz"),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: draining\n".into()
+            )
+        );
+        let (status, json) = get("/status");
+        assert_eq!(status, StatusCode::OK);
+        let parsed: StatusSnapshot = serde_json::from_str(&json).unwrap();
+        assert_eq!(parsed, fake.snapshot());
+        let (status, metrics) = get("/metrics");
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            metrics.contains("wg_agent_gateway_up{gateway=\"gw1\"} 1"),
+            "{metrics}"
+        );
+        assert_eq!(get("/nope").0, StatusCode::NOT_FOUND);
+        let resp = respond(&Method::POST, "/status", &fake);
+        assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(resp.headers()[ALLOW], "GET, HEAD");
+    }
+
+    #[test]
+    fn admin_addr_from_str() {
+        assert_eq!(
+            "127.0.0.1:9".parse(),
+            Ok(AdminAddr::Tcp("127.0.0.1:9".parse().unwrap()))
+        );
+        assert_eq!(
+            "localhost:9".parse(),
+            Ok(AdminAddr::Tcp("127.0.0.1:9".parse().unwrap()))
+        );
+        assert_eq!("unix:/a/b".parse(), Ok(AdminAddr::Unix("/a/b".into())));
+        assert!("unix:".parse::<AdminAddr>().is_err());
+        assert!("nowhere".parse::<AdminAddr>().is_err());
+    }
+
+    #[test]
+    fn admin_addr_from_listen() {
+        assert_eq!(AdminAddr::from_listen(&AdminListen::Off), None);
+        assert_eq!(
+            AdminAddr::from_listen(&AdminListen::DEFAULT).map(|a| a.to_string()),
+            Some("127.0.0.1:9090".into())
+        );
+    }
+}

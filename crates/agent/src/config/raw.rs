@@ -1,0 +1,140 @@
+//! The TOML document as serde reads it, before validation. Strings stay strings here so a
+//! bad value gets a message naming its field, and secrets are never echoed by serde.
+
+use serde::Deserialize;
+use zeroize::Zeroize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    pub(crate) agent: RawAgent,
+    #[serde(default)]
+    pub(crate) gateways: Vec<RawGateway>,
+    /// `None`: the table is absent (one default route); `Some(vec![])`: no routes.
+    pub(crate) routes: Option<Vec<RawRoute>>,
+    #[serde(default)]
+    pub(crate) proxy: RawProxy,
+    #[serde(default)]
+    pub(crate) admin: RawAdmin,
+    #[serde(default)]
+    pub(crate) log: RawLog,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAgent {
+    pub(crate) private_key: Option<String>,
+    pub(crate) private_key_file: Option<String>,
+    pub(crate) private_key_env: Option<String>,
+    pub(crate) virtual_ip: String,
+    pub(crate) subnet: String,
+    #[serde(default)]
+    pub(crate) listen_port: u16,
+    #[serde(default = "default_mtu")]
+    pub(crate) mtu: u16,
+}
+
+impl std::fmt::Debug for RawAgent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawAgent")
+            .field("private_key", &self.private_key.as_ref().map(|_| ".."))
+            .field("private_key_file", &self.private_key_file)
+            .field("private_key_env", &self.private_key_env)
+            .field("virtual_ip", &self.virtual_ip)
+            .field("subnet", &self.subnet)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for RawAgent {
+    fn drop(&mut self) {
+        self.private_key.zeroize();
+    }
+}
+
+fn default_mtu() -> u16 {
+    1420
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawGateway {
+    pub(crate) id: String,
+    pub(crate) name: Option<String>,
+    pub(crate) public_key: String,
+    pub(crate) endpoint: String,
+    pub(crate) virtual_ip: String,
+    pub(crate) preshared_key: Option<String>,
+    pub(crate) preshared_key_file: Option<String>,
+    #[serde(default = "default_keepalive")]
+    pub(crate) persistent_keepalive: u16,
+    #[serde(default)]
+    pub(crate) liveness_probe: super::LivenessProbe,
+    pub(crate) allowed_ips: Option<Vec<String>>,
+}
+
+impl std::fmt::Debug for RawGateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawGateway")
+            .field("id", &self.id)
+            .field("public_key", &self.public_key)
+            .field("endpoint", &self.endpoint)
+            .field("preshared_key", &self.preshared_key.as_ref().map(|_| ".."))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for RawGateway {
+    fn drop(&mut self) {
+        self.preshared_key.zeroize();
+    }
+}
+
+fn default_keepalive() -> u16 {
+    25
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRoute {
+    pub(crate) port: u16,
+    pub(crate) upstream: String,
+    #[serde(default)]
+    pub(crate) protocol: super::RouteProtocol,
+    pub(crate) trust_forwarded: Option<bool>,
+    pub(crate) proxy_protocol: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawProxy {
+    pub(crate) header_read_timeout: Option<String>,
+    pub(crate) upstream_connect_timeout: Option<String>,
+    pub(crate) upstream_response_timeout: Option<String>,
+    pub(crate) idle_timeout: Option<String>,
+    pub(crate) drain_timeout: Option<String>,
+    pub(crate) max_header_bytes: Option<u64>,
+    pub(crate) max_connections: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAdmin {
+    pub(crate) listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLog {
+    #[serde(default)]
+    pub(crate) format: super::LogFormat,
+    pub(crate) level: Option<String>,
+}
+
+/// Only the `[admin]` table, for `wg-agent status --config`: the rest of the file (keys,
+/// environment) is not needed to find the admin endpoint.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawAdminOnly {
+    #[serde(default)]
+    pub(crate) admin: RawAdmin,
+}

@@ -1,0 +1,650 @@
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::*;
+
+/// A fresh folder under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "wg-agent-config-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    fn write(&self, name: &str, text: &str, mode: u32) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = self.0.join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn key() -> String {
+    PrivateKey::generate().to_base64_secret().to_string()
+}
+
+fn public() -> String {
+    PrivateKey::generate().public_key().to_base64()
+}
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::from_toml_with_env(text, Path::new("/etc/wg-agent/agent.toml"), &no_env)
+}
+
+fn err(text: &str) -> String {
+    let e = parse(text).expect_err("config should be refused");
+    e.to_string()
+}
+
+fn agent_section(key: &str) -> String {
+    format!(
+        "[agent]\nprivate_key = \"{key}\"\nvirtual_ip = \"10.1.0.100\"\nsubnet = \"10.1.0.0/24\"\n"
+    )
+}
+
+fn gateway(id: &str, public_key: &str, vip: &str) -> String {
+    format!(
+        "\n[[gateways]]\nid = \"{id}\"\npublic_key = \"{public_key}\"\nendpoint = \"192.0.2.1:51820\"\nvirtual_ip = \"{vip}\"\n"
+    )
+}
+
+fn minimal() -> String {
+    agent_section(&key()) + &gateway("gw1", &public(), "10.1.0.1")
+}
+
+#[test]
+fn minimal_config_gets_every_default() {
+    let c = parse(&minimal()).unwrap();
+    assert_eq!(c.agent.virtual_ip, "10.1.0.100".parse::<IpAddr>().unwrap());
+    assert_eq!(c.agent.subnet.to_string(), "10.1.0.0/24");
+    assert_eq!(c.agent.listen_port, 0);
+    assert_eq!(c.agent.mtu, 1420);
+    let g = &c.gateways[0];
+    assert_eq!(g.id, "gw1");
+    assert_eq!(g.name, None);
+    assert_eq!(g.persistent_keepalive, 25);
+    assert_eq!(g.liveness_probe, LivenessProbe::Icmp);
+    assert_eq!(g.allowed_ips, vec!["10.1.0.1/32".parse().unwrap()]);
+    assert_eq!(g.endpoint_addr(), Some("192.0.2.1:51820".parse().unwrap()));
+    assert!(g.preshared_key.is_none());
+    assert_eq!(c.routes, vec![RouteConfig::default_http()]);
+    assert_eq!(c.routes[0].upstream.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.proxy, ProxySettings::default());
+    assert_eq!(c.proxy.header_read_timeout, Duration::from_secs(30));
+    assert_eq!(c.proxy.max_header_bytes, 65536);
+    assert_eq!(c.admin, AdminListen::DEFAULT);
+    assert_eq!(c.log, LogConfig::default());
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}
+
+#[test]
+fn full_config() {
+    let psk = key();
+    let text = agent_section(&key())
+        + "listen_port = 51000\nmtu = 1380\n"
+        + &format!(
+            r#"
+[[gateways]]
+id = "gw1"
+name = "gateway-tokyo"
+public_key = "{}"
+endpoint = "gw1.example.net:51820"
+virtual_ip = "10.1.0.1"
+preshared_key = "{psk}"
+persistent_keepalive = 0
+liveness_probe = "off"
+allowed_ips = ["10.1.0.1/32", "192.168.7.0/24"]
+
+[[gateways]]
+id = "gw2"
+public_key = "{}"
+endpoint = "[2001:db8::1]:51820"
+virtual_ip = "10.1.0.2"
+
+[[routes]]
+port = 80
+upstream = "127.0.0.1:8080"
+trust_forwarded = false
+
+[[routes]]
+port = 5432
+upstream = "localhost:5432"
+protocol = "tcp"
+proxy_protocol = true
+
+[proxy]
+header_read_timeout = "10s"
+upstream_connect_timeout = "500ms"
+upstream_response_timeout = "2m"
+idle_timeout = "1m30s"
+drain_timeout = "0s"
+max_header_bytes = 16384
+max_connections = 10
+
+[admin]
+listen = "[::1]:9191"
+
+[log]
+format = "json"
+level = "debug,wg_core=trace"
+"#,
+            public(),
+            public()
+        );
+    let c = parse(&text).unwrap();
+    assert_eq!((c.agent.listen_port, c.agent.mtu), (51000, 1380));
+    let g = &c.gateways[0];
+    assert_eq!(g.name.as_deref(), Some("gateway-tokyo"));
+    assert_eq!(g.endpoint.host, Host::Name("gw1.example.net".into()));
+    assert_eq!(g.endpoint.port, 51820);
+    assert_eq!(g.endpoint_addr(), None);
+    assert!(g.preshared_key.is_some());
+    assert_eq!(g.persistent_keepalive, 0);
+    assert_eq!(g.liveness_probe, LivenessProbe::Off);
+    assert_eq!(g.allowed_ips.len(), 2);
+    assert_eq!(c.gateways[1].endpoint.to_string(), "[2001:db8::1]:51820");
+    assert_eq!(c.routes.len(), 2);
+    assert!(!c.routes[0].trust_forwarded);
+    assert_eq!(c.routes[1].protocol, RouteProtocol::Tcp);
+    assert!(c.routes[1].proxy_protocol);
+    assert!(c.routes[1].trust_forwarded, "default stays true");
+    assert_eq!(c.proxy.upstream_connect_timeout, Duration::from_millis(500));
+    assert_eq!(c.proxy.upstream_response_timeout, Duration::from_secs(120));
+    assert_eq!(c.proxy.idle_timeout, Duration::from_secs(90));
+    assert_eq!(c.proxy.drain_timeout, Duration::ZERO);
+    assert_eq!(
+        (c.proxy.max_header_bytes, c.proxy.max_connections),
+        (16384, 10)
+    );
+    assert_eq!(c.admin, AdminListen::Tcp("[::1]:9191".parse().unwrap()));
+    assert_eq!(c.log.format, LogFormat::Json);
+    assert_eq!(c.log.level, "debug,wg_core=trace");
+    let debug = format!("{c:?}");
+    assert!(!debug.contains(&psk), "preshared key in Debug output");
+}
+
+#[test]
+fn routes_absent_empty_and_zero_gateways() {
+    let c = parse(&(String::from("routes = []\n") + &agent_section(&key()))).unwrap();
+    assert!(c.routes.is_empty());
+    assert!(c.gateways.is_empty());
+    assert!(
+        c.warnings[0].contains("no [[gateways]]"),
+        "{:?}",
+        c.warnings
+    );
+}
+
+#[test]
+fn exactly_one_private_key_source() {
+    let none = "[agent]\nvirtual_ip = \"10.1.0.100\"\nsubnet = \"10.1.0.0/24\"\n";
+    let e = err(none);
+    assert!(
+        e.contains("agent.toml: agent: set exactly one of") && e.contains("found: none"),
+        "{e}"
+    );
+    let two = agent_section(&key()) + "private_key_env = \"X\"\n";
+    let e = err(&two);
+    assert!(e.contains("found: private_key, private_key_env"), "{e}");
+}
+
+#[test]
+fn invalid_inline_key_is_not_echoed() {
+    let secret = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA==";
+    let e = err(&agent_section(secret));
+    assert!(e.contains("agent.private_key"), "{e}");
+    assert!(e.contains("value not shown"), "{e}");
+    assert!(!e.contains(secret), "{e}");
+    let e = err(&agent_section("not base64!"));
+    assert!(
+        !e.contains("not base64!") && e.contains("not valid base64"),
+        "{e}"
+    );
+    let wrong_type =
+        "[agent]\nprivate_key = 123456789\nvirtual_ip = \"10.1.0.100\"\nsubnet = \"10.1.0.0/24\"\n";
+    let e = err(wrong_type);
+    assert!(
+        e.contains("agent.toml:2:") && e.contains("agent.private_key"),
+        "{e}"
+    );
+    assert!(!e.contains("123456789"), "{e}");
+}
+
+#[test]
+fn key_file_relative_permissions_and_content() {
+    let dir = TempDir::new();
+    let private = PrivateKey::generate();
+    dir.write(
+        "agent.key",
+        &format!("{}\n", private.to_base64_secret().as_str()),
+        0o600,
+    );
+    let text = "[agent]\nprivate_key_file = \"agent.key\"\nvirtual_ip = \"10.1.0.100\"\nsubnet = \"10.1.0.0/24\"\n";
+    let config_path = dir.write("agent.toml", text, 0o644);
+    let c = Config::load(&config_path).unwrap();
+    assert!(c.agent.private_key == private);
+
+    let key_path = dir.write("agent.key", private.to_base64_secret().as_str(), 0o640);
+    let e = Config::load(&config_path).unwrap_err();
+    assert!(
+        matches!(e, ConfigError::KeyFilePermissions { mode: 0o640, .. }),
+        "{e:?}"
+    );
+    let e = e.to_string();
+    assert!(
+        e.contains(&format!("run `chmod 600 {}`", key_path.display())),
+        "{e}"
+    );
+    assert!(
+        e.contains("agent.private_key_file") && e.contains("agent.toml"),
+        "{e}"
+    );
+
+    dir.write("agent.key", private.to_base64_secret().as_str(), 0o604);
+    assert!(
+        Config::load(&config_path)
+            .unwrap_err()
+            .to_string()
+            .contains("chmod 600")
+    );
+
+    dir.write("agent.key", "garbage-secret-value", 0o600);
+    let e = Config::load(&config_path).unwrap_err().to_string();
+    assert!(
+        e.contains("agent.private_key_file") && !e.contains("garbage-secret-value"),
+        "{e}"
+    );
+
+    std::fs::remove_file(&key_path).unwrap();
+    let e = Config::load(&config_path).unwrap_err().to_string();
+    assert!(
+        e.contains("cannot read key file") && e.contains("agent.key"),
+        "{e}"
+    );
+}
+
+#[test]
+fn inline_key_in_readable_config_warns() {
+    let dir = TempDir::new();
+    let path = dir.write("agent.toml", &agent_section(&key()), 0o644);
+    let c = Config::load(&path).unwrap();
+    assert!(
+        c.warnings.iter().any(|w| w.contains("chmod 600")),
+        "{:?}",
+        c.warnings
+    );
+    let path = dir.write("agent.toml", &agent_section(&key()), 0o600);
+    let c = Config::load(&path).unwrap();
+    assert!(
+        !c.warnings.iter().any(|w| w.contains("chmod 600")),
+        "{:?}",
+        c.warnings
+    );
+}
+
+#[test]
+fn key_from_environment() {
+    let private = PrivateKey::generate();
+    let b64 = private.to_base64_secret().to_string();
+    let text = "[agent]\nprivate_key_env = \"WG_AGENT_KEY\"\nvirtual_ip = \"10.1.0.100\"\nsubnet = \"10.1.0.0/24\"\n";
+    let path = Path::new("agent.toml");
+    let env = |var: &str| (var == "WG_AGENT_KEY").then(|| b64.clone());
+    let c = Config::from_toml_with_env(text, path, &env).unwrap();
+    assert!(c.agent.private_key == private);
+
+    let e = Config::from_toml_with_env(text, path, &no_env)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("agent.private_key_env") && e.contains("`WG_AGENT_KEY` is not set"),
+        "{e}"
+    );
+
+    let bad = |_: &str| Some("topsecretbutbroken".to_owned());
+    let e = Config::from_toml_with_env(text, path, &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("environment variable `WG_AGENT_KEY`") && !e.contains("topsecretbutbroken"),
+        "{e}"
+    );
+}
+
+#[test]
+fn agent_addresses() {
+    let k = key();
+    let text = agent_section(&k).replace("10.1.0.100", "10.2.0.1");
+    let e = err(&text);
+    assert!(
+        e.contains("agent.virtual_ip: 10.2.0.1 is outside agent.subnet 10.1.0.0/24"),
+        "{e}"
+    );
+    let e = err(&agent_section(&k).replace("10.1.0.100", "nope"));
+    assert!(
+        e.contains("agent.virtual_ip: `nope` is not an IP address"),
+        "{e}"
+    );
+    let e = err(&agent_section(&k).replace("10.1.0.0/24", "10.1.0.0/40"));
+    assert!(e.contains("agent.subnet"), "{e}");
+    let e = err(&(agent_section(&k) + "mtu = 100\n"));
+    assert!(e.contains("agent.mtu: 100 is out of range"), "{e}");
+    let v6 = agent_section(&k)
+        .replace("10.1.0.100", "fd00::100")
+        .replace("10.1.0.0/24", "fd00::/64");
+    assert!(parse(&v6).is_ok());
+    assert!(err(&(v6 + "mtu = 1279\n")).contains("agent.mtu"));
+}
+
+#[test]
+fn gateway_identity_rules() {
+    let k = key();
+    let p = public();
+    let e = err(&(agent_section(&k)
+        + &gateway("gw1", &p, "10.1.0.1")
+        + &gateway("gw1", &public(), "10.1.0.2")));
+    assert!(
+        e.contains("gateways[1].id: `gw1` is already used by gateways[0]"),
+        "{e}"
+    );
+
+    let e = err(&(agent_section(&k)
+        + &gateway("gw1", &p, "10.1.0.1")
+        + &gateway("gw2", &p, "10.1.0.2")));
+    assert!(
+        e.contains("gateways[1].public_key (gateway `gw2`)")
+            && e.contains("already used by gateways[0] (gateway `gw1`)"),
+        "{e}"
+    );
+    assert!(
+        e.contains(&p),
+        "public keys are not secret and are shown: {e}"
+    );
+
+    let e = err(&(agent_section(&k)
+        + &gateway("gw1", &p, "10.1.0.1")
+        + &gateway("gw2", &public(), "10.1.0.1")));
+    assert!(
+        e.contains("gateways[1].virtual_ip (gateway `gw2`): `10.1.0.1` is already used"),
+        "{e}"
+    );
+
+    let e = err(&(agent_section(&k)
+        + &gateway("gw1", &p, "10.1.0.1")
+        + &gateway("gw2", "AAAA", "10.1.0.2")));
+    assert!(
+        e.contains("gateways[1].public_key (gateway `gw2`): `AAAA` is not a WireGuard public key"),
+        "{e}"
+    );
+
+    let own = PrivateKey::from_base64(&k)
+        .unwrap()
+        .public_key()
+        .to_base64();
+    let e = err(&(agent_section(&k) + &gateway("gw1", &own, "10.1.0.1")));
+    assert!(e.contains("agent's own public key"), "{e}");
+
+    let e = err(&(agent_section(&k) + &gateway("g w", &p, "10.1.0.1")));
+    assert!(e.contains("gateways[0].id: `g w` is not an id"), "{e}");
+    let e = err(&(agent_section(&k) + &gateway("", &p, "10.1.0.1")));
+    assert!(e.contains("gateways[0].id"), "{e}");
+}
+
+#[test]
+fn gateway_addresses() {
+    let k = key();
+    let e = err(&(agent_section(&k) + &gateway("gw1", &public(), "10.9.0.1")));
+    assert!(
+        e.contains(
+            "gateways[0].virtual_ip (gateway `gw1`): 10.9.0.1 is outside agent.subnet 10.1.0.0/24"
+        ),
+        "{e}"
+    );
+    let e = err(&(agent_section(&k) + &gateway("gw1", &public(), "10.1.0.100")));
+    assert!(e.contains("agent's own agent.virtual_ip"), "{e}");
+    let base = agent_section(&k) + &gateway("gw1", &public(), "10.1.0.1");
+    for (endpoint, expect) in [
+        ("gw1.example.net", "is not host:port"),
+        ("2001:db8::1:51820", "brackets"),
+        ("gw:0", "port 0"),
+        ("bad_host!:1", "neither an IP address nor a DNS name"),
+    ] {
+        let e = err(&base.replace("192.0.2.1:51820", endpoint));
+        assert!(
+            e.contains("gateways[0].endpoint (gateway `gw1`)") && e.contains(expect),
+            "{e}"
+        );
+    }
+    let e = err(&(base.clone() + "allowed_ips = [\"192.168.0.0/16\"]\n"));
+    assert!(e.contains("gateways[0].allowed_ips (gateway `gw1`): must include the gateway's virtual_ip 10.1.0.1"), "{e}");
+    let e = err(&(base.clone() + "allowed_ips = [\"10.1.0.1/32\", \"300.1.1.1/8\"]\n"));
+    assert!(
+        e.contains("gateways[0].allowed_ips[1] (gateway `gw1`)"),
+        "{e}"
+    );
+    let e = err(&(agent_section(&k)
+        + &gateway("gw1", &public(), "10.1.0.1")
+        + "allowed_ips = [\"10.1.0.0/24\"]\n"
+        + &gateway("gw2", &public(), "10.1.0.2")
+        + "allowed_ips = [\"10.1.0.0/24\"]\n"));
+    assert!(
+        e.contains("gateways[1].allowed_ips (gateway `gw2`): `10.1.0.0/24` is already used"),
+        "{e}"
+    );
+}
+
+#[test]
+fn preshared_keys() {
+    let base = agent_section(&key()) + &gateway("gw1", &public(), "10.1.0.1");
+    let e = err(&(base.clone() + "preshared_key = \"sekrit-psk-value\"\n"));
+    assert!(
+        e.contains("gateways[0].preshared_key (gateway `gw1`)") && !e.contains("sekrit-psk-value"),
+        "{e}"
+    );
+    let e = err(&(base.clone() + "preshared_key = \"x\"\npreshared_key_file = \"y\"\n"));
+    assert!(
+        e.contains("at most one of preshared_key and preshared_key_file"),
+        "{e}"
+    );
+
+    let dir = TempDir::new();
+    dir.write("gw1.psk", &key(), 0o644);
+    let path = dir.write(
+        "agent.toml",
+        &(base.clone() + "preshared_key_file = \"gw1.psk\"\n"),
+        0o600,
+    );
+    let e = Config::load(&path).unwrap_err().to_string();
+    assert!(
+        e.contains("gateways[0].preshared_key_file") && e.contains("chmod 600"),
+        "{e}"
+    );
+    dir.write("gw1.psk", &key(), 0o600);
+    assert!(
+        Config::load(&path).unwrap().gateways[0]
+            .preshared_key
+            .is_some()
+    );
+}
+
+#[test]
+fn route_rules() {
+    let base = agent_section(&key());
+    let route = |port: u16, extra: &str| {
+        format!("\n[[routes]]\nport = {port}\nupstream = \"127.0.0.1:8080\"\n{extra}")
+    };
+    let e = err(&(base.clone() + &route(80, "") + &route(80, "")));
+    assert!(
+        e.contains("routes[1].port: `80` is already used by routes[0]"),
+        "{e}"
+    );
+    let e = err(&(base.clone() + &route(0, "")));
+    assert!(e.contains("routes[0].port: port 0"), "{e}");
+    let e = err(&(base.clone() + &route(22, "protocol = \"tcp\"\ntrust_forwarded = true\n")));
+    assert!(
+        e.contains("routes[0].trust_forwarded: applies to protocol = \"http\""),
+        "{e}"
+    );
+    let e = err(&(base.clone() + &route(80, "proxy_protocol = false\n")));
+    assert!(e.contains("routes[0].proxy_protocol"), "{e}");
+    let e = err(&(base.clone() + &route(80, "protocol = \"udp\"\n")));
+    assert!(
+        e.contains("routes[0].protocol") && e.contains("unknown variant `udp`"),
+        "{e}"
+    );
+    let e = err(&(base.clone() + &route(80, "").replace("127.0.0.1:8080", "8080")));
+    assert!(
+        e.contains("routes[0].upstream: `8080` is not host:port"),
+        "{e}"
+    );
+}
+
+#[test]
+fn proxy_rules() {
+    let base = agent_section(&key()) + "\n[proxy]\n";
+    let e = err(&(base.clone() + "idle_timeout = \"90\"\n"));
+    assert!(
+        e.contains("proxy.idle_timeout: `90` is not a duration"),
+        "{e}"
+    );
+    let e = err(&(base.clone() + "header_read_timeout = \"0s\"\n"));
+    assert!(
+        e.contains("proxy.header_read_timeout: must be greater than 0"),
+        "{e}"
+    );
+    let e = err(&(base.clone() + "max_header_bytes = 100\n"));
+    assert!(
+        e.contains("proxy.max_header_bytes: 100 is out of range"),
+        "{e}"
+    );
+    let e = err(&(base.clone() + "max_connections = 0\n"));
+    assert!(e.contains("proxy.max_connections"), "{e}");
+    let e = err(&(base.clone() + "max_connections = -1\n"));
+    assert!(e.contains("proxy.max_connections"), "{e}");
+}
+
+#[test]
+fn admin_rules() {
+    let base = agent_section(&key()) + "\n[admin]\n";
+    for bad in [
+        "0.0.0.0:9090",
+        "192.0.2.10:9090",
+        "localhost:9090",
+        "[::]:9090",
+    ] {
+        let e = parse(&(base.clone() + &format!("listen = \"{bad}\"\n"))).unwrap_err();
+        assert!(
+            matches!(e, ConfigError::AdminNotLoopback { .. }),
+            "{bad}: {e:?}"
+        );
+        let e = e.to_string();
+        assert!(
+            e.contains("admin.listen") && e.contains(bad) && e.contains("loopback"),
+            "{e}"
+        );
+    }
+    let c = parse(&(base.clone() + "listen = \"unix:admin.sock\"\n")).unwrap();
+    assert_eq!(
+        c.admin,
+        AdminListen::Unix("/etc/wg-agent/admin.sock".into())
+    );
+    let c = parse(&(base.clone() + "listen = \"unix:/run/wg.sock\"\n")).unwrap();
+    assert_eq!(c.admin, AdminListen::Unix("/run/wg.sock".into()));
+    assert_eq!(
+        parse(&(base.clone() + "listen = \"off\"\n")).unwrap().admin,
+        AdminListen::Off
+    );
+}
+
+#[test]
+fn load_admin_listen_ignores_the_rest() {
+    let dir = TempDir::new();
+    let text = "[agent]\nprivate_key_env = \"UNSET_VARIABLE_FOR_TEST\"\n\n[admin]\nlisten = \"127.0.0.1:9999\"\n";
+    let path = dir.write("agent.toml", text, 0o600);
+    assert_eq!(
+        Config::load_admin_listen(&path).unwrap(),
+        AdminListen::Tcp("127.0.0.1:9999".parse().unwrap())
+    );
+    let path = dir.write("b.toml", "[agent]\n", 0o600);
+    assert_eq!(
+        Config::load_admin_listen(&path).unwrap(),
+        AdminListen::DEFAULT
+    );
+    let path = dir.write("c.toml", "[admin]\nlisten = \"0.0.0.0:1\"\n", 0o600);
+    assert!(Config::load_admin_listen(&path).is_err());
+}
+
+#[test]
+fn log_rules() {
+    let base = agent_section(&key()) + "\n[log]\n";
+    let e = err(&(base.clone() + "format = \"xml\"\n"));
+    assert!(
+        e.contains("log.format") && e.contains("unknown variant `xml`"),
+        "{e}"
+    );
+    let e = err(&(base.clone() + "level = \"loud=[\"\n"));
+    assert!(e.contains("log.level: `loud=[` is not a log level"), "{e}");
+}
+
+#[test]
+fn syntax_errors_name_line_and_field() {
+    let k = key();
+    let text = agent_section(&k)
+        + &gateway("gw1", &public(), "10.1.0.1")
+        + &gateway("gw2", &public(), "10.1.0.2")
+        + "colour = \"blue\"\n";
+    let e = err(&text);
+    assert!(e.starts_with("/etc/wg-agent/agent.toml:"), "{e}");
+    assert!(
+        e.contains("gateways[1].colour") && e.contains("unknown field `colour`"),
+        "{e}"
+    );
+
+    let text = agent_section(&k)
+        + &gateway("gw1", &public(), "10.1.0.1")
+        + "persistent_keepalive = \"often\"\n";
+    let e = err(&text);
+    assert!(e.contains("gateways[0].persistent_keepalive"), "{e}");
+
+    let text = agent_section(&k)
+        + "\n[[gateways]]\nid = \"gw1\"\nendpoint = \"192.0.2.1:1\"\nvirtual_ip = \"10.1.0.1\"\n";
+    let e = err(&text);
+    assert!(
+        e.contains("gateways[0]") && e.contains("missing field `public_key`"),
+        "{e}"
+    );
+
+    let e = err("[agent]\nvirtual_ip = \"10.1.0.100\"\n");
+    assert!(e.contains("missing field `subnet`"), "{e}");
+    let e = err("[agent\n");
+    assert!(e.contains("agent.toml:1:"), "{e}");
+    let e = err("[nonsense]\n");
+    assert!(e.contains("unknown field `nonsense`"), "{e}");
+}
+
+#[test]
+fn unreadable_config() {
+    let e = Config::load("/nonexistent/agent.toml").unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("/nonexistent/agent.toml: cannot read config file"),
+        "{e}"
+    );
+}

@@ -1,0 +1,285 @@
+//! The status document (`GET /status`, `wg-agent status --json`) and the rule that turns a
+//! gateway's timestamps into `up`, `connecting` or `stale`.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{LivenessProbe, RouteProtocol};
+
+/// An authenticated packet within this window means the gateway is up.
+pub const RECEIVE_WINDOW: Duration = Duration::from_secs(60);
+/// WireGuard's reject-after time: a handshake older than this no longer carries traffic.
+pub const HANDSHAKE_LIFETIME: Duration = Duration::from_secs(180);
+
+/// The whole status document. Extra fields may be added later; existing ones keep their
+/// names and meaning.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct StatusSnapshot {
+    /// The agent's virtual IP.
+    pub virtual_ip: IpAddr,
+    /// One entry per configured gateway, in config order.
+    pub gateways: Vec<GatewayStatus>,
+    /// One entry per route.
+    pub routes: Vec<RouteStatus>,
+}
+
+impl StatusSnapshot {
+    /// A snapshot from its parts.
+    pub fn new(virtual_ip: IpAddr, gateways: Vec<GatewayStatus>, routes: Vec<RouteStatus>) -> Self {
+        Self {
+            virtual_ip,
+            gateways,
+            routes,
+        }
+    }
+
+    /// Whether at least one gateway is up (what `/readyz` reports, draining aside).
+    pub fn any_gateway_up(&self) -> bool {
+        self.gateways.iter().any(|g| g.state == GatewayState::Up)
+    }
+}
+
+/// One gateway in the status document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct GatewayStatus {
+    /// Config `id`.
+    pub id: String,
+    /// Config `name` (`null` when unset).
+    pub name: Option<String>,
+    /// Base64 public key.
+    pub public_key: String,
+    /// The endpoint in use: the resolved address, or the configured `host:port` before
+    /// resolution.
+    pub endpoint: String,
+    /// Liveness.
+    pub state: GatewayState,
+    /// Unix time of the last completed handshake, `null` if none yet.
+    pub last_handshake_unix: Option<u64>,
+    /// Bytes received from this gateway on the wire (UDP payload, handshakes included).
+    pub rx_bytes: u64,
+    /// Bytes sent to this gateway on the wire.
+    pub tx_bytes: u64,
+}
+
+impl GatewayStatus {
+    /// A gateway entry from its parts.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: String,
+        name: Option<String>,
+        public_key: String,
+        endpoint: String,
+        state: GatewayState,
+        last_handshake_unix: Option<u64>,
+        rx_bytes: u64,
+        tx_bytes: u64,
+    ) -> Self {
+        Self {
+            id,
+            name,
+            public_key,
+            endpoint,
+            state,
+            last_handshake_unix,
+            rx_bytes,
+            tx_bytes,
+        }
+    }
+}
+
+/// One route in the status document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct RouteStatus {
+    /// Port on the virtual IP.
+    pub port: u16,
+    /// `http` or `tcp`.
+    pub protocol: RouteProtocol,
+    /// The local upstream, `host:port`.
+    pub upstream: String,
+}
+
+impl RouteStatus {
+    /// A route entry from its parts.
+    pub fn new(port: u16, protocol: RouteProtocol, upstream: String) -> Self {
+        Self {
+            port,
+            protocol,
+            upstream,
+        }
+    }
+
+    /// The entry for a configured route.
+    pub fn from_config(route: &crate::config::RouteConfig) -> Self {
+        Self::new(route.port, route.protocol, route.upstream.to_string())
+    }
+}
+
+/// A gateway's liveness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GatewayState {
+    /// Authenticated traffic recently (or, with the probe off, a fresh handshake).
+    Up,
+    /// Not up yet, but not given up on: handshaking or waiting for a probe's answer.
+    Connecting,
+    /// Not up and no handshake for [`HANDSHAKE_LIFETIME`].
+    Stale,
+}
+
+impl GatewayState {
+    /// The lowercase name used in JSON, tables and logs.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Up => "up",
+            Self::Connecting => "connecting",
+            Self::Stale => "stale",
+        }
+    }
+}
+
+impl std::fmt::Display for GatewayState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What [`gateway_state`] needs to know about one gateway; all times are monotonic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Liveness {
+    /// When the gateway was added (start-up or a config update).
+    pub since: Instant,
+    /// When the last handshake completed.
+    pub last_handshake: Option<Instant>,
+    /// When the last authenticated packet (data or keepalive) arrived.
+    pub last_received: Option<Instant>,
+    /// The gateway's probe setting.
+    pub probe: LivenessProbe,
+}
+
+/// SPEC's rule. **up**: an authenticated packet within [`RECEIVE_WINDOW`], or, with the
+/// probe off, a handshake younger than [`HANDSHAKE_LIFETIME`]. **stale**: not up, and no
+/// handshake for [`HANDSHAKE_LIFETIME`] (counted from `since` when there never was one).
+/// **connecting**: otherwise.
+pub fn gateway_state(l: &Liveness, now: Instant) -> GatewayState {
+    let age = |t: Instant| now.saturating_duration_since(t);
+    let received_recently = l.last_received.is_some_and(|t| age(t) <= RECEIVE_WINDOW);
+    let handshake_fresh = l
+        .last_handshake
+        .is_some_and(|t| age(t) < HANDSHAKE_LIFETIME);
+    if received_recently || (l.probe == LivenessProbe::Off && handshake_fresh) {
+        return GatewayState::Up;
+    }
+    let quiet_for = age(l.last_handshake.unwrap_or(l.since));
+    if quiet_for >= HANDSHAKE_LIFETIME {
+        return GatewayState::Stale;
+    }
+    GatewayState::Connecting
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(base: Instant, secs: u64) -> Instant {
+        base + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn state_rule() {
+        let t0 = Instant::now();
+        let mut l = Liveness {
+            since: t0,
+            last_handshake: None,
+            last_received: None,
+            probe: LivenessProbe::Icmp,
+        };
+        assert_eq!(gateway_state(&l, t0), GatewayState::Connecting);
+        assert_eq!(gateway_state(&l, at(t0, 179)), GatewayState::Connecting);
+        assert_eq!(
+            gateway_state(&l, at(t0, 180)),
+            GatewayState::Stale,
+            "never handshaked for 180 s"
+        );
+
+        l.last_handshake = Some(at(t0, 10));
+        l.last_received = Some(at(t0, 10));
+        assert_eq!(gateway_state(&l, at(t0, 10)), GatewayState::Up);
+        assert_eq!(
+            gateway_state(&l, at(t0, 70)),
+            GatewayState::Up,
+            "60 s window inclusive"
+        );
+        assert_eq!(
+            gateway_state(&l, at(t0, 71)),
+            GatewayState::Connecting,
+            "probe on: handshake alone is not enough"
+        );
+        assert_eq!(gateway_state(&l, at(t0, 189)), GatewayState::Connecting);
+        assert_eq!(gateway_state(&l, at(t0, 190)), GatewayState::Stale);
+
+        // Traffic keeps it up even when the handshake is old (a session being rekeyed).
+        l.last_received = Some(at(t0, 200));
+        assert_eq!(gateway_state(&l, at(t0, 230)), GatewayState::Up);
+
+        // Probe off: a fresh handshake is enough.
+        l.probe = LivenessProbe::Off;
+        l.last_received = Some(at(t0, 10));
+        assert_eq!(gateway_state(&l, at(t0, 100)), GatewayState::Up);
+        assert_eq!(gateway_state(&l, at(t0, 189)), GatewayState::Up);
+        assert_eq!(gateway_state(&l, at(t0, 190)), GatewayState::Stale);
+
+        // A gateway re-added later gets its own 180 s before it is called stale.
+        let l = Liveness {
+            since: at(t0, 1000),
+            last_handshake: None,
+            last_received: None,
+            probe: LivenessProbe::Icmp,
+        };
+        assert_eq!(gateway_state(&l, at(t0, 1100)), GatewayState::Connecting);
+        assert_eq!(gateway_state(&l, at(t0, 1180)), GatewayState::Stale);
+
+        // A clock that appears to run backwards never panics.
+        assert_eq!(gateway_state(&l, t0), GatewayState::Connecting);
+    }
+
+    #[test]
+    fn json_shape() {
+        let s = StatusSnapshot::new(
+            "10.1.0.100".parse().unwrap(),
+            vec![GatewayStatus::new(
+                "gw1".into(),
+                Some("gateway-tokyo".into()),
+                "pk".into(),
+                "192.0.2.1:51820".into(),
+                GatewayState::Up,
+                Some(1_764_000_000),
+                1,
+                2,
+            )],
+            vec![RouteStatus::new(
+                80,
+                RouteProtocol::Http,
+                "127.0.0.1:8080".into(),
+            )],
+        );
+        let json: serde_json::Value = serde_json::to_value(&s).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "virtual_ip": "10.1.0.100",
+                "gateways": [{"id": "gw1", "name": "gateway-tokyo", "public_key": "pk",
+                    "endpoint": "192.0.2.1:51820", "state": "up",
+                    "last_handshake_unix": 1_764_000_000u64, "rx_bytes": 1, "tx_bytes": 2}],
+                "routes": [{"port": 80, "protocol": "http", "upstream": "127.0.0.1:8080"}],
+            })
+        );
+        let back: StatusSnapshot = serde_json::from_value(json).unwrap();
+        assert_eq!(back, s);
+        assert!(s.any_gateway_up());
+    }
+}

@@ -1,0 +1,312 @@
+//! `wg-agent status`: fetch `/status` from a running agent's admin endpoint and print it as
+//! JSON or as a table in the spirit of `wg show`.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Empty, Limited};
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+
+use crate::admin::AdminAddr;
+use crate::snapshot::StatusSnapshot;
+
+/// Largest status document accepted.
+const MAX_BODY: usize = 16 * 1024 * 1024;
+
+/// Why the status could not be fetched.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StatusError {
+    /// Nothing answered at the address.
+    #[error(
+        "cannot reach the admin endpoint at {addr}: {source} (is wg-agent running, with [admin] listen = \"{addr}\"?)"
+    )]
+    Connect {
+        /// The address tried.
+        addr: AdminAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The HTTP exchange failed.
+    #[error("admin endpoint at {addr}: {message}")]
+    Http {
+        /// The address.
+        addr: AdminAddr,
+        /// What went wrong.
+        message: String,
+    },
+    /// No answer in time.
+    #[error("admin endpoint at {addr}: no answer within {timeout:?}")]
+    Timeout {
+        /// The address.
+        addr: AdminAddr,
+        /// The limit.
+        timeout: Duration,
+    },
+}
+
+/// GETs `/status` and returns the body as sent (a JSON document).
+pub async fn fetch_status(addr: &AdminAddr, timeout: Duration) -> Result<String, StatusError> {
+    match tokio::time::timeout(timeout, fetch_inner(addr)).await {
+        Ok(result) => result,
+        Err(_) => Err(StatusError::Timeout {
+            addr: addr.clone(),
+            timeout,
+        }),
+    }
+}
+
+async fn fetch_inner(addr: &AdminAddr) -> Result<String, StatusError> {
+    let connect_error = |source| StatusError::Connect {
+        addr: addr.clone(),
+        source,
+    };
+    let http_error = |message: String| StatusError::Http {
+        addr: addr.clone(),
+        message,
+    };
+    let request = Request::get("/status")
+        .header(hyper::header::HOST, "localhost")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| http_error(e.to_string()))?;
+    let response = match addr {
+        AdminAddr::Tcp(sock) => {
+            let stream = tokio::net::TcpStream::connect(sock)
+                .await
+                .map_err(connect_error)?;
+            send(TokioIo::new(stream), request).await
+        }
+        AdminAddr::Unix(path) => {
+            let stream = tokio::net::UnixStream::connect(path)
+                .await
+                .map_err(connect_error)?;
+            send(TokioIo::new(stream), request).await
+        }
+    }
+    .map_err(|e| http_error(e.to_string()))?;
+    let status = response.status();
+    let body = Limited::new(response.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| http_error(format!("reading the response: {e}")))?
+        .to_bytes();
+    let body = String::from_utf8(body.to_vec())
+        .map_err(|_| http_error("the response is not UTF-8".into()))?;
+    if status != StatusCode::OK {
+        return Err(http_error(format!(
+            "GET /status answered {status}: {}",
+            body.trim()
+        )));
+    }
+    Ok(body)
+}
+
+async fn send<T>(
+    io: TokioIo<T>,
+    request: Request<Empty<Bytes>>,
+) -> hyper::Result<hyper::Response<hyper::body::Incoming>>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+    // The connection task outlives this function: it streams the body read by the caller,
+    // then ends because the sender is dropped.
+    tokio::spawn(conn);
+    sender.send_request(request).await
+}
+
+/// Renders the status as a table: gateways (one row each), then routes.
+/// `now_unix` is the current Unix time, for handshake ages.
+pub fn render_table(status: &StatusSnapshot, now_unix: u64) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "agent: virtual ip {}\n", status.virtual_ip);
+    if status.gateways.is_empty() {
+        out.push_str("no gateways configured\n");
+    } else {
+        let mut rows = vec![[
+            "GATEWAY".to_owned(),
+            "NAME".into(),
+            "ENDPOINT".into(),
+            "STATE".into(),
+            "LATEST HANDSHAKE".into(),
+            "RECEIVED".into(),
+            "SENT".into(),
+        ]];
+        for g in &status.gateways {
+            rows.push([
+                g.id.clone(),
+                g.name.clone().unwrap_or_else(|| "-".into()),
+                g.endpoint.clone(),
+                g.state.to_string(),
+                handshake_age(g.last_handshake_unix, now_unix),
+                human_bytes(g.rx_bytes),
+                human_bytes(g.tx_bytes),
+            ]);
+        }
+        write_rows(&mut out, &rows);
+    }
+    out.push('\n');
+    if status.routes.is_empty() {
+        out.push_str("no routes\n");
+    } else {
+        let mut rows = vec![["PORT".to_owned(), "PROTOCOL".into(), "UPSTREAM".into()]];
+        for r in &status.routes {
+            rows.push([
+                r.port.to_string(),
+                r.protocol.to_string(),
+                r.upstream.clone(),
+            ]);
+        }
+        write_rows(&mut out, &rows);
+    }
+    out
+}
+
+fn write_rows<const N: usize>(out: &mut String, rows: &[[String; N]]) {
+    let mut widths = [0usize; N];
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    for row in rows {
+        let mut line = String::new();
+        for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
+            if i + 1 == N {
+                line.push_str(cell);
+            } else {
+                let _ = write!(line, "{cell:<w$}  ");
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+}
+
+/// `"12 seconds ago"`, `"1 minute, 5 seconds ago"`, or `"never"`.
+pub fn handshake_age(last_unix: Option<u64>, now_unix: u64) -> String {
+    let Some(last) = last_unix else {
+        return "never".into();
+    };
+    let mut secs = now_unix.saturating_sub(last);
+    if secs == 0 {
+        return "0 seconds ago".into();
+    }
+    let mut parts = Vec::new();
+    for (unit, size) in [
+        ("day", 86_400),
+        ("hour", 3_600),
+        ("minute", 60),
+        ("second", 1),
+    ] {
+        let n = secs / size;
+        secs %= size;
+        if n > 0 {
+            parts.push(format!("{n} {unit}{}", if n == 1 { "" } else { "s" }));
+        }
+    }
+    format!("{} ago", parts.join(", "))
+}
+
+/// Bytes in binary units with two decimals, as `wg show` prints them: `"512 B"`,
+/// `"1.21 MiB"`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.2} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RouteProtocol;
+    use crate::snapshot::{GatewayState, GatewayStatus, RouteStatus};
+
+    #[test]
+    fn human_units() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1024), "1.00 KiB");
+        assert_eq!(human_bytes(1536), "1.50 KiB");
+        assert_eq!(human_bytes(1_268_777), "1.21 MiB");
+        assert_eq!(human_bytes(5 * 1024 * 1024 * 1024), "5.00 GiB");
+        assert_eq!(human_bytes(u64::MAX), "16384.00 PiB");
+    }
+
+    #[test]
+    fn ages() {
+        assert_eq!(handshake_age(None, 100), "never");
+        assert_eq!(handshake_age(Some(88), 100), "12 seconds ago");
+        assert_eq!(handshake_age(Some(99), 100), "1 second ago");
+        assert_eq!(handshake_age(Some(100), 100), "0 seconds ago");
+        assert_eq!(handshake_age(Some(200), 100), "0 seconds ago", "clock skew");
+        assert_eq!(handshake_age(Some(0), 65), "1 minute, 5 seconds ago");
+        assert_eq!(
+            handshake_age(Some(0), 90_061),
+            "1 day, 1 hour, 1 minute, 1 second ago"
+        );
+        assert_eq!(handshake_age(Some(0), 7_200), "2 hours ago");
+    }
+
+    #[test]
+    fn table() {
+        let status = StatusSnapshot::new(
+            "10.1.0.100".parse().unwrap(),
+            vec![
+                GatewayStatus::new(
+                    "gw1".into(),
+                    Some("gateway-tokyo".into()),
+                    "pk".into(),
+                    "192.0.2.1:51820".into(),
+                    GatewayState::Up,
+                    Some(988),
+                    1_268_777,
+                    3_482,
+                ),
+                GatewayStatus::new(
+                    "gw2".into(),
+                    None,
+                    "pk2".into(),
+                    "gw2.example.net:51820".into(),
+                    GatewayState::Connecting,
+                    None,
+                    0,
+                    148,
+                ),
+            ],
+            vec![RouteStatus::new(
+                80,
+                RouteProtocol::Http,
+                "127.0.0.1:8080".into(),
+            )],
+        );
+        let text = render_table(&status, 1000);
+        let expected = "\
+agent: virtual ip 10.1.0.100
+
+GATEWAY  NAME           ENDPOINT               STATE       LATEST HANDSHAKE  RECEIVED  SENT
+gw1      gateway-tokyo  192.0.2.1:51820        up          12 seconds ago    1.21 MiB  3.40 KiB
+gw2      -              gw2.example.net:51820  connecting  never             0 B       148 B
+
+PORT  PROTOCOL  UPSTREAM
+80    http      127.0.0.1:8080
+";
+        assert_eq!(text, expected, "\n{text}");
+        let empty = StatusSnapshot::new("10.1.0.100".parse().unwrap(), vec![], vec![]);
+        let text = render_table(&empty, 0);
+        assert!(
+            text.contains("no gateways configured") && text.contains("no routes"),
+            "{text}"
+        );
+    }
+}
