@@ -5,7 +5,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
@@ -176,58 +175,6 @@ async fn reset_is_reported_as_connection_reset() {
         .expect("in time")
         .expect_err("reset");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
-}
-
-/// Moves `bytes` each way at once over one connection and checks SHA-256 of both.
-pub async fn transfer(p: &Pair, bytes: usize, port: u16) {
-    let listener = p.b.listen(sa(B, port)).expect("listen");
-    let c = p.a.connect(sa(B, port)).await.expect("connect");
-    let (s, _) = listener.accept().await.expect("accept");
-    let (c_rd, c_wr) = tokio::io::split(c);
-    let (s_rd, s_wr) = tokio::io::split(s);
-    let up = tokio::spawn(send(c_wr, bytes, 1));
-    let down = tokio::spawn(send(s_wr, bytes, 2));
-    let up_rx = tokio::spawn(recv(s_rd));
-    let down_rx = tokio::spawn(recv(c_rd));
-    let (up_sent, down_sent) = (up.await.expect("up"), down.await.expect("down"));
-    let (up_got, down_got) = (up_rx.await.expect("up rx"), down_rx.await.expect("down rx"));
-    assert_eq!(up_got, (bytes, up_sent));
-    assert_eq!(down_got, (bytes, down_sent));
-}
-
-async fn send<W: AsyncWriteExt + Unpin>(mut w: W, n: usize, salt: u8) -> [u8; 32] {
-    let mut chunk: Vec<u8> = (0..65_536u32)
-        .map(|i| (i.wrapping_mul(7) ^ (i >> 9)) as u8)
-        .collect();
-    let mut h = Sha256::new();
-    let mut left = n;
-    let mut round = 0u8;
-    while left > 0 {
-        chunk[0] = salt;
-        chunk[1] = round;
-        round = round.wrapping_add(1);
-        let k = left.min(chunk.len());
-        w.write_all(&chunk[..k]).await.expect("write");
-        h.update(&chunk[..k]);
-        left -= k;
-    }
-    w.shutdown().await.expect("shutdown");
-    h.finalize().into()
-}
-
-async fn recv<R: AsyncReadExt + Unpin>(mut r: R) -> (usize, [u8; 32]) {
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 65_536];
-    let mut total = 0;
-    loop {
-        let n = r.read(&mut buf).await.expect("read");
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        total += n;
-    }
-    (total, h.finalize().into())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,276 @@
+//! UDP, ICMP, many connections, an impaired link, floods and malformed input.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use netstack::{DropReason, Netstack};
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{
+    IpProtocol, Ipv4Address, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test]
+async fn udp_both_ways_and_to_nowhere() {
+    let p = pair();
+    for (a, b) in [(A, B), (A6, B6)] {
+        let ua = p.a.bind_udp(sa(a, 0)).expect("bind a");
+        let ub = p.b.bind_udp(sa(b, 5353)).expect("bind b");
+        ua.send_to(b"question", sa(b, 5353)).await.expect("send");
+        let mut buf = [0u8; 64];
+        let (n, from) = tokio::time::timeout(Duration::from_secs(5), ub.recv_from(&mut buf))
+            .await
+            .expect("in time")
+            .expect("recv");
+        assert_eq!(&buf[..n], b"question");
+        assert_eq!(from, ua.local_addr());
+        ub.send_to(b"answer", from).await.expect("reply");
+        let (n, from) = tokio::time::timeout(Duration::from_secs(5), ua.recv_from(&mut buf))
+            .await
+            .expect("in time")
+            .expect("recv reply");
+        assert_eq!(&buf[..n], b"answer");
+        assert_eq!(from, sa(b, 5353));
+    }
+    let before = p.b.stats().dropped.get(DropReason::NoSocket);
+    let ua = p.a.bind_udp(sa(A, 0)).expect("bind");
+    ua.send_to(b"void", sa(B, 9999))
+        .await
+        .expect("send to nowhere");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while p.b.stats().dropped.get(DropReason::NoSocket) == before {
+        assert!(Instant::now() < deadline, "udp to nowhere not counted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let err = p.b.bind_udp(sa(B, 5353)).err();
+    assert!(err.is_none(), "port freed when the socket dropped");
+}
+
+#[tokio::test]
+async fn ping_is_answered_by_the_virtual_ip() {
+    let p = pair();
+    for target in [B, B6] {
+        let rtt =
+            p.a.ping(ip(target), Duration::from_secs(5))
+                .await
+                .expect("echo reply");
+        assert!(rtt < Duration::from_secs(1), "{rtt:?}");
+    }
+    let err =
+        p.a.ping(ip("10.9.0.77"), Duration::from_millis(200))
+            .await
+            .expect_err("nobody there");
+    assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_connections_each_moving_data() {
+    let p = pair();
+    let listener = p.b.listen(sa(B, 80)).expect("listen");
+    let server = tokio::spawn(async move {
+        let mut tasks = Vec::new();
+        for _ in 0..1000 {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            tasks.push(tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut total = 0;
+                loop {
+                    let n = s.read(&mut buf).await.expect("server read");
+                    if n == 0 {
+                        break;
+                    }
+                    s.write_all(&buf[..n]).await.expect("server echo");
+                    total += n;
+                }
+                s.shutdown().await.expect("shutdown");
+                total
+            }));
+        }
+        let mut sum = 0;
+        for t in tasks {
+            sum += t.await.expect("server task");
+        }
+        sum
+    });
+    let mut clients = Vec::new();
+    for i in 0..1000u32 {
+        let a = p.a.clone();
+        clients.push(tokio::spawn(async move {
+            let mut s = a.connect(sa(B, 80)).await.expect("connect");
+            let msg: Vec<u8> = (0..16_384u32).map(|j| (i ^ j) as u8).collect();
+            let (mut rd, mut wr) = tokio::io::split(&mut s);
+            let write = async {
+                wr.write_all(&msg).await.expect("write");
+                wr.shutdown().await.expect("shutdown");
+            };
+            let mut back = Vec::new();
+            let read = rd.read_to_end(&mut back);
+            let ((), n) = tokio::join!(write, read);
+            n.expect("read back");
+            assert_eq!(back, msg);
+        }));
+    }
+    tokio::time::timeout(Duration::from_secs(60), async {
+        for c in clients {
+            c.await.expect("client");
+        }
+    })
+    .await
+    .expect("clients in time");
+    assert_eq!(server.await.expect("server"), 1000 * 16_384);
+    let sizes = p.b.shard_sizes();
+    assert!(
+        sizes.iter().filter(|&&n| n > 0).count() > 1,
+        "spread: {sizes:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_through_a_lossy_reordering_delaying_link() {
+    let impair = Impair {
+        loss: 0.005,
+        reorder: 0.02,
+        duplicate: 0.005,
+        delay: Duration::from_millis(2),
+        jitter: Duration::from_millis(1),
+        seed: 42,
+    };
+    let p = pair_with(config(&[A]), config(&[B]), Some(impair));
+    let start = Instant::now();
+    tokio::time::timeout(Duration::from_secs(60), transfer(&p, 2 << 20, 6000))
+        .await
+        .expect("in time");
+    eprintln!(
+        "2 MiB each way over the impaired link in {:?}",
+        start.elapsed()
+    );
+}
+
+fn syn(src_port: u16, dst_port: u16) -> Vec<u8> {
+    let (src, dst) = (Ipv4Address::new(10, 9, 0, 1), Ipv4Address::new(10, 9, 0, 2));
+    let tcp = TcpRepr {
+        src_port,
+        dst_port,
+        control: TcpControl::Syn,
+        seq_number: TcpSeqNumber(i32::from(src_port)),
+        ack_number: None,
+        window_len: 1000,
+        window_scale: None,
+        max_seg_size: Some(1380),
+        sack_permitted: false,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload: &[],
+    };
+    let ipr = Ipv4Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: IpProtocol::Tcp,
+        payload_len: tcp.buffer_len(),
+        hop_limit: 64,
+    };
+    let mut buf = vec![0u8; ipr.buffer_len() + tcp.buffer_len()];
+    let caps = ChecksumCapabilities::default();
+    let mut pkt = Ipv4Packet::new_unchecked(&mut buf);
+    ipr.emit(&mut pkt, &caps);
+    tcp.emit(
+        &mut TcpPacket::new_unchecked(pkt.payload_mut()),
+        &src.into(),
+        &dst.into(),
+        &caps,
+    );
+    buf
+}
+
+#[tokio::test]
+async fn syn_flood_stays_within_the_configured_bound() {
+    let mut cfg = config(&[B]);
+    cfg.max_pending_syns = 128;
+    cfg.max_connections = 256;
+    let b = Netstack::new(cfg).expect("stack");
+    let _listener = b.listen(sa(B, 80)).expect("listen");
+    let mut out = Vec::new();
+    let mut rng_port = 1u16;
+    for _ in 0..100 {
+        let batch: Vec<Vec<u8>> = (0..100)
+            .map(|_| {
+                rng_port = rng_port.wrapping_mul(31).wrapping_add(7) | 1;
+                syn(rng_port, 80)
+            })
+            .collect();
+        b.send_packets(&batch).await;
+        out.clear();
+        b.try_recv_packets(&mut out, usize::MAX);
+        let s = b.stats();
+        assert!(s.half_open <= 128 && s.tcp_sockets <= 256, "{s:?}");
+    }
+    let s = b.stats();
+    assert_eq!(s.half_open, 128, "{s:?}");
+    assert!(s.dropped.get(DropReason::LimitReached) > 9000, "{s:?}");
+    // Every SYN got an answer (SYN-ACK or RST), and nothing piles up unbounded.
+    assert!(b.pending_outbound() <= b.config().max_outbound_packets);
+}
+
+#[tokio::test]
+async fn malformed_packets_are_counted_not_fatal() {
+    let p = pair();
+    let junk: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0x45],
+        vec![0x60; 10],
+        vec![0xff; 60],
+        {
+            let mut s = syn(1234, 80);
+            s.truncate(30);
+            s
+        },
+        {
+            let mut s = syn(1234, 80);
+            s[2] = 0xff; // total length beyond the buffer
+            s
+        },
+    ];
+    let accepted = p.b.send_packets(&junk).await;
+    assert_eq!(accepted, 0);
+    let s = p.b.stats();
+    assert_eq!(
+        s.dropped.get(DropReason::Malformed),
+        junk.len() as u64,
+        "{s:?}"
+    );
+    // Still works afterwards.
+    p.a.ping(ip(B), Duration::from_secs(5))
+        .await
+        .expect("alive");
+}
+
+#[tokio::test]
+async fn idle_stack_uses_no_cpu() {
+    let p = pair();
+    let listener = p.b.listen(sa(B, 80)).expect("listen");
+    let mut c = p.a.connect(sa(B, 80)).await.expect("connect");
+    let (mut s, _) = listener.accept().await.expect("accept");
+    c.write_all(b"x").await.expect("write");
+    let mut one = [0u8; 1];
+    s.read_exact(&mut one).await.expect("read");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = cpu_time();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let used = cpu_time() - before;
+    assert!(
+        used < Duration::from_millis(50),
+        "idle stack used {used:?} of cpu in 1 s"
+    );
+}
+
+/// User + system CPU time of this process, from /proc.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("proc stat");
+    let after_comm = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    let ticks: u64 =
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    Duration::from_millis(ticks * 10)
+}
