@@ -13,6 +13,8 @@
 //!   with a unique interface name (the control socket path is shared by namespaces); parsed
 //!   `wg show IF dump` ([`WgDump`]), restart with the same key, killed on drop. [`KeyPair`]s come
 //!   from `wg genkey` / `wg pubkey`.
+//! - [`GatewaySite`]: one gateway as the suites lay it out: namespace, veth link toward the
+//!   agent's side (host or agent namespace), wireguard-go on it.
 //! - [`ImpairedRelay`]: a UDP relay that drops, delays, reorders and duplicates datagrams with a
 //!   seeded generator, counting what it did (the kernel here has no `netem`).
 //! - [`packet`]: hand-built ICMP echo packets with checksums, to test a tunnel end to end.
@@ -59,6 +61,7 @@ mod netns;
 pub mod packet;
 mod prereq;
 mod relay;
+mod site;
 mod wggo;
 
 pub use cmd::{TempDir, on_path, run, run_command, run_with_input, write_private_file};
@@ -66,6 +69,7 @@ pub use daemon::Daemon;
 pub use netns::{NETNS_PREFIX, Netns, VETH_RANGE, VethEnd, VethPair};
 pub use prereq::{REQUIRED_PROGRAMS, check_gateway_prereqs, gateway_tests_can_run, in_ci, is_root};
 pub use relay::{DirectionStats, ImpairedRelay, Impairment, RelayStats};
+pub use site::GatewaySite;
 pub use wggo::{
     CONTROL_DIR, GatewayConfig, GatewayPeer, KeyPair, WgDump, WgPeerDump, WireguardGo,
     public_key_of,

@@ -8,7 +8,9 @@ use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use testbed::{GatewayConfig, GatewayPeer, ImpairedRelay, Impairment, Netns, WireguardGo, run};
+use testbed::{
+    GatewayConfig, GatewayPeer, GatewaySite, ImpairedRelay, Impairment, Netns, WireguardGo, run,
+};
 
 fn netns_exists(name: &str) -> bool {
     run("ip", ["netns", "list"])
@@ -229,4 +231,51 @@ fn interop_impaired_relay_carries_wireguard_between_namespaces() {
     assert!(stats.to_gateway.received >= 2, "{stats:?}");
     assert!(stats.to_agent.received >= 2, "{stats:?}");
     assert_eq!(stats.to_gateway.send_errors + stats.to_agent.send_errors, 0);
+}
+
+#[test]
+fn interop_two_gateway_sites_reach_an_agent_namespace() {
+    testbed::require_gateway_prereqs!();
+    // Issue 6's layout: the agent in its own namespace, one namespace per gateway linked to it.
+    // Here the "agent" is a third wireguard-go that dials out with a keepalive.
+    let agent_ns = Netns::new("agent").unwrap();
+    let agent_config = GatewayConfig::new("10.1.0.100/24").unwrap();
+    let agent_public = agent_config.key.public.clone();
+    let mut sites = Vec::new();
+    for (i, address) in ["10.1.0.1/24", "10.1.0.2/24"].into_iter().enumerate() {
+        let config = GatewayConfig::new(address)
+            .unwrap()
+            .with_peer(GatewayPeer::new(&agent_public, &["10.1.0.100/32"]));
+        sites.push(GatewaySite::start(&format!("site{i}"), config, Some(&agent_ns)).unwrap());
+    }
+    assert_ne!(sites[0].endpoint(), sites[1].endpoint());
+    let mut agent_config = agent_config;
+    for (site, vip) in sites.iter().zip(["10.1.0.1/32", "10.1.0.2/32"]) {
+        agent_config = agent_config.with_peer(
+            GatewayPeer::new(site.wg.public_key(), &[vip])
+                .with_endpoint(site.endpoint())
+                .with_keepalive(1),
+        );
+    }
+    let agent = WireguardGo::start(&agent_ns, agent_config).unwrap();
+    for (site, vip) in sites.iter().zip(["10.1.0.1", "10.1.0.2"]) {
+        let peer = site
+            .wg
+            .wait_for_handshake(&agent_public, Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(
+            peer.endpoint.map(|e| e.ip()),
+            Some(site.agent_side_ip().into())
+        );
+        // Gateway -> agent's virtual IP through the tunnel: RST from the agent's kernel.
+        let out = site
+            .ns
+            .command("curl")
+            .args(["-sS", "--max-time", "10", "http://10.1.0.100:9/"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(7), "via {vip}: {}", agent.log());
+    }
+    drop(sites);
+    drop(agent);
 }

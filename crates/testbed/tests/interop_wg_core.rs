@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use testbed::packet::{icmp_echo_request, parse_icmp_echo};
 use testbed::{
-    Daemon, GatewayConfig, GatewayPeer, ImpairedRelay, Impairment, Netns, TempDir, VethPair,
+    Daemon, GatewayConfig, GatewayPeer, GatewaySite, ImpairedRelay, Impairment, TempDir,
     WireguardGo,
 };
 use wg_core::{DropReason, HandshakeState, PeerConfig, Peers, PrivateKey, PublicKey};
@@ -139,31 +139,32 @@ impl Agent {
 
 /// A gateway namespace with a veth to the host and wireguard-go at 10.1.0.1/24 that knows the
 /// agent's public key but not its endpoint (the agent dials out).
-struct Gateway {
-    // Drop order: the gateway process, then the link, then the namespace.
-    wg: WireguardGo,
-    link: VethPair,
-    ns: Netns,
+struct Gateway(GatewaySite);
+
+impl std::ops::Deref for Gateway {
+    type Target = GatewaySite;
+    fn deref(&self) -> &GatewaySite {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Gateway {
+    fn deref_mut(&mut self) -> &mut GatewaySite {
+        &mut self.0
+    }
 }
 
 impl Gateway {
     fn start(agent_public: &str) -> Self {
-        let ns = Netns::new("wgc").unwrap();
-        let link = ns.veth_to_host().unwrap();
         let config = GatewayConfig::new("10.1.0.1/24")
             .unwrap()
             .with_peer(GatewayPeer::new(agent_public, &["10.1.0.100/32"]));
-        let wg = WireguardGo::start(&ns, config).unwrap();
-        Self { wg, link, ns }
-    }
-
-    fn endpoint(&self) -> SocketAddr {
-        SocketAddr::new(self.link.a.ip.into(), self.wg.listen_port())
+        Self(GatewaySite::start("wgc", config, None).unwrap())
     }
 
     /// Where the agent binds: the host end of the veth.
     fn agent_bind(&self) -> SocketAddr {
-        SocketAddr::new(self.link.b.ip.into(), 0)
+        SocketAddr::new(self.agent_side_ip().into(), 0)
     }
 }
 
@@ -336,7 +337,7 @@ fn interop_wg_core_finds_a_restarted_gateway_with_a_forced_handshake() {
     );
 
     // The gateway loses every session; our data now goes to an index it does not know.
-    gw.wg.restart(&gw.ns).unwrap();
+    gw.restart().unwrap();
     agent.send_echo(2, b"lost");
     assert!(!agent.run_until(Duration::from_millis(500), |a| a.has_reply(2, b"lost")));
 
