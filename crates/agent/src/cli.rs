@@ -7,8 +7,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use agent::admin::AdminAddr;
 use agent::config::{AdminListen, Config, LogFormat};
-use agent::keys::PrivateKey;
 use agent::snapshot::StatusSnapshot;
+use wg_core::PrivateKey;
 
 /// Exit code for a runtime failure.
 const EXIT_RUNTIME: u8 = 1;

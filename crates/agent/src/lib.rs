@@ -9,7 +9,6 @@
 //!   `/metrics`), fed by a [`admin::StatusSource`].
 //! - [`snapshot`]: the status document and the gateway liveness rule (`up`, `connecting`,
 //!   `stale`); [`metrics`]: Prometheus text; [`status`]: the `wg-agent status` client.
-//! - [`keys`]: the WireGuard key types used by config and CLI.
 //! - [`run`] and [`demo`]: the runtime entry points the binary calls.
 //!
 //! What it does not do: it installs no `tracing` subscriber (the binary does), parses no
@@ -17,7 +16,7 @@
 //!
 //! ```
 //! use agent::config::{Config, RouteProtocol};
-//! use agent::keys::PrivateKey;
+//! use wg_core::PrivateKey;
 //!
 //! let toml = format!(
 //!     "[agent]\nprivate_key = \"{}\"\nvirtual_ip = \"10.1.0.100\"\nsubnet = \"10.1.0.0/24\"\n\n\
@@ -38,7 +37,6 @@
 
 pub mod admin;
 pub mod config;
-pub mod keys;
 pub mod metrics;
 mod runtime;
 pub mod snapshot;

@@ -86,7 +86,7 @@ pub enum ConfigError {
         /// Where the key came from: "the inline value", "key file F", "variable `V`".
         origin: String,
         /// Why it was refused.
-        reason: crate::keys::KeyError,
+        reason: wg_core::KeyError,
     },
     /// Two gateways share an id, a public key or a virtual IP, or two routes share a port.
     #[error("{path}: {field}: `{value}` is already used by {first}", path = path.display())]

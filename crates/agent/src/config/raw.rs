@@ -103,6 +103,7 @@ pub(crate) struct RawRoute {
     pub(crate) protocol: super::RouteProtocol,
     pub(crate) trust_forwarded: Option<bool>,
     pub(crate) proxy_protocol: Option<bool>,
+    pub(crate) upstream_h2c: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -115,6 +116,7 @@ pub(crate) struct RawProxy {
     pub(crate) drain_timeout: Option<String>,
     pub(crate) max_header_bytes: Option<u64>,
     pub(crate) max_connections: Option<u64>,
+    pub(crate) access_log: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -2,6 +2,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::*;
+use wg_core::PrivateKey;
 
 /// A fresh folder under the system temp dir, removed on drop.
 struct TempDir(PathBuf);
@@ -87,7 +88,8 @@ fn minimal_config_gets_every_default() {
     assert!(g.preshared_key.is_none());
     assert_eq!(c.routes, vec![RouteConfig::default_http()]);
     assert_eq!(c.routes[0].upstream.to_string(), "127.0.0.1:8080");
-    assert_eq!(c.proxy, ProxySettings::default());
+    assert_eq!(c.proxy, ProxyConfig::default());
+    assert!(!c.proxy.access_log);
     assert_eq!(c.proxy.header_read_timeout, Duration::from_secs(30));
     assert_eq!(c.proxy.max_header_bytes, 65536);
     assert_eq!(c.admin, AdminListen::DEFAULT);
@@ -646,5 +648,62 @@ fn unreadable_config() {
         e.to_string()
             .starts_with("/nonexistent/agent.toml: cannot read config file"),
         "{e}"
+    );
+}
+
+#[test]
+fn conversions_for_wg_core_and_local_proxy() {
+    let psk = key();
+    let text = agent_section(&key())
+        + &gateway("gw1", &public(), "10.1.0.1")
+        + &format!(
+            "preshared_key = \"{psk}\"\nallowed_ips = [\"10.1.0.1/32\", \"192.168.7.0/24\"]\n"
+        )
+        + &gateway("gw2", &public(), "10.1.0.2")
+        + "persistent_keepalive = 0\n"
+        + "\n[[routes]]\nport = 80\nupstream = \"localhost:8080\"\ntrust_forwarded = false\nupstream_h2c = true\n"
+        + "\n[[routes]]\nport = 22\nupstream = \"[::1]:2222\"\nprotocol = \"tcp\"\nproxy_protocol = true\n"
+        + "\n[proxy]\naccess_log = true\n";
+    let c = parse(&text).unwrap();
+    assert!(c.proxy.access_log);
+
+    let peer = c.gateways[0].peer_config(c.gateways[0].endpoint_addr());
+    assert_eq!(peer.public_key, c.gateways[0].public_key);
+    assert_eq!(peer.endpoint, Some("192.0.2.1:51820".parse().unwrap()));
+    assert_eq!(peer.allowed_ips, c.gateways[0].allowed_ips);
+    assert_eq!(peer.persistent_keepalive, Some(Duration::from_secs(25)));
+    assert!(peer.preshared_key.is_some());
+    let peer = c.gateways[1].peer_config(None);
+    assert_eq!((peer.endpoint, peer.persistent_keepalive), (None, None));
+
+    let http = c.routes[0].http_route().unwrap();
+    assert_eq!(http.upstream.authority(), "localhost:8080");
+    assert!(!http.trust_forwarded && http.upstream_h2c);
+    assert!(c.routes[0].tcp_route().is_none());
+    let tcp = c.routes[1].tcp_route().unwrap();
+    assert_eq!(tcp.upstream.authority(), "[::1]:2222");
+    assert!(tcp.proxy_protocol);
+    assert!(c.routes[1].http_route().is_none());
+
+    let e = err(&(agent_section(&key())
+        + "\n[[routes]]\nport = 22\nupstream = \"127.0.0.1:22\"\nprotocol = \"tcp\"\nupstream_h2c = true\n"));
+    assert!(
+        e.contains("routes[0].upstream_h2c: applies to protocol = \"http\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn subnet_and_prefix_messages() {
+    let e = err(&agent_section(&key()).replace("10.1.0.0/24", "10.1.0.0/33"));
+    assert!(
+        e.contains("agent.subnet: `10.1.0.0/33` is not an IP prefix"),
+        "{e}"
+    );
+    let c = parse(&agent_section(&key()).replace("10.1.0.0/24", "10.1.0.7/24")).unwrap();
+    assert_eq!(
+        c.agent.subnet.to_string(),
+        "10.1.0.0/24",
+        "host bits cleared like wg"
     );
 }

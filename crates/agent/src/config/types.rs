@@ -1,85 +1,11 @@
-//! Value types of the config: prefixes, endpoints, the admin address, durations.
+//! Value types of the config: endpoints, the admin address, durations.
 //! Each parser returns a short lowercase reason; the caller adds file and field.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
-
-/// An IP prefix such as `10.1.0.0/24` (host bits are cleared when parsed).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct IpPrefix {
-    addr: IpAddr,
-    len: u8,
-}
-
-impl IpPrefix {
-    /// A prefix from an address and a length; host bits are cleared.
-    /// Returns `None` when `len` exceeds 32 (IPv4) or 128 (IPv6).
-    pub fn new(addr: IpAddr, len: u8) -> Option<Self> {
-        let addr = match addr {
-            IpAddr::V4(a) if len <= 32 => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-                IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
-            }
-            IpAddr::V6(a) if len <= 128 => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
-                IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask))
-            }
-            _ => return None,
-        };
-        Some(Self { addr, len })
-    }
-
-    /// The single-address prefix `addr/32` or `addr/128`.
-    pub fn host(addr: IpAddr) -> Self {
-        let len = if addr.is_ipv4() { 32 } else { 128 };
-        Self { addr, len }
-    }
-
-    /// The network address.
-    pub fn addr(&self) -> IpAddr {
-        self.addr
-    }
-
-    /// The prefix length in bits.
-    pub fn prefix_len(&self) -> u8 {
-        self.len
-    }
-
-    /// Whether `ip` lies inside this prefix (always false across address families).
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        IpPrefix::new(ip, self.len).is_some_and(|p| p.addr == self.addr)
-    }
-}
-
-impl fmt::Display for IpPrefix {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.len)
-    }
-}
-
-impl FromStr for IpPrefix {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let (addr, len) = match text.split_once('/') {
-            Some((a, l)) => (a, Some(l)),
-            None => (text, None),
-        };
-        let addr: IpAddr = addr
-            .parse()
-            .map_err(|_| format!("`{text}` is not an IP prefix like 10.1.0.0/24"))?;
-        let len = match len {
-            None => return Ok(Self::host(addr)),
-            Some(l) => l
-                .parse::<u8>()
-                .map_err(|_| format!("`{text}`: prefix length is not a number"))?,
-        };
-        Self::new(addr, len).ok_or_else(|| format!("`{text}`: prefix length {len} is too long"))
-    }
-}
 
 /// Where a gateway (or an upstream) is: an IP address or a DNS name, and a port.
 /// DNS names are kept unresolved; the runtime resolves them (and re-resolves them later).
@@ -323,32 +249,6 @@ mod tests {
         for d in ["30s", "500ms", "2m", "1h", "1m30s", "1h1m1s", "0ms"] {
             assert_eq!(format_duration(parse_duration(d).unwrap()), d);
         }
-    }
-
-    #[test]
-    fn prefixes() {
-        let p: IpPrefix = "10.1.0.0/24".parse().unwrap();
-        assert!(p.contains("10.1.0.100".parse().unwrap()));
-        assert!(!p.contains("10.1.1.1".parse().unwrap()));
-        assert!(!p.contains("::1".parse().unwrap()));
-        assert_eq!("10.1.0.7/24".parse::<IpPrefix>().unwrap(), p);
-        assert_eq!(
-            "10.1.0.1".parse::<IpPrefix>().unwrap().to_string(),
-            "10.1.0.1/32"
-        );
-        assert_eq!("0.0.0.0/0".parse::<IpPrefix>().unwrap().prefix_len(), 0);
-        assert!(
-            "0.0.0.0/0"
-                .parse::<IpPrefix>()
-                .unwrap()
-                .contains("1.2.3.4".parse().unwrap())
-        );
-        let v6: IpPrefix = "fd00::1/64".parse().unwrap();
-        assert_eq!(v6.to_string(), "fd00::/64");
-        assert!(v6.contains("fd00::ff".parse().unwrap()));
-        assert!("10.1.0.0/33".parse::<IpPrefix>().is_err());
-        assert!("10.1.0/24".parse::<IpPrefix>().is_err());
-        assert!("10.1.0.0/x".parse::<IpPrefix>().is_err());
     }
 
     #[test]

@@ -1,0 +1,565 @@
+//! The seed's `Manager`, in async Rust: one WireGuard device ([`wg_core::Peers`]) with a
+//! batched UDP socket, one userspace stack ([`netstack::Netstack`]) on the virtual IP, the
+//! tasks that move packets between them, and the upkeep that keeps every gateway reachable.
+//!
+//! | seed (Go)            | here                                             |
+//! | -------------------- | ------------------------------------------------ |
+//! | `NewManager`         | [`Manager::start`]                               |
+//! | `UpdateGateways`     | [`Manager::update_gateways`] (by difference)     |
+//! | `GetListener(port)`  | [`Manager::listen`]                              |
+//! | `Dial(network, addr)`| [`Manager::dial_tcp`], [`Manager::dial_udp`]     |
+//! | `GetStats`           | [`Manager::stats`]                               |
+//! | `Close`              | [`Manager::close`]                               |
+
+mod tunnel;
+mod upkeep;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use netstack::{Netstack, NetstackConfig, TcpListener, TcpStream, UdpSocket};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use wg_core::{IpNet, PeerConfig, Peers, PresharedKey, PrivateKey, PublicKey};
+
+use crate::config::{Endpoint, Host, LivenessProbe};
+use crate::snapshot::{GatewayState, Liveness, gateway_state};
+
+pub use tunnel::TunnelCounters;
+
+/// How a [`Manager`] is set up: the agent's identity and address, and its gateways.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ManagerConfig {
+    /// The agent's private key.
+    pub private_key: PrivateKey,
+    /// The agent's virtual IP inside the tunnel.
+    pub virtual_ip: IpAddr,
+    /// Local UDP port (0: any).
+    pub listen_port: u16,
+    /// The tunnel MTU (IP packets inside WireGuard).
+    pub mtu: u16,
+    /// The gateways (peers), each identified by its public key.
+    pub gateways: Vec<GatewaySpec>,
+    /// Tuning of the userspace stack; `addresses` and `mtu` are set from the fields above.
+    pub netstack: NetstackConfig,
+}
+
+impl ManagerConfig {
+    /// A configuration with no gateways, listen port 0, MTU 1420 and default stack tuning.
+    pub fn new(private_key: PrivateKey, virtual_ip: IpAddr) -> Self {
+        Self {
+            private_key,
+            virtual_ip,
+            listen_port: 0,
+            mtu: 1420,
+            gateways: Vec::new(),
+            netstack: NetstackConfig::default(),
+        }
+    }
+}
+
+/// One gateway as the [`Manager`] sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GatewaySpec {
+    /// The label in logs, metrics and status.
+    pub id: String,
+    /// An optional human name.
+    pub name: Option<String>,
+    /// The gateway's identity across updates.
+    pub public_key: PublicKey,
+    /// Where it listens (IP or DNS name); `None`: learned when it sends a handshake.
+    pub endpoint: Option<Endpoint>,
+    /// Its address inside the tunnel (the liveness probe's target).
+    pub virtual_ip: IpAddr,
+    /// Inner addresses routed to it (default: `virtual_ip`/32 or /128).
+    pub allowed_ips: Vec<IpNet>,
+    /// Optional preshared key.
+    pub preshared_key: Option<PresharedKey>,
+    /// Persistent keepalive interval (`None`: off).
+    pub persistent_keepalive: Option<Duration>,
+    /// The liveness probe setting.
+    pub liveness_probe: LivenessProbe,
+}
+
+impl GatewaySpec {
+    /// A gateway with the defaults of SPEC: allowed IPs = `virtual_ip`, keepalive 25 s, ICMP
+    /// liveness probe.
+    pub fn new(
+        id: impl Into<String>,
+        public_key: PublicKey,
+        endpoint: Option<Endpoint>,
+        virtual_ip: IpAddr,
+    ) -> Self {
+        Self {
+            id: id.into(),
+            name: None,
+            public_key,
+            endpoint,
+            virtual_ip,
+            allowed_ips: vec![IpNet::host(virtual_ip)],
+            preshared_key: None,
+            persistent_keepalive: Some(Duration::from_secs(25)),
+            liveness_probe: LivenessProbe::Icmp,
+        }
+    }
+}
+
+/// Why the [`Manager`] could not start or apply an update.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ManagerError {
+    /// The local UDP socket could not be bound.
+    #[error("cannot bind the UDP socket on port {port}: {source}")]
+    Bind {
+        /// The configured port.
+        port: u16,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The userspace stack refused its configuration.
+    #[error("netstack: {0}")]
+    Netstack(#[from] netstack::ConfigError),
+    /// Two gateways share an id or a public key.
+    #[error("gateway `{0}` appears twice (ids and public keys must be unique)")]
+    Duplicate(String),
+    /// The manager was closed.
+    #[error("the manager is closed")]
+    Closed,
+}
+
+/// What [`Manager::update_gateways`] did, by gateway id.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GatewayUpdate {
+    /// New gateways (handshake started).
+    pub added: Vec<String>,
+    /// Gateways that are gone.
+    pub removed: Vec<String>,
+    /// Gateways whose settings changed (session kept unless the preshared key changed).
+    pub changed: Vec<String>,
+    /// Gateways left exactly as they were: session and open connections untouched.
+    pub unchanged: Vec<String>,
+}
+
+/// One gateway's figures, like a peer of `wg show` plus the agent's view of its health.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GatewayStats {
+    /// The gateway's id.
+    pub id: String,
+    /// Its human name.
+    pub name: Option<String>,
+    /// Its public key.
+    pub public_key: PublicKey,
+    /// The endpoint in use (resolved, or learned by roaming), else the configured text.
+    pub endpoint: String,
+    /// Its virtual IP.
+    pub virtual_ip: IpAddr,
+    /// up / connecting / stale (SPEC's rule).
+    pub state: GatewayState,
+    /// Wall-clock time of the last completed handshake.
+    pub last_handshake: Option<SystemTime>,
+    /// Time since anything authenticated arrived from it.
+    pub last_received_age: Option<Duration>,
+    /// UDP payload bytes received (handshakes included), as `wg show` counts.
+    pub rx_bytes: u64,
+    /// UDP payload bytes sent.
+    pub tx_bytes: u64,
+    /// Completed handshakes since it was added.
+    pub handshakes: u64,
+    /// Liveness probes sent and unanswered.
+    pub probes_sent: u64,
+    /// Liveness probes that went unanswered (each forced a handshake).
+    pub probes_failed: u64,
+}
+
+impl GatewayStats {
+    /// The last handshake as Unix seconds.
+    pub fn last_handshake_unix(&self) -> Option<u64> {
+        self.last_handshake
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs())
+    }
+}
+
+/// The running agent core: WireGuard device, userspace stack and their tasks. Cheap to
+/// clone; every clone drives the same device. Dropping the last clone does not stop the
+/// tasks: call [`Manager::close`].
+#[derive(Clone)]
+pub struct Manager {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager")
+            .field("virtual_ip", &self.inner.virtual_ip)
+            .finish_non_exhaustive()
+    }
+}
+
+/// State shared by the handle and the tasks.
+pub(crate) struct Inner {
+    pub(crate) virtual_ip: IpAddr,
+    pub(crate) netstack: Netstack,
+    pub(crate) tunnel: Mutex<Tunnel>,
+    pub(crate) sockets: tunnel::Sockets,
+    pub(crate) timer: tunnel::TimerWake,
+    pub(crate) counters: TunnelCounters,
+    pub(crate) shutdown: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// The device and the agent's bookkeeping of each gateway, under one lock.
+pub(crate) struct Tunnel {
+    pub(crate) peers: Peers,
+    pub(crate) gateways: BTreeMap<PublicKey, Gateway>,
+}
+
+/// What the agent tracks for one gateway beyond wg-core's peer.
+#[derive(Debug)]
+pub(crate) struct Gateway {
+    pub(crate) spec: GatewaySpec,
+    /// When it was added (the clock of the stale rule before any handshake).
+    pub(crate) since: Instant,
+    /// The last address DNS gave (or the literal IP).
+    pub(crate) resolved: Option<SocketAddr>,
+    /// The state last reported in the log.
+    pub(crate) reported: GatewayState,
+    pub(crate) upkeep: upkeep::GatewayUpkeep,
+}
+
+impl Tunnel {
+    pub(crate) fn gateway_id(&self, key: &PublicKey) -> &str {
+        self.gateways.get(key).map_or("?", |g| g.spec.id.as_str())
+    }
+}
+
+impl Inner {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Tunnel> {
+        // A panic while holding the lock cannot leave the device half-updated in a way that
+        // matters more than stopping would: keep serving.
+        self.tunnel.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn is_closed(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+}
+
+impl Manager {
+    /// Creates the device and the stack, binds the UDP socket, resolves gateway endpoints,
+    /// adds every gateway as a peer (handshakes start at once) and spawns the tasks. Must be
+    /// called inside a tokio runtime. A DNS name that does not resolve yet is not an error:
+    /// the upkeep retries it.
+    pub async fn start(config: ManagerConfig) -> Result<Self, ManagerError> {
+        check_unique(&config.gateways)?;
+        let mut stack_config = config.netstack.clone();
+        stack_config.addresses = vec![config.virtual_ip];
+        stack_config.mtu = usize::from(config.mtu);
+        let netstack = Netstack::new(stack_config)?;
+        let sockets = tunnel::Sockets::bind(config.listen_port)
+            .map_err(|source| ManagerError::Bind { port: config.listen_port, source })?;
+        let now = Instant::now();
+        let wg_config = {
+            let mut c = wg_core::Config::default();
+            c.max_packet_size = usize::from(config.mtu);
+            c
+        };
+        let peers = Peers::with_config(config.private_key.clone(), wg_config, now);
+        let (shutdown, _) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            virtual_ip: config.virtual_ip,
+            netstack,
+            tunnel: Mutex::new(Tunnel { peers, gateways: BTreeMap::new() }),
+            sockets,
+            timer: tunnel::TimerWake::default(),
+            counters: TunnelCounters::default(),
+            shutdown,
+            tasks: Mutex::new(Vec::new()),
+        });
+        let manager = Self { inner };
+        let local = manager.inner.sockets.local_addrs();
+        tracing::info!(virtual_ip = %config.virtual_ip, udp = ?local, "device up");
+        manager.apply_gateways(config.gateways).await;
+        let tasks = tunnel::spawn_tasks(&manager.inner);
+        let upkeep = tokio::spawn(upkeep::run(Arc::clone(&manager.inner)));
+        {
+            let mut all = manager.inner.tasks.lock().unwrap_or_else(PoisonError::into_inner);
+            all.extend(tasks);
+            all.push(upkeep);
+        }
+        Ok(manager)
+    }
+
+    /// Replaces the gateway list, applying the difference: a gateway whose public key,
+    /// endpoint and settings are unchanged keeps its session and every open connection;
+    /// a new one starts its handshake at once; a removed one is dropped.
+    pub async fn update_gateways(
+        &self,
+        gateways: Vec<GatewaySpec>,
+    ) -> Result<GatewayUpdate, ManagerError> {
+        if self.inner.is_closed() {
+            return Err(ManagerError::Closed);
+        }
+        check_unique(&gateways)?;
+        Ok(self.apply_gateways(gateways).await)
+    }
+
+    async fn apply_gateways(&self, gateways: Vec<GatewaySpec>) -> GatewayUpdate {
+        // Resolve what is new first (no lock held across DNS).
+        let mut resolved = Vec::with_capacity(gateways.len());
+        for spec in &gateways {
+            let keep = {
+                let t = self.inner.lock();
+                t.gateways
+                    .get(&spec.public_key)
+                    .filter(|g| g.spec.endpoint == spec.endpoint)
+                    .map(|g| g.resolved)
+            };
+            let addr = match keep {
+                Some(addr) => addr,
+                None => match &spec.endpoint {
+                    Some(endpoint) => upkeep::resolve(endpoint, &self.inner.sockets).await,
+                    None => None,
+                },
+            };
+            resolved.push(addr);
+        }
+        let now = Instant::now();
+        let report = {
+            let mut t = self.inner.lock();
+            let mut configs = Vec::with_capacity(gateways.len());
+            for (spec, addr) in gateways.iter().zip(&resolved) {
+                let mut peer = PeerConfig::new(spec.public_key);
+                peer.allowed_ips = spec.allowed_ips.clone();
+                peer.persistent_keepalive = spec.persistent_keepalive;
+                peer.preshared_key = spec.preshared_key.clone();
+                // An unchanged endpoint keeps what roaming learned.
+                let unchanged_endpoint = t
+                    .gateways
+                    .get(&spec.public_key)
+                    .is_some_and(|g| g.spec.endpoint == spec.endpoint);
+                peer.endpoint = if unchanged_endpoint {
+                    t.peers.peer_config(&spec.public_key).and_then(|p| p.endpoint).or(*addr)
+                } else {
+                    *addr
+                };
+                configs.push(peer);
+            }
+            let update = t.peers.set_peers(configs, now);
+            let old = std::mem::take(&mut t.gateways);
+            let mut next = BTreeMap::new();
+            for (spec, addr) in gateways.into_iter().zip(resolved) {
+                let entry = match old.get(&spec.public_key) {
+                    Some(prev) if !update.added.contains(&spec.public_key) => Gateway {
+                        since: prev.since,
+                        resolved: addr,
+                        reported: prev.reported,
+                        upkeep: prev.upkeep.clone(),
+                        spec,
+                    },
+                    _ => Gateway {
+                        since: now,
+                        resolved: addr,
+                        reported: GatewayState::Connecting,
+                        upkeep: upkeep::GatewayUpkeep::new(now),
+                        spec,
+                    },
+                };
+                next.insert(entry.spec.public_key, entry);
+            }
+            let id_of = |k: &PublicKey, map: &BTreeMap<PublicKey, Gateway>| {
+                map.get(k).map_or_else(|| k.to_string(), |g| g.spec.id.clone())
+            };
+            let mut report = GatewayUpdate {
+                added: update.added.iter().map(|k| id_of(k, &next)).collect(),
+                removed: update.removed.iter().map(|k| id_of(k, &old)).collect(),
+                changed: update.changed.iter().map(|k| id_of(k, &next)).collect(),
+                unchanged: update.unchanged.iter().map(|k| id_of(k, &next)).collect(),
+            };
+            for list in [&mut report.added, &mut report.removed, &mut report.changed, &mut report.unchanged] {
+                list.sort();
+            }
+            t.gateways = next;
+            report
+        };
+        for id in &report.added {
+            tracing::info!(gateway = %id, "gateway added");
+        }
+        for id in &report.removed {
+            tracing::info!(gateway = %id, "gateway removed");
+        }
+        for id in &report.changed {
+            tracing::info!(gateway = %id, "gateway updated");
+        }
+        tunnel::flush(&self.inner).await;
+        report
+    }
+
+    /// Replaces the agent's private key: every tunnel re-keys (new handshakes at once).
+    pub async fn set_private_key(&self, key: PrivateKey) {
+        {
+            let mut t = self.inner.lock();
+            if t.peers.public_key() == key.public_key() {
+                return;
+            }
+            t.peers.set_private_key(key, Instant::now());
+        }
+        tracing::info!("private key replaced: re-keying every tunnel");
+        tunnel::flush(&self.inner).await;
+    }
+
+    /// Forces a fresh handshake with a gateway (by id). Returns `false` for an unknown id.
+    pub async fn force_handshake(&self, id: &str) -> bool {
+        let found = {
+            let mut t = self.inner.lock();
+            let key = t.gateways.values().find(|g| g.spec.id == id).map(|g| g.spec.public_key);
+            key.is_some_and(|k| t.peers.force_handshake(&k, Instant::now()))
+        };
+        if found {
+            tunnel::flush(&self.inner).await;
+        }
+        found
+    }
+
+    /// A TCP listener on `virtual_ip:port` (the seed's `GetListener`).
+    pub fn listen(&self, port: u16) -> io::Result<TcpListener> {
+        self.inner.netstack.listen(SocketAddr::new(self.inner.virtual_ip, port))
+    }
+
+    /// An outbound TCP connection from the virtual IP through the tunnel (the seed's `Dial`
+    /// for TCP). The destination must be inside some gateway's allowed IPs.
+    pub async fn dial_tcp(&self, addr: SocketAddr) -> io::Result<TcpStream> {
+        self.inner.netstack.connect(addr).await
+    }
+
+    /// A UDP socket on the virtual IP (ephemeral port) for `send_to`/`recv_from` through the
+    /// tunnel (the seed's `Dial` for UDP).
+    pub fn dial_udp(&self) -> io::Result<UdpSocket> {
+        self.inner.netstack.bind_udp(SocketAddr::new(self.inner.virtual_ip, 0))
+    }
+
+    /// ICMP echo to `ip` through the tunnel; the round-trip time.
+    pub async fn ping(&self, ip: IpAddr, timeout: Duration) -> io::Result<Duration> {
+        self.inner.netstack.ping(ip, timeout).await
+    }
+
+    /// The userspace stack (for its statistics, or sockets beyond those above).
+    pub fn netstack(&self) -> &Netstack {
+        &self.inner.netstack
+    }
+
+    /// The agent's virtual IP.
+    pub fn virtual_ip(&self) -> IpAddr {
+        self.inner.virtual_ip
+    }
+
+    /// The agent's public key.
+    pub fn public_key(&self) -> PublicKey {
+        self.inner.lock().peers.public_key()
+    }
+
+    /// The local UDP addresses (one per bound socket family).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.inner.sockets.local_addrs()
+    }
+
+    /// Per-gateway figures (the seed's `GetStats`), ordered by id.
+    pub fn stats(&self) -> Vec<GatewayStats> {
+        let now = Instant::now();
+        let t = self.inner.lock();
+        let mut out: Vec<GatewayStats> = t
+            .gateways
+            .values()
+            .map(|g| gateway_stats(&t.peers, g, now))
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    /// Packets dropped by the WireGuard device, by reason (wg-core's reasons).
+    pub fn wg_drops(&self) -> wg_core::DropCounts {
+        self.inner.lock().peers.drops()
+    }
+
+    /// Counters of the packet tasks (socket errors and re-creations, queue drops).
+    pub fn counters(&self) -> &TunnelCounters {
+        &self.inner.counters
+    }
+
+    /// Stops the tasks and the device. Open streams on the stack stop moving. Callers that
+    /// want graceful draining stop their servers first (the agent's `run` does).
+    pub async fn close(&self) {
+        if self.inner.shutdown.send_replace(true) {
+            return;
+        }
+        let tasks = std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(PoisonError::into_inner));
+        for task in &tasks {
+            task.abort();
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+        tracing::info!("device closed");
+    }
+}
+
+pub(crate) fn gateway_stats(peers: &Peers, g: &Gateway, now: Instant) -> GatewayStats {
+    let stats = peers.peer_stats(&g.spec.public_key, now);
+    let ago = |age: Option<Duration>| age.and_then(|a| now.checked_sub(a));
+    let (last_handshake_at, last_received_at) = stats
+        .as_ref()
+        .map_or((None, None), |s| (ago(s.last_handshake_age), ago(s.last_received_age)));
+    let state = gateway_state(
+        &Liveness {
+            since: g.since,
+            last_handshake: last_handshake_at,
+            last_received: last_received_at,
+            probe: g.spec.liveness_probe,
+        },
+        now,
+    );
+    let endpoint = stats
+        .as_ref()
+        .and_then(|s| s.endpoint)
+        .map(|a| a.to_string())
+        .or_else(|| g.spec.endpoint.as_ref().map(ToString::to_string))
+        .unwrap_or_else(|| "(none)".to_owned());
+    GatewayStats {
+        id: g.spec.id.clone(),
+        name: g.spec.name.clone(),
+        public_key: g.spec.public_key,
+        endpoint,
+        virtual_ip: g.spec.virtual_ip,
+        state,
+        last_handshake: stats.as_ref().and_then(|s| s.last_handshake),
+        last_received_age: stats.as_ref().and_then(|s| s.last_received_age),
+        rx_bytes: stats.as_ref().map_or(0, |s| s.rx_bytes),
+        tx_bytes: stats.as_ref().map_or(0, |s| s.tx_bytes),
+        handshakes: stats.as_ref().map_or(0, |s| s.handshakes),
+        probes_sent: g.upkeep.probes_sent,
+        probes_failed: g.upkeep.probes_failed,
+    }
+}
+
+fn check_unique(gateways: &[GatewaySpec]) -> Result<(), ManagerError> {
+    let mut ids = std::collections::BTreeSet::new();
+    let mut keys = std::collections::BTreeSet::new();
+    for g in gateways {
+        if !ids.insert(g.id.as_str()) || !keys.insert(g.public_key) {
+            return Err(ManagerError::Duplicate(g.id.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// The host of an endpoint, for log lines.
+pub(crate) fn endpoint_is_dns(endpoint: &Endpoint) -> bool {
+    matches!(endpoint.host, Host::Name(_))
+}

@@ -1,0 +1,451 @@
+//! The packet tasks: UDP socket ⇄ wg-core ⇄ netstack, in batches.
+//!
+//! Three tasks share the device behind one lock, each holding it only while it feeds the
+//! engine and drains its outputs into reused buffers (never across an `.await`):
+//! - **receive**: a batch of datagrams (recvmmsg/GRO) → `handle_datagram` → decrypted packets
+//!   to the stack (waiting when the stack pushes back), replies to the socket;
+//! - **send**: outbound packets from the stack → `handle_ip_packet` → a GSO batch to the socket;
+//! - **timer**: sleeps until the engine's `poll_timeout`, woken early when a handler moved it.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use wg_core::Event;
+use wg_core::driver::{RecvBatch, SendBatch, UdpDriver};
+
+use super::{Inner, Tunnel};
+
+/// Datagrams one send batch holds; beyond it a transmit is dropped and counted.
+const SEND_BATCH: usize = 2_048;
+/// Outbound packets taken from the stack per lock.
+const OUT_BATCH: usize = 128;
+/// Consecutive receive errors after which the socket is re-created.
+const RECREATE_AFTER_ERRORS: u32 = 8;
+
+/// Counters of the packet tasks, for metrics.
+#[derive(Debug, Default)]
+pub struct TunnelCounters {
+    /// Receive errors on the UDP socket.
+    pub udp_recv_errors: AtomicU64,
+    /// Send calls that failed.
+    pub udp_send_errors: AtomicU64,
+    /// Times the UDP socket was re-created after errors.
+    pub udp_socket_recreated: AtomicU64,
+    /// Datagrams not sent because a send batch was full.
+    pub transmit_overflow: AtomicU64,
+    /// Datagrams received.
+    pub rx_datagrams: AtomicU64,
+    /// Packets handed to the stack.
+    pub rx_packets: AtomicU64,
+    /// Packets taken from the stack.
+    pub tx_packets: AtomicU64,
+}
+
+/// The UDP socket (one dual-stack socket where the host has IPv6, else IPv4), replaceable
+/// after persistent errors.
+pub(crate) struct Sockets {
+    current: RwLock<Arc<UdpDriver>>,
+    port: u16,
+}
+
+impl Sockets {
+    pub(crate) fn bind(port: u16) -> io::Result<Self> {
+        let driver = bind_udp(port)?;
+        Ok(Self { current: RwLock::new(Arc::new(driver)), port })
+    }
+
+    pub(crate) fn current(&self) -> Arc<UdpDriver> {
+        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    pub(crate) fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.current().local_addr().into_iter().collect()
+    }
+
+    /// Whether the socket can reach IPv6 destinations.
+    pub(crate) fn has_ipv6(&self) -> bool {
+        self.current().local_addr().is_ok_and(|a| a.is_ipv6())
+    }
+
+    /// Replaces the socket; the old one is dropped when its last user lets go. With a fixed
+    /// port the new bind is retried while the old socket still holds the port.
+    async fn recreate(&self) -> io::Result<()> {
+        let old_port = self.current().local_addr().map(|a| a.port()).unwrap_or(self.port);
+        let want = if self.port == 0 { 0 } else { old_port };
+        let mut last = None;
+        for attempt in 0..20u32 {
+            let fresh = if want == 0 { bind_udp(0) } else { bind_udp(want) };
+            match fresh {
+                Ok(driver) => {
+                    *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(driver);
+                    return Ok(());
+                }
+                Err(e) => {
+                    last = Some(e);
+                    if want != 0 && attempt == 0 {
+                        // Let go of the old socket so its port frees up.
+                        let placeholder = Arc::new(bind_udp(0)?);
+                        *self.current.write().unwrap_or_else(PoisonError::into_inner) = placeholder;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::other("cannot re-create the UDP socket")))
+    }
+}
+
+fn bind_udp(port: u16) -> io::Result<UdpDriver> {
+    // Dual-stack `[::]` reaches IPv4 and IPv6 gateways; hosts without IPv6 fall back to IPv4.
+    UdpDriver::bind(SocketAddr::new(IpAddr::from([0u16; 8]), port))
+        .or_else(|_| UdpDriver::bind(SocketAddr::new(IpAddr::from([0u8; 4]), port)))
+}
+
+/// A destination as the socket wants it: IPv4 addresses become v4-mapped on a v6 socket.
+fn to_socket(dst: SocketAddr, v6_socket: bool) -> SocketAddr {
+    match dst {
+        SocketAddr::V4(v4) if v6_socket => SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port()),
+        other => other,
+    }
+}
+
+/// A source as the engine sees it: v4-mapped addresses back to IPv4.
+fn from_socket(src: SocketAddr) -> SocketAddr {
+    SocketAddr::new(src.ip().to_canonical(), src.port())
+}
+
+/// Wakes the timer task when a handler moved the engine's next deadline earlier.
+#[derive(Default)]
+pub(crate) struct TimerWake {
+    /// The deadline the timer sleeps until, in nanoseconds after `base` (`u64::MAX`: none).
+    armed: AtomicU64,
+    notify: Notify,
+    base: std::sync::OnceLock<Instant>,
+}
+
+impl TimerWake {
+    fn base(&self) -> Instant {
+        *self.base.get_or_init(Instant::now)
+    }
+
+    fn encode(&self, at: Option<Instant>) -> u64 {
+        at.map_or(u64::MAX, |at| {
+            u64::try_from(at.saturating_duration_since(self.base()).as_nanos()).unwrap_or(u64::MAX)
+        })
+    }
+
+    fn arm(&self, at: Option<Instant>) {
+        self.armed.store(self.encode(at), Relaxed);
+    }
+
+    pub(crate) fn maybe_wake(&self, next: Option<Instant>) {
+        if self.encode(next) < self.armed.load(Relaxed) {
+            self.notify.notify_one();
+        }
+    }
+}
+
+/// Reused buffers for decrypted packets on their way to the stack.
+struct ToStack {
+    bufs: Vec<Vec<u8>>,
+    len: usize,
+}
+
+impl ToStack {
+    fn new() -> Self {
+        Self { bufs: Vec::new(), len: 0 }
+    }
+
+    fn push(&mut self, packet: &[u8]) {
+        if self.len == self.bufs.len() {
+            self.bufs.push(Vec::with_capacity(2048));
+        }
+        let buf = &mut self.bufs[self.len];
+        buf.clear();
+        buf.extend_from_slice(packet);
+        self.len += 1;
+    }
+
+    async fn deliver(&mut self, inner: &Inner) {
+        if self.len > 0 {
+            inner.counters.rx_packets.fetch_add(self.len as u64, Relaxed);
+            inner.netstack.send_packets(&self.bufs[..self.len]).await;
+            self.len = 0;
+        }
+    }
+}
+
+/// Outputs drained from the engine under the lock, sent after it.
+struct Outputs {
+    tx: SendBatch,
+    v6_socket: bool,
+    to_stack: ToStack,
+}
+
+impl Outputs {
+    fn new(driver: &UdpDriver) -> Self {
+        Self {
+            tx: SendBatch::with_limits(driver.max_gso_segments(), SEND_BATCH),
+            v6_socket: driver.local_addr().is_ok_and(|a| a.is_ipv6()),
+            to_stack: ToStack::new(),
+        }
+    }
+
+    /// Takes every transmit and received packet and every event out of the engine.
+    fn drain(&mut self, t: &mut Tunnel, inner: &Inner) {
+        while let Some(transmit) = t.peers.poll_transmit() {
+            let dst = to_socket(transmit.destination, self.v6_socket);
+            if !self.tx.push(dst, transmit.payload) {
+                inner.counters.transmit_overflow.fetch_add(1, Relaxed);
+            }
+        }
+        while let Some(received) = t.peers.poll_received() {
+            self.to_stack.push(received.packet);
+        }
+        log_events(t);
+        inner.timer.maybe_wake(t.peers.poll_timeout());
+    }
+
+    async fn send(&mut self, inner: &Inner, driver: &UdpDriver) {
+        if !self.tx.is_empty() {
+            if let Err(e) = driver.send(&mut self.tx).await {
+                inner.counters.udp_send_errors.fetch_add(1, Relaxed);
+                tracing::debug!(error = %e, "udp send failed");
+            }
+            self.tx.clear();
+        }
+    }
+}
+
+/// Logs each tunnel state change once, by gateway id.
+fn log_events(t: &mut Tunnel) {
+    while let Some(event) = t.peers.poll_event() {
+        match event {
+            Event::HandshakeCompleted { peer, rekey: false } => {
+                tracing::info!(gateway = t.gateway_id(&peer), "handshake completed: tunnel up");
+            }
+            Event::HandshakeCompleted { peer, rekey: true } => {
+                tracing::debug!(gateway = t.gateway_id(&peer), "session re-keyed");
+            }
+            Event::HandshakeFailing { peer, retry_in } => {
+                tracing::info!(
+                    gateway = t.gateway_id(&peer),
+                    retry_in_s = retry_in.as_secs(),
+                    "handshakes failing: retrying with backoff"
+                );
+                if let Some(g) = t.gateways.get_mut(&peer) {
+                    g.upkeep.resolve_soon = true;
+                }
+            }
+            Event::SessionExpired { peer } => {
+                tracing::info!(gateway = t.gateway_id(&peer), "session expired (no handshake for 180 s)");
+            }
+            Event::EndpointChanged { peer, old, new } => {
+                tracing::info!(
+                    gateway = t.gateway_id(&peer),
+                    old = ?old,
+                    new = %new,
+                    "gateway endpoint changed (roaming)"
+                );
+            }
+            other => tracing::debug!(event = ?other, "tunnel event"),
+        }
+    }
+}
+
+/// Drains the engine's outputs and sends them now (after a configuration change).
+pub(crate) async fn flush(inner: &Inner) {
+    let driver = inner.sockets.current();
+    let mut out = Outputs::new(&driver);
+    {
+        let mut t = inner.lock();
+        out.drain(&mut t, inner);
+    }
+    inner.timer.notify.notify_one();
+    out.send(inner, &driver).await;
+    out.to_stack.deliver(inner).await;
+}
+
+pub(crate) fn spawn_tasks(inner: &Arc<Inner>) -> Vec<JoinHandle<()>> {
+    vec![
+        tokio::spawn(receive_task(Arc::clone(inner))),
+        tokio::spawn(send_task(Arc::clone(inner))),
+        tokio::spawn(timer_task(Arc::clone(inner))),
+    ]
+}
+
+async fn closed(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|closed| *closed).await;
+}
+
+async fn receive_task(inner: Arc<Inner>) {
+    let mut shutdown = inner.shutdown.subscribe();
+    let mut batch = RecvBatch::new();
+    let mut errors = 0u32;
+    let mut driver = inner.sockets.current();
+    let mut out = Outputs::new(&driver);
+    loop {
+        let received = tokio::select! {
+            r = driver.recv(&mut batch) => r,
+            () = closed(&mut shutdown) => return,
+        };
+        if let Err(e) = received {
+            inner.counters.udp_recv_errors.fetch_add(1, Relaxed);
+            errors += 1;
+            tracing::debug!(error = %e, errors, "udp receive failed");
+            if errors >= RECREATE_AFTER_ERRORS {
+                drop(driver);
+                match inner.sockets.recreate().await {
+                    Ok(()) => {
+                        inner.counters.udp_socket_recreated.fetch_add(1, Relaxed);
+                        tracing::info!(local = ?inner.sockets.local_addrs(), "udp socket re-created after errors");
+                        force_all(&inner);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot re-create the udp socket; retrying"),
+                }
+                errors = 0;
+                driver = inner.sockets.current();
+                out = Outputs::new(&driver);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        errors = 0;
+        let now = Instant::now();
+        {
+            let mut t = inner.lock();
+            let mut n = 0u64;
+            for (from, datagram) in batch.iter() {
+                n += 1;
+                // Dropped datagrams are counted by the engine; nothing to do here.
+                let _ = t.peers.handle_datagram(from_socket(from), datagram, now);
+                out.drain(&mut t, &inner);
+            }
+            inner.counters.rx_datagrams.fetch_add(n, Relaxed);
+        }
+        out.send(&inner, &driver).await;
+        out.to_stack.deliver(&inner).await;
+        // Pick up a socket re-created by someone else.
+        if !Arc::ptr_eq(&driver, &inner.sockets.current()) {
+            driver = inner.sockets.current();
+            out = Outputs::new(&driver);
+        }
+    }
+}
+
+fn force_all(inner: &Inner) {
+    let now = Instant::now();
+    let mut t = inner.lock();
+    let keys: Vec<_> = t.gateways.keys().copied().collect();
+    for key in keys {
+        t.peers.force_handshake(&key, now);
+    }
+    inner.timer.notify.notify_one();
+}
+
+async fn send_task(inner: Arc<Inner>) {
+    let mut shutdown = inner.shutdown.subscribe();
+    let mut packets: Vec<Bytes> = Vec::with_capacity(OUT_BATCH);
+    let mut driver = inner.sockets.current();
+    let mut out = Outputs::new(&driver);
+    loop {
+        tokio::select! {
+            _ = inner.netstack.recv_packets(&mut packets, OUT_BATCH) => {}
+            () = closed(&mut shutdown) => return,
+        }
+        if !Arc::ptr_eq(&driver, &inner.sockets.current()) {
+            driver = inner.sockets.current();
+            out = Outputs::new(&driver);
+        }
+        loop {
+            let now = Instant::now();
+            inner.counters.tx_packets.fetch_add(packets.len() as u64, Relaxed);
+            {
+                let mut t = inner.lock();
+                for packet in packets.drain(..) {
+                    // Unroutable packets are counted by the engine.
+                    let _ = t.peers.handle_ip_packet(&packet, now);
+                }
+                out.drain(&mut t, &inner);
+            }
+            out.send(&inner, &driver).await;
+            out.to_stack.deliver(&inner).await;
+            // Keep going while the stack has more, without waking up again.
+            if inner.netstack.try_recv_packets(&mut packets, OUT_BATCH) == 0 {
+                break;
+            }
+        }
+    }
+}
+
+async fn timer_task(inner: Arc<Inner>) {
+    let mut shutdown = inner.shutdown.subscribe();
+    loop {
+        let deadline = inner.lock().peers.poll_timeout();
+        inner.timer.arm(deadline);
+        let sleep_until = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            () = tokio::time::sleep_until(sleep_until.into()) => {}
+            () = inner.timer.notify.notified() => continue,
+            () = closed(&mut shutdown) => return,
+        }
+        let driver = inner.sockets.current();
+        let mut out = Outputs::new(&driver);
+        {
+            let mut t = inner.lock();
+            t.peers.handle_timeout(Instant::now());
+            out.drain(&mut t, &inner);
+        }
+        out.send(&inner, &driver).await;
+        out.to_stack.deliver(&inner).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v4_destinations_are_mapped_on_a_v6_socket_and_back() {
+        let v4: SocketAddr = "192.0.2.1:51820".parse().expect("literal");
+        let mapped = to_socket(v4, true);
+        assert_eq!(mapped.to_string(), "[::ffff:192.0.2.1]:51820");
+        assert_eq!(from_socket(mapped), v4);
+        assert_eq!(to_socket(v4, false), v4);
+        let v6: SocketAddr = "[2001:db8::1]:51820".parse().expect("literal");
+        assert_eq!(to_socket(v6, true), v6);
+        assert_eq!(from_socket(v6), v6);
+    }
+
+    #[test]
+    fn timer_wakes_only_for_an_earlier_deadline() {
+        let wake = TimerWake::default();
+        let now = Instant::now();
+        wake.arm(Some(now + Duration::from_secs(10)));
+        wake.maybe_wake(Some(now + Duration::from_secs(20)));
+        wake.maybe_wake(None);
+        assert_eq!(wake.notify.notified().now_or_never_pending(), true);
+        wake.maybe_wake(Some(now + Duration::from_secs(1)));
+        assert_eq!(wake.notify.notified().now_or_never_pending(), false);
+    }
+
+    trait NowOrNever {
+        /// `true` when the future is still pending after one poll.
+        fn now_or_never_pending(self) -> bool;
+    }
+
+    impl<F: std::future::Future> NowOrNever for F {
+        fn now_or_never_pending(self) -> bool {
+            let waker = std::task::Waker::noop();
+            let mut cx = std::task::Context::from_waker(waker);
+            let mut fut = std::pin::pin!(self);
+            fut.as_mut().poll(&mut cx).is_pending()
+        }
+    }
+}
