@@ -825,8 +825,12 @@ impl Peers {
             && peer.last_handshake.is_some_and(|t| now >= t + REJECT_AFTER)
         {
             peer.state = HandshakeState::Idle;
+            peer.connecting_since = None;
             tracing::info!(peer = %key, "session expired: no handshake for 180 s");
             self.push_event(Event::SessionExpired { peer: key });
+            // boringtun drops the session on its own clock; drop it here too so both agree
+            // (its clock also counts suspended time, ours does not).
+            self.reset_tunnel(slot);
         }
         let Some(peer) = self.slots[slot].as_mut() else {
             return;
