@@ -37,6 +37,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod manager;
 pub mod metrics;
 mod runtime;
 pub mod snapshot;

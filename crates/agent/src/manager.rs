@@ -263,8 +263,11 @@ impl Manager {
         stack_config.addresses = vec![config.virtual_ip];
         stack_config.mtu = usize::from(config.mtu);
         let netstack = Netstack::new(stack_config)?;
-        let sockets = tunnel::Sockets::bind(config.listen_port)
-            .map_err(|source| ManagerError::Bind { port: config.listen_port, source })?;
+        let sockets =
+            tunnel::Sockets::bind(config.listen_port).map_err(|source| ManagerError::Bind {
+                port: config.listen_port,
+                source,
+            })?;
         let now = Instant::now();
         let wg_config = {
             let mut c = wg_core::Config::default();
@@ -276,7 +279,10 @@ impl Manager {
         let inner = Arc::new(Inner {
             virtual_ip: config.virtual_ip,
             netstack,
-            tunnel: Mutex::new(Tunnel { peers, gateways: BTreeMap::new() }),
+            tunnel: Mutex::new(Tunnel {
+                peers,
+                gateways: BTreeMap::new(),
+            }),
             sockets,
             timer: tunnel::TimerWake::default(),
             counters: TunnelCounters::default(),
@@ -290,7 +296,11 @@ impl Manager {
         let tasks = tunnel::spawn_tasks(&manager.inner);
         let upkeep = tokio::spawn(upkeep::run(Arc::clone(&manager.inner)));
         {
-            let mut all = manager.inner.tasks.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut all = manager
+                .inner
+                .tasks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             all.extend(tasks);
             all.push(upkeep);
         }
@@ -346,7 +356,10 @@ impl Manager {
                     .get(&spec.public_key)
                     .is_some_and(|g| g.spec.endpoint == spec.endpoint);
                 peer.endpoint = if unchanged_endpoint {
-                    t.peers.peer_config(&spec.public_key).and_then(|p| p.endpoint).or(*addr)
+                    t.peers
+                        .peer_config(&spec.public_key)
+                        .and_then(|p| p.endpoint)
+                        .or(*addr)
                 } else {
                     *addr
                 };
@@ -375,7 +388,8 @@ impl Manager {
                 next.insert(entry.spec.public_key, entry);
             }
             let id_of = |k: &PublicKey, map: &BTreeMap<PublicKey, Gateway>| {
-                map.get(k).map_or_else(|| k.to_string(), |g| g.spec.id.clone())
+                map.get(k)
+                    .map_or_else(|| k.to_string(), |g| g.spec.id.clone())
             };
             let mut report = GatewayUpdate {
                 added: update.added.iter().map(|k| id_of(k, &next)).collect(),
@@ -383,7 +397,12 @@ impl Manager {
                 changed: update.changed.iter().map(|k| id_of(k, &next)).collect(),
                 unchanged: update.unchanged.iter().map(|k| id_of(k, &next)).collect(),
             };
-            for list in [&mut report.added, &mut report.removed, &mut report.changed, &mut report.unchanged] {
+            for list in [
+                &mut report.added,
+                &mut report.removed,
+                &mut report.changed,
+                &mut report.unchanged,
+            ] {
                 list.sort();
             }
             t.gateways = next;
@@ -419,7 +438,11 @@ impl Manager {
     pub async fn force_handshake(&self, id: &str) -> bool {
         let found = {
             let mut t = self.inner.lock();
-            let key = t.gateways.values().find(|g| g.spec.id == id).map(|g| g.spec.public_key);
+            let key = t
+                .gateways
+                .values()
+                .find(|g| g.spec.id == id)
+                .map(|g| g.spec.public_key);
             key.is_some_and(|k| t.peers.force_handshake(&k, Instant::now()))
         };
         if found {
@@ -430,7 +453,9 @@ impl Manager {
 
     /// A TCP listener on `virtual_ip:port` (the seed's `GetListener`).
     pub fn listen(&self, port: u16) -> io::Result<TcpListener> {
-        self.inner.netstack.listen(SocketAddr::new(self.inner.virtual_ip, port))
+        self.inner
+            .netstack
+            .listen(SocketAddr::new(self.inner.virtual_ip, port))
     }
 
     /// An outbound TCP connection from the virtual IP through the tunnel (the seed's `Dial`
@@ -442,7 +467,9 @@ impl Manager {
     /// A UDP socket on the virtual IP (ephemeral port) for `send_to`/`recv_from` through the
     /// tunnel (the seed's `Dial` for UDP).
     pub fn dial_udp(&self) -> io::Result<UdpSocket> {
-        self.inner.netstack.bind_udp(SocketAddr::new(self.inner.virtual_ip, 0))
+        self.inner
+            .netstack
+            .bind_udp(SocketAddr::new(self.inner.virtual_ip, 0))
     }
 
     /// ICMP echo to `ip` through the tunnel; the round-trip time.
@@ -499,7 +526,13 @@ impl Manager {
         if self.inner.shutdown.send_replace(true) {
             return;
         }
-        let tasks = std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(PoisonError::into_inner));
+        let tasks = std::mem::take(
+            &mut *self
+                .inner
+                .tasks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
         for task in &tasks {
             task.abort();
         }
@@ -513,9 +546,9 @@ impl Manager {
 pub(crate) fn gateway_stats(peers: &Peers, g: &Gateway, now: Instant) -> GatewayStats {
     let stats = peers.peer_stats(&g.spec.public_key, now);
     let ago = |age: Option<Duration>| age.and_then(|a| now.checked_sub(a));
-    let (last_handshake_at, last_received_at) = stats
-        .as_ref()
-        .map_or((None, None), |s| (ago(s.last_handshake_age), ago(s.last_received_age)));
+    let (last_handshake_at, last_received_at) = stats.as_ref().map_or((None, None), |s| {
+        (ago(s.last_handshake_age), ago(s.last_received_age))
+    });
     let state = gateway_state(
         &Liveness {
             since: g.since,

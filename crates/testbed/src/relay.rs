@@ -286,8 +286,8 @@ impl ImpairedRelay {
         gateway: SocketAddr,
         impairment: Impairment,
     ) -> io::Result<Self> {
-        let front = UdpSocket::bind(listen)?;
-        let back = UdpSocket::bind(upstream)?;
+        let front = bind_udp(listen)?;
+        let back = bind_udp(upstream)?;
         front.set_read_timeout(Some(POLL))?;
         back.set_read_timeout(Some(POLL))?;
         let seed = impairment.seed;
@@ -385,6 +385,20 @@ impl Drop for ImpairedRelay {
             let _ = thread.join();
         }
     }
+}
+
+/// Socket buffers the relay asks for: the kernel default (about 200 KiB) would add drops of its
+/// own at a few hundred Mbit/s, on top of the configured loss.
+const SOCKET_BUFFER: usize = 4 << 20;
+
+fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Best effort: capped by net.core.{r,w}mem_max.
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 fn spawn_receiver(

@@ -57,7 +57,10 @@ pub(crate) struct Sockets {
 impl Sockets {
     pub(crate) fn bind(port: u16) -> io::Result<Self> {
         let driver = bind_udp(port)?;
-        Ok(Self { current: RwLock::new(Arc::new(driver)), port })
+        Ok(Self {
+            current: RwLock::new(Arc::new(driver)),
+            port,
+        })
     }
 
     pub(crate) fn current(&self) -> Arc<UdpDriver> {
@@ -76,14 +79,23 @@ impl Sockets {
     /// Replaces the socket; the old one is dropped when its last user lets go. With a fixed
     /// port the new bind is retried while the old socket still holds the port.
     async fn recreate(&self) -> io::Result<()> {
-        let old_port = self.current().local_addr().map(|a| a.port()).unwrap_or(self.port);
+        let old_port = self
+            .current()
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or(self.port);
         let want = if self.port == 0 { 0 } else { old_port };
         let mut last = None;
         for attempt in 0..20u32 {
-            let fresh = if want == 0 { bind_udp(0) } else { bind_udp(want) };
+            let fresh = if want == 0 {
+                bind_udp(0)
+            } else {
+                bind_udp(want)
+            };
             match fresh {
                 Ok(driver) => {
-                    *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(driver);
+                    *self.current.write().unwrap_or_else(PoisonError::into_inner) =
+                        Arc::new(driver);
                     return Ok(());
                 }
                 Err(e) => {
@@ -110,7 +122,9 @@ fn bind_udp(port: u16) -> io::Result<UdpDriver> {
 /// A destination as the socket wants it: IPv4 addresses become v4-mapped on a v6 socket.
 fn to_socket(dst: SocketAddr, v6_socket: bool) -> SocketAddr {
     match dst {
-        SocketAddr::V4(v4) if v6_socket => SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port()),
+        SocketAddr::V4(v4) if v6_socket => {
+            SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
+        }
         other => other,
     }
 }
@@ -159,7 +173,10 @@ struct ToStack {
 
 impl ToStack {
     fn new() -> Self {
-        Self { bufs: Vec::new(), len: 0 }
+        Self {
+            bufs: Vec::new(),
+            len: 0,
+        }
     }
 
     fn push(&mut self, packet: &[u8]) {
@@ -174,7 +191,10 @@ impl ToStack {
 
     async fn deliver(&mut self, inner: &Inner) {
         if self.len > 0 {
-            inner.counters.rx_packets.fetch_add(self.len as u64, Relaxed);
+            inner
+                .counters
+                .rx_packets
+                .fetch_add(self.len as u64, Relaxed);
             inner.netstack.send_packets(&self.bufs[..self.len]).await;
             self.len = 0;
         }
@@ -228,7 +248,10 @@ fn log_events(t: &mut Tunnel) {
     while let Some(event) = t.peers.poll_event() {
         match event {
             Event::HandshakeCompleted { peer, rekey: false } => {
-                tracing::info!(gateway = t.gateway_id(&peer), "handshake completed: tunnel up");
+                tracing::info!(
+                    gateway = t.gateway_id(&peer),
+                    "handshake completed: tunnel up"
+                );
             }
             Event::HandshakeCompleted { peer, rekey: true } => {
                 tracing::debug!(gateway = t.gateway_id(&peer), "session re-keyed");
@@ -244,7 +267,10 @@ fn log_events(t: &mut Tunnel) {
                 }
             }
             Event::SessionExpired { peer } => {
-                tracing::info!(gateway = t.gateway_id(&peer), "session expired (no handshake for 180 s)");
+                tracing::info!(
+                    gateway = t.gateway_id(&peer),
+                    "session expired (no handshake for 180 s)"
+                );
             }
             Event::EndpointChanged { peer, old, new } => {
                 tracing::info!(
@@ -307,7 +333,9 @@ async fn receive_task(inner: Arc<Inner>) {
                         tracing::info!(local = ?inner.sockets.local_addrs(), "udp socket re-created after errors");
                         force_all(&inner);
                     }
-                    Err(e) => tracing::warn!(error = %e, "cannot re-create the udp socket; retrying"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot re-create the udp socket; retrying")
+                    }
                 }
                 errors = 0;
                 driver = inner.sockets.current();
@@ -365,7 +393,10 @@ async fn send_task(inner: Arc<Inner>) {
         }
         loop {
             let now = Instant::now();
-            inner.counters.tx_packets.fetch_add(packets.len() as u64, Relaxed);
+            inner
+                .counters
+                .tx_packets
+                .fetch_add(packets.len() as u64, Relaxed);
             {
                 let mut t = inner.lock();
                 for packet in packets.drain(..) {
@@ -430,9 +461,9 @@ mod tests {
         wake.arm(Some(now + Duration::from_secs(10)));
         wake.maybe_wake(Some(now + Duration::from_secs(20)));
         wake.maybe_wake(None);
-        assert_eq!(wake.notify.notified().now_or_never_pending(), true);
+        assert!(wake.notify.notified().now_or_never_pending());
         wake.maybe_wake(Some(now + Duration::from_secs(1)));
-        assert_eq!(wake.notify.notified().now_or_never_pending(), false);
+        assert!(!wake.notify.notified().now_or_never_pending());
     }
 
     trait NowOrNever {

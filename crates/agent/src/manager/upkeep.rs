@@ -1,0 +1,261 @@
+//! Tunnel upkeep, once a second: gateway state changes (logged once), the liveness probe, and
+//! DNS re-resolution.
+//!
+//! A WireGuard peer answers data, never keepalives, so on an idle tunnel a healthy gateway and
+//! a restarted one (which lost the session) look alike. After [`PROBE_AFTER`] with nothing
+//! received from a gateway that had a session, an ICMP echo goes to its virtual IP through the
+//! tunnel; no answer within [`PROBE_TIMEOUT`] forces a fresh handshake. A restarted gateway is
+//! so found again within about 35 s with no traffic flowing.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::time::MissedTickBehavior;
+
+use super::tunnel::{self, Sockets};
+use super::{Inner, Tunnel, endpoint_is_dns, gateway_stats};
+use crate::config::{Endpoint, Host, LivenessProbe};
+use crate::snapshot::GatewayState;
+
+/// Silence after which a gateway is probed.
+pub(crate) const PROBE_AFTER: Duration = Duration::from_secs(25);
+/// How long a probe waits for its answer.
+pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// DNS names are re-resolved this often even when all is well.
+const RESOLVE_EVERY: Duration = Duration::from_secs(300);
+/// ... and this often while the gateway is not up.
+const RESOLVE_WHILE_DOWN: Duration = Duration::from_secs(30);
+/// ... and this often while the name has never resolved.
+const RESOLVE_UNRESOLVED: Duration = Duration::from_secs(5);
+/// A look-up that takes longer is abandoned.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Upkeep bookkeeping of one gateway.
+#[derive(Debug, Clone)]
+pub(crate) struct GatewayUpkeep {
+    pub(crate) probes_sent: u64,
+    pub(crate) probes_failed: u64,
+    probe_in_flight: bool,
+    last_probe: Option<Instant>,
+    /// Set when handshakes start failing: re-resolve at the next tick.
+    pub(crate) resolve_soon: bool,
+    last_resolve: Instant,
+    resolving: bool,
+    dns_failing: bool,
+}
+
+impl GatewayUpkeep {
+    pub(crate) fn new(now: Instant) -> Self {
+        Self {
+            probes_sent: 0,
+            probes_failed: 0,
+            probe_in_flight: false,
+            last_probe: None,
+            resolve_soon: false,
+            last_resolve: now,
+            resolving: false,
+            dns_failing: false,
+        }
+    }
+}
+
+/// Resolves an endpoint: a literal IP at once, a DNS name with a time limit. Prefers IPv4
+/// when the socket has no IPv6. `None` when nothing usable came back.
+pub(crate) async fn resolve(endpoint: &Endpoint, sockets: &Sockets) -> Option<SocketAddr> {
+    match &endpoint.host {
+        Host::Ip(ip) => Some(SocketAddr::new(*ip, endpoint.port)),
+        Host::Name(name) => {
+            let lookup = tokio::net::lookup_host((name.as_str(), endpoint.port));
+            let addrs: Vec<SocketAddr> = match tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await {
+                Ok(Ok(addrs)) => addrs.collect(),
+                Ok(Err(e)) => {
+                    tracing::debug!(host = %name, error = %e, "dns look-up failed");
+                    return None;
+                }
+                Err(_) => {
+                    tracing::debug!(host = %name, "dns look-up timed out");
+                    return None;
+                }
+            };
+            let v6 = sockets.has_ipv6();
+            // IPv4 first: loopback names such as `localhost` resolve to both, and gateways
+            // usually listen on IPv4.
+            addrs
+                .iter()
+                .find(|a| a.is_ipv4())
+                .or_else(|| addrs.iter().find(|a| v6 && a.is_ipv6()))
+                .copied()
+        }
+    }
+}
+
+enum Job {
+    Probe {
+        key: wg_core::PublicKey,
+        id: String,
+        target: std::net::IpAddr,
+    },
+    Resolve {
+        key: wg_core::PublicKey,
+        id: String,
+        endpoint: Endpoint,
+    },
+}
+
+pub(crate) async fn run(inner: Arc<Inner>) {
+    let mut shutdown = inner.shutdown.subscribe();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|closed| *closed) => return,
+        }
+        let jobs = {
+            let mut t = inner.lock();
+            plan(&mut t, Instant::now())
+        };
+        for job in jobs {
+            tokio::spawn(run_job(Arc::clone(&inner), job));
+        }
+    }
+}
+
+/// Looks at every gateway: logs state changes and decides which probes and look-ups to start.
+fn plan(t: &mut Tunnel, now: Instant) -> Vec<Job> {
+    let mut jobs = Vec::new();
+    let Tunnel { peers, gateways } = t;
+    for (key, g) in gateways.iter_mut() {
+        let stats = gateway_stats(peers, g, now);
+        if stats.state != g.reported {
+            match stats.state {
+                GatewayState::Up => tracing::info!(gateway = %g.spec.id, "gateway up"),
+                GatewayState::Stale => tracing::warn!(
+                    gateway = %g.spec.id,
+                    endpoint = %stats.endpoint,
+                    "gateway stale: no handshake for 180 s"
+                ),
+                GatewayState::Connecting => {
+                    tracing::info!(gateway = %g.spec.id, "gateway not answering: reconnecting")
+                }
+            }
+            g.reported = stats.state;
+        }
+        let u = &mut g.upkeep;
+        if g.spec.liveness_probe == LivenessProbe::Icmp
+            && stats.last_handshake.is_some()
+            && !u.probe_in_flight
+            && stats
+                .last_received_age
+                .is_some_and(|age| age >= PROBE_AFTER)
+            && u.last_probe
+                .is_none_or(|at| now.saturating_duration_since(at) >= PROBE_AFTER)
+        {
+            u.probe_in_flight = true;
+            u.last_probe = Some(now);
+            u.probes_sent += 1;
+            jobs.push(Job::Probe {
+                key: *key,
+                id: g.spec.id.clone(),
+                target: g.spec.virtual_ip,
+            });
+        }
+        if let Some(endpoint) = g.spec.endpoint.as_ref().filter(|e| endpoint_is_dns(e))
+            && !u.resolving
+        {
+            let since = now.saturating_duration_since(u.last_resolve);
+            let due = u.resolve_soon
+                || since >= RESOLVE_EVERY
+                || (g.resolved.is_none() && since >= RESOLVE_UNRESOLVED)
+                || (stats.state != GatewayState::Up && since >= RESOLVE_WHILE_DOWN);
+            if due {
+                u.resolving = true;
+                u.resolve_soon = false;
+                u.last_resolve = now;
+                jobs.push(Job::Resolve {
+                    key: *key,
+                    id: g.spec.id.clone(),
+                    endpoint: endpoint.clone(),
+                });
+            }
+        }
+    }
+    jobs
+}
+
+async fn run_job(inner: Arc<Inner>, job: Job) {
+    match job {
+        Job::Probe { key, id, target } => {
+            let answered = inner.netstack.ping(target, PROBE_TIMEOUT).await;
+            let forced = {
+                let mut t = inner.lock();
+                let Tunnel { peers, gateways } = &mut *t;
+                let Some(g) = gateways.get_mut(&key) else {
+                    return;
+                };
+                g.upkeep.probe_in_flight = false;
+                match answered {
+                    Ok(rtt) => {
+                        tracing::debug!(gateway = %id, rtt_ms = rtt.as_millis() as u64, "liveness probe answered");
+                        false
+                    }
+                    Err(e) => {
+                        g.upkeep.probes_failed += 1;
+                        tracing::info!(
+                            gateway = %id,
+                            error = %e,
+                            "liveness probe unanswered: forcing a fresh handshake"
+                        );
+                        peers.force_handshake(&key, Instant::now())
+                    }
+                }
+            };
+            if forced {
+                tunnel::flush(&inner).await;
+            }
+        }
+        Job::Resolve { key, id, endpoint } => {
+            let addr = resolve(&endpoint, &inner.sockets).await;
+            let changed = {
+                let mut t = inner.lock();
+                let Tunnel { peers, gateways } = &mut *t;
+                let Some(g) = gateways.get_mut(&key) else {
+                    return;
+                };
+                g.upkeep.resolving = false;
+                // A newer configuration may have replaced the endpoint meanwhile.
+                if g.spec.endpoint.as_ref() != Some(&endpoint) {
+                    return;
+                }
+                match addr {
+                    None => {
+                        if !g.upkeep.dns_failing {
+                            tracing::warn!(gateway = %id, endpoint = %endpoint, "cannot resolve the gateway endpoint; retrying");
+                        }
+                        g.upkeep.dns_failing = true;
+                        false
+                    }
+                    Some(addr) => {
+                        g.upkeep.dns_failing = false;
+                        if g.resolved == Some(addr) {
+                            false
+                        } else {
+                            tracing::info!(gateway = %id, endpoint = %endpoint, old = ?g.resolved, new = %addr, "endpoint re-resolved");
+                            let first = g.resolved.is_none();
+                            g.resolved = Some(addr);
+                            peers.set_endpoint(&key, addr);
+                            if first || g.reported != GatewayState::Up {
+                                peers.force_handshake(&key, Instant::now());
+                            }
+                            true
+                        }
+                    }
+                }
+            };
+            if changed {
+                tunnel::flush(&inner).await;
+            }
+        }
+    }
+}
