@@ -22,6 +22,20 @@
 //! What it does not do: it never touches addresses outside the namespaces and the veth range it
 //! creates, and it does not depend on the crates under test (keys come from `wg`).
 //!
+//! Layouts that work (no IP forwarding, no default routes needed — every hop is a connected /30):
+//! - test process in the host ↔ gateway namespace: [`GatewaySite::start`] with `None`; bind the
+//!   agent's socket to [`GatewaySite::agent_side_ip`], send to [`GatewaySite::endpoint`].
+//! - agent namespace ↔ one namespace per gateway: [`GatewaySite::start`] with `Some(&agent_ns)`
+//!   for each; run the agent binary with [`Netns::spawn`].
+//! - impaired path: the relay runs in the host (threads of the test process), listening on the
+//!   host end of the agent's link and sending to the gateway over the gateway's link to the
+//!   host (the upstream socket is bound to the unspecified address, so the kernel picks the
+//!   right source); the gateway sees the agent at the relay's upstream address.
+//!
+//! Names: namespaces `wgtb-<label>-<pid>-<n>`, veths `vt<pid36><n36>{a,b}`, wireguard-go
+//! interfaces `wg<pid>x<n>` (its control socket `/run/wireguard/<ifname>.sock` is shared by all
+//! namespaces, so names are unique per machine), /30 leases in `/run/wg-testbed/nets`.
+//!
 //! ```
 //! use std::time::Duration;
 //! use testbed::{ImpairedRelay, Impairment};
