@@ -1,0 +1,255 @@
+//! The Manager end to end, in process, on loopback: a gateway built from the same Manager
+//! (wg-core + netstack) and an agent, joined by real UDP sockets on 127.0.0.1.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use agent::config::{Endpoint, Host, LivenessProbe};
+use agent::manager::{GatewaySpec, Manager, ManagerConfig};
+use agent::snapshot::GatewayState;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use wg_core::{IpNet, PrivateKey};
+
+const AGENT_VIP: [u8; 4] = [10, 1, 0, 100];
+const GW_VIP: [u8; 4] = [10, 1, 0, 1];
+
+/// A gateway: a Manager that knows the agent's key but not its endpoint.
+async fn gateway(key: PrivateKey, vip: [u8; 4], agent: &PrivateKey) -> (Manager, u16) {
+    let mut config = ManagerConfig::new(key, IpAddr::from(vip));
+    let mut peer = GatewaySpec::new("agent", agent.public_key(), None, IpAddr::from(AGENT_VIP));
+    peer.persistent_keepalive = None;
+    peer.liveness_probe = LivenessProbe::Off;
+    peer.allowed_ips = vec![IpNet::host(IpAddr::from(AGENT_VIP))];
+    config.gateways = vec![peer];
+    let manager = Manager::start(config).await.expect("gateway starts");
+    let port = manager.local_addrs()[0].port();
+    (manager, port)
+}
+
+fn spec(id: &str, key: &PrivateKey, port: u16, vip: [u8; 4]) -> GatewaySpec {
+    let endpoint = Endpoint {
+        host: Host::Ip(IpAddr::from([127, 0, 0, 1])),
+        port,
+    };
+    GatewaySpec::new(id, key.public_key(), Some(endpoint), IpAddr::from(vip))
+}
+
+/// Echo server on the agent's virtual port.
+fn serve_echo(manager: &Manager, port: u16) {
+    let listener = manager.listen(port).expect("listen on the virtual IP");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if stream.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+}
+
+async fn echo_roundtrip(from: &Manager, to: SocketAddr, payload: &[u8]) {
+    let mut stream = tokio::time::timeout(Duration::from_secs(10), from.dial_tcp(to))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    let (mut rd, mut wr) = tokio::io::split(&mut stream);
+    let payload_owned = payload.to_vec();
+    let writer = async move {
+        wr.write_all(&payload_owned).await.expect("write");
+        wr.shutdown().await.expect("shutdown");
+    };
+    let reader = async move {
+        let mut got = Vec::new();
+        rd.read_to_end(&mut got).await.expect("read");
+        got
+    };
+    let ((), got) = tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::join!(writer, reader)
+    })
+    .await
+    .expect("echo in time");
+    assert_eq!(got.len(), payload.len());
+    assert!(got == payload, "echoed bytes differ");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_through_the_tunnel_both_ways_and_stats_agree() {
+    let agent_key = PrivateKey::generate();
+    let gw_key = PrivateKey::generate();
+    let (gw, gw_port) = gateway(gw_key.clone(), GW_VIP, &agent_key).await;
+    let mut config = ManagerConfig::new(agent_key.clone(), IpAddr::from(AGENT_VIP));
+    config.gateways = vec![spec("gw1", &gw_key, gw_port, GW_VIP)];
+    let agent = Manager::start(config).await.expect("agent starts");
+    serve_echo(&agent, 80);
+
+    // Gateway -> agent (the product's direction), 1 MiB.
+    let payload: Vec<u8> = (0..1 << 20).map(|i: u32| (i * 7 % 251) as u8).collect();
+    echo_roundtrip(&gw, SocketAddr::new(IpAddr::from(AGENT_VIP), 80), &payload).await;
+
+    // Agent -> gateway (the seed's Dial).
+    serve_echo(&gw, 7);
+    echo_roundtrip(
+        &agent,
+        SocketAddr::new(IpAddr::from(GW_VIP), 7),
+        b"hello gateway",
+    )
+    .await;
+
+    // ICMP echo through the tunnel, the liveness probe's path.
+    let rtt = agent
+        .ping(IpAddr::from(GW_VIP), Duration::from_secs(5))
+        .await
+        .expect("ping answered");
+    assert!(rtt < Duration::from_secs(5));
+
+    let stats = agent.stats();
+    assert_eq!(stats.len(), 1);
+    let s = &stats[0];
+    assert_eq!(s.id, "gw1");
+    assert_eq!(s.state, GatewayState::Up);
+    assert!(s.last_handshake.is_some());
+    assert!(
+        s.rx_bytes > 1 << 20,
+        "rx counts the echoed MiB: {}",
+        s.rx_bytes
+    );
+    // Both ends count wire bytes: what one sent, the other received.
+    // Let the last ACKs land, then compare.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (s, g) = (&agent.stats()[0], &gw.stats()[0]);
+    assert_eq!(s.tx_bytes, g.rx_bytes, "agent tx == gateway rx");
+    assert_eq!(s.rx_bytes, g.tx_bytes, "agent rx == gateway tx");
+    agent.close().await;
+    gw.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_gateways_keeps_an_unchanged_gateway_and_its_connection() {
+    let agent_key = PrivateKey::generate();
+    let k1 = PrivateKey::generate();
+    let k2 = PrivateKey::generate();
+    let k3 = PrivateKey::generate();
+    let (gw1, p1) = gateway(k1.clone(), GW_VIP, &agent_key).await;
+    let (gw2, p2) = gateway(k2.clone(), [10, 1, 0, 2], &agent_key).await;
+    let (gw3, p3) = gateway(k3.clone(), [10, 1, 0, 3], &agent_key).await;
+    let mut config = ManagerConfig::new(agent_key.clone(), IpAddr::from(AGENT_VIP));
+    config.gateways = vec![
+        spec("gw1", &k1, p1, GW_VIP),
+        spec("gw2", &k2, p2, [10, 1, 0, 2]),
+    ];
+    let agent = Manager::start(config).await.expect("agent starts");
+    serve_echo(&agent, 80);
+    let target = SocketAddr::new(IpAddr::from(AGENT_VIP), 80);
+
+    // A connection through gw1 stays open across the update.
+    let mut held = gw1.dial_tcp(target).await.expect("connect via gw1");
+    held.write_all(b"before").await.expect("write");
+    let mut buf = [0u8; 6];
+    held.read_exact(&mut buf).await.expect("read");
+    assert_eq!(&buf, b"before");
+    let handshakes_before = agent
+        .stats()
+        .iter()
+        .find(|s| s.id == "gw1")
+        .map(|s| s.handshakes);
+
+    // Remove gw2, add gw3, keep gw1.
+    let update = agent
+        .update_gateways(vec![
+            spec("gw1", &k1, p1, GW_VIP),
+            spec("gw3", &k3, p3, [10, 1, 0, 3]),
+        ])
+        .await
+        .expect("update applies");
+    assert_eq!(update.unchanged, vec!["gw1".to_owned()]);
+    assert_eq!(update.added, vec!["gw3".to_owned()]);
+    assert_eq!(update.removed, vec!["gw2".to_owned()]);
+
+    held.write_all(b"after!").await.expect("write after update");
+    held.read_exact(&mut buf).await.expect("read after update");
+    assert_eq!(&buf, b"after!");
+    let handshakes_after = agent
+        .stats()
+        .iter()
+        .find(|s| s.id == "gw1")
+        .map(|s| s.handshakes);
+    assert_eq!(
+        handshakes_before, handshakes_after,
+        "no new handshake for the unchanged gateway"
+    );
+
+    // The new gateway reaches the app; the removed one no longer does.
+    echo_roundtrip(&gw3, target, b"via gw3").await;
+    let via_gw2 = tokio::time::timeout(Duration::from_secs(3), gw2.dial_tcp(target)).await;
+    assert!(
+        !matches!(via_gw2, Ok(Ok(_))),
+        "a removed gateway must not reach the agent"
+    );
+    for m in [&agent, &gw1, &gw2, &gw3] {
+        m.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_endpoint_localhost_and_udp_dial() {
+    let agent_key = PrivateKey::generate();
+    let gw_key = PrivateKey::generate();
+    let (gw, gw_port) = gateway(gw_key.clone(), GW_VIP, &agent_key).await;
+    let mut config = ManagerConfig::new(agent_key.clone(), IpAddr::from(AGENT_VIP));
+    let endpoint = Endpoint {
+        host: Host::Name("localhost".into()),
+        port: gw_port,
+    };
+    config.gateways = vec![GatewaySpec::new(
+        "gw1",
+        gw_key.public_key(),
+        Some(endpoint),
+        IpAddr::from(GW_VIP),
+    )];
+    let agent = Manager::start(config).await.expect("agent starts");
+
+    // UDP echo on the gateway's virtual IP.
+    let server = gw
+        .netstack()
+        .bind_udp(SocketAddr::new(IpAddr::from(GW_VIP), 5353))
+        .expect("bind");
+    tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = server.recv_from(&mut buf).await {
+            let _ = server.send_to(&buf[..n], from).await;
+        }
+    });
+    let socket = agent.dial_udp().expect("udp socket");
+    let mut buf = [0u8; 64];
+    let mut answered = None;
+    for _ in 0..20 {
+        socket
+            .send_to(
+                b"ping over udp",
+                SocketAddr::new(IpAddr::from(GW_VIP), 5353),
+            )
+            .await
+            .expect("send");
+        if let Ok(Ok((n, _))) =
+            tokio::time::timeout(Duration::from_millis(500), socket.recv_from(&mut buf)).await
+        {
+            answered = Some(n);
+            break;
+        }
+    }
+    let n = answered.expect("udp echo through the tunnel");
+    assert_eq!(&buf[..n], b"ping over udp");
+    assert!(agent.stats()[0].endpoint.ends_with(&format!(":{gw_port}")));
+    agent.close().await;
+    gw.close().await;
+}
