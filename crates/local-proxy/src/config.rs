@@ -196,4 +196,13 @@ mod tests {
             assert!(bad.parse::<Upstream>().is_err(), "{bad}");
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn upstream_parse_never_panics_and_round_trips(s in "[\\[\\]a-z0-9.:_-]{0,24}") {
+            if let Ok(u) = s.parse::<Upstream>() {
+                proptest::prop_assert_eq!(u.authority().parse::<Upstream>().unwrap(), u);
+            }
+        }
+    }
 }

@@ -215,4 +215,110 @@ mod tests {
         assert_eq!(h["forwarded"], "for=\"[fd00::1]\";proto=http");
         assert!(!h.contains_key("x-forwarded-host"));
     }
+
+    mod props {
+        #![allow(clippy::unwrap_used)]
+
+        use super::*;
+        use proptest::prelude::*;
+
+        fn name() -> impl Strategy<Value = &'static str> {
+            prop::sample::select(vec![
+                "connection",
+                "keep-alive",
+                "proxy-connection",
+                "te",
+                "trailer",
+                "transfer-encoding",
+                "upgrade",
+                "proxy-authorization",
+                "proxy-authenticate",
+                "host",
+                "x-a",
+                "x-b",
+                "content-length",
+                "cookie",
+            ])
+        }
+
+        fn token() -> impl Strategy<Value = &'static str> {
+            prop::sample::select(vec![
+                "x-a",
+                "X-B",
+                "close",
+                "keep-alive",
+                "upgrade",
+                "cookie",
+                "",
+            ])
+        }
+
+        proptest! {
+            #[test]
+            fn no_hop_by_hop_field_survives(
+                fields in prop::collection::vec((name(), "[a-z0-9 ,]{0,12}"), 0..16),
+                tokens in prop::collection::vec(token(), 0..4),
+                upgrade in any::<bool>(),
+            ) {
+                let mut h = HeaderMap::new();
+                for (n, v) in &fields {
+                    h.append(HeaderName::from_static(n), HeaderValue::from_str(v).unwrap());
+                }
+                if !tokens.is_empty() {
+                    h.append(header::CONNECTION, HeaderValue::from_str(&tokens.join(", ")).unwrap());
+                }
+                let named: Vec<String> = tokens.iter().map(|t| t.to_ascii_lowercase()).collect();
+                let before = h.clone();
+                remove_hop_by_hop(&mut h, upgrade);
+                for hop in &HOP_BY_HOP {
+                    if upgrade && *hop == header::CONNECTION {
+                        prop_assert_eq!(h.get_all(hop).iter().count(), 1);
+                        prop_assert_eq!(&h[hop], "upgrade");
+                    } else {
+                        prop_assert!(!h.contains_key(hop), "{} survived", hop);
+                    }
+                }
+                for (n, _) in &before {
+                    let survives = h.contains_key(n);
+                    let hop = HOP_BY_HOP.contains(n) || named.iter().any(|t| t == n.as_str());
+                    if *n == header::UPGRADE {
+                        prop_assert_eq!(survives, upgrade);
+                    } else if *n != header::CONNECTION {
+                        prop_assert_eq!(survives, !hop, "{}", n);
+                    }
+                }
+            }
+
+            #[test]
+            fn forwarded_always_ends_with_the_peer(
+                xff in prop::collection::vec("[ -~]{0,24}", 0..3),
+                fwd in prop::collection::vec("[ -~]{0,24}", 0..3),
+                host in prop::option::of("[ -~]{0,24}"),
+                trust in any::<bool>(),
+                v6 in any::<bool>(),
+            ) {
+                let peer: SocketAddr =
+                    if v6 { "[fd00::7]:9".parse().unwrap() } else { "10.1.0.7:9".parse().unwrap() };
+                let mut h = HeaderMap::new();
+                for v in &xff {
+                    h.append(X_FORWARDED_FOR, HeaderValue::from_str(v).unwrap());
+                }
+                for v in &fwd {
+                    h.append(header::FORWARDED, HeaderValue::from_str(v).unwrap());
+                }
+                let host = host.map(|v| HeaderValue::from_str(&v).unwrap());
+                apply_forwarded(&mut h, peer, host.as_ref(), "http", trust);
+                let ip = peer.ip().to_string();
+                let got = h[X_FORWARDED_FOR].to_str().unwrap();
+                prop_assert!(got.ends_with(&ip), "{}", got);
+                if !trust {
+                    prop_assert_eq!(got, ip.as_str());
+                }
+                let forwarded = h[header::FORWARDED].to_str().unwrap();
+                prop_assert!(forwarded.ends_with(";proto=http"), "{}", forwarded);
+                prop_assert_eq!(h.get_all(X_FORWARDED_FOR).iter().count(), 1);
+                prop_assert_eq!(h.get_all(header::FORWARDED).iter().count(), 1);
+            }
+        }
+    }
 }
