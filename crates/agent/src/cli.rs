@@ -105,16 +105,20 @@ fn check(path: &Path) -> ExitCode {
                 eprintln!("wg-agent: warning: {warning}");
             }
             eprintln!(
-                "{}: ok ({} gateways, {} routes, admin {})",
+                "{}: ok ({}, {}, admin {})",
                 path.display(),
-                config.gateways.len(),
-                config.routes.len(),
+                count(config.gateways.len(), "gateway"),
+                count(config.routes.len(), "route"),
                 config.admin
             );
             ExitCode::SUCCESS
         }
         Err(error) => fail(EXIT_CONFIG, error),
     }
+}
+
+fn count(n: usize, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
 }
 
 fn pubkey() -> ExitCode {
@@ -182,8 +186,12 @@ fn run(path: &Path, log: &LogArgs) -> ExitCode {
     match runtime.block_on(agent::run(config, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!("{error:#}");
-            fail(EXIT_RUNTIME, format!("{error:#}"))
+            if tracing::enabled!(tracing::Level::ERROR) {
+                tracing::error!("{error:#}");
+                ExitCode::from(EXIT_RUNTIME)
+            } else {
+                fail(EXIT_RUNTIME, format!("{error:#}"))
+            }
         }
     }
 }

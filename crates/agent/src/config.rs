@@ -25,7 +25,7 @@ use raw::RawConfig;
 use validate::{Validator, admin_listen, read_config, syntax_error};
 
 /// A validated configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Config {
     /// The file it was read from (reloads read it again).
@@ -47,7 +47,7 @@ pub struct Config {
 }
 
 /// `[agent]`: this machine's identity in the tunnel.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct AgentConfig {
     /// The resolved private key (zeroized on drop).
@@ -63,7 +63,7 @@ pub struct AgentConfig {
 }
 
 /// One `[[gateways]]` entry.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct GatewayConfig {
     /// Unique label used in logs, metrics and status.

@@ -91,6 +91,39 @@ impl GatewayStatus {
     }
 }
 
+impl GatewayStatus {
+    /// The entry for a configured gateway before anything happened: `connecting`, no
+    /// handshake, no traffic, the configured endpoint. The runtime fills in the rest.
+    pub fn from_config(gateway: &crate::config::GatewayConfig) -> Self {
+        Self::new(
+            gateway.id.clone(),
+            gateway.name.clone(),
+            gateway.public_key.to_base64(),
+            gateway.endpoint.to_string(),
+            GatewayState::Connecting,
+            None,
+            0,
+            0,
+        )
+    }
+}
+
+impl StatusSnapshot {
+    /// The document for a configuration before anything happened (see
+    /// [`GatewayStatus::from_config`]).
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        Self::new(
+            config.agent.virtual_ip,
+            config
+                .gateways
+                .iter()
+                .map(GatewayStatus::from_config)
+                .collect(),
+            config.routes.iter().map(RouteStatus::from_config).collect(),
+        )
+    }
+}
+
 /// One route in the status document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]

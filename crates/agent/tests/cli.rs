@@ -190,11 +190,31 @@ fn check_valid_config_exits_0() {
     let o = check(&path);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(
-        stderr(&o).contains("ok (1 gateways, 1 routes, admin 127.0.0.1:9090)"),
+        stderr(&o).contains("ok (1 gateway, 1 route, admin 127.0.0.1:9090)"),
         "{}",
         stderr(&o)
     );
     assert!(stdout(&o).is_empty());
+}
+
+#[test]
+fn run_refuses_a_bad_log_level_with_exit_2() {
+    let dir = TempDir::new();
+    dir.write("agent.key", &genkey(), 0o600);
+    let path = dir.write(
+        "agent.toml",
+        &config_text("private_key_file = \"agent.key\"", &pubkey(&genkey())),
+        0o600,
+    );
+    let o = run(&[
+        "run",
+        "--config",
+        path.to_str().unwrap(),
+        "--log-level",
+        "loud=[",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("log level `loud=[`"), "{}", stderr(&o));
 }
 
 #[test]
