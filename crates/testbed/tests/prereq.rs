@@ -1,0 +1,73 @@
+//! The skip / fail rule for real-gateway tests, checked in a child process whose `PATH` hides
+//! `wireguard-go`, `wg` and `ip`: one `skipping` line normally, a failure under `CI=true`.
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::{Command, Output};
+
+const CHILD: &str = "child_process_for_prereq_tests";
+
+/// Not a check by itself: the tests below run it in a child process with a crafted
+/// environment.
+#[test]
+#[ignore = "run by the prereq tests in a child process"]
+fn child_process_for_prereq_tests() {
+    testbed::require_gateway_prereqs!();
+    println!("GATEWAY TEST BODY RAN");
+}
+
+fn run_child(ci: Option<&str>) -> Output {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args([
+            "--exact",
+            CHILD,
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("PATH", "/nonexistent-testbed-path")
+        .env_remove("CI");
+    if let Some(value) = ci {
+        command.env("CI", value);
+    }
+    command.output().unwrap()
+}
+
+#[test]
+fn missing_prerequisites_skip_with_one_line() {
+    let out = run_child(None);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let skips: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("skipping"))
+        .collect();
+    assert_eq!(skips.len(), 1, "{stderr}");
+    assert!(
+        skips[0].starts_with(&format!("skipping {CHILD}: ")),
+        "{}",
+        skips[0]
+    );
+    assert!(skips[0].contains("wireguard-go missing"), "{}", skips[0]);
+    assert!(skips[0].contains("apt-get install"), "{}", skips[0]);
+    assert!(!stdout.contains("GATEWAY TEST BODY RAN"), "{stdout}");
+}
+
+#[test]
+fn missing_prerequisites_fail_under_ci() {
+    for ci in ["true", "1"] {
+        let out = run_child(Some(ci));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "CI={ci}: {stdout}\n{stderr}");
+        assert!(
+            stderr.contains("CI=true and child_process_for_prereq_tests cannot run"),
+            "{stderr}"
+        );
+        assert!(stderr.contains("wg missing"), "{stderr}");
+        assert!(!stdout.contains("GATEWAY TEST BODY RAN"), "{stdout}");
+    }
+}
+
