@@ -70,4 +70,3 @@ fn missing_prerequisites_fail_under_ci() {
         assert!(!stdout.contains("GATEWAY TEST BODY RAN"), "{stdout}");
     }
 }
-
