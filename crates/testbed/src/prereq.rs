@@ -79,7 +79,8 @@ pub fn is_root() -> bool {
 }
 
 fn probe_netns() -> Result<(), String> {
-    let name = format!("wgtb-probe-{}", std::process::id());
+    // Named like `Netns` names, so that a probe left behind by a killed process is cleaned up.
+    let name = format!("{}probe-{}-0", crate::netns::NETNS_PREFIX, std::process::id());
     let quiet = |args: &[&str]| {
         Command::new("ip")
             .args(args)

@@ -423,8 +423,12 @@ fn spawn_receiver(
                     {
                         continue;
                     }
-                    // ICMP port unreachable from an earlier send shows up here: keep going.
-                    Err(_) => continue,
+                    // ICMP port unreachable from an earlier send shows up here: keep going,
+                    // without spinning should an error repeat.
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(1));
+                        continue;
+                    }
                 };
                 if only_from.is_some_and(|gateway| gateway != from) {
                     continue;

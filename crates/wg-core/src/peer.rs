@@ -168,7 +168,13 @@ impl Peer {
 
     /// Whether boringtun's `update_timers` has work for this peer.
     pub(crate) fn needs_tick(&self) -> bool {
-        self.used && self.state != HandshakeState::Backoff
+        self.used
+            && match self.state {
+                HandshakeState::Backoff => false,
+                // boringtun gave up and nothing wants a session: nothing left to time.
+                HandshakeState::Idle => !self.tunn.is_expired(),
+                HandshakeState::Connecting | HandshakeState::Established => true,
+            }
     }
 
     pub(crate) fn session_age(&self, now: Instant) -> Option<Duration> {

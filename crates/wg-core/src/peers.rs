@@ -894,7 +894,8 @@ impl Peers {
         let Some(peer) = self.slots[slot].as_mut() else {
             return;
         };
-        if peer.state == HandshakeState::Backoff {
+        if matches!(peer.state, HandshakeState::Backoff | HandshakeState::Idle) {
+            // Already handled: boringtun repeats `ConnectionExpired` on every tick.
             return;
         }
         let key = peer.config.public_key;
