@@ -51,6 +51,12 @@ impl<'a> MetricsWriter<'a> {
         Self { out }
     }
 
+    /// The text written so far, to append series rendered elsewhere (for example
+    /// `local_proxy::render_prometheus`). Appended text must be complete lines.
+    pub fn text(&mut self) -> &mut String {
+        self.out
+    }
+
     /// Writes the `# HELP` and `# TYPE` lines that open a family.
     pub fn family(&mut self, name: &str, kind: MetricKind, help: &str) {
         let help = help.replace('\\', "\\\\").replace('\n', "\\n");

@@ -66,6 +66,15 @@ impl StatusSource for Fake {
         counters.open_connections = 3;
         counters.dropped_packets.insert("malformed".into(), 5);
         write_agent_counters(out, &counters);
+        // Per-route series come from local-proxy, appended through the same writer.
+        let route = local_proxy::RouteMetrics::new();
+        route.record_status(200);
+        route.record_status(502);
+        local_proxy::render_prometheus(
+            out.text(),
+            "wg_agent_route",
+            &[("port=\"80\"", &route.snapshot())],
+        );
     }
 
     fn draining(&self) -> bool {
@@ -192,12 +201,15 @@ async fn four_endpoints_over_tcp() {
         "wg_agent_gateway_up{gateway=\"gw2\"} 0",
         "wg_agent_open_connections 3",
         "wg_agent_dropped_packets_total{reason=\"malformed\"} 5",
+        "wg_agent_route_requests_total{port=\"80\",class=\"2xx\"} 1",
+        "wg_agent_route_requests_total{port=\"80\",class=\"5xx\"} 1",
     ] {
         assert!(
             metrics.lines().any(|l| l == line),
             "missing {line:?}:\n{metrics}"
         );
     }
+    assert_exposition_is_well_formed(&metrics);
     assert_eq!(get(&addr, "/other").await.0, 404);
 
     // `wg-agent status` against it: table, then JSON verbatim.
@@ -297,4 +309,40 @@ async fn unix_socket_and_status_from_config() {
     task.await.unwrap();
     assert!(!socket.exists(), "socket file removed on stop");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Every sample belongs to a family announced once by `# TYPE` (histogram suffixes included),
+/// and every sample line is `name[{labels}] value`.
+fn assert_exposition_is_well_formed(text: &str) {
+    let mut families = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let name = rest.split(' ').next().unwrap();
+            assert!(
+                families.insert(name.to_owned()),
+                "family {name} announced twice"
+            );
+            continue;
+        }
+        if line.starts_with('#') {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        assert!(
+            value.parse::<f64>().is_ok() || ["+Inf", "-Inf", "NaN"].contains(&value),
+            "{line}"
+        );
+        let name = series.split('{').next().unwrap();
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| families.contains(*f)))
+            .unwrap_or(name);
+        assert!(
+            families.contains(family),
+            "sample before its # TYPE: {line}"
+        );
+        if series.contains('{') {
+            assert!(series.ends_with('}'), "{line}");
+        }
+    }
 }
