@@ -1,0 +1,212 @@
+//! Engine behaviour beyond the two-peer scenarios: private key rotation, queue bounds, IPv6,
+//! endpoints, and the rate limiter's reset (short real time).
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::{IpAddr, Ipv6Addr};
+use std::time::{Duration, Instant};
+
+use common::{Net, agent_and_gateway, tag_of};
+use wg_core::{Config, DropReason, HandshakeState, IpNet, PeerConfig, Peers, PrivateKey};
+
+const AGENT: usize = 0;
+const GW: usize = 1;
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+#[test]
+fn new_private_key_rekeys_every_tunnel() {
+    let mut net = agent_and_gateway(31, Some(secs(25)));
+    net.run_for(secs(1));
+    let gw = net.nodes[GW].public_key();
+    let before = net.nodes[AGENT].peers.peer_stats(&gw, net.now).unwrap();
+    assert_eq!(before.state, HandshakeState::Established);
+
+    let new_key = PrivateKey::generate();
+    let now = net.now;
+    // The gateway learns the agent's new public key first (as a control plane would arrange).
+    let mut cfg = net.nodes[AGENT].config_for(false);
+    cfg.public_key = new_key.public_key();
+    net.nodes[GW].peers.set_peers(vec![cfg], now);
+    net.nodes[AGENT].key = new_key.clone();
+    net.nodes[AGENT].peers.set_private_key(new_key.clone(), now);
+    assert_eq!(net.nodes[AGENT].peers.public_key(), new_key.public_key());
+    net.run_for(secs(1));
+    let after = net.nodes[AGENT].peers.peer_stats(&gw, net.now).unwrap();
+    assert_eq!(after.state, HandshakeState::Established);
+    assert_ne!(after.receiver_index, before.receiver_index);
+    assert_eq!(after.handshakes, 2, "counted since the peer was added");
+    net.send_ip(AGENT, GW, 100, 3);
+    net.run_for(secs(1));
+    assert_eq!(net.nodes[GW].inbox.last().map(|p| tag_of(&p.2)), Some(3));
+    // The same key again changes nothing.
+    let now = net.now;
+    net.nodes[AGENT].peers.set_private_key(new_key, now);
+    let same = net.nodes[AGENT].peers.peer_stats(&gw, now).unwrap();
+    assert_eq!(same.receiver_index, after.receiver_index);
+}
+
+#[test]
+fn transmit_and_received_queues_are_bounded() {
+    let mut net = Net::new(32);
+    let mut c = net.seeded_config();
+    c.max_transmits = 4;
+    net.add_node("agent", c);
+    let mut c = net.seeded_config();
+    c.max_received = 3;
+    c.max_events = 1;
+    net.add_node("gateway", c);
+    let now = net.now;
+    let agent_cfg = net.nodes[AGENT].config_for(false);
+    net.nodes[GW].peers.set_peers(vec![agent_cfg], now);
+    let gw_cfg = net.nodes[GW].config_for(true);
+    net.nodes[AGENT].peers.set_peers(vec![gw_cfg], now);
+    net.run_for(secs(1));
+
+    // Ten packets without polling: four queue, six are dropped and counted.
+    let p = common::ipv4_packet(
+        net.nodes[AGENT].virtual_ip,
+        net.nodes[GW].virtual_ip,
+        100,
+        1,
+    );
+    let mut datagrams = Vec::new();
+    let now = net.now;
+    for _ in 0..10 {
+        let _ = net.nodes[AGENT].peers.handle_ip_packet(&p, now);
+    }
+    assert_eq!(net.nodes[AGENT].peers.queued_transmits(), 4);
+    assert_eq!(net.nodes[AGENT].peers.drops().get(DropReason::QueueFull), 6);
+    while let Some(t) = net.nodes[AGENT].peers.poll_transmit() {
+        datagrams.push(t.payload.to_vec());
+    }
+    // Four datagrams into a received queue of three, without polling.
+    let from = net.nodes[AGENT].addr;
+    for d in &datagrams {
+        let _ = net.nodes[GW].peers.handle_datagram(from, d, now);
+    }
+    assert_eq!(net.nodes[GW].peers.queued_received(), 3);
+    let agent = net.nodes[AGENT].public_key();
+    let stats = net.nodes[GW].peers.peer_stats(&agent, now).unwrap();
+    assert_eq!(stats.drops.get(DropReason::QueueFull), 1);
+    // One event fits; the rest were counted as dropped.
+    assert!(net.nodes[GW].peers.stats(now).events_dropped >= 1);
+}
+
+#[test]
+fn ipv6_prefixes_route_and_check_sources() {
+    let mut net = agent_and_gateway(33, Some(secs(25)));
+    let now = net.now;
+    let mut gw_cfg = net.nodes[GW].config_for(true).with_keepalive(secs(25));
+    gw_cfg.allowed_ips.push("fd00:1::/64".parse().unwrap());
+    net.nodes[AGENT].peers.set_peers(vec![gw_cfg], now);
+    let mut agent_cfg = net.nodes[AGENT].config_for(false);
+    agent_cfg
+        .allowed_ips
+        .push("fd00:100::1/128".parse().unwrap());
+    net.nodes[GW].peers.set_peers(vec![agent_cfg], now);
+    net.run_for(secs(1));
+
+    let src: Ipv6Addr = "fd00:100::1".parse().unwrap();
+    let dst: Ipv6Addr = "fd00:1::42".parse().unwrap();
+    let mut p = vec![0u8; 60];
+    p[0] = 0x60;
+    p[4..6].copy_from_slice(&20u16.to_be_bytes());
+    p[6] = 17;
+    p[8..24].copy_from_slice(&src.octets());
+    p[24..40].copy_from_slice(&dst.octets());
+    let now = net.now;
+    net.nodes[AGENT].peers.handle_ip_packet(&p, now).unwrap();
+    net.run_for(secs(1));
+    assert_eq!(net.nodes[GW].inbox.len(), 1);
+    assert_eq!(net.nodes[GW].inbox[0].2, p);
+
+    // An IPv6 destination outside every prefix has no route.
+    p[24..40].copy_from_slice(&"fd00:2::1".parse::<Ipv6Addr>().unwrap().octets());
+    let err = net.nodes[AGENT]
+        .peers
+        .handle_ip_packet(&p, now)
+        .unwrap_err();
+    assert_eq!(err.reason, DropReason::NoRoute);
+}
+
+#[test]
+fn peer_without_endpoint_waits_and_set_endpoint_keeps_session() {
+    let now = Instant::now();
+    let mut a = Peers::new(PrivateKey::generate(), now);
+    let gw = PrivateKey::generate().public_key();
+    a.set_peers(
+        vec![PeerConfig::new(gw).with_allowed_ip(IpNet::host(IpAddr::from([10, 1, 0, 1])))],
+        now,
+    );
+    assert!(a.poll_transmit().is_none(), "no endpoint: no handshake");
+    let p = common::ipv4_packet([10, 1, 0, 100].into(), [10, 1, 0, 1].into(), 10, 1);
+    assert_eq!(
+        a.handle_ip_packet(&p, now).unwrap_err().reason,
+        DropReason::NoEndpoint
+    );
+    assert!(a.set_endpoint(&gw, "192.0.2.1:51820".parse().unwrap()));
+    a.handle_ip_packet(&p, now).unwrap();
+    let t = a.poll_transmit().unwrap();
+    assert_eq!(t.payload[0], 1, "the first packet starts the handshake");
+    let destination = t.destination;
+    assert_eq!(destination, "192.0.2.1:51820".parse().unwrap());
+    assert_eq!(
+        a.peer_stats(&gw, now).unwrap().state,
+        HandshakeState::Connecting
+    );
+    assert!(!a.set_endpoint(&PrivateKey::generate().public_key(), destination));
+    // Idle: a 250 ms tick while connecting, nothing busier.
+    let next = a.poll_timeout().unwrap();
+    assert!(next >= now + Duration::from_millis(250), "{:?}", next - now);
+}
+
+#[test]
+fn engine_without_peers_never_wakes() {
+    let now = Instant::now();
+    let mut a = Peers::new(PrivateKey::generate(), now);
+    assert_eq!(a.poll_timeout(), None);
+    a.handle_timeout(now + secs(10));
+    assert_eq!(a.poll_timeout(), None);
+    assert!(a.poll_event().is_none());
+    assert!(a.stats(now).peers.is_empty());
+}
+
+#[test]
+fn rate_limiter_resets_each_second() {
+    // Real time: boringtun's limiter checks its own clock before resetting.
+    let mut net = Net::new(34);
+    let c = net.seeded_config();
+    net.add_node("agent", c);
+    let mut c: Config = net.seeded_config();
+    c.handshake_rate_limit = 1;
+    net.add_node("gateway", c);
+    let now = net.now;
+    let agent_cfg = net.nodes[AGENT].config_for(false);
+    net.nodes[GW].peers.set_peers(vec![agent_cfg], now);
+    let gw_cfg = net.nodes[GW].config_for(true);
+    net.nodes[AGENT].peers.set_peers(vec![gw_cfg], now);
+    let gw = net.nodes[GW].public_key();
+    for _ in 0..4 {
+        let now = net.now;
+        net.nodes[AGENT].peers.force_handshake(&gw, now);
+        net.drain();
+    }
+    net.run_for(Duration::from_millis(100));
+    let under_load = net.nodes[GW].peers.drops().get(DropReason::UnderLoad);
+    assert!(under_load >= 1);
+    std::thread::sleep(Duration::from_millis(1_100));
+    net.run_for(secs(2));
+    let now = net.now;
+    net.nodes[AGENT].peers.force_handshake(&gw, now);
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(
+        net.nodes[GW].peers.drops().get(DropReason::UnderLoad),
+        under_load,
+        "accepted again after the reset"
+    );
+}
