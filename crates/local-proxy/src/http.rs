@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use crate::accept::{Accept, accept_loop};
 use crate::headers::{apply_forwarded, remove_hop_by_hop, wants_upgrade};
 use crate::io::{Activity, IdleClock, Rewind};
+use crate::log::{WARN_INTERVAL, WarnLimiter, limited_warn};
 use crate::metrics::OpenConnection;
 use crate::tracker::{ConnGuard, ShutdownSignal};
 use crate::{ConnectionTracker, HttpRouteConfig, ProxyConfig, RouteMetrics};
@@ -48,6 +49,7 @@ struct Inner {
     /// `http://host:port`, the prefix of every upstream URI.
     base: String,
     metrics: Arc<RouteMetrics>,
+    warnings: WarnLimiter,
 }
 
 /// What a connection carries for its requests and its tunnels: dropping the last clone frees
@@ -85,6 +87,7 @@ impl HttpProxy {
                 client,
                 base,
                 metrics: Arc::new(RouteMetrics::new()),
+                warnings: WarnLimiter::new(WARN_INTERVAL),
             }),
         }
     }
@@ -210,10 +213,10 @@ impl HttpProxy {
         let metrics = &self.inner.metrics;
         if error.is_parse_too_large() {
             metrics.record_status(431);
-            tracing::info!(%peer, "431: request head larger than max_header_bytes");
+            tracing::debug!(%peer, "431: request head larger than max_header_bytes");
         } else if error.is_parse() || error.is_parse_status() {
             metrics.record_status(400);
-            tracing::info!(%peer, %error, "400: malformed request");
+            tracing::debug!(%peer, %error, "400: malformed request");
         } else if error.is_timeout() {
             metrics.client_timeout();
             tracing::debug!(%peer, "request head not complete within header_read_timeout");
@@ -243,7 +246,7 @@ impl HttpProxy {
                 target: "local_proxy::access",
                 %peer,
                 %method,
-                path,
+                path = %path,
                 status = status.as_u16(),
                 latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
                 upstream = %inner.route.upstream,
@@ -304,12 +307,12 @@ impl HttpProxy {
             Ok(Err(error)) => {
                 inner.metrics.upstream_error();
                 let source = error_chain(&error);
-                tracing::warn!(%peer, upstream = %inner.route.upstream, error = %source, "502: upstream failed");
+                limited_warn!(inner.warnings, %peer, upstream = %inner.route.upstream, error = %source, "502: upstream failed");
                 return error_response(StatusCode::BAD_GATEWAY, "upstream unavailable");
             }
             Err(_) => {
                 inner.metrics.upstream_error();
-                tracing::warn!(%peer, upstream = %inner.route.upstream, ?timeout, "504: upstream sent no response in time");
+                limited_warn!(inner.warnings, %peer, upstream = %inner.route.upstream, ?timeout, "504: upstream sent no response in time");
                 return error_response(
                     StatusCode::GATEWAY_TIMEOUT,
                     "upstream did not answer in time",
@@ -321,7 +324,7 @@ impl HttpProxy {
         if switching {
             let Some(client_upgrade) = client_upgrade else {
                 inner.metrics.upstream_error();
-                tracing::warn!(%peer, "502: upstream switched protocols unasked");
+                limited_warn!(inner.warnings, %peer, "502: upstream switched protocols unasked");
                 return error_response(
                     StatusCode::BAD_GATEWAY,
                     "upstream switched protocols unasked",

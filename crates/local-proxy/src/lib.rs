@@ -54,6 +54,7 @@ mod config;
 mod headers;
 mod http;
 mod io;
+mod log;
 mod metrics;
 pub mod proxy_protocol;
 mod tcp;

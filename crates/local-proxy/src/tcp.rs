@@ -8,6 +8,7 @@ use tokio::net::TcpStream;
 
 use crate::accept::{Accept, accept_loop};
 use crate::io::{Activity, IdleClock};
+use crate::log::{WARN_INTERVAL, WarnLimiter, limited_warn};
 use crate::proxy_protocol::encode_v2;
 use crate::tracker::{ConnGuard, ShutdownSignal};
 use crate::{ConnectionTracker, ProxyConfig, RouteMetrics, TcpRouteConfig};
@@ -30,6 +31,7 @@ struct Inner {
     route: TcpRouteConfig,
     config: ProxyConfig,
     metrics: Arc<RouteMetrics>,
+    warnings: WarnLimiter,
 }
 
 impl TcpForwarder {
@@ -40,6 +42,7 @@ impl TcpForwarder {
                 route,
                 config: config.clone(),
                 metrics: Arc::new(RouteMetrics::new()),
+                warnings: WarnLimiter::new(WARN_INTERVAL),
             }),
         }
     }
@@ -97,27 +100,31 @@ impl TcpForwarder {
         let _open = inner.metrics.open_connection();
         let upstream = &inner.route.upstream;
         let connect = TcpStream::connect((upstream.host(), upstream.port()));
-        let mut upstream_stream =
-            match tokio::time::timeout(inner.config.upstream_connect_timeout, connect).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(error)) => {
-                    inner.metrics.upstream_error();
-                    tracing::warn!(%peer, %upstream, %error, "tcp route: upstream connect failed");
-                    return;
-                }
-                Err(_) => {
-                    inner.metrics.upstream_error();
-                    tracing::warn!(%peer, %upstream, "tcp route: upstream connect timed out");
-                    return;
-                }
-            };
+        let mut upstream_stream = match tokio::time::timeout(
+            inner.config.upstream_connect_timeout,
+            connect,
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(error)) => {
+                inner.metrics.upstream_error();
+                limited_warn!(inner.warnings, %peer, %upstream, %error, "tcp route: upstream connect failed");
+                return;
+            }
+            Err(_) => {
+                inner.metrics.upstream_error();
+                limited_warn!(inner.warnings, %peer, %upstream, "tcp route: upstream connect timed out");
+                return;
+            }
+        };
         // Latency only; forwarding works either way.
         let _ = upstream_stream.set_nodelay(true);
         if inner.route.proxy_protocol
             && let Err(error) = upstream_stream.write_all(&encode_v2(peer, local)).await
         {
             inner.metrics.upstream_error();
-            tracing::warn!(%peer, %upstream, %error, "tcp route: sending PROXY header failed");
+            limited_warn!(inner.warnings, %peer, %upstream, %error, "tcp route: sending PROXY header failed");
             return;
         }
         let clock = IdleClock::new();

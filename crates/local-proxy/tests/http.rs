@@ -496,3 +496,54 @@ async fn idle_connections_and_tunnels_are_closed_at_the_idle_timeout() {
         .await
         .unwrap();
 }
+
+/// Collects formatted log output.
+#[derive(Clone, Default)]
+struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn access_log_writes_one_line_per_request() {
+    let logs = LogBuffer::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer({
+            let logs = logs.clone();
+            move || logs.clone()
+        })
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    // A current-thread runtime: every task of this test runs on this thread.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let (_, p) = start_pair(config(|c| c.access_log = true)).await;
+    let _ = body_text(send(p.addr, get("/say?secret-query")).await).await;
+    let _ = body_text(send(p.addr, get("/status?503")).await).await;
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("local_proxy::access"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(
+        lines[0].contains("method=GET") && lines[0].contains("path=/say"),
+        "{text}"
+    );
+    assert!(
+        lines[0].contains("status=200") && lines[1].contains("status=503"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("secret-query"),
+        "query strings stay out of the log: {text}"
+    );
+}

@@ -32,7 +32,13 @@ async fn read_proxy_v2(stream: &mut TcpStream) -> (SocketAddr, SocketAddr) {
 }
 
 async fn start_forwarder(route: TcpRouteConfig) -> (SocketAddr, TcpForwarder, ConnectionTracker) {
-    let config = ProxyConfig::default();
+    start_forwarder_with(route, ProxyConfig::default()).await
+}
+
+async fn start_forwarder_with(
+    route: TcpRouteConfig,
+    config: ProxyConfig,
+) -> (SocketAddr, TcpForwarder, ConnectionTracker) {
     let tracker = ConnectionTracker::new(&config);
     let forwarder = TcpForwarder::new(route, &config);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -97,4 +103,42 @@ async fn refused_upstream_closes_the_client_and_counts() {
         .unwrap_or(0);
     assert_eq!(n, 0);
     assert_eq!(forwarder.metrics().snapshot().upstream_errors, 1);
+}
+
+#[tokio::test]
+async fn shutdown_closes_busy_forwards_at_the_drain_deadline() {
+    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_addr = upstream.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = upstream.accept().await.unwrap();
+        let mut buf = [0; 1024];
+        // Echo until the proxy closes us.
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut config = ProxyConfig::default();
+    config.drain_timeout = Duration::from_millis(300);
+    let (addr, _forwarder, tracker) =
+        start_forwarder_with(TcpRouteConfig::new(upstream_addr), config).await;
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    client.write_all(b"ping").await.unwrap();
+    let mut back = [0; 4];
+    client.read_exact(&mut back).await.unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(5), tracker.shutdown())
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        local_proxy::ShutdownOutcome::ForcedClose { closed: 1 }
+    );
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut rest)).await;
+    assert!(matches!(end, Ok(Ok(0)) | Ok(Err(_))), "{end:?}");
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "listener should be closed"
+    );
 }
