@@ -7,6 +7,7 @@
 
 mod error;
 mod raw;
+mod reload;
 mod types;
 mod validate;
 
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use wg_core::{IpNet, PeerConfig, PresharedKey, PrivateKey, PublicKey};
 
 pub use error::ConfigError;
+pub use reload::ConfigChanges;
 pub use types::{AdminListen, Endpoint, Host, format_duration, parse_duration};
 
 use raw::RawConfig;
@@ -212,7 +214,6 @@ impl Default for LogConfig {
     }
 }
 
-/// Smallest and largest accepted `mtu`.
 impl Config {
     /// Reads, parses and validates the file at `path`, resolving secrets from key files and
     /// environment variables. Does no DNS look-up.

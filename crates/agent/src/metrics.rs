@@ -57,6 +57,14 @@ impl<'a> MetricsWriter<'a> {
         self.out
     }
 
+    /// Appends text rendered elsewhere (complete lines, families not already written).
+    pub fn raw(&mut self, text: &str) {
+        self.out.push_str(text);
+        if !text.is_empty() && !text.ends_with('\n') {
+            self.out.push('\n');
+        }
+    }
+
     /// Writes the `# HELP` and `# TYPE` lines that open a family.
     pub fn family(&mut self, name: &str, kind: MetricKind, help: &str) {
         let help = help.replace('\\', "\\\\").replace('\n', "\\n");

@@ -16,6 +16,7 @@ use super::{
     RouteProtocol, parse_duration,
 };
 
+/// Smallest and largest accepted `mtu`.
 const MTU_RANGE: std::ops::RangeInclusive<u16> = 576..=65455;
 /// Accepted `max_header_bytes` (hyper needs at least 8 KiB of buffer).
 const HEADER_BYTES_RANGE: std::ops::RangeInclusive<u64> = 8192..=16 * 1024 * 1024;

@@ -1,0 +1,195 @@
+//! What a reload (`SIGHUP`) changes: gateways matched by public key, routes, the key, and the
+//! settings that only a restart can apply.
+
+use std::fmt;
+
+use super::Config;
+
+/// The difference between a running [`Config`] and a newly read one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConfigChanges {
+    /// Ids of gateways whose public key is new.
+    pub gateways_added: Vec<String>,
+    /// Ids (in the old file) of gateways whose public key is gone.
+    pub gateways_removed: Vec<String>,
+    /// Ids of gateways with the same public key and other settings changed (id, name,
+    /// endpoint, keepalive, probe, allowed IPs, preshared key).
+    pub gateways_changed: Vec<String>,
+    /// The agent's private key changed: every tunnel re-keys.
+    pub private_key_changed: bool,
+    /// `[[routes]]` changed.
+    pub routes_changed: bool,
+    /// `[proxy]` changed.
+    pub proxy_changed: bool,
+    /// `[log]` changed.
+    pub log_changed: bool,
+    /// Fields that changed but take effect only after a restart.
+    pub needs_restart: Vec<&'static str>,
+}
+
+impl ConfigChanges {
+    /// Compares the running config `old` with the newly read `new`.
+    pub fn between(old: &Config, new: &Config) -> Self {
+        let mut c = Self::default();
+        for g in &new.gateways {
+            match old.gateways.iter().find(|o| o.public_key == g.public_key) {
+                None => c.gateways_added.push(g.id.clone()),
+                Some(o) if o != g => c.gateways_changed.push(g.id.clone()),
+                Some(_) => {}
+            }
+        }
+        for o in &old.gateways {
+            if !new.gateways.iter().any(|g| g.public_key == o.public_key) {
+                c.gateways_removed.push(o.id.clone());
+            }
+        }
+        c.private_key_changed = old.agent.private_key != new.agent.private_key;
+        c.routes_changed = old.routes != new.routes;
+        c.proxy_changed = old.proxy != new.proxy;
+        c.log_changed = old.log != new.log;
+        let restart = [
+            (
+                "agent.virtual_ip",
+                old.agent.virtual_ip != new.agent.virtual_ip,
+            ),
+            ("agent.subnet", old.agent.subnet != new.agent.subnet),
+            (
+                "agent.listen_port",
+                old.agent.listen_port != new.agent.listen_port,
+            ),
+            ("agent.mtu", old.agent.mtu != new.agent.mtu),
+            ("admin.listen", old.admin != new.admin),
+        ];
+        c.needs_restart = restart
+            .iter()
+            .filter(|(_, changed)| *changed)
+            .map(|(f, _)| *f)
+            .collect();
+        c
+    }
+
+    /// True when nothing differs.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+impl fmt::Display for ConfigChanges {
+    /// One line for the log: `gateways +gw3 -gw1 ~gw2; routes changed; ...` or `no changes`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        let gateways: Vec<String> = [
+            ("+", &self.gateways_added),
+            ("-", &self.gateways_removed),
+            ("~", &self.gateways_changed),
+        ]
+        .iter()
+        .flat_map(|(sign, ids)| ids.iter().map(move |id| format!("{sign}{id}")))
+        .collect();
+        if !gateways.is_empty() {
+            parts.push(format!("gateways {}", gateways.join(" ")));
+        }
+        if self.private_key_changed {
+            parts.push("private key changed (every tunnel re-keys)".into());
+        }
+        for (changed, what) in [
+            (self.routes_changed, "routes"),
+            (self.proxy_changed, "proxy"),
+            (self.log_changed, "log"),
+        ] {
+            if changed {
+                parts.push(format!("{what} changed"));
+            }
+        }
+        if !self.needs_restart.is_empty() {
+            parts.push(format!(
+                "needs a restart to apply: {}",
+                self.needs_restart.join(", ")
+            ));
+        }
+        if parts.is_empty() {
+            f.write_str("no changes")
+        } else {
+            f.write_str(&parts.join("; "))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use wg_core::PrivateKey;
+
+    fn config(agent_key: &str, gateways: &[(&str, &str, &str)], extra: &str) -> Config {
+        let mut text = format!(
+            "[agent]\nprivate_key = \"{agent_key}\"\nvirtual_ip = \"10.1.0.100\"\nsubnet = \"10.1.0.0/24\"\n{extra}"
+        );
+        for (i, (id, key, endpoint)) in gateways.iter().enumerate() {
+            text += &format!(
+                "\n[[gateways]]\nid = \"{id}\"\npublic_key = \"{key}\"\nendpoint = \"{endpoint}\"\nvirtual_ip = \"10.1.0.{}\"\n",
+                i + 1
+            );
+        }
+        Config::from_toml_with_env(&text, Path::new("agent.toml"), &|_| None).unwrap()
+    }
+
+    #[test]
+    fn gateways_by_public_key() {
+        let agent = PrivateKey::generate().to_base64_secret().to_string();
+        let [k1, k2, k3] = [0; 3].map(|_| PrivateKey::generate().public_key().to_base64());
+        let old = config(
+            &agent,
+            &[("gw1", &k1, "192.0.2.1:1"), ("gw2", &k2, "192.0.2.2:1")],
+            "",
+        );
+        assert!(ConfigChanges::between(&old, &old).is_empty());
+        assert_eq!(ConfigChanges::between(&old, &old).to_string(), "no changes");
+
+        // gw1 removed, gw2 moved to another endpoint (and to position 0), gw3 added.
+        let new = config(
+            &agent,
+            &[("gw2", &k2, "192.0.2.9:1"), ("gw3", &k3, "192.0.2.3:1")],
+            "",
+        );
+        let c = ConfigChanges::between(&old, &new);
+        assert_eq!(c.gateways_added, ["gw3"]);
+        assert_eq!(c.gateways_removed, ["gw1"]);
+        assert_eq!(c.gateways_changed, ["gw2"]);
+        assert!(!c.private_key_changed && !c.routes_changed && c.needs_restart.is_empty());
+        assert_eq!(c.to_string(), "gateways +gw3 -gw1 ~gw2");
+
+        // Renaming the id of an unchanged key is a change, not a remove + add.
+        let renamed = config(
+            &agent,
+            &[("tokyo", &k1, "192.0.2.1:1"), ("gw2", &k2, "192.0.2.2:1")],
+            "",
+        );
+        let c = ConfigChanges::between(&old, &renamed);
+        assert_eq!((c.gateways_added.len(), c.gateways_removed.len()), (0, 0));
+        assert_eq!(c.gateways_changed, ["tokyo"]);
+    }
+
+    #[test]
+    fn key_routes_and_restart_fields() {
+        let agent = PrivateKey::generate().to_base64_secret().to_string();
+        let other = PrivateKey::generate().to_base64_secret().to_string();
+        let old = config(&agent, &[], "");
+        let new = config(
+            &other,
+            &[],
+            "mtu = 1380\n[[routes]]\nport = 81\nupstream = \"127.0.0.1:1\"\n[admin]\nlisten = \"off\"\n",
+        );
+        let c = ConfigChanges::between(&old, &new);
+        assert!(c.private_key_changed && c.routes_changed);
+        assert_eq!(c.needs_restart, ["agent.mtu", "admin.listen"]);
+        let line = c.to_string();
+        assert_eq!(
+            line,
+            "private key changed (every tunnel re-keys); routes changed; needs a restart to apply: agent.mtu, admin.listen"
+        );
+        assert!(!line.contains(&agent) && !line.contains(&other));
+    }
+}
