@@ -12,8 +12,11 @@ use std::time::Duration;
 #[non_exhaustive]
 pub struct ProxyConfig {
     /// Time a client has to send a complete request head. It also cuts clients that connect and
-    /// send nothing (including during HTTP/1-or-HTTP/2 detection) and bounds the wait for the
-    /// next request on a kept-alive HTTP/1 connection.
+    /// send nothing, and bounds the wait for the next request on a kept-alive HTTP/1 connection.
+    ///
+    /// The first request of a connection is bounded twice: its first bytes (while HTTP/1 or
+    /// HTTP/2 is detected) must arrive within this time, then hyper's own head timer starts; a
+    /// trickling client therefore gets at most twice this long, once per connection.
     pub header_read_timeout: Duration,
     /// Time to establish a TCP connection to the upstream (502 when exceeded).
     pub upstream_connect_timeout: Duration,

@@ -39,6 +39,11 @@ pub enum ShutdownOutcome {
 /// Clone it freely: clones share one state. Serve every route of a process with one tracker so
 /// that the limit and the shutdown cover all of them.
 ///
+/// What draining means per kind of connection: an HTTP/1 connection finishes its current
+/// request and closes (an idle kept-alive one closes at once); an HTTP/2 connection gets
+/// `GOAWAY` and finishes its open streams; an upgraded tunnel (WebSocket) or a TCP forward keeps
+/// running, as nothing can ask it to finish, until it ends or the drain timeout closes it.
+///
 /// Shutdown: [`shutdown`](Self::shutdown) does it all (stop accepting, wait up to
 /// `drain_timeout` for in-flight work, then close the rest and wait until they are gone). The
 /// steps are also available alone: [`begin_shutdown`](Self::begin_shutdown),

@@ -547,3 +547,58 @@ async fn access_log_writes_one_line_per_request() {
         "query strings stay out of the log: {text}"
     );
 }
+
+#[tokio::test]
+async fn forced_close_also_ends_in_flight_http2_streams() {
+    let (_, p) = start_pair(config(|c| c.drain_timeout = Duration::from_millis(200))).await;
+    let stream = TcpStream::connect(p.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("http://x/slow?5000")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let in_flight = tokio::spawn(async move { sender.send_request(req).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let outcome = tokio::time::timeout(Duration::from_secs(3), p.tracker.shutdown())
+        .await
+        .unwrap();
+    assert_eq!(outcome, ShutdownOutcome::ForcedClose { closed: 1 });
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    let answer = tokio::time::timeout(Duration::from_secs(3), in_flight)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(answer.is_err(), "the slow request cannot have completed");
+}
+
+#[tokio::test]
+async fn an_upgraded_tunnel_keeps_its_connection_slot() {
+    let (_, p) = start_pair(config(|c| c.max_connections = 1)).await;
+    let mut ws = TcpStream::connect(p.addr).await.unwrap();
+    ws.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert!(read_head(&mut ws).await.starts_with("HTTP/1.1 101"));
+    ws.write_all(b"hi").await.unwrap();
+    let mut back = [0; 2];
+    ws.read_exact(&mut back).await.unwrap();
+    let mut second = TcpStream::connect(p.addr).await.unwrap();
+    let mut buf = [0; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), second.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the tunnel holds the only slot");
+    assert_eq!(p.proxy.metrics().snapshot().connections_rejected, 1);
+    assert_eq!(p.proxy.metrics().snapshot().open_connections, 1);
+}
