@@ -602,3 +602,92 @@ async fn an_upgraded_tunnel_keeps_its_connection_slot() {
     assert_eq!(p.proxy.metrics().snapshot().connections_rejected, 1);
     assert_eq!(p.proxy.metrics().snapshot().open_connections, 1);
 }
+
+/// Deterministic pseudo-random numbers (xorshift64*), so a failure replays exactly.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// A valid request, then random damage: byte flips, cuts, inserted control bytes, or noise.
+fn mangled_request(rng: &mut Rng) -> Vec<u8> {
+    let valid: &[u8] = b"POST /echo?a=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\
+        Transfer-Encoding: chunked\r\nConnection: keep-alive, upgrade\r\nUpgrade: websocket\r\n\r\n\
+        5\r\nhello\r\n0\r\n\r\n";
+    let mut out = valid.to_vec();
+    match rng.below(4) {
+        0 => {
+            for _ in 0..1 + rng.below(8) {
+                let i = rng.below(out.len());
+                out[i] ^= 1 << rng.below(8);
+            }
+        }
+        1 => out.truncate(rng.below(out.len())),
+        2 => {
+            for _ in 0..1 + rng.below(6) {
+                let i = rng.below(out.len());
+                let b = [b'\r', b'\n', 0, b':', b' ', 0xff][rng.below(6)];
+                out.insert(i, b);
+            }
+        }
+        _ => out = (0..rng.below(300)).map(|_| rng.next() as u8).collect(),
+    }
+    out
+}
+
+#[tokio::test]
+async fn mangled_requests_never_break_the_proxy() {
+    let (_, p) = start_pair(config(|c| {
+        c.header_read_timeout = Duration::from_millis(500)
+    }))
+    .await;
+    let mut rng = Rng(0x5eed_1234_abcd_0001);
+    let inputs: Vec<Vec<u8>> = (0..200).map(|_| mangled_request(&mut rng)).collect();
+    for batch in inputs.chunks(20) {
+        let mut tasks = Vec::new();
+        for input in batch.iter().cloned() {
+            let addr = p.addr;
+            tasks.push(tokio::spawn(async move {
+                let mut s = TcpStream::connect(addr).await.unwrap();
+                let _ = s.write_all(&input).await;
+                let _ = s.shutdown().await;
+                let mut out = Vec::new();
+                let read =
+                    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+                assert!(
+                    read.is_ok(),
+                    "connection not closed for input {:?}",
+                    String::from_utf8_lossy(&input)
+                );
+                let text = String::from_utf8_lossy(&out);
+                assert!(
+                    out.is_empty() || text.starts_with("HTTP/1.1 "),
+                    "odd answer {text:?} to {:?}",
+                    String::from_utf8_lossy(&input)
+                );
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+    }
+    assert_eq!(
+        body_text(send(p.addr, get("/say?alive")).await).await,
+        "alive"
+    );
+    tokio::time::timeout(Duration::from_secs(3), p.tracker.drained())
+        .await
+        .unwrap();
+    let m = p.proxy.metrics().snapshot();
+    assert!(m.requests_by_class[3] > 50, "{m:?}");
+}
