@@ -37,10 +37,12 @@
 
 pub mod admin;
 pub mod config;
+mod demo;
 pub mod manager;
 pub mod metrics;
 mod runtime;
 pub mod snapshot;
 pub mod status;
 
-pub use runtime::{demo, run};
+pub use demo::demo;
+pub use runtime::{Agent, gateway_spec, manager_config, run};

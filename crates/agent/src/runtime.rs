@@ -1,21 +1,400 @@
-//! The runtime entry points the binary calls: `run` (the agent) and `demo`.
-//!
-//! Placeholder until the event loop, tunnel upkeep and Manager are wired in: both return an
-//! error saying so, which the binary reports with exit code 1.
+//! The running agent: the [`Manager`] plus one proxy per route on the virtual IP, the admin
+//! endpoint, `SIGHUP` reload and graceful drain. [`run`] is what `wg-agent run` calls.
 
+use std::collections::BTreeMap;
 use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
-use crate::config::Config;
+use anyhow::Context as _;
+use local_proxy::{Accept, ConnectionTracker, HttpProxy, RouteMetrics, TcpForwarder};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admin::{AdminAddr, AdminServer, StatusSource};
+use crate::config::{Config, GatewayConfig, RouteConfig, RouteProtocol};
+use crate::manager::{GatewaySpec, Manager, ManagerConfig};
+use crate::metrics::{AgentCounters, MetricsWriter, write_agent_counters};
+use crate::snapshot::{GatewayStatus, RouteStatus, StatusSnapshot};
 
 /// Runs the agent described by `config` until `shutdown` completes (SIGTERM/SIGINT in the
-/// binary), then drains and returns.
+/// binary), then drains: `/readyz` turns 503, in-flight requests get `drain_timeout`, then
+/// the tunnel closes. `SIGHUP` re-reads `config.path` and applies it.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
-    let _ = (config, shutdown);
-    anyhow::bail!("runtime not wired yet")
+    let admin_listen = AdminAddr::from_listen(&config.admin);
+    let agent = Agent::start(config).await?;
+    let (admin_stop, admin_stopped) = watch::channel(false);
+    let admin_task = match admin_listen {
+        Some(addr) => {
+            let server = AdminServer::bind(&addr)
+                .await
+                .with_context(|| format!("admin endpoint {addr}"))?;
+            let source: Arc<dyn StatusSource> = Arc::new(agent.clone());
+            let mut stopped = admin_stopped;
+            Some(tokio::spawn(server.serve(source, async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            })))
+        }
+        None => None,
+    };
+    sd_notify("READY=1");
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot install the SIGHUP handler")?;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            _ = hangup.recv() => {
+                sd_notify("RELOADING=1");
+                agent.reload().await;
+                sd_notify("READY=1");
+            }
+        }
+    }
+    sd_notify("STOPPING=1");
+    agent.stop().await;
+    let _ = admin_stop.send(true);
+    if let Some(task) = admin_task {
+        let _ = task.await;
+    }
+    Ok(())
 }
 
-/// Runs the self-contained loopback demo (gateway peer, sample app, agent) and prints its
-/// report to stdout.
-pub async fn demo() -> anyhow::Result<()> {
-    anyhow::bail!("runtime not wired yet: the demo needs the agent runtime")
+/// The agent: a [`Manager`] with its routes and their proxies. Cheap to clone.
+#[derive(Clone)]
+pub struct Agent {
+    inner: Arc<AgentInner>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("manager", &self.inner.manager)
+            .finish_non_exhaustive()
+    }
+}
+
+struct AgentInner {
+    manager: Manager,
+    config: Mutex<Config>,
+    routes: Mutex<BTreeMap<u16, Route>>,
+    tracker: ConnectionTracker,
+    draining: AtomicBool,
+}
+
+struct Route {
+    config: RouteConfig,
+    metrics: Arc<RouteMetrics>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Route {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A listener on the virtual IP, as local-proxy accepts connections.
+struct VipListener(netstack::TcpListener);
+
+impl Accept for VipListener {
+    type Stream = netstack::TcpStream;
+
+    async fn accept(&mut self) -> io::Result<Option<(Self::Stream, SocketAddr)>> {
+        self.0.accept().await.map(Some)
+    }
+
+    fn local_addr(&self) -> Option<SocketAddr> {
+        Some(self.0.local_addr())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The Manager's view of one configured gateway.
+pub fn gateway_spec(g: &GatewayConfig) -> GatewaySpec {
+    let mut spec = GatewaySpec::new(
+        g.id.clone(),
+        g.public_key,
+        Some(g.endpoint.clone()),
+        g.virtual_ip,
+    );
+    spec.name = g.name.clone();
+    spec.allowed_ips = g.allowed_ips.clone();
+    spec.preshared_key = g.preshared_key.clone();
+    spec.persistent_keepalive = (g.persistent_keepalive > 0)
+        .then(|| Duration::from_secs(u64::from(g.persistent_keepalive)));
+    spec.liveness_probe = g.liveness_probe;
+    spec
+}
+
+/// The Manager's configuration from the agent's.
+pub fn manager_config(config: &Config) -> ManagerConfig {
+    let mut m = ManagerConfig::new(config.agent.private_key.clone(), config.agent.virtual_ip);
+    m.listen_port = config.agent.listen_port;
+    m.mtu = config.agent.mtu;
+    m.gateways = config.gateways.iter().map(gateway_spec).collect();
+    // Room for every proxied connection plus closing ones.
+    m.netstack.max_connections = m
+        .netstack
+        .max_connections
+        .max(config.proxy.max_connections * 2);
+    m
+}
+
+impl Agent {
+    /// Starts the Manager (tunnel) and one proxy per route.
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        if config.gateways.is_empty() {
+            tracing::warn!(
+                "no gateways configured: nothing can reach the app until some are added"
+            );
+        }
+        let manager = Manager::start(manager_config(&config))
+            .await
+            .with_context(|| format!("{}: cannot start the tunnel", config.path.display()))?;
+        let tracker = ConnectionTracker::new(&config.proxy);
+        let agent = Self {
+            inner: Arc::new(AgentInner {
+                manager,
+                config: Mutex::new(config.clone()),
+                routes: Mutex::new(BTreeMap::new()),
+                tracker,
+                draining: AtomicBool::new(false),
+            }),
+        };
+        agent.apply_routes(&config)?;
+        Ok(agent)
+    }
+
+    /// The tunnel underneath.
+    pub fn manager(&self) -> &Manager {
+        &self.inner.manager
+    }
+
+    /// Starts, replaces or stops route proxies so they match `config.routes`; unchanged routes
+    /// (same port, protocol, upstream and options) keep serving untouched.
+    fn apply_routes(&self, config: &Config) -> anyhow::Result<()> {
+        let mut routes = lock(&self.inner.routes);
+        let wanted: BTreeMap<u16, &RouteConfig> =
+            config.routes.iter().map(|r| (r.port, r)).collect();
+        routes.retain(|port, route| {
+            let keep = wanted.get(port).is_some_and(|w| **w == route.config);
+            if !keep {
+                tracing::info!(port, "route stopped");
+            }
+            keep
+        });
+        for (port, route) in wanted {
+            if routes.contains_key(&port) {
+                continue;
+            }
+            let listener = self.inner.manager.listen(port).with_context(|| {
+                format!(
+                    "{}: routes: cannot listen on port {port}",
+                    config.path.display()
+                )
+            })?;
+            let listener = VipListener(listener);
+            let tracker = self.inner.tracker.clone();
+            let (metrics, task) = match route.protocol {
+                RouteProtocol::Tcp => {
+                    let tcp = route
+                        .tcp_route()
+                        .context("tcp route without tcp settings")?;
+                    let forwarder = TcpForwarder::new(tcp, &config.proxy);
+                    let metrics = Arc::clone(forwarder.metrics());
+                    let task =
+                        tokio::spawn(async move { forwarder.serve(listener, &tracker).await });
+                    (metrics, task)
+                }
+                _ => {
+                    let http = route
+                        .http_route()
+                        .context("http route without http settings")?;
+                    let proxy = HttpProxy::new(http, &config.proxy);
+                    let metrics = Arc::clone(proxy.metrics());
+                    let task = tokio::spawn(async move { proxy.serve(listener, &tracker).await });
+                    (metrics, task)
+                }
+            };
+            tracing::info!(port, protocol = %route.protocol, upstream = %route.upstream, "route serving");
+            routes.insert(
+                port,
+                Route {
+                    config: route.clone(),
+                    metrics,
+                    task,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Re-reads the config file and applies gateways (by difference), routes and the private
+    /// key. An invalid file is refused with one log line; the running config stays.
+    pub async fn reload(&self) {
+        let path = lock(&self.inner.config).path.clone();
+        let new = match Config::load(&path) {
+            Ok(new) => new,
+            Err(error) => {
+                tracing::error!("config reload refused, keeping the running config: {error}");
+                return;
+            }
+        };
+        let old = lock(&self.inner.config).clone();
+        for (field, changed) in [
+            (
+                "agent.virtual_ip",
+                old.agent.virtual_ip != new.agent.virtual_ip,
+            ),
+            (
+                "agent.listen_port",
+                old.agent.listen_port != new.agent.listen_port,
+            ),
+            ("agent.mtu", old.agent.mtu != new.agent.mtu),
+            ("admin.listen", old.admin != new.admin),
+        ] {
+            if changed {
+                tracing::warn!(
+                    "{}: `{field}` changed: it applies at the next restart",
+                    path.display()
+                );
+            }
+        }
+        let manager = &self.inner.manager;
+        manager.set_private_key(new.agent.private_key.clone()).await;
+        let specs = new.gateways.iter().map(gateway_spec).collect();
+        let update = match manager.update_gateways(specs).await {
+            Ok(update) => update,
+            Err(error) => {
+                tracing::error!("config reload refused, keeping the running config: {error}");
+                return;
+            }
+        };
+        if let Err(error) = self.apply_routes(&new) {
+            tracing::error!("config reload: routes not fully applied: {error:#}");
+        }
+        tracing::info!(
+            added = update.added.len(),
+            removed = update.removed.len(),
+            changed = update.changed.len(),
+            unchanged = update.unchanged.len(),
+            routes = new.routes.len(),
+            "config reloaded"
+        );
+        *lock(&self.inner.config) = new;
+    }
+
+    /// Graceful stop: readiness off, proxies drain within `drain_timeout`, tunnel closes.
+    pub async fn stop(&self) {
+        self.inner.draining.store(true, Relaxed);
+        tracing::info!("shutting down: draining in-flight requests");
+        let outcome = self.inner.tracker.shutdown().await;
+        tracing::info!(outcome = ?outcome, "proxies stopped");
+        lock(&self.inner.routes).clear();
+        self.inner.manager.close().await;
+    }
+
+    /// The status document (`/status`, `wg-agent status --json`).
+    pub fn snapshot(&self) -> StatusSnapshot {
+        let gateways = self
+            .inner
+            .manager
+            .stats()
+            .into_iter()
+            .map(|s| {
+                let last = s.last_handshake_unix();
+                GatewayStatus::new(
+                    s.id,
+                    s.name,
+                    s.public_key.to_base64(),
+                    s.endpoint,
+                    s.state,
+                    last,
+                    s.rx_bytes,
+                    s.tx_bytes,
+                )
+            })
+            .collect();
+        let routes = lock(&self.inner.config)
+            .routes
+            .iter()
+            .map(RouteStatus::from_config)
+            .collect();
+        StatusSnapshot::new(self.inner.manager.virtual_ip(), gateways, routes)
+    }
+}
+
+impl StatusSource for Agent {
+    fn snapshot(&self) -> StatusSnapshot {
+        Agent::snapshot(self)
+    }
+
+    fn write_metrics(&self, w: &mut MetricsWriter<'_>) {
+        let manager = &self.inner.manager;
+        let stack = manager.netstack().stats();
+        let mut counters = AgentCounters {
+            open_connections: stack.tcp_sockets as u64,
+            ..AgentCounters::default()
+        };
+        for (reason, n) in manager.wg_drops().iter() {
+            *counters
+                .dropped_packets
+                .entry(format!("wg_{}", reason.as_str()))
+                .or_default() += n;
+        }
+        for reason in netstack::DropReason::ALL {
+            *counters
+                .dropped_packets
+                .entry(format!("stack_{}", reason.as_str()))
+                .or_default() += stack.dropped.get(reason);
+        }
+        let t = manager.counters();
+        counters.dropped_packets.insert(
+            "transmit_overflow".into(),
+            t.transmit_overflow.load(Relaxed),
+        );
+        write_agent_counters(w, &counters);
+        let routes: Vec<(String, local_proxy::MetricsSnapshot)> = lock(&self.inner.routes)
+            .iter()
+            .map(|(port, r)| (format!("port=\"{port}\""), r.metrics.snapshot()))
+            .collect();
+        let refs: Vec<(&str, &local_proxy::MetricsSnapshot)> =
+            routes.iter().map(|(l, m)| (l.as_str(), m)).collect();
+        let mut text = String::new();
+        local_proxy::render_prometheus(&mut text, "wg_agent_route", &refs);
+        w.raw(&text);
+    }
+
+    fn draining(&self) -> bool {
+        self.inner.draining.load(Relaxed)
+    }
+}
+
+/// Tells systemd (`Type=notify`) about readiness when `NOTIFY_SOCKET` is set.
+fn sd_notify(state: &str) {
+    use std::os::unix::net::UnixDatagram;
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(socket) = UnixDatagram::unbound() else {
+        return;
+    };
+    let bytes = path.as_encoded_bytes();
+    let sent = if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt as _;
+        std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|addr| socket.send_to_addr(state.as_bytes(), &addr))
+    } else {
+        socket.send_to(state.as_bytes(), &path)
+    };
+    if let Err(error) = sent {
+        tracing::debug!(%error, "sd_notify failed");
+    }
 }
