@@ -80,8 +80,9 @@ pub(crate) fn execute(cli: Cli) -> ExitCode {
         Command::Run { config, log } => run(&config, &log),
         Command::Check { config } => check(&config),
         Command::Genkey => {
-            println!("{}", PrivateKey::generate().to_base64_secret().as_str());
-            ExitCode::SUCCESS
+            warn_if_stdout_is_readable_file();
+            let key = PrivateKey::generate().to_base64_secret();
+            emit(&zeroize::Zeroizing::new(format!("{}\n", key.as_str())))
         }
         Command::Pubkey => pubkey(),
         Command::Status {
@@ -117,6 +118,31 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
+/// Writes a result to stdout; a closed stdout is a runtime failure, not a panic.
+fn emit(text: &str) -> ExitCode {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => fail(EXIT_RUNTIME, format!("cannot write to stdout: {error}")),
+    }
+}
+
+/// `wg genkey`'s habit: warn when the key is about to land in a file others can read.
+fn warn_if_stdout_is_readable_file() {
+    use std::os::unix::fs::PermissionsExt as _;
+    // /proc/self/fd/1 resolves to the file behind stdout (Linux); elsewhere this is skipped.
+    if let Ok(meta) = std::fs::metadata("/proc/self/fd/1")
+        && meta.is_file()
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        eprintln!(
+            "wg-agent: warning: writing a private key to a file readable by group or others; \
+             `wg-agent check` refuses such a key file: run `chmod 600` on it (or `umask 077` first)"
+        );
+    }
+}
+
 fn count(n: usize, noun: &str) -> String {
     format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
 }
@@ -131,10 +157,7 @@ fn pubkey() -> ExitCode {
         return fail(EXIT_CONFIG, "pubkey: stdin is not a base64 private key");
     };
     match PrivateKey::from_base64(text) {
-        Ok(key) => {
-            println!("{}", key.public_key());
-            ExitCode::SUCCESS
-        }
+        Ok(key) => emit(&format!("{}\n", key.public_key())),
         Err(reason) => fail(
             EXIT_CONFIG,
             format!("pubkey: stdin is not a base64 private key: {reason}"),
@@ -263,11 +286,8 @@ fn status(admin: Option<AdminAddr>, config: Option<&Path>, json: bool) -> ExitCo
         Err(error) => return fail(EXIT_RUNTIME, error),
     };
     if json {
-        print!("{body}");
-        if !body.ends_with('\n') {
-            println!();
-        }
-        return ExitCode::SUCCESS;
+        let newline = if body.ends_with('\n') { "" } else { "\n" };
+        return emit(&format!("{body}{newline}"));
     }
     let snapshot: StatusSnapshot = match serde_json::from_str(&body) {
         Ok(s) => s,
@@ -281,8 +301,7 @@ fn status(admin: Option<AdminAddr>, config: Option<&Path>, json: bool) -> ExitCo
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    print!("{}", agent::status::render_table(&snapshot, now));
-    ExitCode::SUCCESS
+    emit(&agent::status::render_table(&snapshot, now))
 }
 
 #[cfg(test)]

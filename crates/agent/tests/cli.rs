@@ -165,6 +165,33 @@ fn genkey_pubkey_round_trip() {
 }
 
 #[test]
+fn genkey_warns_when_writing_to_a_readable_file() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = TempDir::new();
+    for (mode, warns) in [(0o644, true), (0o600, false)] {
+        let path = dir.write("agent.key", "", mode);
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let o = Command::new(BIN)
+            .arg("genkey")
+            .stdout(file)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0));
+        assert_eq!(
+            stderr(&o).contains("chmod 600"),
+            warns,
+            "mode {mode:o}: {}",
+            stderr(&o)
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap().trim().len(), 44);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            mode
+        );
+    }
+}
+
+#[test]
 fn pubkey_refuses_bad_input_with_exit_2() {
     for input in ["", "not-a-key", "AAAA", &"A".repeat(5000)] {
         let o = run_with_stdin(&["pubkey"], input);

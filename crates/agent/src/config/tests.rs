@@ -639,6 +639,12 @@ fn syntax_errors_name_line_and_field() {
     assert!(e.contains("agent.toml:1:"), "{e}");
     let e = err("[nonsense]\n");
     assert!(e.contains("unknown field `nonsense`"), "{e}");
+    let e = err(&(agent_section(&k) + "routes = []\n"));
+    assert!(
+        e.contains("agent.routes: unknown field `routes`")
+            && e.contains("before the first [table]"),
+        "{e}"
+    );
 }
 
 #[test]

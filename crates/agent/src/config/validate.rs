@@ -70,7 +70,17 @@ pub(super) fn syntax_error(path: &Path, text: &str, error: &toml::de::Error) -> 
     let message = if SECRET_FIELDS.contains(&last) {
         "expected a base64 key in a string (value not shown)".to_owned()
     } else {
-        error.message().trim().to_owned()
+        let message = error.message().trim();
+        let misplaced = ["routes", "gateways", "agent", "proxy", "admin", "log"]
+            .iter()
+            .any(|t| message.starts_with(&format!("unknown field `{t}`")));
+        if misplaced && field.contains('.') {
+            format!(
+                "{message} (a top-level key such as `routes = []` must come before the first [table])"
+            )
+        } else {
+            message.to_owned()
+        }
     };
     ConfigError::Syntax {
         path: path.to_owned(),
