@@ -655,8 +655,8 @@ async fn mangled_requests_never_break_the_proxy() {
     let inputs: Vec<Vec<u8>> = (0..200).map(|_| mangled_request(&mut rng)).collect();
     for batch in inputs.chunks(20) {
         let mut tasks = Vec::new();
-        for input in batch.iter().cloned() {
-            let addr = p.addr;
+        for input in batch {
+            let (addr, input) = (p.addr, input.clone());
             tasks.push(tokio::spawn(async move {
                 let mut s = TcpStream::connect(addr).await.unwrap();
                 let _ = s.write_all(&input).await;
