@@ -1,98 +1,158 @@
-//! Bounded queues of reusable buffers: outputs wait here until the caller polls them.
+//! Bounded output queues whose buffers stay in place and are reused (no allocation per packet).
 //!
-//! A buffer is taken from the pool, written by boringtun, queued, and returned to the pool when
-//! the caller polls the next output. After warm-up the packet path allocates nothing.
+//! boringtun writes straight into the free slot at the tail; the caller's `poll_*` reads the
+//! slot at the head. When the queue is empty it restarts at slot 0, so a caller that drains
+//! after every input keeps reusing the same few (cache-hot) buffers.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 
 use crate::PublicKey;
 
-/// Buffers grown past this (by a jumbo datagram) are freed instead of kept in the pool.
+/// Buffers grown past this (by a jumbo datagram) are freed instead of kept.
 const KEEP_CAPACITY: usize = 16 * 1024;
 
-#[derive(Debug, Default)]
-pub(crate) struct Pool {
-    free: Vec<Vec<u8>>,
-    max_free: usize,
-}
-
-impl Pool {
-    pub(crate) fn new(max_free: usize) -> Self {
-        Self {
-            free: Vec::new(),
-            max_free,
-        }
-    }
-
-    /// A buffer of at least `len` bytes (its contents are stale, not zeroed).
-    #[inline]
-    pub(crate) fn take(&mut self, len: usize) -> Vec<u8> {
-        let mut buf = self.free.pop().unwrap_or_default();
-        if buf.len() < len {
-            buf.resize(len, 0);
-        }
-        buf
-    }
-
-    #[inline]
-    pub(crate) fn give(&mut self, buf: Vec<u8>) {
-        if self.free.len() < self.max_free && buf.capacity() <= KEEP_CAPACITY {
-            self.free.push(buf);
-        }
-    }
-}
-
-#[derive(Debug)]
-pub(crate) struct TxEntry {
+/// What a transmit slot holds besides its bytes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TxMeta {
     pub(crate) destination: SocketAddr,
-    pub(crate) buf: Vec<u8>,
     pub(crate) len: usize,
 }
 
-#[derive(Debug)]
-pub(crate) struct RxEntry {
-    pub(crate) peer: PublicKey,
-    pub(crate) buf: Vec<u8>,
-    pub(crate) len: usize,
-}
-
-/// A FIFO with a fixed bound; `push` hands the entry back when full.
-#[derive(Debug)]
-pub(crate) struct Bounded<T> {
-    items: VecDeque<T>,
-    cap: usize,
-}
-
-impl<T> Bounded<T> {
-    pub(crate) fn new(cap: usize) -> Self {
+impl Default for TxMeta {
+    fn default() -> Self {
         Self {
-            items: VecDeque::new(),
-            cap,
+            destination: SocketAddr::from(([0, 0, 0, 0], 0)),
+            len: 0,
+        }
+    }
+}
+
+/// What a received slot holds besides its bytes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RxMeta {
+    pub(crate) peer: PublicKey,
+    pub(crate) len: usize,
+}
+
+impl Default for RxMeta {
+    fn default() -> Self {
+        Self {
+            peer: PublicKey::from_bytes([0; 32]),
+            len: 0,
+        }
+    }
+}
+
+pub(crate) trait Len {
+    fn len(&self) -> usize;
+}
+
+impl Len for TxMeta {
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl Len for RxMeta {
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+/// A FIFO of at most `cap` buffers.
+#[derive(Debug)]
+pub(crate) struct Ring<M> {
+    bufs: Vec<Vec<u8>>,
+    meta: Vec<M>,
+    head: usize,
+    len: usize,
+}
+
+impl<M: Copy + Default + Len> Ring<M> {
+    pub(crate) fn new(cap: usize) -> Self {
+        let cap = cap.max(1);
+        Self {
+            bufs: (0..cap).map(|_| Vec::new()).collect(),
+            meta: vec![M::default(); cap],
+            head: 0,
+            len: 0,
         }
     }
 
     #[inline]
     pub(crate) fn is_full(&self) -> bool {
-        self.items.len() >= self.cap
+        self.len == self.bufs.len()
     }
 
     #[inline]
-    pub(crate) fn push(&mut self, item: T) -> Result<(), T> {
-        if self.is_full() {
-            return Err(item);
-        }
-        self.items.push_back(item);
-        Ok(())
-    }
-
-    #[inline]
-    pub(crate) fn pop(&mut self) -> Option<T> {
-        self.items.pop_front()
-    }
-
     pub(crate) fn len(&self) -> usize {
-        self.items.len()
+        self.len
+    }
+
+    #[inline]
+    fn tail(&self) -> usize {
+        let i = self.head + self.len;
+        if i >= self.bufs.len() {
+            i - self.bufs.len()
+        } else {
+            i
+        }
+    }
+
+    /// The free slot at the tail, at least `min_len` bytes long (stale contents), or `None`
+    /// when full. Write into it, then [`Ring::commit`]; without a commit it stays free.
+    #[inline]
+    pub(crate) fn free_slot(&mut self, min_len: usize) -> Option<&mut [u8]> {
+        if self.len == 0 {
+            self.head = 0;
+        } else if self.is_full() {
+            return None;
+        }
+        let i = self.tail();
+        let buf = &mut self.bufs[i];
+        if buf.len() < min_len {
+            if buf.capacity() > KEEP_CAPACITY && min_len <= KEEP_CAPACITY {
+                *buf = Vec::new();
+            }
+            buf.resize(min_len, 0);
+        } else if buf.len() > KEEP_CAPACITY && min_len <= KEEP_CAPACITY {
+            // Release a jumbo buffer once ordinary traffic is back.
+            *buf = vec![0; min_len];
+        }
+        Some(&mut buf[..])
+    }
+
+    /// Queues the tail slot written after [`Ring::free_slot`].
+    #[inline]
+    pub(crate) fn commit(&mut self, meta: M) {
+        debug_assert!(!self.is_full());
+        let i = self.tail();
+        self.meta[i] = meta;
+        self.len += 1;
+    }
+
+    /// Queues a copy of `bytes`; `false` when full.
+    pub(crate) fn push_copy(&mut self, bytes: &[u8], meta: M) -> bool {
+        let Some(slot) = self.free_slot(bytes.len()) else {
+            return false;
+        };
+        slot[..bytes.len()].copy_from_slice(bytes);
+        self.commit(meta);
+        true
+    }
+
+    /// The oldest queued slot; its bytes stay valid until the next mutation.
+    #[inline]
+    pub(crate) fn pop(&mut self) -> Option<(&[u8], M)> {
+        if self.len == 0 {
+            return None;
+        }
+        let i = self.head;
+        self.head = if i + 1 == self.bufs.len() { 0 } else { i + 1 };
+        self.len -= 1;
+        let meta = self.meta[i];
+        let len = meta.len().min(self.bufs[i].len());
+        Some((&self.bufs[i][..len], meta))
     }
 }
 
@@ -100,30 +160,45 @@ impl<T> Bounded<T> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn pool_reuses_and_bounds() {
-        let mut pool = Pool::new(2);
-        let a = pool.take(100);
-        assert!(a.len() >= 100);
-        let ptr = a.as_ptr();
-        pool.give(a);
-        let b = pool.take(50);
-        assert_eq!(b.as_ptr(), ptr, "buffer reused");
-        pool.give(b);
-        pool.give(vec![0; 10]);
-        pool.give(vec![0; 10]);
-        assert_eq!(pool.free.len(), 2);
-        pool.give(vec![0; 100_000]);
-        assert_eq!(pool.free.len(), 2);
+    fn meta(len: usize) -> TxMeta {
+        TxMeta {
+            len,
+            ..TxMeta::default()
+        }
     }
 
     #[test]
-    fn bounded_queue_refuses_past_cap() {
-        let mut q = Bounded::new(2);
-        assert!(q.push(1).is_ok());
-        assert!(q.push(2).is_ok());
-        assert_eq!(q.push(3), Err(3));
-        assert_eq!(q.pop(), Some(1));
-        assert_eq!(q.len(), 1);
+    fn fifo_bounded_and_reused() {
+        let mut r: Ring<TxMeta> = Ring::new(2);
+        assert!(r.push_copy(b"one", meta(3)));
+        assert!(r.push_copy(b"two!", meta(4)));
+        assert!(r.is_full());
+        assert!(!r.push_copy(b"x", meta(1)));
+        assert_eq!(r.pop().unwrap().0, b"one");
+        assert!(r.push_copy(b"3", meta(1)));
+        assert_eq!(r.pop().unwrap().0, b"two!");
+        assert_eq!(r.pop().unwrap().0, b"3");
+        assert!(r.pop().is_none());
+        assert_eq!(r.len(), 0);
+    }
+
+    #[test]
+    fn uncommitted_slot_stays_free_and_empty_queue_restarts_at_zero() {
+        let mut r: Ring<TxMeta> = Ring::new(4);
+        let p = r.free_slot(10).unwrap().as_ptr();
+        assert!(r.pop().is_none(), "not committed");
+        r.commit(meta(10));
+        let _ = r.pop();
+        let q = r.free_slot(10).unwrap().as_ptr();
+        assert_eq!(p, q, "the same hot buffer again");
+    }
+
+    #[test]
+    fn jumbo_buffers_are_released() {
+        let mut r: Ring<TxMeta> = Ring::new(1);
+        assert!(r.push_copy(&vec![1; 60_000], meta(60_000)));
+        let _ = r.pop();
+        let slot = r.free_slot(100).unwrap();
+        assert_eq!(slot.len(), 100);
     }
 }

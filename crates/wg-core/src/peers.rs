@@ -1,6 +1,6 @@
 //! The engine: [`Peers`], a sans-IO WireGuard device for several peers over boringtun.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -14,7 +14,7 @@ use boringtun::x25519;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::buffers::{Bounded, Pool, RxEntry, TxEntry};
+use crate::buffers::{Ring, RxMeta, TxMeta};
 use crate::ipnet::RouteTable;
 use crate::peer::{Peer, REJECT_AFTER, REKEY_AFTER, REKEY_ATTEMPT, backoff_delay};
 use crate::stats::{DropCounts, DropReason, HandshakeState, PeerStats, Stats};
@@ -168,13 +168,11 @@ pub struct Peers {
     by_key: BTreeMap<PublicKey, usize>,
     by_index: IndexMap,
     routes: RouteTable<usize>,
-    pool: Pool,
-    transmits: Bounded<TxEntry>,
-    received: Bounded<RxEntry>,
-    events: Bounded<Event>,
-    /// The buffer of the last polled transmit or received packet (borrowed by the caller).
-    polled_tx: Option<Vec<u8>>,
-    polled_rx: Option<Vec<u8>>,
+    tx: Ring<TxMeta>,
+    rx: Ring<RxMeta>,
+    events: VecDeque<Event>,
+    /// Output of boringtun for handshake messages (at most 148 bytes in and out).
+    scratch: [u8; 256],
     drops: DropCounts,
     events_dropped: u64,
     next_tick: Option<Instant>,
@@ -209,13 +207,12 @@ impl Peers {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_os_rng(),
         };
-        let pool_size = config.max_transmits + config.max_received + 2;
         Self {
             limiter: new_limiter(&public, &config),
-            transmits: Bounded::new(config.max_transmits),
-            received: Bounded::new(config.max_received),
-            events: Bounded::new(config.max_events),
-            pool: Pool::new(pool_size),
+            tx: Ring::new(config.max_transmits),
+            rx: Ring::new(config.max_received),
+            events: VecDeque::new(),
+            scratch: [0; 256],
             config,
             private_key,
             secret,
@@ -224,8 +221,6 @@ impl Peers {
             by_key: BTreeMap::new(),
             by_index: IndexMap::default(),
             routes: RouteTable::default(),
-            polled_tx: None,
-            polled_rx: None,
             drops: DropCounts::default(),
             events_dropped: 0,
             next_tick: None,
@@ -417,32 +412,18 @@ impl Peers {
             peer.drops.add(DropReason::NoEndpoint);
             return Err(self.drop_global(DropReason::NoEndpoint));
         };
-        if self.transmits.is_full() {
+        if self.tx.is_full() {
             peer.drops.add(DropReason::QueueFull);
             return Err(self.drop_global(DropReason::QueueFull));
         }
         peer.last_data_sent = Some(now);
-        let mut buf = self
-            .pool
-            .take((packet.len() + DATA_OVERHEAD).max(HANDSHAKE_INIT_LEN));
-        let result = peer.tunn.encapsulate(packet, &mut buf);
-        match result {
-            TunnResult::WriteToNetwork(out) => {
-                let len = out.len();
-                let kind = out[0];
-                self.after_send(slot, kind, len, now);
-                self.push_transmit(endpoint, buf, len);
-                Ok(())
-            }
-            TunnResult::Err(e) => {
-                self.pool.give(buf);
-                Err(self.drop_peer(slot, reason_of(&e)))
-            }
-            // Queued inside boringtun until the handshake completes.
-            _ => {
-                self.pool.give(buf);
-                Ok(())
-            }
+        let need = (packet.len() + DATA_OVERHEAD).max(HANDSHAKE_INIT_LEN);
+        // Without a session boringtun queues the packet and writes an initiation instead.
+        match self.emit(slot, need, Some(endpoint), now, |t, b| {
+            t.encapsulate(packet, b)
+        }) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.drop_peer(slot, reason_of(&e))),
         }
     }
 
@@ -466,44 +447,36 @@ impl Peers {
 
     /// The next datagram to send, if any.
     pub fn poll_transmit(&mut self) -> Option<Transmit<'_>> {
-        let entry = self.transmits.pop()?;
-        if let Some(old) = self.polled_tx.replace(entry.buf) {
-            self.pool.give(old);
-        }
-        let buf = self.polled_tx.as_deref()?;
+        let (payload, meta) = self.tx.pop()?;
         Some(Transmit {
-            destination: entry.destination,
-            payload: &buf[..entry.len],
+            destination: meta.destination,
+            payload,
         })
     }
 
     /// The next decrypted IP packet for the network stack, if any.
     pub fn poll_received(&mut self) -> Option<Received<'_>> {
-        let entry = self.received.pop()?;
-        if let Some(old) = self.polled_rx.replace(entry.buf) {
-            self.pool.give(old);
-        }
-        let buf = self.polled_rx.as_deref()?;
+        let (packet, meta) = self.rx.pop()?;
         Some(Received {
-            peer: entry.peer,
-            packet: &buf[..entry.len],
+            peer: meta.peer,
+            packet,
         })
     }
 
     /// Datagrams waiting for [`Peers::poll_transmit`].
     pub fn queued_transmits(&self) -> usize {
-        self.transmits.len()
+        self.tx.len()
     }
 
     /// Packets waiting for [`Peers::poll_received`] (the caller's back-pressure signal: stop
     /// reading the socket while the network stack cannot take more).
     pub fn queued_received(&self) -> usize {
-        self.received.len()
+        self.rx.len()
     }
 
     /// The next state change, if any.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop()
+        self.events.pop_front()
     }
 
     /// When [`Peers::handle_timeout`] should next be called; `None` when nothing is scheduled.
@@ -576,9 +549,15 @@ impl Peers {
             Ok(_) => return Err(self.drop_global(DropReason::Malformed)),
             Err(TunnResult::WriteToNetwork(reply)) => {
                 let len = reply.len();
-                let mut buf = self.pool.take(len);
-                buf[..len].copy_from_slice(reply);
-                self.push_transmit(from, buf, len);
+                if !self.tx.push_copy(
+                    reply,
+                    TxMeta {
+                        destination: from,
+                        len,
+                    },
+                ) {
+                    self.drops.add(DropReason::QueueFull);
+                }
                 tracing::trace!(%from, "under load: cookie reply sent");
                 return Err(self.drop_global(DropReason::UnderLoad));
             }
@@ -601,113 +580,167 @@ impl Peers {
         now: Instant,
     ) -> Result<(), PacketError> {
         let kind = datagram[0];
-        // boringtun panics when `dst` is shorter than the datagram: size it first.
-        let mut buf = self.pool.take(datagram.len().max(HANDSHAKE_INIT_LEN));
+        let wire = datagram.len();
         let Some(peer) = self.slots[slot].as_mut() else {
-            self.pool.give(buf);
             return Err(self.drop_global(DropReason::UnknownIndex));
         };
-        match peer.tunn.decapsulate(Some(from.ip()), datagram, &mut buf) {
+        if kind != DATA {
+            return self.decapsulate_handshake(slot, from, datagram, now);
+        }
+        // Data decrypts straight into the received queue's free slot. boringtun panics when
+        // `dst` is shorter than the datagram: the slot is at least as long.
+        let Some(buf) = self.rx.free_slot(wire) else {
+            peer.drops.add(DropReason::QueueFull);
+            return Err(self.drop_global(DropReason::QueueFull));
+        };
+        let (src, len) = match peer.tunn.decapsulate(Some(from.ip()), datagram, buf) {
+            TunnResult::WriteToTunnelV4(p, src) => (IpAddr::V4(src), p.len()),
+            TunnResult::WriteToTunnelV6(p, src) => (IpAddr::V6(src), p.len()),
             TunnResult::Done => {
-                self.pool.give(buf);
-                if kind == DATA {
-                    // An authenticated keepalive.
-                    self.authenticated(slot, from, datagram.len(), now);
-                } else if kind == COOKIE_REPLY {
+                // An authenticated keepalive.
+                self.authenticated(slot, from, wire, now);
+                return Ok(());
+            }
+            TunnResult::WriteToNetwork(_) => return Err(self.drop_peer(slot, DropReason::Other)),
+            TunnResult::Err(e) => {
+                tracing::trace!(%from, error = ?e, "data message refused");
+                return Err(self.drop_peer(slot, reason_of(&e)));
+            }
+        };
+        // Authenticated: count it, and follow the peer if it moved (roaming).
+        let key = peer.config.public_key;
+        peer.rx_bytes += wire as u64;
+        peer.last_received = Some(now);
+        peer.last_traversal = Some(now);
+        peer.used = true;
+        if peer.endpoint != Some(from) {
+            self.roam(slot, from);
+        }
+        if self.routes.lookup(src) != Some(slot) {
+            tracing::trace!(%src, "source address not in the peer's allowed IPs");
+            return Err(self.drop_peer(slot, DropReason::AllowedIpMismatch));
+        }
+        self.rx.commit(RxMeta { peer: key, len });
+        Ok(())
+    }
+
+    /// Handshake initiation, response or cookie reply, already routed to `slot`.
+    fn decapsulate_handshake(
+        &mut self,
+        slot: usize,
+        from: SocketAddr,
+        datagram: &[u8],
+        now: Instant,
+    ) -> Result<(), PacketError> {
+        let kind = datagram[0];
+        let Some(peer) = self.slots[slot].as_mut() else {
+            return Err(self.drop_global(DropReason::UnknownIndex));
+        };
+        match peer
+            .tunn
+            .decapsulate(Some(from.ip()), datagram, &mut self.scratch)
+        {
+            TunnResult::Done => {
+                if kind == COOKIE_REPLY {
                     self.on_cookie(slot, now);
                 }
                 Ok(())
             }
             TunnResult::WriteToNetwork(out) => {
                 let len = out.len();
-                if out[0] == COOKIE_REPLY {
+                let out_kind = out[0];
+                let meta = TxMeta {
+                    destination: from,
+                    len,
+                };
+                if out_kind == COOKIE_REPLY {
                     // Under load: the message was not processed, a cookie goes back instead.
-                    self.push_transmit(from, buf, len);
+                    if !self.tx.push_copy(&self.scratch[..len], meta) {
+                        self.drops.add(DropReason::QueueFull);
+                    }
                     return Err(self.drop_peer(slot, DropReason::UnderLoad));
                 }
-                let out_kind = out[0];
                 self.authenticated(slot, from, datagram.len(), now);
-                if kind == HANDSHAKE_INIT || kind == HANDSHAKE_RESP {
-                    self.handshake_completed(slot, now);
+                self.handshake_completed(slot, now);
+                if self.tx.push_copy(&self.scratch[..len], meta) {
+                    self.after_send(slot, len, now);
+                } else {
+                    self.drop_peer(slot, DropReason::QueueFull);
                 }
-                self.after_send(slot, out_kind, len, now);
-                self.push_transmit(from, buf, len);
                 self.flush_queued(slot, now);
                 Ok(())
             }
-            TunnResult::WriteToTunnelV4(packet, src) => {
-                let len = packet.len();
-                self.deliver(slot, from, IpAddr::V4(src), buf, len, datagram.len(), now)
-            }
-            TunnResult::WriteToTunnelV6(packet, src) => {
-                let len = packet.len();
-                self.deliver(slot, from, IpAddr::V6(src), buf, len, datagram.len(), now)
+            TunnResult::WriteToTunnelV4(..) | TunnResult::WriteToTunnelV6(..) => {
+                Err(self.drop_peer(slot, DropReason::Other))
             }
             TunnResult::Err(e) => {
-                self.pool.give(buf);
-                let reason = reason_of(&e);
-                tracing::trace!(%from, kind, error = ?e, "datagram refused");
-                Err(self.drop_peer(slot, reason))
+                tracing::trace!(%from, kind, error = ?e, "handshake message refused");
+                Err(self.drop_peer(slot, reason_of(&e)))
             }
         }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn deliver(
-        &mut self,
-        slot: usize,
-        from: SocketAddr,
-        src: IpAddr,
-        buf: Vec<u8>,
-        len: usize,
-        wire_len: usize,
-        now: Instant,
-    ) -> Result<(), PacketError> {
-        self.authenticated(slot, from, wire_len, now);
-        if self.routes.lookup(src) != Some(slot) {
-            self.pool.give(buf);
-            tracing::trace!(%src, "source address not in the peer's allowed IPs");
-            return Err(self.drop_peer(slot, DropReason::AllowedIpMismatch));
-        }
-        let peer_key = match self.slots[slot].as_ref() {
-            Some(p) => p.config.public_key,
-            None => return Err(self.drop_global(DropReason::UnknownIndex)),
-        };
-        if let Err(entry) = self.received.push(RxEntry {
-            peer: peer_key,
-            buf,
-            len,
-        }) {
-            self.pool.give(entry.buf);
-            return Err(self.drop_peer(slot, DropReason::QueueFull));
-        }
-        Ok(())
     }
 
     /// Sends what boringtun queued while the handshake ran.
     fn flush_queued(&mut self, slot: usize, now: Instant) {
-        let size = (self.config.max_packet_size + DATA_OVERHEAD).max(HANDSHAKE_INIT_LEN);
+        let need = (self.config.max_packet_size + DATA_OVERHEAD).max(HANDSHAKE_INIT_LEN);
         loop {
-            let Some(peer) = self.slots[slot].as_mut() else {
+            let Some(endpoint) = self.slots[slot].as_ref().map(|p| p.endpoint) else {
                 return;
             };
-            let mut buf = self.pool.take(size);
-            match peer.tunn.decapsulate(None, &[], &mut buf) {
-                TunnResult::WriteToNetwork(out) => {
-                    let len = out.len();
-                    let kind = out[0];
-                    let Some(endpoint) = peer.endpoint else {
-                        self.pool.give(buf);
-                        return;
-                    };
-                    self.after_send(slot, kind, len, now);
-                    self.push_transmit(endpoint, buf, len);
-                }
-                _ => {
-                    self.pool.give(buf);
-                    return;
-                }
+            match self.emit(slot, need, endpoint, now, |t, b| {
+                t.decapsulate(None, &[], b)
+            }) {
+                Ok(Some(_)) => continue,
+                _ => return,
             }
+        }
+    }
+
+    /// Runs `op` on the peer's tunnel with the transmit queue's free slot as its output, and
+    /// queues what it wrote for `destination` (counted as `NoEndpoint` without one). Returns
+    /// the message type written, if any.
+    #[inline]
+    fn emit<F>(
+        &mut self,
+        slot: usize,
+        need: usize,
+        destination: Option<SocketAddr>,
+        now: Instant,
+        op: F,
+    ) -> Result<Option<u8>, WireGuardError>
+    where
+        F: for<'a> FnOnce(&mut Tunn, &'a mut [u8]) -> TunnResult<'a>,
+    {
+        let Some(peer) = self.slots[slot].as_mut() else {
+            return Ok(None);
+        };
+        let Some(buf) = self.tx.free_slot(need) else {
+            peer.drops.add(DropReason::QueueFull);
+            self.drops.add(DropReason::QueueFull);
+            return Ok(None);
+        };
+        match op(&mut peer.tunn, buf) {
+            TunnResult::WriteToNetwork(out) => {
+                let len = out.len();
+                let kind = out[0];
+                let Some(destination) = destination else {
+                    peer.drops.add(DropReason::NoEndpoint);
+                    self.drops.add(DropReason::NoEndpoint);
+                    return Ok(None);
+                };
+                self.tx.commit(TxMeta { destination, len });
+                peer.tx_bytes += len as u64;
+                peer.last_traversal = Some(now);
+                peer.used = true;
+                if kind == HANDSHAKE_INIT && peer.state == HandshakeState::Idle {
+                    peer.state = HandshakeState::Connecting;
+                    peer.connecting_since = Some(now);
+                    self.ensure_fast_tick(now);
+                }
+                Ok(Some(kind))
+            }
+            TunnResult::Err(e) => Err(e),
+            _ => Ok(None),
         }
     }
 
@@ -721,15 +754,24 @@ impl Peers {
         peer.last_traversal = Some(now);
         peer.used = true;
         if peer.endpoint != Some(from) {
-            let old = peer.endpoint.replace(from);
-            let event = Event::EndpointChanged {
-                peer: peer.config.public_key,
-                old,
-                new: from,
-            };
-            tracing::info!(peer = %peer.config.public_key, ?old, new = %from, "peer endpoint changed");
-            self.push_event(event);
+            self.roam(slot, from);
         }
+    }
+
+    /// The peer's authenticated packet came from a new address: follow it.
+    #[cold]
+    fn roam(&mut self, slot: usize, from: SocketAddr) {
+        let Some(peer) = self.slots[slot].as_mut() else {
+            return;
+        };
+        let old = peer.endpoint.replace(from);
+        let event = Event::EndpointChanged {
+            peer: peer.config.public_key,
+            old,
+            new: from,
+        };
+        tracing::info!(peer = %peer.config.public_key, ?old, new = %from, "peer endpoint changed");
+        self.push_event(event);
     }
 
     fn handshake_completed(&mut self, slot: usize, now: Instant) {
@@ -767,41 +809,22 @@ impl Peers {
     // ----- internals: timers -----------------------------------------------------------------
 
     fn tick_boringtun(&mut self, now: Instant) {
+        let need = (self.config.max_packet_size + DATA_OVERHEAD).max(HANDSHAKE_INIT_LEN);
         for slot in 0..self.slots.len() {
-            let Some(peer) = self.slots[slot].as_mut() else {
+            let Some(peer) = self.slots[slot].as_ref() else {
                 continue;
             };
             if !peer.needs_tick() {
                 continue;
             }
-            let mut buf = self
-                .pool
-                .take((self.config.max_packet_size + DATA_OVERHEAD).max(HANDSHAKE_INIT_LEN));
-            match peer.tunn.update_timers(&mut buf) {
-                TunnResult::WriteToNetwork(out) => {
-                    let len = out.len();
-                    let kind = out[0];
-                    match peer.endpoint {
-                        Some(endpoint) => {
-                            self.after_send(slot, kind, len, now);
-                            self.push_transmit(endpoint, buf, len);
-                        }
-                        None => {
-                            self.pool.give(buf);
-                            self.drop_peer(slot, DropReason::NoEndpoint);
-                        }
-                    }
-                }
-                TunnResult::Err(WireGuardError::ConnectionExpired) => {
-                    self.pool.give(buf);
-                    self.handshake_expired(slot, now);
-                }
-                TunnResult::Err(e) => {
-                    self.pool.give(buf);
-                    tracing::debug!(error = ?e, "boringtun timer error");
-                }
-                _ => self.pool.give(buf),
+            let endpoint = peer.endpoint;
+            match self.emit(slot, need, endpoint, now, |t, b| t.update_timers(b)) {
+                Err(WireGuardError::ConnectionExpired) => self.handshake_expired(slot, now),
+                Err(e) => tracing::debug!(error = ?e, "boringtun timer error"),
+                Ok(_) => {}
             }
+            // Packets boringtun still holds (the transmit queue was full at the handshake).
+            self.flush_queued(slot, now);
         }
     }
 
@@ -865,26 +888,18 @@ impl Peers {
     }
 
     fn encapsulate_keepalive(&mut self, slot: usize, now: Instant) {
-        let Some(peer) = self.slots[slot].as_mut() else {
+        let Some(endpoint) = self.slots[slot].as_ref().and_then(|p| p.endpoint) else {
             return;
         };
-        let Some(endpoint) = peer.endpoint else {
-            return;
-        };
-        let mut buf = self.pool.take(HANDSHAKE_INIT_LEN);
-        match peer.tunn.encapsulate(&[], &mut buf) {
-            TunnResult::WriteToNetwork(out) => {
-                let len = out.len();
-                let kind = out[0];
-                self.after_send(slot, kind, len, now);
-                self.push_transmit(endpoint, buf, len);
-            }
-            _ => {
-                // Either a handshake is in progress (the keepalive waits in boringtun's queue)
-                // or there is nothing to do; make sure the timer does not fire again at once.
-                peer.last_traversal = Some(now);
-                self.pool.give(buf);
-            }
+        let sent = self.emit(slot, HANDSHAKE_INIT_LEN, Some(endpoint), now, |t, b| {
+            t.encapsulate(&[], b)
+        });
+        if !matches!(sent, Ok(Some(_)))
+            && let Some(peer) = self.slots[slot].as_mut()
+        {
+            // A handshake is in progress (the keepalive waits in boringtun's queue) or the
+            // queue is full: do not fire again at once.
+            peer.last_traversal = Some(now);
         }
     }
 
@@ -938,37 +953,22 @@ impl Peers {
     }
 
     fn send_initiation(&mut self, slot: usize, force: bool, now: Instant) {
-        let Some(peer) = self.slots[slot].as_mut() else {
+        let Some(endpoint) = self.slots[slot].as_ref().and_then(|p| p.endpoint) else {
             return;
         };
-        let Some(endpoint) = peer.endpoint else {
-            return;
-        };
-        let mut buf = self.pool.take(HANDSHAKE_INIT_LEN);
-        match peer.tunn.format_handshake_initiation(&mut buf, force) {
-            TunnResult::WriteToNetwork(out) => {
-                let len = out.len();
-                let kind = out[0];
-                self.after_send(slot, kind, len, now);
-                self.push_transmit(endpoint, buf, len);
-            }
-            _ => self.pool.give(buf),
-        }
+        let _ = self.emit(slot, HANDSHAKE_INIT_LEN, Some(endpoint), now, |t, b| {
+            t.format_handshake_initiation(b, force)
+        });
     }
 
-    /// Bookkeeping after boringtun wrote a datagram for `slot`.
-    fn after_send(&mut self, slot: usize, kind: u8, len: usize, now: Instant) {
+    /// Bookkeeping after a datagram for `slot` was queued outside [`Peers::emit`].
+    fn after_send(&mut self, slot: usize, len: usize, now: Instant) {
         let Some(peer) = self.slots[slot].as_mut() else {
             return;
         };
         peer.tx_bytes += len as u64;
         peer.last_traversal = Some(now);
         peer.used = true;
-        if kind == HANDSHAKE_INIT && peer.state == HandshakeState::Idle {
-            peer.state = HandshakeState::Connecting;
-            peer.connecting_since = Some(now);
-            self.ensure_fast_tick(now);
-        }
     }
 
     fn schedule_tick(&mut self, now: Instant) {
@@ -1110,20 +1110,11 @@ impl Peers {
 
     // ----- internals: queues -----------------------------------------------------------------
 
-    fn push_transmit(&mut self, destination: SocketAddr, buf: Vec<u8>, len: usize) {
-        if let Err(entry) = self.transmits.push(TxEntry {
-            destination,
-            buf,
-            len,
-        }) {
-            self.pool.give(entry.buf);
-            self.drops.add(DropReason::QueueFull);
-        }
-    }
-
     fn push_event(&mut self, event: Event) {
-        if self.events.push(event).is_err() {
+        if self.events.len() >= self.config.max_events {
             self.events_dropped += 1;
+        } else {
+            self.events.push_back(event);
         }
     }
 
