@@ -691,3 +691,14 @@ async fn mangled_requests_never_break_the_proxy() {
     let m = p.proxy.metrics().snapshot();
     assert!(m.requests_by_class[3] > 50, "{m:?}");
 }
+
+#[tokio::test]
+async fn http10_client_gets_an_answer_and_a_close() {
+    let (_, p) = start_pair(ProxyConfig::default()).await;
+    let out = raw_exchange(p.addr, b"GET /say?old HTTP/1.0\r\n\r\n").await;
+    assert!(out.starts_with("HTTP/1."), "{out}");
+    assert!(
+        out.contains(" 200 OK\r\n") && out.ends_with("\r\n\r\nold"),
+        "{out}"
+    );
+}
