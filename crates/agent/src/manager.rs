@@ -46,6 +46,10 @@ pub struct ManagerConfig {
     pub gateways: Vec<GatewaySpec>,
     /// Tuning of the userspace stack; `addresses` and `mtu` are set from the fields above.
     pub netstack: NetstackConfig,
+    /// Silence from a gateway after which the liveness probe is sent (default 25 s).
+    pub probe_after: Duration,
+    /// How long the probe waits for its answer before forcing a handshake (default 10 s).
+    pub probe_timeout: Duration,
 }
 
 impl ManagerConfig {
@@ -58,6 +62,8 @@ impl ManagerConfig {
             mtu: 1420,
             gateways: Vec::new(),
             netstack: NetstackConfig::default(),
+            probe_after: upkeep::PROBE_AFTER,
+            probe_timeout: upkeep::PROBE_TIMEOUT,
         }
     }
 }
@@ -206,6 +212,8 @@ impl std::fmt::Debug for Manager {
 /// State shared by the handle and the tasks.
 pub(crate) struct Inner {
     pub(crate) virtual_ip: IpAddr,
+    pub(crate) probe_after: Duration,
+    pub(crate) probe_timeout: Duration,
     pub(crate) netstack: Netstack,
     pub(crate) tunnel: Mutex<Tunnel>,
     pub(crate) sockets: tunnel::Sockets,
@@ -278,6 +286,8 @@ impl Manager {
         let (shutdown, _) = watch::channel(false);
         let inner = Arc::new(Inner {
             virtual_ip: config.virtual_ip,
+            probe_after: config.probe_after,
+            probe_timeout: config.probe_timeout,
             netstack,
             tunnel: Mutex::new(Tunnel {
                 peers,

@@ -253,3 +253,64 @@ async fn dns_endpoint_localhost_and_udp_dial() {
     agent.close().await;
     gw.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_gateway_is_found_again_by_the_liveness_probe() {
+    let agent_key = PrivateKey::generate();
+    let gw_key = PrivateKey::generate();
+    let (gw, gw_port) = gateway(gw_key.clone(), GW_VIP, &agent_key).await;
+    let mut config = ManagerConfig::new(agent_key.clone(), IpAddr::from(AGENT_VIP));
+    config.gateways = vec![spec("gw1", &gw_key, gw_port, GW_VIP)];
+    // Short probe timings keep the test quick; the logic is the one of the 25 s / 10 s defaults.
+    config.probe_after = Duration::from_secs(2);
+    config.probe_timeout = Duration::from_secs(1);
+    let agent = Manager::start(config).await.expect("agent starts");
+    serve_echo(&agent, 80);
+    let target = SocketAddr::new(IpAddr::from(AGENT_VIP), 80);
+    echo_roundtrip(&gw, target, b"before restart").await;
+
+    // The gateway restarts: same key, same port, no session, no idea where the agent is.
+    gw.close().await;
+    drop(gw);
+    let mut restarted = None;
+    for _ in 0..50 {
+        let mut config = ManagerConfig::new(gw_key.clone(), IpAddr::from(GW_VIP));
+        config.listen_port = gw_port;
+        let mut peer = GatewaySpec::new(
+            "agent",
+            agent_key.public_key(),
+            None,
+            IpAddr::from(AGENT_VIP),
+        );
+        peer.persistent_keepalive = None;
+        peer.liveness_probe = LivenessProbe::Off;
+        config.gateways = vec![peer];
+        match Manager::start(config).await {
+            Ok(m) => {
+                restarted = Some(m);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let gw = restarted.expect("gateway restarts on its port");
+    assert!(gw.stats()[0].last_handshake.is_none());
+
+    // No traffic flows; the agent's probe goes unanswered and it re-handshakes on its own.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while gw.stats()[0].last_handshake.is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "agent did not re-handshake within 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    echo_roundtrip(&gw, target, b"after restart").await;
+    let stats = &agent.stats()[0];
+    assert!(
+        stats.probes_failed >= 1,
+        "the probe noticed the restart: {stats:?}"
+    );
+    agent.close().await;
+    gw.close().await;
+}

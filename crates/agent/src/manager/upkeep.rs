@@ -114,7 +114,7 @@ pub(crate) async fn run(inner: Arc<Inner>) {
         }
         let jobs = {
             let mut t = inner.lock();
-            plan(&mut t, Instant::now())
+            plan(&mut t, inner.probe_after, Instant::now())
         };
         for job in jobs {
             tokio::spawn(run_job(Arc::clone(&inner), job));
@@ -123,7 +123,7 @@ pub(crate) async fn run(inner: Arc<Inner>) {
 }
 
 /// Looks at every gateway: logs state changes and decides which probes and look-ups to start.
-fn plan(t: &mut Tunnel, now: Instant) -> Vec<Job> {
+fn plan(t: &mut Tunnel, probe_after: Duration, now: Instant) -> Vec<Job> {
     let mut jobs = Vec::new();
     let Tunnel { peers, gateways } = t;
     for (key, g) in gateways.iter_mut() {
@@ -148,9 +148,9 @@ fn plan(t: &mut Tunnel, now: Instant) -> Vec<Job> {
             && !u.probe_in_flight
             && stats
                 .last_received_age
-                .is_some_and(|age| age >= PROBE_AFTER)
+                .is_some_and(|age| age >= probe_after)
             && u.last_probe
-                .is_none_or(|at| now.saturating_duration_since(at) >= PROBE_AFTER)
+                .is_none_or(|at| now.saturating_duration_since(at) >= probe_after)
         {
             u.probe_in_flight = true;
             u.last_probe = Some(now);
@@ -187,7 +187,7 @@ fn plan(t: &mut Tunnel, now: Instant) -> Vec<Job> {
 async fn run_job(inner: Arc<Inner>, job: Job) {
     match job {
         Job::Probe { key, id, target } => {
-            let answered = inner.netstack.ping(target, PROBE_TIMEOUT).await;
+            let answered = inner.netstack.ping(target, inner.probe_timeout).await;
             let forced = {
                 let mut t = inner.lock();
                 let Tunnel { peers, gateways } = &mut *t;
