@@ -5,7 +5,7 @@
 //! `SIGKILL`ed runner) is removed, with its processes, by the next [`Netns::new`].
 
 use std::fs;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -94,6 +94,49 @@ impl Netns {
         let mut command = self.command(program);
         command.args(args);
         Daemon::spawn_command(command, log)
+    }
+
+    /// Runs `f` on a short-lived thread that has joined this namespace (`setns(2)`), and returns
+    /// its result. Sockets created by `f` belong to the namespace for their whole life, whichever
+    /// thread uses them afterwards: this is how the test process puts a socket (an agent's, a
+    /// relay's) inside a namespace without a helper process.
+    pub fn run_inside<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        let path = Path::new("/run/netns").join(&self.name);
+        let handle = std::thread::Builder::new()
+            .name(format!("in-{}", self.name))
+            .spawn(move || -> Result<T> {
+                let file = fs::File::open(&path)
+                    .with_context(|| format!("cannot open {}", path.display()))?;
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .with_context(|| format!("setns into {}", path.display()))?;
+                Ok(f())
+            })
+            .context("cannot spawn a thread")?;
+        handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("the thread inside {} panicked", self.name))?
+    }
+
+    /// A UDP socket bound to `addr` inside the namespace.
+    pub fn bind_udp(&self, addr: SocketAddr) -> Result<UdpSocket> {
+        self.run_inside(move || UdpSocket::bind(addr))?
+            .with_context(|| format!("cannot bind udp {addr} in {}", self.name))
+    }
+
+    /// A TCP listener bound to `addr` inside the namespace.
+    pub fn bind_tcp(&self, addr: SocketAddr) -> Result<TcpListener> {
+        self.run_inside(move || TcpListener::bind(addr))?
+            .with_context(|| format!("cannot listen on tcp {addr} in {}", self.name))
+    }
+
+    /// A TCP connection to `addr` made from inside the namespace (at most `timeout`).
+    pub fn connect_tcp(&self, addr: SocketAddr, timeout: Duration) -> Result<TcpStream> {
+        self.run_inside(move || TcpStream::connect_timeout(&addr, timeout))?
+            .with_context(|| format!("cannot connect to tcp {addr} from {}", self.name))
     }
 
     /// Pids of the processes running inside the namespace.
@@ -261,6 +304,18 @@ impl VethPair {
                 &["addr", "add", &cidr, "dev", &end.ifname],
             )?;
             ip_in(end.netns.as_deref(), &["link", "set", &end.ifname, "up"])?;
+        }
+        // A packet sent before the carrier is up is dropped: wait until both ends say UP.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        for end in [&pair.a, &pair.b] {
+            while !ip_in(end.netns.as_deref(), &["-o", "link", "show", &end.ifname])?
+                .contains("state UP")
+            {
+                if Instant::now() > deadline {
+                    bail!("veth {} did not come up within 3 s", end.ifname);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
         }
         Ok(pair)
     }

@@ -80,7 +80,11 @@ pub fn is_root() -> bool {
 
 fn probe_netns() -> Result<(), String> {
     // Named like `Netns` names, so that a probe left behind by a killed process is cleaned up.
-    let name = format!("{}probe-{}-0", crate::netns::NETNS_PREFIX, std::process::id());
+    let name = format!(
+        "{}probe-{}-0",
+        crate::netns::NETNS_PREFIX,
+        std::process::id()
+    );
     let quiet = |args: &[&str]| {
         Command::new("ip")
             .args(args)

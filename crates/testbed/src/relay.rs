@@ -288,6 +288,32 @@ impl ImpairedRelay {
     ) -> io::Result<Self> {
         let front = bind_udp(listen)?;
         let back = bind_udp(upstream)?;
+        Self::from_sockets(front, back, gateway, impairment)
+    }
+
+    /// Starts the relay inside `netns`: both sockets are created there (the threads run in the
+    /// test process, which does not matter once a socket exists). `upstream` is where the
+    /// upstream socket binds (e.g. `0.0.0.0:0`).
+    pub fn start_in(
+        netns: &crate::Netns,
+        listen: SocketAddr,
+        upstream: SocketAddr,
+        gateway: SocketAddr,
+        impairment: Impairment,
+    ) -> io::Result<Self> {
+        let sockets = netns
+            .run_inside(move || Ok::<_, io::Error>((bind_udp(listen)?, bind_udp(upstream)?)))
+            .map_err(io::Error::other)??;
+        Self::from_sockets(sockets.0, sockets.1, gateway, impairment)
+    }
+
+    /// Starts the relay on sockets bound already: `front` faces the agent, `back` the gateway.
+    pub fn from_sockets(
+        front: UdpSocket,
+        back: UdpSocket,
+        gateway: SocketAddr,
+        impairment: Impairment,
+    ) -> io::Result<Self> {
         front.set_read_timeout(Some(POLL))?;
         back.set_read_timeout(Some(POLL))?;
         let seed = impairment.seed;
