@@ -30,6 +30,7 @@ impl TempDir {
     fn write(&self, name: &str, text: &str, mode: u32) -> PathBuf {
         use std::os::unix::fs::PermissionsExt as _;
         let path = self.0.join(name);
+        let _ = std::fs::remove_file(&path);
         std::fs::write(&path, text).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
         path

@@ -41,8 +41,8 @@ pub enum ConfigError {
     },
     /// A key file can be read by group or others.
     #[error(
-        "{path}: {field}: key file {file} is readable by group or others (mode {mode:03o}); run `chmod 600 {file}`",
-        path = path.display(), file = file.display()
+        "{path}: {field}: key file {file} is {access} by group or others (mode {mode:03o}); run `chmod 600 {file}`",
+        path = path.display(), file = file.display(), access = if mode & 0o044 != 0 { "readable" } else { "writable" }
     )]
     KeyFilePermissions {
         /// The config file.

@@ -22,6 +22,7 @@ impl TempDir {
     fn write(&self, name: &str, text: &str, mode: u32) -> PathBuf {
         use std::os::unix::fs::PermissionsExt as _;
         let path = self.0.join(name);
+        let _ = std::fs::remove_file(&path);
         std::fs::write(&path, text).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
         path
@@ -261,11 +262,21 @@ fn key_file_relative_permissions_and_content() {
     );
 
     dir.write("agent.key", private.to_base64_secret().as_str(), 0o604);
+    let e = Config::load(&config_path).unwrap_err().to_string();
     assert!(
-        Config::load(&config_path)
-            .unwrap_err()
-            .to_string()
-            .contains("chmod 600")
+        e.contains("is readable by group or others (mode 604)") && e.contains("chmod 600"),
+        "{e}"
+    );
+    dir.write("agent.key", private.to_base64_secret().as_str(), 0o620);
+    let e = Config::load(&config_path).unwrap_err().to_string();
+    assert!(
+        e.contains("is writable by group or others (mode 620)") && e.contains("chmod 600"),
+        "{e}"
+    );
+    dir.write("agent.key", private.to_base64_secret().as_str(), 0o400);
+    assert!(
+        Config::load(&config_path).is_ok(),
+        "read-only for the owner is fine"
     );
 
     dir.write("agent.key", "garbage-secret-value", 0o600);
