@@ -177,6 +177,15 @@ impl Peer {
             }
     }
 
+    /// A new address may work where the old one failed: in backoff, retry at the next timeout.
+    pub(crate) fn retry_soon(&mut self) {
+        if self.state == HandshakeState::Backoff {
+            self.backoff_attempt = 0;
+            // `added_at` is in the past: the retry is due at once.
+            self.next_retry = Some(self.added_at);
+        }
+    }
+
     pub(crate) fn session_age(&self, now: Instant) -> Option<Duration> {
         self.last_handshake
             .map(|t| now.saturating_duration_since(t))

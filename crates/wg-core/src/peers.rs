@@ -335,12 +335,17 @@ impl Peers {
         tracing::info!(public_key = %self.public_key(), "private key replaced; tunnels re-keyed");
     }
 
-    /// Sets a peer's endpoint (after DNS re-resolution, say). The session is kept.
+    /// Sets a peer's endpoint (after DNS re-resolution, say); returns whether the peer exists.
+    /// The session is kept. A peer in backoff retries at the next [`Peers::handle_timeout`]
+    /// (check [`Peers::poll_timeout`]) when the address changed.
     pub fn set_endpoint(&mut self, key: &PublicKey, endpoint: SocketAddr) -> bool {
         let Some(peer) = self.peer_mut(key) else {
             return false;
         };
-        peer.endpoint = Some(endpoint);
+        if peer.endpoint != Some(endpoint) {
+            peer.endpoint = Some(endpoint);
+            peer.retry_soon();
+        }
         true
     }
 
@@ -380,7 +385,11 @@ impl Peers {
             (HANDSHAKE_INIT, HANDSHAKE_INIT_LEN) => {
                 return self.handle_initiation(from, datagram, now);
             }
-            (HANDSHAKE_RESP, HANDSHAKE_RESP_LEN) => le_u32(&datagram[8..12]),
+            (HANDSHAKE_RESP, HANDSHAKE_RESP_LEN) => {
+                // Responses count against the shared limiter too: reset it a second later.
+                self.schedule_limiter_reset(now);
+                le_u32(&datagram[8..12])
+            }
             (COOKIE_REPLY, COOKIE_REPLY_LEN) => le_u32(&datagram[4..8]),
             (DATA, DATA_OVERHEAD..) => le_u32(&datagram[4..8]),
             _ => return Err(self.drop_global(DropReason::Malformed)),
@@ -532,9 +541,7 @@ impl Peers {
         datagram: &[u8],
         now: Instant,
     ) -> Result<(), PacketError> {
-        if self.next_limiter_reset.is_none() {
-            self.next_limiter_reset = Some(now + LIMITER_RESET);
-        }
+        self.schedule_limiter_reset(now);
         let mut cookie = [0u8; COOKIE_REPLY_LEN];
         let key = match self
             .limiter
@@ -989,6 +996,12 @@ impl Peers {
         self.next_tick = Some(self.next_tick.map_or(at, |t| t.min(at)));
     }
 
+    fn schedule_limiter_reset(&mut self, now: Instant) {
+        if self.next_limiter_reset.is_none() {
+            self.next_limiter_reset = Some(now + LIMITER_RESET);
+        }
+    }
+
     fn ensure_fast_tick(&mut self, now: Instant) {
         let at = now + TICK_FAST;
         self.next_tick = Some(self.next_tick.map_or(at, |t| t.min(at)));
@@ -1011,6 +1024,7 @@ impl Peers {
             let psk_changed = peer.config.preshared_key != config.preshared_key;
             if config.endpoint.is_some() && config.endpoint != peer.config.endpoint {
                 peer.endpoint = config.endpoint;
+                peer.retry_soon();
             }
             if config.persistent_keepalive != peer.config.persistent_keepalive {
                 // Count the new interval from now, not from a traversal long ago.

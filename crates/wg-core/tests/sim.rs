@@ -575,3 +575,42 @@ fn initiation_flood_gets_cookie_replies() {
     let cookies = net.nodes[1].sent.iter().filter(|s| s.2 == 3).count();
     assert_eq!(cookies as u64, drops.get(DropReason::UnderLoad));
 }
+
+#[test]
+fn new_endpoint_in_backoff_is_tried_at_once() {
+    let mut net = Net::new(14);
+    let c = net.seeded_config();
+    net.add_node("agent", c);
+    let c = net.seeded_config();
+    net.add_node("gateway", c);
+    let now = net.now;
+    let agent_cfg = net.nodes[AGENT].config_for(false);
+    net.nodes[GW].peers.set_peers(vec![agent_cfg], now);
+    // The configured address is wrong (nothing there); the gateway is really elsewhere.
+    let mut gw_cfg = net.nodes[GW].config_for(true).with_keepalive(secs(25));
+    gw_cfg.endpoint = Some("203.0.113.50:51820".parse().unwrap());
+    net.nodes[AGENT].peers.set_peers(vec![gw_cfg], now);
+    let gw = net.nodes[GW].public_key();
+    let real = net.nodes[GW].addr;
+    net.run_for(secs(100));
+    assert_eq!(
+        net.nodes[AGENT]
+            .peers
+            .peer_stats(&gw, net.now)
+            .unwrap()
+            .state,
+        HandshakeState::Backoff
+    );
+    // DNS re-resolved: the retry goes out at the next timeout, not after the backoff delay.
+    assert!(net.nodes[AGENT].peers.set_endpoint(&gw, real));
+    assert!(net.nodes[AGENT].peers.poll_timeout().unwrap() <= net.now);
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(
+        net.nodes[AGENT]
+            .peers
+            .peer_stats(&gw, net.now)
+            .unwrap()
+            .state,
+        HandshakeState::Established
+    );
+}
