@@ -702,3 +702,15 @@ async fn http10_client_gets_an_answer_and_a_close() {
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn upstream_connections_are_pooled_and_reused() {
+    let (upstream, accepted) = start_counted_upstream().await;
+    let p = start_proxy(HttpRouteConfig::new(upstream), ProxyConfig::default()).await;
+    for i in 0..10 {
+        // A fresh client connection each time; the upstream side stays one kept-alive connection.
+        let said = body_text(send(p.addr, get(&format!("/say?n{i}"))).await).await;
+        assert_eq!(said, format!("n{i}"));
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::Relaxed), 1);
+}

@@ -129,13 +129,22 @@ pub async fn upstream_handler(
 
 /// Start the upstream app (HTTP/1.1 with upgrades and h2c by prior knowledge) on 127.0.0.1:0.
 pub async fn start_upstream() -> SocketAddr {
+    start_counted_upstream().await.0
+}
+
+/// The upstream app and the number of TCP connections it has accepted.
+pub async fn start_counted_upstream() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>)
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             stream.set_nodelay(true).unwrap();
             tokio::spawn(async move {
                 let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -148,7 +157,7 @@ pub async fn start_upstream() -> SocketAddr {
             });
         }
     });
-    addr
+    (addr, accepted)
 }
 
 /// Default settings changed by `f`.
