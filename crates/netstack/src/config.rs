@@ -49,8 +49,9 @@ pub struct NetstackConfig {
     pub nagle: bool,
     /// Delayed ACK (default 10 ms, smoltcp's). `None`: ACK at once.
     pub ack_delay: Option<Duration>,
-    /// Number of socket-set shards (1..=64, default 16). smoltcp scans every socket of a
+    /// Number of socket-set shards (1..=64, default 64). smoltcp scans every socket of a
     /// shard on each poll; connections are spread by a keyed hash of their 4-tuple.
+    /// (See the `## netstack` section of docs/ARCHITECTURE.md for the measurements.)
     pub shards: usize,
     /// Bound of the outbound packet queue the caller drains with
     /// [`Netstack::recv_packets`](crate::Netstack::recv_packets) (default 4,096 packets).
@@ -79,7 +80,7 @@ impl Default for NetstackConfig {
             close_timeout: Duration::from_secs(30),
             nagle: false,
             ack_delay: Some(Duration::from_millis(10)),
-            shards: 16,
+            shards: 64,
             max_outbound_packets: 4096,
             udp_queue_packets: 256,
             udp_queue_bytes: 256 << 10,

@@ -54,6 +54,8 @@ mod config;
 mod device;
 mod icmp;
 mod shard;
+#[cfg(test)]
+mod sim;
 mod stack;
 mod stats;
 mod tcp;

@@ -424,22 +424,24 @@ impl Shard {
             }
             _ => {
                 let listener = Arc::clone(listener);
-                if listener.is_closed() {
-                    self.drop_half_open(shared, tuple, true, now);
-                    return;
-                }
                 self.established(shared, handle);
                 if let Some(conn) = self.conns.get_mut(&tuple) {
                     conn.state = ConnState::Owned;
                 }
                 self.watched -= 1;
                 shared.counters.half_open.fetch_sub(1, Relaxed);
-                shared.counters.pending_accepts.fetch_add(1, Relaxed);
-                listener.push(Accepted {
+                let accepted = Accepted {
                     shard: self.index,
                     handle,
                     tuple,
-                });
+                };
+                shared.counters.pending_accepts.fetch_add(1, Relaxed);
+                if listener.push(accepted).is_err() {
+                    // The listener is gone: reset, and let the sweep free the socket.
+                    shared.counters.pending_accepts.fetch_sub(1, Relaxed);
+                    listener.pending.fetch_sub(1, Relaxed);
+                    self.release(shared, tuple, now, true);
+                }
             }
         }
     }

@@ -81,40 +81,9 @@ impl Drop for Shared {
 impl Netstack {
     /// Creates the stack and spawns its driver on the current tokio runtime.
     pub fn new(config: NetstackConfig) -> Result<Self, ConfigError> {
-        config.validate()?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| ConfigError::NoRuntime)?;
-        let now = Instant::now();
-        let clock = Clock::new(now);
-        let shards = (0..config.shards)
-            .map(|i| Mutex::new(Shard::new(i, &config, clock, rand::random(), now)))
-            .collect();
-        let deadlines = (0..config.shards)
-            .map(|_| AtomicU64::new(u64::MAX))
-            .collect();
-        let wake = Arc::new(Notify::new());
-        let shared = Arc::new(Shared {
-            addrs: config
-                .addresses
-                .iter()
-                .map(|a| IpAddress::from(*a))
-                .collect(),
-            clock,
-            counters: Counters::default(),
-            shards,
-            deadlines,
-            dirty: AtomicU64::new(0),
-            blocked: AtomicU64::new(0),
-            driver_at: AtomicU64::new(u64::MAX),
-            driver: Arc::clone(&wake),
-            out: Mutex::new(VecDeque::new()),
-            out_len: AtomicUsize::new(0),
-            out_ready: Notify::new(),
-            out_space: Notify::new(),
-            listeners: RwLock::new(HashMap::new()),
-            hash_key: rand::random(),
-            config,
-        });
-        runtime.spawn(drive(Arc::downgrade(&shared), wake));
+        let shared = Arc::new(Shared::new(config, Instant::now())?);
+        runtime.spawn(drive(Arc::downgrade(&shared), Arc::clone(&shared.driver)));
         tracing::info!(addresses = ?shared.config.addresses, mtu = shared.config.mtu, "netstack: up");
         Ok(Self { shared })
     }
@@ -162,8 +131,126 @@ impl Netstack {
     }
 
     fn push_packets<P: AsRef<[u8]>>(&self, packets: &[P]) -> usize {
-        let shared = &*self.shared;
+        self.shared.push_at(packets, Instant::now())
+    }
+
+    /// Waits for outbound IP packets (to the tunnel) and moves up to `max` of them into
+    /// `out`. Returns how many (at least 1).
+    pub async fn recv_packets(&self, out: &mut Vec<Bytes>, max: usize) -> usize {
+        loop {
+            let mut ready = pin!(self.shared.out_ready.notified());
+            ready.as_mut().enable();
+            let n = self.try_recv_packets(out, max);
+            if n > 0 || max == 0 {
+                return n;
+            }
+            ready.await;
+        }
+    }
+
+    /// Moves up to `max` queued outbound packets into `out` without waiting.
+    pub fn try_recv_packets(&self, out: &mut Vec<Bytes>, max: usize) -> usize {
+        self.shared.drain_out(out, max)
+    }
+
+    /// Outbound packets waiting to be taken.
+    pub fn pending_outbound(&self) -> usize {
+        self.shared.out_len.load(Relaxed)
+    }
+
+    /// Listens on `addr` (one of the stack's addresses, or unspecified for all of them)
+    /// with the configured accept backlog.
+    pub fn listen(&self, addr: SocketAddr) -> io::Result<TcpListener> {
+        self.listen_with_backlog(addr, self.shared.config.accept_backlog)
+    }
+
+    /// Listens on `addr` with an accept backlog of `backlog` connections (half-open plus
+    /// established, not yet accepted); SYNs past it are answered with RST.
+    pub fn listen_with_backlog(&self, addr: SocketAddr, backlog: usize) -> io::Result<TcpListener> {
+        let listener = self.shared.register_listener(addr, backlog)?;
+        tracing::debug!(%addr, backlog, "netstack: listening");
+        Ok(TcpListener::new(Arc::clone(&self.shared), listener, addr))
+    }
+
+    /// Opens a TCP connection from the stack's address of `remote`'s family. A closed
+    /// port fails with `ConnectionRefused` as soon as the RST arrives; no answer within
+    /// `handshake_timeout` fails with `TimedOut`.
+    pub async fn connect(&self, remote: SocketAddr) -> io::Result<TcpStream> {
+        let shared = &self.shared;
+        let local_ip = shared.source_for(remote.ip())?;
+        if remote.port() == 0 || remote.ip().is_unspecified() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("netstack: connect: {remote} is not a destination"),
+            ));
+        }
         let now = Instant::now();
+        for _ in 0..64 {
+            let port = rand::random_range(EPHEMERAL_FIRST..=u16::MAX);
+            let tuple = Tuple {
+                local: IpEndpoint::new(local_ip, port),
+                remote: IpEndpoint::from(remote),
+            };
+            let idx = shared.shard_for(&tuple);
+            let handle = shared.with_shard(idx, now, |shard| shard.connect(shared, tuple))?;
+            if let Some(handle) = handle {
+                let stream = TcpStream::new(Arc::clone(shared), idx, handle, tuple);
+                stream.wait_established(now).await?;
+                return Ok(stream);
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::AddrNotAvailable,
+            format!("netstack: connect to {remote}: no free local port"),
+        ))
+    }
+
+    /// Number of sockets in each shard (for tests and benches of the sharding).
+    pub fn shard_sizes(&self) -> Vec<usize> {
+        (0..self.shared.shards.len())
+            .map(|i| self.shared.lock(i).socket_count())
+            .collect()
+    }
+}
+
+impl Shared {
+    /// A stack without a driver; [`Netstack::new`] adds one.
+    pub(crate) fn new(config: NetstackConfig, now: Instant) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let clock = Clock::new(now);
+        let shards = (0..config.shards)
+            .map(|i| Mutex::new(Shard::new(i, &config, clock, rand::random(), now)))
+            .collect();
+        let deadlines = (0..config.shards)
+            .map(|_| AtomicU64::new(u64::MAX))
+            .collect();
+        Ok(Self {
+            addrs: config
+                .addresses
+                .iter()
+                .map(|a| IpAddress::from(*a))
+                .collect(),
+            clock,
+            counters: Counters::default(),
+            shards,
+            deadlines,
+            dirty: AtomicU64::new(0),
+            blocked: AtomicU64::new(0),
+            driver_at: AtomicU64::new(u64::MAX),
+            driver: Arc::new(Notify::new()),
+            out: Mutex::new(VecDeque::new()),
+            out_len: AtomicUsize::new(0),
+            out_ready: Notify::new(),
+            out_space: Notify::new(),
+            listeners: RwLock::new(HashMap::new()),
+            hash_key: rand::random(),
+            config,
+        })
+    }
+
+    /// Classifies `packets`, then feeds each shard its share and runs one egress pass.
+    pub(crate) fn push_at<P: AsRef<[u8]>>(&self, packets: &[P], now: Instant) -> usize {
+        let shared = self;
         let n_shards = shared.shards.len();
         let mut items: Vec<(usize, usize, Class)> = Vec::with_capacity(packets.len());
         shared
@@ -194,23 +281,9 @@ impl Netstack {
         items.len()
     }
 
-    /// Waits for outbound IP packets (to the tunnel) and moves up to `max` of them into
-    /// `out`. Returns how many (at least 1).
-    pub async fn recv_packets(&self, out: &mut Vec<Bytes>, max: usize) -> usize {
-        loop {
-            let mut ready = pin!(self.shared.out_ready.notified());
-            ready.as_mut().enable();
-            let n = self.try_recv_packets(out, max);
-            if n > 0 || max == 0 {
-                return n;
-            }
-            ready.await;
-        }
-    }
-
-    /// Moves up to `max` queued outbound packets into `out` without waiting.
-    pub fn try_recv_packets(&self, out: &mut Vec<Bytes>, max: usize) -> usize {
-        let shared = &*self.shared;
+    /// Moves up to `max` outbound packets into `out`; wakes what waited for room.
+    pub(crate) fn drain_out(&self, out: &mut Vec<Bytes>, max: usize) -> usize {
+        let shared = self;
         let n = {
             let mut q = lock(&shared.out);
             let n = max.min(q.len());
@@ -231,29 +304,20 @@ impl Netstack {
         n
     }
 
-    /// Outbound packets waiting to be taken.
-    pub fn pending_outbound(&self) -> usize {
-        self.shared.out_len.load(Relaxed)
-    }
-
-    /// Listens on `addr` (one of the stack's addresses, or unspecified for all of them)
-    /// with the configured accept backlog.
-    pub fn listen(&self, addr: SocketAddr) -> io::Result<TcpListener> {
-        self.listen_with_backlog(addr, self.shared.config.accept_backlog)
-    }
-
-    /// Listens on `addr` with an accept backlog of `backlog` connections (half-open plus
-    /// established, not yet accepted); SYNs past it are answered with RST.
-    pub fn listen_with_backlog(&self, addr: SocketAddr, backlog: usize) -> io::Result<TcpListener> {
-        let shared = &self.shared;
-        let ip = shared.local_ip(addr.ip())?;
+    /// Registers a listener on `addr`.
+    pub(crate) fn register_listener(
+        &self,
+        addr: SocketAddr,
+        backlog: usize,
+    ) -> io::Result<Arc<ListenerShared>> {
+        let ip = self.local_ip(addr.ip())?;
         if addr.port() == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "netstack: listen: port 0 is not supported",
             ));
         }
-        let mut listeners = shared
+        let mut listeners = self
             .listeners
             .write()
             .unwrap_or_else(PoisonError::into_inner);
@@ -269,53 +333,9 @@ impl Netstack {
         }
         let listener = Arc::new(ListenerShared::new(ip, addr.port(), backlog.max(1)));
         on_port.push(Arc::clone(&listener));
-        drop(listeners);
-        tracing::debug!(%addr, backlog, "netstack: listening");
-        Ok(TcpListener::new(Arc::clone(&self.shared), listener, addr))
+        Ok(listener)
     }
 
-    /// Opens a TCP connection from the stack's address of `remote`'s family. A closed
-    /// port fails with `ConnectionRefused` as soon as the RST arrives; no answer within
-    /// `handshake_timeout` fails with `TimedOut`.
-    pub async fn connect(&self, remote: SocketAddr) -> io::Result<TcpStream> {
-        let shared = &self.shared;
-        let local_ip = shared.source_for(remote.ip())?;
-        if remote.port() == 0 || remote.ip().is_unspecified() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("netstack: connect: {remote} is not a destination"),
-            ));
-        }
-        let now = Instant::now();
-        for _ in 0..64 {
-            let port = rand::random_range(EPHEMERAL_FIRST..=u16::MAX);
-            let tuple = Tuple {
-                local: IpEndpoint::new(local_ip, port),
-                remote: IpEndpoint::from(remote),
-            };
-            let idx = shard_of(shared.hash_key, &tuple, shared.shards.len());
-            let handle = shared.with_shard(idx, now, |shard| shard.connect(shared, tuple))?;
-            if let Some(handle) = handle {
-                let stream = TcpStream::new(Arc::clone(shared), idx, handle, tuple);
-                stream.wait_established(now).await?;
-                return Ok(stream);
-            }
-        }
-        Err(io::Error::new(
-            io::ErrorKind::AddrNotAvailable,
-            format!("netstack: connect to {remote}: no free local port"),
-        ))
-    }
-
-    /// Number of sockets in each shard (for tests and benches of the sharding).
-    pub fn shard_sizes(&self) -> Vec<usize> {
-        (0..self.shared.shards.len())
-            .map(|i| self.shared.lock(i).socket_count())
-            .collect()
-    }
-}
-
-impl Shared {
     /// Locks shard `idx`. A panic elsewhere never leaves a shard half-updated in a way
     /// that matters more than stopping the stack would, so poisoning is ignored.
     pub(crate) fn lock(&self, idx: usize) -> MutexGuard<'_, Shard> {
@@ -437,8 +457,7 @@ impl Shared {
 
     /// One driver pass: polls the shards that are dirty or due. Returns the earliest
     /// remaining deadline (clock microseconds).
-    fn drive_once(&self) -> u64 {
-        let now = Instant::now();
+    fn drive_once(&self, now: Instant) -> u64 {
         let now_us = self.clock.micros(now);
         self.driver_at.store(0, SeqCst);
         let full = self.out_len.load(SeqCst) >= self.config.max_outbound_packets;
@@ -455,6 +474,24 @@ impl Shared {
         self.driver_at.store(next, SeqCst);
         // A shard that stored an earlier deadline before seeing `driver_at` is caught here.
         self.min_deadline().min(next)
+    }
+
+    /// The earliest shard deadline, as an instant.
+    #[cfg(test)]
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        let us = self.min_deadline();
+        (us != u64::MAX).then(|| self.clock.instant_at(us))
+    }
+
+    /// One driver pass at `now` (for simulated time).
+    #[cfg(test)]
+    pub(crate) fn drive_at(&self, now: Instant) {
+        self.drive_once(now);
+    }
+
+    /// The shard of a TCP 4-tuple.
+    pub(crate) fn shard_for(&self, tuple: &Tuple) -> usize {
+        shard_of(self.hash_key, tuple, self.shards.len())
     }
 
     fn min_deadline(&self) -> u64 {
@@ -481,7 +518,7 @@ async fn drive(weak: Weak<Shared>, wake: Arc<Notify>) {
             let Some(shared) = weak.upgrade() else {
                 return;
             };
-            let next = shared.drive_once();
+            let next = shared.drive_once(Instant::now());
             let now_us = shared.clock.micros(Instant::now());
             if shared.dirty.load(SeqCst) != 0 || next <= now_us {
                 drop(shared);

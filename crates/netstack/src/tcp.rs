@@ -60,10 +60,25 @@ impl ListenerShared {
         self.closed.load(Relaxed)
     }
 
-    /// Queues an established connection (called with its shard locked).
-    pub(crate) fn push(&self, accepted: Accepted) {
-        lock(&self.queue).push_back(accepted);
+    /// Queues an established connection (called with its shard locked). Fails when the
+    /// listener is gone; the caller then resets the connection.
+    pub(crate) fn push(&self, accepted: Accepted) -> Result<(), Accepted> {
+        let mut queue = lock(&self.queue);
+        // Checked under the queue lock: `TcpListener::drop` sets `closed` before draining.
+        if self.is_closed() {
+            return Err(accepted);
+        }
+        queue.push_back(accepted);
+        drop(queue);
         self.notify.notify_one();
+        Ok(())
+    }
+
+    /// Takes the oldest established connection.
+    pub(crate) fn pop(&self) -> Option<Accepted> {
+        let accepted = lock(&self.queue).pop_front()?;
+        self.pending.fetch_sub(1, Relaxed);
+        Some(accepted)
     }
 }
 
@@ -116,8 +131,7 @@ impl TcpListener {
     }
 
     fn try_accept(&self) -> Option<TcpStream> {
-        let accepted = lock(&self.listener.queue).pop_front()?;
-        self.listener.pending.fetch_sub(1, Relaxed);
+        let accepted = self.listener.pop()?;
         self.shared.counters.pending_accepts.fetch_sub(1, Relaxed);
         Some(TcpStream::new(
             Arc::clone(&self.shared),
@@ -130,9 +144,12 @@ impl TcpListener {
 
 impl Drop for TcpListener {
     fn drop(&mut self) {
-        self.listener.closed.store(true, Relaxed);
         self.shared.unregister(&self.listener);
-        let queued: Vec<Accepted> = lock(&self.listener.queue).drain(..).collect();
+        let queued: Vec<Accepted> = {
+            let mut queue = lock(&self.listener.queue);
+            self.listener.closed.store(true, Relaxed);
+            queue.drain(..).collect()
+        };
         let now = Instant::now();
         for accepted in queued {
             self.listener.pending.fetch_sub(1, Relaxed);

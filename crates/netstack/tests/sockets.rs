@@ -128,7 +128,7 @@ async fn a_thousand_concurrent_connections_each_moving_data() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bulk_through_a_lossy_reordering_delaying_link() {
+async fn heavy_bulk_through_a_lossy_reordering_delaying_link() {
     let impair = Impair {
         loss: 0.005,
         reorder: 0.02,
