@@ -714,3 +714,30 @@ async fn upstream_connections_are_pooled_and_reused() {
     }
     assert_eq!(accepted.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
+
+#[tokio::test]
+async fn expect_100_continue_is_answered_without_delay() {
+    let (_, p) = start_pair(ProxyConfig::default()).await;
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\
+          Connection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 100 Continue"), "{head}");
+    assert!(started.elapsed() < Duration::from_millis(500));
+    s.write_all(b"body").await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    let rest = String::from_utf8(rest).unwrap();
+    assert!(
+        rest.starts_with("HTTP/1.1 200") && rest.ends_with("\r\n\r\n4"),
+        "{rest}"
+    );
+}
