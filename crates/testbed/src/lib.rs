@@ -76,6 +76,7 @@ pub mod packet;
 mod prereq;
 mod relay;
 mod site;
+mod stale;
 mod wggo;
 
 pub use cmd::{TempDir, on_path, run, run_command, run_with_input, write_private_file};
@@ -84,6 +85,7 @@ pub use netns::{NETNS_PREFIX, Netns, VETH_RANGE, VethEnd, VethPair};
 pub use prereq::{REQUIRED_PROGRAMS, check_gateway_prereqs, gateway_tests_can_run, in_ci, is_root};
 pub use relay::{DirectionStats, ImpairedRelay, Impairment, RelayStats};
 pub use site::GatewaySite;
+pub use stale::cleanup_stale;
 pub use wggo::{
     CONTROL_DIR, GatewayConfig, GatewayPeer, KeyPair, WgDump, WgPeerDump, WireguardGo,
     public_key_of,

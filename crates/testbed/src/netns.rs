@@ -2,7 +2,8 @@
 //!
 //! Names carry the test process id and a counter (`wgtb-<label>-<pid>-<n>`), so tests running in
 //! parallel processes never collide; a namespace left behind by a process that died (killed test,
-//! `SIGKILL`ed runner) is removed, with its processes, by the next [`Netns::new`].
+//! `SIGKILL`ed runner) is removed, with its processes, by the first [`Netns::new`] of the next
+//! test process (see [`cleanup_stale`](crate::cleanup_stale)).
 
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -40,7 +41,7 @@ impl Netns {
     /// Creates `wgtb-<label>-<pid>-<n>` and brings its loopback up. `label` is short text such as
     /// `gw1` or `agent` (letters, digits).
     pub fn new(label: &str) -> Result<Self> {
-        remove_stale_namespaces();
+        crate::stale::cleanup_stale_once();
         let name = format!("{NETNS_PREFIX}{label}-{}-{}", std::process::id(), next_id());
         run("ip", ["netns", "add", &name])?;
         let ns = Self { name };
@@ -210,8 +211,9 @@ fn kill_all_in(name: &str) {
     }
 }
 
-/// Deletes `wgtb-*-<pid>-<n>` namespaces whose creating process no longer exists.
-fn remove_stale_namespaces() {
+/// Deletes `wgtb-*-<pid>-<n>` namespaces whose creating process no longer exists, killing the
+/// processes left inside them.
+pub(crate) fn remove_stale_namespaces() {
     let Ok(list) = run("ip", ["netns", "list"]) else {
         return;
     };
@@ -222,14 +224,7 @@ fn remove_stale_namespaces() {
         let Some(rest) = name.strip_prefix(NETNS_PREFIX) else {
             continue;
         };
-        let mut fields = rest.rsplit('-');
-        let (Some(_n), Some(pid)) = (fields.next(), fields.next()) else {
-            continue;
-        };
-        let Ok(pid) = pid.parse::<u32>() else {
-            continue;
-        };
-        if !pid_alive(pid) {
+        if crate::stale::owner_pid(rest).is_some_and(|pid| !pid_alive(pid)) {
             kill_all_in(name);
             let _ = run("ip", ["netns", "del", name]);
         }
@@ -370,13 +365,13 @@ fn base36(mut n: u32) -> String {
 /// A /30 out of [`VETH_RANGE`], held by a lock file `/run/wg-testbed/nets/<index>` that holds
 /// the owner's pid (leases of dead processes are taken over).
 #[derive(Debug)]
-struct SubnetLease {
+pub(crate) struct SubnetLease {
     network: Ipv4Addr,
     file: PathBuf,
 }
 
 impl SubnetLease {
-    const DIR: &'static str = "/run/wg-testbed/nets";
+    pub(crate) const DIR: &'static str = "/run/wg-testbed/nets";
 
     fn acquire() -> Result<Self> {
         let dir = Path::new(Self::DIR);
