@@ -163,6 +163,8 @@ impl UdpDriver {
             }
         }
         batch.clear();
+        // quinn-udp turns GSO off when the kernel refuses it: follow.
+        batch.max_segments = batch.max_segments.min(self.max_gso_segments()).max(1);
         Ok(())
     }
 

@@ -33,7 +33,8 @@ pub struct PeerConfig {
     /// Inner addresses routed to this peer, and accepted as sources from it.
     pub allowed_ips: Vec<IpNet>,
     /// Send a keepalive when nothing crossed the tunnel for this long (WireGuard's
-    /// `PersistentKeepalive`; 25 s is usual). Scheduled by wg-core, changeable on a live session.
+    /// `PersistentKeepalive`; 25 s is usual; zero means off). Scheduled by wg-core, changeable
+    /// on a live session.
     pub persistent_keepalive: Option<Duration>,
     /// Optional preshared key mixed into the handshake.
     pub preshared_key: Option<PresharedKey>,
@@ -148,7 +149,8 @@ impl Peer {
 
     /// When the persistent keepalive is due, if one is configured and useful now.
     pub(crate) fn keepalive_deadline(&self) -> Option<Instant> {
-        let interval = self.config.persistent_keepalive?;
+        // Zero means off, as in `wg`.
+        let interval = self.config.persistent_keepalive.filter(|d| !d.is_zero())?;
         self.endpoint?;
         match self.state {
             HandshakeState::Established | HandshakeState::Idle => {
@@ -160,7 +162,9 @@ impl Peer {
 
     /// Whether the peer wants a session even without traffic (keepalive, or recent data).
     pub(crate) fn wants_session(&self, now: Instant) -> bool {
-        self.config.persistent_keepalive.is_some()
+        self.config
+            .persistent_keepalive
+            .is_some_and(|d| !d.is_zero())
             || self
                 .last_data_sent
                 .is_some_and(|t| now.saturating_duration_since(t) < REKEY_ATTEMPT)

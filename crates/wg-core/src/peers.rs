@@ -329,6 +329,8 @@ impl Peers {
             if let Some(peer) = self.slots[slot].as_mut() {
                 peer.state = HandshakeState::Idle;
                 peer.last_handshake = None;
+                peer.connecting_since = None;
+                peer.next_retry = None;
             }
             self.start_handshake(slot, false, now);
         }
@@ -497,7 +499,9 @@ impl Peers {
         for peer in self.slots.iter().flatten() {
             next = min_opt(next, peer.keepalive_deadline());
             next = min_opt(next, peer.next_retry);
-            if let Some(since) = peer.connecting_since {
+            if peer.state == HandshakeState::Connecting
+                && let Some(since) = peer.connecting_since
+            {
                 next = min_opt(next, Some(since + REKEY_ATTEMPT));
             }
             if peer.state == HandshakeState::Established {
@@ -889,7 +893,15 @@ impl Peers {
                 }
                 self.encapsulate_keepalive(slot, now);
             }
-            HandshakeState::Idle => self.start_handshake(slot, false, now),
+            HandshakeState::Idle => {
+                self.start_handshake(slot, false, now);
+                if let Some(peer) = self.slots[slot].as_mut()
+                    && peer.state == HandshakeState::Idle
+                {
+                    // Nothing went out (full queue): try again one interval later.
+                    peer.last_traversal = Some(now);
+                }
+            }
             HandshakeState::Connecting | HandshakeState::Backoff => {}
         }
     }
