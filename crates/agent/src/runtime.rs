@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::{AdminAddr, AdminServer, StatusSource};
-use crate::config::{Config, GatewayConfig, RouteConfig, RouteProtocol};
+use crate::config::{Config, ConfigChanges, GatewayConfig, RouteConfig, RouteProtocol};
 use crate::manager::{GatewaySpec, Manager, ManagerConfig};
 use crate::metrics::{AgentCounters, MetricsWriter, write_agent_counters};
 use crate::snapshot::{GatewayStatus, RouteStatus, StatusSnapshot};
@@ -150,11 +150,6 @@ pub fn manager_config(config: &Config) -> ManagerConfig {
 impl Agent {
     /// Starts the Manager (tunnel) and one proxy per route.
     pub async fn start(config: Config) -> anyhow::Result<Self> {
-        if config.gateways.is_empty() {
-            tracing::warn!(
-                "no gateways configured: nothing can reach the app until some are added"
-            );
-        }
         let manager = Manager::start(manager_config(&config))
             .await
             .with_context(|| format!("{}: cannot start the tunnel", config.path.display()))?;
@@ -168,7 +163,7 @@ impl Agent {
                 draining: AtomicBool::new(false),
             }),
         };
-        agent.apply_routes(&config)?;
+        agent.apply_routes(&config, false).await?;
         Ok(agent)
     }
 
@@ -179,17 +174,29 @@ impl Agent {
 
     /// Starts, replaces or stops route proxies so they match `config.routes`; unchanged routes
     /// (same port, protocol, upstream and options) keep serving untouched.
-    fn apply_routes(&self, config: &Config) -> anyhow::Result<()> {
-        let mut routes = lock(&self.inner.routes);
+    async fn apply_routes(&self, config: &Config, restart_all: bool) -> anyhow::Result<()> {
         let wanted: BTreeMap<u16, &RouteConfig> =
             config.routes.iter().map(|r| (r.port, r)).collect();
-        routes.retain(|port, route| {
-            let keep = wanted.get(port).is_some_and(|w| **w == route.config);
-            if !keep {
-                tracing::info!(port, "route stopped");
-            }
-            keep
-        });
+        // Stop what goes away first, and wait until its listener is closed so the port is free
+        // for a replacement. A new `[proxy]` restarts every route; connections already
+        // accepted finish under the old settings.
+        let stopped: Vec<Route> = {
+            let mut routes = lock(&self.inner.routes);
+            let ports: Vec<u16> = routes
+                .iter()
+                .filter(|(port, route)| {
+                    restart_all || wanted.get(*port).is_none_or(|w| **w != route.config)
+                })
+                .map(|(port, _)| *port)
+                .collect();
+            ports.iter().filter_map(|p| routes.remove(p)).collect()
+        };
+        for mut route in stopped {
+            route.task.abort();
+            let _ = (&mut route.task).await;
+            tracing::info!(port = route.config.port, "route stopped");
+        }
+        let mut routes = lock(&self.inner.routes);
         for (port, route) in wanted {
             if routes.contains_key(&port) {
                 continue;
@@ -248,24 +255,12 @@ impl Agent {
             }
         };
         let old = lock(&self.inner.config).clone();
-        for (field, changed) in [
-            (
-                "agent.virtual_ip",
-                old.agent.virtual_ip != new.agent.virtual_ip,
-            ),
-            (
-                "agent.listen_port",
-                old.agent.listen_port != new.agent.listen_port,
-            ),
-            ("agent.mtu", old.agent.mtu != new.agent.mtu),
-            ("admin.listen", old.admin != new.admin),
-        ] {
-            if changed {
-                tracing::warn!(
-                    "{}: `{field}` changed: it applies at the next restart",
-                    path.display()
-                );
-            }
+        let changes = ConfigChanges::between(&old, &new);
+        for field in &changes.needs_restart {
+            tracing::warn!(
+                "{}: `{field}` changed: it applies at the next restart",
+                path.display()
+            );
         }
         let manager = &self.inner.manager;
         manager.set_private_key(new.agent.private_key.clone()).await;
@@ -277,16 +272,12 @@ impl Agent {
                 return;
             }
         };
-        if let Err(error) = self.apply_routes(&new) {
+        if let Err(error) = self.apply_routes(&new, changes.proxy_changed).await {
             tracing::error!("config reload: routes not fully applied: {error:#}");
         }
         tracing::info!(
-            added = update.added.len(),
-            removed = update.removed.len(),
-            changed = update.changed.len(),
-            unchanged = update.unchanged.len(),
-            routes = new.routes.len(),
-            "config reloaded"
+            unchanged_gateways = update.unchanged.len(),
+            "config reloaded: {changes}"
         );
         *lock(&self.inner.config) = new;
     }
