@@ -1,7 +1,7 @@
 //! netstack: bulk TCP throughput and small request/response rate between two in-memory
 //! stacks (baseline: kernel TCP over loopback, same run), and the cost of a round trip
 //! as the number of open connections grows (1 / 100 / 1,000 / 10,000), sharded (the
-//! default) against one socket set (baseline).
+//! default, 64 shards) against one socket set (baseline).
 
 use std::hint::black_box;
 use std::net::SocketAddr;
@@ -147,7 +147,7 @@ fn throughput(c: &mut Criterion) {
     let mut g = c.benchmark_group("netstack/bulk_tcp");
     g.throughput(Throughput::Bytes(CHUNK as u64));
     let (mut ns_w, mut ns_done) = rt.block_on(async {
-        let (a, b) = stacks(16, 1 << 20);
+        let (a, b) = stacks(NetstackConfig::default().shards, 1 << 20);
         let (c, s) = netstack_pair(&a, &b, 5000).await;
         (c, sink(s))
     });
@@ -166,7 +166,7 @@ fn throughput(c: &mut Criterion) {
     let mut g = c.benchmark_group("netstack/request_response_64B");
     g.throughput(Throughput::Elements(1));
     let mut ns = rt.block_on(async {
-        let (a, b) = stacks(16, 1 << 20);
+        let (a, b) = stacks(NetstackConfig::default().shards, 1 << 20);
         let (c, s) = netstack_pair(&a, &b, 5001).await;
         echo(s);
         c
@@ -190,7 +190,11 @@ fn scale(c: &mut Criterion) {
     let mut g = c.benchmark_group("netstack/round_trip_with_open_connections");
     g.throughput(Throughput::Elements(1));
     for open in [1usize, 100, 1_000, 10_000] {
-        for (label, shards) in [("sharded_16", 16), ("baseline_one_socket_set", 1)] {
+        let default_shards = NetstackConfig::default().shards;
+        for (label, shards) in [
+            ("sharded_default", default_shards),
+            ("baseline_one_socket_set", 1),
+        ] {
             let rt = runtime();
             let (mut conn, idle) = rt.block_on(async {
                 let (a, b) = stacks(shards, 64 << 10);

@@ -194,3 +194,30 @@ async fn heavy_64_mib_each_way_with_checksums() {
         .expect("in time");
     eprintln!("64 MiB each way in {:?}", start.elapsed());
 }
+
+#[tokio::test]
+async fn idle_timeout_cuts_a_dead_peer_and_keepalive_keeps_a_live_one() {
+    let mut ca = config(&[A]);
+    ca.idle_timeout = Some(Duration::from_millis(400));
+    ca.keepalive = Some(Duration::from_millis(100));
+    let p = pair_with(ca, config(&[B]), None);
+    let listener = p.b.listen(sa(B, 80)).expect("listen");
+    let mut c = p.a.connect(sa(B, 80)).await.expect("connect");
+    let (mut s, _) = listener.accept().await.expect("accept");
+
+    // Idle but alive: keep-alive probes are answered, the connection survives.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    c.write_all(b"still here").await.expect("write after idle");
+    let mut buf = [0u8; 10];
+    s.read_exact(&mut buf).await.expect("read after idle");
+
+    // The peer vanishes: after the idle timeout the connection is aborted.
+    p.cut();
+    let start = Instant::now();
+    let err = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+        .await
+        .expect("cut within the idle timeout")
+        .expect_err("aborted");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
+}

@@ -49,6 +49,15 @@ pub struct Pair {
     pumps: Vec<JoinHandle<()>>,
 }
 
+impl Pair {
+    /// Cuts the link both ways: nothing moves any more.
+    pub fn cut(&self) {
+        for p in &self.pumps {
+            p.abort();
+        }
+    }
+}
+
 impl Drop for Pair {
     fn drop(&mut self) {
         for p in &self.pumps {
