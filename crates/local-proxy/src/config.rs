@@ -28,6 +28,9 @@ pub struct ProxyConfig {
     /// On shutdown, how long in-flight requests and tunnels get before they are closed.
     pub drain_timeout: Duration,
     /// Largest request head accepted (request line plus headers); larger heads get `431`.
+    ///
+    /// An HTTP/1 connection's buffers are bounded by `max(max_header_bytes + 16 KiB, 256 KiB)`
+    /// each way; an HTTP/2 connection's by its flow-control windows (hyper's 1 MiB default).
     pub max_header_bytes: usize,
     /// Connections open at once across every route served with one
     /// [`ConnectionTracker`](crate::ConnectionTracker); more are closed on accept.

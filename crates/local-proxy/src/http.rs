@@ -182,7 +182,7 @@ impl HttpProxy {
                     .timer(TokioTimer::new())
                     .header_read_timeout(config.header_read_timeout)
                     .max_header_size(max)
-                    .max_buf_size(max.saturating_add(16 * 1024).max(64 * 1024))
+                    .max_buf_size(h1_buffer_limit(max))
                     .keep_alive(true)
                     .serve_connection(io, service)
                     .with_upgrades();
@@ -444,6 +444,12 @@ async fn drive<C: GracefulConnection>(
             () = clock.expired(idle) => return Ended::Idle,
         }
     }
+}
+
+/// The HTTP/1 read and write buffer ceiling of one connection: room for the largest head
+/// accepted, and at least 256 KiB (measured: 64 KiB cost a third of the upload throughput).
+fn h1_buffer_limit(max_header_bytes: usize) -> usize {
+    max_header_bytes.saturating_add(16 * 1024).max(256 * 1024)
 }
 
 /// Read until the bytes seen differ from the HTTP/2 preface (HTTP/1) or match all of it
