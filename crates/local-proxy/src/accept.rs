@@ -10,6 +10,29 @@ use tokio::io::{AsyncRead, AsyncWrite};
 ///
 /// The agent implements it for its userspace TCP stack's listener; this crate implements it for
 /// [`tokio::net::TcpListener`] and for a channel receiver of `(stream, peer)` pairs.
+///
+/// # Example
+///
+/// ```
+/// use std::{io, net::SocketAddr};
+///
+/// use local_proxy::Accept;
+///
+/// /// A listener fed by another task, for example a userspace TCP stack.
+/// struct Handoff(tokio::sync::mpsc::Receiver<(tokio::io::DuplexStream, SocketAddr)>);
+///
+/// impl Accept for Handoff {
+///     type Stream = tokio::io::DuplexStream;
+///
+///     async fn accept(&mut self) -> io::Result<Option<(Self::Stream, SocketAddr)>> {
+///         Ok(self.0.recv().await)
+///     }
+///
+///     fn local_addr(&self) -> Option<SocketAddr> {
+///         "10.1.0.100:80".parse().ok()
+///     }
+/// }
+/// ```
 pub trait Accept: Send {
     /// The byte stream of one connection.
     type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;

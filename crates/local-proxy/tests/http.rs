@@ -741,3 +741,55 @@ async fn expect_100_continue_is_answered_without_delay() {
         "{rest}"
     );
 }
+
+#[tokio::test]
+async fn any_stream_type_is_served_through_an_accept_channel() {
+    // In-memory streams stand in for the agent's userspace TCP stack.
+    let upstream = start_upstream().await;
+    let config = ProxyConfig::default();
+    let tracker = local_proxy::ConnectionTracker::new(&config);
+    let proxy = local_proxy::HttpProxy::new(HttpRouteConfig::new(upstream), &config);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let serving = tokio::spawn({
+        let (proxy, tracker) = (proxy.clone(), tracker.clone());
+        async move { proxy.serve(rx, &tracker).await }
+    });
+    let (client, server) = tokio::io::duplex(64 * 1024);
+    let peer: std::net::SocketAddr = "10.1.0.1:40000".parse().unwrap();
+    tx.send((server, peer)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(client))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let seen = body_text(sender.send_request(get("/headers")).await.unwrap()).await;
+    assert!(seen.contains("x-forwarded-for: 10.1.0.1\n"), "{seen}");
+
+    // One stream served directly, without a listener.
+    let (client, server) = tokio::io::duplex(64 * 1024);
+    let direct = tokio::spawn({
+        let (proxy, tracker) = (proxy.clone(), tracker.clone());
+        async move {
+            proxy
+                .serve_connection(server, "10.1.0.2:1".parse().unwrap(), &tracker)
+                .await
+        }
+    });
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(client))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let seen = body_text(sender.send_request(get("/headers")).await.unwrap()).await;
+    assert!(seen.contains("x-forwarded-for: 10.1.0.2\n"), "{seen}");
+    drop(sender);
+    tokio::time::timeout(Duration::from_secs(2), direct)
+        .await
+        .unwrap()
+        .unwrap();
+
+    // Closing the channel ends `serve`.
+    drop(tx);
+    tokio::time::timeout(Duration::from_secs(2), serving)
+        .await
+        .unwrap()
+        .unwrap();
+}
