@@ -142,6 +142,7 @@ impl Shard {
         packet: &[u8],
         class: Class,
         now: Instant,
+        reply_limit: usize,
     ) {
         let mut watch = None;
         match class {
@@ -166,6 +167,7 @@ impl Shard {
             }
             Class::Other => {}
         }
+        let before = self.tx.len();
         let mut dev = Dev {
             rx: Some(packet),
             tx: &mut self.tx,
@@ -174,6 +176,11 @@ impl Shard {
         };
         self.iface
             .poll_ingress_single(self.clock.smol_at(now), &mut dev, &mut self.sockets);
+        // An immediate reply (RST, echo reply) past the bound is dropped like on a full link.
+        if self.tx.len() > before && self.tx.len() > reply_limit {
+            self.tx.truncate(before);
+            shared.counters.drop(DropReason::QueueFull);
+        }
         if let Some(tuple) = watch {
             self.check_half_open(shared, tuple, now);
         }

@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 
 use crate::config::{ConfigError, NetstackConfig};
 use crate::shard::Shard;
-use crate::stats::{Counters, DropReason, NetstackStats};
+use crate::stats::{Counters, NetstackStats};
 use crate::tcp::{ListenerShared, TcpListener, TcpStream};
 use crate::time::Clock;
 use crate::wire::{Class, Tuple, classify, shard_of};
@@ -65,7 +65,6 @@ pub(crate) struct Shared {
     out: Mutex<VecDeque<Bytes>>,
     out_len: AtomicUsize,
     out_ready: Notify,
-    out_space: Notify,
     listeners: RwLock<HashMap<u16, Vec<Arc<ListenerShared>>>>,
     hash_key: u64,
 }
@@ -100,37 +99,20 @@ impl Netstack {
 
     /// Takes inbound IP packets (from the tunnel) and processes them at once: each
     /// shard's share of the batch goes through smoltcp, then one egress pass emits
-    /// replies into the outbound queue. Waits first while the outbound queue is full
-    /// (back-pressure: drain it with [`recv_packets`](Self::recv_packets)). Returns how
-    /// many packets were accepted (the rest were malformed or not for us, and counted).
+    /// replies into the outbound queue. Returns how many packets were accepted (the rest
+    /// were malformed or not for us, and counted).
+    ///
+    /// It never waits for room in the outbound queue (so one task may feed and drain
+    /// two stacks without deadlock): when the queue is full the stack stops emitting, TCP
+    /// windows close, and peers slow down; the only packets dropped are immediate replies
+    /// (RST, echo replies) past twice the queue bound, counted as
+    /// [`DropReason::QueueFull`].
     pub async fn send_packets<P: AsRef<[u8]>>(&self, packets: &[P]) -> usize {
-        let shared = &self.shared;
-        loop {
-            let mut space = pin!(shared.out_space.notified());
-            space.as_mut().enable();
-            if shared.out_len.load(Relaxed) < shared.config.max_outbound_packets {
-                break;
-            }
-            space.await;
-        }
         self.push_packets(packets)
     }
 
-    /// Like [`send_packets`](Self::send_packets) without waiting: when the outbound
-    /// queue is full the whole batch is dropped and counted as
-    /// [`DropReason::QueueFull`], and 0 is returned.
-    pub fn try_push_packets<P: AsRef<[u8]>>(&self, packets: &[P]) -> usize {
-        let shared = &self.shared;
-        if shared.out_len.load(Relaxed) >= shared.config.max_outbound_packets {
-            for _ in packets {
-                shared.counters.drop(DropReason::QueueFull);
-            }
-            return 0;
-        }
-        self.push_packets(packets)
-    }
-
-    fn push_packets<P: AsRef<[u8]>>(&self, packets: &[P]) -> usize {
+    /// The synchronous form of [`send_packets`](Self::send_packets).
+    pub fn push_packets<P: AsRef<[u8]>>(&self, packets: &[P]) -> usize {
         self.shared.push_at(packets, Instant::now())
     }
 
@@ -241,7 +223,6 @@ impl Shared {
             out: Mutex::new(VecDeque::new()),
             out_len: AtomicUsize::new(0),
             out_ready: Notify::new(),
-            out_space: Notify::new(),
             listeners: RwLock::new(HashMap::new()),
             hash_key: rand::random(),
             config,
@@ -272,9 +253,11 @@ impl Shared {
         items.sort_by_key(|item| item.0);
         for group in items.chunk_by(|a, b| a.0 == b.0) {
             let idx = group[0].0;
+            let limit = 2 * shared.config.max_outbound_packets;
+            let replies = limit.saturating_sub(shared.out_len.load(Relaxed));
             shared.with_shard(idx, now, |shard| {
                 for (_, i, class) in group {
-                    shard.handle_packet(shared, packets[*i].as_ref(), *class, now);
+                    shard.handle_packet(shared, packets[*i].as_ref(), *class, now, replies);
                 }
             });
         }
@@ -295,7 +278,6 @@ impl Shared {
             if shared.blocked.load(SeqCst) != 0 {
                 shared.driver.notify_one();
             }
-            shared.out_space.notify_waiters();
             if shared.out_len.load(Relaxed) > 0 {
                 // More left: keep the next `recv_packets` from sleeping.
                 shared.out_ready.notify_one();

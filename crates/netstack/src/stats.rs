@@ -16,7 +16,7 @@ pub enum DropReason {
     NoSocket,
     /// A connection refused because a limit was reached (answered with RST).
     LimitReached,
-    /// The outbound queue was full (only [`Netstack::try_push_packets`](crate::Netstack::try_push_packets)).
+    /// An immediate reply (RST, echo reply) was not sent: the outbound queue was full.
     QueueFull,
 }
 

@@ -214,6 +214,27 @@ async fn syn_flood_stays_within_the_configured_bound() {
 }
 
 #[tokio::test]
+async fn the_outbound_queue_stays_bounded_when_nobody_drains_it() {
+    let mut cfg = config(&[B]);
+    cfg.max_outbound_packets = 16;
+    let b = Netstack::new(cfg).expect("stack");
+    let _listener = b.listen(sa(B, 80)).expect("listen");
+    for round in 0..50u16 {
+        let batch: Vec<Vec<u8>> = (0..40)
+            .map(|i| syn(1000 + round * 40 + i, 80 + i % 2))
+            .collect();
+        b.send_packets(&batch).await;
+        tokio::task::yield_now().await;
+        assert!(b.pending_outbound() <= 3 * 16, "{}", b.pending_outbound());
+    }
+    assert!(b.stats().dropped.get(DropReason::QueueFull) > 0);
+    // Draining lets the stack resume.
+    let mut out = Vec::new();
+    let n = b.try_recv_packets(&mut out, usize::MAX);
+    assert!(n > 0);
+}
+
+#[tokio::test]
 async fn malformed_packets_are_counted_not_fatal() {
     let p = pair();
     let junk: Vec<Vec<u8>> = vec![

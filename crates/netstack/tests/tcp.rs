@@ -219,5 +219,32 @@ async fn idle_timeout_cuts_a_dead_peer_and_keepalive_keeps_a_live_one() {
         .expect("cut within the idle timeout")
         .expect_err("aborted");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
-    assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiny_outbound_queue_applies_back_pressure_without_loss() {
+    let mut ca = config(&[A]);
+    ca.max_outbound_packets = 8;
+    let mut cb = config(&[B]);
+    cb.max_outbound_packets = 8;
+    let p = pair_with(ca, cb, None);
+    tokio::time::timeout(Duration::from_secs(30), transfer(&p, 2 << 20, 5003))
+        .await
+        .expect("in time");
+    assert!(p.a.pending_outbound() <= 8 + 64);
+    assert_eq!(p.a.stats().dropped.total(), 0);
+}
+
+#[test]
+fn handles_are_send_and_sync() {
+    fn check<T: Send + Sync + 'static>() {}
+    check::<netstack::Netstack>();
+    check::<netstack::TcpStream>();
+    check::<netstack::TcpListener>();
+    check::<netstack::UdpSocket>();
 }
