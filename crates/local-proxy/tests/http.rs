@@ -793,3 +793,31 @@ async fn any_stream_type_is_served_through_an_accept_channel() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn graceful_shutdown_lets_http2_streams_finish() {
+    let (_, p) = start_pair(ProxyConfig::default()).await;
+    let stream = TcpStream::connect(p.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = Request::get("http://x/slow?500")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let in_flight = tokio::spawn(async move { sender.send_request(req).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let outcome = tokio::time::timeout(Duration::from_secs(5), p.tracker.shutdown())
+        .await
+        .unwrap();
+    assert_eq!(outcome, ShutdownOutcome::Drained);
+    let resp = in_flight.await.unwrap().unwrap();
+    assert_eq!(body_text(resp).await, "slow done");
+    // GOAWAY was sent and the connection closed cleanly.
+    tokio::time::timeout(Duration::from_secs(2), conn)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
