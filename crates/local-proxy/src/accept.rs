@@ -40,7 +40,10 @@ pub trait Accept: Send {
     /// The next connection and its peer's address.
     ///
     /// `Ok(None)`: the listener is closed, serving ends. `Err(_)`: a transient failure (for
-    /// example too many open files); serving logs it, waits briefly and calls again.
+    /// example too many open files); serving logs it, waits 50 ms and calls again.
+    ///
+    /// Must be cancel-safe: when shutdown begins, serving drops a pending `accept` future, and
+    /// a connection it had half-accepted must not be lost silently (it may simply stay queued).
     fn accept(
         &mut self,
     ) -> impl Future<Output = io::Result<Option<(Self::Stream, SocketAddr)>>> + Send;

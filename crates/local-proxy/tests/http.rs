@@ -821,3 +821,31 @@ async fn graceful_shutdown_lets_http2_streams_finish() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn upstream_connect_timeout_gives_502_in_time() {
+    // A listener that never accepts, with its backlog filled: further SYNs go unanswered.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let full = socket.listen(1).unwrap();
+    let upstream = full.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        match tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(upstream)).await {
+            Ok(Ok(s)) => fillers.push(s),
+            _ => break,
+        }
+    }
+    let config = config(|c| c.upstream_connect_timeout = Duration::from_millis(300));
+    let p = start_proxy(HttpRouteConfig::new(upstream), config).await;
+    let started = std::time::Instant::now();
+    let resp = send(p.addr, get("/")).await;
+    let elapsed = started.elapsed();
+    assert_eq!(resp.status(), 502);
+    assert!(
+        elapsed >= Duration::from_millis(250) && elapsed < Duration::from_secs(3),
+        "{elapsed:?}"
+    );
+    assert_eq!(p.proxy.metrics().snapshot().upstream_errors, 1);
+    drop(full);
+}
