@@ -34,6 +34,8 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 struct Conn {
     handle: SocketHandle,
     state: ConnState,
+    /// The peer sent an RST (tells a reset from a timeout once the socket is closed).
+    reset: bool,
     /// Keep last: the socket using these rings is removed from the set first.
     bufs: TcpBuffers,
 }
@@ -146,8 +148,13 @@ impl Shard {
     ) {
         let mut watch = None;
         match class {
-            Class::Tcp { tuple, syn_only } => match self.conns.get(&tuple) {
+            Class::Tcp {
+                tuple,
+                syn_only,
+                rst,
+            } => match self.conns.get_mut(&tuple) {
                 Some(conn) => {
+                    conn.reset |= rst;
                     if matches!(conn.state, ConnState::HalfOpen { .. }) {
                         watch = Some(tuple);
                     }
@@ -295,6 +302,7 @@ impl Shard {
             Conn {
                 handle,
                 state: ConnState::Owned,
+                reset: false,
                 bufs,
             },
         );
@@ -311,6 +319,11 @@ impl Shard {
     /// The TCP socket behind `handle`.
     pub(crate) fn tcp(&mut self, handle: SocketHandle) -> &mut tcp::Socket<'static> {
         self.sockets.get_mut::<tcp::Socket>(handle)
+    }
+
+    /// Whether the peer reset connection `tuple`.
+    pub(crate) fn was_reset(&self, tuple: &Tuple) -> bool {
+        self.conns.get(tuple).is_some_and(|c| c.reset)
     }
 
     /// Sets the options of an established connection (idle timeout after the handshake).
@@ -407,6 +420,7 @@ impl Shard {
                     listener,
                     deadline: now + shared.config.handshake_timeout,
                 },
+                reset: false,
                 bufs,
             },
         );

@@ -177,7 +177,7 @@ impl Netstack {
             let handle = shared.with_shard(idx, now, |shard| shard.connect(shared, tuple))?;
             if let Some(handle) = handle {
                 let stream = TcpStream::new(Arc::clone(shared), idx, handle, tuple);
-                stream.wait_established(now).await?;
+                stream.wait_established().await?;
                 return Ok(stream);
             }
         }

@@ -164,9 +164,10 @@ impl Drop for TcpListener {
 /// A TCP connection on a virtual IP.
 ///
 /// `shutdown` sends FIN and reading continues until the peer's FIN (half-close).
-/// Errors: `ConnectionReset` after an RST (or an idle timeout), `BrokenPipe` when
-/// writing after shutdown. Dropping it closes gracefully in the background (FIN, bounded
-/// by `close_timeout`), or resets when unread data is left.
+/// Errors: `ConnectionReset` after the peer's RST, `TimedOut` after the idle timeout (no
+/// answer from the peer for `idle_timeout`), `BrokenPipe` when writing after shutdown.
+/// Dropping it closes gracefully in the background (FIN, bounded by `close_timeout`), or
+/// resets when unread data is left.
 pub struct TcpStream {
     shared: Arc<Shared>,
     shard: usize,
@@ -209,7 +210,7 @@ impl TcpStream {
     }
 
     /// Waits until an outbound connection is established.
-    pub(crate) async fn wait_established(&self, started: Instant) -> io::Result<()> {
+    pub(crate) async fn wait_established(&self) -> io::Result<()> {
         poll_fn(|cx| {
             let mut shard = self.shared.lock(self.shard);
             let socket = shard.tcp(self.handle);
@@ -219,11 +220,10 @@ impl TcpStream {
                     Poll::Pending
                 }
                 tcp::State::Closed => {
-                    let timed_out = started.elapsed() >= self.shared.config.handshake_timeout;
-                    let (kind, what) = if timed_out {
-                        (io::ErrorKind::TimedOut, "timed out")
-                    } else {
+                    let (kind, what) = if shard.was_reset(&self.tuple) {
                         (io::ErrorKind::ConnectionRefused, "refused")
+                    } else {
+                        (io::ErrorKind::TimedOut, "timed out")
                     };
                     Poll::Ready(Err(io::Error::new(
                         kind,
@@ -239,9 +239,11 @@ impl TcpStream {
         .await
     }
 
-    fn closed_error(&self, socket: &tcp::Socket<'_>, writing: bool) -> io::Error {
-        let (kind, what) = match socket.state() {
-            tcp::State::Closed => (io::ErrorKind::ConnectionReset, "connection reset"),
+    fn closed_error(&self, state: tcp::State, reset: bool, writing: bool) -> io::Error {
+        let (kind, what) = match state {
+            tcp::State::Closed if reset => (io::ErrorKind::ConnectionReset, "connection reset"),
+            // Closed without an RST from the peer: smoltcp's timeout (idle or retransmit).
+            tcp::State::Closed => (io::ErrorKind::TimedOut, "connection timed out"),
             _ if writing => (io::ErrorKind::BrokenPipe, "write after shutdown"),
             _ => (io::ErrorKind::NotConnected, "not connected"),
         };
@@ -284,7 +286,14 @@ impl AsyncRead for TcpStream {
                 Poll::Ready(Ok(()))
             }
             Err(tcp::RecvError::Finished) => Poll::Ready(Ok(())),
-            Err(_) => Poll::Ready(Err(this.closed_error(socket, false))),
+            Err(_) => {
+                let state = socket.state();
+                Poll::Ready(Err(this.closed_error(
+                    state,
+                    shard.was_reset(&this.tuple),
+                    false,
+                )))
+            }
         }
     }
 }
@@ -299,7 +308,9 @@ impl AsyncWrite for TcpStream {
         let mut shard = this.shared.lock(this.shard);
         let socket = shard.tcp(this.handle);
         if !socket.may_send() {
-            return Poll::Ready(Err(this.closed_error(socket, true)));
+            let state = socket.state();
+            let reset = shard.was_reset(&this.tuple);
+            return Poll::Ready(Err(this.closed_error(state, reset, true)));
         }
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
@@ -313,7 +324,11 @@ impl AsyncWrite for TcpStream {
                 this.shared.finish(this.shard, &mut shard, Instant::now());
                 Poll::Ready(Ok(n))
             }
-            Err(_) => Poll::Ready(Err(this.closed_error(socket, true))),
+            Err(_) => {
+                let state = socket.state();
+                let reset = shard.was_reset(&this.tuple);
+                Poll::Ready(Err(this.closed_error(state, reset, true)))
+            }
         }
     }
 

@@ -25,6 +25,8 @@ pub(crate) enum Class {
         tuple: Tuple,
         /// SYN without ACK: may open a connection.
         syn_only: bool,
+        /// RST set.
+        rst: bool,
     },
     /// A UDP datagram to our `port`.
     Udp {
@@ -76,7 +78,11 @@ pub(crate) fn classify(packet: &[u8], ours: &[IpAddress]) -> Result<Class, DropR
                 remote: IpEndpoint::new(src, tcp.src_port()),
             };
             let syn_only = tcp.syn() && !tcp.ack() && !tcp.rst();
-            Ok(Class::Tcp { tuple, syn_only })
+            Ok(Class::Tcp {
+                tuple,
+                syn_only,
+                rst: tcp.rst(),
+            })
         }
         IpProtocol::Udp => {
             let udp = UdpPacket::new_checked(payload).map_err(|_| DropReason::Malformed)?;
@@ -157,7 +163,9 @@ mod tests {
         let ours = [IpAddress::v4(10, 0, 0, 2)];
         let pkt = syn(Ipv4Address::new(10, 0, 0, 1), Ipv4Address::new(10, 0, 0, 2));
         match classify(&pkt, &ours) {
-            Ok(Class::Tcp { tuple, syn_only }) => {
+            Ok(Class::Tcp {
+                tuple, syn_only, ..
+            }) => {
                 assert!(syn_only);
                 assert_eq!(tuple.local.port, 80);
                 assert_eq!(tuple.remote.port, 40000);
