@@ -148,6 +148,9 @@ pub struct HttpRouteConfig {
     /// tunnel peer; `false`: replace incoming values with the tunnel peer's.
     pub trust_forwarded: bool,
     /// Speak HTTP/2 with prior knowledge (h2c) to the upstream instead of HTTP/1.1.
+    ///
+    /// The request's `:authority` is then the upstream's address (it also picks the pooled
+    /// connection), while the client's host travels in `Host` and `X-Forwarded-Host`.
     pub upstream_h2c: bool,
 }
 
