@@ -88,21 +88,48 @@ pub fn on_path(program: &str) -> bool {
     })
 }
 
-/// Sends `signal` (a name such as `TERM` or `KILL`) to `pid` with `kill(1)`; errors (the process
-/// is already gone) are ignored.
+/// Sends `signal` (a name such as `TERM`, `SIGKILL` or `HUP`) to `pid`; errors (the process is
+/// already gone, an unknown name) are ignored.
 pub(crate) fn signal(pid: u32, signal: &str) {
-    let _ = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+    send(pid, signal, false);
 }
 
-/// Whether a process with this pid exists (it may be a zombie).
+/// Sends `signal` to the process group `pid` leads (a [`Daemon`](crate::Daemon) started with
+/// `setsid` leads its own): the process and every child it started.
+pub(crate) fn signal_group(pid: u32, signal: &str) {
+    send(pid, signal, true);
+}
+
+fn send(pid: u32, signal: &str, group: bool) {
+    use nix::sys::signal::{Signal, kill, killpg};
+    use nix::unistd::Pid;
+    let name = if signal.starts_with("SIG") {
+        signal.to_owned()
+    } else {
+        format!("SIG{signal}")
+    };
+    let (Ok(sig), Ok(pid)) = (name.parse::<Signal>(), i32::try_from(pid)) else {
+        return;
+    };
+    let pid = Pid::from_raw(pid);
+    // The process itself first: right after spawning, `setsid` may not have made the group yet.
+    let _ = kill(pid, sig);
+    if group {
+        let _ = killpg(pid, sig);
+    }
+}
+
+/// Whether a process with this pid exists and is not a zombie (a zombie has exited; only its
+/// parent's `wait` is missing).
 pub(crate) fn pid_alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses and may hold spaces.
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
 }
 
 /// A private scratch folder under the system temp folder, removed with its content on drop.

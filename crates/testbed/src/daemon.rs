@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use crate::cmd::{describe, signal};
+use crate::cmd::{describe, signal_group};
 
 /// A process in its own session (`setsid`), stdin closed, stdout and stderr appended to a log
-/// file. Dropping it sends `SIGTERM`, then `SIGKILL` after 2 s, and reaps it.
+/// file. Dropping it sends `SIGTERM` to its process group, then `SIGKILL` after 2 s, and reaps
+/// it; children it started in its group are killed with it.
 #[derive(Debug)]
 pub struct Daemon {
     child: Option<Child>,
@@ -118,12 +119,13 @@ impl Daemon {
         }
     }
 
-    /// Sends a signal by name (`HUP`, `TERM`, `KILL`, ...), if the process still runs.
+    /// Sends a signal by name (`HUP`, `TERM`, `KILL`, ...) to the process and the children it
+    /// started (its process group), if it still runs.
     pub fn signal(&mut self, name: &str) {
         if self.try_wait().is_none()
             && let Some(pid) = self.pid()
         {
-            signal(pid, name);
+            signal_group(pid, name);
         }
     }
 
@@ -132,11 +134,9 @@ impl Daemon {
     pub fn stop(&mut self) -> Option<ExitStatus> {
         self.child.as_ref()?;
         self.signal("TERM");
-        let status = self.wait_timeout(Self::STOP_GRACE).or_else(|| {
-            let child = self.child.as_mut()?;
-            let _ = child.kill();
-            child.wait().ok()
-        });
+        let status = self.wait_timeout(Self::STOP_GRACE).or_else(|| self.kill());
+        // Children that outlived it (its process group) go too.
+        self.kill_group();
         self.child = None;
         status
     }
@@ -147,8 +147,18 @@ impl Daemon {
     /// status. Idempotent.
     pub fn kill(&mut self) -> Option<ExitStatus> {
         let mut child = self.child.take()?;
+        // The whole group at once, while the unreaped leader keeps its pid from being reused.
+        signal_group(child.id(), "KILL");
         let _ = child.kill();
         child.wait().ok()
+    }
+
+    /// `SIGKILL` to what is left of the process group just after the leader was reaped (pids
+    /// are allocated in increasing order, so the id is not reused within microseconds).
+    fn kill_group(&mut self) {
+        if let Some(child) = &self.child {
+            signal_group(child.id(), "KILL");
+        }
     }
 }
 
