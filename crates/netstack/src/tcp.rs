@@ -268,17 +268,20 @@ impl AsyncRead for TcpStream {
         let socket = shard.tcp(this.handle);
         let before = socket.recv_queue();
         let half = socket.recv_capacity() / 2;
-        let dst = buf.initialize_unfilled();
-        if dst.is_empty() {
+        if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
-        match socket.recv_slice(dst) {
+        let res = match copy_into(socket, buf) {
+            // The ring may wrap: a second piece.
+            Ok(n) if n > 0 && buf.remaining() > 0 => Ok(n + copy_into(socket, buf).unwrap_or(0)),
+            other => other,
+        };
+        match res {
             Ok(0) => {
                 socket.register_recv_waker(cx.waker());
                 Poll::Pending
             }
-            Ok(n) => {
-                buf.advance(n);
+            Ok(_) => {
                 if before > half {
                     // The window doubles: announce it now rather than at the next timer.
                     this.shared.finish(this.shard, &mut shard, Instant::now());
@@ -296,6 +299,16 @@ impl AsyncRead for TcpStream {
             }
         }
     }
+}
+
+/// Copies one contiguous piece of received data straight into the (possibly
+/// uninitialised) unfilled part of `buf`.
+fn copy_into(socket: &mut tcp::Socket<'_>, buf: &mut ReadBuf<'_>) -> Result<usize, tcp::RecvError> {
+    socket.recv(|data| {
+        let n = data.len().min(buf.remaining());
+        buf.put_slice(&data[..n]);
+        (n, n)
+    })
 }
 
 impl AsyncWrite for TcpStream {

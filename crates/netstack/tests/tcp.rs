@@ -248,3 +248,89 @@ fn handles_are_send_and_sync() {
     check::<netstack::TcpListener>();
     check::<netstack::UdpSocket>();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_rings_wrap_and_read_buf_fills_uninitialised_memory() {
+    let mut ca = config(&[A]);
+    ca.tcp_rx_buffer = 4096;
+    ca.tcp_tx_buffer = 4096;
+    let mut cb = config(&[B]);
+    cb.tcp_rx_buffer = 5000;
+    cb.tcp_tx_buffer = 6000;
+    let p = pair_with(ca, cb, None);
+    let listener = p.b.listen(sa(B, 80)).expect("listen");
+    let mut c = p.a.connect(sa(B, 80)).await.expect("connect");
+    let (mut s, _) = listener.accept().await.expect("accept");
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    let expect = data.clone();
+    let writer = tokio::spawn(async move {
+        for piece in data.chunks(1777) {
+            c.write_all(piece).await.expect("write");
+        }
+        c.shutdown().await.expect("shutdown");
+        c
+    });
+    let mut got = bytes::BytesMut::new();
+    loop {
+        got.reserve(3000);
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read_buf(&mut got))
+            .await
+            .expect("in time")
+            .expect("read_buf");
+        if n == 0 {
+            break;
+        }
+    }
+    assert_eq!(&got[..], &expect[..]);
+    drop(writer.await.expect("writer"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_twenty_connections_through_a_lossy_link() {
+    let impair = Impair {
+        loss: 0.01,
+        reorder: 0.03,
+        duplicate: 0.01,
+        delay: Duration::from_millis(3),
+        jitter: Duration::from_millis(2),
+        seed: 7,
+    };
+    let p = pair_with(config(&[A]), config(&[B]), Some(impair));
+    let listener = p.b.listen(sa(B, 80)).expect("listen");
+    let server = tokio::spawn(async move {
+        let mut tasks = Vec::new();
+        for _ in 0..20 {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            tasks.push(tokio::spawn(async move {
+                let mut req = Vec::new();
+                s.read_to_end(&mut req).await.expect("read request");
+                s.write_all(&req).await.expect("echo");
+                s.shutdown().await.expect("shutdown");
+            }));
+        }
+        for t in tasks {
+            t.await.expect("server task");
+        }
+    });
+    let mut clients = Vec::new();
+    for i in 0..20u8 {
+        let a = p.a.clone();
+        clients.push(tokio::spawn(async move {
+            let mut c = a.connect(sa(B, 80)).await.expect("connect through loss");
+            let msg = vec![i; 64 * 1024];
+            c.write_all(&msg).await.expect("write");
+            c.shutdown().await.expect("half-close");
+            let mut back = Vec::new();
+            c.read_to_end(&mut back).await.expect("read echo");
+            assert_eq!(back, msg);
+        }));
+    }
+    tokio::time::timeout(Duration::from_secs(60), async {
+        for c in clients {
+            c.await.expect("client");
+        }
+        server.await.expect("server");
+    })
+    .await
+    .expect("in time");
+}
