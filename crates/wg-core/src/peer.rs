@@ -85,8 +85,6 @@ pub(crate) struct Peer {
     pub(crate) index: u32,
     pub(crate) endpoint: Option<SocketAddr>,
     pub(crate) state: HandshakeState,
-    /// Set once anything was sent or received: from then on boringtun's timers need ticks.
-    pub(crate) used: bool,
     pub(crate) connecting_since: Option<Instant>,
     pub(crate) backoff_attempt: u32,
     pub(crate) next_retry: Option<Instant>,
@@ -119,7 +117,6 @@ impl Peer {
             tunn,
             index,
             state: HandshakeState::Idle,
-            used: false,
             connecting_since: None,
             backoff_attempt: 0,
             next_retry: None,
@@ -170,15 +167,21 @@ impl Peer {
                 .is_some_and(|t| now.saturating_duration_since(t) < REKEY_ATTEMPT)
     }
 
-    /// Whether boringtun's `update_timers` has work for this peer.
+    /// Whether boringtun's `update_timers` should run for this peer on the coarse tick.
+    ///
+    /// boringtun only learns the time in `update_timers`, and stamps sessions and handshakes
+    /// with the last time it learned: a tunnel left unticked would age a new session at birth
+    /// (and drop it at the next tick). So every live tunnel is ticked, idle or not. Not ticked:
+    /// peers in backoff (boringtun would resend every 5 s; their tunnel is re-created at each
+    /// retry and refreshed before a handshake message) and expired idle tunnels (nothing to
+    /// time; boringtun resets its clock when it starts a handshake, and wg-core re-creates the
+    /// tunnel before answering one).
     pub(crate) fn needs_tick(&self) -> bool {
-        self.used
-            && match self.state {
-                HandshakeState::Backoff => false,
-                // boringtun gave up and nothing wants a session: nothing left to time.
-                HandshakeState::Idle => !self.tunn.is_expired(),
-                HandshakeState::Connecting | HandshakeState::Established => true,
-            }
+        match self.state {
+            HandshakeState::Backoff => false,
+            HandshakeState::Idle => !self.tunn.is_expired(),
+            HandshakeState::Connecting | HandshakeState::Established => true,
+        }
     }
 
     /// A new address may work where the old one failed: in backoff, retry at the next timeout.

@@ -285,6 +285,7 @@ impl Peers {
             }
         }
         self.rebuild_routes();
+        self.schedule_tick(now);
         update.added.sort();
         update.changed.sort();
         update.unchanged.sort();
@@ -293,10 +294,9 @@ impl Peers {
 
     /// Adds a peer or updates it in place (see [`Peers::set_peers`] for what is kept).
     pub fn upsert_peer(&mut self, config: PeerConfig, now: Instant) -> PeerChange {
-        let key = config.public_key;
         let change = self.upsert_inner(config, now);
-        let _ = key;
         self.rebuild_routes();
+        self.schedule_tick(now);
         change
     }
 
@@ -334,6 +334,7 @@ impl Peers {
             }
             self.start_handshake(slot, false, now);
         }
+        self.schedule_tick(now);
         tracing::info!(public_key = %self.public_key(), "private key replaced; tunnels re-keyed");
     }
 
@@ -357,13 +358,19 @@ impl Peers {
         let Some(&slot) = self.by_key.get(key) else {
             return false;
         };
-        if let Some(peer) = self.slots[slot].as_mut()
-            && peer.state == HandshakeState::Backoff
+        if self.slots[slot]
+            .as_ref()
+            .is_some_and(|p| p.state == HandshakeState::Backoff)
         {
-            peer.state = HandshakeState::Idle;
-            peer.next_retry = None;
+            // A fresh tunnel, as for a backoff retry: boringtun's clock restarts now.
+            self.reset_tunnel(slot);
+            if let Some(peer) = self.slots[slot].as_mut() {
+                peer.state = HandshakeState::Idle;
+                peer.next_retry = None;
+            }
         }
         self.start_handshake(slot, true, now);
+        self.schedule_tick(now);
         true
     }
 
@@ -623,7 +630,6 @@ impl Peers {
         peer.rx_bytes += wire as u64;
         peer.last_received = Some(now);
         peer.last_traversal = Some(now);
-        peer.used = true;
         if peer.endpoint != Some(from) {
             self.roam(slot, from);
         }
@@ -635,6 +641,30 @@ impl Peers {
         Ok(())
     }
 
+    /// Brings an unticked tunnel's clock up to date before it handles a handshake message, so
+    /// the session it creates is not born old; an expired one is re-created before answering
+    /// an initiation (boringtun would keep it marked expired).
+    fn refresh_tunnel(&mut self, slot: usize, kind: u8, now: Instant) {
+        let Some(peer) = self.slots[slot].as_ref() else {
+            return;
+        };
+        if peer.needs_tick() {
+            return;
+        }
+        if peer.state == HandshakeState::Backoff {
+            let endpoint = peer.endpoint;
+            let _ = self.emit(slot, HANDSHAKE_INIT_LEN, endpoint, now, |t, b| {
+                t.update_timers(b)
+            });
+        }
+        let expired = self.slots[slot]
+            .as_ref()
+            .is_some_and(|p| p.tunn.is_expired());
+        if kind == HANDSHAKE_INIT && expired {
+            self.reset_tunnel(slot);
+        }
+    }
+
     /// Handshake initiation, response or cookie reply, already routed to `slot`.
     fn decapsulate_handshake(
         &mut self,
@@ -644,6 +674,7 @@ impl Peers {
         now: Instant,
     ) -> Result<(), PacketError> {
         let kind = datagram[0];
+        self.refresh_tunnel(slot, kind, now);
         let Some(peer) = self.slots[slot].as_mut() else {
             return Err(self.drop_global(DropReason::UnknownIndex));
         };
@@ -742,7 +773,6 @@ impl Peers {
                 self.tx.commit(TxMeta { destination, len });
                 peer.tx_bytes += len as u64;
                 peer.last_traversal = Some(now);
-                peer.used = true;
                 if kind == HANDSHAKE_INIT && peer.state == HandshakeState::Idle {
                     peer.state = HandshakeState::Connecting;
                     peer.connecting_since = Some(now);
@@ -763,7 +793,6 @@ impl Peers {
         peer.rx_bytes += wire_len as u64;
         peer.last_received = Some(now);
         peer.last_traversal = Some(now);
-        peer.used = true;
         if peer.endpoint != Some(from) {
             self.roam(slot, from);
         }
@@ -987,7 +1016,6 @@ impl Peers {
         };
         peer.tx_bytes += len as u64;
         peer.last_traversal = Some(now);
-        peer.used = true;
     }
 
     fn schedule_tick(&mut self, now: Instant) {

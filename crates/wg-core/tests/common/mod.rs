@@ -107,6 +107,9 @@ pub struct Net {
     rng: StdRng,
     queue: BinaryHeap<Reverse<InFlight>>,
     seq: u64,
+    /// Called with every jump of virtual time (the timer tests advance boringtun's mock
+    /// clock with it, so both clocks move together).
+    pub on_advance: Option<Box<dyn FnMut(Duration)>>,
 }
 
 impl Net {
@@ -124,6 +127,7 @@ impl Net {
             rng: StdRng::seed_from_u64(seed),
             queue: BinaryHeap::new(),
             seq: 0,
+            on_advance: None,
         }
     }
 
@@ -226,7 +230,7 @@ impl Net {
             }
             steps += 1;
             assert!(steps < 2_000_000, "simulation does not make progress");
-            self.now = self.now.max(next);
+            self.advance_to(next);
             let now = self.now;
             while self.queue.peek().is_some_and(|r| r.0.at <= now) {
                 let Some(Reverse(d)) = self.queue.pop() else {
@@ -250,7 +254,17 @@ impl Net {
             }
             self.drain();
         }
-        self.now = self.now.max(until);
+        self.advance_to(until);
+    }
+
+    fn advance_to(&mut self, t: Instant) {
+        if t > self.now {
+            let d = t - self.now;
+            self.now = t;
+            if let Some(hook) = self.on_advance.as_mut() {
+                hook(d);
+            }
+        }
     }
 
     pub fn run_for(&mut self, d: Duration) {
