@@ -228,3 +228,31 @@ fn peer_that_waits_ten_minutes_for_the_first_handshake_keeps_its_session() {
         Event::SessionExpired { .. } | Event::HandshakeFailing { .. }
     )));
 }
+
+#[test]
+fn lost_handshake_messages_are_resent_by_boringtun_every_5_s() {
+    let mut net = pair(46, Some(secs(25)));
+    net.loss = 0.5;
+    let mut up_at = None;
+    for s in 0..120 {
+        net.run_for(secs(1));
+        if state(&net, AGENT, GW) == HandshakeState::Established {
+            up_at = Some(s);
+            break;
+        }
+    }
+    let up_at = up_at.expect("up within 2 minutes at 50% loss");
+    let inits = net.nodes[AGENT].initiations();
+    assert!(
+        inits.len() >= 2,
+        "this seed loses the first exchange: {inits:?}"
+    );
+    for w in inits.windows(2) {
+        let gap = w[1] - w[0];
+        assert!(
+            gap >= secs(5) && gap <= Duration::from_millis(5_300),
+            "{gap:?}"
+        );
+    }
+    assert!(up_at < 90, "before boringtun gives up");
+}
