@@ -10,10 +10,18 @@
 //! What it does not do: it never sees a key or a UDP socket. Moving its packets through
 //! a tunnel (WireGuard) is the caller's job; no TUN device, no root.
 //!
-//! Layout: [`wire`](crate) classifies inbound packets, `shard` is the sans-IO core (one
-//! smoltcp interface and socket set per shard, packets and `now` in, packets and the next
-//! deadline out), `stack` is the tokio adapter with the driver task, `tcp`, `udp` and
-//! `icmp` are the sockets.
+//! Layout: `wire` classifies inbound packets and picks their shard; `shard` is the sans-IO
+//! core (one smoltcp interface and socket set per shard plus the connection table that adds
+//! a listen backlog, limits and background close: packets and `now` in, packets and the next
+//! deadline out); `stack` is the tokio adapter with the driver task that sleeps until the
+//! next smoltcp deadline; `tcp`, `udp` and `icmp` are the sockets; `buffer` keeps each TCP
+//! connection's rings in an anonymous mapping so idle connections cost a few KiB, not their
+//! full buffers.
+//!
+//! Back-pressure: the outbound queue is bounded (`max_outbound_packets`). When it is full
+//! the stack stops emitting until [`Netstack::recv_packets`] drains it; TCP windows then
+//! slow the peers down. [`Netstack::send_packets`] never waits for it, so one task may move
+//! packets both ways between two stacks.
 //!
 //! ```
 //! use std::net::SocketAddr;

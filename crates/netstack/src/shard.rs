@@ -316,7 +316,9 @@ impl Shard {
         Ok(Some(handle))
     }
 
-    /// The TCP socket behind `handle`.
+    /// The TCP socket behind `handle`. smoltcp panics on a stale handle; ours never are:
+    /// a socket owned by a stream or an accept queue is only removed through
+    /// [`Shard::release`], called when that owner lets go.
     pub(crate) fn tcp(&mut self, handle: SocketHandle) -> &mut tcp::Socket<'static> {
         self.sockets.get_mut::<tcp::Socket>(handle)
     }

@@ -106,7 +106,7 @@ impl Netstack {
     /// two stacks without deadlock): when the queue is full the stack stops emitting, TCP
     /// windows close, and peers slow down; the only packets dropped are immediate replies
     /// (RST, echo replies) past twice the queue bound, counted as
-    /// [`DropReason::QueueFull`].
+    /// [`DropReason::QueueFull`](crate::DropReason::QueueFull).
     pub async fn send_packets<P: AsRef<[u8]>>(&self, packets: &[P]) -> usize {
         self.push_packets(packets)
     }
