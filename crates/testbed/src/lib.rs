@@ -81,7 +81,7 @@ mod wggo;
 
 pub use cmd::{TempDir, on_path, run, run_command, run_with_input, write_private_file};
 pub use daemon::Daemon;
-pub use netns::{NETNS_PREFIX, Netns, VETH_RANGE, VethEnd, VethPair};
+pub use netns::{NETNS_PREFIX, Netns, VETH_RANGE, VETH_RANGE6, VethEnd, VethPair};
 pub use prereq::{REQUIRED_PROGRAMS, check_gateway_prereqs, gateway_tests_can_run, in_ci, is_root};
 pub use relay::{DirectionStats, ImpairedRelay, Impairment, RelayStats};
 pub use site::GatewaySite;

@@ -6,7 +6,7 @@
 //! test process (see [`cleanup_stale`](crate::cleanup_stale)).
 
 use std::fs;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -23,6 +23,10 @@ pub const NETNS_PREFIX: &str = "wgtb-";
 /// Test-only addresses for veth links: 198.18.0.0/15, the range RFC 2544 sets aside for network
 /// benchmarks, cut into /30 links.
 pub const VETH_RANGE: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 18, 0, 0), 15);
+
+/// Test-only IPv6 addresses for veth links ([`VethPair::add_ipv6`]): 2001:2::/48, the IPv6
+/// benchmarking range (RFC 5180), one /64 per link (the link's /30 index as the fourth group).
+pub const VETH_RANGE6: (Ipv6Addr, u8) = (Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 0), 48);
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -240,6 +244,8 @@ pub struct VethEnd {
     pub ifname: String,
     /// Its IPv4 address (prefix length 30).
     pub ip: Ipv4Addr,
+    /// Its IPv6 address (prefix length 64), after [`VethPair::add_ipv6`].
+    pub ip6: Option<Ipv6Addr>,
 }
 
 /// A veth pair with a /30 on it. Dropping it deletes the link (if its namespace still exists)
@@ -265,11 +271,13 @@ impl VethPair {
             netns: a_ns.map(str::to_owned),
             ifname: format!("{tag}a"),
             ip: Ipv4Addr::from(base + 1),
+            ip6: None,
         };
         let b = VethEnd {
             netns: b_ns.map(str::to_owned),
             ifname: format!("{tag}b"),
             ip: Ipv4Addr::from(base + 2),
+            ip6: None,
         };
         let pair = Self {
             a,
@@ -313,6 +321,27 @@ impl VethPair {
             }
         }
         Ok(pair)
+    }
+}
+
+impl VethPair {
+    /// Adds IPv6 addresses (a /64 from [`VETH_RANGE6`], `::1` on `a`, `::2` on `b`, without
+    /// duplicate address detection so they work at once) and returns them.
+    pub fn add_ipv6(&mut self) -> Result<(Ipv6Addr, Ipv6Addr)> {
+        let index = self.lease.as_ref().map_or(0, |l| l.index);
+        let group = u16::try_from(index).context("lease index above 16 bits")?;
+        let [p0, p1, p2, ..] = VETH_RANGE6.0.segments();
+        let a = Ipv6Addr::new(p0, p1, p2, group, 0, 0, 0, 1);
+        let b = Ipv6Addr::new(p0, p1, p2, group, 0, 0, 0, 2);
+        for (end, ip) in [(&mut self.a, a), (&mut self.b, b)] {
+            let cidr = format!("{ip}/64");
+            ip_in(
+                end.netns.as_deref(),
+                &["-6", "addr", "add", &cidr, "dev", &end.ifname, "nodad"],
+            )?;
+            end.ip6 = Some(ip);
+        }
+        Ok((a, b))
     }
 }
 
@@ -366,6 +395,7 @@ fn base36(mut n: u32) -> String {
 /// the owner's pid (leases of dead processes are taken over).
 #[derive(Debug)]
 pub(crate) struct SubnetLease {
+    index: u32,
     network: Ipv4Addr,
     file: PathBuf,
 }
@@ -390,7 +420,11 @@ impl SubnetLease {
                     use std::io::Write;
                     let _ = write!(f, "{}", std::process::id());
                     let network = Ipv4Addr::from(u32::from(VETH_RANGE.0) + index * 4);
-                    return Ok(Self { network, file });
+                    return Ok(Self {
+                        index,
+                        network,
+                        file,
+                    });
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     let owner = fs::read_to_string(&file)

@@ -447,3 +447,83 @@ fn interop_wg_core_through_an_impaired_relay() {
         agent.peers.drops()
     );
 }
+
+#[test]
+fn interop_wg_core_answers_a_handshake_wireguard_go_starts() {
+    testbed::require_gateway_prereqs!();
+    // The agent's socket exists first; the gateway knows its endpoint and dials it (keepalive
+    // every second), while wg-core knows the gateway's key but no endpoint: it must answer the
+    // initiation (rate limiter, static key lookup) and learn the endpoint from it.
+    let key = PrivateKey::generate();
+    let ns = testbed::Netns::new("wgi").unwrap();
+    let link = ns.veth_to_host().unwrap();
+    let mut agent = Agent::new(key.clone(), SocketAddr::new(link.b.ip.into(), 0));
+    let agent_addr = agent.socket.local_addr().unwrap();
+    let gateway = WireguardGo::start(
+        &ns,
+        GatewayConfig::new("10.1.0.1/24").unwrap().with_peer(
+            GatewayPeer::new(&key.public_key().to_base64(), &["10.1.0.100/32"])
+                .with_endpoint(agent_addr)
+                .with_keepalive(1),
+        ),
+    )
+    .unwrap();
+    let gw_key = PublicKey::from_base64(gateway.public_key()).unwrap();
+    agent.peers.set_peers(
+        vec![PeerConfig::new(gw_key).with_allowed_ip("10.1.0.1/32".parse().unwrap())],
+        Instant::now(),
+    );
+    let up = agent.run_until(Duration::from_secs(10), |a| {
+        a.peers
+            .peer_stats(&gw_key, Instant::now())
+            .is_some_and(|s| s.state == HandshakeState::Established)
+    });
+    assert!(
+        up,
+        "{:?}\n{}",
+        agent.peers.stats(Instant::now()),
+        gateway.log()
+    );
+    let stats = agent.peers.peer_stats(&gw_key, Instant::now()).unwrap();
+    let gw_endpoint = SocketAddr::new(link.a.ip.into(), gateway.listen_port());
+    assert_eq!(
+        stats.endpoint,
+        Some(gw_endpoint),
+        "endpoint learned from the initiation"
+    );
+    // Now data both ways over the session the gateway started.
+    assert!(
+        agent.ping(1, b"answered", Duration::from_secs(5)),
+        "{}",
+        gateway.log()
+    );
+    let theirs = gateway
+        .wait_for_handshake(&key.public_key().to_base64(), Duration::from_secs(2))
+        .unwrap();
+    assert_eq!(theirs.endpoint, Some(agent_addr));
+    assert_eq!(agent.peers.drops().total(), 0, "{:?}", agent.peers.drops());
+}
+
+#[test]
+fn interop_wg_core_over_an_ipv6_underlay() {
+    testbed::require_gateway_prereqs!();
+    let key = PrivateKey::generate();
+    let mut gw = Gateway::start(&key.public_key().to_base64());
+    let (gw_ip6, agent_ip6) = gw.link.add_ipv6().unwrap();
+    let mut agent = Agent::new(key.clone(), SocketAddr::new(agent_ip6.into(), 0));
+    let endpoint = SocketAddr::new(gw_ip6.into(), gw.wg.listen_port());
+    let gw_key = agent.add_gateway(&gw.wg, endpoint);
+    assert!(
+        agent.ping(1, b"over ipv6", Duration::from_secs(10)),
+        "{}",
+        gw.wg.log()
+    );
+    let theirs = gw
+        .wg
+        .wait_for_handshake(&key.public_key().to_base64(), Duration::from_secs(2))
+        .unwrap();
+    assert_eq!(theirs.endpoint, Some(agent.socket.local_addr().unwrap()));
+    assert!(theirs.endpoint.unwrap().is_ipv6());
+    let (rx, tx, gw_rx, gw_tx) = settled_counters(&mut agent, &gw, &gw_key);
+    assert_eq!((rx, tx), (gw_tx, gw_rx));
+}
