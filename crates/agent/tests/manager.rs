@@ -151,6 +151,16 @@ async fn update_gateways_keeps_an_unchanged_gateway_and_its_connection() {
     serve_echo(&agent, 80);
     let target = SocketAddr::new(IpAddr::from(AGENT_VIP), 80);
 
+    // A long transfer through gw1 runs while the update happens (echoed 32 MiB, checked).
+    let transfer = tokio::spawn({
+        let gw1 = gw1.clone();
+        async move {
+            let payload: Vec<u8> = (0..32u32 << 20).map(|i| (i % 253) as u8).collect();
+            echo_roundtrip(&gw1, target, &payload).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
     // A connection through gw1 stays open across the update.
     let mut held = gw1.dial_tcp(target).await.expect("connect via gw1");
     held.write_all(b"before").await.expect("write");
@@ -175,6 +185,9 @@ async fn update_gateways_keeps_an_unchanged_gateway_and_its_connection() {
     assert_eq!(update.added, vec!["gw3".to_owned()]);
     assert_eq!(update.removed, vec!["gw2".to_owned()]);
 
+    transfer
+        .await
+        .expect("the transfer through the unchanged gateway finished intact");
     held.write_all(b"after!").await.expect("write after update");
     held.read_exact(&mut buf).await.expect("read after update");
     assert_eq!(&buf, b"after!");
