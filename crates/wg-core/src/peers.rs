@@ -1248,3 +1248,73 @@ fn min_opt(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
         (None, b) => b,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>() {}
+
+    #[test]
+    fn engine_can_move_between_threads() {
+        assert_send::<Peers>();
+        assert_send::<PeerConfig>();
+        assert_send::<Event>();
+    }
+
+    #[test]
+    fn boringtun_errors_map_to_reasons() {
+        assert_eq!(
+            reason_of(&WireGuardError::InvalidAeadTag),
+            DropReason::BadAuth
+        );
+        assert_eq!(
+            reason_of(&WireGuardError::DuplicateCounter),
+            DropReason::Replay
+        );
+        assert_eq!(
+            reason_of(&WireGuardError::NoCurrentSession),
+            DropReason::UnknownIndex
+        );
+        assert_eq!(
+            reason_of(&WireGuardError::InvalidPacket),
+            DropReason::Malformed
+        );
+        assert_eq!(reason_of(&WireGuardError::UnderLoad), DropReason::UnderLoad);
+        assert_eq!(
+            reason_of(&WireGuardError::ConnectionExpired),
+            DropReason::Expired
+        );
+        assert_eq!(reason_of(&WireGuardError::LockFailed), DropReason::Other);
+    }
+
+    #[test]
+    fn datagram_header_checks_come_before_boringtun() {
+        let now = Instant::now();
+        let mut p = Peers::new(PrivateKey::generate(), now);
+        let from: SocketAddr = "192.0.2.1:1".parse().unwrap();
+        let cases: [(&[u8], DropReason); 5] = [
+            (&[], DropReason::Malformed),
+            (&[4, 0, 0], DropReason::Malformed),
+            (&[4, 1, 0, 0, 0, 0, 0, 0], DropReason::Malformed),
+            (&[9, 0, 0, 0, 0, 0, 0, 0], DropReason::Malformed),
+            (&[4; 40], DropReason::Malformed),
+        ];
+        for (d, reason) in cases {
+            assert_eq!(p.handle_datagram(from, d, now).unwrap_err().reason, reason);
+        }
+        let mut data = vec![0u8; 40];
+        data[0] = 4;
+        assert_eq!(
+            p.handle_datagram(from, &data, now).unwrap_err().reason,
+            DropReason::UnknownIndex
+        );
+        assert_eq!(
+            p.handle_datagram(from, &vec![4; 70_000], now)
+                .unwrap_err()
+                .reason,
+            DropReason::TooBig
+        );
+        assert_eq!(p.drops().total(), 7);
+    }
+}
