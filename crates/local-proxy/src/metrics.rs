@@ -179,22 +179,12 @@ impl MetricsSnapshot {
 /// `{prefix}_rejected_connections_total` and the histogram
 /// `{prefix}_request_duration_seconds`.
 pub fn render_prometheus(out: &mut String, prefix: &str, routes: &[(&str, &MetricsSnapshot)]) {
-    let sep = |labels: &str| if labels.is_empty() { "" } else { "," };
-    family(
-        out,
-        prefix,
-        "requests_total",
-        "counter",
-        "Responses sent, by status class.",
-    );
+    let help = "Responses sent, by status class.";
+    family(out, prefix, "requests_total", "counter", help);
     for (labels, m) in routes {
         for (i, n) in m.requests_by_class.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "{prefix}_requests_total{{{labels}{}class=\"{}xx\"}} {n}",
-                sep(labels),
-                i + 1
-            );
+            let set = braces(labels, &format!("class=\"{}xx\"", i + 1));
+            let _ = writeln!(out, "{prefix}_requests_total{set} {n}");
         }
     }
     type Family = (
@@ -219,13 +209,13 @@ pub fn render_prometheus(out: &mut String, prefix: &str, routes: &[(&str, &Metri
         (
             "upstream_errors_total",
             "counter",
-            "Upstream failures (refused, timed out, broken).",
+            "Upstream failures (refused, timed out).",
             |m| m.upstream_errors,
         ),
         (
             "client_timeouts_total",
             "counter",
-            "Clients cut for a slow or missing request head.",
+            "Clients cut for a slow or missing head.",
             |m| m.client_timeouts,
         ),
         ("open_connections", "gauge", "Connections open now.", |m| {
@@ -247,7 +237,7 @@ pub fn render_prometheus(out: &mut String, prefix: &str, routes: &[(&str, &Metri
     for (name, kind, help, get) in simple {
         family(out, prefix, name, kind, help);
         for (labels, m) in routes {
-            let _ = writeln!(out, "{prefix}_{name}{{{labels}}} {}", get(m));
+            let _ = writeln!(out, "{prefix}_{name}{} {}", braces(labels, ""), get(m));
         }
     }
     let name = "request_duration_seconds";
@@ -259,22 +249,26 @@ pub fn render_prometheus(out: &mut String, prefix: &str, routes: &[(&str, &Metri
         "Time from request head to response head.",
     );
     for (labels, m) in routes {
-        for (bound, n) in LATENCY_BUCKETS_SECONDS.iter().zip(&m.latency.cumulative) {
-            let _ = writeln!(
-                out,
-                "{prefix}_{name}_bucket{{{labels}{}le=\"{bound}\"}} {n}",
-                sep(labels)
-            );
+        let bounds = LATENCY_BUCKETS_SECONDS.iter().map(|b| b.to_string());
+        let bounds = bounds.chain(std::iter::once("+Inf".to_owned()));
+        for (bound, n) in bounds.zip(&m.latency.cumulative) {
+            let set = braces(labels, &format!("le=\"{bound}\""));
+            let _ = writeln!(out, "{prefix}_{name}_bucket{set} {n}");
         }
-        let _ = writeln!(
-            out,
-            "{prefix}_{name}_bucket{{{labels}{}le=\"+Inf\"}} {}",
-            sep(labels),
-            m.latency.count
-        );
+        let set = braces(labels, "");
         let sum = m.latency.sum_micros as f64 / 1e6;
-        let _ = writeln!(out, "{prefix}_{name}_sum{{{labels}}} {sum}");
-        let _ = writeln!(out, "{prefix}_{name}_count{{{labels}}} {}", m.latency.count);
+        let _ = writeln!(out, "{prefix}_{name}_sum{set} {sum}");
+        let _ = writeln!(out, "{prefix}_{name}_count{set} {}", m.latency.count);
+    }
+}
+
+/// `{labels,extra}`, leaving out empty parts; nothing at all when both are empty.
+fn braces(labels: &str, extra: &str) -> String {
+    match (labels.is_empty(), extra.is_empty()) {
+        (true, true) => String::new(),
+        (false, true) => format!("{{{labels}}}"),
+        (true, false) => format!("{{{extra}}}"),
+        (false, false) => format!("{{{labels},{extra}}}"),
     }
 }
 
@@ -316,5 +310,50 @@ mod tests {
         assert!(text.contains("p_request_duration_seconds_bucket{port=\"80\",le=\"+Inf\"} 3\n"));
         assert!(text.contains("p_request_duration_seconds_count{port=\"80\"} 3\n"));
         assert_eq!(text.matches("# TYPE p_requests_total counter").count(), 1);
+    }
+
+    #[test]
+    fn several_routes_share_one_family_header() {
+        let a = RouteMetrics::new();
+        a.record_status(200);
+        let b = RouteMetrics::new();
+        b.record_status(503);
+        b.add_bytes_in(10);
+        let (sa, sb) = (a.snapshot(), b.snapshot());
+        let mut out = String::new();
+        render_prometheus(
+            &mut out,
+            "r",
+            &[("port=\"80\"", &sa), ("port=\"5432\"", &sb)],
+        );
+        for family in [
+            "requests_total",
+            "received_bytes_total",
+            "request_duration_seconds",
+        ] {
+            assert_eq!(
+                out.matches(&format!("# TYPE r_{family} ")).count(),
+                1,
+                "{out}"
+            );
+        }
+        assert!(out.contains("r_requests_total{port=\"80\",class=\"2xx\"} 1\n"));
+        assert!(out.contains("r_requests_total{port=\"5432\",class=\"5xx\"} 1\n"));
+        assert!(out.contains("r_received_bytes_total{port=\"5432\"} 10\n"));
+        // Every sample line is `name{labels} value`.
+        for line in out.lines().filter(|l| !l.starts_with('#')) {
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            assert!(
+                series.starts_with("r_") && value.parse::<f64>().is_ok(),
+                "{line}"
+            );
+        }
+        // No labels at all is valid too.
+        let bare = sa.to_prometheus("r", "");
+        assert!(
+            bare.contains("r_requests_total{class=\"2xx\"} 1\n"),
+            "{bare}"
+        );
+        assert!(bare.contains("r_open_connections 0\n"), "{bare}");
     }
 }
