@@ -12,9 +12,10 @@
 //! - **routing out**: an IP packet goes to the peer whose allowed IPs hold its destination
 //!   (longest prefix).
 //! - **timers** on its own schedule, with `now` passed in: boringtun's `update_timers` on a
-//!   coarse tick only while a peer needs it, persistent keepalive (changeable on a live
-//!   session), handshake retry with exponential backoff and jitter after boringtun gives up,
-//!   session expiry. [`Peers::poll_timeout`] says when to come back.
+//!   coarse tick (1 s, 250 ms while a handshake runs) for live tunnels only, persistent
+//!   keepalive (changeable on a live session), handshake retry with exponential backoff and
+//!   jitter after boringtun gives up, session expiry. [`Peers::poll_timeout`] says when to come
+//!   back; at idle that is about once a second, never a busy loop.
 //! - **runtime updates**: [`Peers::set_peers`] applies the difference; an unchanged peer keeps
 //!   its session and receiver index.
 //! - **roaming**, **stats** (wire bytes like `wg show`, handshake age, drops by reason) and

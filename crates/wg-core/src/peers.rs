@@ -499,8 +499,10 @@ impl Peers {
 
     /// When [`Peers::handle_timeout`] should next be called; `None` when nothing is scheduled.
     ///
-    /// At idle this is at most one wake-up per second (boringtun's timers while a session
-    /// exists), 250 ms while a handshake is in progress, and nothing without sessions.
+    /// At idle this is one wake-up per second (boringtun's timers, for every live tunnel),
+    /// every 250 ms while a handshake is in progress, only the retry time for peers in backoff,
+    /// and `None` without peers. A returned instant in the past means "call now"; after that
+    /// call the next deadline is in the future.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut next = min_opt(self.next_tick, self.next_limiter_reset);
         for peer in self.slots.iter().flatten() {
