@@ -18,8 +18,10 @@
 //! - [`RouteMetrics`]: lock-free per-route counters and a latency histogram, rendered as
 //!   Prometheus text by [`render_prometheus`].
 //!
-//! What it does not do: TLS, load balancing over several upstreams, caching, HTTP/2 upgrades
-//! from HTTP/1.1 (`Upgrade: h2c`), or installing a `tracing` subscriber.
+//! What it does not do: TLS, load balancing over several upstreams, caching, forward-proxy
+//! `CONNECT` (answered `405`), WebSocket over HTTP/2 (extended `CONNECT`; WebSocket over
+//! HTTP/1.1 works), or installing a `tracing` subscriber. An `Upgrade: h2c` request is passed
+//! to the upstream like any other upgrade.
 //!
 //! # Example
 //!
