@@ -59,11 +59,16 @@ impl Len for RxMeta {
     }
 }
 
+#[derive(Debug)]
+struct Slot<M> {
+    buf: Vec<u8>,
+    meta: M,
+}
+
 /// A FIFO of at most `cap` buffers.
 #[derive(Debug)]
 pub(crate) struct Ring<M> {
-    bufs: Vec<Vec<u8>>,
-    meta: Vec<M>,
+    slots: Vec<Slot<M>>,
     head: usize,
     len: usize,
 }
@@ -72,8 +77,12 @@ impl<M: Copy + Default + Len> Ring<M> {
     pub(crate) fn new(cap: usize) -> Self {
         let cap = cap.max(1);
         Self {
-            bufs: (0..cap).map(|_| Vec::new()).collect(),
-            meta: vec![M::default(); cap],
+            slots: (0..cap)
+                .map(|_| Slot {
+                    buf: Vec::new(),
+                    meta: M::default(),
+                })
+                .collect(),
             head: 0,
             len: 0,
         }
@@ -81,7 +90,7 @@ impl<M: Copy + Default + Len> Ring<M> {
 
     #[inline]
     pub(crate) fn is_full(&self) -> bool {
-        self.len == self.bufs.len()
+        self.len == self.slots.len()
     }
 
     #[inline]
@@ -92,8 +101,8 @@ impl<M: Copy + Default + Len> Ring<M> {
     #[inline]
     fn tail(&self) -> usize {
         let i = self.head + self.len;
-        if i >= self.bufs.len() {
-            i - self.bufs.len()
+        if i >= self.slots.len() {
+            i - self.slots.len()
         } else {
             i
         }
@@ -109,7 +118,7 @@ impl<M: Copy + Default + Len> Ring<M> {
             return None;
         }
         let i = self.tail();
-        let buf = &mut self.bufs[i];
+        let buf = &mut self.slots[i].buf;
         if buf.len() < min_len {
             if buf.capacity() > KEEP_CAPACITY && min_len <= KEEP_CAPACITY {
                 *buf = Vec::new();
@@ -127,7 +136,7 @@ impl<M: Copy + Default + Len> Ring<M> {
     pub(crate) fn commit(&mut self, meta: M) {
         debug_assert!(!self.is_full());
         let i = self.tail();
-        self.meta[i] = meta;
+        self.slots[i].meta = meta;
         self.len += 1;
     }
 
@@ -148,11 +157,11 @@ impl<M: Copy + Default + Len> Ring<M> {
             return None;
         }
         let i = self.head;
-        self.head = if i + 1 == self.bufs.len() { 0 } else { i + 1 };
+        self.head = if i + 1 == self.slots.len() { 0 } else { i + 1 };
         self.len -= 1;
-        let meta = self.meta[i];
-        let len = meta.len().min(self.bufs[i].len());
-        Some((&self.bufs[i][..len], meta))
+        let slot = &self.slots[i];
+        let len = slot.meta.len().min(slot.buf.len());
+        Some((&slot.buf[..len], slot.meta))
     }
 }
 

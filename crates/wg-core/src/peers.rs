@@ -743,7 +743,7 @@ impl Peers {
     /// Runs `op` on the peer's tunnel with the transmit queue's free slot as its output, and
     /// queues what it wrote for `destination` (counted as `NoEndpoint` without one). Returns
     /// the message type written, if any.
-    #[inline]
+    #[inline(always)]
     fn emit<F>(
         &mut self,
         slot: usize,
