@@ -162,7 +162,7 @@ impl State {
         let imp = self.impairment.clone();
         let lane = self.lane(direction);
         lane.stats.received += 1;
-        if lane.rng.random_bool(imp.loss.clamp(0.0, 1.0)) {
+        if lane.rng.random_bool(probability(imp.loss)) {
             lane.stats.dropped += 1;
             return;
         }
@@ -174,8 +174,8 @@ impl State {
         };
         let delay_ns = (imp.delay.as_nanos() as i128 + offset).max(0);
         let due = now + Duration::from_nanos(u64::try_from(delay_ns).unwrap_or(u64::MAX));
-        let duplicate = lane.rng.random_bool(imp.duplicate.clamp(0.0, 1.0));
-        let reorder = lane.rng.random_bool(imp.reorder.clamp(0.0, 1.0));
+        let duplicate = lane.rng.random_bool(probability(imp.duplicate));
+        let reorder = lane.rng.random_bool(probability(imp.reorder));
         if reorder && lane.held.is_none() {
             if self.queued() >= imp.queue_limit {
                 self.lane(direction).stats.queue_full += 1;
@@ -218,6 +218,11 @@ impl State {
             .filter_map(|l| l.held.as_ref().map(|h| h.0));
         queue.into_iter().chain(held).min()
     }
+}
+
+/// A probability the generator accepts: clamped to `0.0..=1.0`, NaN as 0.
+fn probability(p: f64) -> f64 {
+    if p.is_nan() { 0.0 } else { p.clamp(0.0, 1.0) }
 }
 
 struct Shared {

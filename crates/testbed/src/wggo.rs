@@ -167,6 +167,8 @@ impl WireguardGo {
             dir,
             daemon: None,
         };
+        // A socket file of this name can only be a leftover (same pid, earlier process).
+        let _ = fs::remove_file(gateway.control_socket());
         gateway.launch(netns)?;
         Ok(gateway)
     }

@@ -243,3 +243,45 @@ fn drop_stops_the_threads_and_frees_the_port() {
     // The port is free again once the sockets are closed.
     UdpSocket::bind(addr).unwrap();
 }
+
+#[test]
+fn out_of_range_probabilities_are_clamped() {
+    let gateway = socket();
+    let agent = socket();
+    let relay = ImpairedRelay::start(
+        LOOPBACK.parse().unwrap(),
+        gateway.local_addr().unwrap(),
+        Impairment {
+            loss: f64::NAN,
+            duplicate: -1.0,
+            reorder: 2.0,
+            // Longer than any scheduling hiccup: each held datagram waits for its successor.
+            reorder_hold: Duration::from_secs(2),
+            ..Impairment::default()
+        },
+    )
+    .unwrap();
+    for i in 0..10u8 {
+        agent.send_to(&[i], relay.local_addr()).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    wait_idle(&relay);
+    let got = drain(&gateway, 100);
+    let s = relay.stats().to_gateway;
+    // NaN loss = none lost; duplicate < 0 = never; reorder > 1 = every one that can be held.
+    assert_eq!((s.received, s.dropped, s.duplicated), (10, 0, 0), "{s:?}");
+    assert_eq!(got.len(), 10);
+    assert_eq!(
+        s.reordered, 5,
+        "every other datagram is held behind the next: {s:?}"
+    );
+    assert_eq!(got, [[1], [0], [3], [2], [5], [4], [7], [6], [9], [8]]);
+
+    relay.set_impairment(Impairment {
+        loss: 7.0,
+        ..Impairment::default()
+    });
+    agent.send_to(b"gone", relay.local_addr()).unwrap();
+    assert!(drain(&gateway, 1).is_empty());
+    assert_eq!(relay.stats().to_gateway.dropped, 1);
+}
