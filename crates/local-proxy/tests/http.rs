@@ -849,3 +849,15 @@ async fn upstream_connect_timeout_gives_502_in_time() {
     assert_eq!(p.proxy.metrics().snapshot().upstream_errors, 1);
     drop(full);
 }
+
+#[tokio::test]
+async fn connect_method_is_refused() {
+    let (_, p) = start_pair(ProxyConfig::default()).await;
+    let out = raw_exchange(
+        p.addr,
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 405"), "{out}");
+    assert!(out.contains("CONNECT is not supported"), "{out}");
+}
