@@ -11,8 +11,15 @@ use testbed::{ImpairedRelay, Impairment, RelayStats};
 
 const LOOPBACK: &str = "127.0.0.1:0";
 
+/// A loopback socket with a large receive buffer (best effort), so that on a busy machine the
+/// kernel drops nothing before the relay's counters are compared with what arrived.
 fn socket() -> UdpSocket {
-    let s = UdpSocket::bind(LOOPBACK).unwrap();
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+    let _ = s.set_recv_buffer_size(4 << 20);
+    s.bind(&LOOPBACK.parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    let s: UdpSocket = s.into();
     s.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     s
