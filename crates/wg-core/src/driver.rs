@@ -23,7 +23,7 @@
 //! ```
 
 use std::io::{self, IoSliceMut};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use quinn_udp::{RecvMeta, Transmit as UdpTransmit, UdpSocketState};
@@ -46,6 +46,8 @@ pub struct UdpDriver {
     socket: tokio::net::UdpSocket,
     state: UdpSocketState,
     send_errors: AtomicU64,
+    /// An IPv6 socket: IPv4 destinations are sent as IPv4-mapped addresses.
+    ipv6: bool,
 }
 
 impl UdpDriver {
@@ -69,11 +71,13 @@ impl UdpDriver {
     pub fn from_std(socket: std::net::UdpSocket) -> io::Result<Self> {
         socket.set_nonblocking(true)?;
         let state = UdpSocketState::new((&socket).into())?;
+        let ipv6 = socket.local_addr()?.is_ipv6();
         let socket = tokio::net::UdpSocket::from_std(socket)?;
         Ok(Self {
             socket,
             state,
             send_errors: AtomicU64::new(0),
+            ipv6,
         })
     }
 
@@ -138,7 +142,7 @@ impl UdpDriver {
             let train = batch.trains[i];
             let contents = &batch.buf[train.start..train.start + train.len];
             let transmit = UdpTransmit {
-                destination: train.destination,
+                destination: self.socket_form(train.destination),
                 ecn: None,
                 contents,
                 segment_size: (train.segments > 1).then_some(train.segment_size),
@@ -171,7 +175,7 @@ impl UdpDriver {
     /// Sends one datagram.
     pub async fn send_to(&self, destination: SocketAddr, payload: &[u8]) -> io::Result<()> {
         let transmit = UdpTransmit {
-            destination,
+            destination: self.socket_form(destination),
             ecn: None,
             contents: payload,
             segment_size: None,
@@ -189,6 +193,16 @@ impl UdpDriver {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 other => return other,
             }
+        }
+    }
+
+    /// An IPv4 destination as this socket can reach it (IPv4-mapped on an IPv6 socket).
+    fn socket_form(&self, addr: SocketAddr) -> SocketAddr {
+        match addr {
+            SocketAddr::V4(v4) if self.ipv6 => {
+                SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
+            }
+            other => other,
         }
     }
 
@@ -229,7 +243,8 @@ impl RecvBatch {
         }
     }
 
-    /// Every datagram of the last receive, GRO trains split into their datagrams.
+    /// Every datagram of the last receive, GRO trains split into their datagrams. Sources are
+    /// canonical: an IPv4 peer seen through an IPv6 socket is reported as IPv4.
     pub fn iter(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> + '_ {
         self.metas[..self.filled]
             .iter()
@@ -241,7 +256,8 @@ impl RecvBatch {
                 } else {
                     meta.stride
                 };
-                data.chunks(stride).map(move |d| (meta.addr, d))
+                let from = crate::canonical(meta.addr);
+                data.chunks(stride).map(move |d| (from, d))
             })
     }
 

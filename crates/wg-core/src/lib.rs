@@ -92,6 +92,19 @@ mod stats;
 pub mod driver;
 
 pub use event::Event;
+
+/// An address in canonical form: IPv4-mapped IPv6 (`[::ffff:192.0.2.1]:51820`, what a
+/// dual-stack socket reports for IPv4 peers) becomes plain IPv4, so an endpoint compares equal
+/// however the socket saw it.
+pub fn canonical(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    match addr {
+        std::net::SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => std::net::SocketAddr::new(v4.into(), v6.port()),
+            None => addr,
+        },
+        v4 => v4,
+    }
+}
 pub use ipnet::{IpNet, IpNetError};
 pub use keys::{KEY_LEN, KeyError, PresharedKey, PrivateKey, PublicKey};
 pub use peer::PeerConfig;

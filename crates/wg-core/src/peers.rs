@@ -342,6 +342,7 @@ impl Peers {
     /// The session is kept. A peer in backoff retries at the next [`Peers::handle_timeout`]
     /// (check [`Peers::poll_timeout`]) when the address changed.
     pub fn set_endpoint(&mut self, key: &PublicKey, endpoint: SocketAddr) -> bool {
+        let endpoint = crate::canonical(endpoint);
         let Some(peer) = self.peer_mut(key) else {
             return false;
         };
@@ -376,13 +377,15 @@ impl Peers {
 
     // ----- inputs ----------------------------------------------------------------------------
 
-    /// A UDP datagram arrived from `from`. Never panics; a bad datagram is counted and dropped.
+    /// A UDP datagram arrived from `from` (IPv4-mapped addresses count as IPv4, see
+    /// [`canonical`](crate::canonical)). Never panics; a bad datagram is counted and dropped.
     pub fn handle_datagram(
         &mut self,
         from: SocketAddr,
         datagram: &[u8],
         now: Instant,
     ) -> Result<(), PacketError> {
+        let from = crate::canonical(from);
         let len = datagram.len();
         if len > self.config.max_datagram_size {
             return Err(self.drop_global(DropReason::TooBig));
@@ -1051,7 +1054,8 @@ impl Peers {
 
     // ----- internals: table ------------------------------------------------------------------
 
-    fn upsert_inner(&mut self, config: PeerConfig, now: Instant) -> PeerChange {
+    fn upsert_inner(&mut self, mut config: PeerConfig, now: Instant) -> PeerChange {
+        config.endpoint = config.endpoint.map(crate::canonical);
         let key = config.public_key;
         self.seq += 1;
         let seq = self.seq;

@@ -169,3 +169,27 @@ async fn two_engines_handshake_and_exchange_data_over_loopback() {
     assert_eq!(s.endpoint, Some(da.local_addr().unwrap()));
     assert!(s.rx_bytes >= 100 * 1_032);
 }
+
+#[tokio::test]
+async fn dual_stack_socket_reports_and_reaches_ipv4_peers_as_ipv4() {
+    let Ok(dual) = UdpDriver::bind("[::]:0".parse().unwrap()) else {
+        eprintln!("skipping: no IPv6 on this machine");
+        return;
+    };
+    let port = dual.local_addr().unwrap().port();
+    let v4 = UdpDriver::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let to: SocketAddr = ([127, 0, 0, 1], port).into();
+    v4.send_to(to, b"ping").await.unwrap();
+    let mut rx = RecvBatch::new();
+    let got = recv_n(&dual, &mut rx, 1).await;
+    assert_eq!(
+        got[0].0,
+        v4.local_addr().unwrap(),
+        "plain IPv4, not ::ffff:127.0.0.1"
+    );
+    // And an IPv4 destination works through the IPv6 socket.
+    dual.send_to(got[0].0, b"pong").await.unwrap();
+    let got = recv_n(&v4, &mut rx, 1).await;
+    assert_eq!(got[0].1, b"pong");
+    assert_eq!(got[0].0.port(), port);
+}

@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{Net, agent_and_gateway, tag_of};
@@ -613,4 +614,38 @@ fn new_endpoint_in_backoff_is_tried_at_once() {
             .state,
         HandshakeState::Established
     );
+}
+
+#[test]
+fn ipv4_mapped_sources_are_the_same_endpoint() {
+    let mut net = agent_and_gateway(15, Some(secs(25)));
+    up(&mut net);
+    // The gateway's socket is dual-stack: the agent's datagrams look IPv4-mapped there.
+    let agent = net.nodes[AGENT].public_key();
+    let v4 = net.nodes[AGENT].addr;
+    let SocketAddr::V4(a) = v4 else {
+        unreachable!()
+    };
+    let mapped = SocketAddr::new(a.ip().to_ipv6_mapped().into(), a.port());
+    let p = common::ipv4_packet(net.nodes[AGENT].virtual_ip, net.nodes[GW].virtual_ip, 10, 1);
+    let now = net.now;
+    net.nodes[AGENT].peers.handle_ip_packet(&p, now).unwrap();
+    let d = net.nodes[AGENT]
+        .peers
+        .poll_transmit()
+        .unwrap()
+        .payload
+        .to_vec();
+    net.nodes[GW]
+        .peers
+        .handle_datagram(mapped, &d, now)
+        .unwrap();
+    let stats = net.nodes[GW].peers.peer_stats(&agent, now).unwrap();
+    assert_eq!(stats.endpoint, Some(v4));
+    let roams = net
+        .events_of(GW)
+        .iter()
+        .filter(|e| matches!(e, Event::EndpointChanged { .. }))
+        .count();
+    assert_eq!(roams, 1, "only the first contact");
 }
