@@ -184,6 +184,9 @@ impl HttpProxy {
                     .max_header_size(max)
                     .max_buf_size(h1_buffer_limit(max))
                     .keep_alive(true)
+                    // A client may send its request and then shut down its write side
+                    // (`nc -N`, some scripts); it still gets the answer.
+                    .half_close(true)
                     .serve_connection(io, service)
                     .with_upgrades();
                 drive(conn, signal, &clock, config.idle_timeout).await

@@ -861,3 +861,39 @@ async fn connect_method_is_refused() {
     assert!(out.starts_with("HTTP/1.1 405"), "{out}");
     assert!(out.contains("CONNECT is not supported"), "{out}");
 }
+
+#[tokio::test]
+async fn a_client_that_half_closes_after_its_request_still_gets_the_response() {
+    let (_, p) = start_pair(ProxyConfig::default()).await;
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(b"GET /slow?100 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    s.shutdown().await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let out = String::from_utf8(out).unwrap();
+    assert!(
+        out.starts_with("HTTP/1.1 200") && out.ends_with("slow done"),
+        "{out:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_vanishes_mid_request_frees_its_slot() {
+    let (_, p) = start_pair(ProxyConfig::default()).await;
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(b"GET /slow?300 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(p.tracker.open_connections(), 1);
+    drop(s);
+    tokio::time::timeout(Duration::from_secs(3), p.tracker.drained())
+        .await
+        .unwrap();
+    assert_eq!(p.proxy.metrics().snapshot().open_connections, 0);
+}
