@@ -1213,6 +1213,11 @@ fn peer_stats(peer: &Peer, now: Instant) -> PeerStats {
         last_handshake: age.and_then(|a| SystemTime::now().checked_sub(a)),
         last_handshake_age: age,
         last_received_age: peer.last_received.map(|t| now.saturating_duration_since(t)),
+        handshake_rtt: peer
+            .tunn
+            .stats()
+            .4
+            .map(|ms| Duration::from_millis(u64::from(ms))),
         state: peer.state,
         handshakes: peer.handshakes,
         receiver_index: peer.index,

@@ -172,6 +172,8 @@ pub struct PeerStats {
     pub last_handshake_age: Option<Duration>,
     /// Time since anything authenticated (handshake, keepalive, data) arrived from the peer.
     pub last_received_age: Option<Duration>,
+    /// Round-trip time of the last handshake this side initiated (boringtun's measure).
+    pub handshake_rtt: Option<Duration>,
     /// Where the handshake stands.
     pub state: HandshakeState,
     /// Number of completed handshakes since the peer was added.

@@ -72,6 +72,10 @@ fn handshake_then_data_both_ways_with_matching_wire_counters() {
     assert_eq!(a.rx_bytes, g.tx_bytes);
     assert!(a.tx_bytes > 50 * 100, "data counted on the wire");
     assert_eq!(a.handshakes, 1);
+    assert!(
+        a.handshake_rtt.is_some(),
+        "the initiator measured its handshake"
+    );
     assert!(a.last_handshake.is_some() && a.last_handshake_unix().is_some());
     assert!(a.last_received_age.unwrap() < secs(1));
     assert_eq!(net.nodes[AGENT].peers.drops().total(), 0);
