@@ -25,6 +25,25 @@ pub(crate) fn wants_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE) && connection_tokens(headers).any(|t| t == "upgrade")
 }
 
+/// Remove hop-by-hop fields from a request, as [`remove_hop_by_hop`] does, but keep
+/// `TE: trailers`: it announces that the client accepts trailers, which gRPC servers require.
+pub(crate) fn remove_hop_by_hop_request(headers: &mut HeaderMap, upgrade: bool) {
+    let trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+    remove_hop_by_hop(headers, upgrade);
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
 /// Remove hop-by-hop fields, including every field named in `Connection`. With `upgrade`, the
 /// `Upgrade` field and `Connection: upgrade` survive (they must reach the other side).
 pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
@@ -165,6 +184,16 @@ mod tests {
         remove_hop_by_hop(&mut h, false);
         let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["host", "x-keep"]);
+    }
+
+    #[test]
+    fn te_trailers_survives_in_requests() {
+        let mut h = map(&[("te", "gzip, trailers;q=1"), ("connection", "te")]);
+        remove_hop_by_hop_request(&mut h, false);
+        assert_eq!(h["te"], "trailers");
+        let mut h = map(&[("te", "gzip")]);
+        remove_hop_by_hop_request(&mut h, false);
+        assert!(!h.contains_key("te"));
     }
 
     #[test]

@@ -20,7 +20,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::time::Instant;
 
 use crate::accept::{Accept, accept_loop};
-use crate::headers::{apply_forwarded, remove_hop_by_hop, wants_upgrade};
+use crate::headers::{
+    apply_forwarded, remove_hop_by_hop, remove_hop_by_hop_request, wants_upgrade,
+};
 use crate::io::{Activity, IdleClock, Rewind};
 use crate::log::{WARN_INTERVAL, WarnLimiter, limited_warn};
 use crate::metrics::OpenConnection;
@@ -289,7 +291,7 @@ impl HttpProxy {
             Version::HTTP_11
         };
         let headers = &mut parts.headers;
-        remove_hop_by_hop(headers, upgrade);
+        remove_hop_by_hop_request(headers, upgrade);
         if let Some(host) = &host {
             headers.insert(header::HOST, host.clone());
         }

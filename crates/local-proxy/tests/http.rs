@@ -147,7 +147,7 @@ async fn forwarded_chain_is_kept_and_appended_by_default() {
         .header("connection", "x-drop-me")
         .header("x-drop-me", "1")
         .header("keep-alive", "timeout=5")
-        .header("te", "trailers")
+        .header("te", "deflate")
         .header("x-app", "kept")
         .body(Full::new(Bytes::new()))
         .unwrap();
@@ -896,4 +896,31 @@ async fn a_client_that_vanishes_mid_request_frees_its_slot() {
         .await
         .unwrap();
     assert_eq!(p.proxy.metrics().snapshot().open_connections, 0);
+}
+
+#[tokio::test]
+async fn grpc_style_trailers_pass_over_h2c_both_sides() {
+    let upstream = start_upstream().await;
+    let mut route = HttpRouteConfig::new(upstream);
+    route.upstream_h2c = true;
+    let p = start_proxy(route, ProxyConfig::default()).await;
+    let stream = TcpStream::connect(p.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::post("http://app/trailers")
+        .header("te", "trailers")
+        .header("content-type", "application/grpc")
+        .body(Full::new(Bytes::from_static(b"request")))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let collected = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap();
+    let trailers = collected.trailers().cloned().expect("trailers arrive");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(&collected.to_bytes()[..], b"reply");
 }

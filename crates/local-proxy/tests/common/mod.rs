@@ -54,6 +54,21 @@ impl Body for Zeros {
     }
 }
 
+/// A body made of the given frames (data and trailers).
+pub struct Frames(pub std::collections::VecDeque<Frame<Bytes>>);
+
+impl Body for Frames {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Poll::Ready(self.0.pop_front().map(Ok))
+    }
+}
+
 pub fn text(s: impl Into<String>) -> TestBody {
     Full::new(Bytes::from(s.into()))
         .map_err(|never| match never {})
@@ -111,6 +126,22 @@ pub async fn upstream_handler(
                 .header("sec-websocket-accept", "not-checked-by-the-proxy")
                 .body(text(""))
                 .unwrap()
+        }
+        "/trailers" => {
+            // Like a gRPC server: trailers only for a client that announced `TE: trailers`.
+            if req.headers().get("te").is_none_or(|te| te != "trailers") {
+                return Ok(Response::builder()
+                    .status(400)
+                    .body(text("te: trailers missing"))
+                    .unwrap());
+            }
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+            let frames = vec![
+                Frame::data(Bytes::from_static(b"reply")),
+                Frame::trailers(trailers),
+            ];
+            Response::new(Frames(frames.into()).boxed())
         }
         "/status" => {
             let code: u16 = query.parse().unwrap_or(500);
