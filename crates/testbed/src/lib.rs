@@ -17,7 +17,9 @@
 //!   agent's side (host or agent namespace), wireguard-go on it.
 //! - [`ImpairedRelay`]: a UDP relay that drops, delays, reorders and duplicates datagrams with a
 //!   seeded generator, counting what it did (the kernel here has no `netem`).
-//! - [`packet`]: hand-built ICMP echo packets with checksums, to test a tunnel end to end.
+//! - [`packet`]: hand-built ICMP echo packets with checksums, to test a tunnel end to end;
+//!   [`garbage`]: hostile datagrams (random, fake handshakes, data aimed at a live receiver
+//!   index, oversized) from a seeded generator.
 //!
 //! What it does not do: it never touches addresses outside the namespaces and the veth range it
 //! creates, and it does not depend on the crates under test (keys come from `wg`).
@@ -71,6 +73,7 @@
 
 mod cmd;
 mod daemon;
+pub mod garbage;
 mod netns;
 pub mod packet;
 mod prereq;

@@ -14,6 +14,7 @@
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
+use testbed::garbage;
 use testbed::packet::{icmp_echo_request, parse_icmp_echo};
 use testbed::{
     Daemon, GatewayConfig, GatewayPeer, GatewaySite, ImpairedRelay, Impairment, TempDir,
@@ -32,6 +33,9 @@ struct Agent {
     socket: UdpSocket,
     /// Decrypted packets received, in order.
     received: Vec<Vec<u8>>,
+    /// The receiver index of the last transport data message that arrived (ours, as the peer
+    /// addresses it).
+    data_index: Option<u32>,
     buf: Vec<u8>,
 }
 
@@ -46,6 +50,7 @@ impl Agent {
             key,
             socket,
             received: Vec::new(),
+            data_index: None,
             buf: vec![0; 65_535],
         }
     }
@@ -75,9 +80,11 @@ impl Agent {
             let _ = self.socket.send_to(t.payload, t.destination);
         }
         if let Ok((len, from)) = self.socket.recv_from(&mut self.buf) {
-            let _ = self
-                .peers
-                .handle_datagram(from, &self.buf[..len], Instant::now());
+            let datagram = &self.buf[..len];
+            if datagram[0] == garbage::TRANSPORT_DATA {
+                self.data_index = garbage::receiver_index_of(datagram).or(self.data_index);
+            }
+            let _ = self.peers.handle_datagram(from, datagram, Instant::now());
         }
         let now = Instant::now();
         if self.peers.poll_timeout().is_some_and(|t| t <= now) {
@@ -526,4 +533,75 @@ fn interop_wg_core_over_an_ipv6_underlay() {
     assert!(theirs.endpoint.unwrap().is_ipv6());
     let (rx, tx, gw_rx, gw_tx) = settled_counters(&mut agent, &gw, &gw_key);
     assert_eq!((rx, tx), (gw_tx, gw_rx));
+}
+
+#[test]
+fn interop_wg_core_survives_garbage_during_traffic() {
+    use rand::SeedableRng;
+    testbed::require_gateway_prereqs!();
+    let key = PrivateKey::generate();
+    let gw = Gateway::start(&key.public_key().to_base64());
+    let mut agent = Agent::new(key.clone(), gw.agent_bind());
+    let gw_key = agent.add_gateway(&gw.wg, gw.endpoint());
+    assert!(
+        agent.ping(0, b"before", Duration::from_secs(10)),
+        "{}",
+        gw.wg.log()
+    );
+    let live_index = agent.data_index.expect("a data message arrived");
+
+    // Garbage from another socket on the same host address, between echoes.
+    let attacker = UdpSocket::bind(gw.agent_bind()).unwrap();
+    let target = agent.socket.local_addr().unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut sent = 0u64;
+    for seq in 1..=40u16 {
+        let (other_a, other_b): (u32, u32) =
+            (rand::Rng::random(&mut rng), rand::Rng::random(&mut rng));
+        let mut batch = vec![
+            garbage::random_bytes(&mut rng, usize::from(seq) * 37 % 1500 + 1),
+            garbage::fake_handshake_initiation(&mut rng),
+            garbage::fake_handshake_response(&mut rng, other_a),
+            garbage::fake_handshake_response(&mut rng, live_index),
+            garbage::fake_cookie_reply(&mut rng, live_index),
+            garbage::fake_transport_data(&mut rng, live_index, u64::from(seq), 1100),
+            garbage::fake_transport_data(&mut rng, live_index, u64::MAX, 16),
+            garbage::fake_transport_data(&mut rng, other_b, 1, 64),
+        ];
+        if seq % 10 == 0 {
+            batch.push(garbage::random_bytes(&mut rng, 9000));
+            batch.push(garbage::fake_transport_data(
+                &mut rng, live_index, 5, 60_000,
+            ));
+        }
+        for datagram in &batch {
+            attacker.send_to(datagram, target).unwrap();
+            sent += 1;
+        }
+        let data = payload(seq, 200);
+        assert!(
+            agent.ping(seq, &data, Duration::from_secs(3)),
+            "echo {seq} lost among garbage; drops {:?}",
+            agent.peers.drops()
+        );
+    }
+    let drops = agent.peers.drops();
+    assert!(
+        drops.total() >= sent,
+        "{sent} garbage datagrams, drops {drops:?}"
+    );
+    for reason in [DropReason::Malformed, DropReason::UnknownIndex] {
+        assert!(drops.get(reason) > 0, "{reason:?}: {drops:?}");
+    }
+    assert!(
+        drops.get(DropReason::BadAuth) + drops.get(DropReason::Replay) > 0,
+        "{drops:?}"
+    );
+    // Unauthenticated datagrams neither move the endpoint nor count as received bytes.
+    let ours = agent.peers.peer_stats(&gw_key, Instant::now()).unwrap();
+    assert_eq!(ours.endpoint, Some(gw.endpoint()));
+    assert_eq!(ours.state, HandshakeState::Established);
+    let (rx, tx, gw_rx, gw_tx) = settled_counters(&mut agent, &gw, &gw_key);
+    assert_eq!((rx, tx), (gw_tx, gw_rx), "wire counters after garbage");
+    eprintln!("{sent} garbage datagrams dropped as {drops:?}");
 }
