@@ -1,0 +1,338 @@
+//! Inbound datagrams: routing to a peer, boringtun's decapsulate, allowed-IP check, roaming.
+
+use super::*;
+
+impl Peers {
+    pub(super) fn handle_initiation(
+        &mut self,
+        from: SocketAddr,
+        datagram: &[u8],
+        now: Instant,
+    ) -> Result<(), PacketError> {
+        self.schedule_limiter_reset(now);
+        let mut cookie = [0u8; COOKIE_REPLY_LEN];
+        let key = match self
+            .limiter
+            .verify_packet(Some(from.ip()), datagram, &mut cookie)
+        {
+            Ok(Packet::HandshakeInit(init)) => {
+                match parse_handshake_anon(&self.secret, &self.public, &init) {
+                    Ok(half) => PublicKey::from_bytes(half.peer_static_public),
+                    Err(_) => return Err(self.drop_global(DropReason::BadAuth)),
+                }
+            }
+            Ok(_) => return Err(self.drop_global(DropReason::Malformed)),
+            Err(TunnResult::WriteToNetwork(reply)) => {
+                let len = reply.len();
+                if !self.tx.push_copy(
+                    reply,
+                    TxMeta {
+                        destination: from,
+                        len,
+                    },
+                ) {
+                    self.drops.add(DropReason::QueueFull);
+                }
+                tracing::trace!(%from, "under load: cookie reply sent");
+                return Err(self.drop_global(DropReason::UnderLoad));
+            }
+            Err(TunnResult::Err(e)) => return Err(self.drop_global(reason_of(&e))),
+            Err(_) => return Err(self.drop_global(DropReason::Other)),
+        };
+        let Some(&slot) = self.by_key.get(&key) else {
+            tracing::debug!(%from, peer = %key, "handshake initiation from an unknown peer");
+            return Err(self.drop_global(DropReason::UnknownPeer));
+        };
+        self.decapsulate(slot, from, datagram, now)
+    }
+
+    /// Runs boringtun on a datagram already routed to `slot`.
+    pub(super) fn decapsulate(
+        &mut self,
+        slot: usize,
+        from: SocketAddr,
+        datagram: &[u8],
+        now: Instant,
+    ) -> Result<(), PacketError> {
+        let kind = datagram[0];
+        let wire = datagram.len();
+        let Some(peer) = self.slots[slot].as_mut() else {
+            return Err(self.drop_global(DropReason::UnknownIndex));
+        };
+        if kind != DATA {
+            return self.decapsulate_handshake(slot, from, datagram, now);
+        }
+        // Data decrypts straight into the received queue's free slot. boringtun panics when
+        // `dst` is shorter than the datagram: the slot is at least as long.
+        let Some(buf) = self.rx.free_slot(wire) else {
+            peer.drops.add(DropReason::QueueFull);
+            return Err(self.drop_global(DropReason::QueueFull));
+        };
+        let (src, len) = match peer.tunn.decapsulate(Some(from.ip()), datagram, buf) {
+            TunnResult::WriteToTunnelV4(p, src) => (IpAddr::V4(src), p.len()),
+            TunnResult::WriteToTunnelV6(p, src) => (IpAddr::V6(src), p.len()),
+            TunnResult::Done => {
+                // An authenticated keepalive.
+                self.authenticated(slot, from, wire, now);
+                return Ok(());
+            }
+            TunnResult::WriteToNetwork(_) => return Err(self.drop_peer(slot, DropReason::Other)),
+            TunnResult::Err(e) => {
+                tracing::trace!(%from, error = ?e, "data message refused");
+                return Err(self.drop_peer(slot, reason_of(&e)));
+            }
+        };
+        // Authenticated: count it, and follow the peer if it moved (roaming).
+        let key = peer.config.public_key;
+        peer.rx_bytes += wire as u64;
+        peer.last_received = Some(now);
+        peer.last_traversal = Some(now);
+        if peer.endpoint != Some(from) {
+            self.roam(slot, from);
+        }
+        if self.routes.lookup(src) != Some(slot) {
+            tracing::trace!(%src, "source address not in the peer's allowed IPs");
+            return Err(self.drop_peer(slot, DropReason::AllowedIpMismatch));
+        }
+        self.rx.commit(RxMeta { peer: key, len });
+        Ok(())
+    }
+
+    /// Brings an unticked tunnel's clock up to date before it handles a handshake message, so
+    /// the session it creates is not born old; an expired one is re-created before answering
+    /// an initiation (boringtun would keep it marked expired).
+    pub(super) fn refresh_tunnel(&mut self, slot: usize, kind: u8, now: Instant) {
+        let Some(peer) = self.slots[slot].as_ref() else {
+            return;
+        };
+        if peer.needs_tick() {
+            return;
+        }
+        if peer.state == HandshakeState::Backoff {
+            let endpoint = peer.endpoint;
+            let _ = self.emit(slot, HANDSHAKE_INIT_LEN, endpoint, now, |t, b| {
+                t.update_timers(b)
+            });
+        }
+        let expired = self.slots[slot]
+            .as_ref()
+            .is_some_and(|p| p.tunn.is_expired());
+        if kind == HANDSHAKE_INIT && expired {
+            self.reset_tunnel(slot);
+        }
+    }
+
+    /// Handshake initiation, response or cookie reply, already routed to `slot`.
+    pub(super) fn decapsulate_handshake(
+        &mut self,
+        slot: usize,
+        from: SocketAddr,
+        datagram: &[u8],
+        now: Instant,
+    ) -> Result<(), PacketError> {
+        let kind = datagram[0];
+        self.refresh_tunnel(slot, kind, now);
+        let Some(peer) = self.slots[slot].as_mut() else {
+            return Err(self.drop_global(DropReason::UnknownIndex));
+        };
+        match peer
+            .tunn
+            .decapsulate(Some(from.ip()), datagram, &mut self.scratch)
+        {
+            TunnResult::Done => {
+                if kind == COOKIE_REPLY {
+                    self.on_cookie(slot, now);
+                }
+                Ok(())
+            }
+            TunnResult::WriteToNetwork(out) => {
+                let len = out.len();
+                let out_kind = out[0];
+                let meta = TxMeta {
+                    destination: from,
+                    len,
+                };
+                if out_kind == COOKIE_REPLY {
+                    // Under load: the message was not processed, a cookie goes back instead.
+                    if !self.tx.push_copy(&self.scratch[..len], meta) {
+                        self.drops.add(DropReason::QueueFull);
+                    }
+                    return Err(self.drop_peer(slot, DropReason::UnderLoad));
+                }
+                self.authenticated(slot, from, datagram.len(), now);
+                self.handshake_completed(slot, now);
+                if self.tx.push_copy(&self.scratch[..len], meta) {
+                    self.after_send(slot, len, now);
+                } else {
+                    self.drop_peer(slot, DropReason::QueueFull);
+                }
+                self.flush_queued(slot, now);
+                Ok(())
+            }
+            TunnResult::WriteToTunnelV4(..) | TunnResult::WriteToTunnelV6(..) => {
+                Err(self.drop_peer(slot, DropReason::Other))
+            }
+            TunnResult::Err(e) => {
+                tracing::trace!(%from, kind, error = ?e, "handshake message refused");
+                Err(self.drop_peer(slot, reason_of(&e)))
+            }
+        }
+    }
+
+    /// Sends what boringtun queued while the handshake ran.
+    pub(super) fn flush_queued(&mut self, slot: usize, now: Instant) {
+        let need = (self.config.max_packet_size + DATA_OVERHEAD).max(HANDSHAKE_INIT_LEN);
+        loop {
+            let Some(endpoint) = self.slots[slot].as_ref().map(|p| p.endpoint) else {
+                return;
+            };
+            match self.emit(slot, need, endpoint, now, |t, b| {
+                t.decapsulate(None, &[], b)
+            }) {
+                Ok(Some(_)) => continue,
+                _ => return,
+            }
+        }
+    }
+
+    /// Runs `op` on the peer's tunnel with the transmit queue's free slot as its output, and
+    /// queues what it wrote for `destination` (counted as `NoEndpoint` without one). Returns
+    /// the message type written, if any.
+    #[inline(always)]
+    pub(super) fn emit<F>(
+        &mut self,
+        slot: usize,
+        need: usize,
+        destination: Option<SocketAddr>,
+        now: Instant,
+        op: F,
+    ) -> Result<Option<u8>, WireGuardError>
+    where
+        F: for<'a> FnOnce(&mut Tunn, &'a mut [u8]) -> TunnResult<'a>,
+    {
+        let Some(peer) = self.slots[slot].as_mut() else {
+            return Ok(None);
+        };
+        let Some(buf) = self.tx.free_slot(need) else {
+            peer.drops.add(DropReason::QueueFull);
+            self.drops.add(DropReason::QueueFull);
+            return Ok(None);
+        };
+        match op(&mut peer.tunn, buf) {
+            TunnResult::WriteToNetwork(out) => {
+                let len = out.len();
+                let kind = out[0];
+                let Some(destination) = destination else {
+                    peer.drops.add(DropReason::NoEndpoint);
+                    self.drops.add(DropReason::NoEndpoint);
+                    return Ok(None);
+                };
+                self.tx.commit(TxMeta { destination, len });
+                peer.tx_bytes += len as u64;
+                peer.last_traversal = Some(now);
+                if kind == HANDSHAKE_INIT && peer.state == HandshakeState::Idle {
+                    peer.state = HandshakeState::Connecting;
+                    peer.connecting_since = Some(now);
+                    self.ensure_fast_tick(now);
+                }
+                Ok(Some(kind))
+            }
+            TunnResult::Err(e) => Err(e),
+            _ => Ok(None),
+        }
+    }
+
+    /// An authenticated message arrived: count it, and follow the peer if it moved (roaming).
+    pub(super) fn authenticated(
+        &mut self,
+        slot: usize,
+        from: SocketAddr,
+        wire_len: usize,
+        now: Instant,
+    ) {
+        let Some(peer) = self.slots[slot].as_mut() else {
+            return;
+        };
+        peer.rx_bytes += wire_len as u64;
+        peer.last_received = Some(now);
+        peer.last_traversal = Some(now);
+        if peer.endpoint != Some(from) {
+            self.roam(slot, from);
+        }
+    }
+
+    /// The peer's authenticated packet came from a new address: follow it.
+    #[cold]
+    pub(super) fn roam(&mut self, slot: usize, from: SocketAddr) {
+        let Some(peer) = self.slots[slot].as_mut() else {
+            return;
+        };
+        let old = peer.endpoint.replace(from);
+        let event = Event::EndpointChanged {
+            peer: peer.config.public_key,
+            old,
+            new: from,
+        };
+        tracing::info!(peer = %peer.config.public_key, ?old, new = %from, "peer endpoint changed");
+        self.push_event(event);
+    }
+
+    pub(super) fn handshake_completed(&mut self, slot: usize, now: Instant) {
+        let Some(peer) = self.slots[slot].as_mut() else {
+            return;
+        };
+        let rekey = peer.session_age(now).is_some() && peer.state == HandshakeState::Established;
+        peer.last_handshake = Some(now);
+        peer.handshakes += 1;
+        peer.state = HandshakeState::Established;
+        peer.connecting_since = None;
+        peer.next_retry = None;
+        peer.backoff_attempt = 0;
+        let key = peer.config.public_key;
+        if rekey {
+            tracing::debug!(peer = %key, "session renewed");
+        } else {
+            tracing::info!(peer = %key, "handshake completed, tunnel up");
+        }
+        self.push_event(Event::HandshakeCompleted { peer: key, rekey });
+        self.schedule_tick(now);
+    }
+
+    /// A cookie reply arrived (the peer is under load). In backoff boringtun is not ticked, so
+    /// resend the initiation now: it carries the cookie.
+    pub(super) fn on_cookie(&mut self, slot: usize, now: Instant) {
+        let in_backoff = self.slots[slot]
+            .as_ref()
+            .is_some_and(|p| p.state == HandshakeState::Backoff);
+        if in_backoff {
+            self.send_initiation(slot, true, now);
+        }
+    }
+}
+
+pub(super) fn reason_of(e: &WireGuardError) -> DropReason {
+    match e {
+        WireGuardError::InvalidMac
+        | WireGuardError::InvalidAeadTag
+        | WireGuardError::WrongKey
+        | WireGuardError::InvalidTai64nTimestamp
+        | WireGuardError::WrongTai64nTimestamp => DropReason::BadAuth,
+        WireGuardError::InvalidCounter | WireGuardError::DuplicateCounter => DropReason::Replay,
+        WireGuardError::WrongIndex
+        | WireGuardError::NoCurrentSession
+        | WireGuardError::UnexpectedPacket => DropReason::UnknownIndex,
+        WireGuardError::IncorrectPacketLength
+        | WireGuardError::WrongPacketType
+        | WireGuardError::InvalidPacket => DropReason::Malformed,
+        WireGuardError::UnderLoad => DropReason::UnderLoad,
+        WireGuardError::ConnectionExpired => DropReason::Expired,
+        _ => DropReason::Other,
+    }
+}
+
+#[inline]
+pub(super) fn le_u32(bytes: &[u8]) -> u32 {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&bytes[..4]);
+    u32::from_le_bytes(b)
+}

@@ -1,0 +1,204 @@
+//! wg-core's own schedule: boringtun's coarse tick, keepalive, the 90 s limit, backoff, expiry.
+
+use super::*;
+
+impl Peers {
+    pub(super) fn tick_boringtun(&mut self, now: Instant) {
+        let need = (self.config.max_packet_size + DATA_OVERHEAD).max(HANDSHAKE_INIT_LEN);
+        for slot in 0..self.slots.len() {
+            let Some(peer) = self.slots[slot].as_ref() else {
+                continue;
+            };
+            if !peer.needs_tick() {
+                continue;
+            }
+            let endpoint = peer.endpoint;
+            match self.emit(slot, need, endpoint, now, |t, b| t.update_timers(b)) {
+                Err(WireGuardError::ConnectionExpired) => self.handshake_expired(slot, now),
+                Err(e) => tracing::debug!(error = ?e, "boringtun timer error"),
+                Ok(_) => {}
+            }
+            // Packets boringtun still holds (the transmit queue was full at the handshake).
+            self.flush_queued(slot, now);
+        }
+    }
+
+    pub(super) fn run_peer_timers(&mut self, slot: usize, now: Instant) {
+        let Some(peer) = self.slots[slot].as_mut() else {
+            return;
+        };
+        let key = peer.config.public_key;
+        // Our own 90 s limit on a handshake attempt (boringtun's runs on its own clock).
+        if peer
+            .connecting_since
+            .is_some_and(|since| now >= since + REKEY_ATTEMPT)
+            && peer.state == HandshakeState::Connecting
+        {
+            self.handshake_expired(slot, now);
+        }
+        let Some(peer) = self.slots[slot].as_mut() else {
+            return;
+        };
+        if peer.state == HandshakeState::Established
+            && peer.last_handshake.is_some_and(|t| now >= t + REJECT_AFTER)
+        {
+            peer.state = HandshakeState::Idle;
+            peer.connecting_since = None;
+            tracing::info!(peer = %key, "session expired: no handshake for 180 s");
+            self.push_event(Event::SessionExpired { peer: key });
+            // boringtun drops the session on its own clock; drop it here too so both agree
+            // (its clock also counts suspended time, ours does not).
+            self.reset_tunnel(slot);
+        }
+        let Some(peer) = self.slots[slot].as_mut() else {
+            return;
+        };
+        if peer.next_retry.is_some_and(|t| now >= t) {
+            self.backoff_retry(slot, now);
+        }
+        let Some(peer) = self.slots[slot].as_mut() else {
+            return;
+        };
+        if peer.keepalive_deadline().is_some_and(|t| now >= t) {
+            self.send_keepalive(slot, now);
+        }
+    }
+
+    pub(super) fn send_keepalive(&mut self, slot: usize, now: Instant) {
+        let Some(peer) = self.slots[slot].as_mut() else {
+            return;
+        };
+        match peer.state {
+            HandshakeState::Established => {
+                // boringtun renews sessions only on data; keepalive-only tunnels renew here,
+                // as the kernel does on any send.
+                if peer.session_age(now).is_none_or(|age| age >= REKEY_AFTER) {
+                    self.send_initiation(slot, false, now);
+                }
+                self.encapsulate_keepalive(slot, now);
+            }
+            HandshakeState::Idle => {
+                self.start_handshake(slot, false, now);
+                if let Some(peer) = self.slots[slot].as_mut()
+                    && peer.state == HandshakeState::Idle
+                {
+                    // Nothing went out (full queue): try again one interval later.
+                    peer.last_traversal = Some(now);
+                }
+            }
+            HandshakeState::Connecting | HandshakeState::Backoff => {}
+        }
+    }
+
+    pub(super) fn encapsulate_keepalive(&mut self, slot: usize, now: Instant) {
+        let Some(endpoint) = self.slots[slot].as_ref().and_then(|p| p.endpoint) else {
+            return;
+        };
+        let sent = self.emit(slot, HANDSHAKE_INIT_LEN, Some(endpoint), now, |t, b| {
+            t.encapsulate(&[], b)
+        });
+        if !matches!(sent, Ok(Some(_)))
+            && let Some(peer) = self.slots[slot].as_mut()
+        {
+            // A handshake is in progress (the keepalive waits in boringtun's queue) or the
+            // queue is full: do not fire again at once.
+            peer.last_traversal = Some(now);
+        }
+    }
+
+    /// boringtun gave up (or our own 90 s passed): retry with backoff if a session is wanted.
+    pub(super) fn handshake_expired(&mut self, slot: usize, now: Instant) {
+        let unit: f64 = self.rng.random();
+        let Some(peer) = self.slots[slot].as_mut() else {
+            return;
+        };
+        if matches!(peer.state, HandshakeState::Backoff | HandshakeState::Idle) {
+            // Already handled: boringtun repeats `ConnectionExpired` on every tick.
+            return;
+        }
+        let key = peer.config.public_key;
+        peer.connecting_since = None;
+        if peer.endpoint.is_some() && peer.wants_session(now) {
+            let delay = backoff_delay(0, unit);
+            peer.state = HandshakeState::Backoff;
+            peer.backoff_attempt = 0;
+            peer.next_retry = Some(now + delay);
+            tracing::info!(peer = %key, retry_in_ms = delay.as_millis() as u64,
+                "handshake not answered for 90 s; retrying with backoff");
+            self.push_event(Event::HandshakeFailing {
+                peer: key,
+                retry_in: delay,
+            });
+        } else {
+            peer.state = HandshakeState::Idle;
+            tracing::debug!(peer = %key, "handshake abandoned; idle until there is traffic");
+        }
+    }
+
+    pub(super) fn backoff_retry(&mut self, slot: usize, now: Instant) {
+        let unit: f64 = self.rng.random();
+        // A fresh tunnel: boringtun's own clock and retry state start again, so the session
+        // this attempt creates is not aged by the time spent in backoff.
+        self.reset_tunnel(slot);
+        let Some(peer) = self.slots[slot].as_mut() else {
+            return;
+        };
+        peer.backoff_attempt = peer.backoff_attempt.saturating_add(1);
+        peer.next_retry = Some(now + backoff_delay(peer.backoff_attempt, unit));
+        tracing::debug!(peer = %peer.config.public_key, attempt = peer.backoff_attempt, "handshake retry");
+        self.send_initiation(slot, true, now);
+    }
+
+    /// Starts a handshake with a peer that has an endpoint (state becomes `Connecting` unless
+    /// a session exists or the peer is in backoff).
+    pub(super) fn start_handshake(&mut self, slot: usize, force: bool, now: Instant) {
+        self.send_initiation(slot, force, now);
+    }
+
+    pub(super) fn send_initiation(&mut self, slot: usize, force: bool, now: Instant) {
+        let Some(endpoint) = self.slots[slot].as_ref().and_then(|p| p.endpoint) else {
+            return;
+        };
+        let _ = self.emit(slot, HANDSHAKE_INIT_LEN, Some(endpoint), now, |t, b| {
+            t.format_handshake_initiation(b, force)
+        });
+    }
+
+    /// Bookkeeping after a datagram for `slot` was queued outside [`Peers::emit`].
+    pub(super) fn after_send(&mut self, slot: usize, len: usize, now: Instant) {
+        let Some(peer) = self.slots[slot].as_mut() else {
+            return;
+        };
+        peer.tx_bytes += len as u64;
+        peer.last_traversal = Some(now);
+    }
+
+    pub(super) fn schedule_tick(&mut self, now: Instant) {
+        let mut any = false;
+        let mut connecting = false;
+        for peer in self.slots.iter().flatten() {
+            if peer.needs_tick() {
+                any = true;
+                connecting |= peer.state == HandshakeState::Connecting;
+            }
+        }
+        if !any {
+            self.next_tick = None;
+            return;
+        }
+        let interval = if connecting { TICK_FAST } else { TICK_SLOW };
+        let at = now + interval;
+        self.next_tick = Some(self.next_tick.map_or(at, |t| t.min(at)));
+    }
+
+    pub(super) fn schedule_limiter_reset(&mut self, now: Instant) {
+        if self.next_limiter_reset.is_none() {
+            self.next_limiter_reset = Some(now + LIMITER_RESET);
+        }
+    }
+
+    pub(super) fn ensure_fast_tick(&mut self, now: Instant) {
+        let at = now + TICK_FAST;
+        self.next_tick = Some(self.next_tick.map_or(at, |t| t.min(at)));
+    }
+}
