@@ -6,9 +6,11 @@
 //!   (root, `/dev/net/tun`, `ip`, `wireguard-go`, `wg`, a namespace can be created)? If not, a
 //!   test prints one `skipping ...` line and returns — or fails when `CI=true`.
 //! - [`Netns`]: uniquely named network namespaces (`wgtb-<label>-<pid>-<n>`) with `lo` up, veth
-//!   pairs ([`VethPair`], /30s from 198.18.0.0/15) to another namespace or to the host, commands
-//!   inside, detached processes ([`Daemon`], stopped on drop); everything killed and deleted on
-//!   drop, also on panic.
+//!   pairs ([`VethPair`], /30s from 198.18.0.0/15, optional /64s from 2001:2::/48) to another
+//!   namespace or to the host, commands inside, detached processes ([`Daemon`], stopped with
+//!   their process group on drop), sockets created inside ([`Netns::bind_udp`],
+//!   [`Netns::run_inside`], via `setns(2)`); everything killed and deleted on drop, also on
+//!   panic. [`cleanup_stale`] removes what killed test processes left behind.
 //! - [`WireguardGo`]: a `wireguard-go` gateway in a namespace, configured with `wg set` and `ip`,
 //!   with a unique interface name (the control socket path is shared by namespaces); parsed
 //!   `wg show IF dump` ([`WgDump`]), restart with the same key, killed on drop. [`KeyPair`]s come
@@ -29,10 +31,12 @@
 //!   agent's socket to [`GatewaySite::agent_side_ip`], send to [`GatewaySite::endpoint`].
 //! - agent namespace ↔ one namespace per gateway: [`GatewaySite::start`] with `Some(&agent_ns)`
 //!   for each; run the agent binary with [`Netns::spawn`].
-//! - impaired path: the relay runs in the host (threads of the test process), listening on the
-//!   host end of the agent's link and sending to the gateway over the gateway's link to the
-//!   host (the upstream socket is bound to the unspecified address, so the kernel picks the
-//!   right source); the gateway sees the agent at the relay's upstream address.
+//! - impaired path: the relay's threads run in the test process; its sockets live in the host
+//!   ([`ImpairedRelay::start`]: listening on the host end of the agent's link, sending over the
+//!   gateway's link to the host — the upstream socket is bound to the unspecified address, so
+//!   the kernel picks the right source) or inside the agent's namespace
+//!   ([`ImpairedRelay::start_in`], e.g. on its loopback). The gateway sees the agent at the
+//!   relay's upstream address.
 //!
 //! Names: namespaces `wgtb-<label>-<pid>-<n>`, veths `vt<pid36><n36>{a,b}`, wireguard-go
 //! interfaces `wg<pid>x<n>` (its control socket `/run/wireguard/<ifname>.sock` is shared by all
