@@ -147,7 +147,8 @@ pub struct HttpRouteConfig {
     /// `true` (default): keep the incoming `X-Forwarded-*` / `Forwarded` chain and append the
     /// tunnel peer; `false`: replace incoming values with the tunnel peer's.
     pub trust_forwarded: bool,
-    /// Speak HTTP/2 with prior knowledge (h2c) to the upstream instead of HTTP/1.1.
+    /// Speak HTTP/2 with prior knowledge (h2c) to the upstream instead of HTTP/1.1 (gRPC
+    /// needs it: its trailers do not survive a hop over HTTP/1.1).
     ///
     /// The request's `:authority` is then the upstream's address (it also picks the pooled
     /// connection), while the client's host travels in `Host` and `X-Forwarded-Host`.

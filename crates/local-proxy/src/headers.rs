@@ -73,6 +73,24 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = String> + '_ {
         .filter(|t| !t.is_empty())
 }
 
+/// Join several `Cookie` fields into one, as HTTP/2 allows them split and HTTP/1.1 servers
+/// expect one (RFC 9113 §8.2.3).
+pub(crate) fn join_cookies(headers: &mut HeaderMap) {
+    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let parts: Vec<&[u8]> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    let joined = parts.join(&b"; "[..]);
+    // Joined from valid values with "; ": still a valid value; keep the fields if not.
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
 /// Write `X-Forwarded-For`, `-Proto`, `-Host` and `Forwarded` for a request from `peer` that
 /// arrived over `proto` with `host`. `trust`: keep the incoming chain and append; otherwise
 /// replace it.
@@ -194,6 +212,16 @@ mod tests {
         let mut h = map(&[("te", "gzip")]);
         remove_hop_by_hop_request(&mut h, false);
         assert!(!h.contains_key("te"));
+    }
+
+    #[test]
+    fn split_cookies_are_joined() {
+        let mut h = map(&[("cookie", "a=1"), ("cookie", "b=2"), ("cookie", "c=3")]);
+        join_cookies(&mut h);
+        assert_eq!(
+            h.get_all("cookie").iter().collect::<Vec<_>>(),
+            ["a=1; b=2; c=3"]
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 use crate::accept::{Accept, accept_loop};
 use crate::headers::{
-    apply_forwarded, remove_hop_by_hop, remove_hop_by_hop_request, wants_upgrade,
+    apply_forwarded, join_cookies, remove_hop_by_hop, remove_hop_by_hop_request, wants_upgrade,
 };
 use crate::io::{Activity, IdleClock, Rewind};
 use crate::log::{WARN_INTERVAL, WarnLimiter, limited_warn};
@@ -292,6 +292,9 @@ impl HttpProxy {
         };
         let headers = &mut parts.headers;
         remove_hop_by_hop_request(headers, upgrade);
+        if protocol == Protocol::Http2 && !inner.route.upstream_h2c {
+            join_cookies(headers);
+        }
         if let Some(host) = &host {
             headers.insert(header::HOST, host.clone());
         }

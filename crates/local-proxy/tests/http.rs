@@ -105,6 +105,15 @@ async fn h2c_from_the_client_is_forwarded_as_http11() {
     let seen = body_text(resp).await;
     assert!(seen.contains("version: HTTP/1.1"), "{seen}");
     assert!(seen.contains("host: app.example:8080"), "{seen}");
+    // HTTP/2 may split cookies over several fields; HTTP/1.1 gets them joined.
+    let req = Request::get("http://app.example/headers")
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let seen = body_text(sender.send_request(req).await.unwrap()).await;
+    assert_eq!(seen.matches("cookie:").count(), 1, "{seen}");
+    assert!(seen.contains("cookie: a=1; b=2\n"), "{seen}");
     // Several streams at once on the same connection, with bodies.
     let mut tasks = Vec::new();
     for i in 0..8 {
