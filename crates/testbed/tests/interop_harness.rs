@@ -400,3 +400,45 @@ fn interop_relay_inside_an_agent_namespace() {
         "{stats:?}"
     );
 }
+
+#[test]
+fn interop_rate_limit_slows_a_link() {
+    use std::io::{Read, Write};
+    testbed::require_gateway_prereqs!();
+    const BYTES: usize = 1 << 20;
+    let ns = Netns::new("tbf").unwrap();
+    let link = ns.veth_to_host().unwrap();
+    // 1 MiB from the namespace to the host over TCP, first unlimited, then at 16 Mbit/s
+    // (at least 0.5 s for 8 Mbit).
+    let transfer = || {
+        let listener = std::net::TcpListener::bind(SocketAddr::new(link.b.ip.into(), 0)).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let reader = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut total = 0;
+            let mut buf = vec![0u8; 65536];
+            loop {
+                match stream.read(&mut buf).unwrap() {
+                    0 => break total,
+                    n => total += n,
+                }
+            }
+        });
+        let mut stream = ns.connect_tcp(addr, Duration::from_secs(2)).unwrap();
+        let start = Instant::now();
+        stream.write_all(&vec![0x5a; BYTES]).unwrap();
+        drop(stream);
+        let received = reader.join().unwrap();
+        assert_eq!(received, BYTES);
+        start.elapsed()
+    };
+    let unlimited = transfer();
+    ns.rate_limit(&link.a.ifname, "16mbit").unwrap();
+    let limited = transfer();
+    assert!(
+        limited >= Duration::from_millis(400) && limited < Duration::from_secs(10),
+        "1 MiB at 16 Mbit/s took {limited:?} (unlimited {unlimited:?})"
+    );
+    assert!(limited > unlimited * 4, "{limited:?} vs {unlimited:?}");
+    eprintln!("1 MiB: unlimited {unlimited:?}, tbf 16 Mbit/s {limited:?}");
+}
