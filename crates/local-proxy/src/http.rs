@@ -224,7 +224,7 @@ impl HttpProxy {
             tracing::debug!(%peer, %error, "400: malformed request");
         } else if error.is_timeout() {
             metrics.client_timeout();
-            tracing::debug!(%peer, "request head not complete within header_read_timeout");
+            tracing::debug!(%peer, "no complete request head within header_read_timeout, closed");
         } else {
             tracing::debug!(%peer, %error, "connection ended with an error");
         }

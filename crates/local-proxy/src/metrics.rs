@@ -42,7 +42,8 @@ pub struct MetricsSnapshot {
     pub bytes_out: u64,
     /// Upstream connects refused or timed out, upstream responses timed out or broken.
     pub upstream_errors: u64,
-    /// Clients cut for not sending a request head in time.
+    /// Connections closed by `header_read_timeout`: a slow or silent client, or a kept-alive
+    /// HTTP/1 connection that sent no further request in that time.
     pub client_timeouts: u64,
     /// Connections open now.
     pub open_connections: u64,
@@ -215,7 +216,7 @@ pub fn render_prometheus(out: &mut String, prefix: &str, routes: &[(&str, &Metri
         (
             "client_timeouts_total",
             "counter",
-            "Clients cut for a slow or missing head.",
+            "Connections closed waiting for a request head.",
             |m| m.client_timeouts,
         ),
         ("open_connections", "gauge", "Connections open now.", |m| {
