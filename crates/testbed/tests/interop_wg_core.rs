@@ -41,7 +41,10 @@ struct Agent {
 
 impl Agent {
     fn new(key: PrivateKey, bind: SocketAddr) -> Self {
-        let socket = UdpSocket::bind(bind).unwrap();
+        Self::with_socket(key, UdpSocket::bind(bind).unwrap())
+    }
+
+    fn with_socket(key: PrivateKey, socket: UdpSocket) -> Self {
         socket
             .set_read_timeout(Some(Duration::from_millis(5)))
             .unwrap();
@@ -111,7 +114,11 @@ impl Agent {
     }
 
     fn send_echo(&mut self, seq: u16, payload: &[u8]) {
-        let packet = icmp_echo_request(AGENT_IP, GATEWAY_IP, ECHO_IDENT, seq, payload);
+        self.send_echo_to(GATEWAY_IP, seq, payload);
+    }
+
+    fn send_echo_to(&mut self, dst: Ipv4Addr, seq: u16, payload: &[u8]) {
+        let packet = icmp_echo_request(AGENT_IP, dst, ECHO_IDENT, seq, payload);
         self.peers
             .handle_ip_packet(&packet, Instant::now())
             .unwrap();
@@ -119,10 +126,14 @@ impl Agent {
 
     /// Whether an echo reply with this sequence number and payload has arrived.
     fn has_reply(&self, seq: u16, payload: &[u8]) -> bool {
+        self.has_reply_from(GATEWAY_IP, seq, payload)
+    }
+
+    fn has_reply_from(&self, src: Ipv4Addr, seq: u16, payload: &[u8]) -> bool {
         self.received.iter().any(|p| {
             parse_icmp_echo(p).is_some_and(|e| {
                 e.is_reply
-                    && e.src == GATEWAY_IP
+                    && e.src == src
                     && e.dst == AGENT_IP
                     && e.ident == ECHO_IDENT
                     && e.seq == seq
@@ -133,10 +144,16 @@ impl Agent {
 
     /// Sends echo `seq` (again every 500 ms) until its reply arrives, for at most `timeout`.
     fn ping(&mut self, seq: u16, payload: &[u8], timeout: Duration) -> bool {
+        self.ping_to(GATEWAY_IP, seq, payload, timeout)
+    }
+
+    fn ping_to(&mut self, dst: Ipv4Addr, seq: u16, payload: &[u8], timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            self.send_echo(seq, payload);
-            if self.run_until(Duration::from_millis(500), |a| a.has_reply(seq, payload)) {
+            self.send_echo_to(dst, seq, payload);
+            if self.run_until(Duration::from_millis(500), |a| {
+                a.has_reply_from(dst, seq, payload)
+            }) {
                 return true;
             }
         }
@@ -604,4 +621,135 @@ fn interop_wg_core_survives_garbage_during_traffic() {
     let (rx, tx, gw_rx, gw_tx) = settled_counters(&mut agent, &gw, &gw_key);
     assert_eq!((rx, tx), (gw_tx, gw_rx), "wire counters after garbage");
     eprintln!("{sent} garbage datagrams dropped as {drops:?}");
+}
+
+#[test]
+fn interop_wg_core_routes_between_two_wireguard_go_gateways() {
+    testbed::require_gateway_prereqs!();
+    // The agent's socket lives in an agent namespace linked to two gateway namespaces.
+    let key = PrivateKey::generate();
+    let agent_ns = testbed::Netns::new("wgm").unwrap();
+    let gateway_ips = [GATEWAY_IP, Ipv4Addr::new(10, 1, 0, 2)];
+    let sites: Vec<GatewaySite> = gateway_ips
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| {
+            let config =
+                GatewayConfig::new(&format!("{ip}/24"))
+                    .unwrap()
+                    .with_peer(GatewayPeer::new(
+                        &key.public_key().to_base64(),
+                        &["10.1.0.100/32"],
+                    ));
+            GatewaySite::start(&format!("wgm{i}"), config, Some(&agent_ns)).unwrap()
+        })
+        .collect();
+    let socket = agent_ns.bind_udp("0.0.0.0:0".parse().unwrap()).unwrap();
+    let port = socket.local_addr().unwrap().port();
+    let mut agent = Agent::with_socket(key.clone(), socket);
+    let keys: Vec<PublicKey> = sites
+        .iter()
+        .map(|s| PublicKey::from_base64(s.wg.public_key()).unwrap())
+        .collect();
+    agent.peers.set_peers(
+        sites
+            .iter()
+            .zip(&keys)
+            .zip(gateway_ips)
+            .map(|((site, key), ip)| {
+                PeerConfig::new(*key)
+                    .with_endpoint(site.endpoint())
+                    .with_allowed_ip(format!("{ip}/32").parse().unwrap())
+            })
+            .collect(),
+        Instant::now(),
+    );
+    // Echoes to each gateway's virtual IP go to that gateway and come back from it.
+    for round in 0..5u16 {
+        for ip in gateway_ips {
+            let data = payload(round, 100 + usize::from(round));
+            assert!(
+                agent.ping_to(ip, round, &data, Duration::from_secs(10)),
+                "{ip} round {round}"
+            );
+        }
+    }
+    // A packet for neither gateway is refused with NoRoute.
+    let stray = icmp_echo_request(AGENT_IP, Ipv4Addr::new(10, 1, 0, 3), ECHO_IDENT, 0, b"x");
+    let err = agent
+        .peers
+        .handle_ip_packet(&stray, Instant::now())
+        .unwrap_err();
+    assert_eq!(err.reason, DropReason::NoRoute);
+    // Each gateway saw the agent on its own link, and counts agree per peer.
+    for (site, key) in sites.iter().zip(&keys) {
+        let theirs = site
+            .wg
+            .wait_for_handshake(&agent.public_base64(), Duration::from_secs(2))
+            .unwrap();
+        assert_eq!(
+            theirs.endpoint,
+            Some(SocketAddr::new(site.agent_side_ip().into(), port))
+        );
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            agent.turn();
+            let ours = agent.peers.peer_stats(key, Instant::now()).unwrap();
+            let theirs = site.wg.peer(&agent.public_base64()).unwrap();
+            if (ours.rx_bytes, ours.tx_bytes) == (theirs.tx_bytes, theirs.rx_bytes) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{ours:?} vs {theirs:?}");
+        }
+    }
+    let dropped = agent.peers.drops();
+    assert_eq!(
+        dropped.total(),
+        dropped.get(DropReason::NoRoute),
+        "{dropped:?}"
+    );
+}
+
+#[test]
+fn interop_wg_core_keepalives_reach_wireguard_go() {
+    testbed::require_gateway_prereqs!();
+    let key = PrivateKey::generate();
+    let gw = Gateway::start(&key.public_key().to_base64());
+    let mut agent = Agent::new(key.clone(), gw.agent_bind());
+    let gw_key = PublicKey::from_base64(gw.wg.public_key()).unwrap();
+    agent.peers.set_peers(
+        vec![
+            PeerConfig::new(gw_key)
+                .with_endpoint(gw.endpoint())
+                .with_allowed_ip("10.1.0.1/32".parse().unwrap())
+                .with_keepalive(Duration::from_secs(1)),
+        ],
+        Instant::now(),
+    );
+    // Persistent keepalive brings the tunnel up with no traffic at all.
+    let agent_pub = key.public_key().to_base64();
+    assert!(agent.run_until(Duration::from_secs(5), |a| {
+        a.peers
+            .peer_stats(&gw_key, Instant::now())
+            .is_some_and(|s| s.state == HandshakeState::Established)
+    }));
+    gw.wg
+        .wait_for_handshake(&agent_pub, Duration::from_secs(2))
+        .unwrap();
+    // Idle for 3.5 s: about three 32-byte keepalives reach wireguard-go, nothing else.
+    agent.run_until(Duration::from_millis(300), |_| false);
+    let before = gw.wg.peer(&agent_pub).unwrap().rx_bytes;
+    agent.run_until(Duration::from_millis(3500), |_| false);
+    let after = gw.wg.peer(&agent_pub).unwrap().rx_bytes;
+    let keepalives = (after - before) / 32;
+    assert_eq!(
+        (after - before) % 32,
+        0,
+        "only keepalives: {before} -> {after}"
+    );
+    assert!(
+        (2..=5).contains(&keepalives),
+        "{keepalives} keepalives in 3.5 s"
+    );
+    assert!(agent.received.is_empty(), "keepalives deliver no packet");
 }
