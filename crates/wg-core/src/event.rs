@@ -1,4 +1,7 @@
 //! State changes reported once, for logs and metrics ([`Event`]).
+//!
+//! wg-core itself logs these at `debug` only: the caller, who knows each peer's name, logs the
+//! events at `info` (one line per change, as operators expect).
 
 use std::net::SocketAddr;
 use std::time::Duration;

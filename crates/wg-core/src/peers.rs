@@ -341,7 +341,7 @@ impl Peers {
             self.start_handshake(slot, false, now);
         }
         self.schedule_tick(now);
-        tracing::info!(public_key = %self.public_key(), "private key replaced; tunnels re-keyed");
+        tracing::debug!(public_key = %self.public_key(), "private key replaced; tunnels re-keyed");
     }
 
     /// Sets a peer's endpoint (after DNS re-resolution, say); returns whether the peer exists.

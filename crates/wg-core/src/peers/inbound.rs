@@ -273,7 +273,7 @@ impl Peers {
             old,
             new: from,
         };
-        tracing::info!(peer = %peer.config.public_key, ?old, new = %from, "peer endpoint changed");
+        tracing::debug!(peer = %peer.config.public_key, ?old, new = %from, "peer endpoint changed");
         self.push_event(event);
     }
 
@@ -292,7 +292,7 @@ impl Peers {
         if rekey {
             tracing::debug!(peer = %key, "session renewed");
         } else {
-            tracing::info!(peer = %key, "handshake completed, tunnel up");
+            tracing::debug!(peer = %key, "handshake completed, tunnel up");
         }
         self.push_event(Event::HandshakeCompleted { peer: key, rekey });
         self.schedule_tick(now);

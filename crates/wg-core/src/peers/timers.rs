@@ -44,7 +44,7 @@ impl Peers {
         {
             peer.state = HandshakeState::Idle;
             peer.connecting_since = None;
-            tracing::info!(peer = %key, "session expired: no handshake for 180 s");
+            tracing::debug!(peer = %key, "session expired: no handshake for 180 s");
             self.push_event(Event::SessionExpired { peer: key });
             // boringtun drops the session on its own clock; drop it here too so both agree
             // (its clock also counts suspended time, ours does not).
@@ -123,7 +123,7 @@ impl Peers {
             peer.state = HandshakeState::Backoff;
             peer.backoff_attempt = 0;
             peer.next_retry = Some(now + delay);
-            tracing::info!(peer = %key, retry_in_ms = delay.as_millis() as u64,
+            tracing::debug!(peer = %key, retry_in_ms = delay.as_millis() as u64,
                 "handshake not answered for 90 s; retrying with backoff");
             self.push_event(Event::HandshakeFailing {
                 peer: key,
