@@ -276,6 +276,27 @@ impl WireguardGo {
         Ok(())
     }
 
+    /// Moves the listening socket to another port at runtime (`wg set IF listen-port N`):
+    /// sessions stay, and packets to peers now leave from the new port (they see the gateway
+    /// roam).
+    pub fn set_listen_port(&mut self, port: u16) -> Result<()> {
+        run(
+            "ip",
+            [
+                "netns",
+                "exec",
+                &self.netns,
+                "wg",
+                "set",
+                &self.ifname,
+                "listen-port",
+                &port.to_string(),
+            ],
+        )?;
+        self.config.listen_port = port;
+        Ok(())
+    }
+
     /// Removes a peer (`wg set IF peer KEY remove`).
     pub fn remove_peer(&mut self, public_key: &str) -> Result<()> {
         run(

@@ -753,3 +753,62 @@ fn interop_wg_core_keepalives_reach_wireguard_go() {
     );
     assert!(agent.received.is_empty(), "keepalives deliver no packet");
 }
+
+#[test]
+fn interop_wg_core_follows_a_gateway_that_roams() {
+    testbed::require_gateway_prereqs!();
+    let key = PrivateKey::generate();
+    let mut gw = Gateway::start(&key.public_key().to_base64());
+    let mut agent = Agent::new(key.clone(), gw.agent_bind());
+    let gw_key = agent.add_gateway(&gw.wg, gw.endpoint());
+    assert!(
+        agent.ping(1, b"before", Duration::from_secs(10)),
+        "{}",
+        gw.wg.log()
+    );
+    let old_endpoint = gw.endpoint();
+
+    // The gateway moves to another port, keeping its session; the old port is closed.
+    gw.wg.set_listen_port(51821).unwrap();
+    let new_endpoint = gw.endpoint();
+    assert_ne!(new_endpoint, old_endpoint);
+    while agent.peers.poll_event().is_some() {}
+
+    // Traffic the gateway starts (a TCP SYN to the agent's virtual IP) comes from the new port.
+    let logs = TempDir::new("roam").unwrap();
+    let mut curl = gw
+        .ns
+        .spawn(
+            "curl",
+            ["-sS", "--max-time", "5", "http://10.1.0.100:80/"],
+            &logs.path().join("curl.log"),
+        )
+        .unwrap();
+    let learned = agent.run_until(Duration::from_secs(5), |a| {
+        a.peers
+            .peer_stats(&gw_key, Instant::now())
+            .is_some_and(|s| s.endpoint == Some(new_endpoint))
+    });
+    curl.kill();
+    assert!(
+        learned,
+        "endpoint not learned: {:?}",
+        agent.peers.stats(Instant::now())
+    );
+    let mut changed = false;
+    while let Some(event) = agent.peers.poll_event() {
+        if let wg_core::Event::EndpointChanged { peer, old, new } = event {
+            assert_eq!((peer, old, new), (gw_key, Some(old_endpoint), new_endpoint));
+            changed = true;
+        }
+    }
+    assert!(changed, "no EndpointChanged event");
+    // Our packets now go to the new port (the old one would not answer).
+    assert!(
+        agent.ping(2, b"after", Duration::from_secs(5)),
+        "{}",
+        gw.wg.log()
+    );
+    let stats = agent.peers.peer_stats(&gw_key, Instant::now()).unwrap();
+    assert_eq!(stats.handshakes, 1, "roaming needs no new handshake");
+}
