@@ -1,13 +1,10 @@
 //! The HTTP reverse proxy: HTTP/1.1 and h2c from clients, pooled HTTP/1.1 (or h2c) upstream.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
@@ -16,9 +13,14 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
+mod conn;
+mod detect;
+
+use self::conn::{Ended, TunnelContext, drive, run_tunnel};
+use self::detect::{Protocol, detect};
 use crate::accept::{Accept, accept_loop};
 use crate::headers::{
     apply_forwarded, join_cookies, remove_hop_by_hop, remove_hop_by_hop_request, wants_upgrade,
@@ -31,8 +33,6 @@ use crate::{ConnectionTracker, HttpRouteConfig, ProxyConfig, RouteMetrics};
 
 /// Body of responses sent to clients: the upstream's body streamed, or a short error text.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
-
-const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// An HTTP route: serves HTTP/1.1 (keep-alive, pipelining, upgrades) and HTTP/2 with prior
 /// knowledge on accepted streams and forwards every request to one upstream.
@@ -60,12 +60,6 @@ struct Inner {
 struct Slot {
     _guard: ConnGuard,
     _open: OpenConnection,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Protocol {
-    Http1,
-    Http2,
 }
 
 impl HttpProxy {
@@ -353,131 +347,10 @@ impl HttpProxy {
     }
 }
 
-/// What a request needs to keep its connection's slot and idle clock alive in a tunnel.
-struct TunnelContext {
-    slot: Arc<Slot>,
-    clock: Arc<IdleClock>,
-    signal: ShutdownSignal,
-}
-
-/// Join the two upgraded halves and copy both ways until either side closes, the tunnel idles
-/// or shutdown closes it. Bytes are counted by the client stream's [`Activity`].
-async fn run_tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
-    mut tunnel: TunnelContext,
-    idle: Duration,
-) {
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
-        Ok(pair) => pair,
-        Err(error) => {
-            tracing::debug!(%error, "upgrade did not complete");
-            return;
-        }
-    };
-    let mut client = TokioIo::new(client);
-    let mut upstream = TokioIo::new(upstream);
-    tokio::select! {
-        result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
-            if let Err(error) = result {
-                tracing::debug!(%error, "tunnel ended with an error");
-            }
-        }
-        () = tunnel.signal.closed() => tracing::debug!("tunnel closed by shutdown"),
-        () = tunnel.clock.expired(idle) => tracing::debug!("tunnel idle, closed"),
-    }
-    drop(tunnel.slot);
-}
-
-enum Ended {
-    Done(Result<(), hyper::Error>),
-    Idle,
-    Closed,
-}
-
-/// A served connection that can be asked to finish gracefully.
-trait GracefulConnection: Future<Output = Result<(), hyper::Error>> {
-    fn graceful(self: Pin<&mut Self>);
-}
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-impl<I, S, B> GracefulConnection for hyper::server::conn::http1::UpgradeableConnection<I, S>
-where
-    S: hyper::service::HttpService<Incoming, ResBody = B>,
-    S::Error: Into<BoxError>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    B: http_body::Body + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    fn graceful(self: Pin<&mut Self>) {
-        self.graceful_shutdown();
-    }
-}
-
-impl<I, S, B, E> GracefulConnection for hyper::server::conn::http2::Connection<I, S, E>
-where
-    S: hyper::service::HttpService<Incoming, ResBody = B>,
-    S::Error: Into<BoxError>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin,
-    B: http_body::Body + 'static,
-    B::Error: Into<BoxError>,
-    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
-{
-    fn graceful(self: Pin<&mut Self>) {
-        self.graceful_shutdown();
-    }
-}
-
-/// Run a connection until it ends, idles, or shutdown closes it; ask it to finish gracefully
-/// when draining begins.
-async fn drive<C: GracefulConnection>(
-    conn: C,
-    signal: ShutdownSignal,
-    clock: &IdleClock,
-    idle: Duration,
-) -> Ended {
-    let mut conn = pin!(conn);
-    let mut draining = signal.clone();
-    let mut closing = signal;
-    let mut asked = false;
-    loop {
-        tokio::select! {
-            result = conn.as_mut() => return Ended::Done(result),
-            () = draining.draining(), if !asked => {
-                asked = true;
-                conn.as_mut().graceful();
-            }
-            () = closing.closed() => return Ended::Closed,
-            () = clock.expired(idle) => return Ended::Idle,
-        }
-    }
-}
-
 /// The HTTP/1 read and write buffer ceiling of one connection: room for the largest head
 /// accepted, and at least 256 KiB (measured: 64 KiB cost a third of the upload throughput).
 fn h1_buffer_limit(max_header_bytes: usize) -> usize {
     max_header_bytes.saturating_add(16 * 1024).max(256 * 1024)
-}
-
-/// Read until the bytes seen differ from the HTTP/2 preface (HTTP/1) or match all of it
-/// (HTTP/2). `None`: closed before the first byte. Reads at most 24 bytes.
-async fn detect<S: AsyncRead + Unpin>(
-    stream: &mut S,
-) -> std::io::Result<Option<(Protocol, Bytes)>> {
-    let mut buf = BytesMut::with_capacity(H2_PREFACE.len());
-    loop {
-        if stream.read_buf(&mut buf).await? == 0 {
-            return Ok((!buf.is_empty()).then(|| (Protocol::Http1, buf.freeze())));
-        }
-        let seen = buf.len();
-        if buf[..] != H2_PREFACE[..seen] {
-            return Ok(Some((Protocol::Http1, buf.freeze())));
-        }
-        if seen == H2_PREFACE.len() {
-            return Ok(Some((Protocol::Http2, buf.freeze())));
-        }
-    }
 }
 
 fn error_response(status: StatusCode, text: &str) -> Response<ProxyBody> {
@@ -505,28 +378,4 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-
-    use super::*;
-
-    #[tokio::test]
-    async fn detect_protocols() {
-        let mut h1: &[u8] = b"GET / HTTP/1.1\r\n\r\n";
-        let (p, prefix) = detect(&mut h1).await.unwrap().unwrap();
-        assert_eq!(
-            (p, &prefix[..]),
-            (Protocol::Http1, &b"GET / HTTP/1.1\r\n\r\n"[..])
-        );
-        let mut h2 = [&H2_PREFACE[..], b"rest"].concat();
-        let (p, prefix) = detect(&mut &h2[..]).await.unwrap().unwrap();
-        assert_eq!((p, prefix.len()), (Protocol::Http2, 24));
-        h2.truncate(10);
-        let (p, _) = detect(&mut &h2[..]).await.unwrap().unwrap();
-        assert_eq!(p, Protocol::Http1);
-        assert!(detect(&mut &b""[..]).await.unwrap().is_none());
-    }
 }
