@@ -29,7 +29,25 @@ fn monkey(seed: u64, steps: usize) {
     }
     for _ in 0..steps {
         let now = net.now;
-        match rng.random_range(0..12) {
+        match rng.random_range(0..14) {
+            12 | 13 => {
+                // A real datagram seen on the wire, replayed or with a few bytes flipped.
+                let from = rng.random_range(0..3);
+                let to = (from + rng.random_range(1..3)) % 3;
+                let sent = &net.nodes[from].sent_payloads;
+                if !sent.is_empty() {
+                    let mut d = sent[rng.random_range(0..sent.len())].clone();
+                    for _ in 0..rng.random_range(0..3) {
+                        let i = rng.random_range(0..d.len());
+                        d[i] ^= 1 << rng.random_range(0..8);
+                    }
+                    if rng.random_bool(0.2) {
+                        d.truncate(rng.random_range(0..=d.len()));
+                    }
+                    let src = net.nodes[from].addr;
+                    let _ = net.nodes[to].peers.handle_datagram(src, &d, now);
+                }
+            }
             0 => {
                 let mut configs = Vec::new();
                 for gw in 1..3 {
