@@ -42,7 +42,9 @@ impl Body for Zeros {
         }
         let n = self.0.min(ZEROS.len() as u64);
         self.0 -= n;
-        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&ZEROS[..n as usize])))))
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
+            &ZEROS[..n as usize],
+        )))))
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
@@ -62,9 +64,13 @@ async fn upstream(req: Request<Incoming>) -> Result<Response<BenchBody>, Infalli
                     break;
                 }
             }
-            Full::new(Bytes::from_static(b"ok")).map_err(|e| match e {}).boxed()
+            Full::new(Bytes::from_static(b"ok"))
+                .map_err(|e| match e {})
+                .boxed()
         }
-        _ => Full::new(Bytes::from_static(b"hello, world\n")).map_err(|e| match e {}).boxed(),
+        _ => Full::new(Bytes::from_static(b"hello, world\n"))
+            .map_err(|e| match e {})
+            .boxed(),
     };
     Ok(Response::new(body))
 }
@@ -98,14 +104,26 @@ async fn start_proxy(upstream: SocketAddr) -> SocketAddr {
 async fn connect(addr: SocketAddr) -> SendRequest<BenchBody> {
     let stream = TcpStream::connect(addr).await.unwrap();
     stream.set_nodelay(true).unwrap();
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     sender
 }
 
-async fn request(sender: &mut SendRequest<BenchBody>, method: &str, path: &str, body: BenchBody) -> u64 {
+async fn request(
+    sender: &mut SendRequest<BenchBody>,
+    method: &str,
+    path: &str,
+    body: BenchBody,
+) -> u64 {
     sender.ready().await.unwrap();
-    let req = Request::builder().method(method).uri(path).header("host", "bench").body(body).unwrap();
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "bench")
+        .body(body)
+        .unwrap();
     let mut body = sender.send_request(req).await.unwrap().into_body();
     let mut n = 0;
     while let Some(frame) = body.frame().await {
@@ -139,7 +157,11 @@ async fn small_requests(senders: &mut Vec<SendRequest<BenchBody>>, iters: u64) -
 }
 
 fn bench(c: &mut Criterion) {
-    let rt: Runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt: Runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let (upstream, proxy) = rt.block_on(async {
         let upstream = start_upstream().await;
         (upstream, start_proxy(upstream).await)
@@ -168,12 +190,20 @@ fn bench(c: &mut Criterion) {
     for (name, addr) in targets {
         let mut sender = rt.block_on(connect(addr));
         group.bench_function(format!("download/{name}"), |b| {
-            b.iter(|| assert_eq!(rt.block_on(request(&mut sender, "GET", "/download", empty())), BULK));
+            b.iter(|| {
+                assert_eq!(
+                    rt.block_on(request(&mut sender, "GET", "/download", empty())),
+                    BULK
+                )
+            });
         });
         group.bench_function(format!("upload/{name}"), |b| {
             b.iter(|| {
                 let body = Zeros(BULK).map_err(|e| match e {}).boxed();
-                assert_eq!(rt.block_on(request(&mut sender, "POST", "/upload", body)), 2);
+                assert_eq!(
+                    rt.block_on(request(&mut sender, "POST", "/upload", body)),
+                    2
+                );
             });
         });
     }
