@@ -95,5 +95,5 @@ pub use site::GatewaySite;
 pub use stale::cleanup_stale;
 pub use wggo::{
     CONTROL_DIR, GatewayConfig, GatewayPeer, KeyPair, WgDump, WgPeerDump, WireguardGo,
-    public_key_of,
+    generate_preshared_key, public_key_of,
 };

@@ -50,7 +50,7 @@ pub fn public_key_of(private: &str) -> Result<String> {
 }
 
 /// A peer as the gateway is told about it with `wg set`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct GatewayPeer {
     /// The peer's public key (base64).
     pub public_key: String,
@@ -60,6 +60,28 @@ pub struct GatewayPeer {
     pub endpoint: Option<SocketAddr>,
     /// Persistent keepalive in seconds.
     pub persistent_keepalive: Option<u16>,
+    /// Preshared key (base64), if any; never printed by `Debug`.
+    pub preshared_key: Option<String>,
+}
+
+impl std::fmt::Debug for GatewayPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayPeer")
+            .field("public_key", &self.public_key)
+            .field("allowed_ips", &self.allowed_ips)
+            .field("endpoint", &self.endpoint)
+            .field("persistent_keepalive", &self.persistent_keepalive)
+            .field(
+                "preshared_key",
+                &self.preshared_key.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// A fresh preshared key (base64) from `wg genpsk`.
+pub fn generate_preshared_key() -> Result<String> {
+    Ok(run("wg", ["genpsk"])?.trim().to_owned())
 }
 
 impl GatewayPeer {
@@ -70,6 +92,7 @@ impl GatewayPeer {
             allowed_ips: allowed_ips.iter().map(|s| (*s).to_owned()).collect(),
             endpoint: None,
             persistent_keepalive: None,
+            preshared_key: None,
         }
     }
 
@@ -83,6 +106,32 @@ impl GatewayPeer {
     pub fn with_keepalive(mut self, seconds: u16) -> Self {
         self.persistent_keepalive = Some(seconds);
         self
+    }
+
+    /// Sets the preshared key (base64).
+    pub fn with_preshared_key(mut self, key: &str) -> Self {
+        self.preshared_key = Some(key.to_owned());
+        self
+    }
+
+    /// `wg set` arguments; a preshared key is written to a 0600 file in `dir` (wg reads keys
+    /// from files only).
+    fn wg_set_args_with_files(&self, dir: &Path) -> Result<Vec<String>> {
+        let mut args = self.wg_set_args();
+        if let Some(psk) = &self.preshared_key {
+            let name: String = self
+                .public_key
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect();
+            let file = dir.join(format!("psk-{name}.key"));
+            write_private_file(&file, psk)?;
+            args.extend([
+                "preshared-key".to_owned(),
+                file.to_string_lossy().into_owned(),
+            ]);
+        }
+        Ok(args)
     }
 
     fn wg_set_args(&self) -> Vec<String> {
@@ -207,7 +256,7 @@ impl WireguardGo {
             self.config.listen_port.to_string(),
         ];
         for peer in &self.config.peers {
-            args.extend(peer.wg_set_args());
+            args.extend(peer.wg_set_args_with_files(self.dir.path())?);
         }
         netns.run("wg", &args)?;
         netns.ip(["addr", "add", &self.config.address, "dev", &self.ifname])?;
@@ -267,7 +316,7 @@ impl WireguardGo {
             ["netns", "exec", &self.netns, "wg", "set", &self.ifname]
                 .into_iter()
                 .map(str::to_owned)
-                .chain(peer.wg_set_args()),
+                .chain(peer.wg_set_args_with_files(self.dir.path())?),
         )?;
         self.config
             .peers
@@ -514,6 +563,23 @@ mod tests {
         assert_eq!(q.persistent_keepalive, None);
         assert!(WgDump::parse("").is_err());
         assert!(WgDump::parse("a\tb\tnotaport\toff").is_err());
+    }
+
+    #[test]
+    fn preshared_key_goes_to_a_private_file_never_to_debug() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = TempDir::new("psk-unit").unwrap();
+        let peer = GatewayPeer::new("a/b+c=", &["10.1.0.100/32"]).with_preshared_key("SECRET=");
+        assert!(!format!("{peer:?}").contains("SECRET"));
+        let args = peer.wg_set_args_with_files(dir.path()).unwrap();
+        assert_eq!(args[args.len() - 2], "preshared-key");
+        let file = Path::new(&args[args.len() - 1]);
+        assert_eq!(file.parent(), Some(dir.path()));
+        assert_eq!(fs::read_to_string(file).unwrap(), "SECRET=");
+        assert_eq!(
+            fs::metadata(file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 
     #[test]

@@ -812,3 +812,49 @@ fn interop_wg_core_follows_a_gateway_that_roams() {
     let stats = agent.peers.peer_stats(&gw_key, Instant::now()).unwrap();
     assert_eq!(stats.handshakes, 1, "roaming needs no new handshake");
 }
+
+#[test]
+fn interop_wg_core_with_a_preshared_key() {
+    testbed::require_gateway_prereqs!();
+    let key = PrivateKey::generate();
+    let psk = testbed::generate_preshared_key().unwrap();
+    let config = GatewayConfig::new("10.1.0.1/24").unwrap().with_peer(
+        GatewayPeer::new(&key.public_key().to_base64(), &["10.1.0.100/32"])
+            .with_preshared_key(&psk),
+    );
+    assert!(
+        !format!("{config:?}").contains(&psk),
+        "Debug shows the preshared key"
+    );
+    let gw = Gateway(GatewaySite::start("psk", config, None).unwrap());
+    let mut agent = Agent::new(key.clone(), gw.agent_bind());
+    let gw_key = PublicKey::from_base64(gw.wg.public_key()).unwrap();
+    let peer = |psk: &str| {
+        PeerConfig::new(gw_key)
+            .with_endpoint(gw.endpoint())
+            .with_allowed_ip("10.1.0.1/32".parse().unwrap())
+            .with_preshared_key(wg_core::PresharedKey::from_base64(psk).unwrap())
+    };
+
+    // A wrong preshared key: wireguard-go answers the initiation, but its response does not
+    // authenticate here, so no session and no echo.
+    let wrong = testbed::generate_preshared_key().unwrap();
+    agent.peers.set_peers(vec![peer(&wrong)], Instant::now());
+    assert!(!agent.ping(1, b"wrong psk", Duration::from_millis(1500)));
+    assert!(
+        agent.peers.drops().get(DropReason::BadAuth) > 0,
+        "{:?}",
+        agent.peers.drops()
+    );
+
+    // The right one: the tunnel comes up.
+    agent.peers.set_peers(vec![peer(&psk)], Instant::now());
+    assert!(
+        agent.ping(2, b"right psk", Duration::from_secs(10)),
+        "{}",
+        gw.wg.log()
+    );
+    gw.wg
+        .wait_for_handshake(&key.public_key().to_base64(), Duration::from_secs(2))
+        .unwrap();
+}
