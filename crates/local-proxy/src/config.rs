@@ -20,7 +20,8 @@ pub struct ProxyConfig {
     pub header_read_timeout: Duration,
     /// Time to establish a TCP connection to the upstream (502 when exceeded).
     pub upstream_connect_timeout: Duration,
-    /// Time the upstream has to produce a response head (504 when exceeded).
+    /// Time the upstream has to produce a response head (504 when exceeded), counted from the
+    /// last request byte passed to it: a long upload is not cut while it makes progress.
     pub upstream_response_timeout: Duration,
     /// A connection (or upgraded tunnel, or TCP forward) with no byte moving either way for this
     /// long is closed.

@@ -25,7 +25,7 @@ use crate::accept::{Accept, accept_loop};
 use crate::headers::{
     apply_forwarded, join_cookies, remove_hop_by_hop, remove_hop_by_hop_request, wants_upgrade,
 };
-use crate::io::{Activity, IdleClock, Rewind};
+use crate::io::{Activity, IdleClock, Progress, Rewind};
 use crate::log::{WARN_INTERVAL, WarnLimiter, limited_warn};
 use crate::metrics::OpenConnection;
 use crate::tracker::{ConnGuard, ShutdownSignal};
@@ -47,7 +47,7 @@ pub struct HttpProxy {
 struct Inner {
     route: HttpRouteConfig,
     config: ProxyConfig,
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, Progress<Incoming>>,
     /// `http://host:port`, the prefix of every upstream URI.
     base: String,
     metrics: Arc<RouteMetrics>,
@@ -301,18 +301,24 @@ impl HttpProxy {
         );
         let upstream_req = Request::from_parts(parts, body);
 
+        // The response timeout runs from the last request byte sent: a long upload is not cut
+        // while it makes progress.
         let timeout = inner.config.upstream_response_timeout;
-        let mut response = match tokio::time::timeout(timeout, inner.client.request(upstream_req))
-            .await
-        {
-            Ok(Ok(response)) => response,
-            Ok(Err(error)) => {
+        let progress = IdleClock::new();
+        let upstream_req = upstream_req.map(|body| Progress::new(body, Arc::clone(&progress)));
+        let outcome = tokio::select! {
+            outcome = inner.client.request(upstream_req) => Some(outcome),
+            () = progress.expired(timeout) => None,
+        };
+        let mut response = match outcome {
+            Some(Ok(response)) => response,
+            Some(Err(error)) => {
                 inner.metrics.upstream_error();
                 let source = error_chain(&error);
                 limited_warn!(inner.warnings, %peer, upstream = %inner.route.upstream, error = %source, "502: upstream failed");
                 return error_response(StatusCode::BAD_GATEWAY, "upstream unavailable");
             }
-            Err(_) => {
+            None => {
                 inner.metrics.upstream_error();
                 limited_warn!(inner.warnings, %peer, upstream = %inner.route.upstream, ?timeout, "504: upstream sent no response in time");
                 return error_response(

@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
+use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
@@ -87,7 +88,7 @@ impl IdleClock {
         })
     }
 
-    fn touch(&self) {
+    pub(crate) fn touch(&self) {
         let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last_ms.store(ms, Relaxed);
     }
@@ -101,6 +102,43 @@ impl IdleClock {
             }
             tokio::time::sleep_until(deadline).await;
         }
+    }
+}
+
+/// A request body that touches an [`IdleClock`] whenever a frame passes (upload progress).
+#[derive(Debug)]
+pub(crate) struct Progress<B> {
+    inner: B,
+    clock: Arc<IdleClock>,
+}
+
+impl<B> Progress<B> {
+    pub(crate) fn new(inner: B, clock: Arc<IdleClock>) -> Self {
+        Self { inner, clock }
+    }
+}
+
+impl<B: Body + Unpin> Body for Progress<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = &polled {
+            self.clock.touch();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

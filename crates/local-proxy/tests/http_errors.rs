@@ -242,3 +242,31 @@ async fn upstream_connect_timeout_gives_502_in_time() {
     assert_eq!(p.proxy.metrics().snapshot().upstream_errors, 1);
     drop(full);
 }
+
+#[tokio::test]
+async fn a_long_upload_is_not_cut_by_the_response_timeout_while_it_progresses() {
+    let (_, p) = start_pair(config(|c| {
+        c.upstream_response_timeout = Duration::from_millis(300)
+    }))
+    .await;
+    let (mut tx, body) =
+        http_body_util::channel::Channel::<bytes::Bytes, std::convert::Infallible>::new(1);
+    let req = http::Request::post("/upload")
+        .header("host", "x")
+        .body(body)
+        .unwrap();
+    let sending = tokio::spawn(async move {
+        // One second of upload, more than three response timeouts.
+        for _ in 0..10 {
+            tx.send_data(bytes::Bytes::from_static(&[1; 1000]))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let resp = send(p.addr, req).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(body_text(resp).await, "10000");
+    sending.await.unwrap();
+    assert_eq!(p.proxy.metrics().snapshot().upstream_errors, 0);
+}
