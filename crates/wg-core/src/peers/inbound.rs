@@ -147,7 +147,7 @@ impl Peers {
             }
             TunnResult::WriteToNetwork(out) => {
                 let len = out.len();
-                let out_kind = out[0];
+                let out_kind = out.first().copied().unwrap_or_default();
                 let meta = TxMeta {
                     destination: from,
                     len,
@@ -221,7 +221,7 @@ impl Peers {
         match op(&mut peer.tunn, buf) {
             TunnResult::WriteToNetwork(out) => {
                 let len = out.len();
-                let kind = out[0];
+                let kind = out.first().copied().unwrap_or_default();
                 let Some(destination) = destination else {
                     peer.drops.add(DropReason::NoEndpoint);
                     self.drops.add(DropReason::NoEndpoint);
