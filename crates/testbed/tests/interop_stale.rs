@@ -97,11 +97,8 @@ fn interop_leftovers_of_a_killed_test_process_are_cleaned() {
     );
     child.kill().unwrap();
     child.wait().unwrap();
-    // Nothing ran destructors: everything is still there.
-    assert!(netns_exists(&ns));
-    assert!(!process_gone(wg_pid));
-    assert!(socket.exists() && dir.exists());
-
+    // Nothing ran destructors: everything is still there — unless a test process running in
+    // parallel already called `cleanup_stale` (its first `Netns::new` does), which is fine.
     testbed::cleanup_stale();
     assert!(!netns_exists(&ns), "{ns} left behind");
     let deadline = Instant::now() + Duration::from_secs(3);
