@@ -81,6 +81,13 @@ fn transmit_and_received_queues_are_bounded() {
     }
     assert_eq!(net.nodes[AGENT].peers.queued_transmits(), 4);
     assert_eq!(net.nodes[AGENT].peers.drops().get(DropReason::QueueFull), 6);
+    // Timers while the caller has not drained: nothing more is counted as dropped.
+    for s in 1..5 {
+        net.nodes[AGENT]
+            .peers
+            .handle_timeout(now + Duration::from_secs(s));
+    }
+    assert_eq!(net.nodes[AGENT].peers.drops().get(DropReason::QueueFull), 6);
     while let Some(t) = net.nodes[AGENT].peers.poll_transmit() {
         datagrams.push(t.payload.to_vec());
     }

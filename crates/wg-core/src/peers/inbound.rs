@@ -183,6 +183,10 @@ impl Peers {
     pub(super) fn flush_queued(&mut self, slot: usize, now: Instant) {
         let need = (self.config.max_packet_size + DATA_OVERHEAD).max(HANDSHAKE_INIT_LEN);
         loop {
+            if self.tx.is_full() {
+                // Left in boringtun's queue; the next tick sends it.
+                return;
+            }
             let Some(endpoint) = self.slots[slot].as_ref().map(|p| p.endpoint) else {
                 return;
             };

@@ -12,6 +12,10 @@ impl Peers {
             if !peer.needs_tick() {
                 continue;
             }
+            if self.tx.is_full() {
+                // The caller has not drained yet: the next tick runs these timers.
+                break;
+            }
             let endpoint = peer.endpoint;
             match self.emit(slot, need, endpoint, now, |t, b| t.update_timers(b)) {
                 Err(WireGuardError::ConnectionExpired) => self.handshake_expired(slot, now),
@@ -19,7 +23,12 @@ impl Peers {
                 Ok(_) => {}
             }
             // Packets boringtun still holds (the transmit queue was full at the handshake).
-            self.flush_queued(slot, now);
+            if self.slots[slot]
+                .as_ref()
+                .is_some_and(|p| p.state == HandshakeState::Established)
+            {
+                self.flush_queued(slot, now);
+            }
         }
     }
 
