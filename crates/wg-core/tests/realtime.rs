@@ -44,7 +44,7 @@ fn heavy_lost_initiation_is_retransmitted_by_boringtun_after_5_s() {
     assert!(initiations[0] < Duration::from_millis(100));
     let gap = initiations[1] - initiations[0];
     assert!(
-        gap >= Duration::from_secs(5) && gap < Duration::from_millis(5_600),
+        gap >= Duration::from_secs(5) && gap < Duration::from_millis(6_500),
         "{gap:?}"
     );
     // 250 ms ticks while connecting: about 26 wake-ups in 6.5 s, never a busy loop.
