@@ -1,7 +1,6 @@
 //! The engine: [`Peers`], a sans-IO WireGuard device for several peers over boringtun.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -135,25 +134,37 @@ pub struct Received<'a> {
     pub packet: &'a [u8],
 }
 
-/// Receiver indices are random: hashing them again is wasted work.
-#[derive(Default)]
-struct IndexHasher(u64);
+/// Receiver index -> slot, sorted for a binary search: cheaper than hashing for the handful
+/// (or thousands) of peers an engine holds; changes only with the configuration.
+#[derive(Debug, Default)]
+struct IndexMap(Vec<(u32, usize)>);
 
-impl Hasher for IndexHasher {
-    fn finish(&self) -> u64 {
+impl IndexMap {
+    #[inline]
+    fn get(&self, index: &u32) -> Option<&usize> {
         self.0
+            .binary_search_by_key(index, |e| e.0)
+            .ok()
+            .map(|i| &self.0[i].1)
     }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 << 8) | u64::from(*b);
+
+    fn insert(&mut self, index: u32, slot: usize) {
+        match self.0.binary_search_by_key(&index, |e| e.0) {
+            Ok(i) => self.0[i].1 = slot,
+            Err(i) => self.0.insert(i, (index, slot)),
         }
     }
-    fn write_u32(&mut self, n: u32) {
-        self.0 = u64::from(n);
+
+    fn remove(&mut self, index: &u32) {
+        if let Ok(i) = self.0.binary_search_by_key(index, |e| e.0) {
+            self.0.remove(i);
+        }
+    }
+
+    fn contains_key(&self, index: &u32) -> bool {
+        self.get(index).is_some()
     }
 }
-
-type IndexMap = HashMap<u32, usize, BuildHasherDefault<IndexHasher>>;
 
 /// A WireGuard device for several peers: a sans-IO state machine over boringtun.
 ///
