@@ -42,8 +42,9 @@ pub struct NetstackConfig {
     /// How long a connection closed by us stays in TIME-WAIT (default 1 s; smoltcp's
     /// own 10 s would keep thousands of sockets in every poll).
     pub time_wait: Duration,
-    /// A stream dropped without shutdown sends FIN and is given this long to finish
-    /// the close before it is aborted (default 30 s).
+    /// A stream dropped while open sends its remaining data and FIN in the background;
+    /// it is aborted when the peer stays silent this long (default 30 s), and in any case
+    /// [`CLOSE_HARD_LIMIT_FACTOR`](crate::CLOSE_HARD_LIMIT_FACTOR) times this long after the drop.
     pub close_timeout: Duration,
     /// Nagle's algorithm (default off: latency matters more than tiny segments here).
     pub nagle: bool,

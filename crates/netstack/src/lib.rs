@@ -72,6 +72,10 @@ mod udp;
 mod wire;
 
 pub use config::{ConfigError, NetstackConfig};
+
+/// A stream dropped while open is aborted at the latest this many
+/// [`NetstackConfig::close_timeout`]s after the drop, even if the peer keeps answering.
+pub const CLOSE_HARD_LIMIT_FACTOR: u32 = 4;
 pub use stack::Netstack;
 pub use stats::{DropCounts, DropReason, NetstackStats};
 pub use tcp::{TcpListener, TcpStream};

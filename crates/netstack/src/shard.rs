@@ -335,8 +335,8 @@ impl Shard {
     }
 
     /// The stream or accept queue owning `tuple` let go of it: close gracefully in the
-    /// background (abort when unread data is left, as a kernel does), bounded by
-    /// `close_timeout`.
+    /// background (abort when unread data is left, as a kernel does). Bounded by
+    /// `close_timeout` of peer silence (smoltcp's timeout) and a hard deadline.
     pub(crate) fn release(&mut self, shared: &Shared, tuple: Tuple, now: Instant, abort: bool) {
         let Some(conn) = self.conns.get_mut(&tuple) else {
             return;
@@ -351,10 +351,13 @@ impl Shard {
                 socket.abort();
             }
             _ if abort || socket.recv_queue() > 0 => socket.abort(),
-            _ => socket.close(),
+            _ => {
+                socket.close();
+                socket.set_timeout(Some(smol_duration(shared.config.close_timeout)));
+            }
         }
         conn.state = ConnState::Closing {
-            deadline: now + shared.config.close_timeout,
+            deadline: now + shared.config.close_timeout * crate::CLOSE_HARD_LIMIT_FACTOR,
             time_wait_until: None,
         };
         self.watch(now);

@@ -166,8 +166,8 @@ impl Drop for TcpListener {
 /// `shutdown` sends FIN and reading continues until the peer's FIN (half-close).
 /// Errors: `ConnectionReset` after the peer's RST, `TimedOut` after the idle timeout (no
 /// answer from the peer for `idle_timeout`), `BrokenPipe` when writing after shutdown.
-/// Dropping it closes gracefully in the background (FIN, bounded by `close_timeout`), or
-/// resets when unread data is left.
+/// Dropping it closes gracefully in the background (FIN, bounded by `close_timeout` of
+/// peer silence), or resets when unread data is left.
 pub struct TcpStream {
     shared: Arc<Shared>,
     shard: usize,

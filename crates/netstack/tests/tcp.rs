@@ -334,3 +334,26 @@ async fn heavy_twenty_connections_through_a_lossy_link() {
     .await
     .expect("in time");
 }
+
+#[tokio::test]
+async fn a_dropped_stream_to_a_silent_peer_is_freed_after_close_timeout() {
+    let mut ca = config(&[A]);
+    ca.close_timeout = Duration::from_millis(300);
+    let p = pair_with(ca, config(&[B]), None);
+    let listener = p.b.listen(sa(B, 80)).expect("listen");
+    let mut c = p.a.connect(sa(B, 80)).await.expect("connect");
+    let (_s, _) = listener.accept().await.expect("accept");
+    c.write_all(&[1u8; 100_000]).await.expect("write");
+    p.cut();
+    drop(c);
+    assert_eq!(p.a.stats().tcp_sockets, 1, "closing in the background");
+    let start = Instant::now();
+    while p.a.stats().tcp_sockets > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            p.a.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

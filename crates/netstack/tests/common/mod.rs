@@ -152,8 +152,17 @@ pub async fn transfer(p: &Pair, bytes: usize, port: u16) {
     let down = tokio::spawn(send(s_wr, bytes, 2));
     let up_rx = tokio::spawn(recv(s_rd));
     let down_rx = tokio::spawn(recv(c_rd));
-    let (up_sent, down_sent) = (up.await.expect("up"), down.await.expect("down"));
-    let (up_got, down_got) = (up_rx.await.expect("up rx"), down_rx.await.expect("down rx"));
+    let report = |what: &str| format!("{what}: a {:?} b {:?}", p.a.stats(), p.b.stats());
+    let up_sent = up.await.unwrap_or_else(|e| panic!("{e} {}", report("up")));
+    let down_sent = down
+        .await
+        .unwrap_or_else(|e| panic!("{e} {}", report("down")));
+    let up_got = up_rx
+        .await
+        .unwrap_or_else(|e| panic!("{e} {}", report("up rx")));
+    let down_got = down_rx
+        .await
+        .unwrap_or_else(|e| panic!("{e} {}", report("down rx")));
     assert_eq!(up_got, (bytes, up_sent));
     assert_eq!(down_got, (bytes, down_sent));
 }
