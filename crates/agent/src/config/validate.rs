@@ -65,12 +65,12 @@ const SECRET_FIELDS: [&str; 2] = ["private_key", "preshared_key"];
 pub(super) fn syntax_error(path: &Path, text: &str, error: &toml::de::Error) -> ConfigError {
     let offset = error.span().map_or(0, |s| s.start).min(text.len());
     let (line, column) = line_column(text, offset);
-    let field = locate_field(text, offset);
+    let field = shown_field(&locate_field(text, offset));
     let last = field.rsplit('.').next().unwrap_or_default();
     let message = if SECRET_FIELDS.contains(&last) {
         "expected a base64 key in a string (value not shown)".to_owned()
     } else {
-        let message = error.message().trim();
+        let message = &hide_long_names(error.message().trim());
         let misplaced = ["routes", "gateways", "agent", "proxy", "admin", "log"]
             .iter()
             .any(|t| message.starts_with(&format!("unknown field `{t}`")));
@@ -89,6 +89,43 @@ pub(super) fn syntax_error(path: &Path, text: &str, error: &toml::de::Error) -> 
         field,
         message,
     }
+}
+
+/// Longest field or table name a message repeats. Every real name is shorter; a longer one is
+/// what a line holds when its syntax is broken (`[agent private_key = "…"` without `]`, a key
+/// pasted alone on a line), and may be a secret.
+const MAX_SHOWN_NAME: usize = 32;
+
+/// `field` as located, with any part that is not a short plain name replaced by `?`.
+fn shown_field(field: &str) -> String {
+    let plain = |part: &str| {
+        part.len() <= MAX_SHOWN_NAME
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-[]".contains(&b))
+    };
+    field
+        .split('.')
+        .map(|part| if plain(part) { part } else { "?" })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// The parser's message with any quoted name longer than [`MAX_SHOWN_NAME`] left out
+/// (serde's ``unknown field `…` `` repeats whatever stood before `=`).
+fn hide_long_names(message: &str) -> String {
+    message
+        .split('`')
+        .enumerate()
+        .map(|(i, part)| {
+            if i % 2 == 1 && part.len() > MAX_SHOWN_NAME {
+                "(not shown)"
+            } else {
+                part
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("`")
 }
 
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
