@@ -1,9 +1,10 @@
 //! `cargo xtask`: every project task beyond `cargo build`.
 //!
 //! - `cargo xtask test`: the one command CI runs. Checks (and, as root, installs) what the suites
-//!   need, then runs formatting, clippy, the layering tidy check, every workspace test and the
-//!   doc tests.
+//!   need, then runs formatting, clippy, the layering tidy check, every workspace test, the
+//!   doc tests and every fuzz target for a short while.
 //! - `cargo xtask bench`: the criterion benches.
+//! - `cargo xtask fuzz [TARGET] [--secs N]`: the libFuzzer targets in `fuzz/` (docs/fuzzing.md).
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
+mod fuzz;
 mod prereq;
 mod tidy;
 
@@ -21,6 +23,7 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("bench") => bench(&args[1..]),
         Some("tidy") => tidy::run(&root()),
+        Some("fuzz") => fuzz::task(&args[1..]),
         Some("help") | Some("--help") | Some("-h") | None => {
             eprintln!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -42,10 +45,15 @@ fn main() -> ExitCode {
 const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
-  test [--quick]   formatting, clippy, layering, all tests (what CI runs);
-                   --quick skips fmt and clippy
+  test [--quick]   formatting, clippy, layering, all tests, every fuzz target
+                   for a short while (what CI runs); --quick skips fmt, clippy
+                   and fuzzing
   bench [ARGS..]   criterion benches (ARGS go to `cargo bench`)
-  tidy             the layering check alone";
+  tidy             the layering check alone
+  fuzz [TARGET] [--secs N]
+                   build and run the fuzz targets (all, or TARGET), N seconds
+                   each (default 30); fails on a crash and names the artifact
+  fuzz --seeds     rewrite the seed corpora under fuzz/corpus/";
 
 /// The workspace root (xtask lives one level below it).
 pub(crate) fn root() -> PathBuf {
@@ -110,6 +118,9 @@ fn test(args: &[String]) -> Result<()> {
         ]))?;
     }
     run(cargo().args(["test", "--workspace", "--doc"]))?;
+    if !quick {
+        fuzz::run_targets(fuzz::TARGETS, fuzz::TEST_SECS)?;
+    }
     Ok(())
 }
 
