@@ -55,8 +55,6 @@ pub(crate) struct Shared {
     shards: Box<[Mutex<Shard>]>,
     /// Each shard's next deadline in clock microseconds (`u64::MAX`: none).
     deadlines: Box<[AtomicU64]>,
-    /// Shards that want a poll now (bit per shard).
-    dirty: AtomicU64,
     /// Shards that stopped emitting because the outbound queue was full.
     blocked: AtomicU64,
     /// When the driver will wake next (clock microseconds).
@@ -216,7 +214,6 @@ impl Shared {
             counters: Counters::default(),
             shards,
             deadlines,
-            dirty: AtomicU64::new(0),
             blocked: AtomicU64::new(0),
             driver_at: AtomicU64::new(u64::MAX),
             driver: Arc::new(Notify::new()),
@@ -437,16 +434,17 @@ impl Shared {
             })
     }
 
-    /// One driver pass: polls the shards that are dirty or due. Returns the earliest
+    /// One driver pass: polls the shards that are due or were blocked. Returns the earliest
     /// remaining deadline (clock microseconds).
     fn drive_once(&self, now: Instant) -> u64 {
         let now_us = self.clock.micros(now);
         self.driver_at.store(0, SeqCst);
         let full = self.out_len.load(SeqCst) >= self.config.max_outbound_packets;
-        let mut due = self.dirty.swap(0, SeqCst);
-        if !full {
-            due |= self.blocked.swap(0, SeqCst);
-        }
+        let due = if full {
+            0
+        } else {
+            self.blocked.swap(0, SeqCst)
+        };
         for (idx, deadline) in self.deadlines.iter().enumerate() {
             if due & (1 << idx) != 0 || deadline.load(SeqCst) <= now_us {
                 self.with_shard(idx, now, |_| {});
@@ -502,7 +500,7 @@ async fn drive(weak: Weak<Shared>, wake: Arc<Notify>) {
             };
             let next = shared.drive_once(Instant::now());
             let now_us = shared.clock.micros(Instant::now());
-            if shared.dirty.load(SeqCst) != 0 || next <= now_us {
+            if next <= now_us {
                 drop(shared);
                 tokio::task::yield_now().await;
                 continue;
