@@ -150,9 +150,10 @@ impl Peer {
         let interval = self.config.persistent_keepalive.filter(|d| !d.is_zero())?;
         self.endpoint?;
         match self.state {
-            HandshakeState::Established | HandshakeState::Idle => {
-                Some(self.last_traversal.unwrap_or(self.added_at) + interval)
-            }
+            HandshakeState::Established | HandshakeState::Idle => self
+                .last_traversal
+                .unwrap_or(self.added_at)
+                .checked_add(interval),
             HandshakeState::Connecting | HandshakeState::Backoff => None,
         }
     }

@@ -217,3 +217,29 @@ fn rate_limiter_resets_each_second() {
         "accepted again after the reset"
     );
 }
+
+#[test]
+fn absurd_keepalive_interval_never_fires_and_never_panics() {
+    let mut net = agent_and_gateway(35, Some(Duration::MAX));
+    net.run_for(secs(1));
+    let gw = net.nodes[GW].public_key();
+    assert_eq!(
+        net.nodes[AGENT]
+            .peers
+            .peer_stats(&gw, net.now)
+            .unwrap()
+            .state,
+        HandshakeState::Established
+    );
+    // Established, then idle past expiry: the keepalive deadline is computed in both states.
+    let t0 = net.now;
+    net.run_for(secs(400));
+    // (The keepalive that confirms the handshake went out before `t0`.)
+    assert!(net.nodes[AGENT].keepalives().iter().all(|t| *t < t0));
+    assert!(
+        net.nodes[AGENT]
+            .peers
+            .poll_timeout()
+            .is_none_or(|t| t > net.now)
+    );
+}
