@@ -1,6 +1,7 @@
 //! Counters the agent exports as metrics.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::time::Instant;
 
 /// Why an inbound packet was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,8 +91,11 @@ pub struct NetstackStats {
 }
 
 /// The live counters behind [`NetstackStats`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Counters {
+    created: Instant,
+    /// Seconds after `created` of the last "limit reached" warning, plus one (0: never).
+    limit_warned: AtomicU64,
     pub(crate) tcp_sockets: AtomicUsize,
     pub(crate) pending_accepts: AtomicUsize,
     pub(crate) half_open: AtomicUsize,
@@ -100,10 +104,51 @@ pub(crate) struct Counters {
     drops: [AtomicU64; 6],
 }
 
+impl Default for Counters {
+    fn default() -> Self {
+        Self {
+            created: Instant::now(),
+            limit_warned: AtomicU64::new(0),
+            tcp_sockets: AtomicUsize::new(0),
+            pending_accepts: AtomicUsize::new(0),
+            half_open: AtomicUsize::new(0),
+            rx_packets: AtomicU64::new(0),
+            tx_packets: AtomicU64::new(0),
+            drops: Default::default(),
+        }
+    }
+}
+
+/// At most one "limit reached" warning per this many seconds.
+const LIMIT_WARN_EVERY_SECS: u64 = 60;
+
 impl Counters {
     pub(crate) fn drop(&self, reason: DropReason) {
         tracing::trace!(reason = reason.as_str(), "netstack: packet dropped");
         self.drops[reason.index()].fetch_add(1, Relaxed);
+        if reason == DropReason::LimitReached {
+            self.warn_limit();
+        }
+    }
+
+    /// Connections refused at a limit are something an operator may need to act on
+    /// (raise the limit or find the flood): say so, once a minute at most.
+    fn warn_limit(&self) {
+        let now = self.created.elapsed().as_secs() + 1;
+        let last = self.limit_warned.load(Relaxed);
+        if (last == 0 || now >= last + LIMIT_WARN_EVERY_SECS)
+            && self
+                .limit_warned
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                refused = self.drops[DropReason::LimitReached.index()].load(Relaxed),
+                half_open = self.half_open.load(Relaxed),
+                tcp_sockets = self.tcp_sockets.load(Relaxed),
+                "netstack: refusing connections: a connection limit is reached"
+            );
+        }
     }
 
     pub(crate) fn snapshot(&self) -> NetstackStats {
