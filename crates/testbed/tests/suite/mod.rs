@@ -1,0 +1,149 @@
+//! Support for the real-gateway suite (`tests/gateway_suite.rs`): the `wg-agent` binary run
+//! in a namespace ([`AgentProcess`]), a local app on the agent's loopback ([`App`]), curl
+//! clients in gateway namespaces ([`client`]), a tapping relay that learns live receiver
+//! indices ([`tap::Tap`]), deterministic bodies ([`pattern`]) and the usual layout ([`Topology`]).
+
+#![allow(dead_code)] // not every case uses every helper
+
+pub(crate) mod agent;
+pub(crate) mod app;
+pub(crate) mod client;
+pub(crate) mod pattern;
+pub(crate) mod tap;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use testbed::{GatewayConfig, GatewayPeer, GatewaySite, KeyPair, Netns};
+
+pub(crate) use agent::{AgentGateway, AgentOptions, AgentProcess};
+pub(crate) use app::App;
+
+/// The agent's virtual IP and subnet.
+pub(crate) const AGENT_VIP: &str = "10.1.0.100";
+/// The tunnel subnet.
+pub(crate) const SUBNET: &str = "10.1.0.0/24";
+
+/// The virtual IP of gateway `i` (0-based): 10.1.0.1, 10.1.0.2, ...
+pub(crate) fn gateway_vip(i: usize) -> String {
+    format!("10.1.0.{}", i + 1)
+}
+
+/// The agent namespace with the app on its loopback, and `n` gateway namespaces linked to it,
+/// each running wireguard-go that knows the agent's key but not its endpoint. Dropped in
+/// order: app, gateways, agent namespace (an [`AgentProcess`] borrows the namespace, so it is
+/// gone before).
+pub(crate) struct Topology {
+    pub(crate) app: App,
+    pub(crate) sites: Vec<GatewaySite>,
+    pub(crate) agent_key: KeyPair,
+    pub(crate) agent_ns: Netns,
+}
+
+impl Topology {
+    pub(crate) fn new(label: &str, gateways: usize) -> Result<Self> {
+        let agent_ns = Netns::new(label)?;
+        let agent_key = KeyPair::generate()?;
+        let app = App::start(&agent_ns)?;
+        let mut sites = Vec::new();
+        for i in 0..gateways {
+            let config = GatewayConfig::new(&format!("{}/24", gateway_vip(i)))?.with_peer(
+                GatewayPeer::new(&agent_key.public, &[&format!("{AGENT_VIP}/32")]),
+            );
+            sites.push(GatewaySite::start(
+                &format!("{label}g{i}"),
+                config,
+                Some(&agent_ns),
+            )?);
+        }
+        Ok(Self {
+            app,
+            sites,
+            agent_key,
+            agent_ns,
+        })
+    }
+
+    /// Gateway `i` as the agent's config names it (`gw1`, `gw2`, ...), at its real endpoint.
+    pub(crate) fn gateway(&self, i: usize) -> AgentGateway {
+        self.gateway_via(i, self.sites[i].endpoint())
+    }
+
+    /// Gateway `i` reached through `endpoint` (a relay).
+    pub(crate) fn gateway_via(&self, i: usize, endpoint: SocketAddr) -> AgentGateway {
+        AgentGateway {
+            id: format!("gw{}", i + 1),
+            public_key: self.sites[i].wg.public_key().to_owned(),
+            endpoint,
+            virtual_ip: gateway_vip(i),
+        }
+    }
+
+    /// Starts the agent with these gateways and waits until it is ready.
+    pub(crate) fn start_agent(
+        &self,
+        gateways: &[AgentGateway],
+        options: AgentOptions,
+    ) -> Result<AgentProcess<'_>> {
+        let agent = AgentProcess::start(&self.agent_ns, &self.agent_key, gateways, options)?;
+        agent.wait_ready(Duration::from_secs(20))?;
+        Ok(agent)
+    }
+}
+
+/// Polls `ok` every `every` until it returns `Some`, for at most `timeout`; the elapsed time
+/// with the value.
+pub(crate) fn poll_until<T>(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut ok: impl FnMut() -> Option<T>,
+) -> Result<(T, Duration)> {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = ok() {
+            return Ok((value, start.elapsed()));
+        }
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// Megabits per second for `bytes` in `elapsed`.
+pub(crate) fn mbit_per_s(bytes: u64, elapsed: Duration) -> f64 {
+    bytes as f64 * 8.0 / elapsed.as_secs_f64().max(1e-9) / 1e6
+}
+
+/// A Prometheus sample: the value of the line `name{labels} value` whose labels contain
+/// `label` (or of `name value` when `label` is empty).
+pub(crate) fn metric(text: &str, name: &str, label: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let (key, value) = line.rsplit_once(' ')?;
+        let (metric_name, labels) = key.split_once('{').unwrap_or((key, ""));
+        (metric_name == name && labels.contains(label))
+            .then(|| value.parse().ok())
+            .flatten()
+    })
+}
+
+/// The sum of every sample of `name` (all label sets).
+pub(crate) fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter_map(|line| {
+            let (key, value) = line.rsplit_once(' ')?;
+            let metric_name = key.split_once('{').map_or(key, |(n, _)| n);
+            (metric_name == name)
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
+/// Whether `a` and `b` are within `fraction` of the larger one.
+pub(crate) fn within(a: u64, b: u64, fraction: f64) -> bool {
+    let max = a.max(b) as f64;
+    (a as f64 - b as f64).abs() <= max * fraction
+}
