@@ -29,6 +29,15 @@
 //! No sockets and no clock in the engine, no TUN device, no IP stack, no DNS, no configuration
 //! files. The caller owns the I/O loop: feed `handle_*`, then drain every `poll_*`.
 //!
+//! # Testing
+//!
+//! `tests/` runs engines on a simulated network (latency, loss, reordering, MTU, virtual time
+//! jumped to the next timeout), feeds random and truncated datagrams, and drives the UDP driver
+//! over loopback. boringtun's own long timers run on its real clock, so they are tested in
+//! `timer-tests/`, a separate workspace that enables boringtun's `mock-instant` (never enable
+//! it in a workspace that builds a binary): `cargo test --manifest-path
+//! crates/wg-core/timer-tests/Cargo.toml`.
+//!
 //! # Example
 //!
 //! Two engines handshake and exchange an IP packet, with datagrams moved in memory:
