@@ -152,20 +152,27 @@ impl Shard {
                 tuple,
                 syn_only,
                 rst,
-            } => match self.conns.get_mut(&tuple) {
-                Some(conn) => {
-                    conn.reset |= rst;
-                    if matches!(conn.state, ConnState::HalfOpen { .. }) {
-                        watch = Some(tuple);
-                    }
+            } => {
+                if syn_only && self.reusable(&tuple) {
+                    // A new connection on the 4-tuple of one in TIME-WAIT: let it in, as
+                    // Linux does, instead of making the peer wait for the old one to go.
+                    self.remove(shared, tuple);
                 }
-                None if syn_only => {
-                    if self.open_half(shared, tuple, now) {
-                        watch = Some(tuple);
+                match self.conns.get_mut(&tuple) {
+                    Some(conn) => {
+                        conn.reset |= rst;
+                        if matches!(conn.state, ConnState::HalfOpen { .. }) {
+                            watch = Some(tuple);
+                        }
                     }
+                    None if syn_only => {
+                        if self.open_half(shared, tuple, now) {
+                            watch = Some(tuple);
+                        }
+                    }
+                    None => shared.counters.drop(DropReason::NoSocket),
                 }
-                None => shared.counters.drop(DropReason::NoSocket),
-            },
+            }
             Class::Udp { port } => {
                 if !self.udp_ports.contains_key(&port) {
                     shared.counters.drop(DropReason::NoSocket);
@@ -321,6 +328,18 @@ impl Shard {
     /// [`Shard::release`], called when that owner lets go.
     pub(crate) fn tcp(&mut self, handle: SocketHandle) -> &mut tcp::Socket<'static> {
         self.sockets.get_mut::<tcp::Socket>(handle)
+    }
+
+    /// Whether `tuple` belongs to a dropped stream that finished its close (TIME-WAIT or
+    /// closed), so a new SYN may take its place.
+    fn reusable(&self, tuple: &Tuple) -> bool {
+        self.conns.get(tuple).is_some_and(|conn| {
+            matches!(conn.state, ConnState::Closing { .. })
+                && matches!(
+                    self.sockets.get::<tcp::Socket>(conn.handle).state(),
+                    tcp::State::TimeWait | tcp::State::Closed
+                )
+        })
     }
 
     /// Whether the peer reset connection `tuple`.

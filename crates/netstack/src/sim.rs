@@ -163,3 +163,45 @@ proptest::proptest! {
         b.drain_out(&mut out, usize::MAX);
     }
 }
+
+#[test]
+fn a_new_syn_reuses_a_tuple_in_time_wait() {
+    let now = Instant::now();
+    let a = stack("10.0.0.1", now);
+    let b = stack("10.0.0.2", now);
+    let server: SocketAddr = "10.0.0.2:80".parse().expect("addr");
+    let listener = b.register_listener(server, 4).expect("listen");
+    let tuple = Tuple {
+        local: IpEndpoint::new(
+            "10.0.0.1".parse::<std::net::IpAddr>().expect("ip").into(),
+            50_001,
+        ),
+        remote: IpEndpoint::from(server),
+    };
+    let idx = a.shard_for(&tuple);
+    let mut sent = 0;
+    for round in 0..2 {
+        let handle = a
+            .with_shard(idx, now, |s| s.connect(&a, tuple))
+            .expect("connect")
+            .expect("tuple free on our side");
+        exchange(&a, &b, now, &mut sent, &|_| false);
+        let accepted = listener
+            .pop()
+            .unwrap_or_else(|| panic!("round {round}: not accepted"));
+        assert_eq!(
+            a.with_shard(idx, now, |s| s.tcp(handle).state()),
+            smoltcp::socket::tcp::State::Established
+        );
+        // The server closes first (so it ends in TIME-WAIT), then the client.
+        b.with_shard(accepted.shard, now, |s| {
+            s.release(&b, accepted.tuple, now, false);
+        });
+        exchange(&a, &b, now, &mut sent, &|_| false);
+        a.with_shard(idx, now, |s| s.tcp(handle).close());
+        exchange(&a, &b, now, &mut sent, &|_| false);
+        a.with_shard(idx, now, |s| s.release(&a, tuple, now, false));
+        assert_eq!(a.counters.snapshot().tcp_sockets, 0);
+        assert_eq!(b.counters.snapshot().tcp_sockets, 1, "server in TIME-WAIT");
+    }
+}
