@@ -29,8 +29,12 @@ pub struct Impairment {
     /// Base one-way delay.
     pub delay: Duration,
     /// Each datagram's delay is `delay` plus a uniform value in `-jitter..=jitter` (at least 0).
-    /// Jitter alone reorders datagrams closer together than the jitter, as netem does.
+    /// Jitter alone reorders datagrams closer together than the jitter, as netem does, unless
+    /// [`keep_order`](Self::keep_order) is set.
     pub jitter: Duration,
+    /// With jitter, never send a datagram before one that arrived earlier in the same direction
+    /// (a jittery but FIFO path, like a queue); reordering then comes from `reorder` only.
+    pub keep_order: bool,
     /// Probability that a datagram is held back and sent right after the next datagram of the
     /// same direction (or after [`reorder_hold`](Self::reorder_hold) if none comes). One
     /// datagram per direction is held at a time; a held datagram is not also duplicated.
@@ -52,6 +56,7 @@ impl Default for Impairment {
             loss: 0.0,
             delay: Duration::ZERO,
             jitter: Duration::ZERO,
+            keep_order: false,
             reorder: 0.0,
             reorder_hold: Duration::from_millis(50),
             duplicate: 0.0,
@@ -122,6 +127,8 @@ impl Ord for Scheduled {
 struct Lane {
     rng: StdRng,
     held: Option<(Instant, Vec<u8>)>,
+    /// Due time of the last datagram queued (for `keep_order`).
+    last_due: Option<Instant>,
     stats: DirectionStats,
 }
 
@@ -173,7 +180,11 @@ impl State {
             0
         };
         let delay_ns = (imp.delay.as_nanos() as i128 + offset).max(0);
-        let due = now + Duration::from_nanos(u64::try_from(delay_ns).unwrap_or(u64::MAX));
+        let mut due = now + Duration::from_nanos(u64::try_from(delay_ns).unwrap_or(u64::MAX));
+        if imp.keep_order {
+            due = lane.last_due.map_or(due, |last| due.max(last));
+            lane.last_due = Some(due);
+        }
         let duplicate = lane.rng.random_bool(probability(imp.duplicate));
         let reorder = lane.rng.random_bool(probability(imp.reorder));
         if reorder && lane.held.is_none() {
@@ -325,6 +336,7 @@ impl ImpairedRelay {
         let lane = |salt: u64| Lane {
             rng: StdRng::seed_from_u64(seed ^ salt),
             held: None,
+            last_due: None,
             stats: DirectionStats::default(),
         };
         let shared = Arc::new(Shared {

@@ -292,3 +292,48 @@ fn out_of_range_probabilities_are_clamped() {
     assert!(drain(&gateway, 1).is_empty());
     assert_eq!(relay.stats().to_gateway.dropped, 1);
 }
+
+/// Sends `count` numbered datagrams 1 ms apart through a relay with 5 ms ± 4 ms and returns the
+/// order they arrived in.
+fn arrival_order(keep_order: bool, count: u32) -> Vec<u32> {
+    let gateway = socket();
+    let agent = socket();
+    let relay = ImpairedRelay::start(
+        LOOPBACK.parse().unwrap(),
+        gateway.local_addr().unwrap(),
+        Impairment {
+            delay: Duration::from_millis(5),
+            jitter: Duration::from_millis(4),
+            keep_order,
+            seed: 11,
+            ..Impairment::default()
+        },
+    )
+    .unwrap();
+    for seq in 0..count {
+        agent
+            .send_to(&seq.to_be_bytes(), relay.local_addr())
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    wait_idle(&relay);
+    drain(&gateway, count as usize)
+        .iter()
+        .map(|d| u32::from_be_bytes([d[0], d[1], d[2], d[3]]))
+        .collect()
+}
+
+#[test]
+fn jitter_reorders_unless_order_is_kept() {
+    let netem_like = arrival_order(false, 100);
+    let fifo = arrival_order(true, 100);
+    assert_eq!(fifo, (0..100).collect::<Vec<_>>());
+    let mut sorted = netem_like.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (0..100).collect::<Vec<_>>(), "nothing lost");
+    let inversions = netem_like.windows(2).filter(|w| w[0] > w[1]).count();
+    assert!(
+        inversions > 5,
+        "jitter of ±4 ms at 1 ms spacing reorders: {netem_like:?}"
+    );
+}
