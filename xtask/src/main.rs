@@ -3,7 +3,8 @@
 //! - `cargo xtask test`: the one command CI runs. Checks (and, as root, installs) what the suites
 //!   need, then runs formatting, clippy, the layering tidy check, every workspace test, the
 //!   doc tests and every fuzz target for a short while.
-//! - `cargo xtask bench`: the criterion benches.
+//! - `cargo xtask bench`: the criterion benches, then the end-to-end comparison with a kernel-TCP
+//!   reference (docs/PERFORMANCE.md).
 //! - `cargo xtask fuzz [TARGET] [--secs N]`: the libFuzzer targets in `fuzz/` (docs/fuzzing.md).
 
 use std::env;
@@ -13,6 +14,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
+mod bench;
 mod fuzz;
 mod prereq;
 mod tidy;
@@ -48,7 +50,12 @@ tasks:
   test [--quick]   formatting, clippy, layering, all tests, every fuzz target
                    for a short while (what CI runs); --quick skips fmt, clippy
                    and fuzzing
-  bench [ARGS..]   criterion benches (ARGS go to `cargo bench`)
+  bench [--no-criterion] [--no-e2e] [--secs N] [--idle-secs N]
+        [--large-mib N] [--idle-conns N] [-- CRITERION_ARGS..]
+                   criterion benches (short settings), then as root the
+                   end-to-end comparison with a kernel-TCP reference through
+                   wireguard-go in namespaces (installs nginx, wrk, iperf3);
+                   report in target/bench-report/
   tidy             the layering check alone
   fuzz [TARGET] [--secs N]
                    build and run the fuzz targets (all, or TARGET), N seconds
@@ -125,5 +132,5 @@ fn test(args: &[String]) -> Result<()> {
 }
 
 fn bench(args: &[String]) -> Result<()> {
-    run(cargo().args(["bench", "-p", "benches"]).args(args))
+    bench::task(args)
 }

@@ -1,0 +1,106 @@
+//! `cargo xtask bench`: the criterion benches (short settings), then the end-to-end comparison
+//! of `wg-agent` with a kernel-TCP reference through real wireguard-go gateways
+//! ([`e2e`], docs/PERFORMANCE.md).
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::{cargo, run};
+
+mod e2e;
+mod measure;
+mod report;
+mod setup;
+
+/// What `cargo xtask bench` was asked to do.
+#[derive(Debug, Clone)]
+pub(crate) struct Options {
+    /// Run the criterion benches.
+    pub(crate) criterion: bool,
+    /// Run the end-to-end comparison.
+    pub(crate) e2e: bool,
+    /// Length of each load step (wrk, iperf3).
+    pub(crate) step: Duration,
+    /// The idle window over which idle CPU is measured.
+    pub(crate) idle: Duration,
+    /// Idle keep-alive connections held open for the RSS figure.
+    pub(crate) idle_connections: usize,
+    /// Size of the large file (download and upload), bytes.
+    pub(crate) large_bytes: u64,
+    /// A pause after start-up with both sides running (for poking at them by hand).
+    pub(crate) pause: Duration,
+    /// Arguments passed through to the criterion benches.
+    pub(crate) criterion_args: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            criterion: true,
+            e2e: true,
+            step: Duration::from_secs(5),
+            idle: Duration::from_secs(60),
+            idle_connections: 1_000,
+            large_bytes: 256 << 20,
+            pause: Duration::ZERO,
+            criterion_args: Vec::new(),
+        }
+    }
+}
+
+/// Parses the arguments and runs the benches.
+pub(crate) fn task(args: &[String]) -> Result<()> {
+    let options = parse(args)?;
+    if options.criterion {
+        criterion(&options.criterion_args)?;
+    }
+    if options.e2e {
+        e2e::run(&options)?;
+    }
+    Ok(())
+}
+
+fn parse(args: &[String]) -> Result<Options> {
+    let mut options = Options::default();
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        let mut number = |name: &str| -> Result<u64> {
+            let value = iter
+                .next()
+                .with_context(|| format!("{name} needs a number"))?;
+            value
+                .parse()
+                .with_context(|| format!("{name}: `{value}` is not a whole number"))
+        };
+        match arg.as_str() {
+            "--no-criterion" => options.criterion = false,
+            "--no-e2e" => options.e2e = false,
+            "--secs" => options.step = Duration::from_secs(number("--secs")?.clamp(1, 30)),
+            "--idle-secs" => options.idle = Duration::from_secs(number("--idle-secs")?.min(120)),
+            "--pause-secs" => options.pause = Duration::from_secs(number("--pause-secs")?),
+            "--large-mib" => options.large_bytes = number("--large-mib")?.clamp(1, 1024) << 20,
+            "--idle-conns" => {
+                options.idle_connections =
+                    usize::try_from(number("--idle-conns")?.min(10_000)).unwrap_or(1_000);
+            }
+            "--" => {
+                options.criterion_args = iter.by_ref().cloned().collect();
+            }
+            other => bail!("bench: unknown argument `{other}` (see `cargo xtask help`)"),
+        }
+    }
+    Ok(options)
+}
+
+/// The criterion benches with short warm-up and measurement times (unless overridden).
+fn criterion(extra: &[String]) -> Result<()> {
+    let mut command = cargo();
+    command.args(["bench", "-p", "benches", "--"]);
+    if extra.is_empty() {
+        command.args(["--warm-up-time", "1", "--measurement-time", "3"]);
+    } else {
+        command.args(extra);
+    }
+    run(&mut command)
+}
