@@ -33,16 +33,38 @@ const PACKAGES: &[(&str, &str)] = &[
     ("sysctl", "procps"),
 ];
 
-/// CPU seconds of the agent side and payload bytes moved, over the bulk transfers.
+/// CPU seconds of the agent side and of the gateway, UDP drops and payload bytes moved, over
+/// the bulk transfers.
 #[derive(Debug, Default, Clone, Copy)]
 struct CpuTally {
     cpu_secs: f64,
+    gateway_cpu_secs: f64,
+    udp_drops: u64,
     bytes: u64,
 }
 
+/// A snapshot taken before a transfer.
+struct Before {
+    agent: Usage,
+    gateway: Usage,
+    drops: u64,
+}
+
 impl CpuTally {
-    fn add(&mut self, before: Usage, after: Usage, bytes: u64) {
-        self.cpu_secs += (after.cpu_secs - before.cpu_secs).max(0.0);
+    fn before(side: &Side) -> Before {
+        Before {
+            agent: usage(&side.agent_pids()),
+            gateway: usage(&side.gateway_pids()),
+            drops: side.udp_drops(),
+        }
+    }
+
+    fn add(&mut self, side: &Side, before: &Before, bytes: u64) {
+        let agent = usage(&side.agent_pids());
+        let gateway = usage(&side.gateway_pids());
+        self.cpu_secs += (agent.cpu_secs - before.agent.cpu_secs).max(0.0);
+        self.gateway_cpu_secs += (gateway.cpu_secs - before.gateway.cpu_secs).max(0.0);
+        self.udp_drops += side.udp_drops().saturating_sub(before.drops);
         self.bytes += bytes;
     }
 }
@@ -101,12 +123,23 @@ pub(crate) fn run(options: &Options) -> Result<()> {
     requests(&sides, options.step, &mut report);
     iperf(&sides, options.step, &mut report, &mut cpu);
     let mut row = Row::new("agent CPU per GB moved", "s/GB").target(Target::RatioAtMost(0.7));
+    let mut gateway = Row::new(
+        "gateway wireguard-go CPU per GB (same program both sides)",
+        "s/GB",
+    );
+    let mut drops = Row::new(
+        "UDP receive-buffer drops in bulk runs (both namespaces)",
+        "datagrams",
+    );
     for (i, tally) in cpu.iter().enumerate() {
         if tally.bytes > 0 {
-            row.set(i, tally.cpu_secs / (tally.bytes as f64 / 1e9));
+            let gb = tally.bytes as f64 / 1e9;
+            row.set(i, tally.cpu_secs / gb);
+            gateway.set(i, tally.gateway_cpu_secs / gb);
         }
+        drops.set(i, tally.udp_drops as f64);
     }
-    report.rows.push(row);
+    report.rows.extend([row, gateway, drops]);
     idle(&sides, options.idle, &mut report);
 
     let mut peak = Row::new("agent peak RSS (VmHWM)", "MiB").target(Target::OursAtMost(128.0));
@@ -157,10 +190,9 @@ fn measured(
     tally: &mut CpuTally,
     transfer: impl FnOnce() -> Result<Transfer>,
 ) -> Result<Transfer> {
-    let pids = side.agent_pids();
-    let before = usage(&pids);
+    let before = CpuTally::before(side);
     let result = transfer()?;
-    tally.add(before, usage(&pids), result.bytes);
+    tally.add(side, &before, result.bytes);
     Ok(result)
 }
 

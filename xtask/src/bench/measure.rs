@@ -58,6 +58,30 @@ fn status_kib(status: &str, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// UDP datagrams the kernel dropped for a full socket receive buffer inside `ns` (IPv4 and
+/// IPv6 counters of `/proc/net/snmp{,6}` as seen from inside).
+pub(crate) fn udp_rcvbuf_drops(ns: &Netns) -> u64 {
+    let mut total = 0;
+    if let Ok(snmp) = ns.run("cat", ["/proc/net/snmp", "/proc/net/snmp6"]) {
+        let lines: Vec<&str> = snmp.lines().collect();
+        for pair in lines.windows(2) {
+            let (head, values) = (pair[0], pair[1]);
+            if head.starts_with("Udp: ") && values.starts_with("Udp: ") {
+                let index = head.split_whitespace().position(|w| w == "RcvbufErrors");
+                total += index
+                    .and_then(|i| values.split_whitespace().nth(i)?.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+        total += lines
+            .iter()
+            .filter_map(|line| line.strip_prefix("Udp6RcvbufErrors"))
+            .filter_map(|rest| rest.trim().parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    total
+}
+
 /// Direct children of `parent` (nginx workers of their master).
 pub(crate) fn children(parent: u32) -> Vec<u32> {
     let Ok(entries) = fs::read_dir("/proc") else {

@@ -227,6 +227,17 @@ impl Side {
         }
     }
 
+    /// The gateway's wireguard-go process.
+    pub(crate) fn gateway_pids(&self) -> Vec<u32> {
+        self.gateway.pid().into_iter().collect()
+    }
+
+    /// UDP receive-buffer drops so far in both namespaces of this side.
+    pub(crate) fn udp_drops(&self) -> u64 {
+        crate::bench::measure::udp_rcvbuf_drops(&self.gw_ns)
+            + crate::bench::measure::udp_rcvbuf_drops(&self.agent_ns)
+    }
+
     /// The URL of a file on the virtual IP.
     pub(crate) fn url(path: &str) -> String {
         format!("http://{VIP}/{path}")
