@@ -20,6 +20,9 @@ use crate::manager::{GatewaySpec, Manager, ManagerConfig};
 use crate::metrics::{AgentCounters, MetricsWriter, write_agent_counters};
 use crate::snapshot::{GatewayStatus, RouteStatus, StatusSnapshot};
 
+/// How long a stopping agent waits for closed connections to flush through the tunnel.
+const LINGER: Duration = Duration::from_secs(3);
+
 /// Runs the agent described by `config` until `shutdown` completes (SIGTERM/SIGINT in the
 /// binary), then drains: `/readyz` turns 503, in-flight requests get `drain_timeout`, then
 /// the tunnel closes. `SIGHUP` re-reads `config.path` and applies it.
@@ -282,13 +285,30 @@ impl Agent {
         *lock(&self.inner.config) = new;
     }
 
-    /// Graceful stop: readiness off, proxies drain within `drain_timeout`, tunnel closes.
+    /// Graceful stop: readiness off, listeners closed (connections never accepted get a
+    /// reset, so their clients retry elsewhere at once), in-flight requests drain within
+    /// `drain_timeout`, then the tunnel closes.
     pub async fn stop(&self) {
         self.inner.draining.store(true, Relaxed);
         tracing::info!("shutting down: draining in-flight requests");
+        self.inner.tracker.begin_shutdown();
+        let routes: Vec<Route> = std::mem::take(&mut *lock(&self.inner.routes))
+            .into_values()
+            .collect();
+        for mut route in routes {
+            route.task.abort();
+            let _ = (&mut route.task).await;
+        }
         let outcome = self.inner.tracker.shutdown().await;
         tracing::info!(outcome = ?outcome, "proxies stopped");
-        lock(&self.inner.routes).clear();
+        // Closed connections may still hold unsent or unacknowledged bytes in the stack: give
+        // them a moment to reach the gateway before the tunnel goes.
+        let deadline = tokio::time::Instant::now() + LINGER;
+        while self.inner.manager.netstack().stats().tcp_sockets > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         self.inner.manager.close().await;
     }
 

@@ -98,6 +98,9 @@ fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
     }
 }
 
+/// `/slow` requests the app has started answering.
+static SLOW_STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// A tiny upstream app: answers every request with `app:<path>` after an optional `/slow` delay.
 async fn start_app() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -124,6 +127,7 @@ async fn start_app() -> SocketAddr {
                 let text = String::from_utf8_lossy(&head).into_owned();
                 let path = text.split(' ').nth(1).unwrap_or("/").to_owned();
                 if path == "/slow" {
+                    SLOW_STARTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_millis(1500)).await;
                 }
                 let body = format!("app:{path}");
@@ -301,7 +305,15 @@ async fn run_serves_reloads_and_drains() {
         let gw = gw.clone();
         async move { get_via_tunnel(&gw, 80, "/slow").await }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // SIGTERM once the request is in flight (the app has it).
+    let start = Instant::now();
+    while SLOW_STARTED.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the slow request never reached the app"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     signal(&child, "-TERM");
     let resp = slow
         .await
