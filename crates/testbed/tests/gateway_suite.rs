@@ -28,6 +28,10 @@ fn get_and_post(label: &str, len: u64, max_time: Duration) {
         .start_agent(&[topo.gateway(0)], AgentOptions::default())
         .unwrap();
     let gw = &topo.sites[0].ns;
+    let first = Instant::now();
+    let hello = client::get_text(gw, &url("/hello"), Duration::from_secs(10)).unwrap();
+    assert_eq!(hello, "hello from the app\n");
+    let first = first.elapsed();
 
     let seed = len ^ 0x5eed;
     let down = client::get(gw, &url(&format!("/blob/{len}/{seed}")), max_time, &[]).unwrap();
@@ -38,7 +42,7 @@ fn get_and_post(label: &str, len: u64, max_time: Duration) {
     assert_eq!(up.bytes, len);
     assert_eq!(up.sha256, pattern_sha256(seed + 1, len), "upload corrupted");
     eprintln!(
-        "suite: {label}: {len} bytes GET {:.2?} ({:.1} Mbit/s), POST {:.2?} ({:.1} Mbit/s)",
+        "suite: {label}: first request {first:.2?}; {len} bytes GET {:.2?} ({:.1} Mbit/s), POST {:.2?} ({:.1} Mbit/s)",
         down.elapsed,
         mbit_per_s(len, down.elapsed),
         up.elapsed,
@@ -151,46 +155,37 @@ fn interop_suite_two_gateways_stats_agree() {
         },
     )
     .unwrap();
+    // One gateway after the other (both stay up): concurrent bulk transfers make Debian's
+    // wireguard-go drop datagrams at its small socket buffer, which shows up as agent tx
+    // beyond gateway rx (counted below as RcvbufErrors).
     let start = Instant::now();
-    std::thread::scope(|scope| {
-        let runs: Vec<_> = topo
-            .sites
-            .iter()
-            .enumerate()
-            .map(|(i, site)| {
-                scope.spawn(move || {
-                    let seed = 200 + i as u64;
-                    let path = format!("/blob/{LEN}/{seed}");
-                    let down =
-                        client::get(&site.ns, &url(&path), Duration::from_secs(60), &[]).unwrap();
-                    assert_eq!(
-                        down.sha256,
-                        pattern_sha256(seed, LEN),
-                        "gw{} download",
-                        i + 1
-                    );
-                    let up = client::post(
-                        &site.ns,
-                        &url("/upload"),
-                        seed + 10,
-                        LEN,
-                        Duration::from_secs(60),
-                    )
-                    .unwrap();
-                    assert_eq!(up.bytes, LEN);
-                    assert_eq!(
-                        up.sha256,
-                        pattern_sha256(seed + 10, LEN),
-                        "gw{} upload",
-                        i + 1
-                    );
-                })
-            })
-            .collect();
-        for run in runs {
-            run.join().unwrap();
-        }
-    });
+    for (i, site) in topo.sites.iter().enumerate() {
+        let seed = 200 + i as u64;
+        let path = format!("/blob/{LEN}/{seed}");
+        let down = client::get(&site.ns, &url(&path), Duration::from_secs(60), &[]).unwrap();
+        assert_eq!(down.bytes, LEN);
+        assert_eq!(
+            down.sha256,
+            pattern_sha256(seed, LEN),
+            "gw{} download",
+            i + 1
+        );
+        let up = client::post(
+            &site.ns,
+            &url("/upload"),
+            seed + 10,
+            LEN,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        assert_eq!(up.bytes, LEN);
+        assert_eq!(
+            up.sha256,
+            pattern_sha256(seed + 10, LEN),
+            "gw{} upload",
+            i + 1
+        );
+    }
     let transfers = start.elapsed();
     // Let the last ACKs land, then read both sides back to back.
     std::thread::sleep(Duration::from_millis(500));
@@ -208,8 +203,10 @@ fn interop_suite_two_gateways_stats_agree() {
         let rx = entry["rx_bytes"].as_u64().unwrap();
         let tx = entry["tx_bytes"].as_u64().unwrap();
         eprintln!(
-            "suite: {id}: agent rx {rx} tx {tx}; wg show rx {} tx {}",
-            peer.rx_bytes, peer.tx_bytes
+            "suite: {id}: agent rx {rx} tx {tx}; wg show rx {} tx {}; gateway udp {}",
+            peer.rx_bytes,
+            peer.tx_bytes,
+            udp_errors(&site.ns)
         );
         assert!(rx > LEN && tx > LEN, "{id}: {entry}");
         assert!(
@@ -217,8 +214,12 @@ fn interop_suite_two_gateways_stats_agree() {
             "{id}: agent rx {rx} vs gateway tx {}",
             peer.tx_bytes
         );
+        // Datagrams Debian's wireguard-go lost at its socket buffer crossed the wire but never
+        // reached `wg show`: an excess of agent tx up to that many full datagrams is theirs.
+        let lost = rcvbuf_errors(&site.ns) * MAX_DATAGRAM;
+        let tx_explained = tx >= peer.rx_bytes && tx - peer.rx_bytes <= lost;
         assert!(
-            within(tx, peer.rx_bytes, 0.02),
+            within(tx, peer.rx_bytes, 0.02) || tx_explained,
             "{id}: agent tx {tx} vs gateway rx {}",
             peer.rx_bytes
         );
@@ -231,7 +232,8 @@ fn interop_suite_two_gateways_stats_agree() {
             peer.tx_bytes
         );
         assert!(
-            within(m_tx, peer.rx_bytes, 0.02),
+            within(m_tx, peer.rx_bytes, 0.02)
+                || (m_tx >= peer.rx_bytes && m_tx - peer.rx_bytes <= lost),
             "{id}: metrics tx {m_tx} vs gateway rx {}",
             peer.rx_bytes
         );
@@ -265,9 +267,38 @@ fn interop_suite_two_gateways_stats_agree() {
         );
     }
     eprintln!(
-        "suite: two gateways: 4 x 16 MiB in {transfers:.2?} ({:.1} Mbit/s total)",
+        "suite: two gateways: 4 x 16 MiB in {transfers:.2?} ({:.1} Mbit/s)",
         mbit_per_s(4 * LEN, transfers)
     );
+}
+
+/// The largest datagram the agent sends at MTU 1420: the packet plus 32 bytes of WireGuard.
+const MAX_DATAGRAM: u64 = 1420 + 32;
+
+/// `RcvbufErrors` of a namespace's UDP sockets: datagrams its kernel dropped on arrival.
+fn rcvbuf_errors(ns: &testbed::Netns) -> u64 {
+    udp_errors(ns)
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("RcvbufErrors="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The UDP error counters of a namespace (`/proc/net/snmp`), e.g. `RcvbufErrors=12`.
+fn udp_errors(ns: &testbed::Netns) -> String {
+    let snmp = ns.run("cat", ["/proc/net/snmp"]).unwrap_or_default();
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        return String::new();
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .skip(1)
+        .filter(|(n, _)| n.contains("Errors"))
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Case 3: wireguard-go killed and started again with the same key and the agent re-added;
