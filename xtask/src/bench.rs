@@ -30,6 +30,8 @@ pub(crate) struct Options {
     pub(crate) large_bytes: u64,
     /// A pause after start-up with both sides running (for poking at them by hand).
     pub(crate) pause: Duration,
+    /// A `wg-agent` binary to measure instead of building `target/release/wg-agent` (A/B runs).
+    pub(crate) agent_binary: Option<std::path::PathBuf>,
     /// Arguments passed through to the criterion benches.
     pub(crate) criterion_args: Vec<String>,
 }
@@ -44,6 +46,7 @@ impl Default for Options {
             idle_connections: 1_000,
             large_bytes: 256 << 20,
             pause: Duration::ZERO,
+            agent_binary: None,
             criterion_args: Vec::new(),
         }
     }
@@ -78,6 +81,10 @@ fn parse(args: &[String]) -> Result<Options> {
             "--no-e2e" => options.e2e = false,
             "--secs" => options.step = Duration::from_secs(number("--secs")?.clamp(1, 30)),
             "--idle-secs" => options.idle = Duration::from_secs(number("--idle-secs")?.min(120)),
+            "--agent-binary" => {
+                let path = iter.next().context("--agent-binary needs a path")?;
+                options.agent_binary = Some(path.into());
+            }
             "--pause-secs" => options.pause = Duration::from_secs(number("--pause-secs")?),
             "--large-mib" => options.large_bytes = number("--large-mib")?.clamp(1, 1024) << 20,
             "--idle-conns" => {

@@ -51,7 +51,8 @@ tasks:
                    for a short while (what CI runs); --quick skips fmt, clippy
                    and fuzzing
   bench [--no-criterion] [--no-e2e] [--secs N] [--idle-secs N]
-        [--large-mib N] [--idle-conns N] [-- CRITERION_ARGS..]
+        [--large-mib N] [--idle-conns N] [--agent-binary PATH]
+        [--pause-secs N] [-- CRITERION_ARGS..]
                    criterion benches (short settings), then as root the
                    end-to-end comparison with a kernel-TCP reference through
                    wireguard-go in namespaces (installs nginx, wrk, iperf3);

@@ -81,8 +81,13 @@ pub(crate) fn run(options: &Options) -> Result<()> {
     let wall = Instant::now();
     ensure_packages()?;
     raise_fd_limit();
-    run_cmd(cargo().args(["build", "--release", "-p", "agent"]))?;
-    let binary = root().join("target/release/wg-agent");
+    let binary = match &options.agent_binary {
+        Some(path) => path.clone(),
+        None => {
+            run_cmd(cargo().args(["build", "--release", "-p", "agent"]))?;
+            root().join("target/release/wg-agent")
+        }
+    };
     testbed::cleanup_stale();
 
     let mut report = Report::default();
