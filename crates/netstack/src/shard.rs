@@ -27,8 +27,20 @@ use crate::tcp::{Accepted, ListenerShared};
 use crate::time::{Clock, smol_duration};
 use crate::wire::{Class, Tuple};
 
-/// How often half-open and closing connections are checked while any exist.
+/// How often half-open, closing and boosted connections are checked while any exist.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Keep-alive interval while a connection has data queued to send.
+///
+/// smoltcp 0.14 can strand sent-but-unacknowledged bytes: when a (smoltcp) receiver's
+/// scaled window rounds its right edge back below bytes already in flight, it drops them
+/// and answers "window 0"; the sender's zero-window-probe timer then replaces its
+/// retransmission timer, and the next window update leaves the timer idle with the bytes
+/// never resent. While data is queued we therefore probe after this much silence: each
+/// probe draws a duplicate ACK, and the third one triggers smoltcp's fast retransmit.
+/// The timer only runs when smoltcp's retransmission timer does not, so a healthy flow
+/// never sends these probes.
+const STALL_PROBE: Duration = Duration::from_millis(100);
 
 /// A TCP socket's entry in the connection table.
 struct Conn {
@@ -36,6 +48,8 @@ struct Conn {
     state: ConnState,
     /// The peer sent an RST (tells a reset from a timeout once the socket is closed).
     reset: bool,
+    /// Keep-alive shortened to [`STALL_PROBE`] while data is queued.
+    boosted: bool,
     /// Keep last: the socket using these rings is removed from the set first.
     bufs: TcpBuffers,
 }
@@ -67,12 +81,17 @@ pub(crate) struct Shard {
     tx: Vec<Bytes>,
     /// Connections in `HalfOpen` or `Closing`.
     watched: usize,
+    /// Connections with a [`STALL_PROBE`] keep-alive.
+    boosted: usize,
     sweep_at: Option<Instant>,
     /// Bound UDP ports (shard 0 only), with the number of sockets on each.
     pub(crate) udp_ports: HashMap<u16, usize>,
     /// ICMP echo identifiers in use (shard 0 only).
     pub(crate) icmp_idents: HashSet<u16>,
     index: usize,
+    /// The latest `now` seen: callers on other threads may arrive with an older one,
+    /// and smoltcp must never see time go backwards.
+    last_now: Instant,
 }
 
 impl Drop for Shard {
@@ -130,11 +149,21 @@ impl Shard {
             clock,
             tx,
             watched: 0,
+            boosted: 0,
             sweep_at: None,
             udp_ports: HashMap::new(),
             icmp_idents: HashSet::new(),
             index,
+            last_now: now,
         }
+    }
+
+    /// `now`, or the latest time already seen if `now` is older (monotonic per shard).
+    fn tick(&mut self, now: Instant) -> Instant {
+        if now > self.last_now {
+            self.last_now = now;
+        }
+        self.last_now
     }
 
     /// Feeds one classified inbound packet through smoltcp (ingress only).
@@ -146,6 +175,7 @@ impl Shard {
         now: Instant,
         reply_limit: usize,
     ) {
+        let now = self.tick(now);
         let mut watch = None;
         match class {
             Class::Tcp {
@@ -203,6 +233,7 @@ impl Shard {
     /// Runs egress passes until smoltcp has nothing more to send or `budget` packets
     /// were produced.
     pub(crate) fn egress(&mut self, now: Instant, budget: usize) {
+        let now = self.tick(now);
         let limit = self.tx.len().saturating_add(budget);
         let mut dev = Dev {
             rx: None,
@@ -221,14 +252,21 @@ impl Shard {
 
     /// Drops half-open connections past their deadline and finishes closing ones.
     pub(crate) fn maintain(&mut self, shared: &Shared, now: Instant) {
+        let now = self.tick(now);
         if self.sweep_at.is_none_or(|at| now < at) {
             return;
         }
         let time_wait = shared.config.time_wait;
+        let keepalive = shared.config.keepalive.map(smol_duration);
         let mut remove = Vec::new();
         let mut expired = Vec::new();
         for (tuple, conn) in &mut self.conns {
             let socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
+            if conn.boosted && socket.send_queue() == 0 {
+                socket.set_keep_alive(keepalive);
+                conn.boosted = false;
+                self.boosted -= 1;
+            }
             match &mut conn.state {
                 ConnState::Owned => {}
                 ConnState::HalfOpen { deadline, .. } => {
@@ -260,11 +298,12 @@ impl Shard {
         for tuple in remove {
             self.remove(shared, tuple);
         }
-        self.sweep_at = (self.watched > 0).then(|| now + SWEEP_INTERVAL);
+        self.sweep_at = (self.watched + self.boosted > 0).then(|| now + SWEEP_INTERVAL);
     }
 
     /// When this shard next needs a poll.
     pub(crate) fn poll_timeout(&mut self, now: Instant) -> Option<Instant> {
+        let now = self.tick(now);
         let smol = self
             .iface
             .poll_at(self.clock.smol_at(now), &self.sockets)
@@ -283,6 +322,24 @@ impl Shard {
     /// Whether packets are waiting in [`Shard::take_transmit`].
     pub(crate) fn has_transmit(&self) -> bool {
         !self.tx.is_empty()
+    }
+
+    /// Every TCP socket's state, for [`Netstack::debug_dump`](crate::Netstack::debug_dump).
+    pub(crate) fn debug_dump(&self) -> String {
+        let mut out = String::new();
+        for (tuple, conn) in &self.conns {
+            let s = self.sockets.get::<tcp::Socket>(conn.handle);
+            out.push_str(&format!(
+                "[{} -> {} {:?} sendq={} recvq={} boosted={}] ",
+                tuple.local,
+                tuple.remote,
+                s.state(),
+                s.send_queue(),
+                s.recv_queue(),
+                conn.boosted,
+            ));
+        }
+        out
     }
 
     /// Number of sockets (of all kinds) in this shard.
@@ -310,6 +367,7 @@ impl Shard {
                 handle,
                 state: ConnState::Owned,
                 reset: false,
+                boosted: false,
                 bufs,
             },
         );
@@ -340,6 +398,24 @@ impl Shard {
                     tcp::State::TimeWait | tcp::State::Closed
                 )
         })
+    }
+
+    /// Data was queued on `tuple`: probe after [`STALL_PROBE`] of silence until the
+    /// queue is empty again (see there why).
+    pub(crate) fn boost(&mut self, tuple: &Tuple, now: Instant) {
+        let Some(conn) = self.conns.get_mut(tuple) else {
+            return;
+        };
+        if conn.boosted {
+            return;
+        }
+        conn.boosted = true;
+        self.sockets
+            .get_mut::<tcp::Socket>(conn.handle)
+            .set_keep_alive(Some(smol_duration(STALL_PROBE)));
+        self.boosted += 1;
+        let at = now + SWEEP_INTERVAL;
+        self.sweep_at = Some(self.sweep_at.map_or(at, |s| s.min(at)));
     }
 
     /// Whether the peer reset connection `tuple`.
@@ -445,6 +521,7 @@ impl Shard {
                     deadline: now + shared.config.handshake_timeout,
                 },
                 reset: false,
+                boosted: false,
                 bufs,
             },
         );
@@ -527,6 +604,9 @@ impl Shard {
 
     fn remove_conn(&mut self, shared: &Shared, tuple: Tuple) {
         if let Some(conn) = self.conns.remove(&tuple) {
+            if conn.boosted {
+                self.boosted -= 1;
+            }
             // The socket (holding slices of `conn.bufs`) goes first, then the mapping.
             drop(self.sockets.remove(conn.handle));
             drop(conn.bufs);

@@ -185,6 +185,27 @@ impl Netstack {
         ))
     }
 
+    /// A human-readable dump of every TCP socket's state (for debugging).
+    #[doc(hidden)]
+    pub fn debug_dump(&self) -> String {
+        let mut out = format!(
+            "out_len={} blocked={:#x} driver_at={} deadlines<now={}\n",
+            self.shared.out_len.load(SeqCst),
+            self.shared.blocked.load(SeqCst),
+            self.shared.driver_at.load(SeqCst),
+            self.shared.clock.micros(Instant::now()),
+        );
+        for i in 0..self.shared.shards.len() {
+            let d = self.shared.deadlines[i].load(SeqCst);
+            let shard = self.shared.lock(i);
+            let dump = shard.debug_dump();
+            if !dump.is_empty() {
+                out.push_str(&format!("shard {i} deadline {d}: {dump}\n"));
+            }
+        }
+        out
+    }
+
     /// Number of sockets in each shard (for tests and benches of the sharding).
     pub fn shard_sizes(&self) -> Vec<usize> {
         (0..self.shared.shards.len())

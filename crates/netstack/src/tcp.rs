@@ -334,7 +334,9 @@ impl AsyncWrite for TcpStream {
                 Poll::Pending
             }
             Ok(n) => {
-                this.shared.finish(this.shard, &mut shard, Instant::now());
+                let now = Instant::now();
+                shard.boost(&this.tuple, now);
+                this.shared.finish(this.shard, &mut shard, now);
                 Poll::Ready(Ok(n))
             }
             Err(_) => {
