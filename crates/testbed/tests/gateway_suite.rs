@@ -347,22 +347,29 @@ fn interop_suite_gateway_restart_recovers() {
 /// gateway intact (the gateway's kernel TCP sends, the agent's stack receives).
 #[test]
 fn interop_suite_lossy_link_upload() {
-    lossy_transfer(false);
+    lossy_transfer(false, 16 << 20);
+}
+
+/// Case 4, the download's integrity while the 16 MiB download below is ignored: 512 KiB down
+/// over the same lossy link (about 15 s at the agent's current rate), sha256 checked.
+#[test]
+fn interop_suite_lossy_link_download_512kib() {
+    lossy_transfer(true, 512 << 10);
 }
 
 /// Case 4 (download half): 16 MiB down to the gateway over the same lossy link (the agent's
-/// stack sends). Ignored while the agent sends under 1 Mbit/s at 3% loss: measured 256 KiB in
-/// 7.1 s (0.3 Mbit/s) where the upload above runs at 8.5 Mbit/s, so 16 MiB would take about
-/// 7 minutes, beyond the suite's 10-minute budget. Run with `--run-ignored all`.
+/// stack sends). Ignored while the agent's sender is this slow on a lossy path: 512 KiB take
+/// about 16 s (0.26 Mbit/s, roughly one 1 s retransmission timeout per lost segment) where the
+/// upload above runs at 8.7 Mbit/s, and 16 MiB got 10 MB through in 120 s; beyond the suite's
+/// 10-minute budget. Run it with `--run-ignored all` once the sender recovers faster.
 #[test]
-#[ignore = "the agent's TCP sender manages 0.3 Mbit/s at 3% loss; 16 MiB would take minutes"]
+#[ignore = "agent's TCP sender: ~1 s RTO per lost segment at 3% loss; 16 MiB would take ~5 min"]
 fn interop_suite_lossy_link_download() {
-    lossy_transfer(true);
+    lossy_transfer(true, 16 << 20);
 }
 
-fn lossy_transfer(download: bool) {
+fn lossy_transfer(download: bool, len: u64) {
     testbed::require_gateway_prereqs!();
-    const LEN: u64 = 16 << 20;
     let topo = Topology::new(if download { "slod" } else { "slou" }, 1).unwrap();
     let relay = ImpairedRelay::start_in(
         &topo.agent_ns,
@@ -390,12 +397,12 @@ fn lossy_transfer(download: bool) {
     agent.wait_ready(Duration::from_secs(30)).unwrap();
     let gw = &topo.sites[0].ns;
     let transfer = if download {
-        client::get(gw, &url(&format!("/blob/{LEN}/41")), LOSSY_MAX, &[]).unwrap()
+        client::get(gw, &url(&format!("/blob/{len}/41")), LOSSY_MAX, &[]).unwrap()
     } else {
-        client::post(gw, &url("/upload"), 41, LEN, LOSSY_MAX).unwrap()
+        client::post(gw, &url("/upload"), 41, len, LOSSY_MAX).unwrap()
     };
-    assert_eq!(transfer.bytes, LEN);
-    assert_eq!(transfer.sha256, pattern_sha256(41, LEN), "body corrupted");
+    assert_eq!(transfer.bytes, len);
+    assert_eq!(transfer.sha256, pattern_sha256(41, len), "body corrupted");
     let stats = relay.stats();
     assert!(
         stats.to_agent.dropped > 0 && stats.to_gateway.dropped > 0,
@@ -406,10 +413,10 @@ fn lossy_transfer(download: bool) {
         "{stats:?}"
     );
     eprintln!(
-        "suite: lossy link: 16 MiB {} in {:.2?} ({:.1} Mbit/s); relay {stats:?}",
+        "suite: lossy link: {len} bytes {} in {:.2?} ({:.2} Mbit/s); relay {stats:?}",
         if download { "down" } else { "up" },
         transfer.elapsed,
-        mbit_per_s(LEN, transfer.elapsed),
+        mbit_per_s(len, transfer.elapsed),
     );
     drop(agent);
 }
