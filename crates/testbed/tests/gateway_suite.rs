@@ -42,11 +42,12 @@ fn get_and_post(label: &str, len: u64, max_time: Duration) {
     assert_eq!(up.bytes, len);
     assert_eq!(up.sha256, pattern_sha256(seed + 1, len), "upload corrupted");
     eprintln!(
-        "suite: {label}: first request {first:.2?}; {len} bytes GET {:.2?} ({:.1} Mbit/s), POST {:.2?} ({:.1} Mbit/s)",
+        "suite: {label}: first request {first:.2?}; {len} bytes GET {:.2?} ({:.1} Mbit/s), POST {:.2?} ({:.1} Mbit/s); gateway udp {}",
         down.elapsed,
         mbit_per_s(len, down.elapsed),
         up.elapsed,
-        mbit_per_s(len, up.elapsed)
+        mbit_per_s(len, up.elapsed),
+        udp_errors(gw)
     );
     drop(agent);
 }
@@ -800,6 +801,13 @@ fn interop_suite_garbage_during_download() {
     assert_eq!(down.sha256, pattern_sha256(71, LEN), "download corrupted");
     assert!(agent.running(), "the agent died:\n{}", agent.log());
     assert_eq!(agent.admin_get("/readyz").unwrap().0, 200);
+    // Unauthenticated datagrams must not move the gateway's endpoint (no roaming to them).
+    let status = agent.status_json().unwrap();
+    assert_eq!(
+        status["gateways"][0]["endpoint"],
+        tap.local_addr().to_string(),
+        "{status}"
+    );
     let metrics = agent.metrics().unwrap();
     let drops_after = metric_sum(&metrics, "wg_agent_dropped_packets_total");
     let rise = drops_after - drops_before;
