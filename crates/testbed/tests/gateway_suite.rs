@@ -14,6 +14,7 @@ mod suite;
 use std::time::{Duration, Instant};
 
 use suite::client::{self, url};
+use suite::dial;
 use suite::pattern::pattern_sha256;
 use suite::{
     AgentOptions, AgentProcess, Topology, mbit_per_s, metric, metric_sum, poll_until, within,
@@ -47,7 +48,7 @@ fn get_and_post(label: &str, len: u64, max_time: Duration) {
         mbit_per_s(len, down.elapsed),
         up.elapsed,
         mbit_per_s(len, up.elapsed),
-        udp_errors(gw)
+        suite::udp_errors(gw)
     );
     drop(agent);
 }
@@ -207,7 +208,7 @@ fn interop_suite_two_gateways_stats_agree() {
             "suite: {id}: agent rx {rx} tx {tx}; wg show rx {} tx {}; gateway udp {}",
             peer.rx_bytes,
             peer.tx_bytes,
-            udp_errors(&site.ns)
+            suite::udp_errors(&site.ns)
         );
         assert!(rx > LEN && tx > LEN, "{id}: {entry}");
         assert!(
@@ -217,7 +218,7 @@ fn interop_suite_two_gateways_stats_agree() {
         );
         // Datagrams Debian's wireguard-go lost at its socket buffer crossed the wire but never
         // reached `wg show`: an excess of agent tx up to that many full datagrams is theirs.
-        let lost = rcvbuf_errors(&site.ns) * MAX_DATAGRAM;
+        let lost = suite::rcvbuf_errors(&site.ns) * suite::MAX_DATAGRAM;
         let tx_explained = tx >= peer.rx_bytes && tx - peer.rx_bytes <= lost;
         assert!(
             within(tx, peer.rx_bytes, 0.02) || tx_explained,
@@ -271,35 +272,6 @@ fn interop_suite_two_gateways_stats_agree() {
         "suite: two gateways: 4 x 16 MiB in {transfers:.2?} ({:.1} Mbit/s)",
         mbit_per_s(4 * LEN, transfers)
     );
-}
-
-/// The largest datagram the agent sends at MTU 1420: the packet plus 32 bytes of WireGuard.
-const MAX_DATAGRAM: u64 = 1420 + 32;
-
-/// `RcvbufErrors` of a namespace's UDP sockets: datagrams its kernel dropped on arrival.
-fn rcvbuf_errors(ns: &testbed::Netns) -> u64 {
-    udp_errors(ns)
-        .split_whitespace()
-        .find_map(|kv| kv.strip_prefix("RcvbufErrors="))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-/// The UDP error counters of a namespace (`/proc/net/snmp`), e.g. `RcvbufErrors=12`.
-fn udp_errors(ns: &testbed::Netns) -> String {
-    let snmp = ns.run("cat", ["/proc/net/snmp"]).unwrap_or_default();
-    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
-    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
-        return String::new();
-    };
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .skip(1)
-        .filter(|(n, _)| n.contains("Errors"))
-        .map(|(n, v)| format!("{n}={v}"))
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// Case 3: wireguard-go killed and started again with the same key and the agent re-added;
@@ -509,10 +481,10 @@ fn interop_suite_outbound_dial() {
     let tcp = site.ns.bind_tcp("10.1.0.1:7000".parse().unwrap()).unwrap();
     let udp = site.ns.bind_udp("10.1.0.1:7001".parse().unwrap()).unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let tcp_server = std::thread::spawn(move || tcp_echo_once(&tcp, Duration::from_secs(60)));
+    let tcp_server = std::thread::spawn(move || dial::tcp_echo_once(&tcp, Duration::from_secs(60)));
     let udp_server = {
         let stop = std::sync::Arc::clone(&stop);
-        std::thread::spawn(move || udp_echo(&udp, &stop, Duration::from_secs(60)))
+        std::thread::spawn(move || dial::udp_echo(&udp, &stop, Duration::from_secs(60)))
     };
     let key = topo.agent_key.private.clone();
     let gateway_key = site.wg.public_key().to_owned();
@@ -541,180 +513,6 @@ fn interop_suite_outbound_dial() {
         "UDP server echoed {datagrams}"
     );
     eprintln!("suite: outbound dial: {report}");
-}
-
-/// Accepts one connection (within `timeout`) and echoes it until EOF; the bytes echoed.
-fn tcp_echo_once(listener: &std::net::TcpListener, timeout: Duration) -> std::io::Result<u64> {
-    use std::io::{Read, Write};
-    listener.set_nonblocking(true)?;
-    let deadline = Instant::now() + timeout;
-    let mut stream = loop {
-        match listener.accept() {
-            Ok((stream, _)) => break stream,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => return Err(e),
-        }
-    };
-    stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(timeout))?;
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut total = 0u64;
-    loop {
-        let n = stream.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        stream.write_all(&buf[..n])?;
-        total += n as u64;
-    }
-    stream.shutdown(std::net::Shutdown::Write)?;
-    Ok(total)
-}
-
-/// Echoes datagrams until `stop` or `timeout`; how many.
-fn udp_echo(
-    socket: &std::net::UdpSocket,
-    stop: &std::sync::atomic::AtomicBool,
-    timeout: Duration,
-) -> usize {
-    let _ = socket.set_read_timeout(Some(Duration::from_millis(100)));
-    let deadline = Instant::now() + timeout;
-    let mut buf = vec![0u8; 65_535];
-    let mut count = 0;
-    while !stop.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
-        if let Ok((n, from)) = socket.recv_from(&mut buf)
-            && socket.send_to(&buf[..n], from).is_ok()
-        {
-            count += 1;
-        }
-    }
-    count
-}
-
-mod dial {
-    //! The agent-library side of case 6.
-
-    use std::net::{IpAddr, SocketAddr};
-    use std::time::{Duration, Instant};
-
-    use agent::config::{Endpoint, Host};
-    use agent::manager::{GatewaySpec, Manager, ManagerConfig};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use wg_core::{PrivateKey, PublicKey};
-
-    use crate::suite::pattern::{Pattern, sha256_of};
-
-    pub(crate) const TCP_LEN: u64 = 4 << 20;
-    pub(crate) const UDP_COUNT: usize = 32;
-
-    /// Starts a Manager with the gateway, dials TCP and UDP echo servers on 10.1.0.1 and checks
-    /// what comes back; a one-line report.
-    pub(crate) async fn through_tunnel(
-        key: &str,
-        gateway_key: &str,
-        endpoint: SocketAddr,
-    ) -> Result<String, String> {
-        let key = PrivateKey::from_base64(key).map_err(|e| e.to_string())?;
-        let gateway_key = PublicKey::from_base64(gateway_key).map_err(|e| e.to_string())?;
-        let mut config = ManagerConfig::new(key, IpAddr::from([10, 1, 0, 100]));
-        config.gateways = vec![GatewaySpec::new(
-            "gw1",
-            gateway_key,
-            Some(Endpoint {
-                host: Host::Ip(endpoint.ip()),
-                port: endpoint.port(),
-            }),
-            IpAddr::from([10, 1, 0, 1]),
-        )];
-        let manager = Manager::start(config).await.map_err(|e| e.to_string())?;
-        let outcome = tokio::time::timeout(Duration::from_secs(60), exchange(&manager)).await;
-        manager.close().await;
-        outcome.map_err(|_| "the exchange took over 60 s".to_owned())?
-    }
-
-    async fn exchange(manager: &Manager) -> Result<String, String> {
-        let start = Instant::now();
-        let stream = tokio::time::timeout(
-            Duration::from_secs(20),
-            manager.dial_tcp("10.1.0.1:7000".parse().unwrap()),
-        )
-        .await
-        .map_err(|_| "tcp connect timed out".to_owned())?
-        .map_err(|e| format!("tcp connect: {e}"))?;
-        let connected = start.elapsed();
-        let (mut rd, mut wr) = tokio::io::split(stream);
-        let writer = async move {
-            let mut pattern = Pattern::new(61, TCP_LEN);
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                let n = std::io::Read::read(&mut pattern, &mut buf).map_err(|e| e.to_string())?;
-                if n == 0 {
-                    break;
-                }
-                wr.write_all(&buf[..n])
-                    .await
-                    .map_err(|e| format!("tcp write: {e}"))?;
-            }
-            wr.shutdown()
-                .await
-                .map_err(|e| format!("tcp shutdown: {e}"))
-        };
-        let reader = async move {
-            let mut got = Vec::new();
-            rd.read_to_end(&mut got)
-                .await
-                .map_err(|e| format!("tcp read: {e}"))?;
-            Ok::<_, String>(got)
-        };
-        let (written, got) = tokio::join!(writer, reader);
-        written?;
-        let got = got?;
-        let echoed = start.elapsed();
-        let (sent_sha, _) = sha256_of(Pattern::new(61, TCP_LEN)).map_err(|e| e.to_string())?;
-        let (got_sha, got_len) = sha256_of(&got[..]).map_err(|e| e.to_string())?;
-        if (got_sha.as_str(), got_len) != (sent_sha.as_str(), TCP_LEN) {
-            return Err(format!("tcp echo differs: {got_len} bytes, sha {got_sha}"));
-        }
-
-        let udp = manager.dial_udp().map_err(|e| format!("udp bind: {e}"))?;
-        let target: SocketAddr = "10.1.0.1:7001".parse().unwrap();
-        let mut retries = 0;
-        let mut buf = vec![0u8; 2048];
-        for i in 0..UDP_COUNT {
-            let mut payload = vec![0u8; 1200];
-            crate::suite::pattern::fill_block(62, i as u64, &mut payload);
-            let mut ok = false;
-            for _ in 0..5 {
-                udp.send_to(&payload, target)
-                    .await
-                    .map_err(|e| format!("udp send: {e}"))?;
-                let wait = tokio::time::sleep(Duration::from_secs(1));
-                tokio::pin!(wait);
-                // A late echo of an earlier datagram (resent) is skipped, not an error.
-                while !ok {
-                    tokio::select! {
-                        () = &mut wait => break,
-                        got = udp.recv_from(&mut buf) => {
-                            let (n, from) = got.map_err(|e| format!("udp recv: {e}"))?;
-                            ok = from == target && buf[..n] == payload[..];
-                        }
-                    }
-                }
-                if ok {
-                    break;
-                }
-                retries += 1;
-            }
-            if !ok {
-                return Err(format!("udp datagram {i} never came back"));
-            }
-        }
-        Ok(format!(
-            "tcp connected in {connected:.2?}, 4 MiB echoed intact in {echoed:.2?}; {UDP_COUNT} udp datagrams echoed intact ({retries} resent)"
-        ))
-    }
 }
 
 /// Case 7: hostile datagrams at the agent's UDP port during a download — random bytes, fake

@@ -8,6 +8,7 @@
 pub(crate) mod agent;
 pub(crate) mod app;
 pub(crate) mod client;
+pub(crate) mod dial;
 pub(crate) mod pattern;
 pub(crate) mod tap;
 
@@ -146,4 +147,33 @@ pub(crate) fn metric_sum(text: &str, name: &str) -> f64 {
 pub(crate) fn within(a: u64, b: u64, fraction: f64) -> bool {
     let max = a.max(b) as f64;
     (a as f64 - b as f64).abs() <= max * fraction
+}
+
+/// The largest datagram the agent sends at MTU 1420: the packet plus 32 bytes of WireGuard.
+pub(crate) const MAX_DATAGRAM: u64 = 1420 + 32;
+
+/// `RcvbufErrors` of a namespace's UDP sockets: datagrams its kernel dropped on arrival.
+pub(crate) fn rcvbuf_errors(ns: &testbed::Netns) -> u64 {
+    udp_errors(ns)
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("RcvbufErrors="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The UDP error counters of a namespace (`/proc/net/snmp`), e.g. `RcvbufErrors=12`.
+pub(crate) fn udp_errors(ns: &testbed::Netns) -> String {
+    let snmp = ns.run("cat", ["/proc/net/snmp"]).unwrap_or_default();
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        return String::new();
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .skip(1)
+        .filter(|(n, _)| n.contains("Errors"))
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
