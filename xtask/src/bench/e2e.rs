@@ -125,8 +125,11 @@ pub(crate) fn run(options: &Options) -> Result<()> {
     }
     let mut cpu = [CpuTally::default(); 2];
     bulk(&sides, &files, &mut report, &mut cpu);
+    note_rss(&sides, "after download and upload", &mut report);
     requests(&sides, options.step, &mut report);
+    note_rss(&sides, "after wrk", &mut report);
     iperf(&sides, options.step, &mut report, &mut cpu);
+    note_rss(&sides, "after iperf3", &mut report);
     let mut row = Row::new("agent CPU per GB moved", "s/GB").target(Target::RatioAtMost(0.7));
     let mut gateway = Row::new(
         "gateway wireguard-go CPU per GB (same program both sides)",
@@ -324,6 +327,18 @@ fn idle(sides: &[&Side; 2], window: Duration, report: &mut Report) {
         rss.set(i, mib(after.rss_kib));
     }
     report.rows.extend([cpu, rss]);
+}
+
+/// Records RSS and peak RSS of both agent sides after a step (where the peak comes from).
+fn note_rss(sides: &[&Side; 2], when: &str, report: &mut Report) {
+    let [ours, reference] = sides.map(|side| usage(&side.agent_pids()));
+    report.notes.push(format!(
+        "RSS {when}: ours {:.1} MiB (peak {:.1}), reference {:.1} MiB (peak {:.1})",
+        mib(ours.rss_kib),
+        mib(ours.hwm_kib),
+        mib(reference.rss_kib),
+        mib(reference.hwm_kib)
+    ));
 }
 
 fn mib(kib: u64) -> f64 {
