@@ -38,6 +38,8 @@ pub struct NetstackConfig {
     /// only dead peers are cut. `None`: never.
     pub idle_timeout: Option<Duration>,
     /// Send a keep-alive probe after this much silence (default 60 s). `None`: off.
+    /// While a connection has data queued to send, it probes after 100 ms of silence
+    /// instead (a workaround for a smoltcp stall; see `docs/ARCHITECTURE.md`).
     pub keepalive: Option<Duration>,
     /// How long a connection closed by us stays in TIME-WAIT (default 1 s; smoltcp's
     /// own 10 s would keep thousands of sockets in every poll).
