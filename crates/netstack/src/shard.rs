@@ -177,6 +177,7 @@ impl Shard {
     ) {
         let now = self.tick(now);
         let mut watch = None;
+        let mut boosted = None;
         match class {
             Class::Tcp {
                 tuple,
@@ -193,6 +194,13 @@ impl Shard {
                         conn.reset |= rst;
                         if matches!(conn.state, ConnState::HalfOpen { .. }) {
                             watch = Some(tuple);
+                        }
+                        if conn.boosted {
+                            // If this ACK empties the queue, smoltcp re-arms its idle
+                            // timer from the normal keep-alive: restore it first.
+                            let socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
+                            socket.set_keep_alive(shared.config.keepalive.map(smol_duration));
+                            boosted = Some(conn.handle);
                         }
                     }
                     None if syn_only => {
@@ -224,6 +232,17 @@ impl Shard {
         if self.tx.len() > before && self.tx.len() > reply_limit {
             self.tx.truncate(before);
             shared.counters.drop(DropReason::QueueFull);
+        }
+        if let Some(handle) = boosted {
+            let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+            if socket.send_queue() > 0 {
+                socket.set_keep_alive(Some(smol_duration(STALL_PROBE)));
+            } else if let Class::Tcp { tuple, .. } = class
+                && let Some(conn) = self.conns.get_mut(&tuple)
+            {
+                conn.boosted = false;
+                self.boosted -= 1;
+            }
         }
         if let Some(tuple) = watch {
             self.check_half_open(shared, tuple, now);

@@ -357,3 +357,25 @@ async fn a_dropped_stream_to_a_silent_peer_is_freed_after_close_timeout() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn an_idle_connection_after_requests_sends_nothing() {
+    let p = pair();
+    let listener = p.b.listen(sa(B, 80)).expect("listen");
+    let mut c = p.a.connect(sa(B, 80)).await.expect("connect");
+    let (mut s, _) = listener.accept().await.expect("accept");
+    for _ in 0..20 {
+        c.write_all(&[1u8; 200]).await.expect("request");
+        let mut req = [0u8; 200];
+        s.read_exact(&mut req).await.expect("read request");
+        s.write_all(&[2u8; 3000]).await.expect("response");
+        let mut resp = [0u8; 3000];
+        c.read_exact(&mut resp).await.expect("read response");
+    }
+    // Let delayed ACKs and the queue-empty bookkeeping settle.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = p.a.stats().tx_packets + p.b.stats().tx_packets;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let after = p.a.stats().tx_packets + p.b.stats().tx_packets;
+    assert_eq!(after, before, "packets sent while idle");
+}
