@@ -50,6 +50,11 @@ struct Conn {
     reset: bool,
     /// Keep-alive shortened to [`STALL_PROBE`] while data is queued.
     boosted: bool,
+    /// The peer's last segment advertised a zero window (so smoltcp's zero-window-probe
+    /// timer may be running: the state a stall starts from).
+    peer_zero_window: bool,
+    /// The peer's last segment left queued data unacknowledged (no progress).
+    no_progress: bool,
     /// Keep last: the socket using these rings is removed from the set first.
     bufs: TcpBuffers,
 }
@@ -183,6 +188,7 @@ impl Shard {
                 tuple,
                 syn_only,
                 rst,
+                zero_window,
             } => {
                 if syn_only && self.reusable(&tuple) {
                     // A new connection on the 4-tuple of one in TIME-WAIT: let it in, as
@@ -195,12 +201,18 @@ impl Shard {
                         if matches!(conn.state, ConnState::HalfOpen { .. }) {
                             watch = Some(tuple);
                         }
+                        let was_zero = std::mem::replace(&mut conn.peer_zero_window, zero_window);
                         if conn.boosted {
-                            // If this ACK empties the queue, smoltcp re-arms its idle
-                            // timer from the normal keep-alive: restore it first.
+                            // If this ACK empties the queue, smoltcp re-arms its idle timer
+                            // from the keep-alive in force: restore the normal one first, so
+                            // a healthy flow sends no probe. Not after a zero window: then
+                            // this may be the window update that strands in-flight bytes,
+                            // and the short probe must stay armed.
                             let socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
-                            socket.set_keep_alive(shared.config.keepalive.map(smol_duration));
-                            boosted = Some(conn.handle);
+                            if !was_zero && !conn.no_progress {
+                                socket.set_keep_alive(shared.config.keepalive.map(smol_duration));
+                            }
+                            boosted = Some((conn.handle, socket.send_queue()));
                         }
                     }
                     None if syn_only => {
@@ -233,13 +245,17 @@ impl Shard {
             self.tx.truncate(before);
             shared.counters.drop(DropReason::QueueFull);
         }
-        if let Some(handle) = boosted {
+        if let Some((handle, queued_before)) = boosted
+            && let Class::Tcp { tuple, .. } = class
+            && let Some(conn) = self.conns.get_mut(&tuple)
+        {
             let socket = self.sockets.get_mut::<tcp::Socket>(handle);
-            if socket.send_queue() > 0 {
+            let queued = socket.send_queue();
+            conn.no_progress = queued > 0 && queued >= queued_before;
+            if queued > 0 {
                 socket.set_keep_alive(Some(smol_duration(STALL_PROBE)));
-            } else if let Class::Tcp { tuple, .. } = class
-                && let Some(conn) = self.conns.get_mut(&tuple)
-            {
+            } else {
+                socket.set_keep_alive(shared.config.keepalive.map(smol_duration));
                 conn.boosted = false;
                 self.boosted -= 1;
             }
@@ -387,6 +403,8 @@ impl Shard {
                 state: ConnState::Owned,
                 reset: false,
                 boosted: false,
+                peer_zero_window: false,
+                no_progress: false,
                 bufs,
             },
         );
@@ -541,6 +559,8 @@ impl Shard {
                 },
                 reset: false,
                 boosted: false,
+                peer_zero_window: false,
+                no_progress: false,
                 bufs,
             },
         );

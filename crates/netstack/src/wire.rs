@@ -27,6 +27,8 @@ pub(crate) enum Class {
         syn_only: bool,
         /// RST set.
         rst: bool,
+        /// The sender advertises a zero receive window.
+        zero_window: bool,
     },
     /// A UDP datagram to our `port`.
     Udp {
@@ -82,6 +84,7 @@ pub(crate) fn classify(packet: &[u8], ours: &[IpAddress]) -> Result<Class, DropR
                 tuple,
                 syn_only,
                 rst: tcp.rst(),
+                zero_window: tcp.window_len() == 0 && !tcp.syn(),
             })
         }
         IpProtocol::Udp => {
