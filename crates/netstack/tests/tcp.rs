@@ -379,3 +379,51 @@ async fn an_idle_connection_after_requests_sends_nothing() {
     let after = p.a.stats().tx_packets + p.b.stats().tx_packets;
     assert_eq!(after, before, "packets sent while idle");
 }
+
+/// A slow reader keeps the receiver's window nearly closed (zero windows, window updates):
+/// no 1 MiB chunk may take seconds. (The smoltcp stall `STALL_PROBE` in `shard.rs` works
+/// around was only reproduced under CPU starvation, not by this test.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_bulk_with_a_slow_reader_never_stalls() {
+    let p = pair();
+    let listener = p.b.listen(sa(B, 80)).expect("listen");
+    let mut c = p.a.connect(sa(B, 80)).await.expect("connect");
+    let (mut s, _) = listener.accept().await.expect("accept");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; 100_000];
+        let mut got = 0usize;
+        let mut reads = 0u64;
+        loop {
+            let n = s.read(&mut buf).await.expect("read");
+            if n == 0 {
+                return;
+            }
+            reads += 1;
+            if reads % 4 == 0 {
+                tokio::time::sleep(Duration::from_micros(300)).await;
+            }
+            got += n;
+            while got >= 1 << 20 {
+                got -= 1 << 20;
+                if tx.send(()).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let data = vec![3u8; 1 << 20];
+    let start = Instant::now();
+    let mut chunks = 0;
+    while chunks < 400 && start.elapsed() < Duration::from_secs(20) {
+        c.write_all(&data).await.expect("write");
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("chunk {chunks} stalled: {}", p.a.debug_dump()))
+            .expect("reader alive");
+        chunks += 1;
+    }
+    drop(c);
+    reader.abort();
+    assert!(chunks >= 50, "only {chunks} chunks in 20 s");
+}
