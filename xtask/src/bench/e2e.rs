@@ -96,6 +96,18 @@ pub(crate) fn run(options: &Options) -> Result<()> {
         std::thread::available_parallelism().map_or(0, usize::from),
         loadavg()
     ));
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(root())
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        .unwrap_or_default();
+    report.notes.push(format!(
+        "agent binary {} (work tree at commit {commit}); steps of {:?}, large file {} MiB",
+        binary.display(),
+        options.step,
+        options.large_bytes >> 20
+    ));
     let files = Files::create(options.large_bytes)?;
     eprintln!("bench: starting both sides");
     let ours = Side::start(Kind::Ours, &files, &binary)?;
