@@ -400,7 +400,7 @@ async fn heavy_bulk_with_a_slow_reader_never_stalls() {
                 return;
             }
             reads += 1;
-            if reads % 4 == 0 {
+            if reads.is_multiple_of(4) {
                 tokio::time::sleep(Duration::from_micros(300)).await;
             }
             got += n;
