@@ -40,7 +40,17 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 /// probe draws a duplicate ACK, and the third one triggers smoltcp's fast retransmit.
 /// The timer only runs when smoltcp's retransmission timer does not, so a healthy flow
 /// never sends these probes.
+///
+/// smoltcp's keep-alive carries the last sent byte's sequence number with a zero byte as
+/// payload. If exactly one byte is unacknowledged, a receiver missing just that byte would
+/// take the zero as data, so with one byte queued no keep-alive is armed at all (see
+/// [`stall_keep_alive`]); the idle timeout then ends a stranded connection instead.
 const STALL_PROBE: Duration = Duration::from_millis(100);
+
+/// The keep-alive for a connection with `queued` bytes to send (see [`STALL_PROBE`]).
+fn stall_keep_alive(queued: usize) -> Option<smoltcp::time::Duration> {
+    (queued != 1).then(|| smol_duration(STALL_PROBE))
+}
 
 /// A TCP socket's entry in the connection table.
 struct Conn {
@@ -205,13 +215,17 @@ impl Shard {
                         if conn.boosted {
                             // If this ACK empties the queue, smoltcp re-arms its idle timer
                             // from the keep-alive in force: restore the normal one first, so
-                            // a healthy flow sends no probe. Not after a zero window: then
-                            // this may be the window update that strands in-flight bytes,
-                            // and the short probe must stay armed.
+                            // a healthy flow sends no probe. After a zero window or an ACK
+                            // without progress this may be the stranding window update:
+                            // leave none armed, and re-arm after ingress from what is queued
+                            // (setting one on an idle timer fires it at once).
                             let socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
-                            if !was_zero && !conn.no_progress {
-                                socket.set_keep_alive(shared.config.keepalive.map(smol_duration));
-                            }
+                            socket.set_keep_alive(if !was_zero && !conn.no_progress {
+                                shared.config.keepalive.map(smol_duration)
+                            } else {
+                                // Possibly stranded: re-armed below from what is queued.
+                                None
+                            });
                             boosted = Some((conn.handle, socket.send_queue()));
                         }
                     }
@@ -253,7 +267,7 @@ impl Shard {
             let queued = socket.send_queue();
             conn.no_progress = queued > 0 && queued >= queued_before;
             if queued > 0 {
-                socket.set_keep_alive(Some(smol_duration(STALL_PROBE)));
+                socket.set_keep_alive(stall_keep_alive(queued));
             } else {
                 socket.set_keep_alive(shared.config.keepalive.map(smol_duration));
                 conn.boosted = false;
@@ -443,13 +457,12 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(tuple) else {
             return;
         };
+        let socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
+        socket.set_keep_alive(stall_keep_alive(socket.send_queue()));
         if conn.boosted {
             return;
         }
         conn.boosted = true;
-        self.sockets
-            .get_mut::<tcp::Socket>(conn.handle)
-            .set_keep_alive(Some(smol_duration(STALL_PROBE)));
         self.boosted += 1;
         let at = now + SWEEP_INTERVAL;
         self.sweep_at = Some(self.sweep_at.map_or(at, |s| s.min(at)));
