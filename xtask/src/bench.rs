@@ -103,7 +103,9 @@ fn parse(args: &[String]) -> Result<Options> {
 /// The criterion benches with short warm-up and measurement times (unless overridden).
 fn criterion(extra: &[String]) -> Result<()> {
     let mut command = cargo();
-    command.args(["bench", "-p", "benches", "--"]);
+    // `--bench '*'`: the bench targets only (the library's test harness rejects criterion's
+    // flags).
+    command.args(["bench", "-p", "benches", "--bench", "*", "--"]);
     if extra.is_empty() {
         command.args(["--warm-up-time", "1", "--measurement-time", "3"]);
     } else {
