@@ -318,11 +318,17 @@ async fn heavy_spoofed_syn_flood_is_bounded_and_recovers_after_handshake_timeout
         "spoofed syn flood: served again after {:?}",
         start.elapsed()
     );
-    assert_eq!(
-        agent.netstack().stats().half_open,
-        0,
-        "half-open connections expired"
-    );
+    // Service comes back as soon as the first flood entries expire; the rest of them (sent
+    // later in the flood) expire within one more handshake_timeout.
+    let start = Instant::now();
+    while agent.netstack().stats().half_open > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "half-open connections did not expire: {}",
+            agent.netstack().stats().half_open
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     agent.close().await;
     gw.close().await;
 }
