@@ -2,46 +2,19 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+
+use common::files::{TempDir, agent_section, gateway_section};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wg-agent");
 
 // RFC 7748 section 6.1 (Alice), in `wg` base64.
 const RFC_PRIVATE: &str = "dwdtCnMYpX08FsFyUbJmRd9ML4frwJkqsXf7pR25LCo=";
 const RFC_PUBLIC: &str = "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=";
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "wg-agent-cli-test-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    fn write(&self, name: &str, text: &str, mode: u32) -> PathBuf {
-        use std::os::unix::fs::PermissionsExt as _;
-        let path = self.0.join(name);
-        let _ = std::fs::remove_file(&path);
-        std::fs::write(&path, text).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn run(args: &[&str]) -> Output {
     Command::new(BIN)
@@ -89,9 +62,17 @@ fn pubkey(private: &str) -> String {
 }
 
 fn config_text(agent_key_line: &str, gateway_public: &str) -> String {
-    format!(
-        "[agent]\n{agent_key_line}\nvirtual_ip = \"10.1.0.100\"\nsubnet = \"10.1.0.0/24\"\n\n\
-         [[gateways]]\nid = \"gw1\"\npublic_key = \"{gateway_public}\"\nendpoint = \"gw1.example.net:51820\"\nvirtual_ip = \"10.1.0.1\"\n"
+    agent_section(agent_key_line)
+        + &gateway_section("gw1", gateway_public, "gw1.example.net:51820", "10.1.0.1")
+}
+
+/// A valid config (mode `mode`) whose key is in `agent.key` (mode 600) beside it.
+fn write_config_with_key_file(dir: &TempDir, mode: u32) -> PathBuf {
+    dir.write("agent.key", &genkey(), 0o600);
+    dir.write(
+        "agent.toml",
+        &config_text("private_key_file = \"agent.key\"", &pubkey(&genkey())),
+        mode,
     )
 }
 
@@ -209,12 +190,7 @@ fn pubkey_refuses_bad_input_with_exit_2() {
 #[test]
 fn check_valid_config_exits_0() {
     let dir = TempDir::new();
-    dir.write("agent.key", &genkey(), 0o600);
-    let path = dir.write(
-        "agent.toml",
-        &config_text("private_key_file = \"agent.key\"", &pubkey(&genkey())),
-        0o644,
-    );
+    let path = write_config_with_key_file(&dir, 0o644);
     let o = check(&path);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(
@@ -228,12 +204,7 @@ fn check_valid_config_exits_0() {
 #[test]
 fn run_refuses_a_bad_log_level_with_exit_2() {
     let dir = TempDir::new();
-    dir.write("agent.key", &genkey(), 0o600);
-    let path = dir.write(
-        "agent.toml",
-        &config_text("private_key_file = \"agent.key\"", &pubkey(&genkey())),
-        0o600,
-    );
+    let path = write_config_with_key_file(&dir, 0o600);
     let o = run(&[
         "run",
         "--config",
@@ -384,9 +355,7 @@ fn duplicate_gateway_and_route_port_are_refused() {
     let dir = TempDir::new();
     let gw = pubkey(&genkey());
     let text = config_text(&format!("private_key = \"{}\"", genkey()), &gw)
-        + &format!(
-            "\n[[gateways]]\nid = \"gw2\"\npublic_key = \"{gw}\"\nendpoint = \"192.0.2.2:51820\"\nvirtual_ip = \"10.1.0.2\"\n"
-        );
+        + &gateway_section("gw2", &gw, "192.0.2.2:51820", "10.1.0.2");
     let o = check(&dir.write("a.toml", &text, 0o600));
     assert_eq!(o.status.code(), Some(2));
     assert!(

@@ -7,82 +7,50 @@
 //! tests that measure it take `MEMORY` so no other test of this binary runs beside them
 //! (nextest runs each test in its own process anyway).
 
+mod common;
+
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use agent::config::{Endpoint, Host, LivenessProbe};
+use agent::config::LivenessProbe;
 use agent::manager::{GatewaySpec, Manager, ManagerConfig};
 use agent::snapshot::GatewayState;
+use common::{
+    AGENT_VIP, GW_VIP, agent_config, gateway_spec, http_get, serve_echo, start_app, start_gateway,
+    udp_port,
+};
 use local_proxy::{ConnectionTracker, HttpProxy, HttpRouteConfig, ProxyConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Mutex;
 use wg_core::{DropReason, IpNet, PeerConfig, Peers, PrivateKey, PublicKey};
-
-const AGENT_VIP: [u8; 4] = [10, 1, 0, 100];
-const GW_VIP: [u8; 4] = [10, 1, 0, 1];
 
 /// Serializes the tests that measure the process's memory.
 static MEMORY: Mutex<()> = Mutex::const_new(());
 
 // ----- fixtures ----------------------------------------------------------------------------
 
-/// A gateway: a Manager that knows the agent's key but not its endpoint.
-async fn gateway(key: &PrivateKey, agent: &PrivateKey) -> Manager {
-    let mut config = ManagerConfig::new(key.clone(), IpAddr::from(GW_VIP));
-    let mut peer = GatewaySpec::new("agent", agent.public_key(), None, IpAddr::from(AGENT_VIP));
-    peer.persistent_keepalive = None;
-    peer.liveness_probe = LivenessProbe::Off;
-    peer.allowed_ips = vec![IpNet::host(IpAddr::from(AGENT_VIP))];
-    config.gateways = vec![peer];
-    Manager::start(config).await.expect("gateway starts")
-}
-
+/// How the agent reaches `gw`: as `gw1`, without liveness probes.
 fn spec(key: &PrivateKey, gw: &Manager) -> GatewaySpec {
-    let endpoint = Endpoint {
-        host: Host::Ip(IpAddr::from([127, 0, 0, 1])),
-        port: udp_port(gw),
-    };
-    let mut spec = GatewaySpec::new(
-        "gw1",
-        key.public_key(),
-        Some(endpoint),
-        IpAddr::from(GW_VIP),
-    );
+    let mut spec = gateway_spec("gw1", key, gw, GW_VIP);
     spec.liveness_probe = LivenessProbe::Off;
     spec
 }
 
-fn udp_port(m: &Manager) -> u16 {
-    m.local_addrs()[0].port()
-}
-
 /// An agent and its gateway, tunnel configured (the handshake starts at once).
 async fn pair() -> (Manager, Manager) {
-    let agent_key = PrivateKey::generate();
-    let gw_key = PrivateKey::generate();
-    let gw = gateway(&gw_key, &agent_key).await;
-    let mut config = ManagerConfig::new(agent_key, IpAddr::from(AGENT_VIP));
-    config.gateways = vec![spec(&gw_key, &gw)];
-    let agent = Manager::start(config).await.expect("agent starts");
-    (agent, gw)
+    pair_with(|_| {}).await
 }
 
-/// Echo server on the agent's virtual port.
-fn serve_echo(manager: &Manager, port: u16) {
-    let listener = manager.listen(port).expect("listen on the virtual IP");
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 16 * 1024];
-                while let Ok(n) = stream.read(&mut buf).await {
-                    if n == 0 || stream.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-                let _ = stream.shutdown().await;
-            });
-        }
-    });
+/// [`pair`] with the agent's config changed by `tune`.
+async fn pair_with(tune: impl FnOnce(&mut ManagerConfig)) -> (Manager, Manager) {
+    let agent_key = PrivateKey::generate();
+    let gw_key = PrivateKey::generate();
+    let gw = start_gateway(&gw_key, GW_VIP, &agent_key).await;
+    let mut config = agent_config(&agent_key, &gw_key, &gw);
+    config.gateways[0].liveness_probe = LivenessProbe::Off;
+    tune(&mut config);
+    let agent = Manager::start(config).await.expect("agent starts");
+    (agent, gw)
 }
 
 /// One short echo exchange from the gateway to the agent's port: the legitimate request.
@@ -276,13 +244,10 @@ async fn heavy_syn_flood_is_bounded_and_legitimate_requests_pass() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heavy_spoofed_syn_flood_is_bounded_and_recovers_after_handshake_timeout() {
     let _memory = MEMORY.lock().await;
-    let agent_key = PrivateKey::generate();
-    let gw_key = PrivateKey::generate();
-    let gw = gateway(&gw_key, &agent_key).await;
-    let mut config = ManagerConfig::new(agent_key, IpAddr::from(AGENT_VIP));
-    config.gateways = vec![spec(&gw_key, &gw)];
-    config.netstack.handshake_timeout = Duration::from_secs(2);
-    let agent = Manager::start(config).await.expect("agent starts");
+    let (agent, gw) = pair_with(|config| {
+        config.netstack.handshake_timeout = Duration::from_secs(2);
+    })
+    .await;
     serve_echo(&agent, 80);
     echo_once(&gw, 80, b"warm-up")
         .await
@@ -373,7 +338,7 @@ fn fake_initiations(target_key: PublicKey, target: SocketAddr, n: usize) -> Vec<
 async fn heavy_handshake_flood_gets_cookies_and_a_real_gateway_still_connects() {
     let agent_key = PrivateKey::generate();
     let gw_key = PrivateKey::generate();
-    let gw = gateway(&gw_key, &agent_key).await;
+    let gw = start_gateway(&gw_key, GW_VIP, &agent_key).await;
     let agent = Manager::start(ManagerConfig::new(
         agent_key.clone(),
         IpAddr::from(AGENT_VIP),
@@ -605,7 +570,9 @@ async fn heavy_slowloris_is_cut_at_the_header_timeout_and_others_are_served() {
         let tracker = tracker.clone();
         async move { proxy.serve(rx, &tracker).await }
     });
-    let body = http_get(&gw, "/warm-up").await.expect("warm-up request");
+    let body = http_get(&gw, 80, "/warm-up")
+        .await
+        .expect("warm-up request");
     assert!(body.ends_with("app:/warm-up"), "{body}");
 
     // Open the slow connections, 50 at a time.
@@ -645,7 +612,7 @@ async fn heavy_slowloris_is_cut_at_the_header_timeout_and_others_are_served() {
     let legit_start = Instant::now();
     while legit_start.elapsed() < Duration::from_secs(2) {
         let path = format!("/legit-{served}");
-        let body = http_get(&gw, &path).await.expect("legitimate request");
+        let body = http_get(&gw, 80, &path).await.expect("legitimate request");
         assert!(body.ends_with(&format!("app:{path}")), "{body}");
         served += 1;
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -712,56 +679,6 @@ async fn slowloris(mut stream: netstack::TcpStream) -> Duration {
         }
     }
     start.elapsed()
-}
-
-/// A tiny upstream app: answers each request with `app:<path>` and closes.
-async fn start_app() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind app");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tcp.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let text = String::from_utf8_lossy(&head).into_owned();
-                let path = text.split(' ').nth(1).unwrap_or("/").to_owned();
-                let body = format!("app:{path}");
-                let resp = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = tcp.write_all(resp.as_bytes()).await;
-                let _ = tcp.shutdown().await;
-            });
-        }
-    });
-    addr
-}
-
-/// GET `path` on the agent's port 80 through the tunnel, from the gateway: the whole response.
-async fn http_get(gw: &Manager, path: &str) -> std::io::Result<String> {
-    let target = SocketAddr::new(IpAddr::from(AGENT_VIP), 80);
-    let timed_out = || std::io::Error::from(std::io::ErrorKind::TimedOut);
-    let mut s = tokio::time::timeout(Duration::from_secs(5), gw.dial_tcp(target))
-        .await
-        .map_err(|_| timed_out())??;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
-        .await
-        .map_err(|_| timed_out())??;
-    Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
 // ----- back-pressure -----------------------------------------------------------------------

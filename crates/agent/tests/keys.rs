@@ -4,18 +4,13 @@
 //! without padding, hex in either case), in `/status` or in `/metrics`. And the key types
 //! zeroize their bytes on drop.
 
-use std::io::{Read as _, Write as _};
-use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-use agent::config::LivenessProbe;
-use agent::manager::{GatewaySpec, Manager, ManagerConfig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::time::Duration;
+
+use common::http_get;
+use common::process::{AgentFixture, admin_get_raw, signal, wait_exit, wait_for};
 use wg_core::{PresharedKey, PrivateKey};
-
-const AGENT_VIP: [u8; 4] = [10, 1, 0, 100];
 
 /// Every spelling of a secret that could leak.
 fn spellings(bytes: &[u8; 32], base64: &str) -> Vec<String> {
@@ -59,77 +54,6 @@ fn random_bytes(seed: u64) -> [u8; 32] {
     out
 }
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
-fn admin_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let status = text.split(' ').nth(1)?.parse().ok()?;
-    Some((status, text))
-}
-
-fn signal(pid: u32, sig: &str) {
-    let status = Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-}
-
-async fn start_app() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind app");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tcp.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let resp = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok";
-                let _ = tcp.write_all(resp.as_bytes()).await;
-                let _ = tcp.shutdown().await;
-            });
-        }
-    });
-    addr
-}
-
-async fn get_via_tunnel(gw: &Manager) -> std::io::Result<String> {
-    let target = SocketAddr::new(IpAddr::from(AGENT_VIP), 80);
-    let mut s = tokio::time::timeout(Duration::from_secs(5), gw.dial_tcp(target))
-        .await
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-    s.write_all(b"GET /k HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n")
-        .await?;
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
-        .await
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-    Ok(String::from_utf8_lossy(&out).into_owned())
-}
-
-fn set_mode_600(path: &Path) {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_never_reach_trace_logs_status_or_metrics() {
     let private_bytes = random_bytes(0x9e37_79b9_7f4a_7c15);
@@ -147,109 +71,53 @@ async fn keys_never_reach_trace_logs_status_or_metrics() {
     ];
 
     // The gateway knows the agent's public key and the preshared key.
-    let gw_key = PrivateKey::generate();
-    let mut config = ManagerConfig::new(gw_key.clone(), IpAddr::from([10, 1, 0, 1]));
-    let mut peer = GatewaySpec::new(
-        "agent",
-        agent_key.public_key(),
-        None,
-        IpAddr::from(AGENT_VIP),
+    let (fx, gw) = AgentFixture::start(agent_key, Some(psk.clone())).await;
+    let route80 = format!("[[routes]]\nport = 80\nupstream = \"{}\"\n", fx.app);
+    let config_text = fx.config_text(
+        &format!("preshared_key = \"{}\"\n", psk_b64.as_str()),
+        &route80,
+        "2s",
     );
-    peer.persistent_keepalive = None;
-    peer.liveness_probe = LivenessProbe::Off;
-    peer.preshared_key = Some(psk.clone());
-    config.gateways = vec![peer];
-    let gw = Manager::start(config).await.expect("gateway starts");
-    let app = start_app().await;
+    fx.write_config(&config_text);
+    let mut child = fx.spawn();
+    let admin = fx.admin;
 
-    let dir = std::env::temp_dir().join(format!(
-        "wg-agent-keys-{}-{}",
-        std::process::id(),
-        free_port()
-    ));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let key_path = dir.join("agent.key");
-    std::fs::write(&key_path, format!("{}\n", private_b64.as_str())).expect("key file");
-    set_mode_600(&key_path);
-    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let config_text = format!(
-        "[agent]\nprivate_key_file = \"agent.key\"\nvirtual_ip = \"10.1.0.100\"\nsubnet = \"10.1.0.0/24\"\n\n\
-         [[gateways]]\nid = \"gw1\"\npublic_key = \"{}\"\nendpoint = \"127.0.0.1:{}\"\n\
-         virtual_ip = \"10.1.0.1\"\npreshared_key = \"{}\"\n\n\
-         [[routes]]\nport = 80\nupstream = \"{app}\"\n\n[proxy]\ndrain_timeout = \"2s\"\n\n\
-         [admin]\nlisten = \"{admin}\"\n",
-        gw_key.public_key(),
-        gw.local_addrs()[0].port(),
-        psk_b64.as_str(),
-    );
-    let config_path = dir.join("agent.toml");
-    std::fs::write(&config_path, &config_text).expect("config");
-    set_mode_600(&config_path);
-    let log_path = dir.join("agent.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wg-agent"))
-        .args(["run", "--config"])
-        .arg(&config_path)
-        .args(["--log-level", "trace"])
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(dir.join("agent.out")).expect("stdout file"))
-        .stderr(std::fs::File::create(&log_path).expect("log file"))
-        .spawn()
-        .expect("start wg-agent");
-    let pid = child.id();
-
-    let start = Instant::now();
-    while admin_get(admin, "/readyz").is_none_or(|(s, _)| s != 200) {
-        assert!(start.elapsed() < Duration::from_secs(20), "agent not ready");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let resp = get_via_tunnel(&gw).await.expect("HTTP through the tunnel");
-    assert!(resp.ends_with("ok"), "{resp}");
-    let (_, status) = admin_get(admin, "/status").expect("/status");
-    let (_, metrics) = admin_get(admin, "/metrics").expect("/metrics");
+    wait_for("agent ready", Duration::from_secs(20), || {
+        admin_get_raw(admin, "/readyz").is_some_and(|(s, _)| s == 200)
+    });
+    let resp = http_get(&gw, 80, "/k")
+        .await
+        .expect("HTTP through the tunnel");
+    assert!(resp.ends_with("app:/k"), "{resp}");
+    let (_, status) = admin_get_raw(admin, "/status").expect("/status");
+    let (_, metrics) = admin_get_raw(admin, "/metrics").expect("/metrics");
     assert!(status.contains("gw1"), "{status}");
     assert!(metrics.contains("wg_agent_gateway_up"), "{metrics}");
     assert_no_secret("/status", &status, &secrets);
     assert_no_secret("/metrics", &metrics, &secrets);
 
     // A reload of the same file, then of a broken file whose bad line holds a secret.
-    signal(pid, "-HUP");
+    signal(&child, "-HUP");
     std::thread::sleep(Duration::from_millis(300));
     let broken = config_text.replace(
         &format!("preshared_key = \"{}\"", psk_b64.as_str()),
         &format!("preshared_key = {}", psk_b64.as_str()),
     );
     assert_ne!(broken, config_text);
-    std::fs::write(&config_path, format!("{broken}[{}\n", private_b64.as_str()))
-        .expect("broken config");
-    signal(pid, "-HUP");
-    let log_text = || std::fs::read_to_string(&log_path).unwrap_or_default();
-    let start = Instant::now();
-    while !log_text().contains("reload refused") {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "no refusal logged"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let resp = get_via_tunnel(&gw).await.expect("still serving");
-    assert!(resp.ends_with("ok"), "{resp}");
+    fx.write_config(&format!("{broken}[{}\n", private_b64.as_str()));
+    signal(&child, "-HUP");
+    wait_for("the refusal in the log", Duration::from_secs(10), || {
+        fx.log_text().contains("reload refused")
+    });
+    let resp = http_get(&gw, 80, "/k").await.expect("still serving");
+    assert!(resp.ends_with("app:/k"), "{resp}");
 
-    signal(pid, "-TERM");
-    let start = Instant::now();
-    let exit = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "no exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    signal(&child, "-TERM");
+    let exit = wait_exit(&mut child, Duration::from_secs(15));
     assert_eq!(exit.code(), Some(0));
 
-    let log = log_text();
-    let out = std::fs::read_to_string(dir.join("agent.out")).unwrap_or_default();
+    let log = fx.log_text();
+    let out = fx.out_text();
     // The run was really logged at trace level, packets included.
     assert!(log.contains("TRACE"), "trace lines in the log");
     assert!(
@@ -272,7 +140,6 @@ async fn keys_never_reach_trace_logs_status_or_metrics() {
         log.len() >> 10
     );
     gw.close().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The secret key types wipe their bytes when dropped (and so can never be printed: `Debug`

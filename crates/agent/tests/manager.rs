@@ -1,61 +1,20 @@
 //! The Manager end to end, in process, on loopback: a gateway built from the same Manager
 //! (wg-core + netstack) and an agent, joined by real UDP sockets on 127.0.0.1.
 
+mod common;
+
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use agent::config::{Endpoint, Host, LivenessProbe};
+use agent::config::{Endpoint, Host};
 use agent::manager::{GatewaySpec, Manager, ManagerConfig};
 use agent::snapshot::GatewayState;
+use common::{
+    AGENT_VIP, GW_VIP, agent_config, gateway_config, gateway_spec, serve_echo, start_gateway,
+    udp_port,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use wg_core::{IpNet, PrivateKey};
-
-const AGENT_VIP: [u8; 4] = [10, 1, 0, 100];
-const GW_VIP: [u8; 4] = [10, 1, 0, 1];
-
-/// A gateway: a Manager that knows the agent's key but not its endpoint.
-async fn gateway(key: PrivateKey, vip: [u8; 4], agent: &PrivateKey) -> (Manager, u16) {
-    let mut config = ManagerConfig::new(key, IpAddr::from(vip));
-    let mut peer = GatewaySpec::new("agent", agent.public_key(), None, IpAddr::from(AGENT_VIP));
-    peer.persistent_keepalive = None;
-    peer.liveness_probe = LivenessProbe::Off;
-    peer.allowed_ips = vec![IpNet::host(IpAddr::from(AGENT_VIP))];
-    config.gateways = vec![peer];
-    let manager = Manager::start(config).await.expect("gateway starts");
-    let port = manager.local_addrs()[0].port();
-    (manager, port)
-}
-
-fn spec(id: &str, key: &PrivateKey, port: u16, vip: [u8; 4]) -> GatewaySpec {
-    let endpoint = Endpoint {
-        host: Host::Ip(IpAddr::from([127, 0, 0, 1])),
-        port,
-    };
-    GatewaySpec::new(id, key.public_key(), Some(endpoint), IpAddr::from(vip))
-}
-
-/// Echo server on the agent's virtual port.
-fn serve_echo(manager: &Manager, port: u16) {
-    let listener = manager.listen(port).expect("listen on the virtual IP");
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 16 * 1024];
-                loop {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if stream.write_all(&buf[..n]).await.is_err() {
-                                break;
-                            }
-                        }
-                    }
-                }
-                let _ = stream.shutdown().await;
-            });
-        }
-    });
-}
+use wg_core::PrivateKey;
 
 async fn echo_roundtrip(from: &Manager, to: SocketAddr, payload: &[u8]) {
     let mut stream = tokio::time::timeout(Duration::from_secs(10), from.dial_tcp(to))
@@ -86,10 +45,10 @@ async fn echo_roundtrip(from: &Manager, to: SocketAddr, payload: &[u8]) {
 async fn tcp_through_the_tunnel_both_ways_and_stats_agree() {
     let agent_key = PrivateKey::generate();
     let gw_key = PrivateKey::generate();
-    let (gw, gw_port) = gateway(gw_key.clone(), GW_VIP, &agent_key).await;
-    let mut config = ManagerConfig::new(agent_key.clone(), IpAddr::from(AGENT_VIP));
-    config.gateways = vec![spec("gw1", &gw_key, gw_port, GW_VIP)];
-    let agent = Manager::start(config).await.expect("agent starts");
+    let gw = start_gateway(&gw_key, GW_VIP, &agent_key).await;
+    let agent = Manager::start(agent_config(&agent_key, &gw_key, &gw))
+        .await
+        .expect("agent starts");
     serve_echo(&agent, 80);
 
     // Gateway -> agent (the product's direction), 1 MiB.
@@ -139,13 +98,13 @@ async fn update_gateways_keeps_an_unchanged_gateway_and_its_connection() {
     let k1 = PrivateKey::generate();
     let k2 = PrivateKey::generate();
     let k3 = PrivateKey::generate();
-    let (gw1, p1) = gateway(k1.clone(), GW_VIP, &agent_key).await;
-    let (gw2, p2) = gateway(k2.clone(), [10, 1, 0, 2], &agent_key).await;
-    let (gw3, p3) = gateway(k3.clone(), [10, 1, 0, 3], &agent_key).await;
+    let gw1 = start_gateway(&k1, GW_VIP, &agent_key).await;
+    let gw2 = start_gateway(&k2, [10, 1, 0, 2], &agent_key).await;
+    let gw3 = start_gateway(&k3, [10, 1, 0, 3], &agent_key).await;
     let mut config = ManagerConfig::new(agent_key.clone(), IpAddr::from(AGENT_VIP));
     config.gateways = vec![
-        spec("gw1", &k1, p1, GW_VIP),
-        spec("gw2", &k2, p2, [10, 1, 0, 2]),
+        gateway_spec("gw1", &k1, &gw1, GW_VIP),
+        gateway_spec("gw2", &k2, &gw2, [10, 1, 0, 2]),
     ];
     let agent = Manager::start(config).await.expect("agent starts");
     serve_echo(&agent, 80);
@@ -176,8 +135,8 @@ async fn update_gateways_keeps_an_unchanged_gateway_and_its_connection() {
     // Remove gw2, add gw3, keep gw1.
     let update = agent
         .update_gateways(vec![
-            spec("gw1", &k1, p1, GW_VIP),
-            spec("gw3", &k3, p3, [10, 1, 0, 3]),
+            gateway_spec("gw1", &k1, &gw1, GW_VIP),
+            gateway_spec("gw3", &k3, &gw3, [10, 1, 0, 3]),
         ])
         .await
         .expect("update applies");
@@ -217,7 +176,8 @@ async fn update_gateways_keeps_an_unchanged_gateway_and_its_connection() {
 async fn dns_endpoint_localhost_and_udp_dial() {
     let agent_key = PrivateKey::generate();
     let gw_key = PrivateKey::generate();
-    let (gw, gw_port) = gateway(gw_key.clone(), GW_VIP, &agent_key).await;
+    let gw = start_gateway(&gw_key, GW_VIP, &agent_key).await;
+    let gw_port = udp_port(&gw);
     let mut config = ManagerConfig::new(agent_key.clone(), IpAddr::from(AGENT_VIP));
     let endpoint = Endpoint {
         host: Host::Name("localhost".into()),
@@ -271,9 +231,9 @@ async fn dns_endpoint_localhost_and_udp_dial() {
 async fn restarted_gateway_is_found_again_by_the_liveness_probe() {
     let agent_key = PrivateKey::generate();
     let gw_key = PrivateKey::generate();
-    let (gw, gw_port) = gateway(gw_key.clone(), GW_VIP, &agent_key).await;
-    let mut config = ManagerConfig::new(agent_key.clone(), IpAddr::from(AGENT_VIP));
-    config.gateways = vec![spec("gw1", &gw_key, gw_port, GW_VIP)];
+    let gw = start_gateway(&gw_key, GW_VIP, &agent_key).await;
+    let gw_port = udp_port(&gw);
+    let mut config = agent_config(&agent_key, &gw_key, &gw);
     // Short probe timings keep the test quick; the logic is the one of the 25 s / 10 s defaults.
     config.probe_after = Duration::from_secs(2);
     config.probe_timeout = Duration::from_secs(1);
@@ -287,17 +247,8 @@ async fn restarted_gateway_is_found_again_by_the_liveness_probe() {
     drop(gw);
     let mut restarted = None;
     for _ in 0..50 {
-        let mut config = ManagerConfig::new(gw_key.clone(), IpAddr::from(GW_VIP));
+        let mut config = gateway_config(&gw_key, GW_VIP, &agent_key);
         config.listen_port = gw_port;
-        let mut peer = GatewaySpec::new(
-            "agent",
-            agent_key.public_key(),
-            None,
-            IpAddr::from(AGENT_VIP),
-        );
-        peer.persistent_keepalive = None;
-        peer.liveness_probe = LivenessProbe::Off;
-        config.gateways = vec![peer];
         match Manager::start(config).await {
             Ok(m) => {
                 restarted = Some(m);

@@ -1,39 +1,12 @@
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 
 use super::*;
 use wg_core::PrivateKey;
 
-/// A fresh folder under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
+#[path = "../../tests/common/files.rs"]
+mod files;
 
-impl TempDir {
-    fn new() -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "wg-agent-config-test-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    fn write(&self, name: &str, text: &str, mode: u32) -> PathBuf {
-        use std::os::unix::fs::PermissionsExt as _;
-        let path = self.0.join(name);
-        let _ = std::fs::remove_file(&path);
-        std::fs::write(&path, text).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use files::TempDir;
 
 fn key() -> String {
     PrivateKey::generate().to_base64_secret().to_string()
@@ -57,15 +30,11 @@ fn err(text: &str) -> String {
 }
 
 fn agent_section(key: &str) -> String {
-    format!(
-        "[agent]\nprivate_key = \"{key}\"\nvirtual_ip = \"10.1.0.100\"\nsubnet = \"10.1.0.0/24\"\n"
-    )
+    files::agent_section(&format!("private_key = \"{key}\""))
 }
 
 fn gateway(id: &str, public_key: &str, vip: &str) -> String {
-    format!(
-        "\n[[gateways]]\nid = \"{id}\"\npublic_key = \"{public_key}\"\nendpoint = \"192.0.2.1:51820\"\nvirtual_ip = \"{vip}\"\n"
-    )
+    files::gateway_section(id, public_key, "192.0.2.1:51820", vip)
 }
 
 fn minimal() -> String {
