@@ -9,7 +9,7 @@ use bytes::Bytes;
 use common::*;
 use http::Request;
 use http_body_util::{Full, channel::Channel};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use local_proxy::{HttpRouteConfig, ProxyConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -73,12 +73,7 @@ async fn pipelined_requests_on_one_kept_alive_connection() {
     }
     batch.extend_from_slice(b"GET /say?last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     stream.write_all(&batch).await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
-    let out = String::from_utf8(out).unwrap();
+    let out = String::from_utf8(read_to_close(&mut stream, Duration::from_secs(10)).await).unwrap();
     assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 4, "{out}");
     let order: Vec<usize> = ["pong-1", "pong-2", "pong-3", "last"]
         .iter()
@@ -91,12 +86,7 @@ async fn pipelined_requests_on_one_kept_alive_connection() {
 #[tokio::test]
 async fn h2c_from_the_client_is_forwarded_as_http11() {
     let (_, p) = start_pair(ProxyConfig::default()).await;
-    let stream = TcpStream::connect(p.addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let (mut sender, _conn) = h2_client(p.addr).await;
     let req = Request::get("http://app.example:8080/headers")
         .body(Full::new(Bytes::new()))
         .unwrap();
@@ -237,11 +227,7 @@ async fn websocket_upgrade_is_tunnelled_both_ways() {
     assert_eq!(p.proxy.metrics().snapshot().requests_by_class[0], 1);
     // Closing our side ends the tunnel and frees the slot.
     stream.shutdown().await.unwrap();
-    let mut rest = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest))
-        .await
-        .unwrap()
-        .unwrap();
+    read_to_close(&mut stream, Duration::from_secs(5)).await;
     tokio::time::timeout(Duration::from_secs(5), p.tracker.drained())
         .await
         .unwrap();
@@ -355,12 +341,7 @@ async fn expect_100_continue_is_answered_without_delay() {
     assert!(head.starts_with("HTTP/1.1 100 Continue"), "{head}");
     assert!(started.elapsed() < Duration::from_millis(500));
     s.write_all(b"body").await.unwrap();
-    let mut rest = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
-        .await
-        .unwrap()
-        .unwrap();
-    let rest = String::from_utf8(rest).unwrap();
+    let rest = String::from_utf8(read_to_close(&mut s, Duration::from_secs(5)).await).unwrap();
     assert!(
         rest.starts_with("HTTP/1.1 200") && rest.ends_with("\r\n\r\n4"),
         "{rest}"
@@ -439,12 +420,7 @@ async fn a_client_that_half_closes_after_its_request_still_gets_the_response() {
         .await
         .unwrap();
     s.shutdown().await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
-    let out = String::from_utf8(out).unwrap();
+    let out = String::from_utf8(read_to_close(&mut s, Duration::from_secs(5)).await).unwrap();
     assert!(
         out.starts_with("HTTP/1.1 200") && out.ends_with("slow done"),
         "{out:?}"
@@ -457,12 +433,7 @@ async fn grpc_style_trailers_pass_over_h2c_both_sides() {
     let mut route = HttpRouteConfig::new(upstream);
     route.upstream_h2c = true;
     let p = start_proxy(route, ProxyConfig::default()).await;
-    let stream = TcpStream::connect(p.addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let (mut sender, _conn) = h2_client(p.addr).await;
     let req = Request::post("http://app/trailers")
         .header("te", "trailers")
         .header("content-type", "application/grpc")

@@ -9,7 +9,6 @@ use bytes::Bytes;
 use common::*;
 use http::Request;
 use http_body_util::Full;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use local_proxy::{ProxyConfig, ShutdownOutcome};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -26,11 +25,7 @@ async fn max_connections_is_enforced() {
     let head = read_head(&mut first).await;
     assert!(head.starts_with("HTTP/1.1 200"));
     let mut second = TcpStream::connect(p.addr).await.unwrap();
-    let mut buf = [0; 16];
-    let n = tokio::time::timeout(Duration::from_secs(5), second.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap_or(0);
+    let n = read_once(&mut second).await;
     assert_eq!(n, 0, "second connection should be closed");
     assert_eq!(p.proxy.metrics().snapshot().connections_rejected, 1);
     drop(first);
@@ -64,13 +59,7 @@ async fn graceful_shutdown_completes_a_slow_response() {
 async fn shutdown_closes_tunnels_after_the_drain_timeout() {
     let config = config(|c| c.drain_timeout = Duration::from_millis(300));
     let (_, p) = start_pair(config).await;
-    let mut ws = TcpStream::connect(p.addr).await.unwrap();
-    ws.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    assert!(read_head(&mut ws).await.starts_with("HTTP/1.1 101"));
+    let mut ws = open_tunnel(p.addr).await;
     let started = std::time::Instant::now();
     let outcome = tokio::time::timeout(Duration::from_secs(5), p.tracker.shutdown())
         .await
@@ -94,13 +83,7 @@ async fn idle_connections_and_tunnels_are_closed_at_the_idle_timeout() {
         .await
         .unwrap();
     assert!(read_head(&mut kept).await.starts_with("HTTP/1.1 200"));
-    let mut ws = TcpStream::connect(p.addr).await.unwrap();
-    ws.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    assert!(read_head(&mut ws).await.starts_with("HTTP/1.1 101"));
+    let mut ws = open_tunnel(p.addr).await;
     // Traffic keeps the tunnel open past the timeout.
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -122,12 +105,7 @@ async fn idle_connections_and_tunnels_are_closed_at_the_idle_timeout() {
 #[tokio::test]
 async fn forced_close_also_ends_in_flight_http2_streams() {
     let (_, p) = start_pair(config(|c| c.drain_timeout = Duration::from_millis(200))).await;
-    let stream = TcpStream::connect(p.addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let (mut sender, _conn) = h2_client(p.addr).await;
     let req = Request::get("http://x/slow?5000")
         .body(Full::new(Bytes::new()))
         .unwrap();
@@ -153,22 +131,12 @@ async fn forced_close_also_ends_in_flight_http2_streams() {
 #[tokio::test]
 async fn an_upgraded_tunnel_keeps_its_connection_slot() {
     let (_, p) = start_pair(config(|c| c.max_connections = 1)).await;
-    let mut ws = TcpStream::connect(p.addr).await.unwrap();
-    ws.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    assert!(read_head(&mut ws).await.starts_with("HTTP/1.1 101"));
+    let mut ws = open_tunnel(p.addr).await;
     ws.write_all(b"hi").await.unwrap();
     let mut back = [0; 2];
     ws.read_exact(&mut back).await.unwrap();
     let mut second = TcpStream::connect(p.addr).await.unwrap();
-    let mut buf = [0; 16];
-    let n = tokio::time::timeout(Duration::from_secs(5), second.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap_or(0);
+    let n = read_once(&mut second).await;
     assert_eq!(n, 0, "the tunnel holds the only slot");
     assert_eq!(p.proxy.metrics().snapshot().connections_rejected, 1);
     assert_eq!(p.proxy.metrics().snapshot().open_connections, 1);
@@ -177,12 +145,7 @@ async fn an_upgraded_tunnel_keeps_its_connection_slot() {
 #[tokio::test]
 async fn graceful_shutdown_lets_http2_streams_finish() {
     let (_, p) = start_pair(ProxyConfig::default()).await;
-    let stream = TcpStream::connect(p.addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    let conn = tokio::spawn(conn);
+    let (mut sender, conn) = h2_client(p.addr).await;
     let req = Request::get("http://x/slow?500")
         .body(Full::new(Bytes::new()))
         .unwrap();

@@ -1,6 +1,8 @@
 //! The raw TCP forwarder on loopback.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
@@ -8,6 +10,8 @@ use local_proxy::{ConnectionTracker, ProxyConfig, TcpForwarder, TcpRouteConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
+
+use common::{closed_port, read_once, read_to_close};
 
 /// Parse a PROXY v2 header the way an upstream would: returns (source, destination).
 async fn read_proxy_v2(stream: &mut TcpStream) -> (SocketAddr, SocketAddr) {
@@ -71,11 +75,7 @@ async fn proxy_v2_header_then_bytes_both_ways_with_half_close() {
     let mut client = TcpStream::connect(addr).await.unwrap();
     client.write_all(b"hello upstream").await.unwrap();
     client.shutdown().await.unwrap();
-    let mut back = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut back))
-        .await
-        .unwrap()
-        .unwrap();
+    let back = read_to_close(&mut client, Duration::from_secs(5)).await;
     assert_eq!(back, b"hello upstream and bye");
 
     let (source, destination) = seen_rx.await.unwrap();
@@ -90,18 +90,9 @@ async fn proxy_v2_header_then_bytes_both_ways_with_half_close() {
 
 #[tokio::test]
 async fn refused_upstream_closes_the_client_and_counts() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let (addr, forwarder, _tracker) = start_forwarder(TcpRouteConfig::new(closed)).await;
+    let (addr, forwarder, _tracker) = start_forwarder(TcpRouteConfig::new(closed_port())).await;
     let mut client = TcpStream::connect(addr).await.unwrap();
-    let mut buf = [0; 8];
-    let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap_or(0);
-    assert_eq!(n, 0);
+    assert_eq!(read_once(&mut client).await, 0);
     assert_eq!(forwarder.metrics().snapshot().upstream_errors, 1);
 }
 

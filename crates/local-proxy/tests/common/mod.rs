@@ -1,5 +1,6 @@
 //! Shared test fixtures: a real hyper upstream, a proxy on 127.0.0.1:0, small clients.
-#![allow(dead_code, clippy::unwrap_used, unreachable_pub)]
+#![allow(dead_code, reason = "each test binary uses a part of the fixtures")]
+#![allow(clippy::unwrap_used, unreachable_pub)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -326,4 +327,56 @@ pub async fn read_head(stream: &mut TcpStream) -> String {
         head.push(byte[0]);
     }
     String::from_utf8(head).unwrap()
+}
+
+/// A loopback address where nothing listens (a port that was free a moment ago).
+pub fn closed_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// Reads until the peer closes the connection, which must happen within `limit`.
+pub async fn read_to_close(stream: &mut TcpStream, limit: Duration) -> Vec<u8> {
+    let mut out = Vec::new();
+    tokio::time::timeout(limit, stream.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    out
+}
+
+/// One read (bounded: 5 s): how many bytes came, 0 when the connection was closed or reset.
+pub async fn read_once(stream: &mut TcpStream) -> usize {
+    let mut buf = [0; 64];
+    tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0)
+}
+
+/// An HTTP/2 (prior knowledge) client connection to `addr`, driven by a spawned task.
+pub async fn h2_client(
+    addr: SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    (sender, tokio::spawn(conn))
+}
+
+/// A WebSocket upgrade through the proxy at `addr`: the tunnel, once the 101 has arrived.
+pub async fn open_tunnel(addr: SocketAddr) -> TcpStream {
+    let mut ws = TcpStream::connect(addr).await.unwrap();
+    ws.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert!(read_head(&mut ws).await.starts_with("HTTP/1.1 101"));
+    ws
 }
