@@ -52,6 +52,24 @@ pub struct NetstackConfig {
     pub nagle: bool,
     /// Delayed ACK (default 10 ms, smoltcp's). `None`: ACK at once.
     pub ack_delay: Option<Duration>,
+    /// The floor of TCP's retransmission timeout (default 200 ms, Linux's; 50 ms..=1 s).
+    ///
+    /// smoltcp 0.14 fixes its floor (and its initial RTO) at 1 s. The stack runs
+    /// smoltcp's clock `round(1 s / min_rto)` times faster than real time and converts
+    /// every duration it sets, so this floor is what a lost segment that fast
+    /// retransmit does not repair costs. smoltcp's other fixed constants scale with it:
+    /// the initial RTO equals `min_rto`, the RTO ceiling is `60 × min_rto`, a challenge
+    /// ACK is sent at most every `min_rto`, its own TIME-WAIT is `10 × min_rto` (the
+    /// stack cuts it to [`time_wait`](Self::time_wait) anyway), and Cubic's growth curve
+    /// runs that much faster after a loss. `1 s` gives smoltcp's behaviour unchanged.
+    pub min_rto: Duration,
+    /// Bytes of sent, unacknowledged TCP data that loss repair may keep references to,
+    /// over all connections (default 32 MiB; each connection at most `tcp_tx_buffer`).
+    /// Loss repair resends segments a peer's SACK blocks show lost, and probes a lost
+    /// tail, without waiting for smoltcp's retransmission timeout (see `repair.rs` and
+    /// docs/ARCHITECTURE.md). The packets are the ones already sent, so this is memory
+    /// held a round trip longer, not copied. `0` turns loss repair off.
+    pub repair_budget: usize,
     /// Number of socket-set shards (1..=64, default 64). smoltcp scans every socket of a
     /// shard on each poll; connections are spread by a keyed hash of their 4-tuple.
     /// (See the `## netstack` section of docs/ARCHITECTURE.md for the measurements.)
@@ -83,6 +101,8 @@ impl Default for NetstackConfig {
             close_timeout: Duration::from_secs(30),
             nagle: false,
             ack_delay: Some(Duration::from_millis(10)),
+            min_rto: Duration::from_millis(200),
+            repair_budget: 32 << 20,
             shards: 64,
             max_outbound_packets: 4096,
             udp_queue_packets: 256,
@@ -136,6 +156,9 @@ impl NetstackConfig {
                 return Err(ConfigError::Range { field, value });
             }
         }
+        if !(Duration::from_millis(50)..=Duration::from_secs(1)).contains(&self.min_rto) {
+            return Err(ConfigError::MinRto(self.min_rto));
+        }
         if !(1..=64).contains(&self.shards) {
             return Err(ConfigError::Range {
                 field: "shards",
@@ -159,6 +182,9 @@ pub enum ConfigError {
     /// MTU out of range.
     #[error("netstack config: mtu: {0} is outside 1280..=65535")]
     Mtu(usize),
+    /// `min_rto` out of range.
+    #[error("netstack config: min_rto: {0:?} is outside 50 ms..=1 s")]
+    MinRto(Duration),
     /// A size or count out of its range.
     #[error("netstack config: {field}: {value} is out of range")]
     Range {

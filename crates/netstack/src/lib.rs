@@ -61,6 +61,7 @@ mod buffer;
 mod config;
 mod device;
 mod icmp;
+mod repair;
 mod shard;
 #[cfg(test)]
 mod sim;

@@ -21,11 +21,12 @@ use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
 use crate::buffer::TcpBuffers;
 use crate::config::NetstackConfig;
 use crate::device::{Dev, capabilities};
+use crate::repair::{Emitted, Repair};
 use crate::stack::Shared;
 use crate::stats::DropReason;
 use crate::tcp::{Accepted, ListenerShared};
-use crate::time::{Clock, smol_duration};
-use crate::wire::{Class, Tuple};
+use crate::time::Clock;
+use crate::wire::{Class, Tuple, tcp_segment};
 
 /// How often half-open, closing and boosted connections are checked while any exist.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
@@ -48,8 +49,8 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 const STALL_PROBE: Duration = Duration::from_millis(100);
 
 /// The keep-alive for a connection with `queued` bytes to send (see [`STALL_PROBE`]).
-fn stall_keep_alive(queued: usize) -> Option<smoltcp::time::Duration> {
-    (queued != 1).then(|| smol_duration(STALL_PROBE))
+fn stall_keep_alive(clock: &Clock, queued: usize) -> Option<smoltcp::time::Duration> {
+    (queued != 1).then(|| clock.smol_duration(STALL_PROBE))
 }
 
 /// A TCP socket's entry in the connection table.
@@ -65,6 +66,8 @@ struct Conn {
     peer_zero_window: bool,
     /// The peer's last segment left queued data unacknowledged (no progress).
     no_progress: bool,
+    /// Loss repair of what we send (see `repair.rs`).
+    repair: Repair,
     /// Keep last: the socket using these rings is removed from the set first.
     bufs: TcpBuffers,
 }
@@ -99,6 +102,12 @@ pub(crate) struct Shard {
     /// Connections with a [`STALL_PROBE`] keep-alive.
     boosted: usize,
     sweep_at: Option<Instant>,
+    /// Connections whose loss repair has a timer armed or data cached.
+    repairing: HashSet<Tuple>,
+    /// The earliest of their timers, as of the last [`Shard::poll_timeout`].
+    repair_at: Option<Instant>,
+    /// `repair_budget` is 0: no loss repair.
+    repair_disabled: bool,
     /// Bound UDP ports (shard 0 only), with the number of sockets on each.
     pub(crate) udp_ports: HashMap<u16, usize>,
     /// ICMP echo identifiers in use (shard 0 only).
@@ -166,6 +175,9 @@ impl Shard {
             watched: 0,
             boosted: 0,
             sweep_at: None,
+            repairing: HashSet::new(),
+            repair_at: None,
+            repair_disabled: config.repair_budget == 0,
             udp_ports: HashMap::new(),
             icmp_idents: HashSet::new(),
             index,
@@ -221,7 +233,7 @@ impl Shard {
                             // (setting one on an idle timer fires it at once).
                             let socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
                             socket.set_keep_alive(if !was_zero && !conn.no_progress {
-                                shared.config.keepalive.map(smol_duration)
+                                shared.config.keepalive.map(|d| self.clock.smol_duration(d))
                             } else {
                                 // Possibly stranded: re-armed below from what is queued.
                                 None
@@ -267,12 +279,15 @@ impl Shard {
             let queued = socket.send_queue();
             conn.no_progress = queued > 0 && queued >= queued_before;
             if queued > 0 {
-                socket.set_keep_alive(stall_keep_alive(queued));
+                socket.set_keep_alive(stall_keep_alive(&self.clock, queued));
             } else {
-                socket.set_keep_alive(shared.config.keepalive.map(smol_duration));
+                socket.set_keep_alive(shared.config.keepalive.map(|d| self.clock.smol_duration(d)));
                 conn.boosted = false;
                 self.boosted -= 1;
             }
+        }
+        if let Class::Tcp { tuple, .. } = class {
+            self.repair_on_ack(shared, packet, tuple, now, reply_limit);
         }
         if let Some(tuple) = watch {
             self.check_half_open(shared, tuple, now);
@@ -291,22 +306,25 @@ impl Shard {
             caps: &self.caps,
         };
         let t = self.clock.smol_at(now);
+        let from = dev.tx.len();
         loop {
             let res = self.iface.poll_egress(t, &mut dev, &mut self.sockets);
             if res == smoltcp::iface::PollResult::None || dev.tx.len() >= limit {
                 break;
             }
         }
+        self.track_sent(from, now);
     }
 
     /// Drops half-open connections past their deadline and finishes closing ones.
     pub(crate) fn maintain(&mut self, shared: &Shared, now: Instant) {
         let now = self.tick(now);
+        self.repair_timers(shared, now, shared.config.max_outbound_packets);
         if self.sweep_at.is_none_or(|at| now < at) {
             return;
         }
         let time_wait = shared.config.time_wait;
-        let keepalive = shared.config.keepalive.map(smol_duration);
+        let keepalive = shared.config.keepalive.map(|d| self.clock.smol_duration(d));
         let mut remove = Vec::new();
         let mut expired = Vec::new();
         for (tuple, conn) in &mut self.conns {
@@ -357,10 +375,10 @@ impl Shard {
             .iface
             .poll_at(self.clock.smol_at(now), &self.sockets)
             .map(|t| self.clock.std_at(t));
-        match (smol, self.sweep_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [smol, self.sweep_at, self.next_repair()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Takes the packets produced since the last call.
@@ -408,7 +426,9 @@ impl Shard {
         let (handle, bufs) = self.new_tcp(shared)?;
         let socket = self.sockets.get_mut::<tcp::Socket>(handle);
         // Until established the smoltcp timeout bounds the handshake.
-        socket.set_timeout(Some(smol_duration(shared.config.handshake_timeout)));
+        socket.set_timeout(Some(
+            self.clock.smol_duration(shared.config.handshake_timeout),
+        ));
         let res = socket.connect(self.iface.context(), tuple.remote, tuple.local);
         self.conns.insert(
             tuple,
@@ -419,6 +439,7 @@ impl Shard {
                 boosted: false,
                 peer_zero_window: false,
                 no_progress: false,
+                repair: self.new_repair(shared),
                 bufs,
             },
         );
@@ -458,7 +479,7 @@ impl Shard {
             return;
         };
         let socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
-        socket.set_keep_alive(stall_keep_alive(socket.send_queue()));
+        socket.set_keep_alive(stall_keep_alive(&self.clock, socket.send_queue()));
         if conn.boosted {
             return;
         }
@@ -476,7 +497,12 @@ impl Shard {
     /// Sets the options of an established connection (idle timeout after the handshake).
     pub(crate) fn established(&mut self, shared: &Shared, handle: SocketHandle) {
         let socket = self.sockets.get_mut::<tcp::Socket>(handle);
-        socket.set_timeout(shared.config.idle_timeout.map(smol_duration));
+        socket.set_timeout(
+            shared
+                .config
+                .idle_timeout
+                .map(|d| self.clock.smol_duration(d)),
+        );
     }
 
     /// The stream or accept queue owning `tuple` let go of it: close gracefully in the
@@ -498,7 +524,7 @@ impl Shard {
             _ if abort || socket.recv_queue() > 0 => socket.abort(),
             _ => {
                 socket.close();
-                socket.set_timeout(Some(smol_duration(shared.config.close_timeout)));
+                socket.set_timeout(Some(self.clock.smol_duration(shared.config.close_timeout)));
             }
         }
         conn.state = ConnState::Closing {
@@ -574,6 +600,7 @@ impl Shard {
                 boosted: false,
                 peer_zero_window: false,
                 no_progress: false,
+                repair: self.new_repair(shared),
                 bufs,
             },
         );
@@ -666,6 +693,117 @@ impl Shard {
         }
     }
 
+    fn new_repair(&self, shared: &Shared) -> Repair {
+        Repair::new(
+            shared.config.tcp_tx_buffer,
+            shared.repair_budget.clone(),
+            self.last_now,
+        )
+    }
+
+    /// Hands the data segments smoltcp just sent (`self.tx[from..]`) to their
+    /// connections' loss repair.
+    fn track_sent(&mut self, from: usize, now: Instant) {
+        if self.repair_disabled {
+            return;
+        }
+        for packet in &self.tx[from..] {
+            let Some(seg) = tcp_segment(packet) else {
+                continue;
+            };
+            if seg.len == 0 || seg.control {
+                continue;
+            }
+            let tuple = Tuple {
+                local: seg.src,
+                remote: seg.dst,
+            };
+            if let Some(conn) = self.conns.get_mut(&tuple) {
+                conn.repair.on_sent(seg.seq, seg.len, packet, now);
+                self.repairing.insert(tuple);
+            }
+        }
+    }
+
+    /// Feeds an inbound segment's ACK and SACK blocks to its connection's loss repair;
+    /// repaired segments join the outbound batch while it is under `limit`.
+    fn repair_on_ack(
+        &mut self,
+        shared: &Shared,
+        packet: &[u8],
+        tuple: Tuple,
+        now: Instant,
+        limit: usize,
+    ) {
+        if !self.repairing.contains(&tuple) {
+            return;
+        }
+        let Some(seg) = tcp_segment(packet) else {
+            return;
+        };
+        let (Some(ack), false) = (seg.ack, seg.control) else {
+            return;
+        };
+        let Some(conn) = self.conns.get_mut(&tuple) else {
+            self.repairing.remove(&tuple);
+            return;
+        };
+        let sacks: Vec<(u32, u32)> = seg.sacks.iter().flatten().copied().collect();
+        let mut out = Vec::new();
+        let emitted = conn.repair.on_ack(ack, &sacks, now, &mut out);
+        if conn.repair.poll_at().is_none() {
+            self.repairing.remove(&tuple);
+        }
+        self.emit_repairs(shared, out, emitted, limit);
+    }
+
+    /// Runs the loss-repair timers due at `now`.
+    fn repair_timers(&mut self, shared: &Shared, now: Instant, limit: usize) {
+        if self.repair_at.is_none_or(|at| at > now) {
+            return;
+        }
+        let mut out = Vec::new();
+        let mut emitted = Emitted::default();
+        let conns = &mut self.conns;
+        self.repairing.retain(|tuple| {
+            let Some(conn) = conns.get_mut(tuple) else {
+                return false;
+            };
+            if conn.repair.poll_at().is_some_and(|at| at <= now) {
+                let e = conn.repair.on_timer(now, &mut out);
+                emitted.repairs += e.repairs;
+                emitted.probes += e.probes;
+            }
+            conn.repair.poll_at().is_some()
+        });
+        self.emit_repairs(shared, out, emitted, limit);
+    }
+
+    fn emit_repairs(&mut self, shared: &Shared, out: Vec<Bytes>, emitted: Emitted, limit: usize) {
+        if out.is_empty() {
+            return;
+        }
+        let room = limit.saturating_sub(self.tx.len());
+        let sent = out.len().min(room);
+        self.tx.extend(out.into_iter().take(sent));
+        shared.counters.repaired(emitted, sent);
+    }
+
+    /// The earliest loss-repair timer.
+    fn next_repair(&mut self) -> Option<Instant> {
+        let conns = &self.conns;
+        let mut next: Option<Instant> = None;
+        self.repairing.retain(|tuple| {
+            let at = conns.get(tuple).and_then(|c| c.repair.poll_at());
+            if let Some(at) = at {
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+            at.is_some()
+        });
+        self.repair_at = next;
+        next
+    }
+
     /// A TCP socket with this stack's options, within `max_connections`.
     fn new_tcp(&mut self, shared: &Shared) -> io::Result<(SocketHandle, TcpBuffers)> {
         let config = &shared.config;
@@ -686,8 +824,8 @@ impl Shard {
         };
         let mut socket = bufs.socket();
         socket.set_nagle_enabled(config.nagle);
-        socket.set_ack_delay(config.ack_delay.map(smol_duration));
-        socket.set_keep_alive(config.keepalive.map(smol_duration));
+        socket.set_ack_delay(config.ack_delay.map(|d| self.clock.smol_duration(d)));
+        socket.set_keep_alive(config.keepalive.map(|d| self.clock.smol_duration(d)));
         socket.set_congestion_control(tcp::CongestionControl::Cubic);
         let handle = self.sockets.add(socket);
         Ok((handle, bufs))

@@ -15,10 +15,11 @@ use smoltcp::wire::{IpAddress, IpEndpoint};
 use tokio::sync::Notify;
 
 use crate::config::{ConfigError, NetstackConfig};
+use crate::repair::Budget;
 use crate::shard::Shard;
 use crate::stats::{Counters, NetstackStats};
 use crate::tcp::{ListenerShared, TcpListener, TcpStream};
-use crate::time::Clock;
+use crate::time::{Clock, rate_for_min_rto};
 use crate::wire::{Class, Tuple, classify, shard_of};
 
 /// First port of the ephemeral range for outbound connections.
@@ -51,6 +52,8 @@ pub(crate) struct Shared {
     pub(crate) config: NetstackConfig,
     pub(crate) clock: Clock,
     pub(crate) counters: Counters,
+    /// Bytes all connections' loss-repair caches may hold.
+    pub(crate) repair_budget: Budget,
     addrs: Vec<IpAddress>,
     shards: Box<[Mutex<Shard>]>,
     /// Each shard's next deadline in clock microseconds (`u64::MAX`: none).
@@ -92,7 +95,9 @@ impl Netstack {
 
     /// Gauges and counters.
     pub fn stats(&self) -> NetstackStats {
-        self.shared.counters.snapshot()
+        let mut stats = self.shared.counters.snapshot();
+        stats.tcp_repair_bytes = self.shared.repair_budget.used();
+        stats
     }
 
     /// Takes inbound IP packets (from the tunnel) and processes them at once: each
@@ -218,7 +223,7 @@ impl Shared {
     /// A stack without a driver; [`Netstack::new`] adds one.
     pub(crate) fn new(config: NetstackConfig, now: Instant) -> Result<Self, ConfigError> {
         config.validate()?;
-        let clock = Clock::new(now);
+        let clock = Clock::new(now, rate_for_min_rto(config.min_rto));
         let shards = (0..config.shards)
             .map(|i| Mutex::new(Shard::new(i, &config, clock, rand::random(), now)))
             .collect();
@@ -233,6 +238,7 @@ impl Shared {
                 .collect(),
             clock,
             counters: Counters::default(),
+            repair_budget: Budget::new(config.repair_budget),
             shards,
             deadlines,
             blocked: AtomicU64::new(0),

@@ -88,6 +88,14 @@ pub struct NetstackStats {
     pub tx_packets: u64,
     /// Inbound packets dropped, by reason.
     pub dropped: DropCounts,
+    /// TCP segments sent again by loss repair because the peer's SACKs showed them lost.
+    pub tcp_repaired: u64,
+    /// Tail-loss probes sent by loss repair.
+    pub tcp_probes: u64,
+    /// Repairs and probes not sent because the outbound queue was full.
+    pub tcp_repairs_skipped: u64,
+    /// Payload bytes of sent, unacknowledged segments loss repair holds now.
+    pub tcp_repair_bytes: usize,
 }
 
 /// The live counters behind [`NetstackStats`].
@@ -102,6 +110,9 @@ pub(crate) struct Counters {
     pub(crate) rx_packets: AtomicU64,
     pub(crate) tx_packets: AtomicU64,
     drops: [AtomicU64; 6],
+    tcp_repaired: AtomicU64,
+    tcp_probes: AtomicU64,
+    tcp_repairs_skipped: AtomicU64,
 }
 
 impl Default for Counters {
@@ -115,6 +126,9 @@ impl Default for Counters {
             rx_packets: AtomicU64::new(0),
             tx_packets: AtomicU64::new(0),
             drops: Default::default(),
+            tcp_repaired: AtomicU64::new(0),
+            tcp_probes: AtomicU64::new(0),
+            tcp_repairs_skipped: AtomicU64::new(0),
         }
     }
 }
@@ -123,6 +137,17 @@ impl Default for Counters {
 const LIMIT_WARN_EVERY_SECS: u64 = 60;
 
 impl Counters {
+    /// Loss repair emitted `emitted`, of which the first `sent` packets fitted in the
+    /// outbound batch (repairs come first, then the probes).
+    pub(crate) fn repaired(&self, emitted: crate::repair::Emitted, sent: usize) {
+        let repaired = emitted.repairs.min(sent);
+        let probes = emitted.probes.min(sent - repaired);
+        let skipped = emitted.repairs + emitted.probes - repaired - probes;
+        self.tcp_repaired.fetch_add(repaired as u64, Relaxed);
+        self.tcp_probes.fetch_add(probes as u64, Relaxed);
+        self.tcp_repairs_skipped.fetch_add(skipped as u64, Relaxed);
+    }
+
     pub(crate) fn drop(&self, reason: DropReason) {
         tracing::trace!(reason = reason.as_str(), "netstack: packet dropped");
         self.drops[reason.index()].fetch_add(1, Relaxed);
@@ -163,6 +188,10 @@ impl Counters {
             rx_packets: self.rx_packets.load(Relaxed),
             tx_packets: self.tx_packets.load(Relaxed),
             dropped,
+            tcp_repaired: self.tcp_repaired.load(Relaxed),
+            tcp_probes: self.tcp_probes.load(Relaxed),
+            tcp_repairs_skipped: self.tcp_repairs_skipped.load(Relaxed),
+            tcp_repair_bytes: 0,
         }
     }
 }

@@ -97,6 +97,67 @@ pub(crate) fn classify(packet: &[u8], ours: &[IpAddress]) -> Result<Class, DropR
     }
 }
 
+/// The fields of a TCP segment that loss repair reads (see `repair.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Segment {
+    /// The sender's address and port.
+    pub(crate) src: IpEndpoint,
+    /// The receiver's.
+    pub(crate) dst: IpEndpoint,
+    /// Sequence number of the first payload byte.
+    pub(crate) seq: u32,
+    /// Acknowledgement number, when the ACK flag is set.
+    pub(crate) ack: Option<u32>,
+    /// Payload bytes (SYN and FIN not counted).
+    pub(crate) len: u32,
+    /// SYN or RST set: not a data or ACK segment repair cares about.
+    pub(crate) control: bool,
+    /// SACK blocks, `[left, right)`.
+    pub(crate) sacks: [Option<(u32, u32)>; 3],
+}
+
+/// Reads a TCP segment's header fields from an IP packet; `None` for anything else or a
+/// malformed header (the classifier has already counted it).
+pub(crate) fn tcp_segment(packet: &[u8]) -> Option<Segment> {
+    let (src, dst, payload) = match packet.first().map(|b| b >> 4) {
+        Some(4) => {
+            let ip = Ipv4Packet::new_checked(packet).ok()?;
+            if ip.next_header() != IpProtocol::Tcp || ip.more_frags() || ip.frag_offset() != 0 {
+                return None;
+            }
+            (
+                IpAddress::Ipv4(ip.src_addr()),
+                IpAddress::Ipv4(ip.dst_addr()),
+                ip.payload(),
+            )
+        }
+        Some(6) => {
+            let ip = Ipv6Packet::new_checked(packet).ok()?;
+            if ip.next_header() != IpProtocol::Tcp {
+                return None;
+            }
+            (
+                IpAddress::Ipv6(ip.src_addr()),
+                IpAddress::Ipv6(ip.dst_addr()),
+                ip.payload(),
+            )
+        }
+        _ => return None,
+    };
+    let tcp = TcpPacket::new_checked(payload).ok()?;
+    // The sequence number is a u32 on the wire; smoltcp keeps it as an i32.
+    let seq = tcp.seq_number().0 as u32;
+    Some(Segment {
+        src: IpEndpoint::new(src, tcp.src_port()),
+        dst: IpEndpoint::new(dst, tcp.dst_port()),
+        seq,
+        ack: tcp.ack().then(|| tcp.ack_number().0 as u32),
+        len: u32::try_from(tcp.payload().len()).unwrap_or(u32::MAX),
+        control: tcp.syn() || tcp.rst(),
+        sacks: tcp.selective_ack_ranges().unwrap_or([None; 3]),
+    })
+}
+
 /// The shard of a TCP connection: a keyed hash of the peer and both ports.
 pub(crate) fn shard_of(key: u64, tuple: &Tuple, shards: usize) -> usize {
     if shards <= 1 {
