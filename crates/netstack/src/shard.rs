@@ -28,6 +28,11 @@ use crate::tcp::{Accepted, ListenerShared};
 use crate::time::Clock;
 use crate::wire::{Class, Tuple, tcp_segment};
 
+/// Bytes a connection sends before its emptied send ring is released (see
+/// [`Shard::release_idle_tx`]): the syscall and the page faults after it cost little
+/// next to this much data.
+const RELEASE_AFTER: usize = 256 << 10;
+
 /// How often half-open, closing and boosted connections are checked while any exist.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -68,6 +73,8 @@ struct Conn {
     no_progress: bool,
     /// Loss repair of what we send (see `repair.rs`).
     repair: Repair,
+    /// Payload bytes sent since the send ring's pages were last released.
+    tx_dirty: usize,
     /// Keep last: the socket using these rings is removed from the set first.
     bufs: TcpBuffers,
 }
@@ -288,6 +295,7 @@ impl Shard {
         }
         if let Class::Tcp { tuple, .. } = class {
             self.repair_on_ack(shared, packet, tuple, now, reply_limit);
+            self.release_idle_tx(tuple);
         }
         if let Some(tuple) = watch {
             self.check_half_open(shared, tuple, now);
@@ -440,6 +448,7 @@ impl Shard {
                 peer_zero_window: false,
                 no_progress: false,
                 repair: self.new_repair(shared),
+                tx_dirty: 0,
                 bufs,
             },
         );
@@ -601,6 +610,7 @@ impl Shard {
                 peer_zero_window: false,
                 no_progress: false,
                 repair: self.new_repair(shared),
+                tx_dirty: 0,
                 bufs,
             },
         );
@@ -693,6 +703,22 @@ impl Shard {
         }
     }
 
+    /// Once a connection that sent at least [`RELEASE_AFTER`] bytes has everything
+    /// acknowledged, its send ring's pages go back to the kernel: a keep-alive connection
+    /// that once sent a large response does not keep its ring committed while idle.
+    fn release_idle_tx(&mut self, tuple: Tuple) {
+        let Some(conn) = self.conns.get_mut(&tuple) else {
+            return;
+        };
+        if conn.tx_dirty < RELEASE_AFTER {
+            return;
+        }
+        if self.sockets.get::<tcp::Socket>(conn.handle).send_queue() == 0 {
+            conn.bufs.release_tx();
+            conn.tx_dirty = 0;
+        }
+    }
+
     fn new_repair(&self, shared: &Shared) -> Repair {
         Repair::new(
             shared.config.tcp_tx_buffer,
@@ -704,9 +730,6 @@ impl Shard {
     /// Hands the data segments smoltcp just sent (`self.tx[from..]`) to their
     /// connections' loss repair.
     fn track_sent(&mut self, from: usize, now: Instant) {
-        if self.repair_disabled {
-            return;
-        }
         for packet in &self.tx[from..] {
             let Some(seg) = tcp_segment(packet) else {
                 continue;
@@ -719,8 +742,11 @@ impl Shard {
                 remote: seg.dst,
             };
             if let Some(conn) = self.conns.get_mut(&tuple) {
-                conn.repair.on_sent(seg.seq, seg.len, packet, now);
-                self.repairing.insert(tuple);
+                conn.tx_dirty = conn.tx_dirty.saturating_add(seg.len as usize);
+                if !self.repair_disabled {
+                    conn.repair.on_sent(seg.seq, seg.len, packet, now);
+                    self.repairing.insert(tuple);
+                }
             }
         }
     }

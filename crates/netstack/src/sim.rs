@@ -53,9 +53,17 @@ fn handshake_transfer_and_loss_recovery_in_virtual_time() {
     // without waiting for a timeout, so the same transfer takes less virtual time.
     let (repaired, stats) = transfer_losing_every_17th_packet(32 << 20);
     assert!(stats.tcp_repaired > 0, "{stats:?}");
-    assert!(repaired < alone, "with repair {repaired:?}, without {alone:?}");
-    eprintln!("sim: 200 KiB at 1/17 loss: {alone:?} without loss repair, {repaired:?} with ({stats:?})");
-    assert_eq!(stats.tcp_repair_bytes, 0, "everything acknowledged: {stats:?}");
+    assert!(
+        repaired < alone,
+        "with repair {repaired:?}, without {alone:?}"
+    );
+    eprintln!(
+        "sim: 200 KiB at 1/17 loss: {alone:?} without loss repair, {repaired:?} with ({stats:?})"
+    );
+    assert_eq!(
+        stats.tcp_repair_bytes, 0,
+        "everything acknowledged: {stats:?}"
+    );
 }
 
 /// 200 KiB from one stack to another over a link losing every 17th packet; returns the
