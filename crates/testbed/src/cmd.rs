@@ -3,7 +3,7 @@
 use std::ffi::OsStr;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{Context, Result, bail};
@@ -27,14 +27,7 @@ pub fn run_command(command: &mut Command) -> Result<String> {
         .stdin(Stdio::null())
         .output()
         .with_context(|| format!("cannot start `{line}`"))?;
-    if !out.status.success() {
-        bail!(
-            "`{line}` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    stdout_of(&line, out)
 }
 
 /// Runs a prepared command with `input` on its stdin and returns its stdout.
@@ -55,6 +48,12 @@ pub fn run_with_input(command: &mut Command, input: &str) -> Result<String> {
     let out = child
         .wait_with_output()
         .with_context(|| format!("waiting for `{line}`"))?;
+    stdout_of(&line, out)
+}
+
+/// The stdout of a finished command, or an error with its command line, exit status and
+/// stderr when it did not exit 0.
+fn stdout_of(line: &str, out: Output) -> Result<String> {
     if !out.status.success() {
         bail!(
             "`{line}` failed ({}): {}",
@@ -120,8 +119,8 @@ fn send(pid: u32, signal: &str, group: bool) {
 }
 
 /// Whether a process with this pid exists and is not a zombie (a zombie has exited; only its
-/// parent's `wait` is missing).
-pub(crate) fn pid_alive(pid: u32) -> bool {
+/// parent's `wait` is missing, and PID 1 of a container may never reap it).
+pub fn pid_alive(pid: u32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state follows the command name, which is in parentheses and may hold spaces.
         Ok(stat) => !stat
@@ -180,4 +179,20 @@ pub fn write_private_file(path: &Path, content: &str) -> Result<()> {
     file.write_all(content.as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
+}
+
+/// A command that runs the test `name` of the current test binary alone, ignored or not, with
+/// its output shown (libtest's `--exact NAME --ignored --nocapture --test-threads=1`): for a
+/// test that must run a part of itself in a process it can kill or give another environment.
+pub fn child_test_command(name: &str) -> Result<Command> {
+    let exe = std::env::current_exe().context("cannot find the test binary")?;
+    let mut command = Command::new(exe);
+    command.args([
+        "--exact",
+        name,
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
+    Ok(command)
 }

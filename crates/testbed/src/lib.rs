@@ -22,6 +22,8 @@
 //! - [`packet`]: hand-built ICMP echo packets with checksums, to test a tunnel end to end;
 //!   [`garbage`]: hostile datagrams (random, fake handshakes, data aimed at a live receiver
 //!   index, oversized) from a seeded generator.
+//! - [`netns_exists`] and [`pid_alive`], for tests that check what cleanup left behind, and
+//!   [`child_test_command`], for a test that runs a part of itself in a process it can kill.
 //!
 //! What it does not do: it never touches addresses outside the namespaces and the veth range it
 //! creates, and it does not depend on the crates under test (keys come from `wg`).
@@ -86,9 +88,12 @@ mod site;
 mod stale;
 mod wggo;
 
-pub use cmd::{TempDir, on_path, run, run_command, run_with_input, write_private_file};
+pub use cmd::{
+    TempDir, child_test_command, on_path, pid_alive, run, run_command, run_with_input,
+    write_private_file,
+};
 pub use daemon::Daemon;
-pub use netns::{NETNS_PREFIX, Netns, VETH_RANGE, VETH_RANGE6, VethEnd, VethPair};
+pub use netns::{NETNS_PREFIX, Netns, VETH_RANGE, VETH_RANGE6, VethEnd, VethPair, netns_exists};
 pub use prereq::{REQUIRED_PROGRAMS, check_gateway_prereqs, gateway_tests_can_run, in_ci, is_root};
 pub use relay::{DirectionStats, ImpairedRelay, Impairment, RelayStats};
 pub use site::GatewaySite;

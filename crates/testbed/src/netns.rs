@@ -215,16 +215,27 @@ fn kill_all_in(name: &str) {
     }
 }
 
+/// Whether `ip netns list` shows a namespace called `name` (one this crate made or any other).
+pub fn netns_exists(name: &str) -> Result<bool> {
+    Ok(netns_names()?.iter().any(|n| n == name))
+}
+
+/// The names `ip netns list` shows.
+fn netns_names() -> Result<Vec<String>> {
+    Ok(run("ip", ["netns", "list"])?
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .map(str::to_owned)
+        .collect())
+}
+
 /// Deletes `wgtb-*-<pid>-<n>` namespaces whose creating process no longer exists, killing the
 /// processes left inside them.
 pub(crate) fn remove_stale_namespaces() {
-    let Ok(list) = run("ip", ["netns", "list"]) else {
+    let Ok(names) = netns_names() else {
         return;
     };
-    for line in list.lines() {
-        let Some(name) = line.split_whitespace().next() else {
-            continue;
-        };
+    for name in &names {
         let Some(rest) = name.strip_prefix(NETNS_PREFIX) else {
             continue;
         };

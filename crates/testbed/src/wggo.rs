@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use crate::cmd::{TempDir, run, run_with_input, write_private_file};
+use crate::cmd::{TempDir, run, run_command, run_with_input, write_private_file};
 use crate::daemon::Daemon;
 use crate::netns::Netns;
 
@@ -311,13 +311,9 @@ impl WireguardGo {
 
     /// Adds or updates a peer (`wg set IF peer ...`); remembered for [`restart`](Self::restart).
     pub fn set_peer(&mut self, peer: GatewayPeer) -> Result<()> {
-        run(
-            "ip",
-            ["netns", "exec", &self.netns, "wg", "set", &self.ifname]
-                .into_iter()
-                .map(str::to_owned)
-                .chain(peer.wg_set_args_with_files(self.dir.path())?),
-        )?;
+        let mut args = vec!["set".to_owned(), self.ifname.clone()];
+        args.extend(peer.wg_set_args_with_files(self.dir.path())?);
+        self.wg(&args)?;
         self.config
             .peers
             .retain(|p| p.public_key != peer.public_key);
@@ -329,58 +325,34 @@ impl WireguardGo {
     /// sessions stay, and packets to peers now leave from the new port (they see the gateway
     /// roam).
     pub fn set_listen_port(&mut self, port: u16) -> Result<()> {
-        run(
-            "ip",
-            [
-                "netns",
-                "exec",
-                &self.netns,
-                "wg",
-                "set",
-                &self.ifname,
-                "listen-port",
-                &port.to_string(),
-            ],
-        )?;
+        self.wg(["set", &self.ifname, "listen-port", &port.to_string()])?;
         self.config.listen_port = port;
         Ok(())
     }
 
     /// Removes a peer (`wg set IF peer KEY remove`).
     pub fn remove_peer(&mut self, public_key: &str) -> Result<()> {
-        run(
-            "ip",
-            [
-                "netns",
-                "exec",
-                &self.netns,
-                "wg",
-                "set",
-                &self.ifname,
-                "peer",
-                public_key,
-                "remove",
-            ],
-        )?;
+        self.wg(["set", &self.ifname, "peer", public_key, "remove"])?;
         self.config.peers.retain(|p| p.public_key != public_key);
         Ok(())
     }
 
     /// `wg show IF dump`, parsed.
     pub fn dump(&self) -> Result<WgDump> {
-        let out = run(
-            "ip",
-            [
-                "netns",
-                "exec",
-                &self.netns,
-                "wg",
-                "show",
-                &self.ifname,
-                "dump",
-            ],
-        )?;
-        WgDump::parse(&out)
+        WgDump::parse(&self.wg(["show", &self.ifname, "dump"])?)
+    }
+
+    /// Runs `wg args...` inside the gateway's namespace; returns stdout.
+    fn wg<I, S>(&self, args: I) -> Result<String>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", &self.netns, "wg"])
+            .args(args);
+        run_command(&mut command)
     }
 
     /// The dump line of one peer.

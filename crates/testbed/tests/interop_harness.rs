@@ -6,6 +6,7 @@
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use testbed::{
@@ -13,10 +14,7 @@ use testbed::{
 };
 
 fn netns_exists(name: &str) -> bool {
-    run("ip", ["netns", "list"])
-        .unwrap()
-        .lines()
-        .any(|line| line.split_whitespace().next() == Some(name))
+    testbed::netns_exists(name).unwrap()
 }
 
 fn link_exists(ifname: &str) -> bool {
@@ -37,6 +35,35 @@ fn udp_round_trip(to: SocketAddr) -> bool {
         let mut buf = [0u8; 16];
         matches!(socket.recv(&mut buf), Err(e) if e.kind() == ErrorKind::ConnectionRefused)
     })
+}
+
+/// `curl` from inside `ns` to `url` (10 s at most). To a closed port through a tunnel it fails
+/// fast with "couldn't connect" (exit 7): the SYN crossed and the far kernel's RST came back.
+fn curl(ns: &Netns, url: &str) -> Output {
+    ns.command("curl")
+        .args(["-sS", "--max-time", "10", url])
+        .output()
+        .unwrap()
+}
+
+/// wireguard-go gateways at 10.1.0.1 in `ns1` and 10.1.0.2 in `ns2`, peers of each other;
+/// gw1 dials gw2 at `gw2_endpoint`. Returns them with their public keys.
+fn gateway_pair(
+    ns1: &Netns,
+    ns2: &Netns,
+    gw2_endpoint: SocketAddr,
+) -> (WireguardGo, WireguardGo, String, String) {
+    let c1 = GatewayConfig::new("10.1.0.1/24").unwrap();
+    let c2 = GatewayConfig::new("10.1.0.2/24").unwrap();
+    let (k1, k2) = (c1.key.public.clone(), c2.key.public.clone());
+    let gw2 =
+        WireguardGo::start(ns2, c2.with_peer(GatewayPeer::new(&k1, &["10.1.0.1/32"]))).unwrap();
+    let gw1 = WireguardGo::start(
+        ns1,
+        c1.with_peer(GatewayPeer::new(&k2, &["10.1.0.2/32"]).with_endpoint(gw2_endpoint)),
+    )
+    .unwrap();
+    (gw1, gw2, k1, k2)
 }
 
 #[test]
@@ -100,19 +127,7 @@ fn interop_two_wireguard_go_gateways_handshake_and_carry_tcp() {
     let ns1 = Netns::new("gw1").unwrap();
     let ns2 = Netns::new("gw2").unwrap();
     let link = ns1.veth_to(&ns2).unwrap();
-    let c1 = GatewayConfig::new("10.1.0.1/24").unwrap();
-    let c2 = GatewayConfig::new("10.1.0.2/24").unwrap();
-    let (k1, k2) = (c1.key.public.clone(), c2.key.public.clone());
-    let gw2 =
-        WireguardGo::start(&ns2, c2.with_peer(GatewayPeer::new(&k1, &["10.1.0.1/32"]))).unwrap();
-    let gw1 = WireguardGo::start(
-        &ns1,
-        c1.with_peer(
-            GatewayPeer::new(&k2, &["10.1.0.2/32"])
-                .with_endpoint(SocketAddr::new(link.b.ip.into(), 51820)),
-        ),
-    )
-    .unwrap();
+    let (gw1, gw2, k1, k2) = gateway_pair(&ns1, &ns2, SocketAddr::new(link.b.ip.into(), 51820));
     assert_ne!(gw1.ifname(), gw2.ifname());
     assert!(gw1.control_socket().exists() && gw2.control_socket().exists());
     assert_eq!(gw1.dump().unwrap().public_key, k1);
@@ -120,11 +135,7 @@ fn interop_two_wireguard_go_gateways_handshake_and_carry_tcp() {
     // curl from gw1's namespace to a closed port on 10.1.0.2: the SYN crosses the tunnel and
     // gw2's kernel answers RST through it, so curl fails fast with "couldn't connect" (7), not
     // with a timeout (28).
-    let out = ns1
-        .command("curl")
-        .args(["-sS", "--max-time", "10", "http://10.1.0.2:9/"])
-        .output()
-        .unwrap();
+    let out = curl(&ns1, "http://10.1.0.2:9/");
     assert_eq!(
         out.status.code(),
         Some(7),
@@ -197,22 +208,9 @@ fn interop_impaired_relay_carries_wireguard_between_namespaces() {
         },
     )
     .unwrap();
-    let c1 = GatewayConfig::new("10.1.0.1/24").unwrap();
-    let c2 = GatewayConfig::new("10.1.0.2/24").unwrap();
-    let (k1, k2) = (c1.key.public.clone(), c2.key.public.clone());
-    let gw2 =
-        WireguardGo::start(&ns2, c2.with_peer(GatewayPeer::new(&k1, &["10.1.0.1/32"]))).unwrap();
-    let gw1 = WireguardGo::start(
-        &ns1,
-        c1.with_peer(GatewayPeer::new(&k2, &["10.1.0.2/32"]).with_endpoint(relay.local_addr())),
-    )
-    .unwrap();
+    let (gw1, gw2, k1, _) = gateway_pair(&ns1, &ns2, relay.local_addr());
     let start = Instant::now();
-    let out = ns1
-        .command("curl")
-        .args(["-sS", "--max-time", "10", "http://10.1.0.2:9/"])
-        .output()
-        .unwrap();
+    let out = curl(&ns1, "http://10.1.0.2:9/");
     assert_eq!(
         out.status.code(),
         Some(7),
@@ -271,12 +269,7 @@ fn interop_two_gateway_sites_reach_an_agent_namespace() {
             Some(site.agent_side_ip().into())
         );
         // Gateway -> agent's virtual IP through the tunnel: RST from the agent's kernel.
-        let out = site
-            .ns
-            .command("curl")
-            .args(["-sS", "--max-time", "10", "http://10.1.0.100:9/"])
-            .output()
-            .unwrap();
+        let out = curl(&site.ns, "http://10.1.0.100:9/");
         assert_eq!(out.status.code(), Some(7), "via {vip}: {}", agent.log());
     }
     drop(sites);
@@ -387,12 +380,7 @@ fn interop_relay_inside_an_agent_namespace() {
     let seen = peer.endpoint.unwrap();
     assert_eq!(seen.ip(), std::net::IpAddr::from(site.agent_side_ip()));
     assert_eq!(seen.port(), relay.upstream_local_addr().port());
-    let out = site
-        .ns
-        .command("curl")
-        .args(["-sS", "--max-time", "10", "http://10.1.0.100:9/"])
-        .output()
-        .unwrap();
+    let out = curl(&site.ns, "http://10.1.0.100:9/");
     assert_eq!(out.status.code(), Some(7), "{}", agent.log());
     let stats = relay.stats();
     assert!(

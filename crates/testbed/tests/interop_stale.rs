@@ -6,7 +6,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use testbed::{GatewayConfig, Netns, WireguardGo};
@@ -35,37 +35,11 @@ fn child_process_killed_mid_test() {
     std::thread::sleep(Duration::from_secs(30));
 }
 
-/// Gone, or a zombie nobody reaps (PID 1 of a container may not).
-fn process_gone(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|stat| {
-            stat.rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('Z')
-        })
-        .unwrap_or(true)
-}
-
-fn netns_exists(name: &str) -> bool {
-    testbed::run("ip", ["netns", "list"])
-        .unwrap()
-        .lines()
-        .any(|line| line.split_whitespace().next() == Some(name))
-}
-
 #[test]
 fn interop_leftovers_of_a_killed_test_process_are_cleaned() {
     testbed::require_gateway_prereqs!();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            CHILD,
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    let mut child = testbed::child_test_command(CHILD)
+        .unwrap()
         .env(ENV, "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -100,9 +74,10 @@ fn interop_leftovers_of_a_killed_test_process_are_cleaned() {
     // Nothing ran destructors: everything is still there — unless a test process running in
     // parallel already called `cleanup_stale` (its first `Netns::new` does), which is fine.
     testbed::cleanup_stale();
-    assert!(!netns_exists(&ns), "{ns} left behind");
+    assert!(!testbed::netns_exists(&ns).unwrap(), "{ns} left behind");
     let deadline = Instant::now() + Duration::from_secs(3);
-    while !process_gone(wg_pid) {
+    // Gone, or a zombie nobody reaps (PID 1 of a container may not).
+    while testbed::pid_alive(wg_pid) {
         assert!(
             Instant::now() < deadline,
             "wireguard-go {wg_pid} still runs"

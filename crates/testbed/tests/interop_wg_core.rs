@@ -19,15 +19,13 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use testbed::packet::icmp_echo_request;
-use testbed::{Daemon, GatewayConfig, GatewayPeer, GatewaySite, TempDir, WireguardGo};
+use testbed::{GatewayConfig, GatewayPeer, GatewaySite, TempDir, WireguardGo};
 use wg_core::{DropReason, HandshakeState, PeerConfig, PrivateKey, PublicKey};
 
 #[test]
 fn interop_wg_core_handshakes_and_pings_wireguard_go() {
     testbed::require_gateway_prereqs!();
-    let key = PrivateKey::generate();
-    let gw = Gateway::start(&key.public_key().to_base64());
-    let mut agent = Agent::new(key, gw.agent_bind());
+    let (gw, mut agent) = Gateway::start_with_agent();
     let key = agent.add_gateway(&gw.wg, gw.endpoint());
 
     // The first echo is queued inside the engine while the handshake runs, then sent.
@@ -110,9 +108,7 @@ fn interop_wg_core_handshakes_and_pings_wireguard_go() {
 #[test]
 fn interop_wg_core_receives_traffic_the_gateway_starts() {
     testbed::require_gateway_prereqs!();
-    let key = PrivateKey::generate();
-    let gw = Gateway::start(&key.public_key().to_base64());
-    let mut agent = Agent::new(key, gw.agent_bind());
+    let (gw, mut agent) = Gateway::start_with_agent();
     agent.add_gateway(&gw.wg, gw.endpoint());
     assert!(
         agent.ping(1, b"up", Duration::from_secs(10)),
@@ -123,14 +119,7 @@ fn interop_wg_core_receives_traffic_the_gateway_starts() {
     // curl inside the gateway namespace connects to the agent's virtual IP: its TCP SYN must come
     // out of wg-core, from 10.1.0.1 to 10.1.0.100:80.
     let logs = TempDir::new("curl").unwrap();
-    let mut curl: Daemon = gw
-        .ns
-        .spawn(
-            "curl",
-            ["-sS", "--max-time", "5", "http://10.1.0.100:80/"],
-            &logs.path().join("curl.log"),
-        )
-        .unwrap();
+    let mut curl = gw.curl_agent(&logs);
     let is_syn_to_agent = |p: &Vec<u8>| {
         p.len() >= 40
             && p[0] == 0x45
@@ -234,9 +223,7 @@ fn interop_wg_core_over_an_ipv6_underlay() {
 #[test]
 fn interop_wg_core_keepalives_reach_wireguard_go() {
     testbed::require_gateway_prereqs!();
-    let key = PrivateKey::generate();
-    let gw = Gateway::start(&key.public_key().to_base64());
-    let mut agent = Agent::new(key.clone(), gw.agent_bind());
+    let (gw, mut agent) = Gateway::start_with_agent();
     let gw_key = PublicKey::from_base64(gw.wg.public_key()).unwrap();
     agent.peers.set_peers(
         vec![
@@ -248,7 +235,7 @@ fn interop_wg_core_keepalives_reach_wireguard_go() {
         Instant::now(),
     );
     // Persistent keepalive brings the tunnel up with no traffic at all.
-    let agent_pub = key.public_key().to_base64();
+    let agent_pub = agent.public_base64();
     assert!(agent.run_until(Duration::from_secs(5), |a| {
         a.peers
             .peer_stats(&gw_key, Instant::now())

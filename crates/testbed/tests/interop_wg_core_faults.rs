@@ -14,14 +14,12 @@ use std::time::{Duration, Instant};
 use common::*;
 use testbed::packet::parse_icmp_echo;
 use testbed::{ImpairedRelay, Impairment, TempDir, garbage};
-use wg_core::{DropReason, HandshakeState, PrivateKey};
+use wg_core::{DropReason, HandshakeState};
 
 #[test]
 fn interop_wg_core_finds_a_restarted_gateway_with_a_forced_handshake() {
     testbed::require_gateway_prereqs!();
-    let key = PrivateKey::generate();
-    let mut gw = Gateway::start(&key.public_key().to_base64());
-    let mut agent = Agent::new(key, gw.agent_bind());
+    let (mut gw, mut agent) = Gateway::start_with_agent();
     let key = agent.add_gateway(&gw.wg, gw.endpoint());
     assert!(
         agent.ping(1, b"before", Duration::from_secs(10)),
@@ -53,8 +51,8 @@ fn interop_wg_core_finds_a_restarted_gateway_with_a_forced_handshake() {
 #[test]
 fn interop_wg_core_through_an_impaired_relay() {
     testbed::require_gateway_prereqs!();
-    let key = PrivateKey::generate();
-    let gw = Gateway::start(&key.public_key().to_base64());
+    // The agent reaches the relay over the host's own address on the veth.
+    let (gw, mut agent) = Gateway::start_with_agent();
     // Agent -> relay (on the host end of the veth) -> wireguard-go.
     let relay = ImpairedRelay::start(
         SocketAddr::new(gw.link.b.ip.into(), 0),
@@ -67,8 +65,6 @@ fn interop_wg_core_through_an_impaired_relay() {
         },
     )
     .unwrap();
-    // The agent reaches the relay over the host's own address on the veth.
-    let mut agent = Agent::new(key, gw.agent_bind());
     let key = agent.add_gateway(&gw.wg, relay.local_addr());
     // Handshake on a clean path (a lost initiation would cost boringtun's 5 s retry).
     assert!(
@@ -145,9 +141,7 @@ fn interop_wg_core_through_an_impaired_relay() {
 fn interop_wg_core_survives_garbage_during_traffic() {
     use rand::SeedableRng;
     testbed::require_gateway_prereqs!();
-    let key = PrivateKey::generate();
-    let gw = Gateway::start(&key.public_key().to_base64());
-    let mut agent = Agent::new(key.clone(), gw.agent_bind());
+    let (gw, mut agent) = Gateway::start_with_agent();
     let gw_key = agent.add_gateway(&gw.wg, gw.endpoint());
     assert!(
         agent.ping(0, b"before", Duration::from_secs(10)),
@@ -215,9 +209,7 @@ fn interop_wg_core_survives_garbage_during_traffic() {
 #[test]
 fn interop_wg_core_follows_a_gateway_that_roams() {
     testbed::require_gateway_prereqs!();
-    let key = PrivateKey::generate();
-    let mut gw = Gateway::start(&key.public_key().to_base64());
-    let mut agent = Agent::new(key.clone(), gw.agent_bind());
+    let (mut gw, mut agent) = Gateway::start_with_agent();
     let gw_key = agent.add_gateway(&gw.wg, gw.endpoint());
     assert!(
         agent.ping(1, b"before", Duration::from_secs(10)),
@@ -234,14 +226,7 @@ fn interop_wg_core_follows_a_gateway_that_roams() {
 
     // Traffic the gateway starts (a TCP SYN to the agent's virtual IP) comes from the new port.
     let logs = TempDir::new("roam").unwrap();
-    let mut curl = gw
-        .ns
-        .spawn(
-            "curl",
-            ["-sS", "--max-time", "5", "http://10.1.0.100:80/"],
-            &logs.path().join("curl.log"),
-        )
-        .unwrap();
+    let mut curl = gw.curl_agent(&logs);
     let learned = agent.run_until(Duration::from_secs(5), |a| {
         a.peers
             .peer_stats(&gw_key, Instant::now())

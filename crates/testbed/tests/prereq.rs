@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 const CHILD: &str = "child_process_for_prereq_tests";
 
@@ -17,15 +17,8 @@ fn child_process_for_prereq_tests() {
 }
 
 fn run_child(ci: Option<&str>) -> Output {
-    let mut command = Command::new(std::env::current_exe().unwrap());
+    let mut command = testbed::child_test_command(CHILD).unwrap();
     command
-        .args([
-            "--exact",
-            CHILD,
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
         .env("PATH", "/nonexistent-testbed-path")
         .env_remove("CI");
     if let Some(value) = ci {

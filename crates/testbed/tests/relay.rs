@@ -25,6 +25,19 @@ fn socket() -> UdpSocket {
     s
 }
 
+/// A gateway socket, an agent socket and a relay between them on loopback.
+fn relay_with(impairment: Impairment) -> (UdpSocket, UdpSocket, ImpairedRelay) {
+    let gateway = socket();
+    let agent = socket();
+    let relay = ImpairedRelay::start(
+        LOOPBACK.parse().unwrap(),
+        gateway.local_addr().unwrap(),
+        impairment,
+    )
+    .unwrap();
+    (gateway, agent, relay)
+}
+
 fn wait_idle(relay: &ImpairedRelay) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while relay.queued() > 0 {
@@ -48,14 +61,7 @@ fn drain(socket: &UdpSocket, max: usize) -> Vec<Vec<u8>> {
 
 #[test]
 fn transparent_relay_forwards_both_ways_and_learns_the_agent() {
-    let gateway = socket();
-    let agent = socket();
-    let relay = ImpairedRelay::start(
-        LOOPBACK.parse().unwrap(),
-        gateway.local_addr().unwrap(),
-        Impairment::default(),
-    )
-    .unwrap();
+    let (gateway, agent, relay) = relay_with(Impairment::default());
     agent.send_to(b"hello gateway", relay.local_addr()).unwrap();
     let mut buf = [0u8; 64];
     let (n, from) = gateway.recv_from(&mut buf).unwrap();
@@ -82,17 +88,10 @@ fn transparent_relay_forwards_both_ways_and_learns_the_agent() {
 
 #[test]
 fn delay_applies_to_each_direction() {
-    let gateway = socket();
-    let agent = socket();
-    let relay = ImpairedRelay::start(
-        LOOPBACK.parse().unwrap(),
-        gateway.local_addr().unwrap(),
-        Impairment {
-            delay: Duration::from_millis(40),
-            ..Impairment::default()
-        },
-    )
-    .unwrap();
+    let (gateway, agent, relay) = relay_with(Impairment {
+        delay: Duration::from_millis(40),
+        ..Impairment::default()
+    });
     let start = Instant::now();
     agent.send_to(b"x", relay.local_addr()).unwrap();
     let mut buf = [0u8; 16];
@@ -129,21 +128,14 @@ fn observe(datagrams: &[Vec<u8>]) -> Observed {
 }
 
 fn impaired_run(seed: u64, count: u32) -> (RelayStats, Observed) {
-    let gateway = socket();
-    let agent = socket();
-    let relay = ImpairedRelay::start(
-        LOOPBACK.parse().unwrap(),
-        gateway.local_addr().unwrap(),
-        Impairment {
-            loss: 0.2,
-            duplicate: 0.1,
-            reorder: 0.1,
-            reorder_hold: Duration::from_millis(200),
-            seed,
-            ..Impairment::default()
-        },
-    )
-    .unwrap();
+    let (gateway, agent, relay) = relay_with(Impairment {
+        loss: 0.2,
+        duplicate: 0.1,
+        reorder: 0.1,
+        reorder_hold: Duration::from_millis(200),
+        seed,
+        ..Impairment::default()
+    });
     let receiver = std::thread::spawn(move || drain(&gateway, 10 * count as usize));
     for seq in 0..count {
         let mut datagram = seq.to_be_bytes().to_vec();
@@ -205,18 +197,11 @@ fn impairment_counts_match_what_arrives_and_repeat_for_a_seed() {
 
 #[test]
 fn full_queue_drops_and_counts() {
-    let gateway = socket();
-    let agent = socket();
-    let relay = ImpairedRelay::start(
-        LOOPBACK.parse().unwrap(),
-        gateway.local_addr().unwrap(),
-        Impairment {
-            delay: Duration::from_millis(300),
-            queue_limit: 10,
-            ..Impairment::default()
-        },
-    )
-    .unwrap();
+    let (gateway, agent, relay) = relay_with(Impairment {
+        delay: Duration::from_millis(300),
+        queue_limit: 10,
+        ..Impairment::default()
+    });
     for i in 0..30u8 {
         agent.send_to(&[i], relay.local_addr()).unwrap();
         std::thread::sleep(Duration::from_micros(200));
@@ -236,13 +221,7 @@ fn full_queue_drops_and_counts() {
 
 #[test]
 fn drop_stops_the_threads_and_frees_the_port() {
-    let gateway = socket();
-    let relay = ImpairedRelay::start(
-        LOOPBACK.parse().unwrap(),
-        gateway.local_addr().unwrap(),
-        Impairment::default(),
-    )
-    .unwrap();
+    let (_gateway, _agent, relay) = relay_with(Impairment::default());
     let addr: SocketAddr = relay.local_addr();
     let start = Instant::now();
     drop(relay);
@@ -253,21 +232,14 @@ fn drop_stops_the_threads_and_frees_the_port() {
 
 #[test]
 fn out_of_range_probabilities_are_clamped() {
-    let gateway = socket();
-    let agent = socket();
-    let relay = ImpairedRelay::start(
-        LOOPBACK.parse().unwrap(),
-        gateway.local_addr().unwrap(),
-        Impairment {
-            loss: f64::NAN,
-            duplicate: -1.0,
-            reorder: 2.0,
-            // Longer than any scheduling hiccup: each held datagram waits for its successor.
-            reorder_hold: Duration::from_secs(2),
-            ..Impairment::default()
-        },
-    )
-    .unwrap();
+    let (gateway, agent, relay) = relay_with(Impairment {
+        loss: f64::NAN,
+        duplicate: -1.0,
+        reorder: 2.0,
+        // Longer than any scheduling hiccup: each held datagram waits for its successor.
+        reorder_hold: Duration::from_secs(2),
+        ..Impairment::default()
+    });
     for i in 0..10u8 {
         agent.send_to(&[i], relay.local_addr()).unwrap();
         std::thread::sleep(Duration::from_millis(2));
@@ -296,20 +268,13 @@ fn out_of_range_probabilities_are_clamped() {
 /// Sends `count` numbered datagrams 1 ms apart through a relay with 5 ms ± 4 ms and returns the
 /// order they arrived in.
 fn arrival_order(keep_order: bool, count: u32) -> Vec<u32> {
-    let gateway = socket();
-    let agent = socket();
-    let relay = ImpairedRelay::start(
-        LOOPBACK.parse().unwrap(),
-        gateway.local_addr().unwrap(),
-        Impairment {
-            delay: Duration::from_millis(5),
-            jitter: Duration::from_millis(4),
-            keep_order,
-            seed: 11,
-            ..Impairment::default()
-        },
-    )
-    .unwrap();
+    let (gateway, agent, relay) = relay_with(Impairment {
+        delay: Duration::from_millis(5),
+        jitter: Duration::from_millis(4),
+        keep_order,
+        seed: 11,
+        ..Impairment::default()
+    });
     for seq in 0..count {
         agent
             .send_to(&seq.to_be_bytes(), relay.local_addr())

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use testbed::garbage;
 use testbed::packet::{icmp_echo_request, parse_icmp_echo};
-use testbed::{GatewayConfig, GatewayPeer, GatewaySite, WireguardGo};
+use testbed::{Daemon, GatewayConfig, GatewayPeer, GatewaySite, TempDir, WireguardGo};
 use wg_core::{PeerConfig, Peers, PrivateKey, PublicKey};
 
 pub(crate) const AGENT_IP: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 100);
@@ -183,6 +183,27 @@ impl Gateway {
             .unwrap()
             .with_peer(GatewayPeer::new(agent_public, &["10.1.0.100/32"]));
         Self(GatewaySite::start("wgc", config, None).unwrap())
+    }
+
+    /// A gateway for a fresh agent key, and that agent, bound at [`Gateway::agent_bind`] (no
+    /// peer yet).
+    pub(crate) fn start_with_agent() -> (Self, Agent) {
+        let key = PrivateKey::generate();
+        let gateway = Self::start(&key.public_key().to_base64());
+        let agent = Agent::new(key, gateway.agent_bind());
+        (gateway, agent)
+    }
+
+    /// curl inside the gateway's namespace to the agent's virtual IP, port 80 (5 s at most):
+    /// traffic the gateway starts. Its output goes to `curl.log` in `logs`.
+    pub(crate) fn curl_agent(&self, logs: &TempDir) -> Daemon {
+        self.ns
+            .spawn(
+                "curl",
+                ["-sS", "--max-time", "5", "http://10.1.0.100:80/"],
+                &logs.path().join("curl.log"),
+            )
+            .unwrap()
     }
 
     /// Where the agent binds: the host end of the veth.

@@ -48,22 +48,8 @@ fn finish(mut child: Child, url: &str) -> Result<String> {
 
 /// `GET url` from `ns`, the body hashed as it arrives.
 pub(crate) fn get(ns: &Netns, url: &str, max_time: Duration, extra: &[&str]) -> Result<Transfer> {
-    let start = Instant::now();
-    let mut child = curl(ns, url, max_time, extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("cannot start curl")?;
-    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-    let hashed = sha256_of(stdout);
-    finish(child, url)?;
-    let (sha256, bytes) = hashed?;
-    Ok(Transfer {
-        sha256,
-        bytes,
-        elapsed: start.elapsed(),
-    })
+    let download = start_get(ns, url, max_time, extra)?;
+    download()
 }
 
 /// [`get`] on a thread.
@@ -73,6 +59,16 @@ pub(crate) fn get_in_background(
     max_time: Duration,
     extra: &[&str],
 ) -> Result<JoinHandle<Result<Transfer>>> {
+    Ok(std::thread::spawn(start_get(ns, url, max_time, extra)?))
+}
+
+/// Starts curl for [`get`]; the closure hashes the body as it arrives and waits for curl.
+fn start_get(
+    ns: &Netns,
+    url: &str,
+    max_time: Duration,
+    extra: &[&str],
+) -> Result<impl FnOnce() -> Result<Transfer> + Send + 'static> {
     let start = Instant::now();
     let mut child = curl(ns, url, max_time, extra)
         .stdin(Stdio::null())
@@ -81,7 +77,7 @@ pub(crate) fn get_in_background(
         .spawn()
         .context("cannot start curl")?;
     let url = url.to_owned();
-    Ok(std::thread::spawn(move || {
+    Ok(move || {
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
         let hashed = sha256_of(stdout);
         finish(child, &url)?;
@@ -91,24 +87,12 @@ pub(crate) fn get_in_background(
             bytes,
             elapsed: start.elapsed(),
         })
-    }))
+    })
 }
 
 /// `GET url` expecting a small text body.
 pub(crate) fn get_text(ns: &Netns, url: &str, max_time: Duration) -> Result<String> {
-    let mut command = curl(ns, url, max_time, &[]);
-    let out = command
-        .stdin(Stdio::null())
-        .output()
-        .context("cannot start curl")?;
-    if !out.status.success() {
-        bail!(
-            "curl {url}: {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    testbed::run_command(&mut curl(ns, url, max_time, &[]))
 }
 
 /// `POST url` with `len` bytes of the pattern of `seed`, streamed (chunked) from stdin; the
