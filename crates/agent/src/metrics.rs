@@ -167,6 +167,11 @@ pub struct AgentCounters {
     pub open_connections: u64,
     /// Packets dropped, by reason (`malformed`, `unauthenticated`, `no_route`, ...).
     pub dropped_packets: BTreeMap<String, u64>,
+    /// TCP segments the virtual IP's stack sent again because the peer's SACK blocks
+    /// showed them lost (netstack's loss repair).
+    pub tcp_repaired: u64,
+    /// Tail-loss probes sent by that loss repair.
+    pub tcp_probes: u64,
 }
 
 /// Writes the per-gateway series of SPEC (`wg_agent_gateway_*`, label `gateway="<id>"`).
@@ -239,6 +244,22 @@ pub fn write_agent_counters(w: &mut MetricsWriter<'_>, counters: &AgentCounters)
             *count,
         );
     }
+    w.family(
+        "wg_agent_tcp_loss_repair_total",
+        MetricKind::Counter,
+        "TCP segments the virtual IP sent again without waiting for a timeout: kind=\"sack\" \
+         (shown lost by the peer's SACK blocks), kind=\"probe\" (tail-loss probes).",
+    );
+    w.sample_u64(
+        "wg_agent_tcp_loss_repair_total",
+        &[("kind", "sack")],
+        counters.tcp_repaired,
+    );
+    w.sample_u64(
+        "wg_agent_tcp_loss_repair_total",
+        &[("kind", "probe")],
+        counters.tcp_probes,
+    );
 }
 
 #[cfg(test)]
@@ -302,6 +323,8 @@ mod tests {
         write_gateway_metrics(&mut w, &snapshot);
         let mut counters = AgentCounters {
             open_connections: 7,
+            tcp_repaired: 3,
+            tcp_probes: 1,
             ..Default::default()
         };
         counters.dropped_packets.insert("malformed".into(), 2);
@@ -317,6 +340,8 @@ mod tests {
             "wg_agent_gateway_stale{gateway=\"g\\\"2\"} 1",
             "wg_agent_open_connections 7",
             "wg_agent_dropped_packets_total{reason=\"malformed\"} 2",
+            "wg_agent_tcp_loss_repair_total{kind=\"sack\"} 3",
+            "wg_agent_tcp_loss_repair_total{kind=\"probe\"} 1",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
@@ -325,6 +350,6 @@ mod tests {
         }
         // Every family is announced exactly once.
         let types = text.lines().filter(|l| l.starts_with("# TYPE")).count();
-        assert_eq!(types, 7);
+        assert_eq!(types, 8);
     }
 }

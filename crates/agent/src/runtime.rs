@@ -352,6 +352,8 @@ impl StatusSource for Agent {
         let stack = manager.netstack().stats();
         let mut counters = AgentCounters {
             open_connections: stack.tcp_sockets as u64,
+            tcp_repaired: stack.tcp_repaired,
+            tcp_probes: stack.tcp_probes,
             ..AgentCounters::default()
         };
         for (reason, n) in manager.wg_drops().iter() {

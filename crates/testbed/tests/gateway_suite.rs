@@ -323,20 +323,9 @@ fn interop_suite_lossy_link_upload() {
     lossy_transfer(false, 16 << 20);
 }
 
-/// Case 4, the download's integrity while the 16 MiB download below is ignored: 512 KiB down
-/// over the same lossy link (about 15 s at the agent's current rate), sha256 checked.
-#[test]
-fn interop_suite_lossy_link_download_512kib() {
-    lossy_transfer(true, 512 << 10);
-}
-
 /// Case 4 (download half): 16 MiB down to the gateway over the same lossy link (the agent's
-/// stack sends). Ignored while the agent's sender is this slow on a lossy path: 512 KiB take
-/// about 16 s (0.26 Mbit/s, roughly one 1 s retransmission timeout per lost segment) where the
-/// upload above runs at 8.7 Mbit/s, and 16 MiB got 10 MB through in 120 s; beyond the suite's
-/// 10-minute budget. Run it with `--run-ignored all` once the sender recovers faster.
+/// stack sends; netstack's loss repair resends what the gateway's SACK blocks show lost).
 #[test]
-#[ignore = "agent's TCP sender: ~1 s RTO per lost segment at 3% loss; 16 MiB would take ~5 min"]
 fn interop_suite_lossy_link_download() {
     lossy_transfer(true, 16 << 20);
 }
@@ -385,12 +374,27 @@ fn lossy_transfer(download: bool, len: u64) {
         stats.to_agent.reordered > 0 && stats.to_gateway.reordered > 0,
         "{stats:?}"
     );
+    let metrics = agent.metrics().unwrap();
+    let repair = |kind: &str| {
+        metric(
+            &metrics,
+            "wg_agent_tcp_loss_repair_total",
+            &format!("kind=\"{kind}\""),
+        )
+        .unwrap_or(0.0)
+    };
+    let (sack, probe) = (repair("sack"), repair("probe"));
     eprintln!(
-        "suite: lossy link: {len} bytes {} in {:.2?} ({:.2} Mbit/s); relay {stats:?}",
+        "suite: lossy link: {len} bytes {} in {:.2?} ({:.2} Mbit/s); agent loss repair: \
+         {sack} from SACK, {probe} probes; relay {stats:?}",
         if download { "down" } else { "up" },
         transfer.elapsed,
         mbit_per_s(len, transfer.elapsed),
     );
+    if download {
+        // The gateway's kernel TCP sends SACK blocks; the agent must have acted on them.
+        assert!(sack > 0.0, "no loss repair from SACK:\n{metrics}");
+    }
     drop(agent);
 }
 
