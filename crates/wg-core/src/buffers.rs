@@ -69,14 +69,26 @@ struct Slot<M> {
 #[derive(Debug)]
 pub(crate) struct Ring<M> {
     slots: Vec<Slot<M>>,
+    /// A buffer that grows is made at least this long, so every non-empty one is.
+    floor: usize,
     head: usize,
+    /// The free slot after the queued ones: always `(head + len) % cap`, kept rather than
+    /// computed because every packet needs it twice.
+    tail: usize,
     len: usize,
 }
 
 impl<M: Copy + Default + Len> Ring<M> {
     pub(crate) fn new(cap: usize) -> Self {
+        Self::with_floor(cap, 0)
+    }
+
+    /// A ring whose grown buffers are at least `floor` bytes long (at most [`KEEP_CAPACITY`]):
+    /// a caller that needs that much for any write can ask [`Ring::free_slot`] for less.
+    pub(crate) fn with_floor(cap: usize, floor: usize) -> Self {
         let cap = cap.max(1);
         Self {
+            floor: floor.min(KEEP_CAPACITY),
             slots: (0..cap)
                 .map(|_| Slot {
                     buf: Vec::new(),
@@ -84,6 +96,7 @@ impl<M: Copy + Default + Len> Ring<M> {
                 })
                 .collect(),
             head: 0,
+            tail: 0,
             len: 0,
         }
     }
@@ -98,45 +111,28 @@ impl<M: Copy + Default + Len> Ring<M> {
         self.len
     }
 
-    #[inline]
-    fn tail(&self) -> usize {
-        let i = self.head + self.len;
-        if i >= self.slots.len() {
-            i - self.slots.len()
-        } else {
-            i
-        }
-    }
-
     /// The free slot at the tail, at least `min_len` bytes long (stale contents), or `None`
     /// when full. Write into it, then [`Ring::commit`]; without a commit it stays free.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn free_slot(&mut self, min_len: usize) -> Option<&mut [u8]> {
-        if self.len == 0 {
-            self.head = 0;
-        } else if self.is_full() {
+        if self.is_full() {
             return None;
         }
-        let i = self.tail();
-        let buf = &mut self.slots[i].buf;
-        if buf.len() < min_len {
-            if buf.capacity() > KEEP_CAPACITY && min_len <= KEEP_CAPACITY {
-                *buf = Vec::new();
-            }
-            buf.resize(min_len, 0);
-        } else if buf.len() > KEEP_CAPACITY && min_len <= KEEP_CAPACITY {
-            // Release a jumbo buffer once ordinary traffic is back.
-            *buf = vec![0; min_len];
+        let buf = &mut self.slots[self.tail].buf;
+        // Shorter than `min_len`, or a jumbo buffer (then `fit` decides whether to keep it).
+        if !(min_len..=KEEP_CAPACITY).contains(&buf.len()) {
+            fit(buf, min_len, self.floor);
         }
         Some(&mut buf[..])
     }
 
     /// Queues the tail slot written after [`Ring::free_slot`].
-    #[inline]
+    #[inline(always)]
     pub(crate) fn commit(&mut self, meta: M) {
         debug_assert!(!self.is_full());
-        let i = self.tail();
+        let i = self.tail;
         self.slots[i].meta = meta;
+        self.tail = if i + 1 == self.slots.len() { 0 } else { i + 1 };
         self.len += 1;
     }
 
@@ -151,17 +147,39 @@ impl<M: Copy + Default + Len> Ring<M> {
     }
 
     /// The oldest queued slot; its bytes stay valid until the next mutation.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn pop(&mut self) -> Option<(&[u8], M)> {
         if self.len == 0 {
             return None;
         }
         let i = self.head;
-        self.head = if i + 1 == self.slots.len() { 0 } else { i + 1 };
         self.len -= 1;
+        if self.len == 0 {
+            // Empty: start again at slot 0, so a caller that drains after every input keeps
+            // reusing the same (cache-hot) buffer.
+            self.head = 0;
+            self.tail = 0;
+        } else {
+            self.head = if i + 1 == self.slots.len() { 0 } else { i + 1 };
+        }
         let slot = &self.slots[i];
         let len = slot.meta.len().min(slot.buf.len());
         Some((&slot.buf[..len], slot.meta))
+    }
+}
+
+/// Grows a slot's buffer to `min_len`, or swaps a jumbo one (grown by a huge datagram) for a
+/// small one once ordinary traffic is back. Off the per-packet path: slots keep their size.
+#[cold]
+#[inline(never)]
+fn fit(buf: &mut Vec<u8>, min_len: usize, floor: usize) {
+    if buf.len() < min_len {
+        if buf.capacity() > KEEP_CAPACITY && min_len <= KEEP_CAPACITY {
+            *buf = Vec::new();
+        }
+        buf.resize(min_len.max(floor), 0);
+    } else if buf.len() > KEEP_CAPACITY && min_len <= KEEP_CAPACITY {
+        *buf = vec![0; min_len.max(floor)];
     }
 }
 
@@ -200,6 +218,20 @@ mod tests {
         let _ = r.pop();
         let q = r.free_slot(10).unwrap().as_ptr();
         assert_eq!(p, q, "the same hot buffer again");
+    }
+
+    #[test]
+    fn grown_buffers_keep_the_floor() {
+        let mut r: Ring<TxMeta> = Ring::with_floor(2, 148);
+        assert_eq!(r.free_slot(20).unwrap().len(), 148);
+        assert!(r.push_copy(&vec![1; 60_000], meta(60_000)));
+        let _ = r.pop();
+        assert_eq!(
+            r.free_slot(20).unwrap().len(),
+            148,
+            "jumbo released to the floor"
+        );
+        assert_eq!(r.free_slot(1000).unwrap().len(), 1000);
     }
 
     #[test]

@@ -120,14 +120,43 @@ impl fmt::Debug for IpNet {
 /// Entries are kept sorted longest prefix first, so a lookup is a short linear scan: right for
 /// the handful of prefixes a set of gateways has. Inserting a prefix that is already present
 /// replaces its value (a prefix belongs to one peer, as in WireGuard).
+///
+/// [`RouteTable::route`] remembers its last answer per [`Lookup`] stream (consecutive packets
+/// of a flow share an address, and a scan grows with the table); any change forgets them all.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RouteTable<T> {
     v4: Vec<(u32, u32, u8, T)>,
     v6: Vec<(u128, u128, u8, T)>,
+    memo: [Memo<T>; 2],
 }
 
-impl<T: Copy + PartialEq> RouteTable<T> {
+/// Which remembered lookup [`RouteTable::route`] uses: outbound destinations and inbound
+/// sources are two streams of addresses, so each keeps its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lookup {
+    /// The destination of an outbound packet.
+    Destination = 0,
+    /// The source of a decrypted inbound packet.
+    Source = 1,
+}
+
+/// The last successful lookup of one stream: the address and its answer.
+#[derive(Debug, Clone, Copy, Default)]
+struct Memo<T> {
+    /// [`MEMO_V4`] | the IPv4 address's octets as a native-endian integer (no byte swap on the
+    /// per-packet path), or 0 for nothing remembered.
+    v4_key: u64,
+    /// The answer for `v4_key` (meaningless while it is 0).
+    v4: T,
+    v6: Option<(u128, T)>,
+}
+
+/// Marks a remembered IPv4 lookup (so the key 0 means "nothing").
+const MEMO_V4: u64 = 1 << 32;
+
+impl<T: Copy + PartialEq + Default> RouteTable<T> {
     pub(crate) fn insert(&mut self, net: IpNet, value: T) {
+        self.memo = [Memo::default(); 2];
         let len = net.prefix_len;
         match net.addr {
             IpAddr::V4(a) => {
@@ -145,21 +174,60 @@ impl<T: Copy + PartialEq> RouteTable<T> {
         }
     }
 
-    #[inline]
+    /// The value of the longest prefix holding `ip`, without the memo.
+    #[cfg(test)]
     pub(crate) fn lookup(&self, ip: IpAddr) -> Option<T> {
         match ip {
-            IpAddr::V4(ip) => {
-                let ip = u32::from(ip);
-                self.v4.iter().find(|e| ip & e.1 == e.0).map(|e| e.3)
-            }
+            IpAddr::V4(ip) => self.lookup_v4(ip.to_bits()),
+            IpAddr::V6(ip) => self.lookup_v6(ip.to_bits()),
+        }
+    }
+
+    /// [`RouteTable::lookup`], answered from the memo of `stream` when `ip` is the address it
+    /// saw last.
+    #[inline(always)]
+    pub(crate) fn route(&mut self, ip: IpAddr, stream: Lookup) -> Option<T> {
+        match ip {
+            IpAddr::V4(ip) => self.route_v4(ip.octets(), stream),
             IpAddr::V6(ip) => {
-                let ip = u128::from(ip);
-                self.v6.iter().find(|e| ip & e.1 == e.0).map(|e| e.3)
+                let ip = ip.to_bits();
+                if let Some((last, value)) = self.memo[stream as usize].v6
+                    && last == ip
+                {
+                    return Some(value);
+                }
+                let value = self.lookup_v6(ip)?;
+                self.memo[stream as usize].v6 = Some((ip, value));
+                Some(value)
             }
         }
     }
 
+    /// [`RouteTable::route`] for an IPv4 address given as its octets.
+    #[inline(always)]
+    pub(crate) fn route_v4(&mut self, octets: [u8; 4], stream: Lookup) -> Option<T> {
+        let key = MEMO_V4 | u64::from(u32::from_ne_bytes(octets));
+        let memo = &self.memo[stream as usize];
+        if memo.v4_key == key {
+            return Some(memo.v4);
+        }
+        let value = self.lookup_v4(u32::from_be_bytes(octets))?;
+        let memo = &mut self.memo[stream as usize];
+        memo.v4_key = key;
+        memo.v4 = value;
+        Some(value)
+    }
+
+    fn lookup_v4(&self, ip: u32) -> Option<T> {
+        self.v4.iter().find(|e| ip & e.1 == e.0).map(|e| e.3)
+    }
+
+    fn lookup_v6(&self, ip: u128) -> Option<T> {
+        self.v6.iter().find(|e| ip & e.1 == e.0).map(|e| e.3)
+    }
+
     pub(crate) fn clear(&mut self) {
+        self.memo = [Memo::default(); 2];
         self.v4.clear();
         self.v6.clear();
     }
@@ -211,5 +279,36 @@ mod tests {
         assert_eq!(t.lookup("10.1.0.2".parse().unwrap()), Some(5));
         t.clear();
         assert_eq!(t.lookup("10.1.0.2".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn remembered_routes_follow_every_change() {
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let mut t = RouteTable::default();
+        t.insert(net("10.1.0.0/24"), 1);
+        t.insert(net("fd00::/64"), 7);
+        for stream in [Lookup::Destination, Lookup::Source] {
+            assert_eq!(t.route(ip("10.1.0.9"), stream), Some(1));
+            assert_eq!(t.route(ip("10.1.0.9"), stream), Some(1), "remembered");
+            assert_eq!(t.route(ip("10.2.0.9"), stream), None);
+            assert_eq!(t.route(ip("10.2.0.9"), stream), None, "again");
+            assert_eq!(t.route(ip("fd00::9"), stream), Some(7));
+            assert_eq!(t.route(ip("fd00::9"), stream), Some(7));
+        }
+        // A longer prefix, a replaced prefix, a cleared table: never a stale answer.
+        t.insert(net("10.1.0.9/32"), 2);
+        assert_eq!(t.route(ip("10.1.0.9"), Lookup::Destination), Some(2));
+        assert_eq!(t.route(ip("10.1.0.9"), Lookup::Source), Some(2));
+        t.insert(net("10.1.0.9/32"), 3);
+        assert_eq!(t.route(ip("10.1.0.9"), Lookup::Destination), Some(3));
+        t.insert(net("10.2.0.0/16"), 4);
+        assert_eq!(t.route(ip("10.2.0.9"), Lookup::Source), Some(4));
+        t.insert(net("fd00::9/128"), 8);
+        assert_eq!(t.route(ip("fd00::9"), Lookup::Destination), Some(8));
+        t.clear();
+        for stream in [Lookup::Destination, Lookup::Source] {
+            assert_eq!(t.route(ip("10.1.0.9"), stream), None);
+            assert_eq!(t.route(ip("fd00::9"), stream), None);
+        }
     }
 }

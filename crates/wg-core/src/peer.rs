@@ -90,7 +90,9 @@ pub(crate) struct Peer {
     pub(crate) next_retry: Option<Instant>,
     pub(crate) last_handshake: Option<Instant>,
     pub(crate) last_received: Option<Instant>,
-    /// Last authenticated packet sent or received: the persistent keepalive counts from it.
+    /// Last authenticated packet sent (or a keepalive put off until then): the persistent
+    /// keepalive counts from the later of this and `last_received` (see
+    /// [`Peer::last_traversal`]), so receiving stores one time, not two.
     pub(crate) last_traversal: Option<Instant>,
     pub(crate) last_data_sent: Option<Instant>,
     pub(crate) rx_bytes: u64,
@@ -151,11 +153,16 @@ impl Peer {
         self.endpoint?;
         match self.state {
             HandshakeState::Established | HandshakeState::Idle => self
-                .last_traversal
+                .last_traversal()
                 .unwrap_or(self.added_at)
                 .checked_add(interval),
             HandshakeState::Connecting | HandshakeState::Backoff => None,
         }
+    }
+
+    /// The last authenticated packet sent or received (or a keepalive put off until then).
+    pub(crate) fn last_traversal(&self) -> Option<Instant> {
+        self.last_traversal.max(self.last_received)
     }
 
     /// Whether the peer wants a session even without traffic (keepalive, or recent data).

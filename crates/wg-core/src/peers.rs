@@ -14,7 +14,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::buffers::{Ring, RxMeta, TxMeta};
-use crate::ipnet::RouteTable;
+use crate::ipnet::{Lookup, RouteTable};
 use crate::peer::{Peer, REJECT_AFTER, REKEY_AFTER, REKEY_ATTEMPT, backoff_delay};
 use crate::stats::{DropCounts, DropReason, HandshakeState, PeerStats, Stats};
 use crate::{Event, PeerConfig, PrivateKey, PublicKey};
@@ -141,11 +141,16 @@ struct IndexMap(Vec<(u32, usize)>);
 
 impl IndexMap {
     #[inline]
-    fn get(&self, index: &u32) -> Option<&usize> {
-        self.0
-            .binary_search_by_key(index, |e| e.0)
-            .ok()
-            .map(|i| &self.0[i].1)
+    fn get(&self, index: u32) -> Option<usize> {
+        match self.0.as_slice() {
+            // One peer (the usual agent): no search.
+            [(i, slot)] => (*i == index).then_some(*slot),
+            entries => entries
+                .binary_search_by_key(&index, |e| e.0)
+                .ok()
+                .and_then(|i| entries.get(i))
+                .map(|e| e.1),
+        }
     }
 
     fn insert(&mut self, index: u32, slot: usize) {
@@ -161,7 +166,7 @@ impl IndexMap {
         }
     }
 
-    fn contains_key(&self, index: &u32) -> bool {
+    fn contains_key(&self, index: u32) -> bool {
         self.get(index).is_some()
     }
 }
@@ -226,7 +231,9 @@ impl Peers {
         };
         Self {
             limiter: new_limiter(&public, &config),
-            tx: Ring::new(config.max_transmits),
+            // Every grown transmit buffer holds a handshake initiation (what boringtun writes
+            // instead of data without a session).
+            tx: Ring::with_floor(config.max_transmits, HANDSHAKE_INIT_LEN),
             rx: Ring::new(config.max_received),
             events: VecDeque::new(),
             scratch: [0; 256],
@@ -402,7 +409,31 @@ impl Peers {
         datagram: &[u8],
         now: Instant,
     ) -> Result<(), PacketError> {
-        let from = crate::canonical(from);
+        let len = datagram.len();
+        // Data messages first: the per-packet path (it canonicalizes `from` only if needed).
+        if len >= DATA_OVERHEAD
+            && len <= self.config.max_datagram_size
+            && let Some(header) = datagram.first_chunk::<8>()
+            && header[..4] == [DATA, 0, 0, 0]
+        {
+            let receiver = le_u32(&header[4..]);
+            let Some(slot) = self.by_index.get(receiver >> 8) else {
+                return Err(self.unknown_index(crate::canonical(from), len));
+            };
+            return self.decapsulate_data(slot, &from, datagram, now);
+        }
+        self.handle_control(crate::canonical(from), datagram, now)
+    }
+
+    /// Everything but a well-formed data message: size and header checks, handshake messages,
+    /// cookie replies.
+    #[inline(never)]
+    fn handle_control(
+        &mut self,
+        from: SocketAddr,
+        datagram: &[u8],
+        now: Instant,
+    ) -> Result<(), PacketError> {
         let len = datagram.len();
         if len > self.config.max_datagram_size {
             return Err(self.drop_global(DropReason::TooBig));
@@ -420,14 +451,18 @@ impl Peers {
                 le_u32(&datagram[8..12])
             }
             (COOKIE_REPLY, COOKIE_REPLY_LEN) => le_u32(&datagram[4..8]),
-            (DATA, DATA_OVERHEAD..) => le_u32(&datagram[4..8]),
             _ => return Err(self.drop_global(DropReason::Malformed)),
         };
-        let Some(&slot) = self.by_index.get(&(receiver >> 8)) else {
-            tracing::trace!(%from, len, "datagram for an unknown receiver index");
-            return Err(self.drop_global(DropReason::UnknownIndex));
+        let Some(slot) = self.by_index.get(receiver >> 8) else {
+            return Err(self.unknown_index(from, len));
         };
-        self.decapsulate(slot, from, datagram, now)
+        self.decapsulate_handshake(slot, from, datagram, now)
+    }
+
+    #[cold]
+    fn unknown_index(&mut self, from: SocketAddr, len: usize) -> PacketError {
+        tracing::trace!(%from, len, "datagram for an unknown receiver index");
+        self.drop_global(DropReason::UnknownIndex)
     }
 
     /// An IP packet from the network stack: routed by destination (longest prefix) and sent to
@@ -436,33 +471,84 @@ impl Peers {
         if packet.len() > self.config.max_packet_size {
             return Err(self.drop_global(DropReason::TooBig));
         }
-        let Some(dst) = Tunn::dst_address(packet) else {
-            return Err(self.drop_global(DropReason::Malformed));
+        // The destination, as boringtun's `Tunn::dst_address` reads it; IPv4 inline.
+        let slot = match packet.first_chunk::<20>() {
+            Some(h) if h[0] >> 4 == 4 => {
+                let dst = [h[16], h[17], h[18], h[19]];
+                self.routes.route_v4(dst, Lookup::Destination)
+            }
+            _ => match dst_address_v6(packet) {
+                Some(dst) => self.routes.route(dst, Lookup::Destination),
+                None => return Err(self.drop_global(DropReason::Malformed)),
+            },
         };
-        let Some(slot) = self.routes.lookup(dst) else {
-            tracing::trace!(%dst, "no route");
+        let Some(slot) = slot else {
+            return Err(self.no_route(packet));
+        };
+        let Some(peer) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
             return Err(self.drop_global(DropReason::NoRoute));
         };
-        let Some(peer) = self.slots[slot].as_mut() else {
-            return Err(self.drop_global(DropReason::NoRoute));
-        };
-        let Some(endpoint) = peer.endpoint else {
+        if peer.endpoint.is_none() {
             peer.drops.add(DropReason::NoEndpoint);
             return Err(self.drop_global(DropReason::NoEndpoint));
-        };
-        if self.tx.is_full() {
+        }
+        // Without a session boringtun queues the packet and writes an initiation instead: the
+        // ring's floor makes room for that.
+        let Some(buf) = self.tx.free_slot(packet.len() + DATA_OVERHEAD) else {
             peer.drops.add(DropReason::QueueFull);
             return Err(self.drop_global(DropReason::QueueFull));
-        }
+        };
         peer.last_data_sent = Some(now);
-        let need = (packet.len() + DATA_OVERHEAD).max(HANDSHAKE_INIT_LEN);
-        // Without a session boringtun queues the packet and writes an initiation instead.
-        match self.emit(slot, need, Some(endpoint), now, |t, b| {
-            t.encapsulate(packet, b)
-        }) {
-            Ok(_) => Ok(()),
-            Err(e) => Err(self.drop_peer(slot, reason_of(&e))),
+        // `emit`, inlined for the per-packet path (one slot lookup, no closure).
+        match peer.tunn.encapsulate(packet, buf) {
+            TunnResult::WriteToNetwork(out) => {
+                let len = out.len();
+                // Only an initiation is this long and starts with a 1 (a data message of a
+                // 116-byte packet is as long): one comparison on the per-packet path.
+                let initiation = len == HANDSHAKE_INIT_LEN && out.first() == Some(&HANDSHAKE_INIT);
+                // Read here rather than kept across the call: one copy of the address, not two.
+                let Some(destination) = peer.endpoint else {
+                    peer.drops.add(DropReason::NoEndpoint);
+                    return Err(self.drop_global(DropReason::NoEndpoint));
+                };
+                self.tx.commit(TxMeta { destination, len });
+                peer.tx_bytes += len as u64;
+                // `now`, as stored before the call (not kept in registers across it).
+                peer.last_traversal = peer.last_data_sent;
+                if initiation {
+                    self.initiation_sent(slot);
+                }
+                Ok(())
+            }
+            TunnResult::Err(e) => Err(self.drop_peer(slot, reason_of(&e))),
+            _ => Ok(()),
         }
+    }
+
+    /// boringtun had no session and wrote a handshake initiation instead of the data (which it
+    /// queued): an idle peer is connecting since the time of the packet.
+    #[cold]
+    fn initiation_sent(&mut self, slot: usize) {
+        let Some(peer) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        let Some(now) = peer.last_data_sent else {
+            return;
+        };
+        if peer.state != HandshakeState::Idle {
+            return;
+        }
+        peer.state = HandshakeState::Connecting;
+        peer.connecting_since = Some(now);
+        self.ensure_fast_tick(now);
+    }
+
+    #[cold]
+    fn no_route(&mut self, packet: &[u8]) -> PacketError {
+        if let Some(dst) = Tunn::dst_address(packet) {
+            tracing::trace!(%dst, "no route");
+        }
+        self.drop_global(DropReason::NoRoute)
     }
 
     /// Time passed: run due timers (boringtun's tick, keepalives, retries, expiry).
@@ -620,6 +706,18 @@ fn peer_stats(peer: &Peer, now: Instant) -> PeerStats {
         handshakes: peer.handshakes,
         receiver_index: peer.index,
         drops: peer.drops,
+    }
+}
+
+/// The destination of an IPv6 packet, as boringtun's `Tunn::dst_address` reads it.
+#[inline(never)]
+fn dst_address_v6(packet: &[u8]) -> Option<IpAddr> {
+    match packet.first_chunk::<40>() {
+        Some(h) if h[0] & 0xf0 == 0x60 => {
+            let dst: [u8; 16] = h[24..40].try_into().ok()?;
+            Some(IpAddr::from(dst))
+        }
+        _ => None,
     }
 }
 

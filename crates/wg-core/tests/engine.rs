@@ -243,3 +243,76 @@ fn absurd_keepalive_interval_never_fires_and_never_panics() {
             .is_none_or(|t| t > net.now)
     );
 }
+
+#[test]
+fn remembered_routes_follow_runtime_changes_at_once() {
+    // The engine remembers the last route of each direction; every configuration change must
+    // forget it, outbound (destination -> peer) and inbound (source -> allowed IPs).
+    let mut net = agent_and_gateway(35, Some(secs(25)));
+    net.run_for(secs(1));
+    let (agent_ip, gw_ip) = (net.nodes[AGENT].virtual_ip, net.nodes[GW].virtual_ip);
+    let packet = common::ipv4_packet(agent_ip, gw_ip, 40, 7);
+    let now = net.now;
+    for _ in 0..3 {
+        net.nodes[AGENT]
+            .peers
+            .handle_ip_packet(&packet, now)
+            .unwrap();
+    }
+    net.run_for(secs(1));
+    assert_eq!(net.nodes[GW].inbox.len(), 3);
+
+    // The gateway's prefix is taken away: no route, at once.
+    let now = net.now;
+    let bare = PeerConfig {
+        allowed_ips: Vec::new(),
+        ..net.nodes[GW].config_for(true)
+    }
+    .with_keepalive(secs(25));
+    net.nodes[AGENT].peers.set_peers(vec![bare], now);
+    let err = net.nodes[AGENT]
+        .peers
+        .handle_ip_packet(&packet, now)
+        .unwrap_err();
+    assert_eq!(err.reason, DropReason::NoRoute);
+    // ... and given back (a wider prefix this time).
+    let wide = net.nodes[GW]
+        .config_for(true)
+        .with_keepalive(secs(25))
+        .with_allowed_ip(IpNet::new(IpAddr::V4(gw_ip), 24).unwrap());
+    net.nodes[AGENT].peers.set_peers(vec![wide], now);
+    net.nodes[AGENT]
+        .peers
+        .handle_ip_packet(&packet, now)
+        .unwrap();
+    net.run_for(secs(1));
+    assert_eq!(net.nodes[GW].inbox.len(), 4);
+
+    // The gateway stops accepting the agent's address as a source: the next packet from it is
+    // dropped, though the same source was accepted just before.
+    let now = net.now;
+    let other = PeerConfig {
+        allowed_ips: vec!["10.99.0.1/32".parse().unwrap()],
+        ..net.nodes[AGENT].config_for(false)
+    };
+    net.nodes[GW].peers.set_peers(vec![other], now);
+    net.nodes[AGENT]
+        .peers
+        .handle_ip_packet(&packet, now)
+        .unwrap();
+    net.run_for(secs(1));
+    assert_eq!(net.nodes[GW].inbox.len(), 4);
+    let agent = net.nodes[AGENT].public_key();
+    let stats = net.nodes[GW].peers.peer_stats(&agent, net.now).unwrap();
+    assert_eq!(stats.drops.get(DropReason::AllowedIpMismatch), 1);
+    // Allowed again: accepted again.
+    let now = net.now;
+    let back = net.nodes[AGENT].config_for(false);
+    net.nodes[GW].peers.set_peers(vec![back], now);
+    net.nodes[AGENT]
+        .peers
+        .handle_ip_packet(&packet, now)
+        .unwrap();
+    net.run_for(secs(1));
+    assert_eq!(net.nodes[GW].inbox.len(), 5);
+}

@@ -1,6 +1,7 @@
 //! Inbound datagrams: routing to a peer, boringtun's decapsulate, allowed-IP check, roaming.
 
 use super::*;
+use crate::ipnet::Lookup;
 
 impl Peers {
     pub(super) fn handle_initiation(
@@ -43,59 +44,100 @@ impl Peers {
             tracing::debug!(%from, peer = %key, "handshake initiation from an unknown peer");
             return Err(self.drop_global(DropReason::UnknownPeer));
         };
-        self.decapsulate(slot, from, datagram, now)
+        self.decapsulate_handshake(slot, from, datagram, now)
     }
 
-    /// Runs boringtun on a datagram already routed to `slot`.
-    pub(super) fn decapsulate(
+    /// Runs boringtun on a data message (type 4, at least 32 bytes) already routed to `slot`,
+    /// decrypting straight into the received queue's free slot. `from` as the socket gave it
+    /// (maybe IPv4-mapped).
+    #[inline(always)]
+    pub(super) fn decapsulate_data(
         &mut self,
         slot: usize,
-        from: SocketAddr,
+        from: &SocketAddr,
         datagram: &[u8],
         now: Instant,
     ) -> Result<(), PacketError> {
-        let kind = datagram[0];
         let wire = datagram.len();
-        let Some(peer) = self.slots[slot].as_mut() else {
+        let Some(peer) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
             return Err(self.drop_global(DropReason::UnknownIndex));
         };
-        if kind != DATA {
-            return self.decapsulate_handshake(slot, from, datagram, now);
-        }
-        // Data decrypts straight into the received queue's free slot. boringtun panics when
-        // `dst` is shorter than the datagram: the slot is at least as long.
+        // boringtun panics when `dst` is shorter than the datagram: the slot is at least as long.
         let Some(buf) = self.rx.free_slot(wire) else {
             peer.drops.add(DropReason::QueueFull);
             return Err(self.drop_global(DropReason::QueueFull));
         };
-        let (src, len) = match peer.tunn.decapsulate(Some(from.ip()), datagram, buf) {
-            TunnResult::WriteToTunnelV4(p, src) => (IpAddr::V4(src), p.len()),
-            TunnResult::WriteToTunnelV6(p, src) => (IpAddr::V6(src), p.len()),
+        // boringtun reads the source address only for handshake messages (cookie checks under
+        // load); this is a data message, so it is not built for every packet.
+        let (route, src, len) = match peer.tunn.decapsulate(None, datagram, buf) {
+            TunnResult::WriteToTunnelV4(p, src) => (
+                self.routes.route_v4(src.octets(), Lookup::Source),
+                IpAddr::V4(src),
+                p.len(),
+            ),
+            TunnResult::WriteToTunnelV6(p, src) => (
+                self.routes.route(IpAddr::V6(src), Lookup::Source),
+                IpAddr::V6(src),
+                p.len(),
+            ),
             TunnResult::Done => {
                 // An authenticated keepalive.
-                self.authenticated(slot, from, wire, now);
+                self.authenticated(slot, crate::canonical(*from), wire, now);
                 return Ok(());
             }
             TunnResult::WriteToNetwork(_) => return Err(self.drop_peer(slot, DropReason::Other)),
-            TunnResult::Err(e) => {
-                tracing::trace!(%from, error = ?e, "data message refused");
-                return Err(self.drop_peer(slot, reason_of(&e)));
-            }
+            TunnResult::Err(e) => return Err(self.data_refused(slot, from, e)),
         };
-        // Authenticated: count it, and follow the peer if it moved (roaming).
-        let key = peer.config.public_key;
+        // Authenticated: count it (this also counts as a traversal, see `Peer::last_traversal`).
         peer.rx_bytes += wire as u64;
         peer.last_received = Some(now);
-        peer.last_traversal = Some(now);
-        if peer.endpoint != Some(from) {
-            self.roam(slot, from);
+        if route == Some(slot) && same_endpoint(peer.endpoint, from) {
+            self.rx.commit(RxMeta {
+                peer: peer.config.public_key,
+                len,
+            });
+            return Ok(());
         }
-        if self.routes.lookup(src) != Some(slot) {
+        self.data_unusual(slot, from, route == Some(slot), src, len)
+    }
+
+    /// The rest of [`Peers::decapsulate_data`] when the peer moved (roaming: follow it) or the
+    /// source is not in its allowed IPs (drop the packet).
+    #[cold]
+    #[inline(never)]
+    fn data_unusual(
+        &mut self,
+        slot: usize,
+        from: &SocketAddr,
+        allowed: bool,
+        src: IpAddr,
+        len: usize,
+    ) -> Result<(), PacketError> {
+        if allowed && let Some(peer) = self.slots.get(slot).and_then(Option::as_ref) {
+            self.rx.commit(RxMeta {
+                peer: peer.config.public_key,
+                len,
+            });
+        }
+        if self
+            .slots
+            .get(slot)
+            .and_then(Option::as_ref)
+            .is_some_and(|p| !same_endpoint(p.endpoint, from))
+        {
+            self.roam(slot, crate::canonical(*from));
+        }
+        if !allowed {
             tracing::trace!(%src, "source address not in the peer's allowed IPs");
             return Err(self.drop_peer(slot, DropReason::AllowedIpMismatch));
         }
-        self.rx.commit(RxMeta { peer: key, len });
         Ok(())
+    }
+
+    #[cold]
+    fn data_refused(&mut self, slot: usize, from: &SocketAddr, e: WireGuardError) -> PacketError {
+        tracing::trace!(%from, error = ?e, "data message refused");
+        self.drop_peer(slot, reason_of(&e))
     }
 
     /// Brings an unticked tunnel's clock up to date before it handles a handshake message, so
@@ -259,7 +301,6 @@ impl Peers {
         };
         peer.rx_bytes += wire_len as u64;
         peer.last_received = Some(now);
-        peer.last_traversal = Some(now);
         if peer.endpoint != Some(from) {
             self.roam(slot, from);
         }
@@ -331,6 +372,19 @@ pub(super) fn reason_of(e: &WireGuardError) -> DropReason {
         WireGuardError::UnderLoad => DropReason::UnderLoad,
         WireGuardError::ConnectionExpired => DropReason::Expired,
         _ => DropReason::Other,
+    }
+}
+
+/// `endpoint == Some(canonical(*from))`, with IPv4 compared as two integers (the derived
+/// comparison is an out-of-line call on the per-packet path).
+#[inline(always)]
+fn same_endpoint(endpoint: Option<SocketAddr>, from: &SocketAddr) -> bool {
+    match (endpoint, from) {
+        (Some(SocketAddr::V4(a)), SocketAddr::V4(b)) => {
+            a.ip().to_bits() == b.ip().to_bits() && a.port() == b.port()
+        }
+        (Some(a), b) => a == crate::canonical(*b),
+        (None, _) => false,
     }
 }
 

@@ -23,7 +23,7 @@ impl Peers {
             }
             if config.persistent_keepalive != peer.config.persistent_keepalive {
                 // Count the new interval from now, not from a traversal long ago.
-                peer.last_traversal = Some(peer.last_traversal.map_or(now, |t| t.max(now)));
+                peer.last_traversal = Some(peer.last_traversal().map_or(now, |t| t.max(now)));
             }
             let start = peer.state == HandshakeState::Idle
                 && peer.config.endpoint.is_none()
@@ -80,7 +80,7 @@ impl Peers {
     pub(super) fn new_index(&mut self) -> u32 {
         loop {
             let index = self.rng.random::<u32>() & 0x00ff_ffff;
-            if index != 0 && !self.by_index.contains_key(&index) {
+            if index != 0 && !self.by_index.contains_key(index) {
                 return index;
             }
         }
