@@ -159,6 +159,14 @@ pub(crate) struct Repair {
     /// Stopped caching at the bound: nothing is cached again until the cache empties, so
     /// the cache never has holes smoltcp's recovery would have to cover alone.
     overflowed: bool,
+    /// The window field of the peer's last ACK (a duplicate ACK must repeat it).
+    window: Option<u16>,
+    /// The last duplicate ACK kept from smoltcp (see [`Repair::hides`]), while its ACK
+    /// number is still the highest.
+    held: Option<Vec<u8>>,
+    /// After a congestion signal, none again until the peer acknowledges this far (one
+    /// window reduction per loss episode, like a kernel's recovery point).
+    recover: Option<u32>,
 }
 
 impl Repair {
@@ -176,7 +184,60 @@ impl Repair {
             quiet_since: now,
             probed: false,
             overflowed: false,
+            window: None,
+            held: None,
+            recover: None,
         }
+    }
+
+    /// Whether smoltcp should not see this inbound segment: a pure duplicate ACK (no
+    /// payload, no FIN, the highest ACK number again, the same window) carrying SACK
+    /// blocks, while every outstanding segment is cached here.
+    ///
+    /// smoltcp counts duplicate ACKs and, at the third, resends the first hole and cuts its
+    /// congestion window, whether the holes are losses or just reordering (a jittery path
+    /// reorders constantly) or duplicates. RACK here waits out reordering, repairs real
+    /// losses itself, and then gives smoltcp its duplicate ACKs back
+    /// ([`Repair::congestion_signal`]) so its congestion control still reacts to each loss
+    /// episode once.
+    pub(crate) fn hides(&self, seg: &crate::wire::Segment) -> bool {
+        seg.len == 0
+            && !seg.fin
+            && !seg.control
+            && !self.overflowed
+            && !self.segs.is_empty()
+            && seg.ack.is_some()
+            && seg.ack == self.una
+            && self.window == Some(seg.window)
+            && seg.sacks.iter().any(Option::is_some)
+    }
+
+    /// Keeps `packet`, a duplicate ACK hidden from smoltcp, for a later congestion signal.
+    pub(crate) fn hold(&mut self, packet: &[u8]) {
+        let held = self.held.get_or_insert_with(Vec::new);
+        held.clear();
+        held.extend_from_slice(packet);
+    }
+
+    /// After repairs found a loss: the held duplicate ACK, which the caller hands to
+    /// smoltcp three times (its fast retransmit and window cut), unless this loss episode
+    /// already had its signal.
+    pub(crate) fn congestion_signal(&mut self, emitted: Emitted) -> Option<Vec<u8>> {
+        if emitted.repairs == 0 {
+            return None;
+        }
+        let una = self.una?;
+        if self.recover.is_some_and(|r| seq_lt(una, r)) {
+            return None;
+        }
+        let held = self.held.take()?;
+        self.recover = self.segs.back().map(Seg::end);
+        Some(held)
+    }
+
+    /// Records the window of an ACK from the peer.
+    pub(crate) fn note_window(&mut self, window: u16) {
+        self.window = Some(window);
     }
 
     /// Payload bytes cached.
@@ -273,6 +334,8 @@ impl Repair {
     ) -> Emitted {
         if self.una.is_none_or(|una| seq_lt(una, ack)) {
             self.una = Some(ack);
+            // A kept duplicate ACK is now older than what smoltcp has seen.
+            self.held = None;
             let mut progress = false;
             while let Some(front) = self.segs.front() {
                 if !seq_le(front.end(), ack) {
@@ -600,6 +663,67 @@ mod tests {
         r.on_timer(r.poll_at().expect("timer"), &mut out);
         assert_eq!(out.iter().map(seq_of).collect::<Vec<_>>(), [hole]);
         assert_eq!(r.cached(), 3000);
+    }
+
+    fn dupack(ack: u32, window: u16, sack: Option<(u32, u32)>) -> crate::wire::Segment {
+        let ep =
+            smoltcp::wire::IpEndpoint::new(smoltcp::wire::Ipv4Address::new(10, 0, 0, 1).into(), 1);
+        crate::wire::Segment {
+            src: ep,
+            dst: ep,
+            seq: 0,
+            ack: Some(ack),
+            len: 0,
+            control: false,
+            fin: false,
+            window,
+            sacks: [sack, None, None],
+        }
+    }
+
+    #[test]
+    fn duplicate_acks_are_hidden_until_a_loss_then_signalled_once_per_episode() {
+        let (mut r, _, t0) = repair();
+        send(&mut r, 0, 20, t0);
+        let mut out = Vec::new();
+        r.on_ack(2 * MSS, &[], t0 + ms(20), &mut out);
+        r.note_window(100);
+        // Only a pure duplicate with SACK blocks and the same window is hidden.
+        assert!(r.hides(&dupack(2 * MSS, 100, Some((3 * MSS, 4 * MSS)))));
+        assert!(
+            !r.hides(&dupack(2 * MSS, 100, None)),
+            "no SACK: smoltcp's business"
+        );
+        assert!(
+            !r.hides(&dupack(2 * MSS, 99, Some((3 * MSS, 4 * MSS)))),
+            "window update"
+        );
+        assert!(
+            !r.hides(&dupack(3 * MSS, 100, Some((4 * MSS, 5 * MSS)))),
+            "progress"
+        );
+        // Reordering: the hole fills before the reordering window ends; no signal.
+        r.hold(b"dup1");
+        let e = r.on_ack(2 * MSS, &[(3 * MSS, 4 * MSS)], t0 + ms(21), &mut out);
+        assert_eq!(r.congestion_signal(e), None);
+        r.on_ack(4 * MSS, &[], t0 + ms(22), &mut out);
+        assert!(out.is_empty());
+        // A loss: segment 4 missing while 5..12 are SACKed, past the reordering window.
+        r.hold(b"dup2");
+        let e = r.on_ack(4 * MSS, &[(5 * MSS, 12 * MSS)], t0 + ms(60), &mut out);
+        assert_eq!(e.repairs, 1);
+        assert_eq!(r.congestion_signal(e).as_deref(), Some(&b"dup2"[..]));
+        // A second hole in the same window: repaired, but no second signal.
+        out.clear();
+        r.hold(b"dup3");
+        let e = r.on_ack(
+            4 * MSS,
+            &[(13 * MSS, 20 * MSS), (5 * MSS, 12 * MSS)],
+            t0 + ms(200),
+            &mut out,
+        );
+        assert_eq!(e.repairs, 1);
+        assert_eq!(r.congestion_signal(e), None);
     }
 
     #[test]

@@ -219,6 +219,9 @@ impl Shard {
                 rst,
                 zero_window,
             } => {
+                if self.hide_dupack(shared, packet, tuple, now, reply_limit) {
+                    return;
+                }
                 if syn_only && self.reusable(&tuple) {
                     // A new connection on the 4-tuple of one in TIME-WAIT: let it in, as
                     // Linux does, instead of making the peer wait for the old one to go.
@@ -777,10 +780,73 @@ impl Shard {
         let sacks: Vec<(u32, u32)> = seg.sacks.iter().flatten().copied().collect();
         let mut out = Vec::new();
         let emitted = conn.repair.on_ack(ack, &sacks, now, &mut out);
+        conn.repair.note_window(seg.window);
+        if seg.len == 0 && !seg.fin {
+            // smoltcp has seen this ACK: copies of it are duplicates to smoltcp.
+            conn.repair.hold(packet);
+        }
+        let signal = conn.repair.congestion_signal(emitted);
         if conn.repair.poll_at().is_none() {
             self.repairing.remove(&tuple);
         }
         self.emit_repairs(shared, out, emitted, limit);
+        if let Some(dupack) = signal {
+            self.signal_congestion(&dupack, now);
+        }
+    }
+
+    /// A duplicate ACK that loss repair keeps from smoltcp (see [`Repair::hides`]): fed
+    /// to repair only, and handed to smoltcp later if repair finds a loss. Returns whether
+    /// the packet was taken.
+    fn hide_dupack(
+        &mut self,
+        shared: &Shared,
+        packet: &[u8],
+        tuple: Tuple,
+        now: Instant,
+        limit: usize,
+    ) -> bool {
+        if !self.repairing.contains(&tuple) {
+            return false;
+        }
+        let Some(conn) = self.conns.get_mut(&tuple) else {
+            return false;
+        };
+        let Some(seg) = tcp_segment(packet) else {
+            return false;
+        };
+        let Some(ack) = seg.ack else {
+            return false;
+        };
+        if !conn.repair.hides(&seg) {
+            return false;
+        }
+        conn.repair.hold(packet);
+        let sacks: Vec<(u32, u32)> = seg.sacks.iter().flatten().copied().collect();
+        let mut out = Vec::new();
+        let emitted = conn.repair.on_ack(ack, &sacks, now, &mut out);
+        let signal = conn.repair.congestion_signal(emitted);
+        self.emit_repairs(shared, out, emitted, limit);
+        if let Some(dupack) = signal {
+            self.signal_congestion(&dupack, now);
+        }
+        true
+    }
+
+    /// Hands smoltcp a held duplicate ACK three times: its fast retransmit and its
+    /// congestion window cut, once per loss episode that repair found.
+    fn signal_congestion(&mut self, dupack: &[u8], now: Instant) {
+        let t = self.clock.smol_at(now);
+        for _ in 0..3 {
+            let mut dev = Dev {
+                rx: Some(dupack),
+                tx: &mut self.tx,
+                tx_limit: usize::MAX,
+                caps: &self.caps,
+            };
+            self.iface
+                .poll_ingress_single(t, &mut dev, &mut self.sockets);
+        }
     }
 
     /// Runs the loss-repair timers due at `now`.
@@ -790,6 +856,7 @@ impl Shard {
         }
         let mut out = Vec::new();
         let mut emitted = Emitted::default();
+        let mut signals = Vec::new();
         let conns = &mut self.conns;
         self.repairing.retain(|tuple| {
             let Some(conn) = conns.get_mut(tuple) else {
@@ -799,10 +866,14 @@ impl Shard {
                 let e = conn.repair.on_timer(now, &mut out);
                 emitted.repairs += e.repairs;
                 emitted.probes += e.probes;
+                signals.extend(conn.repair.congestion_signal(e));
             }
             conn.repair.poll_at().is_some()
         });
         self.emit_repairs(shared, out, emitted, limit);
+        for dupack in signals {
+            self.signal_congestion(&dupack, now);
+        }
     }
 
     fn emit_repairs(&mut self, shared: &Shared, out: Vec<Bytes>, emitted: Emitted, limit: usize) {

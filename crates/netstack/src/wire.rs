@@ -112,6 +112,10 @@ pub(crate) struct Segment {
     pub(crate) len: u32,
     /// SYN or RST set: not a data or ACK segment repair cares about.
     pub(crate) control: bool,
+    /// FIN set.
+    pub(crate) fin: bool,
+    /// The advertised window field, unscaled.
+    pub(crate) window: u16,
     /// SACK blocks, `[left, right)`.
     pub(crate) sacks: [Option<(u32, u32)>; 3],
 }
@@ -154,6 +158,8 @@ pub(crate) fn tcp_segment(packet: &[u8]) -> Option<Segment> {
         ack: tcp.ack().then(|| tcp.ack_number().0 as u32),
         len: u32::try_from(tcp.payload().len()).unwrap_or(u32::MAX),
         control: tcp.syn() || tcp.rst(),
+        fin: tcp.fin(),
+        window: tcp.window_len(),
         sacks: tcp.selective_ack_ranges().unwrap_or([None; 3]),
     })
 }
