@@ -20,10 +20,12 @@ use crate::stats::{DropCounts, DropReason, HandshakeState, PeerStats, Stats};
 use crate::{Event, PeerConfig, PrivateKey, PublicKey};
 
 mod inbound;
+mod outbound;
 mod table;
 mod timers;
 
 use inbound::{le_u32, reason_of};
+use outbound::dst_address_v6;
 
 /// boringtun's timers are ticked this often while a handshake is in progress.
 const TICK_FAST: Duration = Duration::from_millis(250);
@@ -425,46 +427,6 @@ impl Peers {
         self.handle_control(crate::canonical(from), datagram, now)
     }
 
-    /// Everything but a well-formed data message: size and header checks, handshake messages,
-    /// cookie replies.
-    #[inline(never)]
-    fn handle_control(
-        &mut self,
-        from: SocketAddr,
-        datagram: &[u8],
-        now: Instant,
-    ) -> Result<(), PacketError> {
-        let len = datagram.len();
-        if len > self.config.max_datagram_size {
-            return Err(self.drop_global(DropReason::TooBig));
-        }
-        if len < 4 || datagram[1..4] != [0, 0, 0] {
-            return Err(self.drop_global(DropReason::Malformed));
-        }
-        let receiver = match (datagram[0], len) {
-            (HANDSHAKE_INIT, HANDSHAKE_INIT_LEN) => {
-                return self.handle_initiation(from, datagram, now);
-            }
-            (HANDSHAKE_RESP, HANDSHAKE_RESP_LEN) => {
-                // Responses count against the shared limiter too: reset it a second later.
-                self.schedule_limiter_reset(now);
-                le_u32(&datagram[8..12])
-            }
-            (COOKIE_REPLY, COOKIE_REPLY_LEN) => le_u32(&datagram[4..8]),
-            _ => return Err(self.drop_global(DropReason::Malformed)),
-        };
-        let Some(slot) = self.by_index.get(receiver >> 8) else {
-            return Err(self.unknown_index(from, len));
-        };
-        self.decapsulate_handshake(slot, from, datagram, now)
-    }
-
-    #[cold]
-    fn unknown_index(&mut self, from: SocketAddr, len: usize) -> PacketError {
-        tracing::trace!(%from, len, "datagram for an unknown receiver index");
-        self.drop_global(DropReason::UnknownIndex)
-    }
-
     /// An IP packet from the network stack: routed by destination (longest prefix) and sent to
     /// that peer, or queued inside boringtun (up to 256) while its handshake runs.
     pub fn handle_ip_packet(&mut self, packet: &[u8], now: Instant) -> Result<(), PacketError> {
@@ -523,32 +485,6 @@ impl Peers {
             TunnResult::Err(e) => Err(self.drop_peer(slot, reason_of(&e))),
             _ => Ok(()),
         }
-    }
-
-    /// boringtun had no session and wrote a handshake initiation instead of the data (which it
-    /// queued): an idle peer is connecting since the time of the packet.
-    #[cold]
-    fn initiation_sent(&mut self, slot: usize) {
-        let Some(peer) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
-            return;
-        };
-        let Some(now) = peer.last_data_sent else {
-            return;
-        };
-        if peer.state != HandshakeState::Idle {
-            return;
-        }
-        peer.state = HandshakeState::Connecting;
-        peer.connecting_since = Some(now);
-        self.ensure_fast_tick(now);
-    }
-
-    #[cold]
-    fn no_route(&mut self, packet: &[u8]) -> PacketError {
-        if let Some(dst) = Tunn::dst_address(packet) {
-            tracing::trace!(%dst, "no route");
-        }
-        self.drop_global(DropReason::NoRoute)
     }
 
     /// Time passed: run due timers (boringtun's tick, keepalives, retries, expiry).
@@ -706,18 +642,6 @@ fn peer_stats(peer: &Peer, now: Instant) -> PeerStats {
         handshakes: peer.handshakes,
         receiver_index: peer.index,
         drops: peer.drops,
-    }
-}
-
-/// The destination of an IPv6 packet, as boringtun's `Tunn::dst_address` reads it.
-#[inline(never)]
-fn dst_address_v6(packet: &[u8]) -> Option<IpAddr> {
-    match packet.first_chunk::<40>() {
-        Some(h) if h[0] & 0xf0 == 0x60 => {
-            let dst: [u8; 16] = h[24..40].try_into().ok()?;
-            Some(IpAddr::from(dst))
-        }
-        _ => None,
     }
 }
 

@@ -4,6 +4,46 @@ use super::*;
 use crate::ipnet::Lookup;
 
 impl Peers {
+    /// Everything but a well-formed data message: size and header checks, handshake messages,
+    /// cookie replies.
+    #[inline(never)]
+    pub(super) fn handle_control(
+        &mut self,
+        from: SocketAddr,
+        datagram: &[u8],
+        now: Instant,
+    ) -> Result<(), PacketError> {
+        let len = datagram.len();
+        if len > self.config.max_datagram_size {
+            return Err(self.drop_global(DropReason::TooBig));
+        }
+        if len < 4 || datagram[1..4] != [0, 0, 0] {
+            return Err(self.drop_global(DropReason::Malformed));
+        }
+        let receiver = match (datagram[0], len) {
+            (HANDSHAKE_INIT, HANDSHAKE_INIT_LEN) => {
+                return self.handle_initiation(from, datagram, now);
+            }
+            (HANDSHAKE_RESP, HANDSHAKE_RESP_LEN) => {
+                // Responses count against the shared limiter too: reset it a second later.
+                self.schedule_limiter_reset(now);
+                le_u32(&datagram[8..12])
+            }
+            (COOKIE_REPLY, COOKIE_REPLY_LEN) => le_u32(&datagram[4..8]),
+            _ => return Err(self.drop_global(DropReason::Malformed)),
+        };
+        let Some(slot) = self.by_index.get(receiver >> 8) else {
+            return Err(self.unknown_index(from, len));
+        };
+        self.decapsulate_handshake(slot, from, datagram, now)
+    }
+
+    #[cold]
+    pub(super) fn unknown_index(&mut self, from: SocketAddr, len: usize) -> PacketError {
+        tracing::trace!(%from, len, "datagram for an unknown receiver index");
+        self.drop_global(DropReason::UnknownIndex)
+    }
+
     pub(super) fn handle_initiation(
         &mut self,
         from: SocketAddr,

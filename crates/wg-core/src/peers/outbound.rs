@@ -1,0 +1,44 @@
+//! Outbound packets: the rare cases of `Peers::handle_ip_packet` (its per-packet path is inline
+//! in `peers.rs`).
+
+use super::*;
+
+impl Peers {
+    /// boringtun had no session and wrote a handshake initiation instead of the data (which it
+    /// queued): an idle peer is connecting since the time of the packet.
+    #[cold]
+    pub(super) fn initiation_sent(&mut self, slot: usize) {
+        let Some(peer) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        let Some(now) = peer.last_data_sent else {
+            return;
+        };
+        if peer.state != HandshakeState::Idle {
+            return;
+        }
+        peer.state = HandshakeState::Connecting;
+        peer.connecting_since = Some(now);
+        self.ensure_fast_tick(now);
+    }
+
+    #[cold]
+    pub(super) fn no_route(&mut self, packet: &[u8]) -> PacketError {
+        if let Some(dst) = Tunn::dst_address(packet) {
+            tracing::trace!(%dst, "no route");
+        }
+        self.drop_global(DropReason::NoRoute)
+    }
+}
+
+/// The destination of an IPv6 packet, as boringtun's `Tunn::dst_address` reads it.
+#[inline(never)]
+pub(super) fn dst_address_v6(packet: &[u8]) -> Option<IpAddr> {
+    match packet.first_chunk::<40>() {
+        Some(h) if h[0] & 0xf0 == 0x60 => {
+            let dst: [u8; 16] = h[24..40].try_into().ok()?;
+            Some(IpAddr::from(dst))
+        }
+        _ => None,
+    }
+}
