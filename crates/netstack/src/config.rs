@@ -67,7 +67,7 @@ pub struct NetstackConfig {
     /// runs that much faster after a loss. `1 s` gives smoltcp's behaviour unchanged.
     pub min_rto: Duration,
     /// Bytes of sent, unacknowledged TCP data that loss repair may keep references to,
-    /// over all connections (default 32 MiB; each connection at most `tcp_tx_buffer`).
+    /// over all connections (default 8 MiB; each connection at most `tcp_tx_buffer`).
     /// Loss repair resends segments a peer's SACK blocks show lost, and probes a lost
     /// tail, without waiting for smoltcp's retransmission timeout (see `repair.rs` and
     /// docs/ARCHITECTURE.md). The packets are the ones already sent, so this is memory
@@ -105,7 +105,7 @@ impl Default for NetstackConfig {
             nagle: false,
             ack_delay: Some(Duration::from_millis(10)),
             min_rto: Duration::from_millis(200),
-            repair_budget: 32 << 20,
+            repair_budget: 8 << 20,
             shards: 64,
             max_outbound_packets: 4096,
             udp_queue_packets: 256,

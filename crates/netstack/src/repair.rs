@@ -167,6 +167,9 @@ pub(crate) struct Repair {
     /// After a congestion signal, none again until the peer acknowledges this far (one
     /// window reduction per loss episode, like a kernel's recovery point).
     recover: Option<u32>,
+    /// Acknowledgement number and window of the latest segment smoltcp sent on this
+    /// connection: what a resent packet carries (see [`crate::wire::with_ack_and_window`]).
+    latest: Option<(u32, u16)>,
 }
 
 impl Repair {
@@ -187,7 +190,13 @@ impl Repair {
             window: None,
             held: None,
             recover: None,
+            latest: None,
         }
+    }
+
+    /// smoltcp sent a segment (any: data or not) acknowledging `ack` with `window`.
+    pub(crate) fn on_output(&mut self, ack: u32, window: u16) {
+        self.latest = Some((ack, window));
     }
 
     /// Whether smoltcp should not see this inbound segment: a pure duplicate ACK (no
@@ -395,7 +404,7 @@ impl Repair {
             && now >= self.quiet_since + self.probe_timeout()
             && let Some(last) = self.segs.iter_mut().rev().find(|s| !s.sacked)
         {
-            out.push(last.packet.clone());
+            out.push(refreshed(&last.packet, self.latest));
             last.sent = now;
             last.again = true;
             self.probed = true;
@@ -443,6 +452,7 @@ impl Repair {
         };
         let wait = self.rtt() + self.reorder_window();
         let mut reorder_at: Option<Instant> = None;
+        let latest = self.latest;
         for s in &mut self.segs {
             // Segments are in sequence order, so first transmissions are in time order:
             // past the delivered one nothing was sent before it.
@@ -465,7 +475,7 @@ impl Repair {
                     reorder_at = Some(now);
                     break;
                 }
-                out.push(s.packet.clone());
+                out.push(refreshed(&s.packet, latest));
                 s.sent = now;
                 s.again = true;
                 emitted.repairs += 1;
@@ -481,6 +491,14 @@ impl Repair {
         self.bytes -= n;
         self.budget.give(n);
     }
+}
+
+/// The packet to resend: `packet` as it was, or a copy carrying smoltcp's latest ACK
+/// number and window.
+fn refreshed(packet: &Bytes, latest: Option<(u32, u16)>) -> Bytes {
+    latest
+        .and_then(|(ack, window)| crate::wire::with_ack_and_window(packet, ack, window))
+        .map_or_else(|| packet.clone(), Bytes::from)
 }
 
 impl Drop for Repair {

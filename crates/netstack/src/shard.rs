@@ -737,7 +737,7 @@ impl Shard {
             let Some(seg) = tcp_segment(packet) else {
                 continue;
             };
-            if seg.len == 0 || seg.control {
+            if seg.control {
                 continue;
             }
             let tuple = Tuple {
@@ -745,6 +745,12 @@ impl Shard {
                 remote: seg.dst,
             };
             if let Some(conn) = self.conns.get_mut(&tuple) {
+                if let Some(ack) = seg.ack {
+                    conn.repair.on_output(ack, seg.window);
+                }
+                if seg.len == 0 {
+                    continue;
+                }
                 conn.tx_dirty = conn.tx_dirty.saturating_add(seg.len as usize);
                 if !self.repair_disabled {
                     conn.repair.on_sent(seg.seq, seg.len, packet, now);

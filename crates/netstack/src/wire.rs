@@ -164,6 +164,53 @@ pub(crate) fn tcp_segment(packet: &[u8]) -> Option<Segment> {
     })
 }
 
+/// `packet` (a TCP segment we sent) with its acknowledgement number and window replaced,
+/// the TCP checksum updated incrementally (RFC 1624); `None` when both are unchanged or
+/// the packet is not a TCP segment this stack emitted.
+///
+/// Loss repair resends old packets: a receiver that has since sent data itself would take
+/// an older ACK number as a duplicate (smoltcp drops such a segment, data and all) and an
+/// older window as current.
+pub(crate) fn with_ack_and_window(packet: &[u8], ack: u32, window: u16) -> Option<Vec<u8>> {
+    let off = match packet.first().map(|b| b >> 4) {
+        Some(4) => usize::from(packet[0] & 0x0f) * 4,
+        Some(6) => 40,
+        _ => return None,
+    };
+    let tcp = packet.get(off..off + 20)?;
+    let old_ack = [
+        u16::from_be_bytes([tcp[8], tcp[9]]),
+        u16::from_be_bytes([tcp[10], tcp[11]]),
+    ];
+    let old_win = u16::from_be_bytes([tcp[14], tcp[15]]);
+    let new_ack = [(ack >> 16) as u16, ack as u16];
+    if old_ack == new_ack && old_win == window {
+        return None;
+    }
+    let mut check = u16::from_be_bytes([tcp[16], tcp[17]]);
+    for (old, new) in old_ack
+        .into_iter()
+        .chain([old_win])
+        .zip(new_ack.into_iter().chain([window]))
+    {
+        check = checksum_update(check, old, new);
+    }
+    let mut out = packet.to_vec();
+    out[off + 8..off + 12].copy_from_slice(&ack.to_be_bytes());
+    out[off + 14..off + 16].copy_from_slice(&window.to_be_bytes());
+    out[off + 16..off + 18].copy_from_slice(&check.to_be_bytes());
+    Some(out)
+}
+
+/// An Internet checksum after one 16-bit word changed from `old` to `new` (RFC 1624, eqn. 3).
+fn checksum_update(check: u16, old: u16, new: u16) -> u16 {
+    let mut sum = u32::from(!check) + u32::from(!old) + u32::from(new);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
 /// The shard of a TCP connection: a keyed hash of the peer and both ports.
 pub(crate) fn shard_of(key: u64, tuple: &Tuple, shards: usize) -> usize {
     if shards <= 1 {
@@ -226,6 +273,58 @@ mod tests {
             &caps,
         );
         buf
+    }
+
+    #[test]
+    fn a_resent_segment_gets_the_new_ack_and_window_with_a_valid_checksum() {
+        let (src, dst) = (Ipv4Address::new(10, 0, 0, 1), Ipv4Address::new(10, 0, 0, 2));
+        let payload = [0xa5u8; 333];
+        let tcp = TcpRepr {
+            src_port: 80,
+            dst_port: 40000,
+            control: TcpControl::None,
+            seq_number: TcpSeqNumber(7),
+            ack_number: Some(TcpSeqNumber(1000)),
+            window_len: 512,
+            window_scale: None,
+            max_seg_size: None,
+            sack_permitted: false,
+            sack_ranges: [None; 3],
+            timestamp: None,
+            payload: &payload,
+        };
+        let ip = Ipv4Repr {
+            src_addr: src,
+            dst_addr: dst,
+            next_header: IpProtocol::Tcp,
+            payload_len: tcp.buffer_len(),
+            hop_limit: 64,
+        };
+        let mut buf = vec![0u8; ip.buffer_len() + tcp.buffer_len()];
+        let caps = ChecksumCapabilities::default();
+        let mut pkt = Ipv4Packet::new_unchecked(&mut buf);
+        ip.emit(&mut pkt, &caps);
+        tcp.emit(
+            &mut TcpPacket::new_unchecked(pkt.payload_mut()),
+            &src.into(),
+            &dst.into(),
+            &caps,
+        );
+        assert_eq!(with_ack_and_window(&buf, 1000, 512), None, "unchanged");
+        for (ack, window) in [(0xdead_beef, 77), (1000, 0), (u32::MAX, u16::MAX), (0, 0)] {
+            let new = with_ack_and_window(&buf, ack, window).expect("changed");
+            let ip = Ipv4Packet::new_checked(&new[..]).expect("ip");
+            let t = TcpPacket::new_checked(ip.payload()).expect("tcp");
+            assert!(
+                t.verify_checksum(&src.into(), &dst.into()),
+                "{ack} {window}"
+            );
+            assert_eq!(t.ack_number(), TcpSeqNumber(ack as i32));
+            assert_eq!(t.window_len(), window);
+            assert_eq!(t.payload(), &payload[..]);
+            assert_eq!(t.seq_number(), TcpSeqNumber(7));
+        }
+        assert_eq!(with_ack_and_window(&buf[..30], 1, 1), None, "truncated");
     }
 
     #[test]
