@@ -73,6 +73,11 @@ impl HttpProxy {
             .timer(TokioTimer::new())
             .pool_idle_timeout(config.idle_timeout)
             .pool_max_idle_per_host(256)
+            // The upstream is local and fast, the client behind the tunnel slower: a read
+            // buffer that can grow to hyper's default (~400 KiB) per connection only holds
+            // response bytes longer (many concurrent large responses set the agent's peak
+            // memory). The downstream side keeps `h1_buffer_limit`.
+            .http1_max_buf_size(UPSTREAM_READ_BUFFER)
             .http2_only(route.upstream_h2c)
             .build(connector);
         let base = format!("http://{}", route.upstream.authority());
@@ -352,6 +357,9 @@ impl HttpProxy {
         Response::from_parts(parts, Either::Left(body))
     }
 }
+
+/// Ceiling of the read buffer of one pooled upstream HTTP/1 connection.
+const UPSTREAM_READ_BUFFER: usize = 128 * 1024;
 
 /// The HTTP/1 read and write buffer ceiling of one connection: room for the largest head
 /// accepted, and at least 256 KiB (measured: 64 KiB cost a third of the upload throughput).
