@@ -237,15 +237,16 @@ async fn heavy_syn_flood_is_bounded_and_legitimate_requests_pass() {
 }
 
 /// The classic flood: SYNs from addresses that never answer (the agent's SYN-ACKs have no
-/// route back). Half-open connections fill the table up to `max_pending_syns` and stay until
-/// `handshake_timeout` (here 2 s); memory stays bounded (< 16 MiB growth) and the stack serves
-/// again within the timeout plus 3 s. (While the table is full, new connections are refused:
-/// the stack has no SYN cookies and does not evict the oldest half-open connection.)
+/// route back). Half-open connections fill the table up to `max_pending_syns`; each SYN past
+/// it drops the oldest half-open connection of its shard (or is refused), so memory stays
+/// bounded (< 16 MiB growth) and a real client, whose handshake takes one round trip, is
+/// served right after the flood, long before the flood's entries expire (`handshake_timeout`,
+/// here 3 s), which they then do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn heavy_spoofed_syn_flood_is_bounded_and_recovers_after_handshake_timeout() {
+async fn heavy_spoofed_syn_flood_is_bounded_and_real_clients_still_get_in() {
     let _memory = MEMORY.lock().await;
     let (agent, gw) = pair_with(|config| {
-        config.netstack.handshake_timeout = Duration::from_secs(2);
+        config.netstack.handshake_timeout = Duration::from_secs(3);
     })
     .await;
     serve_echo(&agent, 80);
@@ -258,14 +259,17 @@ async fn heavy_spoofed_syn_flood_is_bounded_and_recovers_after_handshake_timeout
     let (_, distinct) = syn_flood(&agent, [10, 1, 0, 77], 20_000, 256, 0xf100d).await;
     let during = agent.netstack().stats();
     let grew = rss_kib().saturating_sub(rss_before);
+    let refused = during.dropped.get(netstack::DropReason::LimitReached);
     eprintln!(
-        "spoofed syn flood: half-open {} (limit {limit}), refused {}, RSS +{grew} KiB",
-        during.half_open,
-        during.dropped.get(netstack::DropReason::LimitReached)
+        "spoofed syn flood: half-open {} (limit {limit}), evicted {}, refused {refused}, \
+         RSS +{grew} KiB",
+        during.half_open, during.half_open_evicted,
     );
     assert!(during.half_open <= limit);
-    // Repeated SYNs of a held 4-tuple are retransmissions, not new connections.
-    assert!(during.dropped.get(netstack::DropReason::LimitReached) >= (distinct - limit) as u64);
+    // Repeated SYNs of a held 4-tuple are retransmissions, not new connections; every new
+    // one past the limit evicted an older one or was refused.
+    assert!(during.half_open_evicted + refused >= (distinct - limit) as u64);
+    assert!(during.half_open_evicted > 0);
     assert!(grew < 16 * 1024, "RSS grew {grew} KiB under the flood");
 
     let start = Instant::now();
@@ -274,17 +278,16 @@ async fn heavy_spoofed_syn_flood_is_bounded_and_recovers_after_handshake_timeout
             break;
         }
         assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "no recovery within handshake_timeout + 3 s"
+            start.elapsed() < Duration::from_secs(1),
+            "a real client was locked out by the flood"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     eprintln!(
         "spoofed syn flood: served again after {:?}",
         start.elapsed()
     );
-    // Service comes back as soon as the first flood entries expire; the rest of them (sent
-    // later in the flood) expire within one more handshake_timeout.
+    // The flood's entries still expire after handshake_timeout.
     let start = Instant::now();
     while agent.netstack().stats().half_open > 0 {
         assert!(

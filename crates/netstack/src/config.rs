@@ -32,6 +32,9 @@ pub struct NetstackConfig {
     /// [`Netstack::listen_with_backlog`]: crate::Netstack::listen_with_backlog
     pub accept_backlog: usize,
     /// Maximum half-open (SYN received) connections over all listeners (default 1,024).
+    /// At this bound (or a listener's backlog) a new SYN replaces the oldest half-open
+    /// connection of the same listener in its shard, so a SYN flood cannot lock real
+    /// clients out until `handshake_timeout`; without one to replace, it is refused.
     pub max_pending_syns: usize,
     /// A half-open connection that does not complete its handshake in this time is
     /// dropped (default 20 s).

@@ -580,13 +580,28 @@ impl Shard {
             shared.counters.drop(DropReason::NoSocket);
             return false;
         };
-        let c = &shared.counters;
-        if c.half_open.load(Relaxed) >= shared.config.max_pending_syns
-            || listener.pending.load(Relaxed) >= listener.backlog
-        {
-            c.drop(DropReason::LimitReached);
-            return false;
+        let full = |shared: &Shared, listener: &ListenerShared| {
+            shared.counters.half_open.load(Relaxed) >= shared.config.max_pending_syns
+                || listener.pending.load(Relaxed) >= listener.backlog
+        };
+        if full(shared, &listener) {
+            // A SYN flood (spoofed sources never finish the handshake) would otherwise lock
+            // everyone out until `handshake_timeout`: make room by dropping the oldest
+            // half-open connection of this listener in this shard. A real client finishes
+            // within a round trip, long before a flood makes its entry the oldest.
+            // Removed at once without an RST (its source is most likely forged; a real
+            // client's next segment finds no socket and gets one then), so its socket and
+            // buffers are free for the new SYN.
+            if let Some(victim) = self.oldest_half_open(&listener) {
+                self.drop_half_open(shared, victim, false, now);
+                shared.counters.half_open_evicted.fetch_add(1, Relaxed);
+            }
+            if full(shared, &listener) {
+                shared.counters.drop(DropReason::LimitReached);
+                return false;
+            }
         }
+        let c = &shared.counters;
         let Ok((handle, bufs)) = self.new_tcp(shared) else {
             c.drop(DropReason::LimitReached);
             return false;
@@ -661,6 +676,21 @@ impl Shard {
     }
 
     /// Forgets a half-open connection (sending RST when `abort`).
+    /// The half-open connection of `listener` in this shard closest to its deadline.
+    fn oldest_half_open(&self, listener: &Arc<ListenerShared>) -> Option<Tuple> {
+        self.conns
+            .iter()
+            .filter_map(|(tuple, conn)| match &conn.state {
+                ConnState::HalfOpen {
+                    listener: l,
+                    deadline,
+                } if Arc::ptr_eq(l, listener) => Some((*deadline, *tuple)),
+                _ => None,
+            })
+            .min_by_key(|(deadline, _)| *deadline)
+            .map(|(_, tuple)| tuple)
+    }
+
     fn drop_half_open(&mut self, shared: &Shared, tuple: Tuple, abort: bool, now: Instant) {
         let Some(conn) = self.conns.get_mut(&tuple) else {
             return;

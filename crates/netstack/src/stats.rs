@@ -96,6 +96,8 @@ pub struct NetstackStats {
     pub tcp_repairs_skipped: u64,
     /// Payload bytes of sent, unacknowledged segments loss repair holds now.
     pub tcp_repair_bytes: usize,
+    /// Half-open connections dropped to make room for a new SYN at a limit (a SYN flood).
+    pub half_open_evicted: u64,
 }
 
 /// The live counters behind [`NetstackStats`].
@@ -113,6 +115,7 @@ pub(crate) struct Counters {
     tcp_repaired: AtomicU64,
     tcp_probes: AtomicU64,
     tcp_repairs_skipped: AtomicU64,
+    pub(crate) half_open_evicted: AtomicU64,
 }
 
 impl Default for Counters {
@@ -129,6 +132,7 @@ impl Default for Counters {
             tcp_repaired: AtomicU64::new(0),
             tcp_probes: AtomicU64::new(0),
             tcp_repairs_skipped: AtomicU64::new(0),
+            half_open_evicted: AtomicU64::new(0),
         }
     }
 }
@@ -192,6 +196,7 @@ impl Counters {
             tcp_probes: self.tcp_probes.load(Relaxed),
             tcp_repairs_skipped: self.tcp_repairs_skipped.load(Relaxed),
             tcp_repair_bytes: 0,
+            half_open_evicted: self.half_open_evicted.load(Relaxed),
         }
     }
 }
