@@ -117,12 +117,26 @@ struct Seg {
     again: bool,
     /// Covered by a SACK block.
     sacked: bool,
+    /// A retransmission of it by smoltcp was dropped as redundant.
+    skipped: bool,
 }
 
 impl Seg {
     fn end(&self) -> u32 {
         self.seq.wrapping_add(self.len)
     }
+}
+
+/// What a segment smoltcp just sent is, as far as repair knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sent {
+    /// New data (or not tracked).
+    New,
+    /// A retransmission by smoltcp of data the peer may lack.
+    Again,
+    /// A retransmission of data the peer has every byte of (SACKed or acknowledged): the
+    /// caller drops it instead of sending it.
+    Redundant,
 }
 
 /// What the repair of one connection did, for the stack's counters.
@@ -288,20 +302,46 @@ impl Repair {
     }
 
     /// smoltcp sent a segment carrying `len` payload bytes from `seq` in `packet`.
-    pub(crate) fn on_sent(&mut self, seq: u32, len: u32, packet: &Bytes, now: Instant) {
+    pub(crate) fn on_sent(&mut self, seq: u32, len: u32, packet: &Bytes, now: Instant) -> Sent {
         if len == 0 {
-            return;
+            return Sent::New;
         }
         let end = seq.wrapping_add(len);
         if self.una.is_some_and(|una| seq_le(end, una)) {
-            return;
+            // All of it acknowledged already: smoltcp has not seen that ACK yet.
+            return Sent::Redundant;
         }
         if let Some(last) = self.segs.back()
             && seq_lt(seq, last.end())
         {
             // smoltcp sent this range again (fast retransmit, or going back after its
-            // timeout, possibly cut differently): those segments were just sent.
+            // timeout, possibly cut differently). If the peer has SACKed every byte of it,
+            // it is redundant (smoltcp ignores SACK and goes back over a whole window);
+            // otherwise its segments were just sent.
             let from = self.segs.partition_point(|s| seq_le(s.end(), seq));
+            let mut covered = seq;
+            let mut all_sacked = true;
+            for s in self.segs.range(from..) {
+                if !seq_lt(s.seq, end) {
+                    break;
+                }
+                if !s.sacked || s.skipped || seq_lt(covered, s.seq) {
+                    all_sacked = false;
+                    break;
+                }
+                covered = s.end();
+            }
+            if all_sacked && seq_le(end, covered) && seq_le(covered, last.end()) {
+                // Once only per segment: a receiver may (rarely) discard data it SACKed, and
+                // then smoltcp's next retransmission must go out.
+                for s in self.segs.range_mut(from..) {
+                    if !seq_lt(s.seq, end) {
+                        break;
+                    }
+                    s.skipped = true;
+                }
+                return Sent::Redundant;
+            }
             for s in self.segs.range_mut(from..) {
                 if !seq_lt(s.seq, end) {
                     break;
@@ -309,7 +349,7 @@ impl Repair {
                 s.sent = now;
                 s.again = true;
             }
-            return;
+            return Sent::Again;
         }
         if self.segs.is_empty() {
             self.overflowed = false;
@@ -319,7 +359,7 @@ impl Repair {
         let n = len as usize;
         if self.overflowed || self.bytes + n > self.limit || !self.budget.take(n) {
             self.overflowed = true;
-            return;
+            return Sent::New;
         }
         self.bytes += n;
         self.segs.push_back(Seg {
@@ -329,7 +369,9 @@ impl Repair {
             sent: now,
             again: false,
             sacked: false,
+            skipped: false,
         });
+        Sent::New
     }
 
     /// The peer acknowledged up to `ack` and reported `sacks` (`[left, right)` ranges);
@@ -638,6 +680,37 @@ mod tests {
         // Karn: nothing sent twice gives an RTT sample.
         assert_eq!(r.srtt(), None);
         assert_eq!(r.cached(), 0);
+    }
+
+    #[test]
+    fn smoltcp_resending_sacked_data_is_redundant() {
+        let (mut r, _, t0) = repair();
+        send(&mut r, 0, 6, t0);
+        let mut out = Vec::new();
+        // Segment 1 lost; 2..6 SACKed.
+        r.on_ack(MSS, &[(2 * MSS, 6 * MSS)], t0 + ms(10), &mut out);
+        let t1 = t0 + ms(200);
+        // smoltcp's timeout goes back over the window: the hole is needed, the rest not.
+        assert_eq!(r.on_sent(MSS, MSS, &packet(MSS), t1), Sent::Again);
+        assert_eq!(
+            r.on_sent(2 * MSS, 2 * MSS, &packet(2 * MSS), t1),
+            Sent::Redundant
+        );
+        assert_eq!(
+            r.on_sent(4 * MSS, 1500, &packet(4 * MSS), t1),
+            Sent::Redundant
+        );
+        // Straddling the hole: needed.
+        assert_eq!(r.on_sent(500, MSS, &packet(500), t1), Sent::Again);
+        // Already acknowledged.
+        assert_eq!(r.on_sent(0, MSS, &packet(0), t1), Sent::Redundant);
+        // SACKed data is skipped once only: if the peer discarded it, the next one goes.
+        assert_eq!(
+            r.on_sent(2 * MSS, MSS, &packet(2 * MSS), t1 + ms(400)),
+            Sent::Again
+        );
+        // New data past the cache.
+        assert_eq!(r.on_sent(6 * MSS, MSS, &packet(6 * MSS), t1), Sent::New);
     }
 
     #[test]

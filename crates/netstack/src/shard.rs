@@ -21,7 +21,7 @@ use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
 use crate::buffer::TcpBuffers;
 use crate::config::NetstackConfig;
 use crate::device::{Dev, capabilities};
-use crate::repair::{Emitted, Repair};
+use crate::repair::{Emitted, Repair, Sent};
 use crate::stack::Shared;
 use crate::stats::DropReason;
 use crate::tcp::{Accepted, ListenerShared};
@@ -307,7 +307,7 @@ impl Shard {
 
     /// Runs egress passes until smoltcp has nothing more to send or `budget` packets
     /// were produced.
-    pub(crate) fn egress(&mut self, now: Instant, budget: usize) {
+    pub(crate) fn egress(&mut self, shared: &Shared, now: Instant, budget: usize) {
         let now = self.tick(now);
         let limit = self.tx.len().saturating_add(budget);
         let mut dev = Dev {
@@ -324,7 +324,7 @@ impl Shard {
                 break;
             }
         }
-        self.track_sent(from, now);
+        self.track_sent(shared, from, now);
     }
 
     /// Drops half-open connections past their deadline and finishes closing ones.
@@ -762,8 +762,11 @@ impl Shard {
 
     /// Hands the data segments smoltcp just sent (`self.tx[from..]`) to their
     /// connections' loss repair.
-    fn track_sent(&mut self, from: usize, now: Instant) {
-        for packet in &self.tx[from..] {
+    fn track_sent(&mut self, shared: &Shared, from: usize, now: Instant) {
+        let mut redundant = 0usize;
+        let mut resent = 0u64;
+        let mut keep = vec![true; self.tx.len().saturating_sub(from)];
+        for (i, packet) in self.tx.iter().enumerate().skip(from) {
             let Some(seg) = tcp_segment(packet) else {
                 continue;
             };
@@ -774,20 +777,39 @@ impl Shard {
                 local: seg.src,
                 remote: seg.dst,
             };
-            if let Some(conn) = self.conns.get_mut(&tuple) {
-                if let Some(ack) = seg.ack {
-                    conn.repair.on_output(ack, seg.window);
+            let Some(conn) = self.conns.get_mut(&tuple) else {
+                continue;
+            };
+            if let Some(ack) = seg.ack {
+                conn.repair.on_output(ack, seg.window);
+            }
+            if seg.len == 0 {
+                continue;
+            }
+            conn.tx_dirty = conn.tx_dirty.saturating_add(seg.len as usize);
+            if self.repair_disabled {
+                continue;
+            }
+            self.repairing.insert(tuple);
+            match conn.repair.on_sent(seg.seq, seg.len, packet, now) {
+                Sent::New => {}
+                Sent::Again => resent += 1,
+                Sent::Redundant if !seg.fin => {
+                    // The peer holds every byte of it: not worth a datagram.
+                    keep[i - from] = false;
+                    redundant += 1;
                 }
-                if seg.len == 0 {
-                    continue;
-                }
-                conn.tx_dirty = conn.tx_dirty.saturating_add(seg.len as usize);
-                if !self.repair_disabled {
-                    conn.repair.on_sent(seg.seq, seg.len, packet, now);
-                    self.repairing.insert(tuple);
-                }
+                Sent::Redundant => resent += 1,
             }
         }
+        if redundant > 0 {
+            let mut i = 0;
+            self.tx.retain(|_| {
+                i += 1;
+                i <= from || keep[i - 1 - from]
+            });
+        }
+        shared.counters.resent(resent, redundant as u64);
     }
 
     /// Feeds an inbound segment's ACK and SACK blocks to its connection's loss repair;

@@ -369,7 +369,7 @@ impl Shared {
             .max_outbound_packets
             .saturating_sub(self.out_len.load(SeqCst));
         let blocked = if room > 0 {
-            shard.egress(now, room);
+            shard.egress(self, now, room);
             false
         } else {
             self.blocked.fetch_or(bit, SeqCst);

@@ -98,6 +98,11 @@ pub struct NetstackStats {
     pub tcp_repair_bytes: usize,
     /// Half-open connections dropped to make room for a new SYN at a limit (a SYN flood).
     pub half_open_evicted: u64,
+    /// TCP segments smoltcp sent again (its fast retransmit or timeout).
+    pub tcp_smoltcp_resent: u64,
+    /// Of smoltcp's retransmissions, those not sent because the peer had SACKed or
+    /// acknowledged every byte of them already.
+    pub tcp_resends_dropped: u64,
 }
 
 /// The live counters behind [`NetstackStats`].
@@ -116,6 +121,8 @@ pub(crate) struct Counters {
     tcp_probes: AtomicU64,
     tcp_repairs_skipped: AtomicU64,
     pub(crate) half_open_evicted: AtomicU64,
+    tcp_smoltcp_resent: AtomicU64,
+    tcp_resends_dropped: AtomicU64,
 }
 
 impl Default for Counters {
@@ -133,6 +140,8 @@ impl Default for Counters {
             tcp_probes: AtomicU64::new(0),
             tcp_repairs_skipped: AtomicU64::new(0),
             half_open_evicted: AtomicU64::new(0),
+            tcp_smoltcp_resent: AtomicU64::new(0),
+            tcp_resends_dropped: AtomicU64::new(0),
         }
     }
 }
@@ -150,6 +159,16 @@ impl Counters {
         self.tcp_repaired.fetch_add(repaired as u64, Relaxed);
         self.tcp_probes.fetch_add(probes as u64, Relaxed);
         self.tcp_repairs_skipped.fetch_add(skipped as u64, Relaxed);
+    }
+
+    /// smoltcp retransmitted `resent` segments; `dropped` more were not sent (redundant).
+    pub(crate) fn resent(&self, resent: u64, dropped: u64) {
+        if resent > 0 {
+            self.tcp_smoltcp_resent.fetch_add(resent, Relaxed);
+        }
+        if dropped > 0 {
+            self.tcp_resends_dropped.fetch_add(dropped, Relaxed);
+        }
     }
 
     pub(crate) fn drop(&self, reason: DropReason) {
@@ -197,6 +216,8 @@ impl Counters {
             tcp_repairs_skipped: self.tcp_repairs_skipped.load(Relaxed),
             tcp_repair_bytes: 0,
             half_open_evicted: self.half_open_evicted.load(Relaxed),
+            tcp_smoltcp_resent: self.tcp_smoltcp_resent.load(Relaxed),
+            tcp_resends_dropped: self.tcp_resends_dropped.load(Relaxed),
         }
     }
 }
