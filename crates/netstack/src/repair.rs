@@ -308,8 +308,9 @@ impl Repair {
         }
         let end = seq.wrapping_add(len);
         if self.una.is_some_and(|una| seq_le(end, una)) {
-            // All of it acknowledged already: smoltcp has not seen that ACK yet.
-            return Sent::Redundant;
+            // Below what the peer acknowledged: smoltcp's keep-alive (the last acknowledged
+            // byte again, to draw an ACK). It must go out.
+            return Sent::New;
         }
         if let Some(last) = self.segs.back()
             && seq_lt(seq, last.end())
@@ -331,7 +332,8 @@ impl Repair {
                 }
                 covered = s.end();
             }
-            if all_sacked && seq_le(end, covered) && seq_le(covered, last.end()) {
+            // A one-byte segment may be smoltcp's keep-alive probe, which must draw an ACK.
+            if len > 1 && all_sacked && seq_le(end, covered) && seq_le(covered, last.end()) {
                 // Once only per segment: a receiver may (rarely) discard data it SACKed, and
                 // then smoltcp's next retransmission must go out.
                 for s in self.segs.range_mut(from..) {
@@ -702,8 +704,8 @@ mod tests {
         );
         // Straddling the hole: needed.
         assert_eq!(r.on_sent(500, MSS, &packet(500), t1), Sent::Again);
-        // Already acknowledged.
-        assert_eq!(r.on_sent(0, MSS, &packet(0), t1), Sent::Redundant);
+        // Below the acknowledged point: a keep-alive, which must go out.
+        assert_eq!(r.on_sent(MSS - 1, 1, &packet(MSS - 1), t1), Sent::New);
         // SACKed data is skipped once only: if the peer discarded it, the next one goes.
         assert_eq!(
             r.on_sent(2 * MSS, MSS, &packet(2 * MSS), t1 + ms(400)),
