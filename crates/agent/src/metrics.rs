@@ -172,6 +172,10 @@ pub struct AgentCounters {
     pub tcp_repaired: u64,
     /// Tail-loss probes sent by that loss repair.
     pub tcp_probes: u64,
+    /// Retransmissions by the TCP stack itself (smoltcp's fast retransmit or timeout).
+    pub tcp_stack_resent: u64,
+    /// Of those, the ones not sent because the client already had every byte.
+    pub tcp_stack_resends_dropped: u64,
 }
 
 /// Writes the per-gateway series of SPEC (`wg_agent_gateway_*`, label `gateway="<id>"`).
@@ -247,8 +251,10 @@ pub fn write_agent_counters(w: &mut MetricsWriter<'_>, counters: &AgentCounters)
     w.family(
         "wg_agent_tcp_loss_repair_total",
         MetricKind::Counter,
-        "TCP segments the virtual IP sent again without waiting for a timeout: kind=\"sack\" \
-         (shown lost by the peer's SACK blocks), kind=\"probe\" (tail-loss probes).",
+        "TCP segments the virtual IP sent again: kind=\"sack\" (shown lost by the peer's SACK \
+         blocks), kind=\"probe\" (tail-loss probes), kind=\"stack_resent\" (by the TCP stack's \
+         own fast retransmit or timeout), kind=\"stack_resend_dropped\" (stack retransmissions \
+         not sent: the peer had every byte).",
     );
     w.sample_u64(
         "wg_agent_tcp_loss_repair_total",
@@ -259,6 +265,16 @@ pub fn write_agent_counters(w: &mut MetricsWriter<'_>, counters: &AgentCounters)
         "wg_agent_tcp_loss_repair_total",
         &[("kind", "probe")],
         counters.tcp_probes,
+    );
+    w.sample_u64(
+        "wg_agent_tcp_loss_repair_total",
+        &[("kind", "stack_resent")],
+        counters.tcp_stack_resent,
+    );
+    w.sample_u64(
+        "wg_agent_tcp_loss_repair_total",
+        &[("kind", "stack_resend_dropped")],
+        counters.tcp_stack_resends_dropped,
     );
 }
 

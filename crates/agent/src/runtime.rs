@@ -354,6 +354,8 @@ impl StatusSource for Agent {
             open_connections: stack.tcp_sockets as u64,
             tcp_repaired: stack.tcp_repaired,
             tcp_probes: stack.tcp_probes,
+            tcp_stack_resent: stack.tcp_smoltcp_resent,
+            tcp_stack_resends_dropped: stack.tcp_resends_dropped,
             ..AgentCounters::default()
         };
         for (reason, n) in manager.wg_drops().iter() {

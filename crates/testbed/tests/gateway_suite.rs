@@ -384,9 +384,11 @@ fn lossy_transfer(download: bool, len: u64) {
         .unwrap_or(0.0)
     };
     let (sack, probe) = (repair("sack"), repair("probe"));
+    let (resent, dropped) = (repair("stack_resent"), repair("stack_resend_dropped"));
     eprintln!(
         "suite: lossy link: {len} bytes {} in {:.2?} ({:.2} Mbit/s); agent loss repair: \
-         {sack} from SACK, {probe} probes; relay {stats:?}",
+         {sack} from SACK, {probe} probes, {resent} resent by smoltcp, {dropped} of its \
+         resends dropped as redundant; relay {stats:?}",
         if download { "down" } else { "up" },
         transfer.elapsed,
         mbit_per_s(len, transfer.elapsed),
