@@ -49,6 +49,8 @@ const LONE_SEGMENT_ACK_DELAY: Duration = Duration::from_millis(200);
 const INITIAL_RTT: Duration = Duration::from_millis(100);
 /// Segments re-emitted per ACK or timer event at most (the rest follow with later ACKs).
 pub(crate) const MAX_REPAIRS_PER_EVENT: usize = 16;
+/// Bytes charged per cached segment beyond its packet (the entry, the allocation's header).
+const SEG_OVERHEAD: usize = 64;
 /// Spare capacity of an emptied cache kept for the next burst.
 const KEEP_CAPACITY: usize = 64;
 
@@ -107,6 +109,8 @@ impl Budget {
 /// A data segment smoltcp sent and the peer has not acknowledged.
 #[derive(Debug)]
 struct Seg {
+    /// Bytes taken from the budget for it.
+    charged: usize,
     seq: u32,
     len: u32,
     /// The IP packet as sent.
@@ -173,14 +177,9 @@ pub(crate) struct Repair {
     /// Stopped caching at the bound: nothing is cached again until the cache empties, so
     /// the cache never has holes smoltcp's recovery would have to cover alone.
     overflowed: bool,
-    /// The window field of the peer's last ACK (a duplicate ACK must repeat it).
-    window: Option<u16>,
-    /// The last duplicate ACK kept from smoltcp (see [`Repair::hides`]), while its ACK
-    /// number is still the highest.
-    held: Option<Vec<u8>>,
-    /// After a congestion signal, none again until the peer acknowledges this far (one
-    /// window reduction per loss episode, like a kernel's recovery point).
-    recover: Option<u32>,
+    /// The end of the highest segment smoltcp has sent (cached or not): an ACK beyond it
+    /// acknowledges nothing real and is ignored.
+    sent_end: Option<u32>,
     /// Acknowledgement number and window of the latest segment smoltcp sent on this
     /// connection: what a resent packet carries (see [`crate::wire::with_ack_and_window`]).
     latest: Option<(u32, u16)>,
@@ -201,9 +200,7 @@ impl Repair {
             quiet_since: now,
             probed: false,
             overflowed: false,
-            window: None,
-            held: None,
-            recover: None,
+            sent_end: None,
             latest: None,
         }
     }
@@ -211,56 +208,6 @@ impl Repair {
     /// smoltcp sent a segment (any: data or not) acknowledging `ack` with `window`.
     pub(crate) fn on_output(&mut self, ack: u32, window: u16) {
         self.latest = Some((ack, window));
-    }
-
-    /// Whether smoltcp should not see this inbound segment: a pure duplicate ACK (no
-    /// payload, no FIN, the highest ACK number again, the same window) carrying SACK
-    /// blocks, while every outstanding segment is cached here.
-    ///
-    /// smoltcp counts duplicate ACKs and, at the third, resends the first hole and cuts its
-    /// congestion window, whether the holes are losses or just reordering (a jittery path
-    /// reorders constantly) or duplicates. RACK here waits out reordering, repairs real
-    /// losses itself, and then gives smoltcp its duplicate ACKs back
-    /// ([`Repair::congestion_signal`]) so its congestion control still reacts to each loss
-    /// episode once.
-    pub(crate) fn hides(&self, seg: &crate::wire::Segment) -> bool {
-        seg.len == 0
-            && !seg.fin
-            && !seg.control
-            && !self.overflowed
-            && !self.segs.is_empty()
-            && seg.ack.is_some()
-            && seg.ack == self.una
-            && self.window == Some(seg.window)
-            && seg.sacks.iter().any(Option::is_some)
-    }
-
-    /// Keeps `packet`, a duplicate ACK hidden from smoltcp, for a later congestion signal.
-    pub(crate) fn hold(&mut self, packet: &[u8]) {
-        let held = self.held.get_or_insert_with(Vec::new);
-        held.clear();
-        held.extend_from_slice(packet);
-    }
-
-    /// After repairs found a loss: the held duplicate ACK, which the caller hands to
-    /// smoltcp three times (its fast retransmit and window cut), unless this loss episode
-    /// already had its signal.
-    pub(crate) fn congestion_signal(&mut self, emitted: Emitted) -> Option<Vec<u8>> {
-        if emitted.repairs == 0 {
-            return None;
-        }
-        let una = self.una?;
-        if self.recover.is_some_and(|r| seq_lt(una, r)) {
-            return None;
-        }
-        let held = self.held.take()?;
-        self.recover = self.segs.back().map(Seg::end);
-        Some(held)
-    }
-
-    /// Records the window of an ACK from the peer.
-    pub(crate) fn note_window(&mut self, window: u16) {
-        self.window = Some(window);
     }
 
     /// Payload bytes cached.
@@ -307,6 +254,9 @@ impl Repair {
             return Sent::New;
         }
         let end = seq.wrapping_add(len);
+        if self.sent_end.is_none_or(|e| seq_lt(e, end)) {
+            self.sent_end = Some(end);
+        }
         if self.una.is_some_and(|una| seq_le(end, una)) {
             // Below what the peer acknowledged: smoltcp's keep-alive (the last acknowledged
             // byte again, to draw an ACK). It must go out.
@@ -315,6 +265,10 @@ impl Repair {
         if let Some(last) = self.segs.back()
             && seq_lt(seq, last.end())
         {
+            if len == 1 && last.len > 1 && end == last.end() {
+                // smoltcp's keep-alive (the last sent byte again), not a retransmission.
+                return Sent::New;
+            }
             // smoltcp sent this range again (fast retransmit, or going back after its
             // timeout, possibly cut differently). If the peer has SACKed every byte of it,
             // it is redundant (smoltcp ignores SACK and goes back over a whole window);
@@ -358,13 +312,16 @@ impl Repair {
             self.quiet_since = now;
             self.probed = false;
         }
-        let n = len as usize;
+        // Charged for the packet and its entry, so tiny segments cannot hold more memory
+        // than the bounds say.
+        let n = packet.len().max(len as usize) + SEG_OVERHEAD;
         if self.overflowed || self.bytes + n > self.limit || !self.budget.take(n) {
             self.overflowed = true;
             return Sent::New;
         }
         self.bytes += n;
         self.segs.push_back(Seg {
+            charged: n,
             seq,
             len,
             packet: packet.clone(),
@@ -385,10 +342,12 @@ impl Repair {
         now: Instant,
         out: &mut Vec<Bytes>,
     ) -> Emitted {
+        if self.sent_end.is_some_and(|end| seq_lt(end, ack)) {
+            // Acknowledges data never sent (smoltcp drops such a segment too).
+            return Emitted::default();
+        }
         if self.una.is_none_or(|una| seq_lt(una, ack)) {
             self.una = Some(ack);
-            // A kept duplicate ACK is now older than what smoltcp has seen.
-            self.held = None;
             let mut progress = false;
             while let Some(front) = self.segs.front() {
                 if !seq_le(front.end(), ack) {
@@ -399,7 +358,7 @@ impl Repair {
                 };
                 progress = true;
                 self.delivered(&seg, now);
-                self.release(seg.len as usize);
+                self.release(seg.charged);
             }
             if progress {
                 self.quiet_since = now;
@@ -443,16 +402,16 @@ impl Repair {
         if self.reorder_at.is_some_and(|at| at <= now) {
             emitted = self.detect(now, out);
         }
-        if !self.probed
-            && !self.segs.is_empty()
-            && now >= self.quiet_since + self.probe_timeout()
-            && let Some(last) = self.segs.iter_mut().rev().find(|s| !s.sacked)
-        {
-            out.push(refreshed(&last.packet, self.latest));
-            last.sent = now;
-            last.again = true;
+        if !self.probed && !self.segs.is_empty() && now >= self.quiet_since + self.probe_timeout() {
+            // One probe per quiet period; none at all when the peer SACKed everything
+            // (then only its cumulative ACK is missing, which smoltcp's timer covers).
             self.probed = true;
-            emitted.probes += 1;
+            if let Some(last) = self.segs.iter_mut().rev().find(|s| !s.sacked) {
+                out.push(refreshed(&last.packet, self.latest));
+                last.sent = now;
+                last.again = true;
+                emitted.probes += 1;
+            }
         }
         emitted
     }
@@ -556,6 +515,8 @@ mod tests {
     use super::*;
 
     const MSS: u32 = 1000;
+    /// What one test segment costs the budget.
+    const CHARGE: usize = MSS as usize + SEG_OVERHEAD;
 
     fn packet(seq: u32) -> Bytes {
         Bytes::from(seq.to_be_bytes().to_vec())
@@ -587,7 +548,7 @@ mod tests {
     fn a_hole_below_sacked_segments_is_repaired_after_the_reordering_window() {
         let (mut r, budget, t0) = repair();
         send(&mut r, 0, 10, t0);
-        assert_eq!(budget.used(), 10_000);
+        assert_eq!(budget.used(), 10 * CHARGE);
         let mut out = Vec::new();
         // Segment 2 is lost: the peer acknowledges 0..2000 and SACKs 3000..10000.
         let at = t0 + ms(20);
@@ -676,7 +637,7 @@ mod tests {
         let t1 = t0 + ms(200);
         r.on_sent(0, 1500, &packet(0), t1);
         r.on_sent(1500, 2500, &packet(1500), t1);
-        assert_eq!(r.cached(), 4000);
+        assert_eq!(r.cached(), 4 * CHARGE);
         let mut out = Vec::new();
         r.on_ack(4 * MSS, &[], t1 + ms(20), &mut out);
         // Karn: nothing sent twice gives an RTT sample.
@@ -717,27 +678,65 @@ mod tests {
 
     #[test]
     fn the_caches_are_bounded_and_release_on_drop() {
-        let budget = Budget::new(5 * MSS as usize);
+        let budget = Budget::new(5 * CHARGE);
         let t0 = Instant::now();
-        let mut a = Repair::new(3 * MSS as usize, budget.clone(), t0);
+        let mut a = Repair::new(3 * CHARGE, budget.clone(), t0);
         let mut b = Repair::new(1 << 20, budget.clone(), t0);
         send(&mut a, 0, 5, t0);
-        assert_eq!(a.cached(), 3000, "the per-connection limit");
+        assert_eq!(a.cached(), 3 * CHARGE, "the per-connection limit");
         send(&mut b, 0, 5, t0);
-        assert_eq!(b.cached(), 2000, "the stack's budget");
-        assert_eq!(budget.used(), 5000);
+        assert_eq!(b.cached(), 2 * CHARGE, "the stack's budget");
+        assert_eq!(budget.used(), 5 * CHARGE);
         // Past the bound nothing more is cached until the cache empties.
         let mut out = Vec::new();
         a.on_ack(MSS, &[], t0 + ms(5), &mut out);
         send(&mut a, 5 * MSS, 1, t0 + ms(6));
-        assert_eq!(a.cached(), 2000);
+        assert_eq!(a.cached(), 2 * CHARGE);
         a.on_ack(6 * MSS, &[], t0 + ms(10), &mut out);
         assert_eq!(a.cached(), 0);
         send(&mut a, 6 * MSS, 1, t0 + ms(11));
-        assert_eq!(a.cached(), 1000);
+        assert_eq!(a.cached(), CHARGE);
         drop(a);
         drop(b);
         assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn tiny_segments_are_charged_for_their_entries() {
+        let (mut r, budget, t0) = repair();
+        for i in 0..100u32 {
+            r.on_sent(i, 1, &packet(i), t0);
+        }
+        assert_eq!(budget.used(), 100 * (4 + SEG_OVERHEAD));
+    }
+
+    #[test]
+    fn acks_of_unsent_data_and_keep_alives_change_nothing() {
+        let (mut r, _, t0) = repair();
+        send(&mut r, 0, 3, t0);
+        let mut out = Vec::new();
+        // A forged ACK beyond everything sent does not empty the cache.
+        r.on_ack(10 * MSS, &[], t0 + ms(1), &mut out);
+        assert_eq!(r.cached(), 3 * CHARGE);
+        // smoltcp's keep-alive: the last sent byte again, one byte long.
+        assert_eq!(r.on_sent(3 * MSS - 1, 1, &packet(0), t0 + ms(2)), Sent::New);
+        r.on_ack(3 * MSS, &[], t0 + ms(20), &mut out);
+        assert_eq!(
+            r.srtt(),
+            Some(ms(20)),
+            "the last segment still gives its sample"
+        );
+    }
+
+    #[test]
+    fn a_fully_sacked_window_does_not_keep_the_probe_timer_in_the_past() {
+        let (mut r, _, t0) = repair();
+        send(&mut r, 0, 4, t0);
+        let mut out = Vec::new();
+        r.on_ack(0, &[(0, 4 * MSS)], t0 + ms(10), &mut out);
+        let at = r.poll_at().expect("probe timer");
+        assert_eq!(r.on_timer(at, &mut out).probes, 0);
+        assert_eq!(r.poll_at(), None);
     }
 
     #[test]
@@ -755,68 +754,7 @@ mod tests {
         );
         r.on_timer(r.poll_at().expect("timer"), &mut out);
         assert_eq!(out.iter().map(seq_of).collect::<Vec<_>>(), [hole]);
-        assert_eq!(r.cached(), 3000);
-    }
-
-    fn dupack(ack: u32, window: u16, sack: Option<(u32, u32)>) -> crate::wire::Segment {
-        let ep =
-            smoltcp::wire::IpEndpoint::new(smoltcp::wire::Ipv4Address::new(10, 0, 0, 1).into(), 1);
-        crate::wire::Segment {
-            src: ep,
-            dst: ep,
-            seq: 0,
-            ack: Some(ack),
-            len: 0,
-            control: false,
-            fin: false,
-            window,
-            sacks: [sack, None, None],
-        }
-    }
-
-    #[test]
-    fn duplicate_acks_are_hidden_until_a_loss_then_signalled_once_per_episode() {
-        let (mut r, _, t0) = repair();
-        send(&mut r, 0, 20, t0);
-        let mut out = Vec::new();
-        r.on_ack(2 * MSS, &[], t0 + ms(20), &mut out);
-        r.note_window(100);
-        // Only a pure duplicate with SACK blocks and the same window is hidden.
-        assert!(r.hides(&dupack(2 * MSS, 100, Some((3 * MSS, 4 * MSS)))));
-        assert!(
-            !r.hides(&dupack(2 * MSS, 100, None)),
-            "no SACK: smoltcp's business"
-        );
-        assert!(
-            !r.hides(&dupack(2 * MSS, 99, Some((3 * MSS, 4 * MSS)))),
-            "window update"
-        );
-        assert!(
-            !r.hides(&dupack(3 * MSS, 100, Some((4 * MSS, 5 * MSS)))),
-            "progress"
-        );
-        // Reordering: the hole fills before the reordering window ends; no signal.
-        r.hold(b"dup1");
-        let e = r.on_ack(2 * MSS, &[(3 * MSS, 4 * MSS)], t0 + ms(21), &mut out);
-        assert_eq!(r.congestion_signal(e), None);
-        r.on_ack(4 * MSS, &[], t0 + ms(22), &mut out);
-        assert!(out.is_empty());
-        // A loss: segment 4 missing while 5..12 are SACKed, past the reordering window.
-        r.hold(b"dup2");
-        let e = r.on_ack(4 * MSS, &[(5 * MSS, 12 * MSS)], t0 + ms(60), &mut out);
-        assert_eq!(e.repairs, 1);
-        assert_eq!(r.congestion_signal(e).as_deref(), Some(&b"dup2"[..]));
-        // A second hole in the same window: repaired, but no second signal.
-        out.clear();
-        r.hold(b"dup3");
-        let e = r.on_ack(
-            4 * MSS,
-            &[(13 * MSS, 20 * MSS), (5 * MSS, 12 * MSS)],
-            t0 + ms(200),
-            &mut out,
-        );
-        assert_eq!(e.repairs, 1);
-        assert_eq!(r.congestion_signal(e), None);
+        assert_eq!(r.cached(), 3 * CHARGE);
     }
 
     #[test]
@@ -833,6 +771,6 @@ mod tests {
             r.on_ack(ack, &sacks, t0 + ms(1), &mut out);
             r.on_timer(t0 + ms(1), &mut out);
         }
-        assert!(budget.used() <= 3000);
+        assert!(budget.used() <= 3 * CHARGE);
     }
 }

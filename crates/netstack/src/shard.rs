@@ -26,7 +26,7 @@ use crate::stack::Shared;
 use crate::stats::DropReason;
 use crate::tcp::{Accepted, ListenerShared};
 use crate::time::Clock;
-use crate::wire::{Class, Tuple, tcp_segment};
+use crate::wire::{Class, Segment, Tuple, tcp_segment};
 
 /// Bytes a connection sends before its emptied send ring is released (see
 /// [`Shard::release_idle_tx`]): the syscall and the page faults after it cost little
@@ -58,6 +58,17 @@ fn stall_keep_alive(clock: &Clock, queued: usize) -> Option<smoltcp::time::Durat
     (queued != 1).then(|| clock.smol_duration(STALL_PROBE))
 }
 
+/// A segment's SACK blocks as a slice source, without allocating.
+fn sack_list(seg: &Segment) -> ([(u32, u32); 3], usize) {
+    let mut list = [(0, 0); 3];
+    let mut n = 0;
+    for block in seg.sacks.iter().flatten() {
+        list[n] = *block;
+        n += 1;
+    }
+    (list, n)
+}
+
 /// A TCP socket's entry in the connection table.
 struct Conn {
     handle: SocketHandle,
@@ -75,6 +86,8 @@ struct Conn {
     repair: Repair,
     /// Payload bytes sent since the send ring's pages were last released.
     tx_dirty: usize,
+    /// Listed in `Shard::repairing`.
+    repair_listed: bool,
     /// Keep last: the socket using these rings is removed from the set first.
     bufs: TcpBuffers,
 }
@@ -212,6 +225,7 @@ impl Shard {
         let now = self.tick(now);
         let mut watch = None;
         let mut boosted = None;
+        let mut seg = None;
         match class {
             Class::Tcp {
                 tuple,
@@ -219,9 +233,11 @@ impl Shard {
                 rst,
                 zero_window,
             } => {
-                if self.hide_dupack(shared, packet, tuple, now, reply_limit) {
-                    return;
-                }
+                seg = if self.repair_disabled {
+                    None
+                } else {
+                    tcp_segment(packet)
+                };
                 if syn_only && self.reusable(&tuple) {
                     // A new connection on the 4-tuple of one in TIME-WAIT: let it in, as
                     // Linux does, instead of making the peer wait for the old one to go.
@@ -297,7 +313,9 @@ impl Shard {
             }
         }
         if let Class::Tcp { tuple, .. } = class {
-            self.repair_on_ack(shared, packet, tuple, now, reply_limit);
+            if let Some(seg) = &seg {
+                self.repair_on_ack(shared, seg, tuple, now, reply_limit);
+            }
             self.release_idle_tx(tuple);
         }
         if let Some(tuple) = watch {
@@ -452,6 +470,7 @@ impl Shard {
                 no_progress: false,
                 repair: self.new_repair(shared),
                 tx_dirty: 0,
+                repair_listed: false,
                 bufs,
             },
         );
@@ -629,6 +648,7 @@ impl Shard {
                 no_progress: false,
                 repair: self.new_repair(shared),
                 tx_dirty: 0,
+                repair_listed: false,
                 bufs,
             },
         );
@@ -765,7 +785,7 @@ impl Shard {
     fn track_sent(&mut self, shared: &Shared, from: usize, now: Instant) {
         let mut redundant = 0usize;
         let mut resent = 0u64;
-        let mut keep = vec![true; self.tx.len().saturating_sub(from)];
+        let mut keep: Vec<bool> = Vec::new();
         for (i, packet) in self.tx.iter().enumerate().skip(from) {
             let Some(seg) = tcp_segment(packet) else {
                 continue;
@@ -790,12 +810,18 @@ impl Shard {
             if self.repair_disabled {
                 continue;
             }
-            self.repairing.insert(tuple);
+            if !conn.repair_listed {
+                conn.repair_listed = true;
+                self.repairing.insert(tuple);
+            }
             match conn.repair.on_sent(seg.seq, seg.len, packet, now) {
                 Sent::New => {}
                 Sent::Again => resent += 1,
                 Sent::Redundant if !seg.fin => {
                     // The peer holds every byte of it: not worth a datagram.
+                    if keep.is_empty() {
+                        keep = vec![true; self.tx.len() - from];
+                    }
                     keep[i - from] = false;
                     redundant += 1;
                 }
@@ -817,94 +843,28 @@ impl Shard {
     fn repair_on_ack(
         &mut self,
         shared: &Shared,
-        packet: &[u8],
+        seg: &Segment,
         tuple: Tuple,
         now: Instant,
         limit: usize,
     ) {
-        if !self.repairing.contains(&tuple) {
-            return;
-        }
-        let Some(seg) = tcp_segment(packet) else {
-            return;
-        };
         let (Some(ack), false) = (seg.ack, seg.control) else {
             return;
         };
         let Some(conn) = self.conns.get_mut(&tuple) else {
-            self.repairing.remove(&tuple);
             return;
         };
-        let sacks: Vec<(u32, u32)> = seg.sacks.iter().flatten().copied().collect();
-        let mut out = Vec::new();
-        let emitted = conn.repair.on_ack(ack, &sacks, now, &mut out);
-        conn.repair.note_window(seg.window);
-        if seg.len == 0 && !seg.fin {
-            // smoltcp has seen this ACK: copies of it are duplicates to smoltcp.
-            conn.repair.hold(packet);
+        if !conn.repair_listed {
+            return;
         }
-        let signal = conn.repair.congestion_signal(emitted);
+        let (sacks, n) = sack_list(seg);
+        let mut out = Vec::new();
+        let emitted = conn.repair.on_ack(ack, &sacks[..n], now, &mut out);
         if conn.repair.poll_at().is_none() {
+            conn.repair_listed = false;
             self.repairing.remove(&tuple);
         }
         self.emit_repairs(shared, out, emitted, limit);
-        if let Some(dupack) = signal {
-            self.signal_congestion(&dupack, now);
-        }
-    }
-
-    /// A duplicate ACK that loss repair keeps from smoltcp (see [`Repair::hides`]): fed
-    /// to repair only, and handed to smoltcp later if repair finds a loss. Returns whether
-    /// the packet was taken.
-    fn hide_dupack(
-        &mut self,
-        shared: &Shared,
-        packet: &[u8],
-        tuple: Tuple,
-        now: Instant,
-        limit: usize,
-    ) -> bool {
-        if !self.repairing.contains(&tuple) {
-            return false;
-        }
-        let Some(conn) = self.conns.get_mut(&tuple) else {
-            return false;
-        };
-        let Some(seg) = tcp_segment(packet) else {
-            return false;
-        };
-        let Some(ack) = seg.ack else {
-            return false;
-        };
-        if !conn.repair.hides(&seg) {
-            return false;
-        }
-        conn.repair.hold(packet);
-        let sacks: Vec<(u32, u32)> = seg.sacks.iter().flatten().copied().collect();
-        let mut out = Vec::new();
-        let emitted = conn.repair.on_ack(ack, &sacks, now, &mut out);
-        let signal = conn.repair.congestion_signal(emitted);
-        self.emit_repairs(shared, out, emitted, limit);
-        if let Some(dupack) = signal {
-            self.signal_congestion(&dupack, now);
-        }
-        true
-    }
-
-    /// Hands smoltcp a held duplicate ACK three times: its fast retransmit and its
-    /// congestion window cut, once per loss episode that repair found.
-    fn signal_congestion(&mut self, dupack: &[u8], now: Instant) {
-        let t = self.clock.smol_at(now);
-        for _ in 0..3 {
-            let mut dev = Dev {
-                rx: Some(dupack),
-                tx: &mut self.tx,
-                tx_limit: usize::MAX,
-                caps: &self.caps,
-            };
-            self.iface
-                .poll_ingress_single(t, &mut dev, &mut self.sockets);
-        }
     }
 
     /// Runs the loss-repair timers due at `now`.
@@ -914,7 +874,6 @@ impl Shard {
         }
         let mut out = Vec::new();
         let mut emitted = Emitted::default();
-        let mut signals = Vec::new();
         let conns = &mut self.conns;
         self.repairing.retain(|tuple| {
             let Some(conn) = conns.get_mut(tuple) else {
@@ -924,14 +883,11 @@ impl Shard {
                 let e = conn.repair.on_timer(now, &mut out);
                 emitted.repairs += e.repairs;
                 emitted.probes += e.probes;
-                signals.extend(conn.repair.congestion_signal(e));
             }
-            conn.repair.poll_at().is_some()
+            conn.repair_listed = conn.repair.poll_at().is_some();
+            conn.repair_listed
         });
         self.emit_repairs(shared, out, emitted, limit);
-        for dupack in signals {
-            self.signal_congestion(&dupack, now);
-        }
     }
 
     fn emit_repairs(&mut self, shared: &Shared, out: Vec<Bytes>, emitted: Emitted, limit: usize) {
@@ -946,14 +902,18 @@ impl Shard {
 
     /// The earliest loss-repair timer.
     fn next_repair(&mut self) -> Option<Instant> {
-        let conns = &self.conns;
+        let conns = &mut self.conns;
         let mut next: Option<Instant> = None;
         self.repairing.retain(|tuple| {
-            let at = conns.get(tuple).and_then(|c| c.repair.poll_at());
+            let Some(conn) = conns.get_mut(tuple) else {
+                return false;
+            };
+            let at = conn.repair.poll_at();
             if let Some(at) = at {
                 next = Some(next.map_or(at, |n| n.min(at)));
             }
-            at.is_some()
+            conn.repair_listed = at.is_some();
+            conn.repair_listed
         });
         self.repair_at = next;
         next
