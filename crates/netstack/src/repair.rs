@@ -14,18 +14,21 @@
 //! segment the peer sends, and:
 //! - marks a segment lost when a segment sent after it was delivered (cumulatively
 //!   acknowledged or SACKed) and more than one smoothed RTT plus a reordering window has
-//!   passed since it was sent (RACK), and re-emits the cached packet unchanged;
+//!   passed since it was sent (RACK), and re-emits the cached packet;
 //! - sends a tail-loss probe (the last cached segment again) when nothing was acknowledged
 //!   for about two RTTs with data outstanding, so the peer's answer (a SACK or a
-//!   cumulative ACK) tells what is missing without waiting for a timeout.
+//!   cumulative ACK) tells what is missing without waiting for a timeout;
+//! - tells the shard when a retransmission of smoltcp's carries only bytes the peer has
+//!   SACKed, so it is not sent (smoltcp goes back over a whole window after a timeout).
 //!
 //! smoltcp stays the TCP sender: it owns sequence numbers, windows and congestion control,
 //! and still retransmits on its own; a repaired hole simply makes the peer's cumulative ACK
-//! jump, which smoltcp takes as any ACK. A re-emitted packet is byte for byte the one sent
-//! before, so it is valid whatever smoltcp has done since (its acknowledgement number and
-//! window are only older). The cache is bounded per connection and over the whole stack
-//! (see `NetstackConfig::repair_budget`); past the bound segments are simply not cached
-//! and smoltcp's own recovery applies.
+//! jump, which smoltcp takes as any ACK. A re-emitted packet carries the data and sequence
+//! number sent before with smoltcp's latest acknowledgement number and window (a smoltcp
+//! peer that has sent data since would drop a segment with an older ACK). The cache is
+//! bounded per connection and over the whole stack (see `NetstackConfig::repair_budget`),
+//! each segment charged for its packet and entry; past the bound segments are simply not
+//! cached and smoltcp's own recovery applies.
 //!
 //! Everything here is sans-IO: time is passed in, packets come in and go out as values.
 
