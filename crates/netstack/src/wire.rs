@@ -255,6 +255,11 @@ mod tests {
             timestamp: None,
             payload: &[],
         };
+        ipv4_tcp(src, dst, &tcp)
+    }
+
+    /// `tcp` in an IPv4 packet from `src` to `dst`, checksums filled in.
+    fn ipv4_tcp(src: Ipv4Address, dst: Ipv4Address, tcp: &TcpRepr<'_>) -> Vec<u8> {
         let ip = Ipv4Repr {
             src_addr: src,
             dst_addr: dst,
@@ -293,23 +298,7 @@ mod tests {
             timestamp: None,
             payload: &payload,
         };
-        let ip = Ipv4Repr {
-            src_addr: src,
-            dst_addr: dst,
-            next_header: IpProtocol::Tcp,
-            payload_len: tcp.buffer_len(),
-            hop_limit: 64,
-        };
-        let mut buf = vec![0u8; ip.buffer_len() + tcp.buffer_len()];
-        let caps = ChecksumCapabilities::default();
-        let mut pkt = Ipv4Packet::new_unchecked(&mut buf);
-        ip.emit(&mut pkt, &caps);
-        tcp.emit(
-            &mut TcpPacket::new_unchecked(pkt.payload_mut()),
-            &src.into(),
-            &dst.into(),
-            &caps,
-        );
+        let buf = ipv4_tcp(src, dst, &tcp);
         assert_eq!(with_ack_and_window(&buf, 1000, 512), None, "unchanged");
         for (ack, window) in [(0xdead_beef, 77), (1000, 0), (u32::MAX, u16::MAX), (0, 0)] {
             let new = with_ack_and_window(&buf, ack, window).expect("changed");
