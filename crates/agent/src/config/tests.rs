@@ -1,3 +1,5 @@
+//! Unit tests of config parsing and validation: every rule of `check`, with the message it gives.
+
 use std::path::Path;
 
 use super::*;
