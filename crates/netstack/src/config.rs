@@ -81,7 +81,7 @@ pub struct NetstackConfig {
     /// (See the `## netstack` section of docs/ARCHITECTURE.md for the measurements.)
     pub shards: usize,
     /// Bound of the outbound packet queue the caller drains with
-    /// [`Netstack::recv_packets`](crate::Netstack::recv_packets) (default 4,096 packets).
+    /// [`Netstack::recv_outbound`](crate::Netstack::recv_outbound) (default 4,096 packets).
     /// Past it the stack stops emitting (back-pressure) instead of growing memory.
     pub max_outbound_packets: usize,
     /// Datagrams queued per UDP socket and direction (default 256).

@@ -200,9 +200,9 @@ async fn syn_flood_stays_within_the_configured_bound() {
                 syn(rng_port, 80)
             })
             .collect();
-        b.send_packets(&batch).await;
+        b.push_inbound(&batch);
         out.clear();
-        b.try_recv_packets(&mut out, usize::MAX);
+        b.try_recv_outbound(&mut out, usize::MAX);
         let s = b.stats();
         assert!(s.half_open <= 128 && s.tcp_sockets <= 256, "{s:?}");
     }
@@ -222,10 +222,10 @@ async fn syn_flood_stays_within_the_configured_bound() {
     // A real client arriving during the flood is answered with SYN-ACK, not refused.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     out.clear();
-    b.try_recv_packets(&mut out, usize::MAX);
-    b.send_packets(&[syn(4, 80)]).await;
+    b.try_recv_outbound(&mut out, usize::MAX);
+    b.push_inbound(&[syn(4, 80)]);
     out.clear();
-    b.try_recv_packets(&mut out, usize::MAX);
+    b.try_recv_outbound(&mut out, usize::MAX);
     let answer = out
         .iter()
         .filter_map(|p| {
@@ -251,14 +251,14 @@ async fn the_outbound_queue_stays_bounded_when_nobody_drains_it() {
         let batch: Vec<Vec<u8>> = (0..40)
             .map(|i| syn(1000 + round * 40 + i, 80 + i % 2))
             .collect();
-        b.send_packets(&batch).await;
+        b.push_inbound(&batch);
         tokio::task::yield_now().await;
         assert!(b.pending_outbound() <= 3 * 16, "{}", b.pending_outbound());
     }
     assert!(b.stats().dropped.get(DropReason::QueueFull) > 0);
     // Draining lets the stack resume.
     let mut out = Vec::new();
-    let n = b.try_recv_packets(&mut out, usize::MAX);
+    let n = b.try_recv_outbound(&mut out, usize::MAX);
     assert!(n > 0);
 }
 
@@ -281,7 +281,7 @@ async fn malformed_packets_are_counted_not_fatal() {
             s
         },
     ];
-    let accepted = p.b.send_packets(&junk).await;
+    let accepted = p.b.push_inbound(&junk);
     assert_eq!(accepted, 0);
     let s = p.b.stats();
     assert_eq!(
