@@ -388,6 +388,11 @@ impl StatusSource for Agent {
                 .entry(format!("stack_{}", reason.as_str()))
                 .or_default() += stack.dropped.get(reason);
         }
+        counters.liveness_probes = manager
+            .stats()
+            .into_iter()
+            .map(|g| (g.id, (g.probes_sent, g.probes_failed)))
+            .collect();
         let t = manager.counters();
         counters.dropped_packets.insert(
             "transmit_overflow".into(),

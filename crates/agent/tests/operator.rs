@@ -47,6 +47,15 @@ async fn public_key_is_shown_and_status_check_follows_readiness() {
     let port = doc["agent"]["listen_port"].as_u64().expect("listen_port");
     assert!(port > 0, "the port the system picked: {doc}");
 
+    // Probe counters are exported (no probe yet: the tunnel is busy and young).
+    let (_, metrics) = admin_get(fx.admin, "/metrics").expect("metrics");
+    for line in [
+        "wg_agent_gateway_liveness_probes_total{gateway=\"gw1\"} 0",
+        "wg_agent_gateway_liveness_probes_unanswered_total{gateway=\"gw1\"} 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+
     // `wg-agent status` prints it first, like `wg show`.
     let out = wg_agent(&["status", "--admin", &admin]);
     let table = text(&out.stdout);
