@@ -57,6 +57,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> a
     loop {
         tokio::select! {
             () = &mut shutdown => break,
+            reason = agent.manager().failed() => {
+                // Traffic has stopped for good: exit 1 so the service manager restarts us.
+                sd_notify("STOPPING=1");
+                anyhow::bail!("{reason}: exiting so the service manager restarts the agent");
+            }
             _ = hangup.recv() => {
                 sd_notify("RELOADING=1");
                 agent.reload().await;

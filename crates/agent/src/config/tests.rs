@@ -1,3 +1,5 @@
+//! Unit tests of config parsing and validation: every rule of `check`, with the message it gives.
+
 use std::path::Path;
 
 use super::*;
@@ -730,4 +732,36 @@ fn subnet_and_prefix_messages() {
         "10.1.0.0/24",
         "host bits cleared like wg"
     );
+}
+
+#[test]
+fn durations_have_an_upper_bound() {
+    // This one passed `check` and then panicked at startup (Instant + Duration overflow).
+    let base = agent_section(&key()) + "\n[proxy]\n";
+    for field in [
+        "header_read_timeout",
+        "upstream_connect_timeout",
+        "upstream_response_timeout",
+        "idle_timeout",
+        "drain_timeout",
+    ] {
+        let e = err(&format!("{base}{field} = \"10000000000000000000s\"\n"));
+        assert!(
+            e.contains(&format!("proxy.{field}")) && e.contains("at most 7d"),
+            "{e}"
+        );
+        assert!(parse(&format!("{base}{field} = \"168h\"\n")).is_ok());
+        assert!(err(&format!("{base}{field} = \"168h1s\"\n")).contains("at most"));
+    }
+}
+
+#[test]
+fn ipv4_mtu_below_what_the_stack_takes_is_refused() {
+    // 576..1279 passed `check`, but the userspace stack needs 1280: a restart loop.
+    let k = key();
+    for mtu in [576, 1000, 1279] {
+        let e = err(&(agent_section(&k) + &format!("mtu = {mtu}\n")));
+        assert!(e.contains("agent.mtu") && e.contains("1280"), "{e}");
+    }
+    assert!(parse(&(agent_section(&k) + "mtu = 1280\n")).is_ok());
 }

@@ -16,8 +16,11 @@ use super::{
     RouteProtocol, parse_duration,
 };
 
-/// Smallest and largest accepted `mtu`.
-const MTU_RANGE: std::ops::RangeInclusive<u16> = 576..=65455;
+/// Smallest and largest accepted `mtu`: the userspace stack needs 1280 (the IPv6 minimum)
+/// whatever the family of the virtual IP.
+const MTU_RANGE: std::ops::RangeInclusive<u16> = 1280..=65455;
+/// Longest accepted `[proxy]` duration: far from any `Instant + Duration` overflow.
+const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Accepted `max_header_bytes` (hyper needs at least 8 KiB of buffer).
 const HEADER_BYTES_RANGE: std::ops::RangeInclusive<u64> = 8192..=16 * 1024 * 1024;
 
@@ -272,17 +275,13 @@ impl Validator<'_> {
         if !subnet.contains(virtual_ip) {
             return Err(self.outside("agent.virtual_ip".into(), virtual_ip, subnet));
         }
-        let min_mtu = if virtual_ip.is_ipv6() {
-            1280
-        } else {
-            *MTU_RANGE.start()
-        };
-        if raw.mtu < min_mtu || raw.mtu > *MTU_RANGE.end() {
+        if !MTU_RANGE.contains(&raw.mtu) {
             return Err(self.invalid(
                 "agent.mtu",
                 format!(
-                    "{} is out of range {min_mtu}..={}",
+                    "{} is out of range {}..={} (the userspace stack needs at least 1280)",
                     raw.mtu,
+                    MTU_RANGE.start(),
                     MTU_RANGE.end()
                 ),
             ));
@@ -603,6 +602,12 @@ impl Validator<'_> {
                 .map_err(|reason| self.invalid(format!("proxy.{name}"), reason))?;
             if d.is_zero() && !zero_ok {
                 return Err(self.invalid(format!("proxy.{name}"), "must be greater than 0"));
+            }
+            if d > MAX_DURATION {
+                return Err(self.invalid(
+                    format!("proxy.{name}"),
+                    format!("`{text}` is too long: at most 7d (168h)"),
+                ));
             }
             Ok(d)
         };
