@@ -66,7 +66,7 @@ tasks:
                    `wg-agent demo` of the work tree against REV built in a
                    temporary worktree, N alternating runs each (default 3),
                    medians of the 64 MiB download
-  tidy             the layering check alone
+  tidy             the layering check and the text rules (headers, code map, unsafe)
   fuzz [TARGET] [--secs N]
                    build and run the fuzz targets (all, or TARGET), N seconds
                    each (default 30); fails on a crash and names the artifact
