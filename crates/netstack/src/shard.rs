@@ -317,6 +317,7 @@ impl Shard {
             if let Some(seg) = &seg {
                 self.repair_on_ack(shared, seg, tuple, now, reply_limit);
             }
+            self.reset_unread(tuple);
             self.release_idle_tx(tuple, now);
         }
         if let Some(tuple) = watch {
@@ -777,6 +778,24 @@ impl Shard {
             }
             self.sockets.remove(conn.handle);
             shared.counters.tcp_sockets.fetch_sub(1, Relaxed);
+        }
+    }
+
+    /// Data arrived for a connection whose stream was dropped: nobody will read it, so
+    /// reset the connection (as Linux does for an orphaned socket) instead of buffering
+    /// up to a whole receive ring until the close times out.
+    fn reset_unread(&mut self, tuple: Tuple) {
+        let Some(conn) = self.conns.get_mut(&tuple) else {
+            return;
+        };
+        if !matches!(conn.state, ConnState::Closing { .. }) {
+            return;
+        }
+        let mut socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
+        if socket.recv_queue() > 0 && socket.state() != tcp::State::Closed {
+            // Dropped with its pages (through smoltcp's own `recv`), then reset.
+            socket.discard_received();
+            socket.abort();
         }
     }
 

@@ -172,7 +172,7 @@ impl Drop for TcpListener {
 ///
 /// Dropping it closes gracefully in the background (FIN, bounded by `close_timeout` of
 /// peer silence), or resets when unread data is left; [`abort`](Self::abort) resets at
-/// once.
+/// once. Data the peer sends after the drop is answered with RST and discarded.
 pub struct TcpStream {
     shared: Arc<Shared>,
     shard: usize,
