@@ -78,6 +78,9 @@ pub use config::{ConfigError, NetstackConfig};
 /// A stream dropped while open is aborted at the latest this many
 /// [`NetstackConfig::close_timeout`]s after the drop, even if the peer keeps answering.
 pub const CLOSE_HARD_LIMIT_FACTOR: u32 = 4;
+/// The smallest TCP ring (each direction) a connection is given when the stack's
+/// [`tcp_buffer_budget`](NetstackConfig::tcp_buffer_budget) is more than half taken.
+pub const MIN_TCP_RING: usize = 8 << 10;
 pub use stack::Netstack;
 pub use stats::{DropCounts, DropReason, NetstackStats};
 pub use tcp::{TcpListener, TcpStream};

@@ -605,7 +605,8 @@ impl Shard {
 
     /// Removes a UDP or ICMP socket.
     pub(crate) fn remove_socket(&mut self, handle: SocketHandle) {
-        self.sockets.remove(handle);
+        // UDP and ICMP sockets own their buffers: nothing unmapped.
+        let _ = self.sockets.remove(handle);
     }
 
     /// A UDP or ICMP socket.
@@ -654,7 +655,8 @@ impl Shard {
         };
         let mut socket = self.sockets.get_mut::<tcp::Socket>(handle);
         if socket.listen(tuple.local).is_err() {
-            self.sockets.remove(handle);
+            let bytes = self.sockets.remove(handle);
+            c.tcp_ring_bytes.fetch_sub(bytes, Relaxed);
             c.tcp_sockets.fetch_sub(1, Relaxed);
             return false;
         }
@@ -776,7 +778,8 @@ impl Shard {
             if conn.boosted {
                 self.boosted -= 1;
             }
-            self.sockets.remove(conn.handle);
+            let bytes = self.sockets.remove(conn.handle);
+            shared.counters.tcp_ring_bytes.fetch_sub(bytes, Relaxed);
             shared.counters.tcp_sockets.fetch_sub(1, Relaxed);
         }
     }
@@ -995,12 +998,29 @@ impl Shard {
                 "netstack: max_connections reached",
             ));
         }
-        let handle = match self
-            .sockets
-            .add_tcp(config.tcp_rx_buffer, config.tcp_tx_buffer)
-        {
+        // Ring sizes from the budget (see `NetstackConfig::tcp_buffer_budget`). Shards
+        // reserve concurrently: the sizes follow the reservation seen, the bound holds.
+        let ring_bytes = &shared.counters.tcp_ring_bytes;
+        let sizes = config
+            .ring_sizes(ring_bytes.load(Relaxed))
+            .filter(|(rx, tx)| {
+                let taken = ring_bytes.fetch_add(rx + tx, Relaxed) + rx + tx;
+                taken <= config.tcp_buffer_budget || {
+                    ring_bytes.fetch_sub(rx + tx, Relaxed);
+                    false
+                }
+            });
+        let Some((rx, tx)) = sizes else {
+            count.fetch_sub(1, Relaxed);
+            return Err(io::Error::new(
+                io::ErrorKind::QuotaExceeded,
+                "netstack: tcp_buffer_budget reached",
+            ));
+        };
+        let handle = match self.sockets.add_tcp(rx, tx) {
             Ok(handle) => handle,
             Err(err) => {
+                ring_bytes.fetch_sub(rx + tx, Relaxed);
                 count.fetch_sub(1, Relaxed);
                 return Err(err);
             }
