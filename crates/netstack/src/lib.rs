@@ -5,7 +5,9 @@
 //! ([`Netstack::recv_outbound`]), and in between serves [`TcpListener`], [`TcpStream`]
 //! (`AsyncRead + AsyncWrite`), [`UdpSocket`] and ICMP echo ([`Netstack::ping`]) on one
 //! IPv4 and/or one IPv6 address. Every queue and table is bounded (see
-//! [`NetstackConfig`]); malformed packets are dropped and counted ([`NetstackStats`]).
+//! [`NetstackConfig`]), TCP ring memory over all connections too
+//! ([`NetstackConfig::tcp_buffer_budget`]); malformed packets are dropped and counted
+//! ([`NetstackStats`]).
 //!
 //! What it does not do: it never sees a key or a UDP socket. Moving its packets through
 //! a tunnel (WireGuard) is the caller's job; no TUN device, no root.
