@@ -47,4 +47,6 @@ pub mod snapshot;
 pub mod status;
 
 pub use demo::demo;
-pub use runtime::{Agent, gateway_spec, manager_config, run};
+pub use runtime::{
+    Agent, LogLevelControl, PreparedReload, RunOptions, gateway_spec, manager_config, run, run_with,
+};
