@@ -271,7 +271,7 @@ impl Manager {
         check_unique(&config.gateways)?;
         let mut stack_config = config.netstack.clone();
         stack_config.addresses = vec![config.virtual_ip];
-        stack_config.mtu = usize::from(config.mtu);
+        stack_config.path_mtu = usize::from(config.mtu);
         let netstack = Netstack::new(stack_config)?;
         let sockets =
             tunnel::Sockets::bind(config.listen_port).map_err(|source| ManagerError::Bind {

@@ -63,6 +63,10 @@ impl ConfigChanges {
             ),
             ("agent.mtu", old.agent.mtu != new.agent.mtu),
             ("admin.listen", old.admin != new.admin),
+            (
+                "admin.allow_remote",
+                old.admin_allow_remote != new.admin_allow_remote,
+            ),
             ("log.format", old.log.format != new.log.format),
             (
                 "proxy.max_connections",
@@ -87,6 +91,7 @@ impl ConfigChanges {
         applied.agent.listen_port = running.agent.listen_port;
         applied.agent.mtu = running.agent.mtu;
         applied.admin = running.admin.clone();
+        applied.admin_allow_remote = running.admin_allow_remote;
         applied.log.format = running.log.format;
         applied.proxy.max_connections = running.proxy.max_connections;
         applied

@@ -1,3 +1,5 @@
+//! Unit tests of config parsing and validation: every rule of `check`, with the message it gives.
+
 use std::path::Path;
 
 use super::*;
@@ -541,7 +543,36 @@ fn admin_rules() {
             e.contains("admin.listen") && e.contains(bad) && e.contains("loopback"),
             "{e}"
         );
+        assert!(
+            e.contains("allow_remote = true"),
+            "the refusal explains the opt-in: {e}"
+        );
     }
+    // The opt-in: any IP address, remote clients get probes and metrics only.
+    for remote in ["0.0.0.0:5182", "[::]:5182", "192.0.2.10:5182"] {
+        let c = parse(&(base.clone() + &format!("listen = \"{remote}\"\nallow_remote = true\n")))
+            .unwrap();
+        assert_eq!(c.admin, AdminListen::Tcp(remote.parse().unwrap()));
+        assert!(c.admin_allow_remote);
+        assert!(
+            c.warnings.iter().all(|w| !w.contains("allow_remote")),
+            "{:?}",
+            c.warnings
+        );
+    }
+    let e =
+        parse(&(base.clone() + "listen = \"localhost:5182\"\nallow_remote = true\n")).unwrap_err();
+    assert!(matches!(e, ConfigError::AdminNotLoopback { .. }), "{e:?}");
+    // On a loopback address the opt-in does nothing: say so.
+    let c = parse(&(base.clone() + "allow_remote = true\n")).unwrap();
+    assert_eq!(c.admin, AdminListen::DEFAULT);
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.contains("admin.allow_remote = true has no effect")),
+        "{:?}",
+        c.warnings
+    );
     let c = parse(&(base.clone() + "listen = \"unix:admin.sock\"\n")).unwrap();
     assert_eq!(
         c.admin,
@@ -571,6 +602,15 @@ fn load_admin_listen_ignores_the_rest() {
     );
     let path = dir.write("c.toml", "[admin]\nlisten = \"0.0.0.0:1\"\n", 0o600);
     assert!(Config::load_admin_listen(&path).is_err());
+    let path = dir.write(
+        "d.toml",
+        "[admin]\nlisten = \"0.0.0.0:1\"\nallow_remote = true\n",
+        0o600,
+    );
+    assert_eq!(
+        Config::load_admin_listen(&path).unwrap(),
+        AdminListen::Tcp("0.0.0.0:1".parse().unwrap())
+    );
 }
 
 #[test]

@@ -41,11 +41,15 @@ fn base_dir(path: &Path) -> &Path {
     }
 }
 
-pub(super) fn admin_listen(path: &Path, value: Option<&str>) -> Result<AdminListen, ConfigError> {
+pub(super) fn admin_listen(
+    path: &Path,
+    value: Option<&str>,
+    allow_remote: bool,
+) -> Result<AdminListen, ConfigError> {
     let Some(value) = value else {
         return Ok(AdminListen::DEFAULT);
     };
-    match AdminListen::parse(value) {
+    match AdminListen::parse_remote(value, allow_remote) {
         Ok(AdminListen::Unix(p)) if p.is_relative() => {
             Ok(AdminListen::Unix(base_dir(path).join(p)))
         }
@@ -216,7 +220,17 @@ impl Validator<'_> {
             }
         };
         let proxy = self.proxy(&raw.proxy)?;
-        let admin = admin_listen(self.path, raw.admin.listen.as_deref())?;
+        let admin = admin_listen(
+            self.path,
+            raw.admin.listen.as_deref(),
+            raw.admin.allow_remote,
+        )?;
+        if raw.admin.allow_remote && !admin.is_remote() {
+            self.warnings.push(format!(
+                "{}: admin.allow_remote = true has no effect: admin.listen `{admin}` is not a non-loopback TCP address",
+                self.path.display()
+            ));
+        }
         let level = raw.log.level.clone().unwrap_or_else(|| "info".into());
         if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
             return Err(self.invalid(
@@ -231,6 +245,7 @@ impl Validator<'_> {
             routes,
             proxy,
             admin,
+            admin_allow_remote: raw.admin.allow_remote,
             log: LogConfig {
                 format: raw.log.format,
                 level,

@@ -188,13 +188,13 @@ impl ToStack {
         self.len += 1;
     }
 
-    async fn deliver(&mut self, inner: &Inner) {
+    fn deliver(&mut self, inner: &Inner) {
         if self.len > 0 {
             inner
                 .counters
                 .rx_packets
                 .fetch_add(self.len as u64, Relaxed);
-            inner.netstack.send_packets(&self.bufs[..self.len]).await;
+            inner.netstack.push_inbound(&self.bufs[..self.len]);
             self.len = 0;
         }
     }
@@ -294,7 +294,7 @@ pub(crate) async fn flush(inner: &Inner) {
     }
     inner.timer.notify.notify_one();
     out.send(inner, &driver).await;
-    out.to_stack.deliver(inner).await;
+    out.to_stack.deliver(inner);
 }
 
 async fn closed(rx: &mut watch::Receiver<bool>) {
@@ -351,7 +351,7 @@ pub(crate) async fn receive_task(inner: Arc<Inner>) {
             inner.counters.rx_datagrams.fetch_add(n, Relaxed);
         }
         out.send(&inner, &driver).await;
-        out.to_stack.deliver(&inner).await;
+        out.to_stack.deliver(&inner);
         // Pick up a socket re-created by someone else.
         if !Arc::ptr_eq(&driver, &inner.sockets.current()) {
             driver = inner.sockets.current();
@@ -377,7 +377,7 @@ pub(crate) async fn send_task(inner: Arc<Inner>) {
     let mut out = Outputs::new(&driver);
     loop {
         tokio::select! {
-            _ = inner.netstack.recv_packets(&mut packets, OUT_BATCH) => {}
+            _ = inner.netstack.recv_outbound(&mut packets, OUT_BATCH) => {}
             () = closed(&mut shutdown) => return,
         }
         if !Arc::ptr_eq(&driver, &inner.sockets.current()) {
@@ -399,9 +399,9 @@ pub(crate) async fn send_task(inner: Arc<Inner>) {
                 out.drain(&mut t, &inner);
             }
             out.send(&inner, &driver).await;
-            out.to_stack.deliver(&inner).await;
+            out.to_stack.deliver(&inner);
             // Keep going while the stack has more, without waking up again.
-            if inner.netstack.try_recv_packets(&mut packets, OUT_BATCH) == 0 {
+            if inner.netstack.try_recv_outbound(&mut packets, OUT_BATCH) == 0 {
                 break;
             }
         }
@@ -427,7 +427,7 @@ pub(crate) async fn timer_task(inner: Arc<Inner>) {
             out.drain(&mut t, &inner);
         }
         out.send(&inner, &driver).await;
-        out.to_stack.deliver(&inner).await;
+        out.to_stack.deliver(&inner);
     }
 }
 
