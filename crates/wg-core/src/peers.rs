@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::rate_limiter::RateLimiter;
@@ -216,14 +216,14 @@ impl std::fmt::Debug for Peers {
 }
 
 impl Peers {
-    /// An engine with no peers and the default [`Config`].
-    pub fn new(private_key: PrivateKey, now: Instant) -> Self {
-        Self::with_config(private_key, Config::default(), now)
+    /// An engine with no peers and the default [`Config`]. Nothing happens until a peer is
+    /// added, so no time is needed yet.
+    pub fn new(private_key: PrivateKey) -> Self {
+        Self::with_config(private_key, Config::default())
     }
 
     /// An engine with no peers.
-    pub fn with_config(private_key: PrivateKey, config: Config, now: Instant) -> Self {
-        let _ = now;
+    pub fn with_config(private_key: PrivateKey, config: Config) -> Self {
         let secret = private_key.to_static_secret();
         let public = x25519::PublicKey::from(&secret);
         let rng = match config.rng_seed {
@@ -629,7 +629,6 @@ fn peer_stats(peer: &Peer, now: Instant) -> PeerStats {
         persistent_keepalive: peer.config.persistent_keepalive,
         rx_bytes: peer.rx_bytes,
         tx_bytes: peer.tx_bytes,
-        last_handshake: age.and_then(|a| SystemTime::now().checked_sub(a)),
         last_handshake_age: age,
         last_received_age: peer.last_received.map(|t| now.saturating_duration_since(t)),
         handshake_rtt: peer
@@ -694,7 +693,7 @@ mod tests {
     #[test]
     fn datagram_header_checks_come_before_boringtun() {
         let now = Instant::now();
-        let mut p = Peers::new(PrivateKey::generate(), now);
+        let mut p = Peers::new(PrivateKey::generate());
         let from: SocketAddr = "192.0.2.1:1".parse().unwrap();
         let cases: [(&[u8], DropReason); 5] = [
             (&[], DropReason::Malformed),

@@ -135,7 +135,7 @@ impl Net {
     pub fn add_node(&mut self, name: &'static str, config: Config) -> usize {
         let n = self.nodes.len() as u8 + 1;
         let key = PrivateKey::generate();
-        let peers = Peers::with_config(key.clone(), config, self.now);
+        let peers = Peers::with_config(key.clone(), config);
         self.nodes.push(Node {
             name,
             key,
