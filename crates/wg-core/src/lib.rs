@@ -94,6 +94,7 @@ mod event;
 mod initiation;
 mod ipnet;
 mod keys;
+mod lifecycle;
 mod peer;
 mod peers;
 mod stats;
