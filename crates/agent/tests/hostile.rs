@@ -309,7 +309,7 @@ fn fake_initiations(target_key: PublicKey, target: SocketAddr, n: usize) -> Vec<
     let mut out = Vec::with_capacity(n);
     let now = Instant::now();
     while out.len() < n {
-        let mut attacker = Peers::new(PrivateKey::generate(), now);
+        let mut attacker = Peers::new(PrivateKey::generate());
         attacker.set_peers(
             vec![
                 PeerConfig::new(target_key)
