@@ -78,6 +78,8 @@ struct Conn {
     state: ConnState,
     /// The peer sent an RST (tells a reset from a timeout once the socket is closed).
     reset: bool,
+    /// Its stream called [`TcpStream::abort`](crate::TcpStream::abort).
+    aborted: bool,
     /// Keep-alive shortened to [`STALL_PROBE`] while data is queued.
     boosted: bool,
     /// The peer's last segment advertised a zero window (so smoltcp's zero-window-probe
@@ -161,7 +163,7 @@ impl Shard {
         seed: u64,
         now: Instant,
     ) -> Self {
-        let caps = capabilities(config.mtu);
+        let caps = capabilities(config.segment_mtu());
         let mut tx = Vec::new();
         let mut dev = Dev {
             rx: None,
@@ -383,7 +385,13 @@ impl Shard {
                     deadline,
                     time_wait_until,
                 } => match socket.state() {
-                    tcp::State::Closed => remove.push(*tuple),
+                    // Kept until its RST is out (smoltcp forgets the peer once sent).
+                    tcp::State::Closed
+                        if socket.remote_endpoint().is_none() || now >= *deadline =>
+                    {
+                        remove.push(*tuple)
+                    }
+                    tcp::State::Closed => {}
                     tcp::State::TimeWait => {
                         let until = *time_wait_until.get_or_insert(now + time_wait);
                         if now >= until {
@@ -475,6 +483,7 @@ impl Shard {
                 handle,
                 state: ConnState::Owned,
                 reset: false,
+                aborted: false,
                 boosted: false,
                 peer_zero_window: false,
                 no_progress: false,
@@ -536,6 +545,21 @@ impl Shard {
         self.conns.get(tuple).is_some_and(|c| c.reset)
     }
 
+    /// Whether connection `tuple` was aborted by its stream.
+    pub(crate) fn was_aborted(&self, tuple: &Tuple) -> bool {
+        self.conns.get(tuple).is_some_and(|c| c.aborted)
+    }
+
+    /// The stream of `tuple` aborts it: smoltcp sends one RST at the next egress and
+    /// neither sends nor delivers data any more.
+    pub(crate) fn abort(&mut self, tuple: &Tuple) {
+        let Some(conn) = self.conns.get_mut(tuple) else {
+            return;
+        };
+        conn.aborted = true;
+        self.sockets.get_mut::<tcp::Socket>(conn.handle).abort();
+    }
+
     /// Sets the options of an established connection (idle timeout after the handshake).
     pub(crate) fn established(&mut self, shared: &Shared, handle: SocketHandle) {
         let socket = self.sockets.get_mut::<tcp::Socket>(handle);
@@ -556,6 +580,8 @@ impl Shard {
         };
         let socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
         match socket.state() {
+            // An aborted socket whose RST is still to be sent stays until it is out.
+            tcp::State::Closed if socket.remote_endpoint().is_some() => {}
             tcp::State::Closed | tcp::State::TimeWait | tcp::State::Listen => {
                 self.remove(shared, tuple);
                 return;
@@ -654,6 +680,7 @@ impl Shard {
                     deadline: now + shared.config.handshake_timeout,
                 },
                 reset: false,
+                aborted: false,
                 boosted: false,
                 peer_zero_window: false,
                 no_progress: false,
