@@ -828,7 +828,7 @@ async fn heavy_orphaned_sockets_after_our_fin_do_not_pin_memory() {
     let app = start_app().await;
     let config = ProxyConfig::default();
     let tracker = ConnectionTracker::new(&config);
-    let proxy = HttpProxy::new(HttpRouteConfig::new(app), &config);
+    let proxy = HttpProxy::new(HttpRouteConfig::new(app), &config, &tracker);
     let listener = agent.listen(80).expect("listen");
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
