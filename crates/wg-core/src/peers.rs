@@ -124,43 +124,6 @@ pub struct Received<'a> {
     pub packet: &'a [u8],
 }
 
-/// Receiver index -> slot, sorted for a binary search: cheaper than hashing for the handful
-/// (or thousands) of peers an engine holds; changes only with the configuration.
-#[derive(Debug, Default)]
-struct IndexMap(Vec<(u32, usize)>);
-
-impl IndexMap {
-    #[inline]
-    fn get(&self, index: u32) -> Option<usize> {
-        match self.0.as_slice() {
-            // One peer (the usual agent): no search.
-            [(i, slot)] => (*i == index).then_some(*slot),
-            entries => entries
-                .binary_search_by_key(&index, |e| e.0)
-                .ok()
-                .and_then(|i| entries.get(i))
-                .map(|e| e.1),
-        }
-    }
-
-    fn insert(&mut self, index: u32, slot: usize) {
-        match self.0.binary_search_by_key(&index, |e| e.0) {
-            Ok(i) => self.0[i].1 = slot,
-            Err(i) => self.0.insert(i, (index, slot)),
-        }
-    }
-
-    fn remove(&mut self, index: &u32) {
-        if let Ok(i) = self.0.binary_search_by_key(index, |e| e.0) {
-            self.0.remove(i);
-        }
-    }
-
-    fn contains_key(&self, index: u32) -> bool {
-        self.get(index).is_some()
-    }
-}
-
 /// A WireGuard device for several peers: a sans-IO state machine over boringtun.
 ///
 /// Inputs are `handle_*` (datagrams from the UDP socket, IP packets from the network stack,
@@ -178,7 +141,7 @@ pub struct Peers {
     /// Peer storage; a peer keeps its slot for life, so routes and indices can name it.
     slots: Vec<Option<Peer>>,
     by_key: BTreeMap<PublicKey, usize>,
-    by_index: IndexMap,
+    by_index: table::ReceiverIndices,
     routes: RouteTable<usize>,
     tx: Ring<TxMeta>,
     rx: Ring<RxMeta>,
@@ -233,7 +196,7 @@ impl Peers {
             public,
             slots: Vec::new(),
             by_key: BTreeMap::new(),
-            by_index: IndexMap::default(),
+            by_index: table::ReceiverIndices::default(),
             routes: RouteTable::default(),
             drops: DropCounts::default(),
             events_dropped: 0,
