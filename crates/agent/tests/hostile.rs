@@ -558,7 +558,7 @@ async fn heavy_slowloris_is_cut_at_the_header_timeout_and_others_are_served() {
     let mut config = ProxyConfig::default();
     config.header_read_timeout = timeout;
     let tracker = ConnectionTracker::new(&config);
-    let proxy = HttpProxy::new(HttpRouteConfig::new(app), &config);
+    let proxy = HttpProxy::new(HttpRouteConfig::new(app), &config, &tracker);
     let metrics = std::sync::Arc::clone(proxy.metrics());
     let listener = agent.listen(80).expect("listen");
     let (tx, rx) = tokio::sync::mpsc::channel(64);
