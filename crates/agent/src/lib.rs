@@ -45,6 +45,7 @@ pub mod metrics;
 mod runtime;
 pub mod snapshot;
 pub mod status;
+mod vip_stream;
 
 pub use demo::demo;
 pub use runtime::{Agent, gateway_spec, manager_config, run};
