@@ -255,11 +255,10 @@ fn completions(shell: CompletionShell) -> ExitCode {
 
 fn man() -> ExitCode {
     use clap::CommandFactory as _;
-    let mut out = Vec::new();
-    if let Err(error) = clap_mangen::Man::new(Cli::command()).render(&mut out) {
-        return fail(EXIT_RUNTIME, format!("man: {error}"));
+    match crate::man::render(&Cli::command()) {
+        Ok(page) => emit(&page),
+        Err(error) => fail(EXIT_RUNTIME, format!("man: {error}")),
     }
-    emit(&String::from_utf8_lossy(&out))
 }
 
 fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
