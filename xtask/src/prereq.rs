@@ -6,13 +6,15 @@ use anyhow::{Result, bail};
 
 use crate::run;
 
-/// Debian packages the suites use: the reference gateway (wireguard-go, wg), namespaces (ip) and
-/// clients (curl).
+/// Debian packages the suites use: the reference gateway (wireguard-go, wg), namespaces (ip),
+/// clients (curl) and the package check (man).
 const PACKAGES: &[(&str, &str)] = &[
     ("wireguard-go", "wireguard-go"),
     ("wg", "wireguard-tools"),
     ("ip", "iproute2"),
     ("curl", "curl"),
+    // the package install check: `man -w wg-agent`
+    ("man", "man-db"),
 ];
 
 pub(crate) fn ensure_toolchain() -> Result<()> {
@@ -46,7 +48,7 @@ pub(crate) fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-fn ci() -> bool {
+pub(crate) fn ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
