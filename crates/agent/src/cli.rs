@@ -201,7 +201,8 @@ fn import(file: &Path, routes: Vec<(u16, Endpoint)>, key_file: Option<PathBuf>) 
             "wg-agent: private key written to {} (mode 600)",
             path.display()
         );
-    } else {
+    }
+    if imported.has_inline_secret {
         warn_if_stdout_is_readable_file();
     }
     for note in &imported.notes {
