@@ -1,4 +1,5 @@
-//! The command line (SPEC "Fixed interface") and what each subcommand does.
+//! The command line (the interface in docs/configuration.md and docs/operations.md) and what
+//! each subcommand does.
 
 use std::io::{IsTerminal as _, Read as _};
 use std::path::{Path, PathBuf};
@@ -338,18 +339,41 @@ fn pubkey() -> ExitCode {
     }
 }
 
-fn install_tracing(format: LogFormat, level: &str) -> Result<(), String> {
+/// Installs the subscriber; returns what changes its level later.
+fn install_tracing(format: LogFormat, level: &str) -> Result<agent::LogLevelControl, String> {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .map_err(|e| format!("log level `{level}` is not a level or tracing filter: {e}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    match format {
-        LogFormat::Json => builder.json().init(),
-        _ => builder.init(),
+    fn control<L, S>(handle: tracing_subscriber::reload::Handle<L, S>) -> agent::LogLevelControl
+    where
+        L: From<tracing_subscriber::EnvFilter> + Send + Sync + 'static,
+        S: Send + Sync + 'static,
+    {
+        std::sync::Arc::new(move |level: &str| {
+            let filter = tracing_subscriber::EnvFilter::try_new(level)
+                .map_err(|e| format!("`{level}` is not a level or tracing filter: {e}"))?;
+            handle
+                .reload(L::from(filter))
+                .map_err(|e| format!("cannot change the log level: {e}"))
+        })
     }
-    Ok(())
+    Ok(match format {
+        LogFormat::Json => {
+            let builder = builder.json().with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            control(handle)
+        }
+        _ => {
+            let builder = builder.with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            control(handle)
+        }
+    })
 }
 
 fn tokio_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
@@ -360,6 +384,23 @@ fn tokio_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
 }
 
 fn run(path: &Path, log: &LogArgs) -> ExitCode {
+    // SIGHUP (reload) must never kill the agent: take it over before anything else.
+    let runtime = match tokio_runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let hangup = {
+        let _enter = runtime.enter();
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(signal) => signal,
+            Err(error) => {
+                return fail(
+                    EXIT_RUNTIME,
+                    format!("cannot install the SIGHUP handler: {error}"),
+                );
+            }
+        }
+    };
     let config = match load_config(path) {
         Ok(config) => config,
         Err(code) => return code,
@@ -369,17 +410,18 @@ fn run(path: &Path, log: &LogArgs) -> ExitCode {
         .log_level
         .clone()
         .unwrap_or_else(|| config.log.level.clone());
-    if let Err(message) = install_tracing(format, &level) {
-        return fail(EXIT_CONFIG, message);
-    }
+    let set_level = match install_tracing(format, &level) {
+        Ok(control) => control,
+        Err(message) => return fail(EXIT_CONFIG, message),
+    };
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
-    let runtime = match tokio_runtime() {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
-    match runtime.block_on(agent::run(config, shutdown_signal())) {
+    let mut options = agent::RunOptions::default();
+    // A level given on the command line wins over [log] level, reloads included.
+    options.log_level = log.log_level.is_none().then_some(set_level);
+    options.hangup = Some(hangup);
+    match runtime.block_on(agent::run_with(config, shutdown_signal(), options)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             if tracing::enabled!(tracing::Level::ERROR) {

@@ -49,4 +49,6 @@ pub mod status;
 pub mod wg_quick;
 
 pub use demo::demo;
-pub use runtime::{Agent, gateway_spec, manager_config, run};
+pub use runtime::{
+    Agent, LogLevelControl, PreparedReload, RunOptions, gateway_spec, manager_config, run, run_with,
+};
