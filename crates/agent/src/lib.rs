@@ -48,5 +48,6 @@ pub mod status;
 
 pub use demo::demo;
 pub use runtime::{
-    Agent, LogLevelControl, PreparedReload, RunOptions, gateway_spec, manager_config, run, run_with,
+    Agent, LogLevelControl, PreparedReload, RunOptions, disable_core_dumps, gateway_spec,
+    manager_config, run, run_with,
 };
