@@ -219,6 +219,8 @@ struct Outputs {
     tx: SendBatch,
     v6_socket: bool,
     to_stack: ToStack,
+    /// Events taken under the lock with their gateway's id, logged after it.
+    events: Vec<(Event, String)>,
 }
 
 impl Outputs {
@@ -227,6 +229,7 @@ impl Outputs {
             tx: SendBatch::with_limits(driver.max_gso_segments(), SEND_BATCH),
             v6_socket: driver.local_addr().is_ok_and(|a| a.is_ipv6()),
             to_stack: ToStack::new(),
+            events: Vec::new(),
         }
     }
 
@@ -241,11 +244,20 @@ impl Outputs {
         while let Some(received) = t.peers.poll_received() {
             self.to_stack.push(received.packet);
         }
-        log_events(t);
+        take_events(t, &mut self.events);
         inner.timer.maybe_wake(t.peers.poll_timeout());
     }
 
+    /// Logs the events taken by [`drain`](Self::drain); called with the lock released, by
+    /// [`send`](Self::send).
+    fn log_events(&mut self) {
+        for (event, id) in self.events.drain(..) {
+            log_event(event, &id);
+        }
+    }
+
     async fn send(&mut self, inner: &Inner, driver: &UdpDriver) {
+        self.log_events();
         if !self.tx.is_empty() {
             if let Err(e) = driver.send(&mut self.tx).await {
                 inner.counters.udp_send_errors.fetch_add(1, Relaxed);
@@ -256,45 +268,58 @@ impl Outputs {
     }
 }
 
-/// Logs each tunnel state change once, by gateway id.
-fn log_events(t: &mut Tunnel) {
+/// Takes the engine's events with their gateway's id (under the lock; logged after it).
+/// Failing handshakes also ask the upkeep to re-resolve the gateway's name.
+fn take_events(t: &mut Tunnel, out: &mut Vec<(Event, String)>) {
     while let Some(event) = t.peers.poll_event() {
-        match event {
-            Event::HandshakeCompleted { peer, rekey: false } => {
-                tracing::info!(
-                    gateway = t.gateway_id(&peer),
-                    "handshake completed: tunnel up"
-                );
-            }
-            Event::HandshakeCompleted { peer, rekey: true } => {
-                tracing::debug!(gateway = t.gateway_id(&peer), "session re-keyed");
-            }
-            Event::HandshakeFailing { peer, retry_in } => {
-                tracing::info!(
-                    gateway = t.gateway_id(&peer),
-                    retry_in_s = retry_in.as_secs(),
-                    "handshakes failing: retrying with backoff"
-                );
-                if let Some(g) = t.gateways.get_mut(&peer) {
-                    g.upkeep.resolve_soon = true;
-                }
-            }
-            Event::SessionExpired { peer } => {
-                tracing::info!(
-                    gateway = t.gateway_id(&peer),
-                    "session expired (no handshake for 180 s)"
-                );
-            }
-            Event::EndpointChanged { peer, old, new } => {
-                tracing::info!(
-                    gateway = t.gateway_id(&peer),
-                    old = ?old,
-                    new = %new,
-                    "gateway endpoint changed (roaming)"
-                );
-            }
-            other => tracing::debug!(event = ?other, "tunnel event"),
+        let peer = match &event {
+            Event::HandshakeCompleted { peer, .. }
+            | Event::HandshakeFailing { peer, .. }
+            | Event::SessionExpired { peer }
+            | Event::EndpointChanged { peer, .. } => Some(*peer),
+            _ => None,
+        };
+        if let (Event::HandshakeFailing { .. }, Some(peer)) = (&event, peer)
+            && let Some(g) = t.gateways.get_mut(&peer)
+        {
+            g.upkeep.resolve_soon = true;
         }
+        let id = peer.map_or_else(String::new, |p| t.gateway_id(&p).to_owned());
+        // Bounded: a burst beyond this is not worth a line each.
+        if out.len() < 256 {
+            out.push((event, id));
+        }
+    }
+}
+
+/// Logs one tunnel state change, by gateway id.
+fn log_event(event: Event, gateway: &str) {
+    match event {
+        Event::HandshakeCompleted { rekey: false, .. } => {
+            tracing::info!(gateway, "handshake completed: tunnel up");
+        }
+        Event::HandshakeCompleted { rekey: true, .. } => {
+            tracing::debug!(gateway, "session re-keyed");
+        }
+        Event::HandshakeFailing { retry_in, .. } => {
+            tracing::info!(
+                gateway,
+                retry_in_s = retry_in.as_secs(),
+                "handshakes failing: retrying with backoff"
+            );
+        }
+        Event::SessionExpired { .. } => {
+            tracing::info!(gateway, "session expired (no handshake for 180 s)");
+        }
+        Event::EndpointChanged { old, new, .. } => {
+            tracing::info!(
+                gateway,
+                old = ?old,
+                new = %new,
+                "gateway endpoint changed (roaming)"
+            );
+        }
+        other => tracing::debug!(event = ?other, "tunnel event"),
     }
 }
 
