@@ -327,13 +327,12 @@ impl Manager {
                 port: config.listen_port,
                 source,
             })?;
-        let now = Instant::now();
         let wg_config = {
             let mut c = wg_core::Config::default();
             c.max_packet_size = usize::from(config.mtu);
             c
         };
-        let peers = Peers::with_config(config.private_key.clone(), wg_config, now);
+        let peers = Peers::with_config(config.private_key.clone(), wg_config);
         let (shutdown, _) = watch::channel(false);
         let (failure, _) = watch::channel(None);
         let inner = Arc::new(Inner {
@@ -733,7 +732,9 @@ pub(crate) fn gateway_stats(peers: &Peers, g: &Gateway, now: Instant) -> Gateway
         endpoint,
         virtual_ip: g.spec.virtual_ip,
         state,
-        last_handshake: stats.as_ref().and_then(|s| s.last_handshake),
+        last_handshake: stats
+            .as_ref()
+            .and_then(|s| s.last_handshake(SystemTime::now())),
         last_received_age: stats.as_ref().and_then(|s| s.last_received_age),
         rx_bytes: stats.as_ref().map_or(0, |s| s.rx_bytes),
         tx_bytes: stats.as_ref().map_or(0, |s| s.tx_bytes),

@@ -337,7 +337,7 @@ impl Agent {
                     let http = route
                         .http_route()
                         .context("http route without http settings")?;
-                    let proxy = HttpProxy::new(http, &config.proxy);
+                    let proxy = HttpProxy::new(http, &config.proxy, &tracker);
                     let metrics = Arc::clone(proxy.metrics());
                     let task = tokio::spawn(async move { proxy.serve(accept, &tracker).await });
                     (metrics, task)
