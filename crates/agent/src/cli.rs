@@ -308,11 +308,12 @@ fn warn_if_stdout_is_readable_file() {
     // /proc/self/fd/1 resolves to the file behind stdout (Linux); elsewhere this is skipped.
     if let Ok(meta) = std::fs::metadata("/proc/self/fd/1")
         && meta.is_file()
-        && meta.permissions().mode() & 0o077 != 0
+        && meta.permissions().mode() & 0o026 != 0
     {
         eprintln!(
-            "wg-agent: warning: writing a private key to a file readable by group or others; \
-             `wg-agent check` refuses such a key file: run `chmod 600` on it (or `umask 077` first)"
+            "wg-agent: warning: writing a private key to a file readable by others or writable by \
+             group or others; `wg-agent check` refuses such a key file: run `chmod 600` on it \
+             (or `umask 077` first)"
         );
     }
 }
@@ -384,6 +385,10 @@ fn tokio_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
 }
 
 fn run(path: &Path, log: &LogArgs) -> ExitCode {
+    // No core dump may hold the key: before the config (and the key) is read.
+    if let Err(error) = agent::disable_core_dumps() {
+        return fail(EXIT_RUNTIME, format!("cannot disable core dumps: {error}"));
+    }
     // SIGHUP (reload) must never kill the agent: take it over before anything else.
     let runtime = match tokio_runtime() {
         Ok(rt) => rt,

@@ -51,5 +51,6 @@ pub mod wg_quick;
 
 pub use demo::demo;
 pub use runtime::{
-    Agent, LogLevelControl, PreparedReload, RunOptions, gateway_spec, manager_config, run, run_with,
+    Agent, LogLevelControl, PreparedReload, RunOptions, disable_core_dumps, gateway_spec,
+    manager_config, run, run_with,
 };

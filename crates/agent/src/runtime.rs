@@ -589,6 +589,13 @@ impl StatusSource for Agent {
     }
 }
 
+/// Makes the process non-dumpable: no core dump (which would hold the private key), and no
+/// `ptrace` attach or `/proc/PID/mem` read by other processes of the same user. Call it before
+/// the key is read.
+pub fn disable_core_dumps() -> io::Result<()> {
+    nix::sys::prctl::set_dumpable(false).map_err(io::Error::from)
+}
+
 /// Tells systemd (`Type=notify`) about readiness when `NOTIFY_SOCKET` is set.
 fn sd_notify(state: &str) {
     use std::os::unix::net::UnixDatagram;
@@ -608,5 +615,14 @@ fn sd_notify(state: &str) {
     };
     if let Err(error) = sent {
         tracing::debug!(%error, "sd_notify failed");
+    }
+}
+
+#[cfg(test)]
+mod hardening_tests {
+    #[test]
+    fn the_process_becomes_non_dumpable() {
+        super::disable_core_dumps().expect("prctl");
+        assert!(!nix::sys::prctl::get_dumpable().expect("prctl"));
     }
 }
