@@ -1,4 +1,5 @@
-//! The command line (SPEC "Fixed interface") and what each subcommand does.
+//! The command line (the interface in docs/configuration.md and docs/operations.md) and what
+//! each subcommand does.
 
 use std::io::{IsTerminal as _, Read as _};
 use std::path::{Path, PathBuf};
@@ -201,7 +202,8 @@ fn import(file: &Path, routes: Vec<(u16, Endpoint)>, key_file: Option<PathBuf>) 
             "wg-agent: private key written to {} (mode 600)",
             path.display()
         );
-    } else {
+    }
+    if imported.has_inline_secret {
         warn_if_stdout_is_readable_file();
     }
     for note in &imported.notes {
@@ -255,11 +257,10 @@ fn completions(shell: CompletionShell) -> ExitCode {
 
 fn man() -> ExitCode {
     use clap::CommandFactory as _;
-    let mut out = Vec::new();
-    if let Err(error) = clap_mangen::Man::new(Cli::command()).render(&mut out) {
-        return fail(EXIT_RUNTIME, format!("man: {error}"));
+    match crate::man::render(&Cli::command()) {
+        Ok(page) => emit(&page),
+        Err(error) => fail(EXIT_RUNTIME, format!("man: {error}")),
     }
-    emit(&String::from_utf8_lossy(&out))
 }
 
 fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
@@ -307,11 +308,12 @@ fn warn_if_stdout_is_readable_file() {
     // /proc/self/fd/1 resolves to the file behind stdout (Linux); elsewhere this is skipped.
     if let Ok(meta) = std::fs::metadata("/proc/self/fd/1")
         && meta.is_file()
-        && meta.permissions().mode() & 0o077 != 0
+        && meta.permissions().mode() & 0o026 != 0
     {
         eprintln!(
-            "wg-agent: warning: writing a private key to a file readable by group or others; \
-             `wg-agent check` refuses such a key file: run `chmod 600` on it (or `umask 077` first)"
+            "wg-agent: warning: writing a private key to a file readable by others or writable by \
+             group or others; `wg-agent check` refuses such a key file: run `chmod 600` on it \
+             (or `umask 077` first)"
         );
     }
 }
@@ -338,18 +340,41 @@ fn pubkey() -> ExitCode {
     }
 }
 
-fn install_tracing(format: LogFormat, level: &str) -> Result<(), String> {
+/// Installs the subscriber; returns what changes its level later.
+fn install_tracing(format: LogFormat, level: &str) -> Result<agent::LogLevelControl, String> {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .map_err(|e| format!("log level `{level}` is not a level or tracing filter: {e}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    match format {
-        LogFormat::Json => builder.json().init(),
-        _ => builder.init(),
+    fn control<L, S>(handle: tracing_subscriber::reload::Handle<L, S>) -> agent::LogLevelControl
+    where
+        L: From<tracing_subscriber::EnvFilter> + Send + Sync + 'static,
+        S: Send + Sync + 'static,
+    {
+        std::sync::Arc::new(move |level: &str| {
+            let filter = tracing_subscriber::EnvFilter::try_new(level)
+                .map_err(|e| format!("`{level}` is not a level or tracing filter: {e}"))?;
+            handle
+                .reload(L::from(filter))
+                .map_err(|e| format!("cannot change the log level: {e}"))
+        })
     }
-    Ok(())
+    Ok(match format {
+        LogFormat::Json => {
+            let builder = builder.json().with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            control(handle)
+        }
+        _ => {
+            let builder = builder.with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            control(handle)
+        }
+    })
 }
 
 fn tokio_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
@@ -360,6 +385,27 @@ fn tokio_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
 }
 
 fn run(path: &Path, log: &LogArgs) -> ExitCode {
+    // No core dump may hold the key: before the config (and the key) is read.
+    if let Err(error) = agent::disable_core_dumps() {
+        return fail(EXIT_RUNTIME, format!("cannot disable core dumps: {error}"));
+    }
+    // SIGHUP (reload) must never kill the agent: take it over before anything else.
+    let runtime = match tokio_runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let hangup = {
+        let _enter = runtime.enter();
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(signal) => signal,
+            Err(error) => {
+                return fail(
+                    EXIT_RUNTIME,
+                    format!("cannot install the SIGHUP handler: {error}"),
+                );
+            }
+        }
+    };
     let config = match load_config(path) {
         Ok(config) => config,
         Err(code) => return code,
@@ -369,17 +415,18 @@ fn run(path: &Path, log: &LogArgs) -> ExitCode {
         .log_level
         .clone()
         .unwrap_or_else(|| config.log.level.clone());
-    if let Err(message) = install_tracing(format, &level) {
-        return fail(EXIT_CONFIG, message);
-    }
+    let set_level = match install_tracing(format, &level) {
+        Ok(control) => control,
+        Err(message) => return fail(EXIT_CONFIG, message),
+    };
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
-    let runtime = match tokio_runtime() {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
-    match runtime.block_on(agent::run(config, shutdown_signal())) {
+    let mut options = agent::RunOptions::default();
+    // A level given on the command line wins over [log] level, reloads included.
+    options.log_level = log.log_level.is_none().then_some(set_level);
+    options.hangup = Some(hangup);
+    match runtime.block_on(agent::run_with(config, shutdown_signal(), options)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             if tracing::enabled!(tracing::Level::ERROR) {

@@ -26,6 +26,7 @@ pub(crate) struct RawAgent {
     pub(crate) private_key: Option<String>,
     pub(crate) private_key_file: Option<String>,
     pub(crate) private_key_env: Option<String>,
+    pub(crate) private_key_credential: Option<String>,
     pub(crate) virtual_ip: String,
     pub(crate) subnet: String,
     #[serde(default)]
@@ -40,6 +41,7 @@ impl std::fmt::Debug for RawAgent {
             .field("private_key", &self.private_key.as_ref().map(|_| ".."))
             .field("private_key_file", &self.private_key_file)
             .field("private_key_env", &self.private_key_env)
+            .field("private_key_credential", &self.private_key_credential)
             .field("virtual_ip", &self.virtual_ip)
             .field("subnet", &self.subnet)
             .finish_non_exhaustive()
@@ -116,6 +118,10 @@ pub(crate) struct RawProxy {
     pub(crate) drain_timeout: Option<String>,
     pub(crate) max_header_bytes: Option<u64>,
     pub(crate) max_connections: Option<u64>,
+    pub(crate) http2_max_concurrent_streams: Option<u64>,
+    pub(crate) http2_max_send_buffer: Option<u64>,
+    pub(crate) max_upstream_requests: Option<u64>,
+    pub(crate) max_upstream_sockets: Option<u64>,
     pub(crate) access_log: Option<bool>,
 }
 
