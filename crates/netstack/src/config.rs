@@ -107,7 +107,7 @@ impl Default for NetstackConfig {
             close_timeout: Duration::from_secs(30),
             nagle: false,
             ack_delay: Some(Duration::from_millis(10)),
-            min_rto: Duration::from_millis(200),
+            min_rto: crate::sender::MIN_RTO,
             repair_budget: 8 << 20,
             shards: 64,
             max_outbound_packets: 4096,

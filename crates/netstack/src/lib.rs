@@ -61,7 +61,7 @@ mod buffer;
 mod config;
 mod device;
 mod icmp;
-mod repair;
+mod sender;
 mod shard;
 #[cfg(test)]
 mod sim;

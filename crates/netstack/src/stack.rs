@@ -15,7 +15,7 @@ use smoltcp::wire::{IpAddress, IpEndpoint};
 use tokio::sync::Notify;
 
 use crate::config::{ConfigError, NetstackConfig};
-use crate::repair::Budget;
+use crate::sender::Budget;
 use crate::shard::Shard;
 use crate::stats::{Counters, NetstackStats};
 use crate::tcp::{ListenerShared, TcpListener, TcpStream};
@@ -52,7 +52,7 @@ pub(crate) struct Shared {
     pub(crate) config: NetstackConfig,
     pub(crate) clock: Clock,
     pub(crate) counters: Counters,
-    /// Bytes all connections' loss-repair caches may hold.
+    /// Bytes all connections' senders may hold (see `sender.rs`).
     pub(crate) repair_budget: Budget,
     addrs: Vec<IpAddress>,
     shards: Box<[Mutex<Shard>]>,
@@ -368,13 +368,12 @@ impl Shared {
             .config
             .max_outbound_packets
             .saturating_sub(self.out_len.load(SeqCst));
-        let blocked = if room > 0 {
-            shard.egress(self, now, room);
-            false
-        } else {
+        // Blocked: no room, or the room ran out with senders still holding packets to
+        // send. Polled again when the queue drains (see `drain_out`).
+        let blocked = room == 0 || shard.egress(self, now, room);
+        if blocked {
             self.blocked.fetch_or(bit, SeqCst);
-            true
-        };
+        }
         shard.maintain(self, now);
         if shard.has_transmit() {
             self.enqueue_out(shard.take_transmit());

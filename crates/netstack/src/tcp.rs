@@ -335,7 +335,6 @@ impl AsyncWrite for TcpStream {
             }
             Ok(n) => {
                 let now = Instant::now();
-                shard.boost(&this.tuple, now);
                 this.shared.finish(this.shard, &mut shard, now);
                 Poll::Ready(Ok(n))
             }
