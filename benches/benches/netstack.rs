@@ -43,8 +43,8 @@ fn stacks(shards: usize, buffer: usize) -> (Netstack, Netstack) {
         tokio::spawn(async move {
             let mut batch: Vec<Bytes> = Vec::with_capacity(256);
             loop {
-                from.recv_packets(&mut batch, 256).await;
-                to.send_packets(&batch).await;
+                from.recv_outbound(&mut batch, 256).await;
+                to.push_inbound(&batch);
                 batch.clear();
             }
         });

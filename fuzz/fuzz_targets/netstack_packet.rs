@@ -3,7 +3,7 @@
 //! One stack per process answers on `10.0.0.1` and `fd00::1`, with a TCP listener on port 80
 //! (its accepted streams echo) and UDP echo sockets (port 53 on IPv4, 54 on IPv6), so packets reach smoltcp's
 //! sockets, not only the parser. State carries over between inputs the way it does in the
-//! agent (half-open connections, timers); every input is one packet, pushed with `push_packets`,
+//! agent (half-open connections, timers); every input is one packet, pushed with `push_inbound`,
 //! then the stack runs briefly and its output is drained. A panic, or a bound broken, is a bug.
 
 #![no_main]
@@ -79,13 +79,13 @@ fn target() -> &'static Target {
 fuzz_target!(|data: &[u8]| {
     let t = target();
     t.runtime.block_on(async {
-        t.stack.push_packets(&[data]);
+        t.stack.push_inbound(&[data]);
         // Let the driver and the socket tasks run, then drain what the stack sent.
         for _ in 0..4 {
             tokio::task::yield_now().await;
         }
         let mut out = Vec::new();
-        while t.stack.try_recv_packets(&mut out, 64) > 0 {
+        while t.stack.try_recv_outbound(&mut out, 64) > 0 {
             for p in out.drain(..) {
                 std::hint::black_box(p.len());
             }

@@ -57,7 +57,7 @@ tasks:
                    end-to-end comparison with a kernel-TCP reference through
                    wireguard-go in namespaces (installs nginx, wrk, iperf3);
                    report in target/bench-report/
-  tidy             the layering check alone
+  tidy             the layering check and the text rules (headers, code map, unsafe)
   fuzz [TARGET] [--secs N]
                    build and run the fuzz targets (all, or TARGET), N seconds
                    each (default 30); fails on a crash and names the artifact

@@ -1,81 +1,18 @@
-//! The layering check: SPEC's dependency rules, read from `cargo tree`.
+//! `cargo xtask tidy`: checks of the tree that need no build beyond `cargo tree`.
+//!
+//! - `layering`: SPEC's dependency rules, read from `cargo tree`.
+//! - `text`: text-only rules of the sources and docs (module headers, the code map, where
+//!   `unsafe` may be allowed).
 
 use std::path::Path;
-use std::process::Command;
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 
-/// (crate, names that must not appear in its normal dependency graph)
-const RULES: &[(&str, &[&str])] = &[
-    ("wg-core", &["smoltcp", "netstack", "hyper", "local-proxy"]),
-    (
-        "netstack",
-        &["boringtun", "wg-core", "hyper", "local-proxy"],
-    ),
-    (
-        "local-proxy",
-        &["boringtun", "wg-core", "smoltcp", "netstack"],
-    ),
-];
+mod layering;
+mod text;
 
+/// Runs every tidy check; the first failing one ends the run with its findings.
 pub(crate) fn run(root: &Path) -> Result<()> {
-    let mut broken = Vec::new();
-    for (krate, forbidden) in RULES {
-        let out = Command::new("cargo")
-            .args([
-                "tree", "--quiet", "-p", krate, "-e", "normal", "--prefix", "none", "--format",
-                "{p}",
-            ])
-            .current_dir(root)
-            .output()
-            .with_context(|| format!("cannot run `cargo tree -p {krate}`"))?;
-        if !out.status.success() {
-            bail!(
-                "`cargo tree -p {krate}` failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let tree = String::from_utf8_lossy(&out.stdout);
-        for name in forbidden_in(&tree, forbidden) {
-            broken.push(format!("{krate} depends on {name}"));
-        }
-    }
-    broken.sort();
-    broken.dedup();
-    if !broken.is_empty() {
-        bail!(
-            "layering broken (see SPEC, crate boundaries): {}",
-            broken.join(", ")
-        );
-    }
-    eprintln!("tidy: layering ok ({} crates checked)", RULES.len());
-    Ok(())
-}
-
-/// The forbidden crate names found in `cargo tree --prefix none --format {p}` output.
-fn forbidden_in<'a>(tree: &'a str, forbidden: &[&str]) -> Vec<&'a str> {
-    tree.lines()
-        .filter_map(|line| line.split_whitespace().next())
-        .filter(|name| forbidden.contains(name))
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    /// The layering check runs with the test suite too (nextest runs it), not only through
-    /// `cargo xtask tidy`: a dependency that breaks SPEC's crate boundaries fails here.
-    #[test]
-    fn layering_holds() {
-        if let Err(error) = super::run(&crate::root()) {
-            panic!("{error:#}");
-        }
-    }
-
-    /// The check can fail: a rule naming a crate that is in the graph is reported.
-    #[test]
-    fn a_forbidden_dependency_is_reported() {
-        let tree = "wg-core v0.1.0\nboringtun v0.7.1\nbytes v1.10.0\n";
-        let found = super::forbidden_in(tree, &["boringtun", "hyper"]);
-        assert_eq!(found, vec!["boringtun"]);
-    }
+    layering::run(root)?;
+    text::run(root)
 }

@@ -166,7 +166,7 @@ async fn syn_flood(
                 syn(src, sport, AGENT_VIP, 80, (r >> 20) as u32)
             })
             .collect();
-        agent.netstack().push_packets(&packets);
+        agent.netstack().push_inbound(&packets);
         sent += n;
         tokio::time::sleep(Duration::from_millis(1)).await;
         assert!(

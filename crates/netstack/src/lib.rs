@@ -1,8 +1,8 @@
 //! A userspace TCP/IP stack on virtual IPs: smoltcp 0.14 on `Medium::Ip`, with tokio
 //! sockets.
 //!
-//! What it does: takes IP packets in ([`Netstack::send_packets`]) and gives IP packets out
-//! ([`Netstack::recv_packets`]), and in between serves [`TcpListener`], [`TcpStream`]
+//! What it does: takes IP packets in ([`Netstack::push_inbound`]) and gives IP packets out
+//! ([`Netstack::recv_outbound`]), and in between serves [`TcpListener`], [`TcpStream`]
 //! (`AsyncRead + AsyncWrite`), [`UdpSocket`] and ICMP echo ([`Netstack::ping`]) on one
 //! IPv4 and/or one IPv6 address. Every queue and table is bounded (see
 //! [`NetstackConfig`]); malformed packets are dropped and counted ([`NetstackStats`]).
@@ -19,8 +19,8 @@
 //! full buffers.
 //!
 //! Back-pressure: the outbound queue is bounded (`max_outbound_packets`). When it is full
-//! the stack stops emitting until [`Netstack::recv_packets`] drains it; TCP windows then
-//! slow the peers down. [`Netstack::send_packets`] never waits for it, so one task may move
+//! the stack stops emitting until [`Netstack::recv_outbound`] drains it; TCP windows then
+//! slow the peers down. [`Netstack::push_inbound`] never waits for it, so one task may move
 //! packets both ways between two stacks.
 //!
 //! ```
@@ -37,8 +37,8 @@
 //!     tokio::spawn(async move {
 //!         let mut batch = Vec::new();
 //!         loop {
-//!             from.recv_packets(&mut batch, 64).await;
-//!             to.send_packets(&batch).await;
+//!             from.recv_outbound(&mut batch, 64).await;
+//!             to.push_inbound(&batch);
 //!             batch.clear();
 //!         }
 //!     });

@@ -45,6 +45,8 @@ struct Conn {
     state: ConnState,
     /// The peer sent an RST (tells a reset from a timeout once the socket is closed).
     reset: bool,
+    /// Its stream called [`TcpStream::abort`](crate::TcpStream::abort).
+    aborted: bool,
     /// What goes on the wire and when (see `sender.rs`).
     sender: Sender,
     /// The sender's deadline as entered in `Shard::timers`.
@@ -121,7 +123,7 @@ impl Shard {
         seed: u64,
         now: Instant,
     ) -> Self {
-        let caps = capabilities(config.mtu);
+        let caps = capabilities(config.segment_mtu());
         let mut tx = Vec::new();
         let mut dev = Dev {
             rx: None,
@@ -304,7 +306,13 @@ impl Shard {
                     deadline,
                     time_wait_until,
                 } => match socket.state() {
-                    tcp::State::Closed => remove.push(*tuple),
+                    // Kept until its RST is out (smoltcp forgets the peer once sent).
+                    tcp::State::Closed
+                        if socket.remote_endpoint().is_none() || now >= *deadline =>
+                    {
+                        remove.push(*tuple)
+                    }
+                    tcp::State::Closed => {}
                     tcp::State::TimeWait => {
                         let until = *time_wait_until.get_or_insert(now + time_wait);
                         if now >= until {
@@ -404,6 +412,7 @@ impl Shard {
                 handle,
                 state: ConnState::Owned,
                 reset: false,
+                aborted: false,
                 sender: self.new_sender(shared),
                 timer_at: None,
                 ready: false,
@@ -446,6 +455,22 @@ impl Shard {
         self.conns.get(tuple).is_some_and(|c| c.reset)
     }
 
+    /// Whether connection `tuple` was aborted by its stream.
+    pub(crate) fn was_aborted(&self, tuple: &Tuple) -> bool {
+        self.conns.get(tuple).is_some_and(|c| c.aborted)
+    }
+
+    /// The stream of `tuple` aborts it: smoltcp sends one RST at the next egress and
+    /// neither sends nor delivers data any more.
+    pub(crate) fn abort(&mut self, tuple: &Tuple) {
+        let Some(conn) = self.conns.get_mut(tuple) else {
+            return;
+        };
+        conn.aborted = true;
+        self.sockets.get_mut::<tcp::Socket>(conn.handle).abort();
+        conn.sender.abort();
+    }
+
     /// Sets the options of an established connection (idle timeout after the handshake).
     pub(crate) fn established(&mut self, shared: &Shared, handle: SocketHandle) {
         let socket = self.sockets.get_mut::<tcp::Socket>(handle);
@@ -466,6 +491,8 @@ impl Shard {
         };
         let socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
         match socket.state() {
+            // An aborted socket whose RST is still to be sent stays until it is out.
+            tcp::State::Closed if socket.remote_endpoint().is_some() => {}
             tcp::State::Closed | tcp::State::TimeWait | tcp::State::Listen => {
                 self.remove(shared, tuple);
                 return;
@@ -568,6 +595,7 @@ impl Shard {
                     deadline: now + shared.config.handshake_timeout,
                 },
                 reset: false,
+                aborted: false,
                 sender: self.new_sender(shared),
                 timer_at: None,
                 ready: false,
@@ -723,7 +751,7 @@ impl Shard {
         let config = &shared.config;
         // Packets of a full send ring, with their headers and entries.
         let limit = config.tcp_tx_buffer + config.tcp_tx_buffer / 8;
-        let mss = u32::try_from(config.mtu.saturating_sub(40)).unwrap_or(1380);
+        let mss = u32::try_from(config.path_mtu.saturating_sub(40)).unwrap_or(1380);
         Sender::new(
             limit,
             shared.repair_budget.clone(),

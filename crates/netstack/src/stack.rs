@@ -27,8 +27,9 @@ const EPHEMERAL_FIRST: u16 = 49_152;
 
 /// A userspace TCP/IP stack on virtual IPs. A cheap handle: clones share one stack.
 ///
-/// The packet side ([`send_packets`](Self::send_packets) in,
-/// [`recv_packets`](Self::recv_packets) out) connects it to a tunnel; the socket side
+/// The packet side ([`push_inbound`](Self::push_inbound) puts packets from the tunnel in,
+/// [`recv_outbound`](Self::recv_outbound) takes packets for the tunnel out) connects it to
+/// a tunnel; the socket side
 /// ([`listen`](Self::listen), [`connect`](Self::connect), [`bind_udp`](Self::bind_udp),
 /// [`ping`](Self::ping)) serves applications. A driver task, spawned by
 /// [`Netstack::new`] and ended when the last handle, socket and listener are gone,
@@ -84,7 +85,7 @@ impl Netstack {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| ConfigError::NoRuntime)?;
         let shared = Arc::new(Shared::new(config, Instant::now())?);
         runtime.spawn(drive(Arc::downgrade(&shared), Arc::clone(&shared.driver)));
-        tracing::info!(addresses = ?shared.config.addresses, mtu = shared.config.mtu, "netstack: up");
+        tracing::info!(addresses = ?shared.config.addresses, path_mtu = shared.config.path_mtu, "netstack: up");
         Ok(Self { shared })
     }
 
@@ -100,32 +101,27 @@ impl Netstack {
         stats
     }
 
-    /// Takes inbound IP packets (from the tunnel) and processes them at once: each
-    /// shard's share of the batch goes through smoltcp, then one egress pass emits
-    /// replies into the outbound queue. Returns how many packets were accepted (the rest
-    /// were malformed or not for us, and counted).
+    /// Puts inbound IP packets (from the tunnel) into the stack and processes them at
+    /// once: each shard's share of the batch goes through smoltcp, then one egress pass
+    /// emits replies into the outbound queue. Returns how many packets were accepted (the
+    /// rest were malformed or not for us, and counted).
     ///
     /// It never waits for room in the outbound queue (so one task may feed and drain
     /// two stacks without deadlock): when the queue is full the stack stops emitting, TCP
     /// windows close, and peers slow down; the only packets dropped are immediate replies
     /// (RST, echo replies) past twice the queue bound, counted as
     /// [`DropReason::QueueFull`](crate::DropReason::QueueFull).
-    pub async fn send_packets<P: AsRef<[u8]>>(&self, packets: &[P]) -> usize {
-        self.push_packets(packets)
-    }
-
-    /// The synchronous form of [`send_packets`](Self::send_packets).
-    pub fn push_packets<P: AsRef<[u8]>>(&self, packets: &[P]) -> usize {
+    pub fn push_inbound<P: AsRef<[u8]>>(&self, packets: &[P]) -> usize {
         self.shared.push_at(packets, Instant::now())
     }
 
-    /// Waits for outbound IP packets (to the tunnel) and moves up to `max` of them into
-    /// `out`. Returns how many (at least 1).
-    pub async fn recv_packets(&self, out: &mut Vec<Bytes>, max: usize) -> usize {
+    /// Waits for outbound IP packets (to the tunnel), takes up to `max` of them out of the
+    /// stack into `out`. Returns how many (at least 1 unless `max` is 0).
+    pub async fn recv_outbound(&self, out: &mut Vec<Bytes>, max: usize) -> usize {
         loop {
             let mut ready = pin!(self.shared.out_ready.notified());
             ready.as_mut().enable();
-            let n = self.try_recv_packets(out, max);
+            let n = self.try_recv_outbound(out, max);
             if n > 0 || max == 0 {
                 return n;
             }
@@ -133,8 +129,8 @@ impl Netstack {
         }
     }
 
-    /// Moves up to `max` queued outbound packets into `out` without waiting.
-    pub fn try_recv_packets(&self, out: &mut Vec<Bytes>, max: usize) -> usize {
+    /// Takes up to `max` queued outbound packets into `out` without waiting.
+    pub fn try_recv_outbound(&self, out: &mut Vec<Bytes>, max: usize) -> usize {
         self.shared.drain_out(out, max)
     }
 
@@ -303,7 +299,7 @@ impl Shared {
                 shared.driver.notify_one();
             }
             if shared.out_len.load(Relaxed) > 0 {
-                // More left: keep the next `recv_packets` from sleeping.
+                // More left: keep the next `recv_outbound` from sleeping.
                 shared.out_ready.notify_one();
             }
         }
@@ -380,7 +376,7 @@ impl Shared {
         }
         let now_us = self.clock.micros(now);
         let deadline = if blocked {
-            // Polled again when the queue drains (see `try_recv_packets`).
+            // Polled again when the queue drains (see `try_recv_outbound`).
             u64::MAX
         } else {
             match shard.poll_timeout(now) {

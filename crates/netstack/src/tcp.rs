@@ -18,6 +18,7 @@ use smoltcp::wire::IpAddress;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 
+use crate::shard::Shard;
 use crate::stack::{Shared, lock};
 use crate::wire::Tuple;
 
@@ -165,9 +166,12 @@ impl Drop for TcpListener {
 ///
 /// `shutdown` sends FIN and reading continues until the peer's FIN (half-close).
 /// Errors: `ConnectionReset` after the peer's RST, `TimedOut` after the idle timeout (no
-/// answer from the peer for `idle_timeout`), `BrokenPipe` when writing after shutdown.
+/// answer from the peer for `idle_timeout`), `BrokenPipe` when writing after shutdown,
+/// `NotConnected` after [`abort`](Self::abort).
+///
 /// Dropping it closes gracefully in the background (FIN, bounded by `close_timeout` of
-/// peer silence), or resets when unread data is left.
+/// peer silence), or resets when unread data is left; [`abort`](Self::abort) resets at
+/// once.
 pub struct TcpStream {
     shared: Arc<Shared>,
     shard: usize,
@@ -239,9 +243,27 @@ impl TcpStream {
         .await
     }
 
-    fn closed_error(&self, state: tcp::State, reset: bool, writing: bool) -> io::Error {
+    /// Aborts the connection: sends RST to the peer and drops the data still queued
+    /// either way, as `close` with `SO_LINGER` 0 does on Linux. Afterwards reads, writes
+    /// and shutdown fail with `NotConnected`; dropping the stream then only frees it.
+    ///
+    /// Dropping a stream without calling this closes it gracefully instead (FIN after the
+    /// queued data), unless unread data is left (then it resets, as a kernel does).
+    pub fn abort(&mut self) {
+        let now = Instant::now();
+        let shared = &*self.shared;
+        shared.with_shard(self.shard, now, |shard| shard.abort(&self.tuple));
+    }
+
+    /// The error for a read, write or shutdown that cannot proceed in `state`.
+    fn closed_error(&self, shard: &Shard, state: tcp::State, writing: bool) -> io::Error {
         let (kind, what) = match state {
-            tcp::State::Closed if reset => (io::ErrorKind::ConnectionReset, "connection reset"),
+            _ if shard.was_aborted(&self.tuple) => {
+                (io::ErrorKind::NotConnected, "aborted by this side")
+            }
+            tcp::State::Closed if shard.was_reset(&self.tuple) => {
+                (io::ErrorKind::ConnectionReset, "connection reset")
+            }
             // Closed without an RST from the peer: smoltcp's timeout (idle or retransmit).
             tcp::State::Closed => (io::ErrorKind::TimedOut, "connection timed out"),
             _ if writing => (io::ErrorKind::BrokenPipe, "write after shutdown"),
@@ -291,11 +313,7 @@ impl AsyncRead for TcpStream {
             Err(tcp::RecvError::Finished) => Poll::Ready(Ok(())),
             Err(_) => {
                 let state = socket.state();
-                Poll::Ready(Err(this.closed_error(
-                    state,
-                    shard.was_reset(&this.tuple),
-                    false,
-                )))
+                Poll::Ready(Err(this.closed_error(&shard, state, false)))
             }
         }
     }
@@ -322,8 +340,7 @@ impl AsyncWrite for TcpStream {
         let socket = shard.tcp(this.handle);
         if !socket.may_send() {
             let state = socket.state();
-            let reset = shard.was_reset(&this.tuple);
-            return Poll::Ready(Err(this.closed_error(state, reset, true)));
+            return Poll::Ready(Err(this.closed_error(&shard, state, true)));
         }
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
@@ -340,8 +357,7 @@ impl AsyncWrite for TcpStream {
             }
             Err(_) => {
                 let state = socket.state();
-                let reset = shard.was_reset(&this.tuple);
-                Poll::Ready(Err(this.closed_error(state, reset, true)))
+                Poll::Ready(Err(this.closed_error(&shard, state, true)))
             }
         }
     }
@@ -353,6 +369,10 @@ impl AsyncWrite for TcpStream {
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let mut shard = this.shared.lock(this.shard);
+        if shard.was_aborted(&this.tuple) {
+            let state = shard.tcp(this.handle).state();
+            return Poll::Ready(Err(this.closed_error(&shard, state, true)));
+        }
         shard.tcp(this.handle).close();
         this.shared.finish(this.shard, &mut shard, Instant::now());
         Poll::Ready(Ok(()))

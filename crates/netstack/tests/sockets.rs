@@ -200,9 +200,9 @@ async fn syn_flood_stays_within_the_configured_bound() {
                 syn(rng_port, 80)
             })
             .collect();
-        b.send_packets(&batch).await;
+        b.push_inbound(&batch);
         out.clear();
-        b.try_recv_packets(&mut out, usize::MAX);
+        b.try_recv_outbound(&mut out, usize::MAX);
         let s = b.stats();
         assert!(s.half_open <= 128 && s.tcp_sockets <= 256, "{s:?}");
     }
@@ -222,10 +222,10 @@ async fn syn_flood_stays_within_the_configured_bound() {
     // A real client arriving during the flood is answered with SYN-ACK, not refused.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     out.clear();
-    b.try_recv_packets(&mut out, usize::MAX);
-    b.send_packets(&[syn(4, 80)]).await;
+    b.try_recv_outbound(&mut out, usize::MAX);
+    b.push_inbound(&[syn(4, 80)]);
     out.clear();
-    b.try_recv_packets(&mut out, usize::MAX);
+    b.try_recv_outbound(&mut out, usize::MAX);
     let answer = out
         .iter()
         .filter_map(|p| {
@@ -251,14 +251,14 @@ async fn the_outbound_queue_stays_bounded_when_nobody_drains_it() {
         let batch: Vec<Vec<u8>> = (0..40)
             .map(|i| syn(1000 + round * 40 + i, 80 + i % 2))
             .collect();
-        b.send_packets(&batch).await;
+        b.push_inbound(&batch);
         tokio::task::yield_now().await;
         assert!(b.pending_outbound() <= 3 * 16, "{}", b.pending_outbound());
     }
     assert!(b.stats().dropped.get(DropReason::QueueFull) > 0);
     // Draining lets the stack resume.
     let mut out = Vec::new();
-    let n = b.try_recv_packets(&mut out, usize::MAX);
+    let n = b.try_recv_outbound(&mut out, usize::MAX);
     assert!(n > 0);
 }
 
@@ -281,7 +281,7 @@ async fn malformed_packets_are_counted_not_fatal() {
             s
         },
     ];
-    let accepted = p.b.send_packets(&junk).await;
+    let accepted = p.b.push_inbound(&junk);
     assert_eq!(accepted, 0);
     let s = p.b.stats();
     assert_eq!(
@@ -293,4 +293,78 @@ async fn malformed_packets_are_counted_not_fatal() {
     p.a.ping(ip(B), Duration::from_secs(5))
         .await
         .expect("alive");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_packet_on_the_wire_fits_the_path_mtu() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+    const MTU: usize = 1280;
+    let mut ca = config(&[A]);
+    let mut cb = config(&[B]);
+    ca.path_mtu = MTU;
+    cb.path_mtu = MTU;
+    let a = Netstack::new(ca).expect("stack a");
+    let b = Netstack::new(cb).expect("stack b");
+    let largest = Arc::new(AtomicUsize::new(0));
+    let pumps: Vec<_> = [(a.clone(), b.clone()), (b.clone(), a.clone())]
+        .into_iter()
+        .map(|(from, to)| {
+            let largest = Arc::clone(&largest);
+            tokio::spawn(async move {
+                let mut batch = Vec::new();
+                loop {
+                    from.recv_outbound(&mut batch, 256).await;
+                    for p in &batch {
+                        largest.fetch_max(p.len(), Relaxed);
+                    }
+                    to.push_inbound(&batch);
+                    batch.clear();
+                }
+            })
+        })
+        .collect();
+
+    // TCP both ways.
+    let listener = b.listen(sa(B, 80)).expect("listen");
+    let mut c = a.connect(sa(B, 80)).await.expect("connect");
+    let (mut s, _) = listener.accept().await.expect("accept");
+    let data = vec![7u8; 256 << 10];
+    let (w, r) = tokio::join!(c.write_all(&data), async {
+        let mut got = vec![0u8; data.len()];
+        s.read_exact(&mut got).await.map(|_| got)
+    });
+    w.expect("write");
+    assert_eq!(r.expect("read"), data);
+    // UDP: the largest datagram that fits goes, one byte more is refused.
+    let ua = a.bind_udp(sa(A, 0)).expect("bind a");
+    let ub = b.bind_udp(sa(B, 53)).expect("bind b");
+    ua.send_to(&[1u8; MTU - 28], sa(B, 53))
+        .await
+        .expect("fits the path MTU");
+    let mut buf = vec![0u8; 2048];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), ub.recv_from(&mut buf))
+        .await
+        .expect("in time")
+        .expect("recv");
+    assert_eq!(n, MTU - 28);
+    let err = ua
+        .send_to(&[1u8; MTU - 27], sa(B, 53))
+        .await
+        .expect_err("past the path MTU");
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    a.ping(ip(B), Duration::from_secs(5)).await.expect("ping");
+    let largest = largest.load(Relaxed);
+    assert!(
+        largest <= MTU,
+        "a {largest}-byte packet on a {MTU}-byte path"
+    );
+    assert!(
+        largest > MTU - 100,
+        "full-size segments were sent: {largest}"
+    );
+    for p in pumps {
+        p.abort();
+    }
 }

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{Notify, watch};
-use tokio::task::JoinHandle;
 use wg_core::Event;
 use wg_core::driver::{RecvBatch, SendBatch, UdpDriver};
 
@@ -189,13 +188,13 @@ impl ToStack {
         self.len += 1;
     }
 
-    async fn deliver(&mut self, inner: &Inner) {
+    fn deliver(&mut self, inner: &Inner) {
         if self.len > 0 {
             inner
                 .counters
                 .rx_packets
                 .fetch_add(self.len as u64, Relaxed);
-            inner.netstack.send_packets(&self.bufs[..self.len]).await;
+            inner.netstack.push_inbound(&self.bufs[..self.len]);
             self.len = 0;
         }
     }
@@ -295,22 +294,14 @@ pub(crate) async fn flush(inner: &Inner) {
     }
     inner.timer.notify.notify_one();
     out.send(inner, &driver).await;
-    out.to_stack.deliver(inner).await;
-}
-
-pub(crate) fn spawn_tasks(inner: &Arc<Inner>) -> Vec<JoinHandle<()>> {
-    vec![
-        tokio::spawn(receive_task(Arc::clone(inner))),
-        tokio::spawn(send_task(Arc::clone(inner))),
-        tokio::spawn(timer_task(Arc::clone(inner))),
-    ]
+    out.to_stack.deliver(inner);
 }
 
 async fn closed(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|closed| *closed).await;
 }
 
-async fn receive_task(inner: Arc<Inner>) {
+pub(crate) async fn receive_task(inner: Arc<Inner>) {
     let mut shutdown = inner.shutdown.subscribe();
     let mut batch = RecvBatch::new();
     let mut errors = 0u32;
@@ -345,6 +336,8 @@ async fn receive_task(inner: Arc<Inner>) {
             continue;
         }
         errors = 0;
+        #[cfg(feature = "test-hooks")]
+        crate::hooks::panic_on_receive();
         let now = Instant::now();
         {
             let mut t = inner.lock();
@@ -358,7 +351,7 @@ async fn receive_task(inner: Arc<Inner>) {
             inner.counters.rx_datagrams.fetch_add(n, Relaxed);
         }
         out.send(&inner, &driver).await;
-        out.to_stack.deliver(&inner).await;
+        out.to_stack.deliver(&inner);
         // Pick up a socket re-created by someone else.
         if !Arc::ptr_eq(&driver, &inner.sockets.current()) {
             driver = inner.sockets.current();
@@ -377,14 +370,14 @@ fn force_all(inner: &Inner) {
     inner.timer.notify.notify_one();
 }
 
-async fn send_task(inner: Arc<Inner>) {
+pub(crate) async fn send_task(inner: Arc<Inner>) {
     let mut shutdown = inner.shutdown.subscribe();
     let mut packets: Vec<Bytes> = Vec::with_capacity(OUT_BATCH);
     let mut driver = inner.sockets.current();
     let mut out = Outputs::new(&driver);
     loop {
         tokio::select! {
-            _ = inner.netstack.recv_packets(&mut packets, OUT_BATCH) => {}
+            _ = inner.netstack.recv_outbound(&mut packets, OUT_BATCH) => {}
             () = closed(&mut shutdown) => return,
         }
         if !Arc::ptr_eq(&driver, &inner.sockets.current()) {
@@ -406,16 +399,16 @@ async fn send_task(inner: Arc<Inner>) {
                 out.drain(&mut t, &inner);
             }
             out.send(&inner, &driver).await;
-            out.to_stack.deliver(&inner).await;
+            out.to_stack.deliver(&inner);
             // Keep going while the stack has more, without waking up again.
-            if inner.netstack.try_recv_packets(&mut packets, OUT_BATCH) == 0 {
+            if inner.netstack.try_recv_outbound(&mut packets, OUT_BATCH) == 0 {
                 break;
             }
         }
     }
 }
 
-async fn timer_task(inner: Arc<Inner>) {
+pub(crate) async fn timer_task(inner: Arc<Inner>) {
     let mut shutdown = inner.shutdown.subscribe();
     loop {
         let deadline = inner.lock().peers.poll_timeout();
@@ -434,7 +427,7 @@ async fn timer_task(inner: Arc<Inner>) {
             out.drain(&mut t, &inner);
         }
         out.send(&inner, &driver).await;
-        out.to_stack.deliver(&inner).await;
+        out.to_stack.deliver(&inner);
     }
 }
 

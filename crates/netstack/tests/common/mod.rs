@@ -91,8 +91,8 @@ async fn pump(from: Netstack, to: Netstack, impair: Option<Impair>) {
     let mut batch: Vec<Bytes> = Vec::new();
     let Some(imp) = impair else {
         loop {
-            from.recv_packets(&mut batch, 256).await;
-            to.send_packets(&batch).await;
+            from.recv_outbound(&mut batch, 256).await;
+            to.push_inbound(&batch);
             batch.clear();
         }
     };
@@ -102,7 +102,7 @@ async fn pump(from: Netstack, to: Netstack, impair: Option<Impair>) {
     loop {
         let next = held.peek().map(|Reverse((t, _, _))| *t);
         tokio::select! {
-            _ = from.recv_packets(&mut batch, 256) => {
+            _ = from.recv_outbound(&mut batch, 256) => {
                 let now = Instant::now();
                 for p in batch.drain(..) {
                     if rng.random_bool(imp.loss) {
@@ -136,7 +136,7 @@ async fn pump(from: Netstack, to: Netstack, impair: Option<Impair>) {
             due.push(p);
         }
         if !due.is_empty() {
-            to.send_packets(&due).await;
+            to.push_inbound(&due);
         }
     }
 }
