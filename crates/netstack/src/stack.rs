@@ -19,7 +19,7 @@ use crate::sender::Budget;
 use crate::shard::Shard;
 use crate::stats::{Counters, NetstackStats};
 use crate::tcp::{ListenerShared, TcpListener, TcpStream};
-use crate::time::{Clock, rate_for_min_rto};
+use crate::time::Clock;
 use crate::wire::{Class, Tuple, classify, shard_of};
 
 /// First port of the ephemeral range for outbound connections.
@@ -219,7 +219,7 @@ impl Shared {
     /// A stack without a driver; [`Netstack::new`] adds one.
     pub(crate) fn new(config: NetstackConfig, now: Instant) -> Result<Self, ConfigError> {
         config.validate()?;
-        let clock = Clock::new(now, rate_for_min_rto(config.min_rto));
+        let clock = Clock::new(now);
         let shards = (0..config.shards)
             .map(|i| Mutex::new(Shard::new(i, &config, clock, rand::random(), now)))
             .collect();
