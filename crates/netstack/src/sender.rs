@@ -70,7 +70,8 @@
 //! the segment was held here, so it grows with the queue) and its fast retransmit re-emit
 //! bytes this module already holds; those arrive as `Drop`. Its keep-alive re-emits the
 //! last byte: passed when acknowledged (the peer holds it), dropped otherwise.
-//! `tests::smoltcp_assumptions` in `shard.rs` fails loudly if an upgrade changes these.
+//! The workspace pins smoltcp to `=0.14.0`; the `smoltcp_assumption_*` tests in `sim.rs`
+//! fail loudly if another version changes these.
 
 mod cubic;
 mod timer;

@@ -255,8 +255,13 @@ struct OneConn {
 
 impl OneConn {
     fn new() -> Self {
+        Self::with(|_| {})
+    }
+
+    /// With `tune` applied to a's configuration.
+    fn with(tune: impl FnOnce(&mut NetstackConfig)) -> Self {
         let now = Instant::now();
-        let a = stack("10.0.0.1", now);
+        let a = stack_with("10.0.0.1", now, tune);
         let b = stack("10.0.0.2", now);
         let server: SocketAddr = "10.0.0.2:80".parse().expect("addr");
         let listener = b.register_listener(server, 4).expect("listen");
@@ -457,4 +462,75 @@ fn nothing_is_resent_after_an_abort() {
     let until = c.now + Duration::from_secs(3);
     let resent = c.run_a_until(until);
     assert!(resent.is_empty(), "data sent after the abort: {resent:?}");
+}
+
+// What the sender (`sender.rs`) assumes of smoltcp 0.14.0. The workspace pins smoltcp to
+// exactly that version; these fail loudly if another one behaves differently.
+
+/// With congestion control off, smoltcp emits everything the peer's window allows at
+/// once, so the sender (not smoltcp) decides what goes out.
+#[test]
+fn smoltcp_assumption_without_congestion_control_it_emits_the_whole_window() {
+    let mut c = OneConn::new();
+    let (a, now, idx, handle) = (&c.a, c.now, c.idx, c.handle);
+    let data = vec![5u8; 200 * 1024];
+    let n = a.with_shard(idx, now, |s| s.tcp(handle).send_slice(&data).expect("send"));
+    assert_eq!(n, data.len());
+    let mut out: Vec<Bytes> = Vec::new();
+    a.drain_out(&mut out, usize::MAX);
+    let wire: u32 = out
+        .iter()
+        .filter_map(|p| crate::wire::tcp_segment(p))
+        .map(|s| s.len)
+        .sum();
+    assert!(
+        wire <= 10 * 1380,
+        "the initial window went out: {wire} bytes"
+    );
+    // b has advertised the 64 KiB of its SYN-ACK so far (no scaled update yet).
+    assert!(
+        a.repair_budget.used() >= 64 * 1024,
+        "smoltcp emitted only {} bytes into the sender",
+        a.repair_budget.used()
+    );
+    c.now = now;
+}
+
+/// smoltcp's own retransmission timeout is no shorter than 1 s (so the sender's, with a
+/// 200 ms floor, always acts first), and what it re-emits is bytes the sender holds,
+/// dropped rather than sent.
+#[test]
+fn smoltcp_assumption_its_timeout_is_a_backstop_of_at_least_one_second() {
+    let mut c = OneConn::new();
+    let (_, _) = c.send_all_lost(4 * 1380);
+    let start = c.now;
+    c.run_a_until(start + Duration::from_millis(990));
+    assert_eq!(c.a.counters.snapshot().tcp_smoltcp_resent, 0);
+    c.run_a_until(start + Duration::from_secs(3));
+    let stats = c.a.counters.snapshot();
+    assert!(stats.tcp_smoltcp_resent > 0, "{stats:?}");
+    assert_eq!(stats.tcp_resends_dropped, stats.tcp_smoltcp_resent);
+}
+
+/// smoltcp's keep-alive is the last sent byte again (sequence number snd_nxt - 1, one
+/// byte): the sender passes it only once that byte is acknowledged.
+#[test]
+fn smoltcp_assumption_its_keep_alive_is_the_last_byte_again() {
+    let mut c = OneConn::with(|cfg| cfg.keepalive = Some(Duration::from_secs(1)));
+    let (a, b, now, idx, handle) = (&c.a, &c.b, c.now, c.idx, c.handle);
+    a.with_shard(idx, now, |s| {
+        s.tcp(handle).send_slice(&[1; 100]).expect("send")
+    });
+    exchange(a, b, now, &mut c.sent, &|_| false);
+    let later = now + Duration::from_millis(50);
+    a.drive_at(later);
+    b.drive_at(later);
+    exchange(a, b, later, &mut c.sent, &|_| false);
+    a.with_shard(idx, later, |s| {
+        assert_eq!(s.tcp(handle).send_queue(), 0, "all acknowledged");
+    });
+    c.now = later;
+    let sent = c.run_a_until(later + Duration::from_millis(1500));
+    let ka = sent.first().expect("a keep-alive went out");
+    assert_eq!(ka.len, 1, "{sent:?}");
 }
