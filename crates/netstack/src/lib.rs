@@ -65,6 +65,8 @@ mod sender;
 mod shard;
 #[cfg(test)]
 mod sim;
+#[cfg(test)]
+mod sim_lossy;
 mod stack;
 mod stats;
 mod tcp;

