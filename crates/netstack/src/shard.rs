@@ -13,12 +13,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::iface::{Config, Interface, SocketHandle};
 use smoltcp::phy::DeviceCapabilities;
 use smoltcp::socket::tcp;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
 
-use crate::buffer::TcpBuffers;
+use crate::buffer::{Owned, Sockets, TcpSocket};
 use crate::config::NetstackConfig;
 use crate::device::{Dev, capabilities};
 use crate::sender::{Sender, Verdict};
@@ -57,8 +57,6 @@ struct Conn {
     tx_dirty: usize,
     /// Queued in `Shard::release_queue`.
     release_pending: bool,
-    /// Keep last: the socket using these rings is removed from the set first.
-    bufs: TcpBuffers,
 }
 
 /// Who owns a TCP socket.
@@ -79,8 +77,8 @@ enum ConnState {
 
 /// One smoltcp interface with its sockets.
 pub(crate) struct Shard {
-    /// Declared first and cleared in `Drop`: sockets must go before the mappings in `conns`.
-    sockets: SocketSet<'static>,
+    /// The smoltcp sockets with their rings.
+    sockets: Sockets,
     iface: Interface,
     conns: HashMap<Tuple, Conn>,
     caps: DeviceCapabilities,
@@ -105,13 +103,6 @@ pub(crate) struct Shard {
     /// The latest `now` seen: callers on other threads may arrive with an older one,
     /// and smoltcp must never see time go backwards.
     last_now: Instant,
-}
-
-impl Drop for Shard {
-    fn drop(&mut self) {
-        // Drop every socket (and its borrowed rings) before `conns` unmaps them.
-        self.sockets = SocketSet::new(Vec::new());
-    }
 }
 
 impl Shard {
@@ -155,7 +146,7 @@ impl Shard {
             };
         }
         Self {
-            sockets: SocketSet::new(Vec::new()),
+            sockets: Sockets::new(),
             iface,
             conns: HashMap::new(),
             caps,
@@ -240,8 +231,8 @@ impl Shard {
             tx_limit: usize::MAX,
             caps: &self.caps,
         };
-        self.iface
-            .poll_ingress_single(self.clock.smol_at(now), &mut dev, &mut self.sockets);
+        self.sockets
+            .poll_ingress_single(&mut self.iface, self.clock.smol_at(now), &mut dev);
         // An immediate reply (RST, echo reply) past the bound is dropped like on a full link.
         if self.tx.len() > before && self.tx.len() > reply_limit {
             self.tx.truncate(before);
@@ -249,6 +240,7 @@ impl Shard {
         }
         if let Class::Tcp { tuple, .. } = class {
             self.feed_sender(shared, tuple, seg.as_ref(), now);
+            self.reset_unread(tuple);
             self.release_idle_tx(tuple, now);
         }
         if let Some(tuple) = watch {
@@ -272,7 +264,7 @@ impl Shard {
                 tx_limit: limit,
                 caps: &self.caps,
             };
-            let res = self.iface.poll_egress(t, &mut dev, &mut self.sockets);
+            let res = self.sockets.poll_egress(&mut self.iface, t, &mut dev);
             self.route_emitted(shared, from, now);
             if res == smoltcp::iface::PollResult::None || self.tx.len() >= limit {
                 break;
@@ -294,7 +286,7 @@ impl Shard {
         let mut expired = Vec::new();
         let mut aborted = Vec::new();
         for (tuple, conn) in &mut self.conns {
-            let socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
+            let mut socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
             match &mut conn.state {
                 ConnState::Owned => {}
                 ConnState::HalfOpen { deadline, .. } => {
@@ -344,8 +336,8 @@ impl Shard {
     pub(crate) fn poll_timeout(&mut self, now: Instant) -> Option<Instant> {
         let now = self.tick(now);
         let smol = self
-            .iface
-            .poll_at(self.clock.smol_at(now), &self.sockets)
+            .sockets
+            .poll_at(&mut self.iface, self.clock.smol_at(now))
             .map(|t| self.clock.std_at(t));
         let release = self.release_queue.front().map(|(at, _)| *at);
         // Senders with packets left when the outbound queue was full are resumed by the
@@ -387,7 +379,7 @@ impl Shard {
 
     /// Number of sockets (of all kinds) in this shard.
     pub(crate) fn socket_count(&self) -> usize {
-        self.sockets.iter().count()
+        self.sockets.len()
     }
 
     /// Opens an outbound connection on `tuple`; `Ok(None)` when the tuple is taken.
@@ -399,8 +391,8 @@ impl Shard {
         if self.conns.contains_key(&tuple) {
             return Ok(None);
         }
-        let (handle, bufs) = self.new_tcp(shared)?;
-        let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+        let handle = self.new_tcp(shared)?;
+        let mut socket = self.sockets.get_mut::<tcp::Socket>(handle);
         // Until established the smoltcp timeout bounds the handshake.
         socket.set_timeout(Some(
             self.clock.smol_duration(shared.config.handshake_timeout),
@@ -418,7 +410,6 @@ impl Shard {
                 ready: false,
                 tx_dirty: 0,
                 release_pending: false,
-                bufs,
             },
         );
         if let Err(err) = res {
@@ -434,7 +425,7 @@ impl Shard {
     /// The TCP socket behind `handle`. smoltcp panics on a stale handle; ours never are:
     /// a socket owned by a stream or an accept queue is only removed through
     /// [`Shard::release`], called when that owner lets go.
-    pub(crate) fn tcp(&mut self, handle: SocketHandle) -> &mut tcp::Socket<'static> {
+    pub(crate) fn tcp(&mut self, handle: SocketHandle) -> TcpSocket<'_> {
         self.sockets.get_mut::<tcp::Socket>(handle)
     }
 
@@ -467,13 +458,15 @@ impl Shard {
             return;
         };
         conn.aborted = true;
-        self.sockets.get_mut::<tcp::Socket>(conn.handle).abort();
+        let mut socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
+        socket.discard_received();
+        socket.abort();
         conn.sender.abort();
     }
 
     /// Sets the options of an established connection (idle timeout after the handshake).
     pub(crate) fn established(&mut self, shared: &Shared, handle: SocketHandle) {
-        let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+        let mut socket = self.sockets.get_mut::<tcp::Socket>(handle);
         socket.set_timeout(
             shared
                 .config
@@ -489,7 +482,7 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(&tuple) else {
             return;
         };
-        let socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
+        let mut socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
         match socket.state() {
             // An aborted socket whose RST is still to be sent stays until it is out.
             tcp::State::Closed if socket.remote_endpoint().is_some() => {}
@@ -502,6 +495,7 @@ impl Shard {
                 conn.sender.abort();
             }
             _ if abort || socket.recv_queue() > 0 => {
+                socket.discard_received();
                 socket.abort();
                 conn.sender.abort();
             }
@@ -518,10 +512,7 @@ impl Shard {
     }
 
     /// Adds a UDP or ICMP socket.
-    pub(crate) fn add_socket<T: smoltcp::socket::AnySocket<'static>>(
-        &mut self,
-        socket: T,
-    ) -> SocketHandle {
+    pub(crate) fn add_socket<T: Owned>(&mut self, socket: T) -> SocketHandle {
         self.sockets.add(socket)
     }
 
@@ -531,10 +522,7 @@ impl Shard {
     }
 
     /// A UDP or ICMP socket.
-    pub(crate) fn socket<T: smoltcp::socket::AnySocket<'static>>(
-        &mut self,
-        handle: SocketHandle,
-    ) -> &mut T {
+    pub(crate) fn socket<T: Owned>(&mut self, handle: SocketHandle) -> T::Mut<'_> {
         self.sockets.get_mut::<T>(handle)
     }
 
@@ -573,15 +561,14 @@ impl Shard {
             }
         }
         let c = &shared.counters;
-        let Ok((handle, bufs)) = self.new_tcp(shared) else {
+        let Ok(handle) = self.new_tcp(shared) else {
             c.drop(DropReason::LimitReached);
             return false;
         };
-        let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+        let mut socket = self.sockets.get_mut::<tcp::Socket>(handle);
         if socket.listen(tuple.local).is_err() {
             self.sockets.remove(handle);
             c.tcp_sockets.fetch_sub(1, Relaxed);
-            drop(bufs);
             return false;
         }
         listener.pending.fetch_add(1, Relaxed);
@@ -601,7 +588,6 @@ impl Shard {
                 ready: false,
                 tx_dirty: 0,
                 release_pending: false,
-                bufs,
             },
         );
         self.watch(now);
@@ -672,7 +658,7 @@ impl Shard {
         };
         listener.pending.fetch_sub(1, Relaxed);
         shared.counters.half_open.fetch_sub(1, Relaxed);
-        let socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
+        let mut socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
         if abort && socket.state() != tcp::State::Closed && socket.state() != tcp::State::Listen {
             // Keep it until the RST is out; the sweep removes closed sockets.
             socket.abort();
@@ -702,10 +688,26 @@ impl Shard {
             if let Some(at) = conn.timer_at {
                 self.timers.remove(&(at, tuple));
             }
-            // The socket (holding slices of `conn.bufs`) goes first, then the mapping.
-            drop(self.sockets.remove(conn.handle));
-            drop(conn.bufs);
+            self.sockets.remove(conn.handle);
             shared.counters.tcp_sockets.fetch_sub(1, Relaxed);
+        }
+    }
+
+    /// Data arrived for a connection whose stream was dropped: nobody will read it, so
+    /// reset the connection (as Linux does for an orphaned socket) instead of buffering
+    /// up to a whole receive ring until the close times out.
+    fn reset_unread(&mut self, tuple: Tuple) {
+        let Some(conn) = self.conns.get_mut(&tuple) else {
+            return;
+        };
+        if !matches!(conn.state, ConnState::Closing { .. }) {
+            return;
+        }
+        let mut socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
+        if socket.recv_queue() > 0 && socket.state() != tcp::State::Closed {
+            // Dropped with its pages (through smoltcp's own `recv`), then reset.
+            socket.discard_received();
+            socket.abort();
         }
     }
 
@@ -740,8 +742,8 @@ impl Shard {
                 continue;
             };
             conn.release_pending = false;
-            if self.sockets.get::<tcp::Socket>(conn.handle).send_queue() == 0 {
-                conn.bufs.release_tx();
+            let mut socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
+            if socket.send_queue() == 0 && socket.release_send_ring() {
                 conn.tx_dirty = 0;
             }
         }
@@ -871,7 +873,7 @@ impl Shard {
     }
 
     /// A TCP socket with this stack's options, within `max_connections`.
-    fn new_tcp(&mut self, shared: &Shared) -> io::Result<(SocketHandle, TcpBuffers)> {
+    fn new_tcp(&mut self, shared: &Shared) -> io::Result<SocketHandle> {
         let config = &shared.config;
         let count = &shared.counters.tcp_sockets;
         if count.fetch_add(1, Relaxed) >= config.max_connections {
@@ -881,14 +883,17 @@ impl Shard {
                 "netstack: max_connections reached",
             ));
         }
-        let mut bufs = match TcpBuffers::new(config.tcp_rx_buffer, config.tcp_tx_buffer) {
-            Ok(bufs) => bufs,
+        let handle = match self
+            .sockets
+            .add_tcp(config.tcp_rx_buffer, config.tcp_tx_buffer)
+        {
+            Ok(handle) => handle,
             Err(err) => {
                 count.fetch_sub(1, Relaxed);
                 return Err(err);
             }
         };
-        let mut socket = bufs.socket();
+        let mut socket = self.sockets.get_mut::<tcp::Socket>(handle);
         socket.set_nagle_enabled(config.nagle);
         socket.set_ack_delay(config.ack_delay.map(|d| self.clock.smol_duration(d)));
         socket.set_keep_alive(config.keepalive.map(|d| self.clock.smol_duration(d)));
@@ -899,7 +904,6 @@ impl Shard {
         } else {
             tcp::CongestionControl::None
         });
-        let handle = self.sockets.add(socket);
-        Ok((handle, bufs))
+        Ok(handle)
     }
 }

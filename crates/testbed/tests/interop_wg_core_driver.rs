@@ -142,7 +142,7 @@ fn interop_wg_core_driver_bursts_through_wireguard_go() {
         .unwrap();
     runtime.block_on(async {
         let driver = UdpDriver::bind(SocketAddr::new(link.b.ip.into(), 0)).unwrap();
-        let mut peers = Peers::new(key.clone(), Instant::now());
+        let mut peers = Peers::new(key.clone());
         peers.set_peers(
             vec![
                 PeerConfig::new(gw_key)
