@@ -178,7 +178,7 @@ pub(crate) fn tcp_segment(packet: &[u8]) -> Option<Segment> {
 /// the TCP checksum updated incrementally (RFC 1624); `None` when both are unchanged or
 /// the packet is not a TCP segment this stack emitted.
 ///
-/// Loss repair resends old packets: a receiver that has since sent data itself would take
+/// The sender resends old packets: a receiver that has since sent data itself would take
 /// an older ACK number as a duplicate (smoltcp drops such a segment, data and all) and an
 /// older window as current.
 pub(crate) fn with_ack_and_window(packet: &[u8], ack: u32, window: u16) -> Option<Vec<u8>> {
