@@ -310,6 +310,9 @@ pub(crate) struct Sender {
     end: u32,
     started: bool,
     aborted: bool,
+    /// Outstanding segments sent more than once (their send times are out of sequence
+    /// order).
+    resent_outstanding: usize,
     /// Bytes in each state.
     in_flight: u64,
     lost: u64,
@@ -367,6 +370,7 @@ impl Sender {
             end: 0,
             started: false,
             aborted: false,
+            resent_outstanding: 0,
             in_flight: 0,
             lost: 0,
             sacked: 0,
@@ -643,6 +647,7 @@ impl Sender {
         self.bytes = 0;
         self.segs = VecDeque::new();
         self.sent_count = 0;
+        self.resent_outstanding = 0;
         self.in_flight = 0;
         self.lost = 0;
         self.sacked = 0;
@@ -721,6 +726,9 @@ impl Sender {
                     break;
                 };
                 self.sent_count = self.sent_count.saturating_sub(1);
+                if seg.xmits > 1 {
+                    self.resent_outstanding -= 1;
+                }
                 if seg.state != State::Sacked {
                     delivered += u64::from(seg.len);
                     self.note_delivery(&seg, now, rtt);
@@ -879,15 +887,17 @@ impl Sender {
         let mut newly = false;
         for i in 0..self.sent_count {
             let s = &self.segs[i];
-            if s.state != State::InFlight {
-                continue;
-            }
             let Some(sent) = s.sent else {
                 continue;
             };
             let before =
                 sent < rack_xmit || (sent == rack_xmit && seq_lt(s.end(), self.rack.end_seq));
-            if !before {
+            if !before && s.xmits == 1 && self.resent_outstanding == 0 {
+                // First transmissions go out in sequence order: none after this one was
+                // sent before the delivered one, and nothing outstanding was sent twice.
+                break;
+            }
+            if !before || s.state != State::InFlight {
                 continue;
             }
             let due = sent + wait;
@@ -1026,10 +1036,14 @@ impl Sender {
         let seg = &mut self.segs[i];
         let len = u64::from(seg.len);
         let was = seg.state;
-        out.push(refreshed(&seg.packet, latest));
+        refresh(&mut seg.packet, latest);
+        out.push(seg.packet.clone());
         seg.sent = Some(now);
         seg.xmits += 1;
         let again = seg.xmits > 1;
+        if seg.xmits == 2 {
+            self.resent_outstanding += 1;
+        }
         let end = seg.end();
         if was != State::Sacked {
             seg.state = State::InFlight;
@@ -1182,6 +1196,21 @@ fn refreshed(packet: &Bytes, latest: Option<(u32, u16)>) -> Bytes {
     latest
         .and_then(|(ack, window)| crate::wire::with_ack_and_window(packet, ack, window))
         .map_or_else(|| packet.clone(), Bytes::from)
+}
+
+/// Makes `packet` carry smoltcp's latest ACK number and window: in place when the sender
+/// holds the only reference (a first transmission), else as a copy.
+fn refresh(packet: &mut Bytes, latest: Option<(u32, u16)>) {
+    let Some((ack, window)) = latest else {
+        return;
+    };
+    match std::mem::take(packet).try_into_mut() {
+        Ok(mut unique) => {
+            crate::wire::set_ack_and_window(&mut unique, ack, window);
+            *packet = unique.freeze();
+        }
+        Err(shared) => *packet = refreshed(&shared, latest),
+    }
 }
 
 #[cfg(test)]

@@ -182,12 +182,20 @@ pub(crate) fn tcp_segment(packet: &[u8]) -> Option<Segment> {
 /// an older ACK number as a duplicate (smoltcp drops such a segment, data and all) and an
 /// older window as current.
 pub(crate) fn with_ack_and_window(packet: &[u8], ack: u32, window: u16) -> Option<Vec<u8>> {
+    let mut out = packet.to_vec();
+    set_ack_and_window(&mut out, ack, window).then_some(out)
+}
+
+/// [`with_ack_and_window`] in place: returns whether `packet` changed.
+pub(crate) fn set_ack_and_window(packet: &mut [u8], ack: u32, window: u16) -> bool {
     let off = match packet.first().map(|b| b >> 4) {
         Some(4) => usize::from(packet[0] & 0x0f) * 4,
         Some(6) => 40,
-        _ => return None,
+        _ => return false,
     };
-    let tcp = packet.get(off..off + 20)?;
+    let Some(tcp) = packet.get_mut(off..off + 20) else {
+        return false;
+    };
     let old_ack = [
         u16::from_be_bytes([tcp[8], tcp[9]]),
         u16::from_be_bytes([tcp[10], tcp[11]]),
@@ -195,7 +203,7 @@ pub(crate) fn with_ack_and_window(packet: &[u8], ack: u32, window: u16) -> Optio
     let old_win = u16::from_be_bytes([tcp[14], tcp[15]]);
     let new_ack = [(ack >> 16) as u16, ack as u16];
     if old_ack == new_ack && old_win == window {
-        return None;
+        return false;
     }
     let mut check = u16::from_be_bytes([tcp[16], tcp[17]]);
     for (old, new) in old_ack
@@ -205,14 +213,12 @@ pub(crate) fn with_ack_and_window(packet: &[u8], ack: u32, window: u16) -> Optio
     {
         check = checksum_update(check, old, new);
     }
-    let mut out = packet.to_vec();
-    out[off + 8..off + 12].copy_from_slice(&ack.to_be_bytes());
-    out[off + 14..off + 16].copy_from_slice(&window.to_be_bytes());
-    out[off + 16..off + 18].copy_from_slice(&check.to_be_bytes());
-    Some(out)
+    tcp[8..12].copy_from_slice(&ack.to_be_bytes());
+    tcp[14..16].copy_from_slice(&window.to_be_bytes());
+    tcp[16..18].copy_from_slice(&check.to_be_bytes());
+    true
 }
 
-/// An Internet checksum after one 16-bit word changed from `old` to `new` (RFC 1624, eqn. 3).
 fn checksum_update(check: u16, old: u16, new: u16) -> u16 {
     let mut sum = u32::from(!check) + u32::from(!old) + u32::from(new);
     while sum > 0xffff {
