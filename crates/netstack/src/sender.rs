@@ -107,6 +107,8 @@ const REO_WND_PERSIST: u32 = 16;
 pub(crate) const SEG_OVERHEAD: usize = 64;
 /// Segments a connection holding nothing may always take, past the shared budget.
 pub(crate) const FLOOR_SEGMENTS: usize = 2;
+/// IP and TCP headers of a full segment (IPv4, no options), for estimates.
+const HEADERS: usize = 40;
 /// Spare capacity of an emptied queue kept for the next burst.
 const KEEP_CAPACITY: usize = 64;
 
@@ -338,8 +340,10 @@ pub(crate) struct Sender {
     /// Round trips: the current one ends when this is acknowledged.
     round_end: u32,
     round: u64,
-    /// Memory.
+    /// Memory: charged for held segments, and reserved for data queued in smoltcp and
+    /// not yet emitted.
     bytes: usize,
+    reserved: usize,
     limit: usize,
     budget: Budget,
     events: Events,
@@ -347,7 +351,7 @@ pub(crate) struct Sender {
 
 impl Drop for Sender {
     fn drop(&mut self) {
-        self.budget.give(self.bytes);
+        self.budget.give(self.bytes + self.reserved);
     }
 }
 
@@ -392,6 +396,7 @@ impl Sender {
             round_end: 0,
             round: 0,
             bytes: 0,
+            reserved: 0,
             limit,
             budget,
             events: Events::default(),
@@ -437,11 +442,18 @@ impl Sender {
             return Verdict::Drop;
         }
         let n = packet.len() + SEG_OVERHEAD;
+        // Paid for by the reservation made when the data was queued, if any.
+        let prepaid = n.min(self.reserved);
         let floor = self.bytes + n <= FLOOR_SEGMENTS * (packet.len() + SEG_OVERHEAD);
-        if (self.bytes + n > self.limit && !floor) || !self.budget.take(n, floor) {
+        // Reserved data may cost a little more than estimated (smoltcp cuts segments at
+        // window edges, each with its headers), and a bare FIN costs its headers: both
+        // are taken past the budget rather than dropped.
+        let force = floor || prepaid > 0 || seg.len == 0;
+        if (self.bytes + n > self.limit && !floor) || !self.budget.take(n - prepaid, force) {
             self.events.deferred += 1;
             return Verdict::Drop;
         }
+        self.reserved -= prepaid;
         let start = self.end;
         let packet = if seg.seq == start {
             packet.clone()
@@ -629,6 +641,39 @@ impl Sender {
         n
     }
 
+    /// Reserves memory for up to `payload` bytes the socket layer is about to queue in
+    /// smoltcp; returns how many it may queue (0: wait for an ACK). Queued data is thus
+    /// paid for before smoltcp emits it, so many bulk senders share the budget instead
+    /// of smoltcp emitting segments no sender can hold.
+    pub(crate) fn reserve(&mut self, payload: usize) -> usize {
+        if self.aborted || payload == 0 {
+            return payload;
+        }
+        let mss = self.mss as usize;
+        let per_segment = mss + HEADERS + SEG_OVERHEAD;
+        let own = self.limit.saturating_sub(self.bytes + self.reserved);
+        let shared = self.budget.limit.saturating_sub(self.budget.used());
+        let floor = (FLOOR_SEGMENTS * per_segment).saturating_sub(self.bytes + self.reserved);
+        let room = own.min(shared.max(floor));
+        let granted = payload.min(room / per_segment * mss);
+        if granted == 0 {
+            return 0;
+        }
+        let charge = granted + granted.div_ceil(mss) * (HEADERS + SEG_OVERHEAD);
+        self.budget.take(charge, true);
+        self.reserved += charge;
+        granted
+    }
+
+    /// Gives back the reservation of `payload` bytes that were not queued after all.
+    pub(crate) fn unreserve(&mut self, payload: usize) {
+        let mss = self.mss as usize;
+        let charge =
+            (payload + payload.div_ceil(mss) * (HEADERS + SEG_OVERHEAD)).min(self.reserved);
+        self.reserved -= charge;
+        self.budget.give(charge);
+    }
+
     /// Whether [`Sender::poll_transmit`] has something to send now.
     pub(crate) fn wants_transmit(&self) -> bool {
         self.probe_pending
@@ -643,8 +688,9 @@ impl Sender {
     /// The connection is gone: release everything, never send again.
     pub(crate) fn abort(&mut self) {
         self.aborted = true;
-        self.budget.give(self.bytes);
+        self.budget.give(self.bytes + self.reserved);
         self.bytes = 0;
+        self.reserved = 0;
         self.segs = VecDeque::new();
         self.sent_count = 0;
         self.resent_outstanding = 0;

@@ -441,6 +441,29 @@ impl Shard {
         })
     }
 
+    /// Reserves sender memory for `want` bytes the stream of `tuple` is about to queue;
+    /// returns how many it may queue (see `Sender::reserve`). Past it a writer waits for
+    /// an ACK.
+    pub(crate) fn reserve_send(&mut self, tuple: &Tuple, want: usize) -> usize {
+        if self.sender_off {
+            return want;
+        }
+        match self.conns.get_mut(tuple) {
+            Some(conn) => conn.sender.reserve(want),
+            None => want,
+        }
+    }
+
+    /// Gives back a reservation of `unused` bytes that were not queued.
+    pub(crate) fn unreserve_send(&mut self, tuple: &Tuple, unused: usize) {
+        if let Some(conn) = self.conns.get_mut(tuple)
+            && !self.sender_off
+            && unused > 0
+        {
+            conn.sender.unreserve(unused);
+        }
+    }
+
     /// Whether the peer reset connection `tuple`.
     pub(crate) fn was_reset(&self, tuple: &Tuple) -> bool {
         self.conns.get(tuple).is_some_and(|c| c.reset)

@@ -465,3 +465,25 @@ fn nonsense_segments_never_panic() {
     }
     assert_eq!(t.budget.used(), 0);
 }
+
+#[test]
+fn queued_data_is_paid_for_when_queued_and_never_twice() {
+    let per_segment = MSS as usize + HEADERS + SEG_OVERHEAD;
+    let mut t = T::with_budget(1 << 20, 10 * per_segment);
+    // Room for ten segments in the budget: a 20-segment write gets ten.
+    assert_eq!(t.s.reserve(20 * MSS as usize), 10 * MSS as usize);
+    assert_eq!(t.budget.used(), 10 * per_segment);
+    assert_eq!(t.s.reserve(MSS as usize), 0, "wait for an ACK");
+    // Two were not queued after all.
+    t.s.unreserve(2 * MSS as usize);
+    assert_eq!(t.budget.used(), 8 * per_segment);
+    // smoltcp emits the eight (packets of MSS + 40 bytes, as charged): paid already.
+    let p = Bytes::from(vec![0u8; MSS as usize + HEADERS]);
+    for i in 0..8 {
+        assert_eq!(t.s.on_emitted(&seg(at(i), MSS), &p, t.now), Verdict::Held);
+    }
+    assert_eq!(t.budget.used(), 8 * per_segment);
+    assert_eq!(t.s.reserved, 0);
+    t.s.abort();
+    assert_eq!(t.budget.used(), 0);
+}
