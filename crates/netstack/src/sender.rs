@@ -61,8 +61,10 @@
 //! - Memory: each segment is charged its packet plus [`SEG_OVERHEAD`]; a connection holds
 //!   at most its limit (the send buffer size), and all connections together at most the
 //!   shared [`Budget`], except that a connection holding nothing may always take
-//!   [`FLOOR_SEGMENTS`] segments so that every connection can progress. Past the bound a
-//!   segment is dropped uncounted (`Drop`) and smoltcp's own timeout re-emits it later.
+//!   [`FLOOR_SEGMENTS`] segments so that every connection can progress. The socket layer
+//!   reserves memory for what it queues ([`Sender::reserve`]) and waits when there is none,
+//!   so smoltcp never emits more than the sender can hold; a segment past the bound anyway
+//!   is dropped (`Drop`, counted) and smoltcp's own timeout re-emits it later.
 //! - After [`Sender::abort`] nothing is held, nothing is armed, nothing is sent.
 //!
 //! What smoltcp still does on its own, and why it is harmless: its retransmission
