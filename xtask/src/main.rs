@@ -174,7 +174,7 @@ fn test(args: &[String]) -> Result<()> {
     run(cargo().args(["test", "--workspace", "--doc"]))?;
     passed += 1;
     // boringtun's own long timers (rekey 120 s, reject 180 s, give-up 90 s) on its mock clock:
-    // a separate workspace, so `mock-instant` never reaches the real binary (see STYLE).
+    // a separate workspace, so `mock-instant` never reaches the real binary (docs/dev/style.md).
     run(cargo()
         .args([
             "test",

@@ -1,4 +1,5 @@
-//! The command line (SPEC "Fixed interface") and what each subcommand does.
+//! The command line (the interface in docs/configuration.md and docs/operations.md) and what
+//! each subcommand does.
 
 use std::io::{IsTerminal as _, Read as _};
 use std::path::{Path, PathBuf};
