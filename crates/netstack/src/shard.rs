@@ -787,37 +787,58 @@ impl Shard {
     }
 
     /// Hands the TCP segments smoltcp just emitted (`self.tx[from..]`) to their
-    /// connections' senders; keeps in `self.tx` only what goes out now.
+    /// connections' senders; keeps in `self.tx` only what goes out now. A run of segments
+    /// of one connection costs one table lookup.
     fn route_emitted(&mut self, shared: &Shared, from: usize, now: Instant) {
+        let n = self.tx.len();
+        let segs: Vec<Option<Segment>> = self.tx[from..].iter().map(|p| tcp_segment(p)).collect();
+        let tuple_of = |seg: &Option<Segment>| {
+            seg.as_ref().map(|s| Tuple {
+                local: s.src,
+                remote: s.dst,
+            })
+        };
         let mut kept = from;
-        let mut touched: Vec<Tuple> = Vec::new();
-        for i in from..self.tx.len() {
-            let packet = std::mem::take(&mut self.tx[i]);
-            let mut verdict = Verdict::Pass;
-            if let Some(seg) = tcp_segment(&packet) {
-                let tuple = Tuple {
-                    local: seg.src,
-                    remote: seg.dst,
-                };
-                if let Some(conn) = self.conns.get_mut(&tuple) {
-                    conn.tx_dirty = conn.tx_dirty.saturating_add(seg.len as usize);
-                    if !self.sender_off {
-                        verdict = conn.sender.on_emitted(&seg, &packet, now);
-                        if touched.last() != Some(&tuple) {
-                            touched.push(tuple);
+        let mut i = from;
+        while i < n {
+            let tuple = tuple_of(&segs[i - from]);
+            let mut j = i + 1;
+            while j < n && tuple.is_some() && tuple_of(&segs[j - from]) == tuple {
+                j += 1;
+            }
+            let conn = tuple.and_then(|t| self.conns.get_mut(&t));
+            match (tuple, conn) {
+                (Some(tuple), Some(conn)) => {
+                    for k in i..j {
+                        let Some(seg) = &segs[k - from] else {
+                            continue;
+                        };
+                        let packet = std::mem::take(&mut self.tx[k]);
+                        conn.tx_dirty = conn.tx_dirty.saturating_add(seg.len as usize);
+                        let verdict = if self.sender_off {
+                            Verdict::Pass
+                        } else {
+                            conn.sender.on_emitted(seg, &packet, now)
+                        };
+                        if verdict == Verdict::Pass {
+                            self.tx[kept] = packet;
+                            kept += 1;
                         }
+                    }
+                    if !self.sender_off {
+                        schedule(&mut self.timers, &mut self.ready, shared, tuple, conn);
+                    }
+                }
+                _ => {
+                    for k in i..j {
+                        self.tx.swap(kept, k);
+                        kept += 1;
                     }
                 }
             }
-            if verdict == Verdict::Pass {
-                self.tx[kept] = packet;
-                kept += 1;
-            }
+            i = j;
         }
         self.tx.truncate(kept);
-        for tuple in touched {
-            self.schedule(shared, tuple);
-        }
     }
 
     /// Feeds a segment the peer sent on `tuple` (after smoltcp) to its sender; a socket
@@ -834,30 +855,14 @@ impl Shard {
         } else if let Some(seg) = seg {
             conn.sender.on_segment(seg, now);
         }
-        self.schedule(shared, tuple);
+        schedule(&mut self.timers, &mut self.ready, shared, tuple, conn);
     }
 
-    /// Brings `tuple`'s entries in the shard's timer set and ready list up to date with
-    /// its sender, and adds what the sender did to the stack's counters.
+    /// [`schedule`] for `tuple`.
     fn schedule(&mut self, shared: &Shared, tuple: Tuple) {
-        let Some(conn) = self.conns.get_mut(&tuple) else {
-            return;
-        };
-        let at = conn.sender.poll_timeout();
-        if at != conn.timer_at {
-            if let Some(old) = conn.timer_at {
-                self.timers.remove(&(old, tuple));
-            }
-            if let Some(new) = at {
-                self.timers.insert((new, tuple));
-            }
-            conn.timer_at = at;
+        if let Some(conn) = self.conns.get_mut(&tuple) {
+            schedule(&mut self.timers, &mut self.ready, shared, tuple, conn);
         }
-        if !conn.ready && conn.sender.wants_transmit() {
-            conn.ready = true;
-            self.ready.push(tuple);
-        }
-        shared.counters.sender(conn.sender.take_events());
     }
 
     /// Runs the sender timers due at `now`, however late.
@@ -929,4 +934,30 @@ impl Shard {
         });
         Ok(handle)
     }
+}
+
+/// Brings `tuple`'s entries in the shard's timer set and ready list up to date with its
+/// sender, and adds what the sender did to the stack's counters.
+fn schedule(
+    timers: &mut BTreeSet<(Instant, Tuple)>,
+    ready: &mut Vec<Tuple>,
+    shared: &Shared,
+    tuple: Tuple,
+    conn: &mut Conn,
+) {
+    let at = conn.sender.poll_timeout();
+    if at != conn.timer_at {
+        if let Some(old) = conn.timer_at {
+            timers.remove(&(old, tuple));
+        }
+        if let Some(new) = at {
+            timers.insert((new, tuple));
+        }
+        conn.timer_at = at;
+    }
+    if !conn.ready && conn.sender.wants_transmit() {
+        conn.ready = true;
+        ready.push(tuple);
+    }
+    shared.counters.sender(conn.sender.take_events());
 }
