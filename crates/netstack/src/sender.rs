@@ -41,15 +41,17 @@
 //!
 //! Behaviour:
 //! - Loss detection is RACK-TLP (RFC 8985): a segment sent before one that was delivered
-//!   is lost once a reordering window has passed; the window is a quarter of the minimum
-//!   RTT times a multiplier that grows on each D-SACK (once per round trip) and falls
-//!   back after 16 recoveries without one. A tail-loss probe goes out after two RTTs
-//!   without an ACK.
+//!   is lost once a reordering window has passed; the window is a quarter of
+//!   max(min RTT, SRTT) times a multiplier that grows on each D-SACK or spurious
+//!   retransmission (once per round trip) and falls back after 16 recoveries without
+//!   one. (RFC 8985 uses the min RTT; where a few packets skip a queue it falls towards
+//!   zero, and smoltcp peers send no D-SACK: see docs/ARCHITECTURE.md.) A tail-loss
+//!   probe goes out after two RTTs without an ACK.
 //! - Recovery is paced by Proportional Rate Reduction (RFC 6937): in recovery the number
 //!   of bytes sent follows the bytes delivered, converging on ssthresh.
 //! - Congestion control is Cubic with HyStart++ ([`cubic`]); a recovery whose every
-//!   retransmission proves spurious (delivered sooner than the minimum RTT after it was
-//!   resent, or reported by a D-SACK) restores the window it cut.
+//!   retransmission proves spurious (delivered sooner than max(min RTT, SRTT / 2) after
+//!   it was resent, or reported by a D-SACK) restores the window it cut.
 //! - The retransmission timeout follows RFC 6298 with a 200 ms floor and a 60 s cap;
 //!   on expiry every outstanding unSACKed segment is marked lost, the window falls to
 //!   one segment and slow start resends them in order from the sender's own copies.
