@@ -46,9 +46,11 @@ pub mod metrics;
 mod runtime;
 pub mod snapshot;
 pub mod status;
+mod vip_stream;
 pub mod wg_quick;
 
 pub use demo::demo;
 pub use runtime::{
-    Agent, LogLevelControl, PreparedReload, RunOptions, gateway_spec, manager_config, run, run_with,
+    Agent, LogLevelControl, PreparedReload, RunOptions, disable_core_dumps, gateway_spec,
+    manager_config, run, run_with,
 };

@@ -112,6 +112,9 @@ pub struct NetstackStats {
     /// Peer segments the senders ignored: outside the window we advertised, or
     /// acknowledging data never sent (see `sender.rs`).
     pub tcp_segments_ignored: u64,
+    /// Bytes of TCP rings mapped now, counted against
+    /// [`tcp_buffer_budget`](crate::NetstackConfig::tcp_buffer_budget).
+    pub tcp_ring_bytes: usize,
 }
 
 /// The live counters behind [`NetstackStats`].
@@ -135,6 +138,7 @@ pub(crate) struct Counters {
     tcp_rtos: AtomicU64,
     tcp_undos: AtomicU64,
     tcp_segments_ignored: AtomicU64,
+    pub(crate) tcp_ring_bytes: AtomicUsize,
 }
 
 impl Default for Counters {
@@ -157,6 +161,7 @@ impl Default for Counters {
             tcp_rtos: AtomicU64::new(0),
             tcp_undos: AtomicU64::new(0),
             tcp_segments_ignored: AtomicU64::new(0),
+            tcp_ring_bytes: AtomicUsize::new(0),
         }
     }
 }
@@ -236,6 +241,7 @@ impl Counters {
             tcp_rtos: self.tcp_rtos.load(Relaxed),
             tcp_undos: self.tcp_undos.load(Relaxed),
             tcp_segments_ignored: self.tcp_segments_ignored.load(Relaxed),
+            tcp_ring_bytes: self.tcp_ring_bytes.load(Relaxed),
         }
     }
 }
