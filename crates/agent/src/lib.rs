@@ -10,6 +10,7 @@
 //! - [`snapshot`]: the status document and the gateway liveness rule (`up`, `connecting`,
 //!   `stale`); [`metrics`]: Prometheus text; [`status`]: the `wg-agent status` client.
 //! - [`run`] and [`demo`]: the runtime entry points the binary calls.
+//! - [`wg_quick`]: `wg-agent import`, a wg-quick file to an agent config.
 //!
 //! What it does not do: it installs no `tracing` subscriber (the binary does), parses no
 //! command line, and its config validation never touches the network.
@@ -46,6 +47,10 @@ mod runtime;
 pub mod snapshot;
 pub mod status;
 mod vip_stream;
+pub mod wg_quick;
 
 pub use demo::demo;
-pub use runtime::{Agent, gateway_spec, manager_config, run};
+pub use runtime::{
+    Agent, LogLevelControl, PreparedReload, RunOptions, disable_core_dumps, gateway_spec,
+    manager_config, run, run_with,
+};

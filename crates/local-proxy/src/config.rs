@@ -7,7 +7,7 @@ use std::time::Duration;
 
 /// Settings shared by every route: the `[proxy]` table of the agent's configuration.
 ///
-/// `Default` gives the values documented in the SPEC.
+/// `Default` gives the values documented in docs/configuration.md.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ProxyConfig {

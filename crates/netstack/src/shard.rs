@@ -13,12 +13,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::iface::{Config, Interface, SocketHandle};
 use smoltcp::phy::DeviceCapabilities;
 use smoltcp::socket::tcp;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
 
-use crate::buffer::TcpBuffers;
+use crate::buffer::{Owned, Sockets, TcpSocket};
 use crate::config::NetstackConfig;
 use crate::device::{Dev, capabilities};
 use crate::repair::{Emitted, Repair, Sent};
@@ -95,8 +95,69 @@ struct Conn {
     repair_listed: bool,
     /// Queued in `Shard::release_queue`.
     release_pending: bool,
-    /// Keep last: the socket using these rings is removed from the set first.
-    bufs: TcpBuffers,
+}
+
+/// Half-open connections of each listener in a shard, oldest first, so evicting the oldest
+/// at a limit costs O(1) instead of a scan of the shard. Keyed by the listener's address
+/// (`Arc::as_ptr`); entries are `(deadline, tuple)` and go stale when their connection
+/// completes or is dropped: they are skipped when met and swept out once they outnumber
+/// the live ones, so each entry is pushed and removed once (amortised O(1)).
+#[derive(Default)]
+struct HalfOpenQueues(HashMap<usize, VecDeque<(Instant, Tuple)>>);
+
+impl HalfOpenQueues {
+    fn key(listener: &Arc<ListenerShared>) -> usize {
+        Arc::as_ptr(listener) as usize
+    }
+
+    /// Whether `(deadline, tuple)` is still a half-open connection of `listener`.
+    fn live(
+        conns: &HashMap<Tuple, Conn>,
+        listener: &Arc<ListenerShared>,
+        (deadline, tuple): (Instant, Tuple),
+    ) -> bool {
+        conns.get(&tuple).is_some_and(|conn| {
+            matches!(&conn.state, ConnState::HalfOpen { listener: l, deadline: d }
+                if Arc::ptr_eq(l, listener) && *d == deadline)
+        })
+    }
+
+    /// Records a new half-open connection; `half_open` is the stack-wide count (a bound
+    /// on the live entries of any queue).
+    fn push(
+        &mut self,
+        conns: &HashMap<Tuple, Conn>,
+        listener: &Arc<ListenerShared>,
+        entry: (Instant, Tuple),
+        half_open: usize,
+    ) {
+        let queue = self.0.entry(Self::key(listener)).or_default();
+        queue.push_back(entry);
+        if queue.len() > 2 * half_open + 64 {
+            queue.retain(|e| Self::live(conns, listener, *e));
+        }
+    }
+
+    /// Takes the oldest half-open connection of `listener`.
+    fn pop_oldest(
+        &mut self,
+        conns: &HashMap<Tuple, Conn>,
+        listener: &Arc<ListenerShared>,
+    ) -> Option<Tuple> {
+        let key = Self::key(listener);
+        let queue = self.0.get_mut(&key)?;
+        let mut found = None;
+        while let Some(entry) = queue.pop_front() {
+            if Self::live(conns, listener, entry) {
+                found = Some(entry.1);
+                break;
+            }
+        }
+        if queue.is_empty() {
+            self.0.remove(&key);
+        }
+        found
+    }
 }
 
 /// Who owns a TCP socket.
@@ -117,8 +178,8 @@ enum ConnState {
 
 /// One smoltcp interface with its sockets.
 pub(crate) struct Shard {
-    /// Declared first and cleared in `Drop`: sockets must go before the mappings in `conns`.
-    sockets: SocketSet<'static>,
+    /// The smoltcp sockets with their rings.
+    sockets: Sockets,
     iface: Interface,
     conns: HashMap<Tuple, Conn>,
     caps: DeviceCapabilities,
@@ -126,6 +187,8 @@ pub(crate) struct Shard {
     tx: Vec<Bytes>,
     /// Connections in `HalfOpen` or `Closing`.
     watched: usize,
+    /// `HalfOpen` connections per listener, oldest first.
+    half_open_queues: HalfOpenQueues,
     /// Connections with a [`STALL_PROBE`] keep-alive.
     boosted: usize,
     sweep_at: Option<Instant>,
@@ -145,13 +208,6 @@ pub(crate) struct Shard {
     /// The latest `now` seen: callers on other threads may arrive with an older one,
     /// and smoltcp must never see time go backwards.
     last_now: Instant,
-}
-
-impl Drop for Shard {
-    fn drop(&mut self) {
-        // Drop every socket (and its borrowed rings) before `conns` unmaps them.
-        self.sockets = SocketSet::new(Vec::new());
-    }
 }
 
 impl Shard {
@@ -195,13 +251,14 @@ impl Shard {
             };
         }
         Self {
-            sockets: SocketSet::new(Vec::new()),
+            sockets: Sockets::new(),
             iface,
             conns: HashMap::new(),
             caps,
             clock,
             tx,
             watched: 0,
+            half_open_queues: HalfOpenQueues::default(),
             boosted: 0,
             sweep_at: None,
             repairing: HashSet::new(),
@@ -267,7 +324,7 @@ impl Shard {
                             // without progress this may be the stranding window update:
                             // leave none armed, and re-arm after ingress from what is queued
                             // (setting one on an idle timer fires it at once).
-                            let socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
+                            let mut socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
                             socket.set_keep_alive(if !was_zero && !conn.no_progress {
                                 shared.config.keepalive.map(|d| self.clock.smol_duration(d))
                             } else {
@@ -300,8 +357,8 @@ impl Shard {
             tx_limit: usize::MAX,
             caps: &self.caps,
         };
-        self.iface
-            .poll_ingress_single(self.clock.smol_at(now), &mut dev, &mut self.sockets);
+        self.sockets
+            .poll_ingress_single(&mut self.iface, self.clock.smol_at(now), &mut dev);
         // An immediate reply (RST, echo reply) past the bound is dropped like on a full link.
         if self.tx.len() > before && self.tx.len() > reply_limit {
             self.tx.truncate(before);
@@ -311,7 +368,7 @@ impl Shard {
             && let Class::Tcp { tuple, .. } = class
             && let Some(conn) = self.conns.get_mut(&tuple)
         {
-            let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+            let mut socket = self.sockets.get_mut::<tcp::Socket>(handle);
             let queued = socket.send_queue();
             conn.no_progress = queued > 0 && queued >= queued_before;
             if queued > 0 {
@@ -326,6 +383,7 @@ impl Shard {
             if let Some(seg) = &seg {
                 self.repair_on_ack(shared, seg, tuple, now, reply_limit);
             }
+            self.reset_unread(tuple);
             self.release_idle_tx(tuple, now);
         }
         if let Some(tuple) = watch {
@@ -347,7 +405,7 @@ impl Shard {
         let t = self.clock.smol_at(now);
         let from = dev.tx.len();
         loop {
-            let res = self.iface.poll_egress(t, &mut dev, &mut self.sockets);
+            let res = self.sockets.poll_egress(&mut self.iface, t, &mut dev);
             if res == smoltcp::iface::PollResult::None || dev.tx.len() >= limit {
                 break;
             }
@@ -368,7 +426,7 @@ impl Shard {
         let mut remove = Vec::new();
         let mut expired = Vec::new();
         for (tuple, conn) in &mut self.conns {
-            let socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
+            let mut socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
             if conn.boosted && socket.send_queue() == 0 {
                 socket.set_keep_alive(keepalive);
                 conn.boosted = false;
@@ -418,8 +476,8 @@ impl Shard {
     pub(crate) fn poll_timeout(&mut self, now: Instant) -> Option<Instant> {
         let now = self.tick(now);
         let smol = self
-            .iface
-            .poll_at(self.clock.smol_at(now), &self.sockets)
+            .sockets
+            .poll_at(&mut self.iface, self.clock.smol_at(now))
             .map(|t| self.clock.std_at(t));
         let release = self.release_queue.front().map(|(at, _)| *at);
         [smol, self.sweep_at, self.next_repair(), release]
@@ -458,7 +516,7 @@ impl Shard {
 
     /// Number of sockets (of all kinds) in this shard.
     pub(crate) fn socket_count(&self) -> usize {
-        self.sockets.iter().count()
+        self.sockets.len()
     }
 
     /// Opens an outbound connection on `tuple`; `Ok(None)` when the tuple is taken.
@@ -470,8 +528,8 @@ impl Shard {
         if self.conns.contains_key(&tuple) {
             return Ok(None);
         }
-        let (handle, bufs) = self.new_tcp(shared)?;
-        let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+        let handle = self.new_tcp(shared)?;
+        let mut socket = self.sockets.get_mut::<tcp::Socket>(handle);
         // Until established the smoltcp timeout bounds the handshake.
         socket.set_timeout(Some(
             self.clock.smol_duration(shared.config.handshake_timeout),
@@ -491,7 +549,6 @@ impl Shard {
                 tx_dirty: 0,
                 repair_listed: false,
                 release_pending: false,
-                bufs,
             },
         );
         if let Err(err) = res {
@@ -507,7 +564,7 @@ impl Shard {
     /// The TCP socket behind `handle`. smoltcp panics on a stale handle; ours never are:
     /// a socket owned by a stream or an accept queue is only removed through
     /// [`Shard::release`], called when that owner lets go.
-    pub(crate) fn tcp(&mut self, handle: SocketHandle) -> &mut tcp::Socket<'static> {
+    pub(crate) fn tcp(&mut self, handle: SocketHandle) -> TcpSocket<'_> {
         self.sockets.get_mut::<tcp::Socket>(handle)
     }
 
@@ -529,7 +586,7 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(tuple) else {
             return;
         };
-        let socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
+        let mut socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
         socket.set_keep_alive(stall_keep_alive(&self.clock, socket.send_queue()));
         if conn.boosted {
             return;
@@ -557,12 +614,14 @@ impl Shard {
             return;
         };
         conn.aborted = true;
-        self.sockets.get_mut::<tcp::Socket>(conn.handle).abort();
+        let mut socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
+        socket.discard_received();
+        socket.abort();
     }
 
     /// Sets the options of an established connection (idle timeout after the handshake).
     pub(crate) fn established(&mut self, shared: &Shared, handle: SocketHandle) {
-        let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+        let mut socket = self.sockets.get_mut::<tcp::Socket>(handle);
         socket.set_timeout(
             shared
                 .config
@@ -578,7 +637,7 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(&tuple) else {
             return;
         };
-        let socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
+        let mut socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
         match socket.state() {
             // An aborted socket whose RST is still to be sent stays until it is out.
             tcp::State::Closed if socket.remote_endpoint().is_some() => {}
@@ -589,7 +648,10 @@ impl Shard {
             tcp::State::SynSent => {
                 socket.abort();
             }
-            _ if abort || socket.recv_queue() > 0 => socket.abort(),
+            _ if abort || socket.recv_queue() > 0 => {
+                socket.discard_received();
+                socket.abort();
+            }
             _ => {
                 socket.close();
                 socket.set_timeout(Some(self.clock.smol_duration(shared.config.close_timeout)));
@@ -603,23 +665,18 @@ impl Shard {
     }
 
     /// Adds a UDP or ICMP socket.
-    pub(crate) fn add_socket<T: smoltcp::socket::AnySocket<'static>>(
-        &mut self,
-        socket: T,
-    ) -> SocketHandle {
+    pub(crate) fn add_socket<T: Owned>(&mut self, socket: T) -> SocketHandle {
         self.sockets.add(socket)
     }
 
     /// Removes a UDP or ICMP socket.
     pub(crate) fn remove_socket(&mut self, handle: SocketHandle) {
-        self.sockets.remove(handle);
+        // UDP and ICMP sockets own their buffers: nothing unmapped.
+        let _ = self.sockets.remove(handle);
     }
 
     /// A UDP or ICMP socket.
-    pub(crate) fn socket<T: smoltcp::socket::AnySocket<'static>>(
-        &mut self,
-        handle: SocketHandle,
-    ) -> &mut T {
+    pub(crate) fn socket<T: Owned>(&mut self, handle: SocketHandle) -> T::Mut<'_> {
         self.sockets.get_mut::<T>(handle)
     }
 
@@ -648,7 +705,7 @@ impl Shard {
             // Removed at once without an RST (its source is most likely forged; a real
             // client's next segment finds no socket and gets one then), so its socket and
             // buffers are free for the new SYN.
-            if let Some(victim) = self.oldest_half_open(&listener) {
+            if let Some(victim) = self.half_open_queues.pop_oldest(&self.conns, &listener) {
                 self.drop_half_open(shared, victim, false, now);
                 shared.counters.half_open_evicted.fetch_add(1, Relaxed);
             }
@@ -658,27 +715,26 @@ impl Shard {
             }
         }
         let c = &shared.counters;
-        let Ok((handle, bufs)) = self.new_tcp(shared) else {
+        let Ok(handle) = self.new_tcp(shared) else {
             c.drop(DropReason::LimitReached);
             return false;
         };
-        let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+        let mut socket = self.sockets.get_mut::<tcp::Socket>(handle);
         if socket.listen(tuple.local).is_err() {
-            self.sockets.remove(handle);
+            let bytes = self.sockets.remove(handle);
+            c.tcp_ring_bytes.fetch_sub(bytes, Relaxed);
             c.tcp_sockets.fetch_sub(1, Relaxed);
-            drop(bufs);
             return false;
         }
         listener.pending.fetch_add(1, Relaxed);
-        c.half_open.fetch_add(1, Relaxed);
+        let half_open = c.half_open.fetch_add(1, Relaxed) + 1;
+        let deadline = now + shared.config.handshake_timeout;
+        let queued_for = Arc::clone(&listener);
         self.conns.insert(
             tuple,
             Conn {
                 handle,
-                state: ConnState::HalfOpen {
-                    listener,
-                    deadline: now + shared.config.handshake_timeout,
-                },
+                state: ConnState::HalfOpen { listener, deadline },
                 reset: false,
                 aborted: false,
                 boosted: false,
@@ -688,9 +744,11 @@ impl Shard {
                 tx_dirty: 0,
                 repair_listed: false,
                 release_pending: false,
-                bufs,
             },
         );
+        // After the insert, so the entry counts as live if the queue is swept.
+        self.half_open_queues
+            .push(&self.conns, &queued_for, (deadline, tuple), half_open);
         self.watch(now);
         true
     }
@@ -735,21 +793,6 @@ impl Shard {
     }
 
     /// Forgets a half-open connection (sending RST when `abort`).
-    /// The half-open connection of `listener` in this shard closest to its deadline.
-    fn oldest_half_open(&self, listener: &Arc<ListenerShared>) -> Option<Tuple> {
-        self.conns
-            .iter()
-            .filter_map(|(tuple, conn)| match &conn.state {
-                ConnState::HalfOpen {
-                    listener: l,
-                    deadline,
-                } if Arc::ptr_eq(l, listener) => Some((*deadline, *tuple)),
-                _ => None,
-            })
-            .min_by_key(|(deadline, _)| *deadline)
-            .map(|(_, tuple)| tuple)
-    }
-
     fn drop_half_open(&mut self, shared: &Shared, tuple: Tuple, abort: bool, now: Instant) {
         let Some(conn) = self.conns.get_mut(&tuple) else {
             return;
@@ -759,7 +802,7 @@ impl Shard {
         };
         listener.pending.fetch_sub(1, Relaxed);
         shared.counters.half_open.fetch_sub(1, Relaxed);
-        let socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
+        let mut socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
         if abort && socket.state() != tcp::State::Closed && socket.state() != tcp::State::Listen {
             // Keep it until the RST is out; the sweep removes closed sockets.
             socket.abort();
@@ -788,10 +831,27 @@ impl Shard {
             if conn.boosted {
                 self.boosted -= 1;
             }
-            // The socket (holding slices of `conn.bufs`) goes first, then the mapping.
-            drop(self.sockets.remove(conn.handle));
-            drop(conn.bufs);
+            let bytes = self.sockets.remove(conn.handle);
+            shared.counters.tcp_ring_bytes.fetch_sub(bytes, Relaxed);
             shared.counters.tcp_sockets.fetch_sub(1, Relaxed);
+        }
+    }
+
+    /// Data arrived for a connection whose stream was dropped: nobody will read it, so
+    /// reset the connection (as Linux does for an orphaned socket) instead of buffering
+    /// up to a whole receive ring until the close times out.
+    fn reset_unread(&mut self, tuple: Tuple) {
+        let Some(conn) = self.conns.get_mut(&tuple) else {
+            return;
+        };
+        if !matches!(conn.state, ConnState::Closing { .. }) {
+            return;
+        }
+        let mut socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
+        if socket.recv_queue() > 0 && socket.state() != tcp::State::Closed {
+            // Dropped with its pages (through smoltcp's own `recv`), then reset.
+            socket.discard_received();
+            socket.abort();
         }
     }
 
@@ -826,8 +886,8 @@ impl Shard {
                 continue;
             };
             conn.release_pending = false;
-            if self.sockets.get::<tcp::Socket>(conn.handle).send_queue() == 0 {
-                conn.bufs.release_tx();
+            let mut socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
+            if socket.send_queue() == 0 && socket.release_send_ring() {
                 conn.tx_dirty = 0;
             }
         }
@@ -981,7 +1041,7 @@ impl Shard {
     }
 
     /// A TCP socket with this stack's options, within `max_connections`.
-    fn new_tcp(&mut self, shared: &Shared) -> io::Result<(SocketHandle, TcpBuffers)> {
+    fn new_tcp(&mut self, shared: &Shared) -> io::Result<SocketHandle> {
         let config = &shared.config;
         let count = &shared.counters.tcp_sockets;
         if count.fetch_add(1, Relaxed) >= config.max_connections {
@@ -991,19 +1051,38 @@ impl Shard {
                 "netstack: max_connections reached",
             ));
         }
-        let mut bufs = match TcpBuffers::new(config.tcp_rx_buffer, config.tcp_tx_buffer) {
-            Ok(bufs) => bufs,
+        // Ring sizes from the budget (see `NetstackConfig::tcp_buffer_budget`). Shards
+        // reserve concurrently: the sizes follow the reservation seen, the bound holds.
+        let ring_bytes = &shared.counters.tcp_ring_bytes;
+        let sizes = config
+            .ring_sizes(ring_bytes.load(Relaxed))
+            .filter(|(rx, tx)| {
+                let taken = ring_bytes.fetch_add(rx + tx, Relaxed) + rx + tx;
+                taken <= config.tcp_buffer_budget || {
+                    ring_bytes.fetch_sub(rx + tx, Relaxed);
+                    false
+                }
+            });
+        let Some((rx, tx)) = sizes else {
+            count.fetch_sub(1, Relaxed);
+            return Err(io::Error::new(
+                io::ErrorKind::QuotaExceeded,
+                "netstack: tcp_buffer_budget reached",
+            ));
+        };
+        let handle = match self.sockets.add_tcp(rx, tx) {
+            Ok(handle) => handle,
             Err(err) => {
+                ring_bytes.fetch_sub(rx + tx, Relaxed);
                 count.fetch_sub(1, Relaxed);
                 return Err(err);
             }
         };
-        let mut socket = bufs.socket();
+        let mut socket = self.sockets.get_mut::<tcp::Socket>(handle);
         socket.set_nagle_enabled(config.nagle);
         socket.set_ack_delay(config.ack_delay.map(|d| self.clock.smol_duration(d)));
         socket.set_keep_alive(config.keepalive.map(|d| self.clock.smol_duration(d)));
         socket.set_congestion_control(tcp::CongestionControl::Cubic);
-        let handle = self.sockets.add(socket);
-        Ok((handle, bufs))
+        Ok(handle)
     }
 }

@@ -4,6 +4,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
+use boringtun::noise::errors::WireGuardError;
+
 use crate::{IpNet, PublicKey};
 
 /// Why a datagram or an IP packet was dropped. Every drop is counted under one reason.
@@ -21,7 +23,8 @@ pub enum DropReason {
     UnknownPeer,
     /// Failed authentication: wrong MAC, AEAD tag, key or timestamp.
     BadAuth,
-    /// A replayed or too old data message (counter check).
+    /// A replayed or too old data message (counter check), or a handshake initiation not
+    /// newer than the last one accepted from its peer (a replay).
     Replay,
     /// A handshake initiation refused under load (a cookie reply was sent instead).
     UnderLoad,
@@ -40,6 +43,27 @@ pub enum DropReason {
 }
 
 impl DropReason {
+    /// The reason for an error boringtun reported.
+    pub(crate) fn of(e: &WireGuardError) -> DropReason {
+        match e {
+            WireGuardError::InvalidMac
+            | WireGuardError::InvalidAeadTag
+            | WireGuardError::WrongKey
+            | WireGuardError::InvalidTai64nTimestamp
+            | WireGuardError::WrongTai64nTimestamp => DropReason::BadAuth,
+            WireGuardError::InvalidCounter | WireGuardError::DuplicateCounter => DropReason::Replay,
+            WireGuardError::WrongIndex
+            | WireGuardError::NoCurrentSession
+            | WireGuardError::UnexpectedPacket => DropReason::UnknownIndex,
+            WireGuardError::IncorrectPacketLength
+            | WireGuardError::WrongPacketType
+            | WireGuardError::InvalidPacket => DropReason::Malformed,
+            WireGuardError::UnderLoad => DropReason::UnderLoad,
+            WireGuardError::ConnectionExpired => DropReason::Expired,
+            _ => DropReason::Other,
+        }
+    }
+
     /// Every reason, in counter order.
     pub const ALL: [DropReason; 13] = [
         DropReason::TooBig,
@@ -166,9 +190,8 @@ pub struct PeerStats {
     pub rx_bytes: u64,
     /// UDP payload bytes sent to the peer (handshakes, keepalives and data).
     pub tx_bytes: u64,
-    /// Wall-clock time of the last completed handshake.
-    pub last_handshake: Option<SystemTime>,
-    /// Age of the last completed handshake.
+    /// Age of the last completed handshake (by the engine's `now`; the engine never reads the
+    /// wall clock: see [`PeerStats::last_handshake`]).
     pub last_handshake_age: Option<Duration>,
     /// Time since anything authenticated (handshake, keepalive, data) arrived from the peer.
     pub last_received_age: Option<Duration>,
@@ -185,9 +208,17 @@ pub struct PeerStats {
 }
 
 impl PeerStats {
-    /// The last handshake as seconds since the Unix epoch (the value `wg show dump` prints).
-    pub fn last_handshake_unix(&self) -> Option<u64> {
-        self.last_handshake
+    /// Wall-clock time of the last completed handshake, given the wall-clock time `wall_now`
+    /// that corresponds to the `now` the snapshot was taken at (the caller reads the clock).
+    pub fn last_handshake(&self, wall_now: SystemTime) -> Option<SystemTime> {
+        self.last_handshake_age
+            .and_then(|age| wall_now.checked_sub(age))
+    }
+
+    /// The last handshake as seconds since the Unix epoch (the value `wg show dump` prints),
+    /// given the wall-clock time of the snapshot as for [`PeerStats::last_handshake`].
+    pub fn last_handshake_unix(&self, wall_now: SystemTime) -> Option<u64> {
+        self.last_handshake(wall_now)
             .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
             .map(|d| d.as_secs())
     }
@@ -203,4 +234,41 @@ pub struct Stats {
     pub drops: DropCounts,
     /// Events discarded because the event queue was full.
     pub events_dropped: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boringtun_errors_map_to_reasons() {
+        assert_eq!(
+            DropReason::of(&WireGuardError::InvalidAeadTag),
+            DropReason::BadAuth
+        );
+        assert_eq!(
+            DropReason::of(&WireGuardError::DuplicateCounter),
+            DropReason::Replay
+        );
+        assert_eq!(
+            DropReason::of(&WireGuardError::NoCurrentSession),
+            DropReason::UnknownIndex
+        );
+        assert_eq!(
+            DropReason::of(&WireGuardError::InvalidPacket),
+            DropReason::Malformed
+        );
+        assert_eq!(
+            DropReason::of(&WireGuardError::UnderLoad),
+            DropReason::UnderLoad
+        );
+        assert_eq!(
+            DropReason::of(&WireGuardError::ConnectionExpired),
+            DropReason::Expired
+        );
+        assert_eq!(
+            DropReason::of(&WireGuardError::LockFailed),
+            DropReason::Other
+        );
+    }
 }

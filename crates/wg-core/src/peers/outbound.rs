@@ -14,12 +14,9 @@ impl Peers {
         let Some(now) = peer.last_data_sent else {
             return;
         };
-        if peer.state != HandshakeState::Idle {
-            return;
+        if peer.lifecycle.initiation_sent(now) {
+            self.ensure_fast_tick(now);
         }
-        peer.state = HandshakeState::Connecting;
-        peer.connecting_since = Some(now);
-        self.ensure_fast_tick(now);
     }
 
     #[cold]
@@ -28,17 +25,5 @@ impl Peers {
             tracing::trace!(%dst, "no route");
         }
         self.drop_global(DropReason::NoRoute)
-    }
-}
-
-/// The destination of an IPv6 packet, as boringtun's `Tunn::dst_address` reads it.
-#[inline(never)]
-pub(super) fn dst_address_v6(packet: &[u8]) -> Option<IpAddr> {
-    match packet.first_chunk::<40>() {
-        Some(h) if h[0] & 0xf0 == 0x60 => {
-            let dst: [u8; 16] = h[24..40].try_into().ok()?;
-            Some(IpAddr::from(dst))
-        }
-        _ => None,
     }
 }
