@@ -202,7 +202,8 @@ fn import(file: &Path, routes: Vec<(u16, Endpoint)>, key_file: Option<PathBuf>) 
             "wg-agent: private key written to {} (mode 600)",
             path.display()
         );
-    } else {
+    }
+    if imported.has_inline_secret {
         warn_if_stdout_is_readable_file();
     }
     for note in &imported.notes {
@@ -256,11 +257,10 @@ fn completions(shell: CompletionShell) -> ExitCode {
 
 fn man() -> ExitCode {
     use clap::CommandFactory as _;
-    let mut out = Vec::new();
-    if let Err(error) = clap_mangen::Man::new(Cli::command()).render(&mut out) {
-        return fail(EXIT_RUNTIME, format!("man: {error}"));
+    match crate::man::render(&Cli::command()) {
+        Ok(page) => emit(&page),
+        Err(error) => fail(EXIT_RUNTIME, format!("man: {error}")),
     }
-    emit(&String::from_utf8_lossy(&out))
 }
 
 fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {

@@ -47,6 +47,7 @@ pub mod metrics;
 mod runtime;
 pub mod snapshot;
 pub mod status;
+mod vip_stream;
 pub mod wg_quick;
 
 pub use demo::demo;

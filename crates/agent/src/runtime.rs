@@ -19,6 +19,7 @@ use crate::config::{Config, ConfigChanges, GatewayConfig, RouteConfig, RouteProt
 use crate::manager::{GatewaySpec, Manager, ManagerConfig, PreparedGateways};
 use crate::metrics::{AgentCounters, MetricsWriter, write_agent_counters};
 use crate::snapshot::{AgentStatus, GatewayStatus, RouteStatus, StatusSnapshot};
+use crate::vip_stream::VipStream;
 
 /// How long a stopping agent waits for closed connections to flush through the tunnel.
 const LINGER: Duration = Duration::from_secs(3);
@@ -201,10 +202,11 @@ impl Drop for Route {
 struct VipListener(Arc<netstack::TcpListener>);
 
 impl Accept for VipListener {
-    type Stream = netstack::TcpStream;
+    type Stream = VipStream;
 
     async fn accept(&mut self) -> io::Result<Option<(Self::Stream, SocketAddr)>> {
-        self.0.accept().await.map(Some)
+        let (stream, peer) = self.0.accept().await?;
+        Ok(Some((VipStream(stream), peer)))
     }
 
     fn local_addr(&self) -> Option<SocketAddr> {

@@ -30,6 +30,20 @@ pub struct NetstackConfig {
     /// sets the agent's peak memory). Its pages are returned to the kernel once a
     /// connection that sent 256 KiB or more has everything acknowledged.
     pub tcp_tx_buffer: usize,
+    /// Bytes of TCP rings (receive plus send) all connections together may have mapped
+    /// (default 512 MiB). It bounds the stack's buffer memory whatever the connection
+    /// count: ring pages are committed only when used, but a peer can fill a receive ring
+    /// nobody reads, and an application a send ring nobody acknowledges.
+    ///
+    /// Rings are sized when a connection is created (at SYN time), so no window edge ever
+    /// retreats: while under a quarter of the budget is taken, a connection gets
+    /// `tcp_rx_buffer` and `tcp_tx_buffer`; between a quarter and half, proportionally
+    /// smaller rings; past half, [`MIN_TCP_RING`](crate::MIN_TCP_RING) each way. A
+    /// connection whose rings no longer fit is refused (RST, counted as
+    /// [`LimitReached`](crate::DropReason::LimitReached); `connect` fails with
+    /// `QuotaExceeded`). [`NetstackStats::tcp_ring_bytes`](crate::NetstackStats) shows
+    /// what is taken.
+    pub tcp_buffer_budget: usize,
     /// Maximum TCP sockets in any state (half-open, open, closing). Default 16,384.
     pub max_connections: usize,
     /// Default accept backlog of a listener: half-open plus established connections
@@ -50,8 +64,6 @@ pub struct NetstackConfig {
     /// only dead peers are cut. `None`: never.
     pub idle_timeout: Option<Duration>,
     /// Send a keep-alive probe after this much silence (default 60 s). `None`: off.
-    /// While a connection has data queued to send, it probes after 100 ms of silence
-    /// instead (a workaround for a smoltcp stall; see `docs/ARCHITECTURE.md`).
     pub keepalive: Option<Duration>,
     /// How long a connection closed by us stays in TIME-WAIT (default 1 s; smoltcp's
     /// own 10 s would keep thousands of sockets in every poll).
@@ -66,21 +78,16 @@ pub struct NetstackConfig {
     pub ack_delay: Option<Duration>,
     /// The floor of TCP's retransmission timeout (default 200 ms, Linux's; 50 ms..=1 s).
     ///
-    /// smoltcp 0.14 fixes its floor (and its initial RTO) at 1 s. The stack runs
-    /// smoltcp's clock `round(1 s / min_rto)` times faster than real time and converts
-    /// every duration it sets, so this floor is what a lost segment that fast
-    /// retransmit does not repair costs. smoltcp's other fixed constants scale with it:
-    /// the initial RTO equals `min_rto`, the RTO ceiling is `60 × min_rto`, a challenge
-    /// ACK is sent at most every `min_rto`, its own TIME-WAIT is `10 × min_rto` (the
-    /// stack cuts it to [`time_wait`](Self::time_wait) anyway), and Cubic's growth curve
-    /// runs that much faster after a loss. `1 s` gives smoltcp's behaviour unchanged.
+    /// The stack's own sender (see `sender.rs` and docs/ARCHITECTURE.md) computes the
+    /// timeout from measured round trips (RFC 6298) and never goes below this; its cap
+    /// is 60 s. smoltcp's own timeout (1-60 s) stays behind it as a backstop.
     pub min_rto: Duration,
-    /// Bytes of sent, unacknowledged TCP data that loss repair may keep references to,
-    /// over all connections (default 8 MiB; each connection at most `tcp_tx_buffer`).
-    /// Loss repair resends segments a peer's SACK blocks show lost, and probes a lost
-    /// tail, without waiting for smoltcp's retransmission timeout (see `repair.rs` and
-    /// docs/ARCHITECTURE.md). The packets are the ones already sent, so this is memory
-    /// held a round trip longer, not copied. `0` turns loss repair off.
+    /// Bytes of TCP packets the senders may hold over all connections (default 8 MiB;
+    /// each connection at most about `tcp_tx_buffer`): packets sent and not yet
+    /// acknowledged (resent from there when lost) and packets waiting for the congestion
+    /// window. A connection holding nothing may always take two segments past it. `0`
+    /// turns the sender off: smoltcp then sends on its own, with its Cubic and its 1 s
+    /// minimum timeout (kept as a baseline for measurements).
     pub repair_budget: usize,
     /// Number of socket-set shards (1..=64, default 64). smoltcp scans every socket of a
     /// shard on each poll; connections are spread by a keyed hash of their 4-tuple.
@@ -103,6 +110,7 @@ impl Default for NetstackConfig {
             path_mtu: 1420,
             tcp_rx_buffer: 1 << 20,
             tcp_tx_buffer: 512 << 10,
+            tcp_buffer_budget: 512 << 20,
             max_connections: 16_384,
             accept_backlog: 1024,
             max_pending_syns: 1024,
@@ -113,7 +121,7 @@ impl Default for NetstackConfig {
             close_timeout: Duration::from_secs(30),
             nagle: false,
             ack_delay: Some(Duration::from_millis(10)),
-            min_rto: Duration::from_millis(200),
+            min_rto: crate::sender::MIN_RTO,
             repair_budget: 8 << 20,
             shards: 64,
             max_outbound_packets: 4096,
@@ -139,6 +147,29 @@ impl NetstackConfig {
         self.path_mtu
     }
 
+    /// The receive and send ring sizes of a new connection while `reserved` bytes of
+    /// rings are taken; `None` when even the smallest no longer fit the budget (see
+    /// [`tcp_buffer_budget`](Self::tcp_buffer_budget)).
+    pub(crate) fn ring_sizes(&self, reserved: usize) -> Option<(usize, usize)> {
+        const PAGE: usize = 4096;
+        let (rx, tx) = (self.tcp_rx_buffer, self.tcp_tx_buffer);
+        let budget = self.tcp_buffer_budget;
+        let (quarter, half) = (budget / 4, budget / 2);
+        let shrink = |full: usize, scale: f64| {
+            let size = (full as f64 * scale) as usize / PAGE * PAGE;
+            size.clamp(crate::MIN_TCP_RING.min(full), full)
+        };
+        let sizes = if reserved.saturating_add(rx + tx) <= quarter {
+            (rx, tx)
+        } else if reserved < half {
+            let scale = (half - reserved) as f64 / (half - quarter).max(1) as f64;
+            (shrink(rx, scale), shrink(tx, scale))
+        } else {
+            (shrink(rx, 0.0), shrink(tx, 0.0))
+        };
+        (reserved.saturating_add(sizes.0 + sizes.1) <= budget).then_some(sizes)
+    }
+
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let v4 = self.addresses.iter().filter(|a| a.is_ipv4()).count();
         let v6 = self.addresses.len() - v4;
@@ -162,6 +193,12 @@ impl NetstackConfig {
             if !(4096..=(1 << 30)).contains(&value) {
                 return Err(ConfigError::Range { field, value });
             }
+        }
+        if self.tcp_buffer_budget < 4 * crate::MIN_TCP_RING {
+            return Err(ConfigError::Range {
+                field: "tcp_buffer_budget",
+                value: self.tcp_buffer_budget,
+            });
         }
         for (field, value) in [
             ("max_connections", self.max_connections),
@@ -215,4 +252,33 @@ pub enum ConfigError {
     /// [`Netstack::new`](crate::Netstack::new) was called outside a tokio runtime.
     #[error("netstack: must be created inside a tokio runtime (it spawns its driver task)")]
     NoRuntime,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_sizes_shrink_with_the_budget_and_never_pass_it() {
+        let mut c = NetstackConfig::new(["10.0.0.1".parse().expect("ip")]);
+        c.tcp_buffer_budget = 64 << 20;
+        let (rx, tx) = (c.tcp_rx_buffer, c.tcp_tx_buffer);
+        assert_eq!(c.ring_sizes(0), Some((rx, tx)));
+        let mut reserved = 0;
+        let mut last = rx + tx;
+        let mut conns = 0;
+        while let Some((r, t)) = c.ring_sizes(reserved) {
+            assert!(r + t <= last, "sizes never grow as the budget fills");
+            assert!(r >= crate::MIN_TCP_RING && t >= crate::MIN_TCP_RING);
+            assert_eq!((r % 4096, t % 4096), (0, 0));
+            last = r + t;
+            reserved += r + t;
+            conns += 1;
+            assert!(reserved <= c.tcp_buffer_budget);
+        }
+        assert_eq!(last, 2 * crate::MIN_TCP_RING, "ends at the smallest rings");
+        // A quarter at full size, then smaller ones, then half the budget at the minimum.
+        assert!(conns > (32 << 20) / (2 * crate::MIN_TCP_RING), "{conns}");
+        assert!(c.tcp_buffer_budget - reserved < 2 * crate::MIN_TCP_RING);
+    }
 }
