@@ -41,6 +41,7 @@ pub mod config;
 mod demo;
 #[cfg(feature = "test-hooks")]
 mod hooks;
+pub mod logging;
 pub mod manager;
 pub mod metrics;
 mod runtime;

@@ -581,6 +581,12 @@ impl StatusSource for Agent {
             routes.iter().map(|(l, m)| (l.as_str(), m)).collect();
         let mut text = String::new();
         local_proxy::render_prometheus(&mut text, "wg_agent_route", &refs);
+        text.push_str(&format!(
+            "# HELP wg_agent_log_lines_dropped_total Log lines dropped because the log sink was too slow.\n\
+             # TYPE wg_agent_log_lines_dropped_total counter\n\
+             wg_agent_log_lines_dropped_total {}\n",
+            crate::logging::dropped_lines()
+        ));
         w.raw(&text);
     }
 
