@@ -11,6 +11,7 @@
 //! | `GetStats`           | [`Manager::stats`]                               |
 //! | `Close`              | [`Manager::close`]                               |
 
+mod listener;
 mod tunnel;
 mod upkeep;
 
@@ -20,7 +21,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use netstack::{Netstack, NetstackConfig, TcpListener, TcpStream, UdpSocket};
+use netstack::{Netstack, NetstackConfig, TcpStream, UdpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use wg_core::{IpNet, PeerConfig, Peers, PresharedKey, PrivateKey, PublicKey};
@@ -28,7 +29,13 @@ use wg_core::{IpNet, PeerConfig, Peers, PresharedKey, PrivateKey, PublicKey};
 use crate::config::{Endpoint, Host, LivenessProbe};
 use crate::snapshot::{GatewayState, Liveness, gateway_state};
 
+pub use listener::Listener;
 pub use tunnel::TunnelCounters;
+
+/// How long [`Manager::close`] waits for open connections by default.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a packet task gets to stop after it was told to; then it is aborted.
+const TASK_STOP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How a [`Manager`] is set up: the agent's identity and address, and its gateways.
 #[derive(Debug, Clone)]
@@ -50,6 +57,8 @@ pub struct ManagerConfig {
     pub probe_after: Duration,
     /// How long the probe waits for its answer before forcing a handshake (default 10 s).
     pub probe_timeout: Duration,
+    /// How long [`Manager::close`] lets open connections finish (default 5 s).
+    pub drain_timeout: Duration,
 }
 
 impl ManagerConfig {
@@ -64,6 +73,7 @@ impl ManagerConfig {
             netstack: NetstackConfig::default(),
             probe_after: upkeep::PROBE_AFTER,
             probe_timeout: upkeep::PROBE_TIMEOUT,
+            drain_timeout: DRAIN_TIMEOUT,
         }
     }
 }
@@ -214,13 +224,28 @@ pub(crate) struct Inner {
     pub(crate) virtual_ip: IpAddr,
     pub(crate) probe_after: Duration,
     pub(crate) probe_timeout: Duration,
+    drain_timeout: Duration,
     pub(crate) netstack: Netstack,
     pub(crate) tunnel: Mutex<Tunnel>,
     pub(crate) sockets: tunnel::Sockets,
     pub(crate) timer: tunnel::TimerWake,
     pub(crate) counters: TunnelCounters,
+    /// Set when the packet tasks must stop (the last step of closing).
     pub(crate) shutdown: watch::Sender<bool>,
+    /// Where closing stands: listeners and dials watch it.
+    closing: watch::Sender<Closing>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// The steps of [`Manager::close`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Closing {
+    /// Serving.
+    Open,
+    /// No new connection; open ones finish (within the drain bound).
+    Draining,
+    /// The packet tasks have stopped.
+    Closed,
 }
 
 /// The device and the agent's bookkeeping of each gateway, under one lock.
@@ -255,8 +280,8 @@ impl Inner {
         self.tunnel.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn is_closed(&self) -> bool {
-        *self.shutdown.borrow()
+    fn is_closing(&self) -> bool {
+        *self.closing.borrow() != Closing::Open
     }
 }
 
@@ -288,6 +313,7 @@ impl Manager {
             virtual_ip: config.virtual_ip,
             probe_after: config.probe_after,
             probe_timeout: config.probe_timeout,
+            drain_timeout: config.drain_timeout,
             netstack,
             tunnel: Mutex::new(Tunnel {
                 peers,
@@ -297,6 +323,7 @@ impl Manager {
             timer: tunnel::TimerWake::default(),
             counters: TunnelCounters::default(),
             shutdown,
+            closing: watch::channel(Closing::Open).0,
             tasks: Mutex::new(Vec::new()),
         });
         let manager = Self { inner };
@@ -324,7 +351,7 @@ impl Manager {
         &self,
         gateways: Vec<GatewaySpec>,
     ) -> Result<GatewayUpdate, ManagerError> {
-        if self.inner.is_closed() {
+        if self.inner.is_closing() {
             return Err(ManagerError::Closed);
         }
         check_unique(&gateways)?;
@@ -461,22 +488,34 @@ impl Manager {
         found
     }
 
-    /// A TCP listener on `virtual_ip:port` (the seed's `GetListener`).
-    pub fn listen(&self, port: u16) -> io::Result<TcpListener> {
-        self.inner
+    /// A TCP listener on `virtual_ip:port` (the seed's `GetListener`). It stops accepting
+    /// when [`close`](Self::close) begins.
+    pub fn listen(&self, port: u16) -> io::Result<Listener> {
+        if self.inner.is_closing() {
+            return Err(listener::closing_error());
+        }
+        let listener = self
+            .inner
             .netstack
-            .listen(SocketAddr::new(self.inner.virtual_ip, port))
+            .listen(SocketAddr::new(self.inner.virtual_ip, port))?;
+        Ok(Listener::new(listener, self.inner.closing.subscribe()))
     }
 
     /// An outbound TCP connection from the virtual IP through the tunnel (the seed's `Dial`
     /// for TCP). The destination must be inside some gateway's allowed IPs.
     pub async fn dial_tcp(&self, addr: SocketAddr) -> io::Result<TcpStream> {
+        if self.inner.is_closing() {
+            return Err(listener::closing_error());
+        }
         self.inner.netstack.connect(addr).await
     }
 
     /// A UDP socket on the virtual IP (ephemeral port) for `send_to`/`recv_from` through the
     /// tunnel (the seed's `Dial` for UDP).
     pub fn dial_udp(&self) -> io::Result<UdpSocket> {
+        if self.inner.is_closing() {
+            return Err(listener::closing_error());
+        }
         self.inner
             .netstack
             .bind_udp(SocketAddr::new(self.inner.virtual_ip, 0))
@@ -530,12 +569,35 @@ impl Manager {
         &self.inner.counters
     }
 
-    /// Stops the tasks and the device. Open streams on the stack stop moving. Callers that
-    /// want graceful draining stop their servers first (the agent's `run` does).
+    /// Closes gracefully within [`ManagerConfig::drain_timeout`]: see
+    /// [`close_within`](Self::close_within).
     pub async fn close(&self) {
-        if self.inner.shutdown.send_replace(true) {
+        self.close_within(self.inner.drain_timeout).await;
+    }
+
+    /// Closes gracefully (the seed's `Close`):
+    /// 1. stops accepting: every [`Listener`] stops, new listens and dials fail;
+    /// 2. lets the connections already open finish, for up to `drain`: it returns once the
+    ///    stack holds no TCP connection (closing ones included), or when `drain` has passed;
+    /// 3. stops the packet tasks, the send task after it has sent what the stack still had
+    ///    queued.
+    ///
+    /// A second call waits for the first to finish.
+    pub async fn close_within(&self, drain: Duration) {
+        let mut closing = self.inner.closing.subscribe();
+        let first = self.inner.closing.send_if_modified(|c| {
+            let open = *c == Closing::Open;
+            if open {
+                *c = Closing::Draining;
+            }
+            open
+        });
+        if !first {
+            let _ = closing.wait_for(|c| *c == Closing::Closed).await;
             return;
         }
+        self.drain(drain).await;
+        self.inner.shutdown.send_replace(true);
         let tasks = std::mem::take(
             &mut *self
                 .inner
@@ -543,13 +605,39 @@ impl Manager {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
         );
-        for task in &tasks {
-            task.abort();
+        for mut task in tasks {
+            if tokio::time::timeout(TASK_STOP_TIMEOUT, &mut task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("a packet task did not stop in time: aborted");
+                task.abort();
+                let _ = task.await;
+            }
         }
-        for task in tasks {
-            let _ = task.await;
-        }
+        self.inner.closing.send_replace(Closing::Closed);
         tracing::info!("device closed");
+    }
+
+    /// Waits until the stack holds no TCP connection, at most `bound`.
+    async fn drain(&self, bound: Duration) {
+        let open = self.inner.netstack.stats().tcp_sockets;
+        if open == 0 {
+            return;
+        }
+        tracing::info!(open, "device closing: letting open connections finish");
+        let deadline = tokio::time::Instant::now() + bound;
+        loop {
+            let open = self.inner.netstack.stats().tcp_sockets;
+            if open == 0 {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::info!(open, "drain bound reached: closing with connections open");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 

@@ -3,14 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::io;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use local_proxy::{Accept, ConnectionTracker, HttpProxy, RouteMetrics, TcpForwarder};
+use local_proxy::{ConnectionTracker, HttpProxy, RouteMetrics, TcpForwarder};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -97,21 +95,6 @@ struct Route {
 impl Drop for Route {
     fn drop(&mut self) {
         self.task.abort();
-    }
-}
-
-/// A listener on the virtual IP, as local-proxy accepts connections.
-struct VipListener(netstack::TcpListener);
-
-impl Accept for VipListener {
-    type Stream = netstack::TcpStream;
-
-    async fn accept(&mut self) -> io::Result<Option<(Self::Stream, SocketAddr)>> {
-        self.0.accept().await.map(Some)
-    }
-
-    fn local_addr(&self) -> Option<SocketAddr> {
-        Some(self.0.local_addr())
     }
 }
 
@@ -210,7 +193,6 @@ impl Agent {
                     config.path.display()
                 )
             })?;
-            let listener = VipListener(listener);
             let tracker = self.inner.tracker.clone();
             let (metrics, task) = match route.protocol {
                 RouteProtocol::Tcp => {
@@ -301,15 +283,9 @@ impl Agent {
         }
         let outcome = self.inner.tracker.shutdown().await;
         tracing::info!(outcome = ?outcome, "proxies stopped");
-        // Closed connections may still hold unsent or unacknowledged bytes in the stack: give
-        // them a moment to reach the gateway before the tunnel goes.
-        let deadline = tokio::time::Instant::now() + LINGER;
-        while self.inner.manager.netstack().stats().tcp_sockets > 0
-            && tokio::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        self.inner.manager.close().await;
+        // Closed connections may still hold unsent or unacknowledged bytes in the stack: the
+        // manager's drain gives them a moment to reach the gateway before the tunnel goes.
+        self.inner.manager.close_within(LINGER).await;
     }
 
     /// The status document (`/status`, `wg-agent status --json`).

@@ -383,10 +383,14 @@ async fn send_task(inner: Arc<Inner>) {
     let mut driver = inner.sockets.current();
     let mut out = Outputs::new(&driver);
     loop {
-        tokio::select! {
-            _ = inner.netstack.recv_outbound(&mut packets, OUT_BATCH) => {}
-            () = closed(&mut shutdown) => return,
-        }
+        // When told to stop, send what the stack still has queued (a last ACK or FIN) first.
+        let stopping = tokio::select! {
+            _ = inner.netstack.recv_outbound(&mut packets, OUT_BATCH) => false,
+            () = closed(&mut shutdown) => {
+                inner.netstack.try_recv_outbound(&mut packets, OUT_BATCH);
+                true
+            }
+        };
         if !Arc::ptr_eq(&driver, &inner.sockets.current()) {
             driver = inner.sockets.current();
             out = Outputs::new(&driver);
@@ -411,6 +415,9 @@ async fn send_task(inner: Arc<Inner>) {
             if inner.netstack.try_recv_outbound(&mut packets, OUT_BATCH) == 0 {
                 break;
             }
+        }
+        if stopping {
+            return;
         }
     }
 }
