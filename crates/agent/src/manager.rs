@@ -12,7 +12,7 @@
 //! | `Close`              | [`Manager::close`]                               |
 
 mod listener;
-mod tunnel;
+mod tasks;
 mod upkeep;
 
 use std::collections::BTreeMap;
@@ -30,7 +30,7 @@ use crate::config::{Endpoint, Host, LivenessProbe};
 use crate::snapshot::{GatewayState, Liveness, gateway_state};
 
 pub use listener::Listener;
-pub use tunnel::TunnelCounters;
+pub use tasks::PacketCounters;
 
 /// How long [`Manager::close`] waits for open connections by default.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -226,10 +226,10 @@ pub(crate) struct Inner {
     pub(crate) probe_timeout: Duration,
     drain_timeout: Duration,
     pub(crate) netstack: Netstack,
-    pub(crate) tunnel: Mutex<Tunnel>,
-    pub(crate) sockets: tunnel::Sockets,
-    pub(crate) timer: tunnel::TimerWake,
-    pub(crate) counters: TunnelCounters,
+    pub(crate) device: Mutex<Device>,
+    pub(crate) sockets: tasks::Sockets,
+    pub(crate) timer: tasks::TimerWake,
+    pub(crate) counters: PacketCounters,
     /// Set when the packet tasks must stop (the last step of closing).
     pub(crate) shutdown: watch::Sender<bool>,
     /// Where closing stands: listeners and dials watch it.
@@ -249,7 +249,7 @@ pub(crate) enum Closing {
 }
 
 /// The device and the agent's bookkeeping of each gateway, under one lock.
-pub(crate) struct Tunnel {
+pub(crate) struct Device {
     pub(crate) peers: Peers,
     pub(crate) gateways: BTreeMap<PublicKey, Gateway>,
 }
@@ -267,17 +267,17 @@ pub(crate) struct Gateway {
     pub(crate) upkeep: upkeep::GatewayUpkeep,
 }
 
-impl Tunnel {
+impl Device {
     pub(crate) fn gateway_id(&self, key: &PublicKey) -> &str {
         self.gateways.get(key).map_or("?", |g| g.spec.id.as_str())
     }
 }
 
 impl Inner {
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Tunnel> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Device> {
         // A panic while holding the lock cannot leave the device half-updated in a way that
         // matters more than stopping would: keep serving.
-        self.tunnel.lock().unwrap_or_else(PoisonError::into_inner)
+        self.device.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn is_closing(&self) -> bool {
@@ -297,7 +297,7 @@ impl Manager {
         stack_config.mtu = usize::from(config.mtu);
         let netstack = Netstack::new(stack_config)?;
         let sockets =
-            tunnel::Sockets::bind(config.listen_port).map_err(|source| ManagerError::Bind {
+            tasks::Sockets::bind(config.listen_port).map_err(|source| ManagerError::Bind {
                 port: config.listen_port,
                 source,
             })?;
@@ -315,13 +315,13 @@ impl Manager {
             probe_timeout: config.probe_timeout,
             drain_timeout: config.drain_timeout,
             netstack,
-            tunnel: Mutex::new(Tunnel {
+            device: Mutex::new(Device {
                 peers,
                 gateways: BTreeMap::new(),
             }),
             sockets,
-            timer: tunnel::TimerWake::default(),
-            counters: TunnelCounters::default(),
+            timer: tasks::TimerWake::default(),
+            counters: PacketCounters::default(),
             shutdown,
             closing: watch::channel(Closing::Open).0,
             tasks: Mutex::new(Vec::new()),
@@ -330,7 +330,7 @@ impl Manager {
         let local = manager.inner.sockets.local_addrs();
         tracing::info!(virtual_ip = %config.virtual_ip, udp = ?local, "device up");
         manager.apply_gateways(config.gateways).await;
-        let tasks = tunnel::spawn_tasks(&manager.inner);
+        let tasks = tasks::spawn_tasks(&manager.inner);
         let upkeep = tokio::spawn(upkeep::run(Arc::clone(&manager.inner)));
         {
             let mut all = manager
@@ -454,7 +454,7 @@ impl Manager {
         for id in &report.changed {
             tracing::info!(gateway = %id, "gateway updated");
         }
-        tunnel::flush(&self.inner).await;
+        tasks::flush(&self.inner).await;
         report
     }
 
@@ -468,7 +468,7 @@ impl Manager {
             t.peers.set_private_key(key, Instant::now());
         }
         tracing::info!("private key replaced: re-keying every tunnel");
-        tunnel::flush(&self.inner).await;
+        tasks::flush(&self.inner).await;
     }
 
     /// Forces a fresh handshake with a gateway (by id). Returns `false` for an unknown id.
@@ -483,7 +483,7 @@ impl Manager {
             key.is_some_and(|k| t.peers.force_handshake(&k, Instant::now()))
         };
         if found {
-            tunnel::flush(&self.inner).await;
+            tasks::flush(&self.inner).await;
         }
         found
     }
@@ -565,7 +565,7 @@ impl Manager {
     }
 
     /// Counters of the packet tasks (socket errors and re-creations, queue drops).
-    pub fn counters(&self) -> &TunnelCounters {
+    pub fn counters(&self) -> &PacketCounters {
         &self.inner.counters
     }
 

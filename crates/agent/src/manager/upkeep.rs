@@ -1,4 +1,4 @@
-//! Tunnel upkeep, once a second: gateway state changes (logged once), the liveness probe, and
+//! Device upkeep, once a second: gateway state changes (logged once), the liveness probe, and
 //! DNS re-resolution.
 //!
 //! A WireGuard peer answers data, never keepalives, so on an idle tunnel a healthy gateway and
@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use tokio::time::MissedTickBehavior;
 
-use super::tunnel::{self, Sockets};
-use super::{Inner, Tunnel, endpoint_is_dns, gateway_stats};
+use super::tasks::{self, Sockets};
+use super::{Device, Inner, endpoint_is_dns, gateway_stats};
 use crate::config::{Endpoint, Host, LivenessProbe};
 use crate::snapshot::GatewayState;
 
@@ -123,9 +123,9 @@ pub(crate) async fn run(inner: Arc<Inner>) {
 }
 
 /// Looks at every gateway: logs state changes and decides which probes and look-ups to start.
-fn plan(t: &mut Tunnel, probe_after: Duration, now: Instant) -> Vec<Job> {
+fn plan(t: &mut Device, probe_after: Duration, now: Instant) -> Vec<Job> {
     let mut jobs = Vec::new();
-    let Tunnel { peers, gateways } = t;
+    let Device { peers, gateways } = t;
     for (key, g) in gateways.iter_mut() {
         let stats = gateway_stats(peers, g, now);
         if stats.state != g.reported {
@@ -190,7 +190,7 @@ async fn run_job(inner: Arc<Inner>, job: Job) {
             let answered = inner.netstack.ping(target, inner.probe_timeout).await;
             let forced = {
                 let mut t = inner.lock();
-                let Tunnel { peers, gateways } = &mut *t;
+                let Device { peers, gateways } = &mut *t;
                 let Some(g) = gateways.get_mut(&key) else {
                     return;
                 };
@@ -212,14 +212,14 @@ async fn run_job(inner: Arc<Inner>, job: Job) {
                 }
             };
             if forced {
-                tunnel::flush(&inner).await;
+                tasks::flush(&inner).await;
             }
         }
         Job::Resolve { key, id, endpoint } => {
             let addr = resolve(&endpoint, &inner.sockets).await;
             let changed = {
                 let mut t = inner.lock();
-                let Tunnel { peers, gateways } = &mut *t;
+                let Device { peers, gateways } = &mut *t;
                 let Some(g) = gateways.get_mut(&key) else {
                     return;
                 };
@@ -254,7 +254,7 @@ async fn run_job(inner: Arc<Inner>, job: Job) {
                 }
             };
             if changed {
-                tunnel::flush(&inner).await;
+                tasks::flush(&inner).await;
             }
         }
     }

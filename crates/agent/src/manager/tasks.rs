@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use wg_core::Event;
 use wg_core::driver::{RecvBatch, SendBatch, UdpDriver};
 
-use super::{Inner, Tunnel};
+use super::{Device, Inner};
 
 /// Datagrams one send batch holds; beyond it a transmit is dropped and counted.
 const SEND_BATCH: usize = 2_048;
@@ -30,7 +30,7 @@ const RECREATE_AFTER_ERRORS: u32 = 8;
 
 /// Counters of the packet tasks, for metrics.
 #[derive(Debug, Default)]
-pub struct TunnelCounters {
+pub struct PacketCounters {
     /// Receive errors on the UDP socket.
     pub udp_recv_errors: AtomicU64,
     /// Send calls that failed.
@@ -218,7 +218,7 @@ impl Outputs {
     }
 
     /// Takes every transmit and received packet and every event out of the engine.
-    fn drain(&mut self, t: &mut Tunnel, inner: &Inner) {
+    fn drain(&mut self, t: &mut Device, inner: &Inner) {
         while let Some(transmit) = t.peers.poll_transmit() {
             let dst = to_socket(transmit.destination, self.v6_socket);
             if !self.tx.push(dst, transmit.payload) {
@@ -244,7 +244,7 @@ impl Outputs {
 }
 
 /// Logs each tunnel state change once, by gateway id.
-fn log_events(t: &mut Tunnel) {
+fn log_events(t: &mut Device) {
     while let Some(event) = t.peers.poll_event() {
         match event {
             Event::HandshakeCompleted { peer, rekey: false } => {
