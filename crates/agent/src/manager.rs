@@ -1,15 +1,19 @@
-//! The seed's `Manager`, in async Rust: one WireGuard device ([`wg_core::Peers`]) with a
-//! batched UDP socket, one userspace stack ([`netstack::Netstack`]) on the virtual IP, the
-//! tasks that move packets between them, and the upkeep that keeps every gateway reachable.
+//! The Manager: one WireGuard device ([`wg_core::Peers`]) on a batched UDP socket and one
+//! userspace TCP/IP stack ([`netstack::Netstack`]) on the virtual IP, joined by packet tasks.
+//! It is the entry point for a service that embeds the agent.
 //!
-//! | seed (Go)            | here                                             |
-//! | -------------------- | ------------------------------------------------ |
-//! | `NewManager`         | [`Manager::start`]                               |
-//! | `UpdateGateways`     | [`Manager::update_gateways`] (by difference)     |
-//! | `GetListener(port)`  | [`Manager::listen`]                              |
-//! | `Dial(network, addr)`| [`Manager::dial_tcp`], [`Manager::dial_udp`]     |
-//! | `GetStats`           | [`Manager::stats`]                               |
-//! | `Close`              | [`Manager::close`]                               |
+//! - [`Manager::start`] binds the socket, adds the gateways (handshakes start at once) and
+//!   spawns the packet tasks (`tasks.rs`: receive, send, timer) and the upkeep (`upkeep.rs`:
+//!   state changes, liveness probe, DNS re-resolution).
+//! - [`Manager::update_gateways`] applies a new gateway list by difference: an unchanged
+//!   gateway keeps its session and its connections.
+//! - [`Manager::listen`], [`Manager::dial_tcp`], [`Manager::dial_udp`] and [`Manager::ping`]
+//!   open sockets inside the tunnel; [`Manager::stats`] reports each gateway.
+//! - [`Manager::close`] drains: no new connection, open ones finish within a bound, then the
+//!   tasks stop.
+//!
+//! The device and the bookkeeping of each gateway (`Device`) share one lock, held only while
+//! the engine is fed or read, never across an `.await`.
 
 mod listener;
 mod tasks;
@@ -271,6 +275,111 @@ impl Device {
     pub(crate) fn gateway_id(&self, key: &PublicKey) -> &str {
         self.gateways.get(key).map_or("?", |g| g.spec.id.as_str())
     }
+
+    /// wg-core's view of each gateway. A gateway whose configured endpoint is unchanged keeps
+    /// the address roaming taught the engine.
+    fn peer_configs(
+        &self,
+        gateways: &[GatewaySpec],
+        resolved: &[Option<SocketAddr>],
+    ) -> Vec<PeerConfig> {
+        gateways
+            .iter()
+            .zip(resolved)
+            .map(|(spec, addr)| {
+                let mut peer = PeerConfig::new(spec.public_key);
+                peer.allowed_ips = spec.allowed_ips.clone();
+                peer.persistent_keepalive = spec.persistent_keepalive;
+                peer.preshared_key = spec.preshared_key.clone();
+                let same_endpoint = self
+                    .gateways
+                    .get(&spec.public_key)
+                    .is_some_and(|g| g.spec.endpoint == spec.endpoint);
+                peer.endpoint = if same_endpoint {
+                    self.peers
+                        .peer_config(&spec.public_key)
+                        .and_then(|p| p.endpoint)
+                        .or(*addr)
+                } else {
+                    *addr
+                };
+                peer
+            })
+            .collect()
+    }
+
+    /// Replaces the bookkeeping with one entry per gateway: a gateway wg-core kept carries
+    /// its clock, reported state and upkeep over; a new one starts connecting now. Returns
+    /// the old entries.
+    fn replace_gateways(
+        &mut self,
+        gateways: Vec<GatewaySpec>,
+        resolved: Vec<Option<SocketAddr>>,
+        diff: &wg_core::Update,
+        now: Instant,
+    ) -> BTreeMap<PublicKey, Gateway> {
+        let old = std::mem::take(&mut self.gateways);
+        for (spec, resolved) in gateways.into_iter().zip(resolved) {
+            let entry = match old.get(&spec.public_key) {
+                Some(prev) if !diff.added.contains(&spec.public_key) => Gateway {
+                    since: prev.since,
+                    resolved,
+                    reported: prev.reported,
+                    upkeep: prev.upkeep.clone(),
+                    spec,
+                },
+                _ => Gateway {
+                    since: now,
+                    resolved,
+                    reported: GatewayState::Connecting,
+                    upkeep: upkeep::GatewayUpkeep::new(now),
+                    spec,
+                },
+            };
+            self.gateways.insert(entry.spec.public_key, entry);
+        }
+        old
+    }
+}
+
+impl GatewayUpdate {
+    /// wg-core's difference by public key, told by gateway id (sorted).
+    fn new(
+        diff: &wg_core::Update,
+        old: &BTreeMap<PublicKey, Gateway>,
+        new: &BTreeMap<PublicKey, Gateway>,
+    ) -> Self {
+        let ids = |keys: &[PublicKey], map: &BTreeMap<PublicKey, Gateway>| {
+            let mut ids: Vec<String> = keys
+                .iter()
+                .map(|k| {
+                    map.get(k)
+                        .map_or_else(|| k.to_string(), |g| g.spec.id.clone())
+                })
+                .collect();
+            ids.sort();
+            ids
+        };
+        Self {
+            added: ids(&diff.added, new),
+            removed: ids(&diff.removed, old),
+            changed: ids(&diff.changed, new),
+            unchanged: ids(&diff.unchanged, new),
+        }
+    }
+
+    /// One line per gateway added, removed or changed.
+    fn log(&self) {
+        for id in &self.added {
+            tracing::info!(gateway = %id, "gateway added");
+        }
+        for id in &self.removed {
+            tracing::info!(gateway = %id, "gateway removed");
+        }
+        for id in &self.changed {
+            tracing::info!(gateway = %id, "gateway updated");
+        }
+    }
 }
 
 impl Inner {
@@ -358,104 +467,45 @@ impl Manager {
         Ok(self.apply_gateways(gateways).await)
     }
 
+    /// Applies a gateway list by difference: resolve the new endpoints, hand the peers to
+    /// wg-core, carry each kept gateway's bookkeeping over, then report, log and send the
+    /// handshakes this started.
     async fn apply_gateways(&self, gateways: Vec<GatewaySpec>) -> GatewayUpdate {
-        // Resolve what is new first (no lock held across DNS).
+        let resolved = self.resolve_endpoints(&gateways).await;
+        let now = Instant::now();
+        let report = {
+            let mut device = self.inner.lock();
+            let peers = device.peer_configs(&gateways, &resolved);
+            let diff = device.peers.set_peers(peers, now);
+            let old = device.replace_gateways(gateways, resolved, &diff, now);
+            GatewayUpdate::new(&diff, &old, &device.gateways)
+        };
+        report.log();
+        tasks::flush(&self.inner).await;
+        report
+    }
+
+    /// Each gateway's address: the one already known when its endpoint is unchanged, else a
+    /// fresh look-up (no lock held across DNS).
+    async fn resolve_endpoints(&self, gateways: &[GatewaySpec]) -> Vec<Option<SocketAddr>> {
         let mut resolved = Vec::with_capacity(gateways.len());
-        for spec in &gateways {
-            let keep = {
-                let t = self.inner.lock();
-                t.gateways
+        for spec in gateways {
+            let known = {
+                let device = self.inner.lock();
+                device
+                    .gateways
                     .get(&spec.public_key)
                     .filter(|g| g.spec.endpoint == spec.endpoint)
                     .map(|g| g.resolved)
             };
-            let addr = match keep {
-                Some(addr) => addr,
-                None => match &spec.endpoint {
-                    Some(endpoint) => upkeep::resolve(endpoint, &self.inner.sockets).await,
-                    None => None,
-                },
+            let addr = match (known, &spec.endpoint) {
+                (Some(addr), _) => addr,
+                (None, Some(endpoint)) => upkeep::resolve(endpoint, &self.inner.sockets).await,
+                (None, None) => None,
             };
             resolved.push(addr);
         }
-        let now = Instant::now();
-        let report = {
-            let mut t = self.inner.lock();
-            let mut configs = Vec::with_capacity(gateways.len());
-            for (spec, addr) in gateways.iter().zip(&resolved) {
-                let mut peer = PeerConfig::new(spec.public_key);
-                peer.allowed_ips = spec.allowed_ips.clone();
-                peer.persistent_keepalive = spec.persistent_keepalive;
-                peer.preshared_key = spec.preshared_key.clone();
-                // An unchanged endpoint keeps what roaming learned.
-                let unchanged_endpoint = t
-                    .gateways
-                    .get(&spec.public_key)
-                    .is_some_and(|g| g.spec.endpoint == spec.endpoint);
-                peer.endpoint = if unchanged_endpoint {
-                    t.peers
-                        .peer_config(&spec.public_key)
-                        .and_then(|p| p.endpoint)
-                        .or(*addr)
-                } else {
-                    *addr
-                };
-                configs.push(peer);
-            }
-            let update = t.peers.set_peers(configs, now);
-            let old = std::mem::take(&mut t.gateways);
-            let mut next = BTreeMap::new();
-            for (spec, addr) in gateways.into_iter().zip(resolved) {
-                let entry = match old.get(&spec.public_key) {
-                    Some(prev) if !update.added.contains(&spec.public_key) => Gateway {
-                        since: prev.since,
-                        resolved: addr,
-                        reported: prev.reported,
-                        upkeep: prev.upkeep.clone(),
-                        spec,
-                    },
-                    _ => Gateway {
-                        since: now,
-                        resolved: addr,
-                        reported: GatewayState::Connecting,
-                        upkeep: upkeep::GatewayUpkeep::new(now),
-                        spec,
-                    },
-                };
-                next.insert(entry.spec.public_key, entry);
-            }
-            let id_of = |k: &PublicKey, map: &BTreeMap<PublicKey, Gateway>| {
-                map.get(k)
-                    .map_or_else(|| k.to_string(), |g| g.spec.id.clone())
-            };
-            let mut report = GatewayUpdate {
-                added: update.added.iter().map(|k| id_of(k, &next)).collect(),
-                removed: update.removed.iter().map(|k| id_of(k, &old)).collect(),
-                changed: update.changed.iter().map(|k| id_of(k, &next)).collect(),
-                unchanged: update.unchanged.iter().map(|k| id_of(k, &next)).collect(),
-            };
-            for list in [
-                &mut report.added,
-                &mut report.removed,
-                &mut report.changed,
-                &mut report.unchanged,
-            ] {
-                list.sort();
-            }
-            t.gateways = next;
-            report
-        };
-        for id in &report.added {
-            tracing::info!(gateway = %id, "gateway added");
-        }
-        for id in &report.removed {
-            tracing::info!(gateway = %id, "gateway removed");
-        }
-        for id in &report.changed {
-            tracing::info!(gateway = %id, "gateway updated");
-        }
-        tasks::flush(&self.inner).await;
-        report
+        resolved
     }
 
     /// Replaces the agent's private key: every tunnel re-keys (new handshakes at once).
