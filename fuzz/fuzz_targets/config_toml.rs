@@ -52,19 +52,17 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let path = Path::new("/nonexistent-wg-agent-fuzz/agent.toml");
-    match agent::config::Config::from_toml_with_env(text, path, &|_| Some(ENV_KEY.to_owned())) {
-        Ok(config) => {
-            // Debug output (what a log line could show) never holds the secret.
-            let shown = format!("{config:?}");
-            assert!(
-                !shown.contains(ENV_KEY),
-                "the key in the config's Debug output"
-            );
-        }
-        Err(error) => {
-            let message = error.to_string();
-            // Messages never echo the secret.
-            assert!(!message.contains(ENV_KEY), "{message}");
-        }
+    let secrets = inline_secrets(text);
+    // Debug output (what a log line could show) and error messages never hold a secret: the
+    // environment's key or an inline key of the input.
+    let shown = match agent::config::Config::from_toml_with_env(text, path, &|_| {
+        Some(ENV_KEY.to_owned())
+    }) {
+        Ok(config) => format!("{config:?}"),
+        Err(error) => error.to_string(),
+    };
+    assert!(!shown.contains(ENV_KEY), "the environment's key in: {shown}");
+    for secret in secrets {
+        assert!(!shown.contains(secret), "an inline secret in: {shown}");
     }
 });

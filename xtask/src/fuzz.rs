@@ -173,7 +173,13 @@ fn artifact_names(dir: &Path) -> Vec<PathBuf> {
 
 fn cargo_fuzz(dir: &Path) -> Command {
     let mut cmd = Command::new("cargo");
-    cmd.arg("fuzz").current_dir(dir).env("RUSTC_BOOTSTRAP", "1");
+    // Warnings fail the build (the fuzz crate is outside the workspace, so clippy's
+    // `-D warnings` never sees it); cargo-fuzz appends RUSTFLAGS to its own flags. `build`
+    // and `run` get the same flags, so `run` reuses what `build` compiled.
+    cmd.arg("fuzz")
+        .current_dir(dir)
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env("RUSTFLAGS", "-D warnings");
     cmd
 }
 

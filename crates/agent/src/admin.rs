@@ -2,6 +2,11 @@
 //! hyper on a loopback TCP address or a unix socket. The runtime plugs in through
 //! [`StatusSource`]; this module knows nothing about tunnels.
 //!
+//! With `[admin] allow_remote = true` it may listen on any address: clients from other hosts
+//! (kubelet probes, Prometheus) then get `/healthz`, `/readyz` and `/metrics`, and `403` for
+//! everything else; `/status` (endpoints, keys) answers local clients only (loopback or the
+//! unix socket).
+//!
 //! ```no_run
 //! # async fn example() -> Result<(), agent::admin::AdminError> {
 //! use std::sync::Arc;
@@ -14,7 +19,7 @@
 //!         StatusSnapshot::new("10.1.0.100".parse().unwrap(), vec![], vec![])
 //!     }
 //! }
-//! let server = AdminServer::bind(&AdminAddr::Tcp("127.0.0.1:9090".parse().unwrap())).await?;
+//! let server = AdminServer::bind(&AdminAddr::Tcp("127.0.0.1:5182".parse().unwrap())).await?;
 //! server.serve(Arc::new(Idle), std::future::pending()).await;
 //! # Ok(()) }
 //! ```
@@ -62,7 +67,7 @@ pub trait StatusSource: Send + Sync + 'static {
 /// Where an admin endpoint is reached: a TCP address or a unix socket path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdminAddr {
-    /// TCP (the server only binds loopback addresses; the config enforces it).
+    /// TCP (a loopback address, or any with `[admin] allow_remote`; the config enforces it).
     Tcp(SocketAddr),
     /// A unix socket.
     Unix(PathBuf),
@@ -75,6 +80,43 @@ impl AdminAddr {
             AdminListen::Tcp(addr) => Some(Self::Tcp(*addr)),
             AdminListen::Unix(path) => Some(Self::Unix(path.clone())),
             AdminListen::Off => None,
+        }
+    }
+
+    /// The address a local client connects to: an unspecified listen address (`0.0.0.0`,
+    /// `[::]`) is reached on loopback of the same family.
+    pub fn for_local_client(&self) -> Self {
+        match self {
+            Self::Tcp(addr) if addr.ip().is_unspecified() => {
+                let ip = match addr {
+                    SocketAddr::V4(_) => std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST),
+                    SocketAddr::V6(_) => std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+                };
+                Self::Tcp(SocketAddr::new(ip, addr.port()))
+            }
+            other => other.clone(),
+        }
+    }
+}
+
+/// Who sent a request, as far as the admin endpoint cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Client {
+    /// A loopback address or the unix socket: every endpoint.
+    Local,
+    /// Another host (only with `[admin] allow_remote`): `/healthz`, `/readyz`, `/metrics`.
+    Remote,
+}
+
+impl Client {
+    /// Classifies a TCP peer; an IPv4-mapped IPv6 loopback address (`::ffff:127.0.0.1`, seen
+    /// on a `[::]` listener) is local too.
+    pub fn of_peer(peer: SocketAddr) -> Self {
+        let ip = peer.ip().to_canonical();
+        if ip.is_loopback() {
+            Self::Local
+        } else {
+            Self::Remote
         }
     }
 }
@@ -91,7 +133,7 @@ impl fmt::Display for AdminAddr {
 impl std::str::FromStr for AdminAddr {
     type Err = String;
 
-    /// `"127.0.0.1:9090"`, `"[::1]:9090"`, `"localhost:9090"` or `"unix:/path"`.
+    /// `"127.0.0.1:5182"`, `"[::1]:5182"`, `"localhost:5182"` or `"unix:/path"`.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         if let Some(path) = text.strip_prefix("unix:") {
             if path.is_empty() {
@@ -105,7 +147,7 @@ impl std::str::FromStr for AdminAddr {
         }
         text.parse()
             .map(Self::Tcp)
-            .map_err(|_| format!("`{text}` is not an address like 127.0.0.1:9090 or unix:/path"))
+            .map_err(|_| format!("`{text}` is not an address like 127.0.0.1:5182 or unix:/path"))
     }
 }
 
@@ -197,10 +239,10 @@ impl AdminServer {
                 accepted = accept(&self.listener) => accepted,
             };
             match accepted {
-                Ok(io) => {
+                Ok((io, client)) => {
                     let source = source.clone();
                     tokio::spawn(async move {
-                        serve_connection(io, source).await;
+                        serve_connection(io, client, source).await;
                         drop(permit);
                     });
                 }
@@ -223,17 +265,27 @@ enum Io {
     Unix(tokio::net::UnixStream),
 }
 
-async fn accept(listener: &Listener) -> std::io::Result<Io> {
+async fn accept(listener: &Listener) -> std::io::Result<(Io, Client)> {
     match listener {
-        Listener::Tcp(l) => l.accept().await.map(|(s, _)| Io::Tcp(s)),
-        Listener::Unix(l) => l.accept().await.map(|(s, _)| Io::Unix(s)),
+        Listener::Tcp(l) => l
+            .accept()
+            .await
+            .map(|(s, peer)| (Io::Tcp(s), Client::of_peer(peer))),
+        Listener::Unix(l) => l.accept().await.map(|(s, _)| (Io::Unix(s), Client::Local)),
     }
 }
 
-async fn serve_connection(io: Io, source: Arc<dyn StatusSource>) {
-    let service = hyper::service::service_fn(move |req| {
+async fn serve_connection(io: Io, client: Client, source: Arc<dyn StatusSource>) {
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let source = source.clone();
-        async move { Ok::<_, Infallible>(handle(&req, source.as_ref())) }
+        async move {
+            Ok::<_, Infallible>(respond(
+                req.method(),
+                req.uri().path(),
+                source.as_ref(),
+                client,
+            ))
+        }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -269,12 +321,29 @@ async fn remove_stale_socket(path: &Path) -> Result<(), AdminError> {
     Ok(())
 }
 
-/// Answers one request. Public so the runtime can reuse it (for example in tests).
+/// Answers one request from a local client. Public so the runtime can reuse it (for example
+/// in tests).
 pub fn handle(req: &Request<Incoming>, source: &dyn StatusSource) -> Response<Full<Bytes>> {
-    respond(req.method(), req.uri().path(), source)
+    respond(req.method(), req.uri().path(), source, Client::Local)
 }
 
-fn respond(method: &Method, path: &str, source: &dyn StatusSource) -> Response<Full<Bytes>> {
+/// Paths served to [`Client::Remote`].
+const REMOTE_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
+/// Answers one request from `client`.
+pub fn respond(
+    method: &Method,
+    path: &str,
+    source: &dyn StatusSource,
+    client: Client,
+) -> Response<Full<Bytes>> {
+    if client == Client::Remote && !REMOTE_PATHS.contains(&path) {
+        return text(
+            StatusCode::FORBIDDEN,
+            "forbidden: only /healthz, /readyz and /metrics are served to remote clients; \
+             ask from the agent's host\n",
+        );
+    }
     if method != Method::GET && method != Method::HEAD {
         let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
         resp.headers_mut()
@@ -390,7 +459,7 @@ mod tests {
             up: AtomicBool::new(false),
             draining: AtomicBool::new(false),
         };
-        let get = |path: &str| body(respond(&Method::GET, path, &fake));
+        let get = |path: &str| body(respond(&Method::GET, path, &fake, Client::Local));
         assert_eq!(get("/healthz"), (StatusCode::OK, "ok\n".into()));
         assert_eq!(get("/readyz").0, StatusCode::SERVICE_UNAVAILABLE);
         fake.up.store(true, Ordering::Relaxed);
@@ -414,9 +483,71 @@ mod tests {
             "{metrics}"
         );
         assert_eq!(get("/nope").0, StatusCode::NOT_FOUND);
-        let resp = respond(&Method::POST, "/status", &fake);
+        let resp = respond(&Method::POST, "/status", &fake, Client::Local);
         assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(resp.headers()[ALLOW], "GET, HEAD");
+    }
+
+    #[test]
+    fn remote_clients_get_probes_and_metrics_only() {
+        let fake = Fake {
+            up: AtomicBool::new(true),
+            draining: AtomicBool::new(false),
+        };
+        let get = |path: &str| body(respond(&Method::GET, path, &fake, Client::Remote));
+        assert_eq!(get("/healthz"), (StatusCode::OK, "ok\n".into()));
+        assert_eq!(get("/readyz"), (StatusCode::OK, "ready\n".into()));
+        let (status, metrics) = get("/metrics");
+        assert_eq!(status, StatusCode::OK);
+        assert!(metrics.contains("wg_agent_gateway_up"), "{metrics}");
+        for local_only in ["/status", "/nope", "/status/", "/ping"] {
+            let (status, text) = get(local_only);
+            assert_eq!(status, StatusCode::FORBIDDEN, "{local_only}");
+            assert!(
+                !text.contains("192.0.2.1"),
+                "{local_only}: no endpoint leaks"
+            );
+        }
+        let resp = respond(&Method::POST, "/status", &fake, Client::Remote);
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    }
+
+    #[test]
+    fn clients_are_classified_by_peer_address() {
+        for local in [
+            "127.0.0.1:1",
+            "127.9.9.9:1",
+            "[::1]:1",
+            "[::ffff:127.0.0.1]:1",
+        ] {
+            assert_eq!(
+                Client::of_peer(local.parse().unwrap()),
+                Client::Local,
+                "{local}"
+            );
+        }
+        for remote in [
+            "10.0.0.2:1",
+            "192.0.2.1:1",
+            "[2001:db8::1]:1",
+            "[::ffff:10.0.0.2]:1",
+        ] {
+            assert_eq!(
+                Client::of_peer(remote.parse().unwrap()),
+                Client::Remote,
+                "{remote}"
+            );
+        }
+    }
+
+    #[test]
+    fn unspecified_listen_is_reached_on_loopback() {
+        let addr = AdminAddr::Tcp("0.0.0.0:5182".parse().unwrap());
+        assert_eq!(addr.for_local_client().to_string(), "127.0.0.1:5182");
+        let addr = AdminAddr::Tcp("[::]:5182".parse().unwrap());
+        assert_eq!(addr.for_local_client().to_string(), "[::1]:5182");
+        let addr = AdminAddr::Tcp("127.0.0.2:1".parse().unwrap());
+        assert_eq!(addr.for_local_client(), addr);
     }
 
     #[test]
@@ -439,7 +570,7 @@ mod tests {
         assert_eq!(AdminAddr::from_listen(&AdminListen::Off), None);
         assert_eq!(
             AdminAddr::from_listen(&AdminListen::DEFAULT).map(|a| a.to_string()),
-            Some("127.0.0.1:9090".into())
+            Some("127.0.0.1:5182".into())
         );
     }
 }

@@ -47,15 +47,19 @@ enum Command {
     Pubkey,
     /// Show gateways, handshakes, traffic and routes of a running agent.
     Status {
-        /// The admin endpoint: 127.0.0.1:9090, [::1]:9090 or unix:/path.
+        /// The admin endpoint: 127.0.0.1:5182 (the default), [::1]:5182 or unix:/path.
         #[arg(long, value_name = "ADDR", conflicts_with = "config")]
         admin: Option<AdminAddr>,
         /// Find the admin endpoint in this config file's [admin] section.
         #[arg(long, short, value_name = "FILE")]
         config: Option<PathBuf>,
         /// Print the status document as JSON.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "check")]
         json: bool,
+        /// Only ask whether the agent is ready (at least one gateway up): exit 0 if so, 1 if
+        /// not or if the agent cannot be reached. For exec probes and scripts.
+        #[arg(long)]
+        check: bool,
     },
     /// Run a gateway, a sample app and the agent on loopback, and report what happened.
     Demo {
@@ -89,7 +93,8 @@ pub(crate) fn execute(cli: Cli) -> ExitCode {
             admin,
             config,
             json,
-        } => status(admin, config.as_deref(), json),
+            check,
+        } => status(admin, config.as_deref(), json, check),
         Command::Demo { log } => demo(&log),
     }
 }
@@ -105,8 +110,13 @@ fn check(path: &Path) -> ExitCode {
             for warning in &config.warnings {
                 eprintln!("wg-agent: warning: {warning}");
             }
+            let remote = if config.admin.is_remote() {
+                " (remote clients: /healthz, /readyz, /metrics)"
+            } else {
+                ""
+            };
             eprintln!(
-                "{}: ok ({}, {}, admin {})",
+                "{}: ok ({}, {}, admin {}{remote})",
                 path.display(),
                 count(config.gateways.len(), "gateway"),
                 count(config.routes.len(), "route"),
@@ -251,12 +261,12 @@ async fn shutdown_signal() {
     }
 }
 
-fn status(admin: Option<AdminAddr>, config: Option<&Path>, json: bool) -> ExitCode {
+fn status(admin: Option<AdminAddr>, config: Option<&Path>, json: bool, check: bool) -> ExitCode {
     let addr = match (admin, config) {
         (Some(addr), _) => addr,
         (None, Some(path)) => match Config::load_admin_listen(path) {
             Ok(listen) => match AdminAddr::from_listen(&listen) {
-                Some(addr) => addr,
+                Some(addr) => addr.for_local_client(),
                 None => {
                     return fail(
                         EXIT_RUNTIME,
@@ -281,6 +291,13 @@ fn status(admin: Option<AdminAddr>, config: Option<&Path>, json: bool) -> ExitCo
         Ok(rt) => rt,
         Err(e) => return fail(EXIT_RUNTIME, format!("cannot start the async runtime: {e}")),
     };
+    if check {
+        return match runtime.block_on(agent::status::fetch_readiness(&addr, STATUS_TIMEOUT)) {
+            Ok((true, reason)) => emit(&format!("{reason}\n")),
+            Ok((false, reason)) => fail(EXIT_RUNTIME, reason),
+            Err(error) => fail(EXIT_RUNTIME, error),
+        };
+    }
     let body = match runtime.block_on(agent::status::fetch_status(&addr, STATUS_TIMEOUT)) {
         Ok(body) => body,
         Err(error) => return fail(EXIT_RUNTIME, error),

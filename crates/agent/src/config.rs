@@ -21,7 +21,7 @@ use wg_core::{IpNet, PeerConfig, PresharedKey, PrivateKey, PublicKey};
 
 pub use error::ConfigError;
 pub use reload::ConfigChanges;
-pub use types::{AdminListen, Endpoint, Host, format_duration, parse_duration};
+pub use types::{AdminListen, DEFAULT_ADMIN_PORT, Endpoint, Host, format_duration, parse_duration};
 
 use raw::RawConfig;
 use validate::{Validator, admin_listen, read_config, syntax_error};
@@ -42,6 +42,9 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// `[admin] listen`.
     pub admin: AdminListen,
+    /// `[admin] allow_remote`: a non-loopback `listen` is allowed; remote clients get
+    /// `/healthz`, `/readyz` and `/metrics` only.
+    pub admin_allow_remote: bool,
     /// `[log]`.
     pub log: LogConfig,
     /// Things an operator should know that do not make the file invalid.
@@ -251,7 +254,7 @@ impl Config {
         let text = read_config(path)?;
         let raw: raw::RawAdminOnly =
             toml::from_str(&text).map_err(|e| syntax_error(path, &text, &e))?;
-        admin_listen(path, raw.admin.listen.as_deref())
+        admin_listen(path, raw.admin.listen.as_deref(), raw.admin.allow_remote)
     }
 }
 

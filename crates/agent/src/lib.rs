@@ -38,6 +38,8 @@
 pub mod admin;
 pub mod config;
 mod demo;
+#[cfg(feature = "test-hooks")]
+mod hooks;
 pub mod manager;
 pub mod metrics;
 mod runtime;

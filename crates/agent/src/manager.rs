@@ -238,6 +238,8 @@ pub(crate) struct Inner {
     pub(crate) shutdown: watch::Sender<bool>,
     /// Where closing stands: listeners and dials watch it.
     closing: watch::Sender<Closing>,
+    /// Set once a packet task ended while the manager was open (see [`Manager::failed`]).
+    failure: watch::Sender<Option<String>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -389,6 +391,10 @@ impl Inner {
         self.device.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn is_closed(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
     fn is_closing(&self) -> bool {
         *self.closing.borrow() != Closing::Open
     }
@@ -403,7 +409,7 @@ impl Manager {
         check_unique(&config.gateways)?;
         let mut stack_config = config.netstack.clone();
         stack_config.addresses = vec![config.virtual_ip];
-        stack_config.mtu = usize::from(config.mtu);
+        stack_config.path_mtu = usize::from(config.mtu);
         let netstack = Netstack::new(stack_config)?;
         let sockets =
             tasks::Sockets::bind(config.listen_port).map_err(|source| ManagerError::Bind {
@@ -418,6 +424,7 @@ impl Manager {
         };
         let peers = Peers::with_config(config.private_key.clone(), wg_config, now);
         let (shutdown, _) = watch::channel(false);
+        let (failure, _) = watch::channel(None);
         let inner = Arc::new(Inner {
             virtual_ip: config.virtual_ip,
             probe_after: config.probe_after,
@@ -433,24 +440,39 @@ impl Manager {
             counters: PacketCounters::default(),
             shutdown,
             closing: watch::channel(Closing::Open).0,
+            failure,
             tasks: Mutex::new(Vec::new()),
         });
         let manager = Self { inner };
         let local = manager.inner.sockets.local_addrs();
         tracing::info!(virtual_ip = %config.virtual_ip, udp = ?local, "device up");
         manager.apply_gateways(config.gateways).await;
-        let tasks = tasks::spawn_tasks(&manager.inner);
-        let upkeep = tokio::spawn(upkeep::run(Arc::clone(&manager.inner)));
-        {
-            let mut all = manager
-                .inner
-                .tasks
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            all.extend(tasks);
-            all.push(upkeep);
-        }
+        let inner = &manager.inner;
+        let tasks = vec![
+            supervise(inner, "receive", tasks::receive_task(Arc::clone(inner))),
+            supervise(inner, "send", tasks::send_task(Arc::clone(inner))),
+            supervise(inner, "timer", tasks::timer_task(Arc::clone(inner))),
+            supervise(inner, "upkeep", upkeep::run(Arc::clone(inner))),
+        ];
+        inner
+            .tasks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(tasks);
         Ok(manager)
+    }
+
+    /// Completes when a packet task (receive, send, timer, upkeep) has ended while the
+    /// manager was open: by a panic or an unexpected return. Traffic has then stopped for
+    /// good, so the caller should end the process and let the service manager restart it.
+    /// The output says which task and why. Never completes after [`close`](Self::close).
+    pub async fn failed(&self) -> String {
+        let mut rx = self.inner.failure.subscribe();
+        match rx.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone().unwrap_or_default(),
+            // The sender lives in `inner`, which `self` holds: the channel cannot close.
+            Err(_) => std::future::pending().await,
+        }
     }
 
     /// Replaces the gateway list, applying the difference: a gateway whose public key,
@@ -689,6 +711,45 @@ impl Manager {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// Spawns a packet task and a supervisor that watches it through its `JoinHandle`: a panic
+/// or a return while the manager is open is recorded for [`Manager::failed`]. Aborting the
+/// returned supervisor aborts the task too.
+fn supervise<F>(inner: &Arc<Inner>, name: &'static str, task: F) -> JoinHandle<()>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    struct AbortOnDrop(tokio::task::AbortHandle);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let mut handle = tokio::spawn(task);
+    let inner = Arc::clone(inner);
+    tokio::spawn(async move {
+        let _abort = AbortOnDrop(handle.abort_handle());
+        let outcome = (&mut handle).await;
+        if inner.is_closed() {
+            return;
+        }
+        let reason = match outcome {
+            Ok(()) => format!("packet task `{name}` ended unexpectedly"),
+            Err(e) if e.is_panic() => {
+                let payload = e.into_panic();
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "(no message)".to_owned());
+                format!("packet task `{name}` panicked: {message}")
+            }
+            Err(_) => format!("packet task `{name}` was cancelled"),
+        };
+        tracing::error!("{reason}; traffic has stopped");
+        inner.failure.send_replace(Some(reason));
+    })
 }
 
 pub(crate) fn gateway_stats(peers: &Peers, g: &Gateway, now: Instant) -> GatewayStats {

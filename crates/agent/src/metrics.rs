@@ -176,6 +176,8 @@ pub struct AgentCounters {
     pub tcp_stack_resent: u64,
     /// Of those, the ones not sent because the client already had every byte.
     pub tcp_stack_resends_dropped: u64,
+    /// Liveness probes per gateway id: (sent, unanswered).
+    pub liveness_probes: BTreeMap<String, (u64, u64)>,
 }
 
 /// Writes the per-gateway series of SPEC (`wg_agent_gateway_*`, label `gateway="<id>"`).
@@ -276,6 +278,24 @@ pub fn write_agent_counters(w: &mut MetricsWriter<'_>, counters: &AgentCounters)
         &[("kind", "stack_resend_dropped")],
         counters.tcp_stack_resends_dropped,
     );
+    for (name, help, unanswered) in [
+        (
+            "wg_agent_gateway_liveness_probes_total",
+            "ICMP echo probes sent to the gateway's virtual IP after 25 s of silence.",
+            false,
+        ),
+        (
+            "wg_agent_gateway_liveness_probes_unanswered_total",
+            "Liveness probes that got no answer in 10 s (each forced a fresh handshake).",
+            true,
+        ),
+    ] {
+        w.family(name, MetricKind::Counter, help);
+        for (id, (sent, failed)) in &counters.liveness_probes {
+            let value = if unanswered { *failed } else { *sent };
+            w.sample_u64(name, &[("gateway", id)], value);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -344,6 +364,7 @@ mod tests {
             ..Default::default()
         };
         counters.dropped_packets.insert("malformed".into(), 2);
+        counters.liveness_probes.insert("gw1".into(), (5, 2));
         write_agent_counters(&mut w, &counters);
         for line in [
             "# TYPE wg_agent_gateway_rx_bytes_total counter",
@@ -358,6 +379,9 @@ mod tests {
             "wg_agent_dropped_packets_total{reason=\"malformed\"} 2",
             "wg_agent_tcp_loss_repair_total{kind=\"sack\"} 3",
             "wg_agent_tcp_loss_repair_total{kind=\"probe\"} 1",
+            "# TYPE wg_agent_gateway_liveness_probes_total counter",
+            "wg_agent_gateway_liveness_probes_total{gateway=\"gw1\"} 5",
+            "wg_agent_gateway_liveness_probes_unanswered_total{gateway=\"gw1\"} 2",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
@@ -366,6 +390,6 @@ mod tests {
         }
         // Every family is announced exactly once.
         let types = text.lines().filter(|l| l.starts_with("# TYPE")).count();
-        assert_eq!(types, 8);
+        assert_eq!(types, 10);
     }
 }

@@ -16,7 +16,7 @@ use crate::admin::{AdminAddr, AdminServer, StatusSource};
 use crate::config::{Config, ConfigChanges, GatewayConfig, RouteConfig, RouteProtocol};
 use crate::manager::{GatewaySpec, Manager, ManagerConfig};
 use crate::metrics::{AgentCounters, MetricsWriter, write_agent_counters};
-use crate::snapshot::{GatewayStatus, RouteStatus, StatusSnapshot};
+use crate::snapshot::{AgentStatus, GatewayStatus, RouteStatus, StatusSnapshot};
 
 /// How long a stopping agent waits for closed connections to flush through the tunnel.
 const LINGER: Duration = Duration::from_secs(3);
@@ -27,6 +27,13 @@ const LINGER: Duration = Duration::from_secs(3);
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
     let admin_listen = AdminAddr::from_listen(&config.admin);
     let agent = Agent::start(config).await?;
+    // Gateway operators need this key first (their `[Peer] PublicKey`); it is public.
+    tracing::info!(
+        public_key = %agent.manager().public_key(),
+        listen_port = agent.listen_port(),
+        virtual_ip = %agent.manager().virtual_ip(),
+        "agent started"
+    );
     let (admin_stop, admin_stopped) = watch::channel(false);
     let admin_task = match admin_listen {
         Some(addr) => {
@@ -48,6 +55,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> a
     loop {
         tokio::select! {
             () = &mut shutdown => break,
+            reason = agent.manager().failed() => {
+                // Traffic has stopped for good: exit 1 so the service manager restarts us.
+                sd_notify("STOPPING=1");
+                anyhow::bail!("{reason}: exiting so the service manager restarts the agent");
+            }
             _ = hangup.recv() => {
                 sd_notify("RELOADING=1");
                 agent.reload().await;
@@ -314,7 +326,18 @@ impl Agent {
             .iter()
             .map(RouteStatus::from_config)
             .collect();
-        StatusSnapshot::new(self.inner.manager.virtual_ip(), gateways, routes)
+        let manager = &self.inner.manager;
+        let agent = AgentStatus::new(manager.public_key().to_base64(), self.listen_port());
+        StatusSnapshot::new(manager.virtual_ip(), gateways, routes).with_agent(agent)
+    }
+
+    /// The local UDP port in use (the configured one, or the one the system picked).
+    pub fn listen_port(&self) -> u16 {
+        self.inner
+            .manager
+            .local_addrs()
+            .first()
+            .map_or(0, std::net::SocketAddr::port)
     }
 }
 
@@ -346,6 +369,11 @@ impl StatusSource for Agent {
                 .entry(format!("stack_{}", reason.as_str()))
                 .or_default() += stack.dropped.get(reason);
         }
+        counters.liveness_probes = manager
+            .stats()
+            .into_iter()
+            .map(|g| (g.id, (g.probes_sent, g.probes_failed)))
+            .collect();
         let t = manager.counters();
         counters.dropped_packets.insert(
             "transmit_overflow".into(),

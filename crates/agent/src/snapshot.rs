@@ -18,6 +18,10 @@ pub const HANDSHAKE_LIFETIME: Duration = Duration::from_secs(180);
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct StatusSnapshot {
+    /// The agent's own interface (public key, listening port), like the `interface:` section
+    /// of `wg show`. `None` in documents from agents older than this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentStatus>,
     /// The agent's virtual IP.
     pub virtual_ip: IpAddr,
     /// One entry per configured gateway, in config order.
@@ -30,15 +34,43 @@ impl StatusSnapshot {
     /// A snapshot from its parts.
     pub fn new(virtual_ip: IpAddr, gateways: Vec<GatewayStatus>, routes: Vec<RouteStatus>) -> Self {
         Self {
+            agent: None,
             virtual_ip,
             gateways,
             routes,
         }
     }
 
+    /// The same document with the agent's interface section.
+    pub fn with_agent(mut self, agent: AgentStatus) -> Self {
+        self.agent = Some(agent);
+        self
+    }
+
     /// Whether at least one gateway is up (what `/readyz` reports, draining aside).
     pub fn any_gateway_up(&self) -> bool {
         self.gateways.iter().any(|g| g.state == GatewayState::Up)
+    }
+}
+
+/// The agent's own interface in the status document: what a gateway operator needs to add
+/// the agent as a peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct AgentStatus {
+    /// The agent's base64 public key (the gateway's `[Peer] PublicKey`).
+    pub public_key: String,
+    /// The local UDP port the agent sends from and listens on.
+    pub listen_port: u16,
+}
+
+impl AgentStatus {
+    /// An interface section from its parts.
+    pub fn new(public_key: String, listen_port: u16) -> Self {
+        Self {
+            public_key,
+            listen_port,
+        }
     }
 }
 
@@ -314,5 +346,14 @@ mod tests {
         let back: StatusSnapshot = serde_json::from_value(json).unwrap();
         assert_eq!(back, s);
         assert!(s.any_gateway_up());
+
+        let s = s.with_agent(AgentStatus::new("agentpk".into(), 51820));
+        let json: serde_json::Value = serde_json::to_value(&s).unwrap();
+        assert_eq!(
+            json["agent"],
+            serde_json::json!({"public_key": "agentpk", "listen_port": 51820})
+        );
+        let back: StatusSnapshot = serde_json::from_value(json).unwrap();
+        assert_eq!(back, s);
     }
 }

@@ -49,7 +49,41 @@ pub enum StatusError {
 
 /// GETs `/status` and returns the body as sent (a JSON document).
 pub async fn fetch_status(addr: &AdminAddr, timeout: Duration) -> Result<String, StatusError> {
-    match tokio::time::timeout(timeout, fetch_inner(addr)).await {
+    let (status, body) = get(addr, "/status", timeout).await?;
+    if status != StatusCode::OK {
+        return Err(StatusError::Http {
+            addr: addr.clone(),
+            message: format!("GET /status answered {status}: {}", body.trim()),
+        });
+    }
+    Ok(body)
+}
+
+/// GETs `/readyz`: `Ok((true, reason))` when the agent is ready (200), `Ok((false, reason))`
+/// when it answers that it is not (503: no gateway up, or draining), with the agent's one-line
+/// reason. What `wg-agent status --check` reports.
+pub async fn fetch_readiness(
+    addr: &AdminAddr,
+    timeout: Duration,
+) -> Result<(bool, String), StatusError> {
+    let (status, body) = get(addr, "/readyz", timeout).await?;
+    match status {
+        StatusCode::OK => Ok((true, body.trim().to_owned())),
+        StatusCode::SERVICE_UNAVAILABLE => Ok((false, body.trim().to_owned())),
+        other => Err(StatusError::Http {
+            addr: addr.clone(),
+            message: format!("GET /readyz answered {other}: {}", body.trim()),
+        }),
+    }
+}
+
+/// GETs `path` and returns the status code and the body (UTF-8, at most [`MAX_BODY`]).
+pub async fn get(
+    addr: &AdminAddr,
+    path: &str,
+    timeout: Duration,
+) -> Result<(StatusCode, String), StatusError> {
+    match tokio::time::timeout(timeout, get_inner(addr, path)).await {
         Ok(result) => result,
         Err(_) => Err(StatusError::Timeout {
             addr: addr.clone(),
@@ -58,7 +92,7 @@ pub async fn fetch_status(addr: &AdminAddr, timeout: Duration) -> Result<String,
     }
 }
 
-async fn fetch_inner(addr: &AdminAddr) -> Result<String, StatusError> {
+async fn get_inner(addr: &AdminAddr, path: &str) -> Result<(StatusCode, String), StatusError> {
     let connect_error = |source| StatusError::Connect {
         addr: addr.clone(),
         source,
@@ -67,7 +101,7 @@ async fn fetch_inner(addr: &AdminAddr) -> Result<String, StatusError> {
         addr: addr.clone(),
         message,
     };
-    let request = Request::get("/status")
+    let request = Request::get(path)
         .header(hyper::header::HOST, "localhost")
         .body(Empty::<Bytes>::new())
         .map_err(|e| http_error(e.to_string()))?;
@@ -94,13 +128,7 @@ async fn fetch_inner(addr: &AdminAddr) -> Result<String, StatusError> {
         .to_bytes();
     let body = String::from_utf8(body.to_vec())
         .map_err(|_| http_error("the response is not UTF-8".into()))?;
-    if status != StatusCode::OK {
-        return Err(http_error(format!(
-            "GET /status answered {status}: {}",
-            body.trim()
-        )));
-    }
-    Ok(body)
+    Ok((status, body))
 }
 
 async fn send<T>(
@@ -117,11 +145,23 @@ where
     sender.send_request(request).await
 }
 
-/// Renders the status as a table: gateways (one row each), then routes.
+/// Renders the status as `wg show` does: the agent's interface first (public key, listening
+/// port, virtual IP, gateways), then a table of gateways (one row each), then the routes.
 /// `now_unix` is the current Unix time, for handshake ages.
 pub fn render_table(status: &StatusSnapshot, now_unix: u64) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "agent: virtual ip {}\n", status.virtual_ip);
+    out.push_str("agent:\n");
+    if let Some(agent) = &status.agent {
+        let _ = writeln!(out, "  public key: {}", agent.public_key);
+        let _ = writeln!(out, "  listening port: {}", agent.listen_port);
+    }
+    let _ = writeln!(out, "  virtual ip: {}", status.virtual_ip);
+    let up = status
+        .gateways
+        .iter()
+        .filter(|g| g.state == crate::snapshot::GatewayState::Up)
+        .count();
+    let _ = writeln!(out, "  gateways: {} ({up} up)\n", status.gateways.len());
     if status.gateways.is_empty() {
         out.push_str("no gateways configured\n");
     } else {
@@ -230,7 +270,7 @@ pub fn human_bytes(n: u64) -> String {
 mod tests {
     use super::*;
     use crate::config::RouteProtocol;
-    use crate::snapshot::{GatewayState, GatewayStatus, RouteStatus};
+    use crate::snapshot::{AgentStatus, GatewayState, GatewayStatus, RouteStatus};
 
     #[test]
     fn human_units() {
@@ -289,10 +329,18 @@ mod tests {
                 RouteProtocol::Http,
                 "127.0.0.1:8080".into(),
             )],
-        );
+        )
+        .with_agent(AgentStatus::new(
+            "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=".into(),
+            51820,
+        ));
         let text = render_table(&status, 1000);
         let expected = "\
-agent: virtual ip 10.1.0.100
+agent:
+  public key: hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=
+  listening port: 51820
+  virtual ip: 10.1.0.100
+  gateways: 2 (1 up)
 
 GATEWAY  NAME           ENDPOINT               STATE       LATEST HANDSHAKE  RECEIVED  SENT
 gw1      gateway-tokyo  192.0.2.1:51820        up          12 seconds ago    1.21 MiB  3.40 KiB
@@ -307,6 +355,10 @@ PORT  PROTOCOL  UPSTREAM
         assert!(
             text.contains("no gateways configured") && text.contains("no routes"),
             "{text}"
+        );
+        assert!(
+            text.starts_with("agent:\n  virtual ip: 10.1.0.100\n  gateways: 0 (0 up)\n"),
+            "a document without the agent section (an older agent) still renders: {text}"
         );
     }
 }

@@ -194,7 +194,7 @@ fn check_valid_config_exits_0() {
     let o = check(&path);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(
-        stderr(&o).contains("ok (1 gateway, 1 route, admin 127.0.0.1:9090)"),
+        stderr(&o).contains("ok (1 gateway, 1 route, admin 127.0.0.1:5182)"),
         "{}",
         stderr(&o)
     );

@@ -14,8 +14,14 @@ pub struct NetstackConfig {
     /// (smoltcp's interface holds two). Outbound connections use the first address
     /// of the remote's family.
     pub addresses: Vec<IpAddr>,
-    /// IP MTU in bytes (default 1420, WireGuard's). TCP MSS follows from it.
-    pub mtu: usize,
+    /// The path MTU in bytes: the largest IP packet the stack puts on the wire (default
+    /// 1420, WireGuard's). UDP datagrams and ICMP messages obey it, and the TCP MSS
+    /// announced to peers and every outbound TCP segment follow from it.
+    ///
+    /// It is kept apart from the segment size smoltcp works in internally (today the same
+    /// value): with segmentation offload inside the stack, smoltcp handles large segments
+    /// and the stack splits them to this MTU on the way out.
+    pub path_mtu: usize,
     /// Receive buffer of each TCP connection in bytes (default 1 MiB). The advertised
     /// window (with window scaling) follows from it. Pages are committed only when used.
     pub tcp_rx_buffer: usize,
@@ -94,7 +100,7 @@ impl Default for NetstackConfig {
     fn default() -> Self {
         Self {
             addresses: Vec::new(),
-            mtu: 1420,
+            path_mtu: 1420,
             tcp_rx_buffer: 1 << 20,
             tcp_tx_buffer: 512 << 10,
             max_connections: 16_384,
@@ -126,6 +132,13 @@ impl NetstackConfig {
         }
     }
 
+    /// The IP MTU smoltcp works in, from which its TCP MSS follows. Equal to
+    /// [`path_mtu`](Self::path_mtu) until the stack splits larger segments to the path MTU
+    /// itself (segmentation offload); only the device handed to smoltcp uses it.
+    pub(crate) fn segment_mtu(&self) -> usize {
+        self.path_mtu
+    }
+
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let v4 = self.addresses.iter().filter(|a| a.is_ipv4()).count();
         let v6 = self.addresses.len() - v4;
@@ -139,8 +152,8 @@ impl NetstackConfig {
         {
             return Err(ConfigError::Address(*bad));
         }
-        if !(1280..=65_535).contains(&self.mtu) {
-            return Err(ConfigError::Mtu(self.mtu));
+        if !(1280..=65_535).contains(&self.path_mtu) {
+            return Err(ConfigError::Mtu(self.path_mtu));
         }
         for (field, value) in [
             ("tcp_rx_buffer", self.tcp_rx_buffer),
@@ -185,8 +198,8 @@ pub enum ConfigError {
     /// An address that cannot be a host address.
     #[error("netstack config: addresses: `{0}` is not a unicast host address")]
     Address(IpAddr),
-    /// MTU out of range.
-    #[error("netstack config: mtu: {0} is outside 1280..=65535")]
+    /// `path_mtu` out of range.
+    #[error("netstack config: path_mtu: {0} is outside 1280..=65535")]
     Mtu(usize),
     /// `min_rto` out of range.
     #[error("netstack config: min_rto: {0:?} is outside 50 ms..=1 s")]

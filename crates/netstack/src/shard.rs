@@ -163,7 +163,7 @@ impl Shard {
         seed: u64,
         now: Instant,
     ) -> Self {
-        let caps = capabilities(config.mtu);
+        let caps = capabilities(config.segment_mtu());
         let mut tx = Vec::new();
         let mut dev = Dev {
             rx: None,

@@ -85,7 +85,7 @@ impl Netstack {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| ConfigError::NoRuntime)?;
         let shared = Arc::new(Shared::new(config, Instant::now())?);
         runtime.spawn(drive(Arc::downgrade(&shared), Arc::clone(&shared.driver)));
-        tracing::info!(addresses = ?shared.config.addresses, mtu = shared.config.mtu, "netstack: up");
+        tracing::info!(addresses = ?shared.config.addresses, path_mtu = shared.config.path_mtu, "netstack: up");
         Ok(Self { shared })
     }
 

@@ -99,7 +99,7 @@ impl UdpSocket {
         } else {
             UDP_IPV6_OVERHEAD
         };
-        if buf.len() + overhead > self.shared.config.mtu {
+        if buf.len() + overhead > self.shared.config.path_mtu {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(

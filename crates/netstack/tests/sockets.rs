@@ -294,3 +294,77 @@ async fn malformed_packets_are_counted_not_fatal() {
         .await
         .expect("alive");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_packet_on_the_wire_fits_the_path_mtu() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+    const MTU: usize = 1280;
+    let mut ca = config(&[A]);
+    let mut cb = config(&[B]);
+    ca.path_mtu = MTU;
+    cb.path_mtu = MTU;
+    let a = Netstack::new(ca).expect("stack a");
+    let b = Netstack::new(cb).expect("stack b");
+    let largest = Arc::new(AtomicUsize::new(0));
+    let pumps: Vec<_> = [(a.clone(), b.clone()), (b.clone(), a.clone())]
+        .into_iter()
+        .map(|(from, to)| {
+            let largest = Arc::clone(&largest);
+            tokio::spawn(async move {
+                let mut batch = Vec::new();
+                loop {
+                    from.recv_outbound(&mut batch, 256).await;
+                    for p in &batch {
+                        largest.fetch_max(p.len(), Relaxed);
+                    }
+                    to.push_inbound(&batch);
+                    batch.clear();
+                }
+            })
+        })
+        .collect();
+
+    // TCP both ways.
+    let listener = b.listen(sa(B, 80)).expect("listen");
+    let mut c = a.connect(sa(B, 80)).await.expect("connect");
+    let (mut s, _) = listener.accept().await.expect("accept");
+    let data = vec![7u8; 256 << 10];
+    let (w, r) = tokio::join!(c.write_all(&data), async {
+        let mut got = vec![0u8; data.len()];
+        s.read_exact(&mut got).await.map(|_| got)
+    });
+    w.expect("write");
+    assert_eq!(r.expect("read"), data);
+    // UDP: the largest datagram that fits goes, one byte more is refused.
+    let ua = a.bind_udp(sa(A, 0)).expect("bind a");
+    let ub = b.bind_udp(sa(B, 53)).expect("bind b");
+    ua.send_to(&[1u8; MTU - 28], sa(B, 53))
+        .await
+        .expect("fits the path MTU");
+    let mut buf = vec![0u8; 2048];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), ub.recv_from(&mut buf))
+        .await
+        .expect("in time")
+        .expect("recv");
+    assert_eq!(n, MTU - 28);
+    let err = ua
+        .send_to(&[1u8; MTU - 27], sa(B, 53))
+        .await
+        .expect_err("past the path MTU");
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    a.ping(ip(B), Duration::from_secs(5)).await.expect("ping");
+    let largest = largest.load(Relaxed);
+    assert!(
+        largest <= MTU,
+        "a {largest}-byte packet on a {MTU}-byte path"
+    );
+    assert!(
+        largest > MTU - 100,
+        "full-size segments were sent: {largest}"
+    );
+    for p in pumps {
+        p.abort();
+    }
+}

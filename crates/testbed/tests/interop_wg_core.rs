@@ -145,7 +145,8 @@ fn interop_wg_core_answers_a_handshake_wireguard_go_starts() {
     testbed::require_gateway_prereqs!();
     // The agent's socket exists first; the gateway knows its endpoint and dials it (keepalive
     // every second), while wg-core knows the gateway's key but no endpoint: it must answer the
-    // initiation (rate limiter, static key lookup) and learn the endpoint from it.
+    // initiation (rate limiter, static key lookup) and learn the endpoint from the data that
+    // follows (an initiation alone never moves an endpoint: it could be a replay).
     let key = PrivateKey::generate();
     let ns = testbed::Netns::new("wgi").unwrap();
     let link = ns.veth_to_host().unwrap();
@@ -168,7 +169,7 @@ fn interop_wg_core_answers_a_handshake_wireguard_go_starts() {
     let up = agent.run_until(Duration::from_secs(10), |a| {
         a.peers
             .peer_stats(&gw_key, Instant::now())
-            .is_some_and(|s| s.state == HandshakeState::Established)
+            .is_some_and(|s| s.state == HandshakeState::Established && s.endpoint.is_some())
     });
     assert!(
         up,
@@ -181,7 +182,7 @@ fn interop_wg_core_answers_a_handshake_wireguard_go_starts() {
     assert_eq!(
         stats.endpoint,
         Some(gw_endpoint),
-        "endpoint learned from the initiation"
+        "endpoint learned from the gateway's first data after its initiation"
     );
     // Now data both ways over the session the gateway started.
     assert!(

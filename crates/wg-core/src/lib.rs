@@ -91,6 +91,7 @@
 
 mod buffers;
 mod event;
+mod initiation;
 mod ipnet;
 mod keys;
 mod peer;

@@ -8,6 +8,7 @@ use boringtun::noise::Tunn;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::x25519;
 
+use crate::initiation::Timestamp;
 use crate::stats::{DropCounts, HandshakeState};
 use crate::{IpNet, PresharedKey, PublicKey};
 
@@ -89,6 +90,10 @@ pub(crate) struct Peer {
     pub(crate) backoff_attempt: u32,
     pub(crate) next_retry: Option<Instant>,
     pub(crate) last_handshake: Option<Instant>,
+    /// The newest initiation timestamp accepted from this peer: the replay guard. It lives
+    /// here, not in the tunnel, so re-creating the tunnel does not forget it (see
+    /// `initiation.rs`); it goes only with the peer.
+    pub(crate) newest_initiation: Option<Timestamp>,
     pub(crate) last_received: Option<Instant>,
     /// Last authenticated packet sent (or a keepalive put off until then): the persistent
     /// keepalive counts from the later of this and `last_received` (see
@@ -123,6 +128,7 @@ impl Peer {
             backoff_attempt: 0,
             next_retry: None,
             last_handshake: None,
+            newest_initiation: None,
             last_received: None,
             last_traversal: None,
             last_data_sent: None,

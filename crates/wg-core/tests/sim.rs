@@ -653,3 +653,87 @@ fn ipv4_mapped_sources_are_the_same_endpoint() {
         .count();
     assert_eq!(roams, 1, "only the first contact");
 }
+
+/// The gateway initiates a handshake with the agent; returns that initiation as captured on
+/// the path, after the handshake completed.
+fn capture_gateway_initiation(net: &mut Net) -> Vec<u8> {
+    up(net);
+    let agent = net.nodes[AGENT].public_key();
+    let now = net.now;
+    assert!(net.nodes[GW].peers.force_handshake(&agent, now));
+    let before = net.nodes[GW].sent_payloads.len();
+    net.run_for(secs(1));
+    let init = net.nodes[GW].sent_payloads[before..]
+        .iter()
+        .find(|p| p[0] == 1)
+        .cloned()
+        .expect("the gateway sent an initiation");
+    let gw = net.nodes[GW].public_key();
+    let stats = net.nodes[AGENT].peers.peer_stats(&gw, net.now).unwrap();
+    assert_eq!(stats.handshakes, 2, "the gateway's handshake completed");
+    init
+}
+
+/// Replays `init` to the agent from an address on the path and checks it changed nothing.
+fn assert_replay_ignored(net: &mut Net, init: &[u8]) {
+    let gw = net.nodes[GW].public_key();
+    let attacker: SocketAddr = "203.0.113.66:40000".parse().unwrap();
+    let now = net.now;
+    let before = net.nodes[AGENT].peers.peer_stats(&gw, now).unwrap();
+    let events = net.nodes[AGENT].events.len();
+    let sent = net.nodes[AGENT].sent.len();
+    let _ = net.nodes[AGENT].peers.handle_datagram(attacker, init, now);
+    net.drain();
+    net.run_for(secs(5));
+    let to_attacker = net.nodes[AGENT].sent[sent..]
+        .iter()
+        .filter(|s| s.1 == attacker)
+        .count();
+    assert_eq!(to_attacker, 0, "nothing is sent to the replaying address");
+    let after = net.nodes[AGENT].peers.peer_stats(&gw, net.now).unwrap();
+    assert_eq!(after.endpoint, before.endpoint, "the endpoint did not move");
+    assert_eq!(after.handshakes, before.handshakes);
+    let new_events: Vec<&Event> = net.nodes[AGENT].events[events..]
+        .iter()
+        .map(|e| &e.1)
+        .collect();
+    assert!(
+        !new_events.iter().any(|e| matches!(
+            e,
+            Event::EndpointChanged { .. } | Event::HandshakeCompleted { .. }
+        )),
+        "{new_events:?}"
+    );
+    assert_eq!(after.drops.get(DropReason::Replay), 1, "{after:?}");
+}
+
+#[test]
+fn replayed_initiation_after_session_expiry_does_not_move_the_gateway() {
+    let mut net = agent_and_gateway(16, None);
+    let init = capture_gateway_initiation(&mut net);
+    // The session expires (the agent re-creates its tunnel).
+    net.run_for(secs(181));
+    let gw = net.nodes[GW].public_key();
+    assert!(
+        net.events_of(AGENT)
+            .contains(&Event::SessionExpired { peer: gw })
+    );
+    assert_replay_ignored(&mut net, &init);
+}
+
+#[test]
+fn replayed_initiation_after_psk_change_does_not_move_the_gateway() {
+    let mut net = agent_and_gateway(17, None);
+    let init = capture_gateway_initiation(&mut net);
+    // A new preshared key on the agent re-creates its tunnel; the gateway is not told.
+    let now = net.now;
+    let cfg = net.nodes[GW]
+        .config_for(true)
+        .with_preshared_key(PresharedKey::from_bytes([7; 32]));
+    assert_eq!(
+        net.nodes[AGENT].peers.upsert_peer(cfg, now),
+        PeerChange::Rekeyed
+    );
+    net.run_for(secs(1));
+    assert_replay_ignored(&mut net, &init);
+}

@@ -123,6 +123,9 @@ pub(crate) struct RawProxy {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawAdmin {
     pub(crate) listen: Option<String>,
+    /// Opt-in to a non-loopback `listen` (probes and metrics for other hosts).
+    #[serde(default)]
+    pub(crate) allow_remote: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]

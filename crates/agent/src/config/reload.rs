@@ -60,6 +60,10 @@ impl ConfigChanges {
             ),
             ("agent.mtu", old.agent.mtu != new.agent.mtu),
             ("admin.listen", old.admin != new.admin),
+            (
+                "admin.allow_remote",
+                old.admin_allow_remote != new.admin_allow_remote,
+            ),
         ];
         c.needs_restart = restart
             .iter()

@@ -543,7 +543,36 @@ fn admin_rules() {
             e.contains("admin.listen") && e.contains(bad) && e.contains("loopback"),
             "{e}"
         );
+        assert!(
+            e.contains("allow_remote = true"),
+            "the refusal explains the opt-in: {e}"
+        );
     }
+    // The opt-in: any IP address, remote clients get probes and metrics only.
+    for remote in ["0.0.0.0:5182", "[::]:5182", "192.0.2.10:5182"] {
+        let c = parse(&(base.clone() + &format!("listen = \"{remote}\"\nallow_remote = true\n")))
+            .unwrap();
+        assert_eq!(c.admin, AdminListen::Tcp(remote.parse().unwrap()));
+        assert!(c.admin_allow_remote);
+        assert!(
+            c.warnings.iter().all(|w| !w.contains("allow_remote")),
+            "{:?}",
+            c.warnings
+        );
+    }
+    let e =
+        parse(&(base.clone() + "listen = \"localhost:5182\"\nallow_remote = true\n")).unwrap_err();
+    assert!(matches!(e, ConfigError::AdminNotLoopback { .. }), "{e:?}");
+    // On a loopback address the opt-in does nothing: say so.
+    let c = parse(&(base.clone() + "allow_remote = true\n")).unwrap();
+    assert_eq!(c.admin, AdminListen::DEFAULT);
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.contains("admin.allow_remote = true has no effect")),
+        "{:?}",
+        c.warnings
+    );
     let c = parse(&(base.clone() + "listen = \"unix:admin.sock\"\n")).unwrap();
     assert_eq!(
         c.admin,
@@ -573,6 +602,15 @@ fn load_admin_listen_ignores_the_rest() {
     );
     let path = dir.write("c.toml", "[admin]\nlisten = \"0.0.0.0:1\"\n", 0o600);
     assert!(Config::load_admin_listen(&path).is_err());
+    let path = dir.write(
+        "d.toml",
+        "[admin]\nlisten = \"0.0.0.0:1\"\nallow_remote = true\n",
+        0o600,
+    );
+    assert_eq!(
+        Config::load_admin_listen(&path).unwrap(),
+        AdminListen::Tcp("0.0.0.0:1".parse().unwrap())
+    );
 }
 
 #[test]
@@ -694,4 +732,36 @@ fn subnet_and_prefix_messages() {
         "10.1.0.0/24",
         "host bits cleared like wg"
     );
+}
+
+#[test]
+fn durations_have_an_upper_bound() {
+    // This one passed `check` and then panicked at startup (Instant + Duration overflow).
+    let base = agent_section(&key()) + "\n[proxy]\n";
+    for field in [
+        "header_read_timeout",
+        "upstream_connect_timeout",
+        "upstream_response_timeout",
+        "idle_timeout",
+        "drain_timeout",
+    ] {
+        let e = err(&format!("{base}{field} = \"10000000000000000000s\"\n"));
+        assert!(
+            e.contains(&format!("proxy.{field}")) && e.contains("at most 7d"),
+            "{e}"
+        );
+        assert!(parse(&format!("{base}{field} = \"168h\"\n")).is_ok());
+        assert!(err(&format!("{base}{field} = \"168h1s\"\n")).contains("at most"));
+    }
+}
+
+#[test]
+fn ipv4_mtu_below_what_the_stack_takes_is_refused() {
+    // 576..1279 passed `check`, but the userspace stack needs 1280: a restart loop.
+    let k = key();
+    for mtu in [576, 1000, 1279] {
+        let e = err(&(agent_section(&k) + &format!("mtu = {mtu}\n")));
+        assert!(e.contains("agent.mtu") && e.contains("1280"), "{e}");
+    }
+    assert!(parse(&(agent_section(&k) + "mtu = 1280\n")).is_ok());
 }

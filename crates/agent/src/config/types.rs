@@ -123,13 +123,20 @@ pub enum AdminListen {
     Off,
 }
 
-impl AdminListen {
-    /// The default, `127.0.0.1:9090`.
-    pub const DEFAULT: AdminListen =
-        AdminListen::Tcp(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9090));
+/// The admin endpoint's default port: unassigned in IANA's registry, and away from 9090
+/// (Prometheus's own default) and the 9100-9999 range of Prometheus exporters.
+pub const DEFAULT_ADMIN_PORT: u16 = 5182;
 
-    /// Parses `"127.0.0.1:9090"`, `"[::1]:9090"`, `"unix:/path"` or `"off"`. A non-loopback
-    /// address is refused (`Err(None)`); malformed text gives `Err(Some(reason))`.
+impl AdminListen {
+    /// The default, `127.0.0.1:5182` ([`DEFAULT_ADMIN_PORT`]).
+    pub const DEFAULT: AdminListen = AdminListen::Tcp(SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        DEFAULT_ADMIN_PORT,
+    ));
+
+    /// Parses `"127.0.0.1:5182"`, `"[::1]:5182"`, `"unix:/path"` or `"off"`. A non-loopback
+    /// address is refused (`Err(None)`; `[admin] allow_remote` opts in to it, see
+    /// [`AdminListen::parse_remote`]); malformed text gives `Err(Some(reason))`.
     pub fn parse(text: &str) -> Result<Self, Option<String>> {
         if text == "off" {
             return Ok(Self::Off);
@@ -147,6 +154,22 @@ impl AdminListen {
             Ok(_) => Err(None),
             Err(_) => Err(None),
         }
+    }
+
+    /// As [`AdminListen::parse`], and with `allow_remote` any IP address (`0.0.0.0:5182`) is
+    /// accepted too.
+    pub fn parse_remote(text: &str, allow_remote: bool) -> Result<Self, Option<String>> {
+        match Self::parse(text) {
+            Err(None) if allow_remote => {
+                text.parse::<SocketAddr>().map(Self::Tcp).map_err(|_| None)
+            }
+            other => other,
+        }
+    }
+
+    /// Whether this is a TCP address other than loopback (served to remote clients).
+    pub fn is_remote(&self) -> bool {
+        matches!(self, Self::Tcp(addr) if !addr.ip().is_loopback())
     }
 }
 
@@ -284,7 +307,7 @@ mod tests {
     #[test]
     fn admin_listen() {
         assert_eq!(
-            AdminListen::parse("127.0.0.1:9090"),
+            AdminListen::parse("127.0.0.1:5182"),
             Ok(AdminListen::DEFAULT)
         );
         assert!(matches!(
@@ -304,6 +327,21 @@ mod tests {
         assert_eq!(AdminListen::parse("192.0.2.1:9090"), Err(None));
         assert_eq!(AdminListen::parse("localhost:9090"), Err(None));
         assert!(matches!(AdminListen::parse("unix:"), Err(Some(_))));
-        assert_eq!(AdminListen::DEFAULT.to_string(), "127.0.0.1:9090");
+        assert_eq!(AdminListen::DEFAULT.to_string(), "127.0.0.1:5182");
+        assert!(!AdminListen::DEFAULT.is_remote());
+        assert_eq!(AdminListen::parse_remote("0.0.0.0:5182", false), Err(None));
+        let remote = AdminListen::parse_remote("0.0.0.0:5182", true).unwrap();
+        assert_eq!(remote, AdminListen::Tcp("0.0.0.0:5182".parse().unwrap()));
+        assert!(remote.is_remote());
+        assert!(matches!(
+            AdminListen::parse_remote("[::]:5182", true),
+            Ok(AdminListen::Tcp(_))
+        ));
+        assert_eq!(AdminListen::parse_remote("localhost:5182", true), Err(None));
+        assert_eq!(
+            AdminListen::parse_remote("off", true),
+            Ok(AdminListen::Off),
+            "allow_remote changes nothing else"
+        );
     }
 }

@@ -16,8 +16,11 @@ use super::{
     RouteProtocol, parse_duration,
 };
 
-/// Smallest and largest accepted `mtu`.
-const MTU_RANGE: std::ops::RangeInclusive<u16> = 576..=65455;
+/// Smallest and largest accepted `mtu`: the userspace stack needs 1280 (the IPv6 minimum)
+/// whatever the family of the virtual IP.
+const MTU_RANGE: std::ops::RangeInclusive<u16> = 1280..=65455;
+/// Longest accepted `[proxy]` duration: far from any `Instant + Duration` overflow.
+const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Accepted `max_header_bytes` (hyper needs at least 8 KiB of buffer).
 const HEADER_BYTES_RANGE: std::ops::RangeInclusive<u64> = 8192..=16 * 1024 * 1024;
 
@@ -38,11 +41,15 @@ fn base_dir(path: &Path) -> &Path {
     }
 }
 
-pub(super) fn admin_listen(path: &Path, value: Option<&str>) -> Result<AdminListen, ConfigError> {
+pub(super) fn admin_listen(
+    path: &Path,
+    value: Option<&str>,
+    allow_remote: bool,
+) -> Result<AdminListen, ConfigError> {
     let Some(value) = value else {
         return Ok(AdminListen::DEFAULT);
     };
-    match AdminListen::parse(value) {
+    match AdminListen::parse_remote(value, allow_remote) {
         Ok(AdminListen::Unix(p)) if p.is_relative() => {
             Ok(AdminListen::Unix(base_dir(path).join(p)))
         }
@@ -213,7 +220,17 @@ impl Validator<'_> {
             }
         };
         let proxy = self.proxy(&raw.proxy)?;
-        let admin = admin_listen(self.path, raw.admin.listen.as_deref())?;
+        let admin = admin_listen(
+            self.path,
+            raw.admin.listen.as_deref(),
+            raw.admin.allow_remote,
+        )?;
+        if raw.admin.allow_remote && !admin.is_remote() {
+            self.warnings.push(format!(
+                "{}: admin.allow_remote = true has no effect: admin.listen `{admin}` is not a non-loopback TCP address",
+                self.path.display()
+            ));
+        }
         let level = raw.log.level.clone().unwrap_or_else(|| "info".into());
         if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
             return Err(self.invalid(
@@ -228,6 +245,7 @@ impl Validator<'_> {
             routes,
             proxy,
             admin,
+            admin_allow_remote: raw.admin.allow_remote,
             log: LogConfig {
                 format: raw.log.format,
                 level,
@@ -257,17 +275,13 @@ impl Validator<'_> {
         if !subnet.contains(virtual_ip) {
             return Err(self.outside("agent.virtual_ip".into(), virtual_ip, subnet));
         }
-        let min_mtu = if virtual_ip.is_ipv6() {
-            1280
-        } else {
-            *MTU_RANGE.start()
-        };
-        if raw.mtu < min_mtu || raw.mtu > *MTU_RANGE.end() {
+        if !MTU_RANGE.contains(&raw.mtu) {
             return Err(self.invalid(
                 "agent.mtu",
                 format!(
-                    "{} is out of range {min_mtu}..={}",
+                    "{} is out of range {}..={} (the userspace stack needs at least 1280)",
                     raw.mtu,
+                    MTU_RANGE.start(),
                     MTU_RANGE.end()
                 ),
             ));
@@ -588,6 +602,12 @@ impl Validator<'_> {
                 .map_err(|reason| self.invalid(format!("proxy.{name}"), reason))?;
             if d.is_zero() && !zero_ok {
                 return Err(self.invalid(format!("proxy.{name}"), "must be greater than 0"));
+            }
+            if d > MAX_DURATION {
+                return Err(self.invalid(
+                    format!("proxy.{name}"),
+                    format!("`{text}` is too long: at most 7d (168h)"),
+                ));
             }
             Ok(d)
         };

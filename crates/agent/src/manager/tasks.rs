@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{Notify, watch};
-use tokio::task::JoinHandle;
 use wg_core::Event;
 use wg_core::driver::{RecvBatch, SendBatch, UdpDriver};
 
@@ -298,19 +297,11 @@ pub(crate) async fn flush(inner: &Inner) {
     out.to_stack.deliver(inner);
 }
 
-pub(crate) fn spawn_tasks(inner: &Arc<Inner>) -> Vec<JoinHandle<()>> {
-    vec![
-        tokio::spawn(receive_task(Arc::clone(inner))),
-        tokio::spawn(send_task(Arc::clone(inner))),
-        tokio::spawn(timer_task(Arc::clone(inner))),
-    ]
-}
-
 async fn closed(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|closed| *closed).await;
 }
 
-async fn receive_task(inner: Arc<Inner>) {
+pub(crate) async fn receive_task(inner: Arc<Inner>) {
     let mut shutdown = inner.shutdown.subscribe();
     let mut batch = RecvBatch::new();
     let mut errors = 0u32;
@@ -345,6 +336,8 @@ async fn receive_task(inner: Arc<Inner>) {
             continue;
         }
         errors = 0;
+        #[cfg(feature = "test-hooks")]
+        crate::hooks::panic_on_receive();
         let now = Instant::now();
         {
             let mut t = inner.lock();
@@ -377,7 +370,7 @@ fn force_all(inner: &Inner) {
     inner.timer.notify.notify_one();
 }
 
-async fn send_task(inner: Arc<Inner>) {
+pub(crate) async fn send_task(inner: Arc<Inner>) {
     let mut shutdown = inner.shutdown.subscribe();
     let mut packets: Vec<Bytes> = Vec::with_capacity(OUT_BATCH);
     let mut driver = inner.sockets.current();
@@ -422,7 +415,7 @@ async fn send_task(inner: Arc<Inner>) {
     }
 }
 
-async fn timer_task(inner: Arc<Inner>) {
+pub(crate) async fn timer_task(inner: Arc<Inner>) {
     let mut shutdown = inner.shutdown.subscribe();
     loop {
         let deadline = inner.lock().peers.poll_timeout();

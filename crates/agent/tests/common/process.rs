@@ -85,7 +85,13 @@ impl AgentFixture {
 
     /// `wg-agent run` at `--log-level trace`, stdout and stderr to files.
     pub(crate) fn spawn(&self) -> Child {
+        self.spawn_with_env(&[])
+    }
+
+    /// [`spawn`](Self::spawn) with extra environment variables.
+    pub(crate) fn spawn_with_env(&self, env: &[(&str, &str)]) -> Child {
         Command::new(env!("CARGO_BIN_EXE_wg-agent"))
+            .envs(env.iter().copied())
             .args(["run", "--config"])
             .arg(&self.config)
             .args(["--log-level", "trace"])
@@ -154,17 +160,18 @@ pub(crate) fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bo
     }
 }
 
-/// Waits for the process to exit; fails after `timeout`.
+/// Waits for the process to exit; after `timeout` kills it and fails.
 pub(crate) fn wait_exit(child: &mut Child, timeout: Duration) -> ExitStatus {
     let start = Instant::now();
     loop {
         if let Some(status) = child.try_wait().expect("wait") {
             return status;
         }
-        assert!(
-            start.elapsed() < timeout,
-            "the agent did not exit after SIGTERM"
-        );
+        if start.elapsed() >= timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the agent did not exit within {timeout:?}");
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
 }

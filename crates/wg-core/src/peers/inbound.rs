@@ -1,6 +1,7 @@
 //! Inbound datagrams: routing to a peer, boringtun's decapsulate, allowed-IP check, roaming.
 
 use super::*;
+use crate::initiation;
 use crate::ipnet::Lookup;
 
 impl Peers {
@@ -35,7 +36,7 @@ impl Peers {
         let Some(slot) = self.by_index.get(receiver >> 8) else {
             return Err(self.unknown_index(from, len));
         };
-        self.decapsulate_handshake(slot, from, datagram, now)
+        self.decapsulate_handshake(slot, from, datagram, None, now)
     }
 
     #[cold]
@@ -52,14 +53,17 @@ impl Peers {
     ) -> Result<(), PacketError> {
         self.schedule_limiter_reset(now);
         let mut cookie = [0u8; COOKIE_REPLY_LEN];
-        let key = match self
+        let opened = match self
             .limiter
             .verify_packet(Some(from.ip()), datagram, &mut cookie)
         {
-            Ok(Packet::HandshakeInit(init)) => {
-                match parse_handshake_anon(&self.secret, &self.public, &init) {
-                    Ok(half) => PublicKey::from_bytes(half.peer_static_public),
-                    Err(_) => return Err(self.drop_global(DropReason::BadAuth)),
+            Ok(Packet::HandshakeInit(_)) => {
+                let opened = datagram
+                    .first_chunk::<{ initiation::LEN }>()
+                    .and_then(|msg| initiation::open(&self.secret, &self.public, msg));
+                match opened {
+                    Some(opened) => opened,
+                    None => return Err(self.drop_global(DropReason::BadAuth)),
                 }
             }
             Ok(_) => return Err(self.drop_global(DropReason::Malformed)),
@@ -80,11 +84,21 @@ impl Peers {
             Err(TunnResult::Err(e)) => return Err(self.drop_global(reason_of(&e))),
             Err(_) => return Err(self.drop_global(DropReason::Other)),
         };
+        let key = PublicKey::from_bytes(opened.peer);
         let Some(&slot) = self.by_key.get(&key) else {
             tracing::debug!(%from, peer = %key, "handshake initiation from an unknown peer");
             return Err(self.drop_global(DropReason::UnknownPeer));
         };
-        self.decapsulate_handshake(slot, from, datagram, now)
+        // The replay guard: boringtun's is reset with its tunnel, this one is not.
+        if self.slots[slot]
+            .as_ref()
+            .and_then(|p| p.newest_initiation)
+            .is_some_and(|newest| opened.timestamp <= newest)
+        {
+            tracing::debug!(%from, peer = %key, "replayed handshake initiation dropped");
+            return Err(self.drop_peer(slot, DropReason::Replay));
+        }
+        self.decapsulate_handshake(slot, from, datagram, Some(opened.timestamp), now)
     }
 
     /// Runs boringtun on a data message (type 4, at least 32 bytes) already routed to `slot`,
@@ -204,12 +218,14 @@ impl Peers {
         }
     }
 
-    /// Handshake initiation, response or cookie reply, already routed to `slot`.
+    /// Handshake initiation (with its timestamp, already checked against the replay guard),
+    /// response or cookie reply, already routed to `slot`.
     pub(super) fn decapsulate_handshake(
         &mut self,
         slot: usize,
         from: SocketAddr,
         datagram: &[u8],
+        timestamp: Option<initiation::Timestamp>,
         now: Instant,
     ) -> Result<(), PacketError> {
         let kind = datagram[0];
@@ -241,7 +257,18 @@ impl Peers {
                     }
                     return Err(self.drop_peer(slot, DropReason::UnderLoad));
                 }
-                self.authenticated(slot, from, datagram.len(), now);
+                if kind == HANDSHAKE_INIT {
+                    // Authentic and newer than any before, but not proof that the peer is
+                    // at `from`: the endpoint moves only on data or on the response to our
+                    // own initiation. The response goes to `from` all the same.
+                    if let Some(peer) = self.slots[slot].as_mut() {
+                        peer.rx_bytes += datagram.len() as u64;
+                        peer.last_received = Some(now);
+                        peer.newest_initiation = timestamp.max(peer.newest_initiation);
+                    }
+                } else {
+                    self.authenticated(slot, from, datagram.len(), now);
+                }
                 self.handshake_completed(slot, now);
                 if self.tx.push_copy(&self.scratch[..len], meta) {
                     self.after_send(slot, len, now);

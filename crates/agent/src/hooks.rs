@@ -1,0 +1,20 @@
+//! Test-only fault injection, compiled only with the `test-hooks` feature (on in test builds
+//! through the crate's dev-dependency on itself, never in a release build). A hook fires only
+//! when the process's `WG_AGENT_TEST_HOOK` environment variable names it.
+
+use std::sync::OnceLock;
+
+/// The environment variable naming the active hook.
+const VAR: &str = "WG_AGENT_TEST_HOOK";
+
+fn active() -> &'static str {
+    static HOOK: OnceLock<String> = OnceLock::new();
+    HOOK.get_or_init(|| std::env::var(VAR).unwrap_or_default())
+}
+
+/// `panic-on-receive`: the packet receive task panics on its first datagram.
+pub(crate) fn panic_on_receive() {
+    if active() == "panic-on-receive" {
+        panic!("test hook {VAR}=panic-on-receive: panicking in the receive path");
+    }
+}
