@@ -21,7 +21,9 @@ use wg_core::{IpNet, PeerConfig, PresharedKey, PrivateKey, PublicKey};
 
 pub use error::ConfigError;
 pub use reload::ConfigChanges;
-pub use types::{AdminListen, DEFAULT_ADMIN_PORT, Endpoint, Host, format_duration, parse_duration};
+pub use types::{AdminListen, DEFAULT_ADMIN_PORT, format_duration, parse_duration};
+
+pub use crate::manager::{Endpoint, Host, LivenessProbe};
 
 use raw::RawConfig;
 use validate::{Validator, admin_listen, read_config, syntax_error};
@@ -89,18 +91,6 @@ pub struct GatewayConfig {
     pub liveness_probe: LivenessProbe,
     /// Inner source addresses accepted from, and destinations routed to, this gateway.
     pub allowed_ips: Vec<IpNet>,
-}
-
-/// `liveness_probe`: how a gateway that has been silent is checked.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-#[non_exhaustive]
-pub enum LivenessProbe {
-    /// ICMP echo to the gateway's virtual IP through the tunnel.
-    #[default]
-    Icmp,
-    /// No probe; liveness follows handshakes only.
-    Off,
 }
 
 /// A route's protocol.

@@ -15,7 +15,9 @@
 //! The device and the bookkeeping of each gateway (`Device`) share one lock, held only while
 //! the engine is fed or read, never across an `.await`.
 
+mod endpoint;
 mod listener;
+mod liveness;
 mod tasks;
 mod upkeep;
 
@@ -30,10 +32,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use wg_core::{IpNet, PeerConfig, Peers, PresharedKey, PrivateKey, PublicKey};
 
-use crate::config::{Endpoint, Host, LivenessProbe};
-use crate::snapshot::{GatewayState, Liveness, gateway_state};
-
+pub use endpoint::{Endpoint, Host};
 pub use listener::Listener;
+pub use liveness::{
+    GatewayState, HANDSHAKE_LIFETIME, Liveness, LivenessProbe, RECEIVE_WINDOW, gateway_state,
+};
 pub use tasks::PacketCounters;
 
 /// How long [`Manager::close`] waits for open connections by default.

@@ -15,8 +15,7 @@ use tokio::time::MissedTickBehavior;
 
 use super::tasks::{self, Sockets};
 use super::{Device, Inner, endpoint_is_dns, gateway_stats};
-use crate::config::{Endpoint, Host, LivenessProbe};
-use crate::snapshot::GatewayState;
+use super::{Endpoint, GatewayState, Host, LivenessProbe};
 
 /// Silence after which a gateway is probed.
 pub(crate) const PROBE_AFTER: Duration = Duration::from_secs(25);
