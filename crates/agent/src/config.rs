@@ -4,6 +4,25 @@
 //!
 //! Validation never touches the network. Every error names the file, the field and the
 //! bad value, except for secrets, whose value is never shown. See `docs/configuration.md`.
+//!
+//! ```
+//! use agent::config::{Config, RouteProtocol};
+//! use wg_core::PrivateKey;
+//!
+//! let toml = format!(
+//!     "[agent]\nprivate_key = \"{}\"\nvirtual_ip = \"10.1.0.100\"\nsubnet = \"10.1.0.0/24\"\n\n\
+//!      [[gateways]]\nid = \"gw1\"\npublic_key = \"{}\"\nendpoint = \"gw1.example.net:51820\"\n\
+//!      virtual_ip = \"10.1.0.1\"\n",
+//!     PrivateKey::generate().to_base64_secret().as_str(),
+//!     PrivateKey::generate().public_key(),
+//! );
+//! let config = Config::from_toml(&toml, "agent.toml".as_ref())?;
+//! assert_eq!(config.gateways[0].persistent_keepalive, 25);
+//! assert_eq!(config.gateways[0].endpoint.to_string(), "gw1.example.net:51820");
+//! // No [[routes]]: one HTTP route, port 80 to 127.0.0.1:8080.
+//! assert_eq!(config.routes[0].protocol, RouteProtocol::Http);
+//! # Ok::<(), agent::config::ConfigError>(())
+//! ```
 
 mod error;
 mod raw;
