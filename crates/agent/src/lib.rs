@@ -14,6 +14,43 @@
 //!   (the status document), [`metrics`] (Prometheus text), [`status`] (the `wg-agent status`
 //!   client), [`demo`], and the `wg-agent` binary.
 //!
+//! # Embedding the Manager
+//!
+//! `examples/embed.rs` is a whole service built this way: it joins a gateway, serves HTTP
+//! with hyper on its virtual IP, and fetches from the gateway's side through the tunnel
+//! (its header lists its options; `tests/embed.rs` runs
+//! it against a gateway built from the same crates). In short:
+//!
+//! ```no_run
+//! use agent::manager::{GatewaySpec, Manager, ManagerConfig};
+//! use wg_core::{PrivateKey, PublicKey};
+//!
+//! # async fn embed(gateway_key: PublicKey) -> Result<(), Box<dyn std::error::Error>> {
+//! let mut config = ManagerConfig::new(PrivateKey::generate(), [10, 1, 0, 100].into());
+//! config.gateways = vec![GatewaySpec::new(
+//!     "gw1",
+//!     gateway_key,
+//!     Some("gw1.example.net:51820".parse()?),
+//!     [10, 1, 0, 1].into(),
+//! )];
+//! let manager = Manager::start(config).await?;
+//! // Inbound: connections the gateway opens to 10.1.0.100:80.
+//! let listener = manager.listen(80)?;
+//! tokio::spawn(async move {
+//!     while let Ok((stream, peer)) = listener.accept().await {
+//!         // Serve `stream` (AsyncRead + AsyncWrite), e.g. with hyper over TokioIo.
+//!         drop((stream, peer));
+//!     }
+//! });
+//! // Outbound: a TCP connection from the virtual IP to the gateway's side.
+//! let upstream = manager.dial_tcp("10.1.0.1:8080".parse()?).await?;
+//! drop(upstream);
+//! // Stop accepting, let open connections finish (bounded), stop the tunnel.
+//! manager.close().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! What it does not do: it installs no `tracing` subscriber (the binary does), parses no
 //! command line outside the binary, and its config validation never touches the network.
 

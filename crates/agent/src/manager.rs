@@ -1,6 +1,6 @@
 //! The Manager: one WireGuard device ([`wg_core::Peers`]) on a batched UDP socket and one
 //! userspace TCP/IP stack ([`netstack::Netstack`]) on the virtual IP, joined by packet tasks.
-//! It is the entry point for a service that embeds the agent.
+//! It is the entry point for a service that embeds the agent (`examples/embed.rs` is one).
 //!
 //! - [`Manager::start`] binds the socket, adds the gateways (handshakes start at once) and
 //!   spawns the packet tasks (`tasks.rs`: receive, send, timer) and the upkeep (`upkeep.rs`:
