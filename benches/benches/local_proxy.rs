@@ -94,7 +94,7 @@ async fn start_upstream() -> SocketAddr {
 async fn start_proxy(upstream: SocketAddr) -> SocketAddr {
     let config = ProxyConfig::default();
     let tracker = ConnectionTracker::new(&config);
-    let proxy = HttpProxy::new(HttpRouteConfig::new(upstream), &config);
+    let proxy = HttpProxy::new(HttpRouteConfig::new(upstream), &config, &tracker);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { proxy.serve(listener, &tracker).await });

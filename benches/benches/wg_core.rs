@@ -50,8 +50,8 @@ fn pump(from: &mut Peers, from_addr: SocketAddr, to: &mut Peers, now: Instant) -
 fn engines() -> (Peers, Peers) {
     let (ka, kb) = (PrivateKey::generate(), PrivateKey::generate());
     let now = Instant::now();
-    let mut a = Peers::new(ka.clone(), now);
-    let mut b = Peers::new(kb.clone(), now);
+    let mut a = Peers::new(ka.clone());
+    let mut b = Peers::new(kb.clone());
     b.set_peers(
         vec![
             PeerConfig::new(ka.public_key()).with_allowed_ip("10.1.0.100/32".parse().expect("net")),

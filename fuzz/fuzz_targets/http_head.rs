@@ -45,7 +45,7 @@ fn target() -> &'static Target {
             config.drain_timeout = Duration::from_millis(200);
             config.max_header_bytes = 16 << 10;
             let tracker = ConnectionTracker::new(&config);
-            (HttpProxy::new(HttpRouteConfig::new(app), &config), tracker)
+            (HttpProxy::new(HttpRouteConfig::new(app), &config, &tracker), tracker)
         });
         Target {
             runtime,

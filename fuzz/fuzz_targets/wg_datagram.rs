@@ -53,8 +53,8 @@ impl Pair {
         let now = Instant::now();
         let mut config = Config::default();
         config.rng_seed = Some(7);
-        let mut a = Peers::with_config(a_key.clone(), config.clone(), now);
-        let mut b = Peers::with_config(b_key.clone(), config, now);
+        let mut a = Peers::with_config(a_key.clone(), config.clone());
+        let mut b = Peers::with_config(b_key.clone(), config);
         b.set_peers(
             vec![
                 PeerConfig::new(a_key.public_key())

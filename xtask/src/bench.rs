@@ -8,7 +8,9 @@ use anyhow::{Context, Result, bail};
 
 use crate::{cargo, run};
 
+mod demo_ab;
 mod e2e;
+mod lossy;
 mod measure;
 mod report;
 mod setup;
@@ -34,6 +36,37 @@ pub(crate) struct Options {
     pub(crate) agent_binary: Option<std::path::PathBuf>,
     /// Arguments passed through to the criterion benches.
     pub(crate) criterion_args: Vec<String>,
+    /// Which end-to-end rows to run: all (`None`), only the clean-link ones, only the lossy ones.
+    pub(crate) only: Option<Part>,
+    /// The gateways' wireguard-go: `current` (0.0.20231211), `2022`, or a path.
+    pub(crate) gateway: String,
+    /// Time bound of each lossy transfer.
+    pub(crate) lossy_limit: Duration,
+    /// `--demo-vs REV`: compare `wg-agent demo` of the work tree with that of REV.
+    pub(crate) demo_vs: Option<String>,
+    /// Demo runs per build (alternating) for `--demo-vs`.
+    pub(crate) demo_runs: u32,
+}
+
+/// A part of the end-to-end comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Part {
+    /// The clean-link rows of issue 7.
+    Main,
+    /// The lossy rows of issue 12.
+    Lossy,
+}
+
+impl Options {
+    /// Whether the clean-link rows run.
+    pub(crate) fn main_rows(&self) -> bool {
+        self.only != Some(Part::Lossy)
+    }
+
+    /// Whether the lossy rows run.
+    pub(crate) fn lossy_rows(&self) -> bool {
+        self.only != Some(Part::Main)
+    }
 }
 
 impl Default for Options {
@@ -48,6 +81,11 @@ impl Default for Options {
             pause: Duration::ZERO,
             agent_binary: None,
             criterion_args: Vec::new(),
+            only: None,
+            gateway: "current".to_owned(),
+            lossy_limit: Duration::from_secs(120),
+            demo_vs: None,
+            demo_runs: 3,
         }
     }
 }
@@ -55,6 +93,9 @@ impl Default for Options {
 /// Parses the arguments and runs the benches.
 pub(crate) fn task(args: &[String]) -> Result<()> {
     let options = parse(args)?;
+    if let Some(rev) = &options.demo_vs {
+        return demo_ab::run(rev, options.demo_runs, options.agent_binary.as_deref());
+    }
     if options.criterion {
         criterion(&options.criterion_args)?;
     }
@@ -86,6 +127,31 @@ fn parse(args: &[String]) -> Result<Options> {
                 options.agent_binary = Some(path.into());
             }
             "--pause-secs" => options.pause = Duration::from_secs(number("--pause-secs")?),
+            "--only" => {
+                options.only = match iter.next().map(String::as_str) {
+                    Some("lossy") => Some(Part::Lossy),
+                    Some("main") => Some(Part::Main),
+                    other => bail!("--only needs `lossy` or `main`, not {other:?}"),
+                };
+                options.criterion = false;
+            }
+            "--gateway" => {
+                let value = iter
+                    .next()
+                    .context("--gateway needs current, 2022 or a path")?;
+                testbed::WireguardGoSelection::parse(value)?;
+                options.gateway = value.clone();
+            }
+            "--lossy-secs" => {
+                options.lossy_limit = Duration::from_secs(number("--lossy-secs")?.clamp(5, 600));
+            }
+            "--demo-vs" => {
+                let rev = iter.next().context("--demo-vs needs a git revision")?;
+                options.demo_vs = Some(rev.clone());
+            }
+            "--runs" => {
+                options.demo_runs = u32::try_from(number("--runs")?.clamp(1, 9)).unwrap_or(3);
+            }
             "--large-mib" => options.large_bytes = number("--large-mib")?.clamp(1, 1024) << 20,
             "--idle-conns" => {
                 options.idle_connections =

@@ -4,7 +4,8 @@
 //!   need, then runs formatting, clippy, the layering tidy check, every workspace test, the
 //!   doc tests and every fuzz target for a short while.
 //! - `cargo xtask bench`: the criterion benches, then the end-to-end comparison with a kernel-TCP
-//!   reference (docs/PERFORMANCE.md).
+//!   reference, clean and lossy links (docs/PERFORMANCE.md); `--demo-vs REV` compares
+//!   `wg-agent demo` with another revision's build.
 //! - `cargo xtask fuzz [TARGET] [--secs N]`: the libFuzzer targets in `fuzz/` (docs/fuzzing.md).
 
 use std::env;
@@ -50,13 +51,21 @@ tasks:
   test [--quick]   formatting, clippy, layering, all tests, every fuzz target
                    for a short while (what CI runs); --quick skips fmt, clippy
                    and fuzzing
-  bench [--no-criterion] [--no-e2e] [--secs N] [--idle-secs N]
-        [--large-mib N] [--idle-conns N] [--agent-binary PATH]
-        [--pause-secs N] [-- CRITERION_ARGS..]
+  bench [--no-criterion] [--no-e2e] [--only lossy|main] [--secs N]
+        [--idle-secs N] [--large-mib N] [--idle-conns N]
+        [--agent-binary PATH] [--gateway current|2022|PATH]
+        [--lossy-secs N] [--pause-secs N] [-- CRITERION_ARGS..]
                    criterion benches (short settings), then as root the
                    end-to-end comparison with a kernel-TCP reference through
-                   wireguard-go in namespaces (installs nginx, wrk, iperf3);
+                   wireguard-go in namespaces (installs nginx, wrk, iperf3),
+                   clean-link rows then lossy rows (impaired relay; --only
+                   picks one part and skips criterion); gateways run
+                   wireguard-go 0.0.20231211 unless --gateway says otherwise;
                    report in target/bench-report/
+  bench --demo-vs REV [--runs N] [--agent-binary PATH]
+                   `wg-agent demo` of the work tree against REV built in a
+                   temporary worktree, N alternating runs each (default 3),
+                   medians of the 64 MiB download
   tidy             the layering check and the text rules (headers, code map, unsafe)
   fuzz [TARGET] [--secs N]
                    build and run the fuzz targets (all, or TARGET), N seconds
@@ -96,6 +105,8 @@ fn test(args: &[String]) -> Result<()> {
     passed += 1;
     prereq::ensure_system_packages()?;
     passed += 1;
+    prereq::ensure_wireguard_go()?;
+    passed += 1;
     if !quick {
         run(cargo().args(["fmt", "--all", "--", "--check"]))?;
         passed += 1;
@@ -133,10 +144,37 @@ fn test(args: &[String]) -> Result<()> {
         ]))?;
         passed += 1;
     }
+    // The interop suites ran behind the current wireguard-go (testbed's default); a
+    // representative subset runs again behind bookworm's 2022 build, which operators still run.
+    if prereq::has_nextest() {
+        run(cargo()
+            .args([
+                "nextest",
+                "run",
+                "-p",
+                "testbed",
+                "--no-fail-fast",
+                "--profile",
+                "ci",
+            ])
+            .args(["-E", GATEWAY_2022_SUBSET])
+            .env(testbed::WIREGUARD_GO_ENV, "2022"))?;
+    } else {
+        run(cargo()
+            .args(["test", "-p", "testbed", "--no-fail-fast"])
+            .args([
+                "--test",
+                "interop_wg_core",
+                "--test",
+                "interop_wg_core_driver",
+            ])
+            .env(testbed::WIREGUARD_GO_ENV, "2022"))?;
+    }
+    passed += 1;
     run(cargo().args(["test", "--workspace", "--doc"]))?;
     passed += 1;
     // boringtun's own long timers (rekey 120 s, reject 180 s, give-up 90 s) on its mock clock:
-    // a separate workspace, so `mock-instant` never reaches the real binary (see STYLE).
+    // a separate workspace, so `mock-instant` never reaches the real binary (docs/dev/style.md).
     run(cargo()
         .args([
             "test",
@@ -157,6 +195,15 @@ fn test(args: &[String]) -> Result<()> {
     println!("steps: {passed} passed, 0 failed");
     Ok(())
 }
+
+/// The interop cases that run a second time behind wireguard-go 2022 (about 40 s): wg-core's
+/// handshake, keepalive, preshared-key, IPv6 and burst cases, the testbed's own gateway pair and
+/// relay, and the agent binary's GET/POST, two-gateway counters and outbound dial.
+const GATEWAY_2022_SUBSET: &str = "binary(=interop_wg_core) | binary(=interop_wg_core_driver) \
+    | test(=interop_two_wireguard_go_gateways_handshake_and_carry_tcp) \
+    | test(=interop_impaired_relay_carries_wireguard_between_namespaces) \
+    | test(=interop_suite_get_post_1mib) | test(=interop_suite_two_gateways_stats_agree) \
+    | test(=interop_suite_outbound_dial)";
 
 fn bench(args: &[String]) -> Result<()> {
     bench::task(args)

@@ -6,10 +6,9 @@ use anyhow::{Result, bail};
 
 use crate::run;
 
-/// Debian packages the suites use: the reference gateway (wireguard-go, wg), namespaces (ip) and
-/// clients (curl).
+/// Debian packages the suites use: the gateways' tools (wg), namespaces (ip) and clients (curl);
+/// wireguard-go itself is fetched by version ([`ensure_wireguard_go`]).
 const PACKAGES: &[(&str, &str)] = &[
-    ("wireguard-go", "wireguard-go"),
     ("wg", "wireguard-tools"),
     ("ip", "iproute2"),
     ("curl", "curl"),
@@ -79,6 +78,23 @@ pub(crate) fn ensure_system_packages() -> Result<()> {
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    Ok(())
+}
+
+/// Fetches both Debian builds of wireguard-go under `target/wireguard-go/` (testbed's
+/// `WireguardGoVersion`: `apt-get download`, `dpkg-deb -x`; idempotent) when running as root.
+/// Without root the interop tests skip themselves; under `CI=true` that is an error.
+pub(crate) fn ensure_wireguard_go() -> Result<()> {
+    if is_root() {
+        eprintln!(
+            "$ fetch wireguard-go 2023 (bookworm-backports) and 2022 (bookworm) into target/"
+        );
+        return testbed::fetch_wireguard_go();
+    }
+    if ci() {
+        bail!("CI=true and not root: cannot fetch wireguard-go for the interop tests");
+    }
+    eprintln!("not root: wireguard-go not fetched, interop tests will skip");
     Ok(())
 }
 

@@ -1,6 +1,6 @@
 //! `cargo xtask tidy`: checks of the tree that need no build beyond `cargo tree`.
 //!
-//! - `layering`: SPEC's dependency rules, read from `cargo tree`.
+//! - `layering`: the crates' dependency rules (docs/ARCHITECTURE.md), read from `cargo tree`.
 //! - `text`: text-only rules of the sources and docs (module headers, the code map, where
 //!   `unsafe` may be allowed).
 

@@ -1,4 +1,5 @@
-//! The command line (SPEC "Fixed interface") and what each subcommand does.
+//! The command line (the interface in docs/configuration.md and docs/operations.md) and what
+//! each subcommand does.
 
 use std::io::{IsTerminal as _, Read as _};
 use std::path::{Path, PathBuf};
@@ -6,7 +7,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use agent::admin::AdminAddr;
-use agent::config::{AdminListen, Config, LogFormat};
+use agent::config::{AdminListen, Config, Endpoint, LogFormat};
 use agent::snapshot::StatusSnapshot;
 use wg_core::PrivateKey;
 
@@ -66,6 +67,48 @@ enum Command {
         #[command(flatten)]
         log: LogArgs,
     },
+    /// Convert a wg-quick file (wg0.conf) to an agent config: TOML on stdout, notes (ignored
+    /// fields, guesses to check) on stderr.
+    Import {
+        /// The wg-quick file.
+        #[arg(value_name = "WG_QUICK_FILE")]
+        file: PathBuf,
+        /// Add an HTTP route from a port on the virtual IP to a local upstream; repeatable.
+        #[arg(long = "route", value_name = "PORT=HOST:PORT", value_parser = parse_route)]
+        routes: Vec<(u16, Endpoint)>,
+        /// Write the private key to this new file (mode 0600) and name it in the config,
+        /// instead of writing the key inline.
+        #[arg(long, value_name = "PATH")]
+        key_file: Option<PathBuf>,
+    },
+    /// Print a shell completion script on stdout.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+    /// Print the manual page (roff) on stdout, e.g. `wg-agent man | man -l -`.
+    Man,
+}
+
+/// Shells `completions` writes for.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+/// `--route 80=127.0.0.1:8080`.
+fn parse_route(text: &str) -> Result<(u16, Endpoint), String> {
+    let (port, upstream) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not PORT=HOST:PORT (like 80=127.0.0.1:8080)"))?;
+    let port = match port.trim().parse::<u16>() {
+        Ok(0) | Err(_) => return Err(format!("`{port}` is not a port 1-65535")),
+        Ok(p) => p,
+    };
+    Ok((port, upstream.trim().parse()?))
 }
 
 #[derive(Debug, clap::Args)]
@@ -96,7 +139,128 @@ pub(crate) fn execute(cli: Cli) -> ExitCode {
             check,
         } => status(admin, config.as_deref(), json, check),
         Command::Demo { log } => demo(&log),
+        Command::Import {
+            file,
+            routes,
+            key_file,
+        } => import(&file, routes, key_file),
+        Command::Completions { shell } => completions(shell),
+        Command::Man => man(),
     }
+}
+
+/// Loads the config; on failure, the exit to take (with the message printed), pointing at
+/// `wg-agent import` when the file is a wg-quick file.
+fn load_config(path: &Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|error| {
+        let wg_quick = std::fs::read_to_string(path)
+            .is_ok_and(|text| agent::wg_quick::looks_like_wg_quick(&text));
+        if wg_quick {
+            fail(
+                EXIT_CONFIG,
+                format!(
+                    "{path}: this is a wg-quick file: run wg-agent import {path} > agent.toml to convert it",
+                    path = path.display()
+                ),
+            )
+        } else {
+            fail(EXIT_CONFIG, error)
+        }
+    })
+}
+
+fn import(file: &Path, routes: Vec<(u16, Endpoint)>, key_file: Option<PathBuf>) -> ExitCode {
+    let text = match std::fs::read_to_string(file) {
+        Ok(text) => zeroize::Zeroizing::new(text),
+        Err(error) => {
+            return fail(
+                EXIT_CONFIG,
+                format!("{}: cannot read: {error}", file.display()),
+            );
+        }
+    };
+    // The config is read from wherever it is saved: name the key file by an absolute path.
+    let key_file = match key_file.map(std::path::absolute).transpose() {
+        Ok(path) => path,
+        Err(error) => return fail(EXIT_RUNTIME, format!("--key-file: {error}")),
+    };
+    let mut options = agent::wg_quick::ImportOptions::default();
+    options.routes = routes;
+    options.key_file = key_file.clone();
+    let imported = match agent::wg_quick::import(&text, &options) {
+        Ok(imported) => imported,
+        Err(error) => return fail(EXIT_CONFIG, format!("{}: {error}", file.display())),
+    };
+    if let Some(path) = &key_file {
+        if let Err(error) = write_key_file(path, &imported.private_key) {
+            return fail(
+                EXIT_RUNTIME,
+                format!("--key-file {}: {error}", path.display()),
+            );
+        }
+        eprintln!(
+            "wg-agent: private key written to {} (mode 600)",
+            path.display()
+        );
+    } else {
+        warn_if_stdout_is_readable_file();
+    }
+    for note in &imported.notes {
+        eprintln!("wg-agent: note: {note}");
+    }
+    // The result must pass `check`; say so now rather than at the first start.
+    let code = match Config::from_toml(&imported.toml, Path::new("imported.toml")) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(error) => fail(
+            EXIT_CONFIG,
+            format!("the imported config does not pass check, edit it: {error}"),
+        ),
+    };
+    match emit(&imported.toml) {
+        c if c == ExitCode::SUCCESS => code,
+        c => c,
+    }
+}
+
+/// Creates `path` with mode 0600 and the key; an existing file is left alone.
+fn write_key_file(path: &Path, key: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                std::io::Error::new(e.kind(), "exists; remove it or choose another path")
+            } else {
+                e
+            }
+        })?;
+    file.write_all(format!("{key}\n").as_bytes())?;
+    file.sync_all()
+}
+
+fn completions(shell: CompletionShell) -> ExitCode {
+    use clap::CommandFactory as _;
+    let shell = match shell {
+        CompletionShell::Bash => clap_complete::Shell::Bash,
+        CompletionShell::Zsh => clap_complete::Shell::Zsh,
+        CompletionShell::Fish => clap_complete::Shell::Fish,
+    };
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "wg-agent", &mut out);
+    emit(&String::from_utf8_lossy(&out))
+}
+
+fn man() -> ExitCode {
+    use clap::CommandFactory as _;
+    let mut out = Vec::new();
+    if let Err(error) = clap_mangen::Man::new(Cli::command()).render(&mut out) {
+        return fail(EXIT_RUNTIME, format!("man: {error}"));
+    }
+    emit(&String::from_utf8_lossy(&out))
 }
 
 fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
@@ -105,7 +269,7 @@ fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
 }
 
 fn check(path: &Path) -> ExitCode {
-    match Config::load(path) {
+    match load_config(path) {
         Ok(config) => {
             for warning in &config.warnings {
                 eprintln!("wg-agent: warning: {warning}");
@@ -124,7 +288,7 @@ fn check(path: &Path) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Err(error) => fail(EXIT_CONFIG, error),
+        Err(code) => code,
     }
 }
 
@@ -175,18 +339,41 @@ fn pubkey() -> ExitCode {
     }
 }
 
-fn install_tracing(format: LogFormat, level: &str) -> Result<(), String> {
+/// Installs the subscriber; returns what changes its level later.
+fn install_tracing(format: LogFormat, level: &str) -> Result<agent::LogLevelControl, String> {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .map_err(|e| format!("log level `{level}` is not a level or tracing filter: {e}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    match format {
-        LogFormat::Json => builder.json().init(),
-        _ => builder.init(),
+    fn control<L, S>(handle: tracing_subscriber::reload::Handle<L, S>) -> agent::LogLevelControl
+    where
+        L: From<tracing_subscriber::EnvFilter> + Send + Sync + 'static,
+        S: Send + Sync + 'static,
+    {
+        std::sync::Arc::new(move |level: &str| {
+            let filter = tracing_subscriber::EnvFilter::try_new(level)
+                .map_err(|e| format!("`{level}` is not a level or tracing filter: {e}"))?;
+            handle
+                .reload(L::from(filter))
+                .map_err(|e| format!("cannot change the log level: {e}"))
+        })
     }
-    Ok(())
+    Ok(match format {
+        LogFormat::Json => {
+            let builder = builder.json().with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            control(handle)
+        }
+        _ => {
+            let builder = builder.with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            control(handle)
+        }
+    })
 }
 
 fn tokio_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
@@ -197,26 +384,44 @@ fn tokio_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
 }
 
 fn run(path: &Path, log: &LogArgs) -> ExitCode {
-    let config = match Config::load(path) {
+    // SIGHUP (reload) must never kill the agent: take it over before anything else.
+    let runtime = match tokio_runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let hangup = {
+        let _enter = runtime.enter();
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(signal) => signal,
+            Err(error) => {
+                return fail(
+                    EXIT_RUNTIME,
+                    format!("cannot install the SIGHUP handler: {error}"),
+                );
+            }
+        }
+    };
+    let config = match load_config(path) {
         Ok(config) => config,
-        Err(error) => return fail(EXIT_CONFIG, error),
+        Err(code) => return code,
     };
     let format = log.log_format.unwrap_or(config.log.format);
     let level = log
         .log_level
         .clone()
         .unwrap_or_else(|| config.log.level.clone());
-    if let Err(message) = install_tracing(format, &level) {
-        return fail(EXIT_CONFIG, message);
-    }
+    let set_level = match install_tracing(format, &level) {
+        Ok(control) => control,
+        Err(message) => return fail(EXIT_CONFIG, message),
+    };
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
-    let runtime = match tokio_runtime() {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
-    match runtime.block_on(agent::run(config, shutdown_signal())) {
+    let mut options = agent::RunOptions::default();
+    // A level given on the command line wins over [log] level, reloads included.
+    options.log_level = log.log_level.is_none().then_some(set_level);
+    options.hangup = Some(hangup);
+    match runtime.block_on(agent::run_with(config, shutdown_signal(), options)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             if tracing::enabled!(tracing::Level::ERROR) {

@@ -18,3 +18,10 @@ pub(crate) fn panic_on_receive() {
         panic!("test hook {VAR}=panic-on-receive: panicking in the receive path");
     }
 }
+
+/// `slow-after-ready`: the runtime pauses 1 s right after it sends `READY=1`.
+pub(crate) async fn slow_after_ready() {
+    if active() == "slow-after-ready" {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}

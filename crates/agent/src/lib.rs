@@ -12,14 +12,14 @@
 //!   into [`config::Config`]), [`Agent`] and [`run`] (the Manager plus one proxy per route,
 //!   reload and drain), [`admin`] (the loopback / unix-socket admin endpoint), [`snapshot`]
 //!   (the status document), [`metrics`] (Prometheus text), [`status`] (the `wg-agent status`
-//!   client), [`demo`], and the `wg-agent` binary.
+//!   client), [`wg_quick`] (`wg-agent import`), [`demo`], and the `wg-agent` binary.
 //!
 //! # Embedding the Manager
 //!
 //! `examples/embed.rs` is a whole service built this way: it joins a gateway, serves HTTP
-//! with hyper on its virtual IP, and fetches from the gateway's side through the tunnel
-//! (its header lists its options; `tests/embed.rs` runs
-//! it against a gateway built from the same crates). In short:
+//! with hyper on its virtual IP, and fetches from the gateway's side through the tunnel (its
+//! header lists its options; `tests/embed.rs` runs it against a gateway built from the same
+//! crates). In short:
 //!
 //! ```no_run
 //! use agent::manager::{GatewaySpec, Manager, ManagerConfig};
@@ -73,8 +73,12 @@ mod runtime;
 pub mod snapshot;
 #[cfg(feature = "cli")]
 pub mod status;
+#[cfg(feature = "cli")]
+pub mod wg_quick;
 
 #[cfg(feature = "cli")]
 pub use demo::demo;
 #[cfg(feature = "cli")]
-pub use runtime::{Agent, gateway_spec, manager_config, run};
+pub use runtime::{
+    Agent, LogLevelControl, PreparedReload, RunOptions, gateway_spec, manager_config, run, run_with,
+};

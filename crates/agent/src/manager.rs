@@ -419,13 +419,12 @@ impl Manager {
                 port: config.listen_port,
                 source,
             })?;
-        let now = Instant::now();
         let wg_config = {
             let mut c = wg_core::Config::default();
             c.max_packet_size = usize::from(config.mtu);
             c
         };
-        let peers = Peers::with_config(config.private_key.clone(), wg_config, now);
+        let peers = Peers::with_config(config.private_key.clone(), wg_config);
         let (shutdown, _) = watch::channel(false);
         let (failure, _) = watch::channel(None);
         let inner = Arc::new(Inner {
@@ -449,7 +448,8 @@ impl Manager {
         let manager = Self { inner };
         let local = manager.inner.sockets.local_addrs();
         tracing::info!(virtual_ip = %config.virtual_ip, udp = ?local, "device up");
-        manager.apply_gateways(config.gateways).await;
+        let resolved = resolve_all(&manager.inner, &config.gateways).await;
+        manager.apply_gateways(config.gateways, resolved).await;
         let inner = &manager.inner;
         let tasks = vec![
             supervise(inner, "receive", tasks::receive_task(Arc::clone(inner))),
@@ -485,18 +485,40 @@ impl Manager {
         &self,
         gateways: Vec<GatewaySpec>,
     ) -> Result<GatewayUpdate, ManagerError> {
+        let prepared = self.prepare_gateways(gateways).await?;
+        Ok(self.apply_prepared(prepared).await)
+    }
+
+    /// The first half of [`update_gateways`](Self::update_gateways), which changes nothing:
+    /// checks the list and resolves new DNS endpoints, all at once. A name that does not
+    /// resolve is no error: the gateway is kept unresolved and the upkeep retries it.
+    /// Dropping the future cancels the look-ups.
+    pub async fn prepare_gateways(
+        &self,
+        gateways: Vec<GatewaySpec>,
+    ) -> Result<PreparedGateways, ManagerError> {
         if self.inner.is_closing() {
             return Err(ManagerError::Closed);
         }
         check_unique(&gateways)?;
-        Ok(self.apply_gateways(gateways).await)
+        let resolved = resolve_all(&self.inner, &gateways).await;
+        Ok(PreparedGateways { gateways, resolved })
     }
 
-    /// Applies a gateway list by difference: resolve the new endpoints, hand the peers to
-    /// wg-core, carry each kept gateway's bookkeeping over, then report, log and send the
-    /// handshakes this started.
-    async fn apply_gateways(&self, gateways: Vec<GatewaySpec>) -> GatewayUpdate {
-        let resolved = self.resolve_endpoints(&gateways).await;
+    /// The second half of [`update_gateways`](Self::update_gateways): applies what
+    /// [`prepare_gateways`](Self::prepare_gateways) checked and resolved. Cannot fail.
+    pub async fn apply_prepared(&self, prepared: PreparedGateways) -> GatewayUpdate {
+        let PreparedGateways { gateways, resolved } = prepared;
+        self.apply_gateways(gateways, resolved).await
+    }
+
+    /// Applies a gateway list by difference: hand the peers to wg-core, carry each kept
+    /// gateway's bookkeeping over, then report, log and send the handshakes this started.
+    async fn apply_gateways(
+        &self,
+        gateways: Vec<GatewaySpec>,
+        resolved: Vec<Option<SocketAddr>>,
+    ) -> GatewayUpdate {
         let now = Instant::now();
         let report = {
             let mut device = self.inner.lock();
@@ -508,29 +530,6 @@ impl Manager {
         report.log();
         tasks::flush(&self.inner).await;
         report
-    }
-
-    /// Each gateway's address: the one already known when its endpoint is unchanged, else a
-    /// fresh look-up (no lock held across DNS).
-    async fn resolve_endpoints(&self, gateways: &[GatewaySpec]) -> Vec<Option<SocketAddr>> {
-        let mut resolved = Vec::with_capacity(gateways.len());
-        for spec in gateways {
-            let known = {
-                let device = self.inner.lock();
-                device
-                    .gateways
-                    .get(&spec.public_key)
-                    .filter(|g| g.spec.endpoint == spec.endpoint)
-                    .map(|g| g.resolved)
-            };
-            let addr = match (known, &spec.endpoint) {
-                (Some(addr), _) => addr,
-                (None, Some(endpoint)) => upkeep::resolve(endpoint, &self.inner.sockets).await,
-                (None, None) => None,
-            };
-            resolved.push(addr);
-        }
-        resolved
     }
 
     /// Replaces the agent's private key: every tunnel re-keys (new handshakes at once).
@@ -716,6 +715,46 @@ impl Manager {
     }
 }
 
+/// Gateways checked and resolved by [`Manager::prepare_gateways`], ready to apply.
+#[derive(Debug)]
+pub struct PreparedGateways {
+    gateways: Vec<GatewaySpec>,
+    resolved: Vec<Option<SocketAddr>>,
+}
+
+/// Resolves every gateway's endpoint at once (an unchanged endpoint keeps its last address).
+/// Literal IPs need no look-up; a DNS name gets its own task, so one slow name costs at most
+/// one look-up timeout, and dropping this future cancels them all.
+async fn resolve_all(inner: &Arc<Inner>, gateways: &[GatewaySpec]) -> Vec<Option<SocketAddr>> {
+    let mut out = vec![None; gateways.len()];
+    let mut lookups = tokio::task::JoinSet::new();
+    for (i, spec) in gateways.iter().enumerate() {
+        let keep = {
+            let t = inner.lock();
+            t.gateways
+                .get(&spec.public_key)
+                .filter(|g| g.spec.endpoint == spec.endpoint)
+                .map(|g| g.resolved)
+        };
+        match (keep, &spec.endpoint) {
+            (Some(addr), _) => out[i] = addr,
+            (None, Some(endpoint)) if endpoint_is_dns(endpoint) => {
+                let endpoint = endpoint.clone();
+                let inner = Arc::clone(inner);
+                lookups.spawn(async move { (i, upkeep::resolve(&endpoint, &inner.sockets).await) });
+            }
+            (None, Some(endpoint)) => out[i] = endpoint.socket_addr(),
+            (None, None) => {}
+        }
+    }
+    while let Some(done) = lookups.join_next().await {
+        if let Ok((i, addr)) = done {
+            out[i] = addr;
+        }
+    }
+    out
+}
+
 /// Spawns a packet task and a supervisor that watches it through its `JoinHandle`: a panic
 /// or a return while the manager is open is recorded for [`Manager::failed`]. Aborting the
 /// returned supervisor aborts the task too.
@@ -783,7 +822,9 @@ pub(crate) fn gateway_stats(peers: &Peers, g: &Gateway, now: Instant) -> Gateway
         endpoint,
         virtual_ip: g.spec.virtual_ip,
         state,
-        last_handshake: stats.as_ref().and_then(|s| s.last_handshake),
+        last_handshake: stats
+            .as_ref()
+            .and_then(|s| s.last_handshake(SystemTime::now())),
         last_received_age: stats.as_ref().and_then(|s| s.last_received_age),
         rx_bytes: stats.as_ref().map_or(0, |s| s.rx_bytes),
         tx_bytes: stats.as_ref().map_or(0, |s| s.tx_bytes),

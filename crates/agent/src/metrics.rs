@@ -180,7 +180,8 @@ pub struct AgentCounters {
     pub liveness_probes: BTreeMap<String, (u64, u64)>,
 }
 
-/// Writes the per-gateway series of SPEC (`wg_agent_gateway_*`, label `gateway="<id>"`).
+/// Writes the per-gateway series (`wg_agent_gateway_*`, label `gateway="<id>"`; listed in
+/// docs/operations.md).
 pub fn write_gateway_metrics(w: &mut MetricsWriter<'_>, snapshot: &StatusSnapshot) {
     let series: [(&str, MetricKind, &str); 4] = [
         (

@@ -3,30 +3,78 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use local_proxy::{ConnectionTracker, HttpProxy, RouteMetrics, TcpForwarder};
+use local_proxy::{Accept, ConnectionTracker, HttpProxy, RouteMetrics, TcpForwarder};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::{AdminAddr, AdminServer, StatusSource};
 use crate::config::{Config, ConfigChanges, GatewayConfig, RouteConfig, RouteProtocol};
-use crate::manager::{GatewaySpec, Manager, ManagerConfig};
+use crate::manager::{GatewaySpec, Listener, Manager, ManagerConfig, PreparedGateways};
 use crate::metrics::{AgentCounters, MetricsWriter, write_agent_counters};
 use crate::snapshot::{AgentStatus, GatewayStatus, RouteStatus, StatusSnapshot};
 
 /// How long a stopping agent waits for closed connections to flush through the tunnel.
 const LINGER: Duration = Duration::from_secs(3);
 
+/// Sets the log level (a level or a `tracing` filter) of the running process.
+pub type LogLevelControl = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// How [`run_with`] hooks into the process around it.
+#[derive(Default)]
+#[non_exhaustive]
+pub struct RunOptions {
+    /// Applies `[log] level` on reload. `None`: the level is fixed (the command line's
+    /// `--log-level` wins), and a reload that changes it says so.
+    pub log_level: Option<LogLevelControl>,
+    /// The `SIGHUP` stream, installed by the caller as early as it can; `None`: installed at
+    /// once by [`run_with`], before anything else.
+    pub hangup: Option<tokio::signal::unix::Signal>,
+}
+
+impl std::fmt::Debug for RunOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOptions")
+            .field("log_level", &self.log_level.is_some())
+            .field("hangup", &self.hangup.is_some())
+            .finish()
+    }
+}
+
 /// Runs the agent described by `config` until `shutdown` completes (SIGTERM/SIGINT in the
 /// binary), then drains: `/readyz` turns 503, in-flight requests get `drain_timeout`, then
 /// the tunnel closes. `SIGHUP` re-reads `config.path` and applies it.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    run_with(config, shutdown, RunOptions::default()).await
+}
+
+/// [`run`], with the process hooks of [`RunOptions`]. Returns an error (the binary exits 1)
+/// when the tunnel cannot start or a packet task dies.
+pub async fn run_with(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+    options: RunOptions,
+) -> anyhow::Result<()> {
+    // SIGHUP's default action kills the process: take it over before anything can take time.
+    let mut hangup = match options.hangup {
+        Some(signal) => signal,
+        None => tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot install the SIGHUP handler")?,
+    };
+    tokio::pin!(shutdown);
     let admin_listen = AdminAddr::from_listen(&config.admin);
-    let agent = Agent::start(config).await?;
+    // Startup resolves gateway names: a SIGTERM meanwhile ends it at once.
+    let agent = tokio::select! {
+        agent = Agent::start(config) => agent?,
+        () = &mut shutdown => return Ok(()),
+    };
+    *lock(&agent.inner.log_level) = options.log_level;
     // Gateway operators need this key first (their `[Peer] PublicKey`); it is public.
     tracing::info!(
         public_key = %agent.manager().public_key(),
@@ -37,9 +85,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> a
     let (admin_stop, admin_stopped) = watch::channel(false);
     let admin_task = match admin_listen {
         Some(addr) => {
-            let server = AdminServer::bind(&addr)
-                .await
-                .with_context(|| format!("admin endpoint {addr}"))?;
+            let server = match AdminServer::bind(&addr).await {
+                Ok(server) => server,
+                Err(error) => {
+                    agent.stop().await;
+                    return Err(error).context(
+                        "the [admin] listen address must be free: stop what uses it, or pick another one",
+                    );
+                }
+            };
             let source: Arc<dyn StatusSource> = Arc::new(agent.clone());
             let mut stopped = admin_stopped;
             Some(tokio::spawn(server.serve(source, async move {
@@ -49,9 +103,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> a
         None => None,
     };
     sd_notify("READY=1");
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .context("cannot install the SIGHUP handler")?;
-    tokio::pin!(shutdown);
+    #[cfg(feature = "test-hooks")]
+    crate::hooks::slow_after_ready().await;
     loop {
         tokio::select! {
             () = &mut shutdown => break,
@@ -62,7 +115,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> a
             }
             _ = hangup.recv() => {
                 sd_notify("RELOADING=1");
-                agent.reload().await;
+                // Preparing changes nothing, so a SIGTERM may cut it short.
+                let prepared = tokio::select! {
+                    prepared = agent.prepare_reload() => prepared,
+                    () = &mut shutdown => break,
+                };
+                match prepared {
+                    Ok(prepared) => {
+                        agent.commit_reload(prepared).await;
+                    }
+                    Err(error) => tracing::error!(
+                        "config reload refused, keeping the running config: {error:#}"
+                    ),
+                }
                 sd_notify("READY=1");
             }
         }
@@ -92,21 +157,59 @@ impl std::fmt::Debug for Agent {
 
 struct AgentInner {
     manager: Manager,
+    /// The configuration that runs (restart-only settings as they were at startup).
     config: Mutex<Config>,
     routes: Mutex<BTreeMap<u16, Route>>,
     tracker: ConnectionTracker,
     draining: AtomicBool,
+    log_level: Mutex<Option<LogLevelControl>>,
 }
 
 struct Route {
     config: RouteConfig,
     metrics: Arc<RouteMetrics>,
+    /// Kept here, not only in the task, so a replaced route takes over the same listener.
+    listener: Arc<Listener>,
     task: JoinHandle<()>,
+}
+
+/// A reload checked and prepared by [`Agent::prepare_reload`]: nothing has changed yet.
+pub struct PreparedReload {
+    /// The new file as it can apply (restart-only settings kept at their running values).
+    applied: Config,
+    changes: ConfigChanges,
+    gateways: PreparedGateways,
+    /// Listeners bound for ports no route serves yet.
+    listeners: BTreeMap<u16, Arc<Listener>>,
+}
+
+impl std::fmt::Debug for PreparedReload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedReload")
+            .field("changes", &self.changes)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Drop for Route {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// A listener on the virtual IP, shared with the route that may replace this one, as
+/// local-proxy accepts connections: closed once the manager closes.
+struct VipListener(Arc<Listener>);
+
+impl Accept for VipListener {
+    type Stream = netstack::TcpStream;
+
+    async fn accept(&mut self) -> io::Result<Option<(Self::Stream, SocketAddr)>> {
+        self.0.next_connection().await
+    }
+
+    fn local_addr(&self) -> Option<SocketAddr> {
+        Some(self.0.local_addr())
     }
 }
 
@@ -159,9 +262,10 @@ impl Agent {
                 routes: Mutex::new(BTreeMap::new()),
                 tracker,
                 draining: AtomicBool::new(false),
+                log_level: Mutex::new(None),
             }),
         };
-        agent.apply_routes(&config, false).await?;
+        agent.apply_routes(&config, false, BTreeMap::new()).await?;
         Ok(agent)
     }
 
@@ -171,13 +275,19 @@ impl Agent {
     }
 
     /// Starts, replaces or stops route proxies so they match `config.routes`; unchanged routes
-    /// (same port, protocol, upstream and options) keep serving untouched.
-    async fn apply_routes(&self, config: &Config, restart_all: bool) -> anyhow::Result<()> {
+    /// (same port, protocol, upstream and options) keep serving untouched. A replaced route
+    /// takes over its predecessor's listener; a new port takes its listener from `bound`
+    /// (prepared by a reload) or binds it here (startup).
+    async fn apply_routes(
+        &self,
+        config: &Config,
+        restart_all: bool,
+        mut bound: BTreeMap<u16, Arc<Listener>>,
+    ) -> anyhow::Result<()> {
         let wanted: BTreeMap<u16, &RouteConfig> =
             config.routes.iter().map(|r| (r.port, r)).collect();
-        // Stop what goes away first, and wait until its listener is closed so the port is free
-        // for a replacement. A new `[proxy]` restarts every route; connections already
-        // accepted finish under the old settings.
+        // Stop what goes away or changes; a new `[proxy]` restarts every route. Connections
+        // already accepted finish under the old settings.
         let stopped: Vec<Route> = {
             let mut routes = lock(&self.inner.routes);
             let ports: Vec<u16> = routes
@@ -192,19 +302,27 @@ impl Agent {
         for mut route in stopped {
             route.task.abort();
             let _ = (&mut route.task).await;
-            tracing::info!(port = route.config.port, "route stopped");
+            if wanted.contains_key(&route.config.port) {
+                bound.insert(route.config.port, Arc::clone(&route.listener));
+            } else {
+                tracing::info!(port = route.config.port, "route stopped");
+            }
         }
         let mut routes = lock(&self.inner.routes);
         for (port, route) in wanted {
             if routes.contains_key(&port) {
                 continue;
             }
-            let listener = self.inner.manager.listen(port).with_context(|| {
-                format!(
-                    "{}: routes: cannot listen on port {port}",
-                    config.path.display()
-                )
-            })?;
+            let listener = match bound.remove(&port) {
+                Some(listener) => listener,
+                None => Arc::new(self.inner.manager.listen(port).with_context(|| {
+                    format!(
+                        "{}: routes: cannot listen on port {port}",
+                        config.path.display()
+                    )
+                })?),
+            };
+            let accept = VipListener(Arc::clone(&listener));
             let tracker = self.inner.tracker.clone();
             let (metrics, task) = match route.protocol {
                 RouteProtocol::Tcp => {
@@ -213,17 +331,16 @@ impl Agent {
                         .context("tcp route without tcp settings")?;
                     let forwarder = TcpForwarder::new(tcp, &config.proxy);
                     let metrics = Arc::clone(forwarder.metrics());
-                    let task =
-                        tokio::spawn(async move { forwarder.serve(listener, &tracker).await });
+                    let task = tokio::spawn(async move { forwarder.serve(accept, &tracker).await });
                     (metrics, task)
                 }
                 _ => {
                     let http = route
                         .http_route()
                         .context("http route without http settings")?;
-                    let proxy = HttpProxy::new(http, &config.proxy);
+                    let proxy = HttpProxy::new(http, &config.proxy, &tracker);
                     let metrics = Arc::clone(proxy.metrics());
-                    let task = tokio::spawn(async move { proxy.serve(listener, &tracker).await });
+                    let task = tokio::spawn(async move { proxy.serve(accept, &tracker).await });
                     (metrics, task)
                 }
             };
@@ -233,6 +350,7 @@ impl Agent {
                 Route {
                     config: route.clone(),
                     metrics,
+                    listener,
                     task,
                 },
             );
@@ -240,43 +358,98 @@ impl Agent {
         Ok(())
     }
 
-    /// Re-reads the config file and applies gateways (by difference), routes and the private
-    /// key. An invalid file is refused with one log line; the running config stays.
-    pub async fn reload(&self) {
-        let path = lock(&self.inner.config).path.clone();
-        let new = match Config::load(&path) {
-            Ok(new) => new,
-            Err(error) => {
-                tracing::error!("config reload refused, keeping the running config: {error}");
-                return;
+    /// Re-reads the config file and applies it: [`prepare_reload`](Self::prepare_reload)
+    /// then [`commit_reload`](Self::commit_reload). All or nothing: when it fails, nothing
+    /// changed. Returns what changed.
+    pub async fn reload(&self) -> anyhow::Result<ConfigChanges> {
+        let prepared = self.prepare_reload().await?;
+        Ok(self.commit_reload(prepared).await)
+    }
+
+    /// Everything a reload needs, changing nothing: reads and validates the file (the key
+    /// included), resolves new gateway names (a name that does not resolve is kept and
+    /// resolved later) and binds the listeners of new ports. Dropping the future, or the
+    /// result, leaves the agent as it was.
+    pub async fn prepare_reload(&self) -> anyhow::Result<PreparedReload> {
+        let running = self.config();
+        let new = Config::load(&running.path)?;
+        let changes = ConfigChanges::between(&running, &new);
+        let applied = ConfigChanges::as_applied(&running, &new);
+        let gateways = self
+            .inner
+            .manager
+            .prepare_gateways(applied.gateways.iter().map(gateway_spec).collect())
+            .await?;
+        // A served port keeps its listener (a replaced route takes it over): bind only new ones.
+        let served: Vec<u16> = lock(&self.inner.routes).keys().copied().collect();
+        let mut listeners = BTreeMap::new();
+        for route in &applied.routes {
+            if served.contains(&route.port) {
+                continue;
             }
-        };
-        let old = lock(&self.inner.config).clone();
-        let changes = ConfigChanges::between(&old, &new);
+            let listener = self.inner.manager.listen(route.port).with_context(|| {
+                format!(
+                    "{}: routes: cannot listen on port {}",
+                    running.path.display(),
+                    route.port
+                )
+            })?;
+            listeners.insert(route.port, Arc::new(listener));
+        }
+        Ok(PreparedReload {
+            applied,
+            changes,
+            gateways,
+            listeners,
+        })
+    }
+
+    /// Applies a prepared reload: the key, the gateways (by difference), the routes and the
+    /// log level; then stores the configuration as applied. Cannot fail.
+    pub async fn commit_reload(&self, prepared: PreparedReload) -> ConfigChanges {
+        let PreparedReload {
+            applied,
+            changes,
+            gateways,
+            listeners,
+        } = prepared;
+        let path = applied.path.display().to_string();
         for field in &changes.needs_restart {
-            tracing::warn!(
-                "{}: `{field}` changed: it applies at the next restart",
-                path.display()
-            );
+            tracing::warn!("{path}: `{field}` changed: it applies at the next restart");
         }
         let manager = &self.inner.manager;
-        manager.set_private_key(new.agent.private_key.clone()).await;
-        let specs = new.gateways.iter().map(gateway_spec).collect();
-        let update = match manager.update_gateways(specs).await {
-            Ok(update) => update,
-            Err(error) => {
-                tracing::error!("config reload refused, keeping the running config: {error}");
-                return;
-            }
-        };
-        if let Err(error) = self.apply_routes(&new, changes.proxy_changed).await {
+        manager
+            .set_private_key(applied.agent.private_key.clone())
+            .await;
+        let update = manager.apply_prepared(gateways).await;
+        let restart_all = lock(&self.inner.config).proxy != applied.proxy;
+        if let Err(error) = self.apply_routes(&applied, restart_all, listeners).await {
+            // Every listener was bound beforehand: this is a bug, not a bad file.
             tracing::error!("config reload: routes not fully applied: {error:#}");
+        }
+        if changes.log_level_changed {
+            let control = lock(&self.inner.log_level).clone();
+            match control {
+                Some(set) => match set(&applied.log.level) {
+                    Ok(()) => tracing::info!(level = %applied.log.level, "log level applied"),
+                    Err(error) => tracing::warn!("{path}: log.level not applied: {error}"),
+                },
+                None => tracing::warn!(
+                    "{path}: `log.level` changed, but the level given on the command line (--log-level) stays in force"
+                ),
+            }
         }
         tracing::info!(
             unchanged_gateways = update.unchanged.len(),
             "config reloaded: {changes}"
         );
-        *lock(&self.inner.config) = new;
+        *lock(&self.inner.config) = applied;
+        changes
+    }
+
+    /// The configuration the agent runs.
+    pub fn config(&self) -> Config {
+        lock(&self.inner.config).clone()
     }
 
     /// Graceful stop: readiness off, listeners closed (connections never accepted get a
@@ -293,8 +466,21 @@ impl Agent {
             route.task.abort();
             let _ = (&mut route.task).await;
         }
-        let outcome = self.inner.tracker.shutdown().await;
-        tracing::info!(outcome = ?outcome, "proxies stopped");
+        // The drain timeout of the running config (a reload may have changed it).
+        let drain_timeout = lock(&self.inner.config).proxy.drain_timeout;
+        let tracker = &self.inner.tracker;
+        tracing::info!(open = tracker.open_connections(), "proxy draining");
+        if tokio::time::timeout(drain_timeout, tracker.drained())
+            .await
+            .is_ok()
+        {
+            tracing::info!("proxies drained");
+        } else {
+            let closed = tracker.open_connections();
+            tracing::warn!(closed, "drain timeout passed, closing busy connections");
+            tracker.force_close();
+            tracker.drained().await;
+        }
         // Closed connections may still hold unsent or unacknowledged bytes in the stack: the
         // manager's drain gives them a moment to reach the gateway before the tunnel goes.
         self.inner.manager.close_within(LINGER).await;
@@ -337,7 +523,7 @@ impl Agent {
             .manager
             .local_addrs()
             .first()
-            .map_or(0, std::net::SocketAddr::port)
+            .map_or(0, SocketAddr::port)
     }
 }
 

@@ -309,7 +309,7 @@ fn fake_initiations(target_key: PublicKey, target: SocketAddr, n: usize) -> Vec<
     let mut out = Vec::with_capacity(n);
     let now = Instant::now();
     while out.len() < n {
-        let mut attacker = Peers::new(PrivateKey::generate(), now);
+        let mut attacker = Peers::new(PrivateKey::generate());
         attacker.set_peers(
             vec![
                 PeerConfig::new(target_key)
@@ -558,7 +558,7 @@ async fn heavy_slowloris_is_cut_at_the_header_timeout_and_others_are_served() {
     let mut config = ProxyConfig::default();
     config.header_read_timeout = timeout;
     let tracker = ConnectionTracker::new(&config);
-    let proxy = HttpProxy::new(HttpRouteConfig::new(app), &config);
+    let proxy = HttpProxy::new(HttpRouteConfig::new(app), &config, &tracker);
     let metrics = std::sync::Arc::clone(proxy.metrics());
     let listener = agent.listen(80).expect("listen");
     let (tx, rx) = tokio::sync::mpsc::channel(64);

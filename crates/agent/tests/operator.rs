@@ -167,3 +167,163 @@ fn remote_admin_needs_the_opt_in_and_check_explains_it() {
         text(&out.stderr)
     );
 }
+
+/// A wg-quick client file as wg-easy or a hand-written setup has it.
+fn realistic_wg_quick(agent_private: &str, gw1: &str, gw2: &str, psk: &str) -> String {
+    format!(
+        "# wg0.conf on the laptop\n\
+         [Interface]\n\
+         PrivateKey = {agent_private}\n\
+         Address = 10.1.0.100/24, fd00:1::100/64\n\
+         ListenPort = 51821\n\
+         MTU = 1380\n\
+         DNS = 10.1.0.1, example.internal\n\
+         Table = off\n\
+         PostUp = ip rule add table 200 from 10.1.0.100\n\
+         PostDown = ip rule del table 200 from 10.1.0.100\n\
+         \n\
+         [Peer]\n\
+         # Name = tokyo\n\
+         PublicKey = {gw1}\n\
+         PresharedKey = {psk}\n\
+         Endpoint = gw1.example.net:51820\n\
+         AllowedIPs = 10.1.0.1/32\n\
+         PersistentKeepalive = 25\n\
+         \n\
+         [Peer]\n\
+         PublicKey = {gw2}\n\
+         Endpoint = 203.0.113.7:51820\n\
+         AllowedIPs = 10.1.0.0/24, 192.168.50.0/24\n"
+    )
+}
+
+#[test]
+fn import_writes_a_config_that_passes_check() {
+    let dir = TempDir::new();
+    let agent = PrivateKey::generate();
+    let secret = agent.to_base64_secret();
+    let gw1 = PrivateKey::generate().public_key().to_base64();
+    let gw2 = PrivateKey::generate().public_key().to_base64();
+    let psk = PrivateKey::generate().to_base64_secret();
+    let wg0 = dir.write(
+        "wg0.conf",
+        &realistic_wg_quick(secret.as_str(), &gw1, &gw2, psk.as_str()),
+        0o600,
+    );
+    let wg0 = wg0.to_str().expect("utf-8");
+
+    // `check` and `run` point at `import`.
+    for cmd in ["check", "run"] {
+        let out = wg_agent(&[cmd, "--config", wg0]);
+        assert_eq!(out.status.code(), Some(2), "{cmd}");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("this is a wg-quick file: run wg-agent import"),
+            "{cmd}: {err}"
+        );
+        assert!(
+            !err.contains(secret.as_str()),
+            "{cmd}: no key in the message"
+        );
+    }
+
+    let out = wg_agent(&["import", wg0, "--route", "80=127.0.0.1:8080"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let toml = text(&out.stdout);
+    let notes = text(&out.stderr);
+    for expected in [
+        "fd00:1::100/64: not imported",
+        "DNS ignored",
+        "Table ignored",
+        "PostUp ignored",
+        "PostDown ignored",
+        "virtual_ip 10.1.0.2 is a guess",
+    ] {
+        assert!(notes.contains(expected), "{expected:?} in\n{notes}");
+    }
+    assert!(!notes.contains(secret.as_str()) && !notes.contains(psk.as_str()));
+    assert!(
+        toml.contains("id = \"tokyo\"") && toml.contains("id = \"gw2\""),
+        "{toml}"
+    );
+    let imported = dir.write("agent.toml", &toml, 0o600);
+    let out = wg_agent(&["check", "--config", imported.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(0), "{}\n{toml}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("ok (2 gateways, 1 route"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // --key-file: the key goes to a new 0600 file, the config names it.
+    let key_path = dir
+        .write("placeholder", "", 0o600)
+        .with_file_name("agent.key");
+    let key_arg = key_path.to_str().expect("utf-8");
+    let out = wg_agent(&["import", wg0, "--key-file", key_arg]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let toml = text(&out.stdout);
+    assert!(!toml.contains(secret.as_str()), "{toml}");
+    assert!(
+        toml.contains(&format!("private_key_file = \"{key_arg}\"")),
+        "{toml}"
+    );
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let meta = std::fs::metadata(&key_path).expect("key file");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    }
+    assert_eq!(
+        std::fs::read_to_string(&key_path).expect("key").trim(),
+        secret.as_str()
+    );
+    let imported = dir.write("agent2.toml", &toml, 0o644);
+    let out = wg_agent(&["check", "--config", imported.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // An existing key file is never overwritten.
+    let out = wg_agent(&["import", wg0, "--key-file", key_arg]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("exists"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Usage errors.
+    for bad in ["80", "x=127.0.0.1:1", "0=127.0.0.1:1", "80=nowhere"] {
+        let out = wg_agent(&["import", wg0, "--route", bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+    }
+    let out = wg_agent(&["import", "/nonexistent/wg0.conf"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn completions_and_man_page() {
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef wg-agent"),
+        ("fish", "complete -c wg-agent"),
+    ] {
+        let out = wg_agent(&["completions", shell]);
+        assert_eq!(out.status.code(), Some(0), "{shell}");
+        let script = text(&out.stdout);
+        assert!(script.contains(marker), "{shell}: {script:.300}");
+        assert!(
+            script.contains("import") && script.contains("status"),
+            "{shell}"
+        );
+    }
+    let out = wg_agent(&["completions", "tcsh"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = wg_agent(&["man"]);
+    assert_eq!(out.status.code(), Some(0));
+    let page = text(&out.stdout);
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH wg-agent"),
+        "{page:.300}"
+    );
+    for word in ["run", "check", "import", "status", "completions"] {
+        assert!(page.contains(word), "{word} in the man page");
+    }
+}

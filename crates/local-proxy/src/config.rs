@@ -7,7 +7,7 @@ use std::time::Duration;
 
 /// Settings shared by every route: the `[proxy]` table of the agent's configuration.
 ///
-/// `Default` gives the values documented in the SPEC.
+/// `Default` gives the values documented in docs/configuration.md.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ProxyConfig {
@@ -31,11 +31,29 @@ pub struct ProxyConfig {
     /// Largest request head accepted (request line plus headers); larger heads get `431`.
     ///
     /// An HTTP/1 connection's buffers are bounded by `max(max_header_bytes + 16 KiB, 256 KiB)`
-    /// each way; an HTTP/2 connection's by its flow-control windows (hyper's 1 MiB default).
+    /// each way. An HTTP/2 connection buffers request bodies up to its receive window (hyper's
+    /// 1 MiB per connection), and response bytes up to
+    /// [`http2_max_send_buffer`](Self::http2_max_send_buffer) per stream: the send side is
+    /// not bounded by flow control, since the client sets our send window (up to 2 GiB).
     pub max_header_bytes: usize,
     /// Connections open at once across every route served with one
     /// [`ConnectionTracker`](crate::ConnectionTracker); more are closed on accept.
     pub max_connections: usize,
+    /// Concurrent streams a client may open on one HTTP/2 connection; streams beyond it are
+    /// refused (`REFUSED_STREAM`, which clients retry).
+    pub http2_max_concurrent_streams: u32,
+    /// Response bytes buffered per HTTP/2 stream for a client that does not read: past it the
+    /// upstream is read no further (back-pressure).
+    pub http2_max_send_buffer: usize,
+    /// Requests forwarded to upstreams at once, across every route served with one
+    /// [`ConnectionTracker`](crate::ConnectionTracker) (a request counts until its response
+    /// body is done); more get `503` at once.
+    pub max_upstream_requests: usize,
+    /// File descriptors for sockets to upstreams at once, across every route served with one
+    /// [`ConnectionTracker`](crate::ConnectionTracker): HTTP upstream connections (pooled idle
+    /// ones included) and TCP route upstreams ([`FdBudget`](crate::FdBudget)). Past it an
+    /// HTTP request gets `503` and a TCP connection is closed.
+    pub max_upstream_sockets: usize,
     /// Emit one `info` event per request on the target `local_proxy::access`.
     pub access_log: bool,
 }
@@ -50,6 +68,10 @@ impl Default for ProxyConfig {
             drain_timeout: Duration::from_secs(30),
             max_header_bytes: 65_536,
             max_connections: 4096,
+            http2_max_concurrent_streams: 32,
+            http2_max_send_buffer: 64 * 1024,
+            max_upstream_requests: 512,
+            max_upstream_sockets: 512,
             access_log: false,
         }
     }

@@ -2,7 +2,9 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -14,12 +16,15 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 mod conn;
+mod connector;
 mod detect;
 
 use self::conn::{Ended, TunnelContext, drive, run_tunnel};
+use self::connector::{BudgetConnector, is_budget_exhausted};
 use self::detect::{Protocol, detect};
 use crate::accept::{Accept, accept_loop};
 use crate::headers::{
@@ -32,7 +37,35 @@ use crate::tracker::{ConnGuard, ShutdownSignal};
 use crate::{ConnectionTracker, HttpRouteConfig, ProxyConfig, RouteMetrics};
 
 /// Body of responses sent to clients: the upstream's body streamed, or a short error text.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
+
+/// An upstream response body streamed to the client. Until it is done (or dropped) its request
+/// counts against `max_upstream_requests`.
+#[derive(Debug)]
+pub struct UpstreamBody {
+    inner: Incoming,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// An HTTP route: serves HTTP/1.1 (keep-alive, pipelining, upgrades) and HTTP/2 with prior
 /// knowledge on accepted streams and forwards every request to one upstream.
@@ -47,7 +80,9 @@ pub struct HttpProxy {
 struct Inner {
     route: HttpRouteConfig,
     config: ProxyConfig,
-    client: Client<HttpConnector, Progress<Incoming>>,
+    client: Client<BudgetConnector, Progress<Incoming>>,
+    /// `max_upstream_requests`, shared with every route of the tracker.
+    requests: Arc<Semaphore>,
     /// `http://host:port`, the prefix of every upstream URI.
     base: String,
     metrics: Arc<RouteMetrics>,
@@ -64,15 +99,22 @@ struct Slot {
 
 impl HttpProxy {
     /// A proxy for `route` with `config`'s timeouts and limits. Needs no runtime until used.
-    pub fn new(route: HttpRouteConfig, config: &ProxyConfig) -> Self {
+    ///
+    /// Its upstream requests and sockets count against `tracker`'s bounds
+    /// (`max_upstream_requests`, [`ConnectionTracker::fd_budget`]), shared by every route of
+    /// that tracker: serve it with the same tracker.
+    pub fn new(route: HttpRouteConfig, config: &ProxyConfig, tracker: &ConnectionTracker) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.upstream_connect_timeout));
+        let connector = BudgetConnector::new(connector, tracker.fd_budget().clone());
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .pool_idle_timeout(config.idle_timeout)
-            .pool_max_idle_per_host(256)
+            // Idle connections hold descriptors of the shared budget: keep enough for bursts
+            // of keep-alive reuse, not so many that one route starves the others.
+            .pool_max_idle_per_host(UPSTREAM_IDLE_PER_ROUTE)
             // The upstream is local and fast, the client behind the tunnel slower: a read
             // buffer that can grow to hyper's default (~400 KiB) per connection only holds
             // response bytes longer (many concurrent large responses set the agent's peak
@@ -86,6 +128,7 @@ impl HttpProxy {
                 route,
                 config: config.clone(),
                 client,
+                requests: tracker.upstream_requests(),
                 base,
                 metrics: Arc::new(RouteMetrics::new()),
                 warnings: WarnLimiter::new(WARN_INTERVAL),
@@ -198,7 +241,8 @@ impl HttpProxy {
                     .max_header_list_size(
                         u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX),
                     )
-                    .max_concurrent_streams(256)
+                    .max_concurrent_streams(config.http2_max_concurrent_streams.max(1))
+                    .max_send_buf_size(config.http2_max_send_buffer.max(1024))
                     .serve_connection(io, service);
                 drive(conn, signal, &clock, config.idle_timeout).await
             }
@@ -305,6 +349,14 @@ impl HttpProxy {
             inner.route.trust_forwarded,
         );
         let upstream_req = Request::from_parts(parts, body);
+        let Ok(permit) = Arc::clone(&inner.requests).try_acquire_owned() else {
+            inner.metrics.over_request_limit();
+            limited_warn!(inner.warnings, %peer, upstream = %inner.route.upstream, "503: max_upstream_requests reached");
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many requests in flight",
+            );
+        };
 
         // The response timeout runs from the last request byte sent: a long upload is not cut
         // while it makes progress.
@@ -317,6 +369,14 @@ impl HttpProxy {
         };
         let mut response = match outcome {
             Some(Ok(response)) => response,
+            Some(Err(error)) if is_budget_exhausted(&error) => {
+                inner.metrics.over_socket_budget();
+                limited_warn!(inner.warnings, %peer, upstream = %inner.route.upstream, "503: max_upstream_sockets reached");
+                return error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many upstream connections",
+                );
+            }
             Some(Err(error)) => {
                 inner.metrics.upstream_error();
                 let source = error_chain(&error);
@@ -354,9 +414,16 @@ impl HttpProxy {
         let (mut parts, body) = response.into_parts();
         remove_hop_by_hop(&mut parts.headers, switching);
         parts.version = Version::HTTP_11;
+        let body = UpstreamBody {
+            inner: body,
+            _permit: permit,
+        };
         Response::from_parts(parts, Either::Left(body))
     }
 }
+
+/// Idle upstream connections kept per route.
+const UPSTREAM_IDLE_PER_ROUTE: usize = 64;
 
 /// Ceiling of the read buffer of one pooled upstream HTTP/1 connection.
 const UPSTREAM_READ_BUFFER: usize = 128 * 1024;

@@ -15,6 +15,11 @@
 //!   PROXY protocol v2 header ([`proxy_protocol`]).
 //! - [`ConnectionTracker`]: the connection limit shared by every route, and graceful shutdown
 //!   (stop accepting, drain within [`ProxyConfig::drain_timeout`], then close, tunnels included).
+//! - Overload bounds no client controls: HTTP/2 streams per connection and response bytes
+//!   buffered per stream ([`ProxyConfig::http2_max_concurrent_streams`],
+//!   [`ProxyConfig::http2_max_send_buffer`]), requests in flight to upstreams across routes
+//!   ([`ProxyConfig::max_upstream_requests`], `503` past it), and one [`FdBudget`] for every
+//!   socket opened towards upstreams ([`ProxyConfig::max_upstream_sockets`], `503` past it).
 //! - [`RouteMetrics`]: lock-free per-route counters and a latency histogram, rendered as
 //!   Prometheus text by [`render_prometheus`].
 //!
@@ -33,7 +38,7 @@
 //! let config = ProxyConfig::default();
 //! let tracker = ConnectionTracker::new(&config);
 //! let app: std::net::SocketAddr = "127.0.0.1:8080".parse().unwrap();
-//! let proxy = HttpProxy::new(HttpRouteConfig::new(app), &config);
+//! let proxy = HttpProxy::new(HttpRouteConfig::new(app), &config, &tracker);
 //!
 //! // Any `Accept` works; the agent passes its virtual-IP listener here.
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -52,6 +57,7 @@
 //! ```
 
 mod accept;
+mod budget;
 mod config;
 mod headers;
 mod http;
@@ -63,8 +69,9 @@ mod tcp;
 mod tracker;
 
 pub use accept::Accept;
+pub use budget::{FdBudget, FdPermit};
 pub use config::{HttpRouteConfig, ProxyConfig, TcpRouteConfig, Upstream, UpstreamParseError};
-pub use http::{HttpProxy, ProxyBody};
+pub use http::{HttpProxy, ProxyBody, UpstreamBody};
 pub use metrics::{
     HistogramSnapshot, LATENCY_BUCKETS_SECONDS, MetricsSnapshot, RouteMetrics, render_prometheus,
 };

@@ -25,6 +25,8 @@ pub struct RouteMetrics {
     open_connections: AtomicU64,
     connections: AtomicU64,
     connections_rejected: AtomicU64,
+    over_request_limit: AtomicU64,
+    over_socket_budget: AtomicU64,
     latency_buckets: [AtomicU64; 16],
     latency_count: AtomicU64,
     latency_sum_micros: AtomicU64,
@@ -51,6 +53,11 @@ pub struct MetricsSnapshot {
     pub connections: u64,
     /// Connections refused because `max_connections` was reached or shutdown had begun.
     pub connections_rejected: u64,
+    /// Requests answered `503` because `max_upstream_requests` were in flight.
+    pub over_request_limit: u64,
+    /// HTTP requests answered `503`, or TCP connections closed, because every descriptor of
+    /// `max_upstream_sockets` was in use.
+    pub over_socket_budget: u64,
     /// Latency histogram: time from request head received to response head ready.
     pub latency: HistogramSnapshot,
 }
@@ -111,6 +118,14 @@ impl RouteMetrics {
         self.connections_rejected.fetch_add(1, Relaxed);
     }
 
+    pub(crate) fn over_request_limit(&self) {
+        self.over_request_limit.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn over_socket_budget(&self) {
+        self.over_socket_budget.fetch_add(1, Relaxed);
+    }
+
     /// Count an open connection until the returned guard drops.
     pub(crate) fn open_connection(self: &std::sync::Arc<Self>) -> OpenConnection {
         self.connections.fetch_add(1, Relaxed);
@@ -137,6 +152,8 @@ impl RouteMetrics {
             open_connections: self.open_connections.load(Relaxed),
             connections: self.connections.load(Relaxed),
             connections_rejected: self.connections_rejected.load(Relaxed),
+            over_request_limit: self.over_request_limit.load(Relaxed),
+            over_socket_budget: self.over_socket_budget.load(Relaxed),
             latency: HistogramSnapshot {
                 // The +Inf bucket equals the total of the buckets read above, which keeps the
                 // rendered histogram consistent even while requests complete.
@@ -177,8 +194,9 @@ impl MetricsSnapshot {
 /// Families: `{prefix}_requests_total{class="2xx"}`, `{prefix}_received_bytes_total`,
 /// `{prefix}_sent_bytes_total`, `{prefix}_upstream_errors_total`,
 /// `{prefix}_client_timeouts_total`, `{prefix}_open_connections`, `{prefix}_connections_total`,
-/// `{prefix}_rejected_connections_total` and the histogram
-/// `{prefix}_request_duration_seconds`.
+/// `{prefix}_rejected_connections_total`,
+/// `{prefix}_limit_refusals_total{limit="max_upstream_requests"|"max_upstream_sockets"}` and
+/// the histogram `{prefix}_request_duration_seconds`.
 pub fn render_prometheus(out: &mut String, prefix: &str, routes: &[(&str, &MetricsSnapshot)]) {
     let help = "Responses sent, by status class.";
     family(out, prefix, "requests_total", "counter", help);
@@ -239,6 +257,17 @@ pub fn render_prometheus(out: &mut String, prefix: &str, routes: &[(&str, &Metri
         family(out, prefix, name, kind, help);
         for (labels, m) in routes {
             let _ = writeln!(out, "{prefix}_{name}{} {}", braces(labels, ""), get(m));
+        }
+    }
+    let help = "Requests (503) or TCP connections refused at a shared limit.";
+    family(out, prefix, "limit_refusals_total", "counter", help);
+    for (labels, m) in routes {
+        for (limit, n) in [
+            ("max_upstream_requests", m.over_request_limit),
+            ("max_upstream_sockets", m.over_socket_budget),
+        ] {
+            let set = braces(labels, &format!("limit=\"{limit}\""));
+            let _ = writeln!(out, "{prefix}_limit_refusals_total{set} {n}");
         }
     }
     let name = "request_duration_seconds";

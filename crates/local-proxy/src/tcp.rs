@@ -11,7 +11,7 @@ use crate::io::{Activity, IdleClock};
 use crate::log::{WARN_INTERVAL, WarnLimiter, limited_warn};
 use crate::proxy_protocol::encode_v2;
 use crate::tracker::{ConnGuard, ShutdownSignal};
-use crate::{ConnectionTracker, ProxyConfig, RouteMetrics, TcpRouteConfig};
+use crate::{ConnectionTracker, FdBudget, ProxyConfig, RouteMetrics, TcpRouteConfig};
 
 /// Copy buffer per direction.
 const COPY_BUFFER: usize = 64 * 1024;
@@ -63,8 +63,10 @@ impl TcpForwarder {
             &self.inner.metrics,
             |stream, peer, guard| {
                 let this = self.clone();
-                let signal = tracker.signal();
-                tokio::spawn(async move { this.run(stream, peer, local, guard, signal).await });
+                let (signal, budget) = (tracker.signal(), tracker.fd_budget().clone());
+                tokio::spawn(async move {
+                    this.run(stream, peer, local, guard, signal, budget).await;
+                });
             },
         )
         .await;
@@ -81,7 +83,11 @@ impl TcpForwarder {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         match tracker.try_admit() {
-            Some(guard) => self.run(stream, peer, local, guard, tracker.signal()).await,
+            Some(guard) => {
+                let budget = tracker.fd_budget().clone();
+                self.run(stream, peer, local, guard, tracker.signal(), budget)
+                    .await;
+            }
             None => self.inner.metrics.connection_rejected(),
         }
     }
@@ -93,12 +99,18 @@ impl TcpForwarder {
         local: Option<SocketAddr>,
         _guard: ConnGuard,
         mut signal: ShutdownSignal,
+        budget: FdBudget,
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let inner = &self.inner;
         let _open = inner.metrics.open_connection();
         let upstream = &inner.route.upstream;
+        let Some(_fd) = budget.try_acquire() else {
+            inner.metrics.over_socket_budget();
+            limited_warn!(inner.warnings, %peer, %upstream, "tcp route: max_upstream_sockets reached, connection closed");
+            return;
+        };
         let connect = TcpStream::connect((upstream.host(), upstream.port()));
         let mut upstream_stream = match tokio::time::timeout(
             inner.config.upstream_connect_timeout,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
-use crate::ProxyConfig;
+use crate::{FdBudget, ProxyConfig};
 
 /// Lifecycle of a [`ConnectionTracker`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,10 +59,14 @@ struct Inner {
     active: watch::Sender<usize>,
     limit: Arc<Semaphore>,
     drain_timeout: Duration,
+    /// `max_upstream_requests`.
+    requests: Arc<Semaphore>,
+    fd_budget: FdBudget,
 }
 
 impl ConnectionTracker {
-    /// A tracker with `config.max_connections` and `config.drain_timeout`.
+    /// A tracker with `config.max_connections`, `config.drain_timeout`, and the bounds shared
+    /// by every route: `config.max_upstream_requests` and `config.max_upstream_sockets`.
     pub fn new(config: &ProxyConfig) -> Self {
         let (phase, _) = watch::channel(Phase::Running);
         let (active, _) = watch::channel(0);
@@ -74,8 +78,25 @@ impl ConnectionTracker {
                     config.max_connections.min(Semaphore::MAX_PERMITS),
                 )),
                 drain_timeout: config.drain_timeout,
+                requests: Arc::new(Semaphore::new(
+                    config
+                        .max_upstream_requests
+                        .clamp(1, Semaphore::MAX_PERMITS),
+                )),
+                fd_budget: FdBudget::new(config.max_upstream_sockets),
             }),
         }
+    }
+
+    /// The descriptor budget of every route served with this tracker
+    /// (`max_upstream_sockets`); charge other per-connection sockets to it too.
+    pub fn fd_budget(&self) -> &FdBudget {
+        &self.inner.fd_budget
+    }
+
+    /// The `max_upstream_requests` bound shared by every HTTP route.
+    pub(crate) fn upstream_requests(&self) -> Arc<Semaphore> {
+        Arc::clone(&self.inner.requests)
     }
 
     /// Connections (HTTP, upgraded tunnels, TCP forwards) open right now.

@@ -354,7 +354,7 @@ async fn any_stream_type_is_served_through_an_accept_channel() {
     let upstream = start_upstream().await;
     let config = ProxyConfig::default();
     let tracker = local_proxy::ConnectionTracker::new(&config);
-    let proxy = local_proxy::HttpProxy::new(HttpRouteConfig::new(upstream), &config);
+    let proxy = local_proxy::HttpProxy::new(HttpRouteConfig::new(upstream), &config, &tracker);
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let serving = tokio::spawn({
         let (proxy, tracker) = (proxy.clone(), tracker.clone());

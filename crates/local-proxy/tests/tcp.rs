@@ -133,3 +133,30 @@ async fn shutdown_closes_busy_forwards_at_the_drain_deadline() {
         "listener should be closed"
     );
 }
+
+#[tokio::test]
+async fn connections_past_the_socket_budget_are_closed_and_counted() {
+    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_addr = upstream.local_addr().unwrap();
+    tokio::spawn(async move {
+        // Hold every accepted connection open.
+        let mut held = Vec::new();
+        while let Ok((s, _)) = upstream.accept().await {
+            held.push(s);
+        }
+    });
+    let mut config = ProxyConfig::default();
+    config.max_upstream_sockets = 1;
+    let (addr, forwarder, tracker) =
+        start_forwarder_with(TcpRouteConfig::new(upstream_addr), config).await;
+    let _first = TcpStream::connect(addr).await.unwrap();
+    let started = std::time::Instant::now();
+    while tracker.fd_budget().in_use() == 0 {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut second = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(read_once(&mut second).await, 0);
+    assert_eq!(forwarder.metrics().snapshot().over_socket_budget, 1);
+    assert_eq!(tracker.fd_budget().in_use(), 1);
+}

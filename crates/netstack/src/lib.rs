@@ -14,9 +14,10 @@
 //! core (one smoltcp interface and socket set per shard plus the connection table that adds
 //! a listen backlog, limits and background close: packets and `now` in, packets and the next
 //! deadline out); `stack` is the tokio adapter with the driver task that sleeps until the
-//! next smoltcp deadline; `tcp`, `udp` and `icmp` are the sockets; `buffer` keeps each TCP
-//! connection's rings in an anonymous mapping so idle connections cost a few KiB, not their
-//! full buffers.
+//! next smoltcp deadline; `tcp`, `udp` and `icmp` are the sockets; `buffer` owns each shard's
+//! smoltcp socket set together with the anonymous mappings its TCP rings live in (so idle
+//! connections cost a few KiB, not their full buffers), the crate's only `unsafe`, sound by
+//! construction: a socket cannot outlive its mapping.
 //!
 //! Back-pressure: the outbound queue is bounded (`max_outbound_packets`). When it is full
 //! the stack stops emitting until [`Netstack::recv_outbound`] drains it; TCP windows then

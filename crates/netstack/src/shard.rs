@@ -13,12 +13,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::iface::{Config, Interface, SocketHandle};
 use smoltcp::phy::DeviceCapabilities;
 use smoltcp::socket::tcp;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
 
-use crate::buffer::TcpBuffers;
+use crate::buffer::{Owned, Sockets, TcpSocket};
 use crate::config::NetstackConfig;
 use crate::device::{Dev, capabilities};
 use crate::repair::{Emitted, Repair, Sent};
@@ -95,8 +95,6 @@ struct Conn {
     repair_listed: bool,
     /// Queued in `Shard::release_queue`.
     release_pending: bool,
-    /// Keep last: the socket using these rings is removed from the set first.
-    bufs: TcpBuffers,
 }
 
 /// Who owns a TCP socket.
@@ -117,8 +115,8 @@ enum ConnState {
 
 /// One smoltcp interface with its sockets.
 pub(crate) struct Shard {
-    /// Declared first and cleared in `Drop`: sockets must go before the mappings in `conns`.
-    sockets: SocketSet<'static>,
+    /// The smoltcp sockets with their rings.
+    sockets: Sockets,
     iface: Interface,
     conns: HashMap<Tuple, Conn>,
     caps: DeviceCapabilities,
@@ -145,13 +143,6 @@ pub(crate) struct Shard {
     /// The latest `now` seen: callers on other threads may arrive with an older one,
     /// and smoltcp must never see time go backwards.
     last_now: Instant,
-}
-
-impl Drop for Shard {
-    fn drop(&mut self) {
-        // Drop every socket (and its borrowed rings) before `conns` unmaps them.
-        self.sockets = SocketSet::new(Vec::new());
-    }
 }
 
 impl Shard {
@@ -195,7 +186,7 @@ impl Shard {
             };
         }
         Self {
-            sockets: SocketSet::new(Vec::new()),
+            sockets: Sockets::new(),
             iface,
             conns: HashMap::new(),
             caps,
@@ -267,7 +258,7 @@ impl Shard {
                             // without progress this may be the stranding window update:
                             // leave none armed, and re-arm after ingress from what is queued
                             // (setting one on an idle timer fires it at once).
-                            let socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
+                            let mut socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
                             socket.set_keep_alive(if !was_zero && !conn.no_progress {
                                 shared.config.keepalive.map(|d| self.clock.smol_duration(d))
                             } else {
@@ -300,8 +291,8 @@ impl Shard {
             tx_limit: usize::MAX,
             caps: &self.caps,
         };
-        self.iface
-            .poll_ingress_single(self.clock.smol_at(now), &mut dev, &mut self.sockets);
+        self.sockets
+            .poll_ingress_single(&mut self.iface, self.clock.smol_at(now), &mut dev);
         // An immediate reply (RST, echo reply) past the bound is dropped like on a full link.
         if self.tx.len() > before && self.tx.len() > reply_limit {
             self.tx.truncate(before);
@@ -311,7 +302,7 @@ impl Shard {
             && let Class::Tcp { tuple, .. } = class
             && let Some(conn) = self.conns.get_mut(&tuple)
         {
-            let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+            let mut socket = self.sockets.get_mut::<tcp::Socket>(handle);
             let queued = socket.send_queue();
             conn.no_progress = queued > 0 && queued >= queued_before;
             if queued > 0 {
@@ -326,6 +317,7 @@ impl Shard {
             if let Some(seg) = &seg {
                 self.repair_on_ack(shared, seg, tuple, now, reply_limit);
             }
+            self.reset_unread(tuple);
             self.release_idle_tx(tuple, now);
         }
         if let Some(tuple) = watch {
@@ -347,7 +339,7 @@ impl Shard {
         let t = self.clock.smol_at(now);
         let from = dev.tx.len();
         loop {
-            let res = self.iface.poll_egress(t, &mut dev, &mut self.sockets);
+            let res = self.sockets.poll_egress(&mut self.iface, t, &mut dev);
             if res == smoltcp::iface::PollResult::None || dev.tx.len() >= limit {
                 break;
             }
@@ -368,7 +360,7 @@ impl Shard {
         let mut remove = Vec::new();
         let mut expired = Vec::new();
         for (tuple, conn) in &mut self.conns {
-            let socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
+            let mut socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
             if conn.boosted && socket.send_queue() == 0 {
                 socket.set_keep_alive(keepalive);
                 conn.boosted = false;
@@ -418,8 +410,8 @@ impl Shard {
     pub(crate) fn poll_timeout(&mut self, now: Instant) -> Option<Instant> {
         let now = self.tick(now);
         let smol = self
-            .iface
-            .poll_at(self.clock.smol_at(now), &self.sockets)
+            .sockets
+            .poll_at(&mut self.iface, self.clock.smol_at(now))
             .map(|t| self.clock.std_at(t));
         let release = self.release_queue.front().map(|(at, _)| *at);
         [smol, self.sweep_at, self.next_repair(), release]
@@ -458,7 +450,7 @@ impl Shard {
 
     /// Number of sockets (of all kinds) in this shard.
     pub(crate) fn socket_count(&self) -> usize {
-        self.sockets.iter().count()
+        self.sockets.len()
     }
 
     /// Opens an outbound connection on `tuple`; `Ok(None)` when the tuple is taken.
@@ -470,8 +462,8 @@ impl Shard {
         if self.conns.contains_key(&tuple) {
             return Ok(None);
         }
-        let (handle, bufs) = self.new_tcp(shared)?;
-        let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+        let handle = self.new_tcp(shared)?;
+        let mut socket = self.sockets.get_mut::<tcp::Socket>(handle);
         // Until established the smoltcp timeout bounds the handshake.
         socket.set_timeout(Some(
             self.clock.smol_duration(shared.config.handshake_timeout),
@@ -491,7 +483,6 @@ impl Shard {
                 tx_dirty: 0,
                 repair_listed: false,
                 release_pending: false,
-                bufs,
             },
         );
         if let Err(err) = res {
@@ -507,7 +498,7 @@ impl Shard {
     /// The TCP socket behind `handle`. smoltcp panics on a stale handle; ours never are:
     /// a socket owned by a stream or an accept queue is only removed through
     /// [`Shard::release`], called when that owner lets go.
-    pub(crate) fn tcp(&mut self, handle: SocketHandle) -> &mut tcp::Socket<'static> {
+    pub(crate) fn tcp(&mut self, handle: SocketHandle) -> TcpSocket<'_> {
         self.sockets.get_mut::<tcp::Socket>(handle)
     }
 
@@ -529,7 +520,7 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(tuple) else {
             return;
         };
-        let socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
+        let mut socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
         socket.set_keep_alive(stall_keep_alive(&self.clock, socket.send_queue()));
         if conn.boosted {
             return;
@@ -557,12 +548,14 @@ impl Shard {
             return;
         };
         conn.aborted = true;
-        self.sockets.get_mut::<tcp::Socket>(conn.handle).abort();
+        let mut socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
+        socket.discard_received();
+        socket.abort();
     }
 
     /// Sets the options of an established connection (idle timeout after the handshake).
     pub(crate) fn established(&mut self, shared: &Shared, handle: SocketHandle) {
-        let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+        let mut socket = self.sockets.get_mut::<tcp::Socket>(handle);
         socket.set_timeout(
             shared
                 .config
@@ -578,7 +571,7 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(&tuple) else {
             return;
         };
-        let socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
+        let mut socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
         match socket.state() {
             // An aborted socket whose RST is still to be sent stays until it is out.
             tcp::State::Closed if socket.remote_endpoint().is_some() => {}
@@ -589,7 +582,10 @@ impl Shard {
             tcp::State::SynSent => {
                 socket.abort();
             }
-            _ if abort || socket.recv_queue() > 0 => socket.abort(),
+            _ if abort || socket.recv_queue() > 0 => {
+                socket.discard_received();
+                socket.abort();
+            }
             _ => {
                 socket.close();
                 socket.set_timeout(Some(self.clock.smol_duration(shared.config.close_timeout)));
@@ -603,10 +599,7 @@ impl Shard {
     }
 
     /// Adds a UDP or ICMP socket.
-    pub(crate) fn add_socket<T: smoltcp::socket::AnySocket<'static>>(
-        &mut self,
-        socket: T,
-    ) -> SocketHandle {
+    pub(crate) fn add_socket<T: Owned>(&mut self, socket: T) -> SocketHandle {
         self.sockets.add(socket)
     }
 
@@ -616,10 +609,7 @@ impl Shard {
     }
 
     /// A UDP or ICMP socket.
-    pub(crate) fn socket<T: smoltcp::socket::AnySocket<'static>>(
-        &mut self,
-        handle: SocketHandle,
-    ) -> &mut T {
+    pub(crate) fn socket<T: Owned>(&mut self, handle: SocketHandle) -> T::Mut<'_> {
         self.sockets.get_mut::<T>(handle)
     }
 
@@ -658,15 +648,14 @@ impl Shard {
             }
         }
         let c = &shared.counters;
-        let Ok((handle, bufs)) = self.new_tcp(shared) else {
+        let Ok(handle) = self.new_tcp(shared) else {
             c.drop(DropReason::LimitReached);
             return false;
         };
-        let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+        let mut socket = self.sockets.get_mut::<tcp::Socket>(handle);
         if socket.listen(tuple.local).is_err() {
             self.sockets.remove(handle);
             c.tcp_sockets.fetch_sub(1, Relaxed);
-            drop(bufs);
             return false;
         }
         listener.pending.fetch_add(1, Relaxed);
@@ -688,7 +677,6 @@ impl Shard {
                 tx_dirty: 0,
                 repair_listed: false,
                 release_pending: false,
-                bufs,
             },
         );
         self.watch(now);
@@ -759,7 +747,7 @@ impl Shard {
         };
         listener.pending.fetch_sub(1, Relaxed);
         shared.counters.half_open.fetch_sub(1, Relaxed);
-        let socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
+        let mut socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
         if abort && socket.state() != tcp::State::Closed && socket.state() != tcp::State::Listen {
             // Keep it until the RST is out; the sweep removes closed sockets.
             socket.abort();
@@ -788,10 +776,26 @@ impl Shard {
             if conn.boosted {
                 self.boosted -= 1;
             }
-            // The socket (holding slices of `conn.bufs`) goes first, then the mapping.
-            drop(self.sockets.remove(conn.handle));
-            drop(conn.bufs);
+            self.sockets.remove(conn.handle);
             shared.counters.tcp_sockets.fetch_sub(1, Relaxed);
+        }
+    }
+
+    /// Data arrived for a connection whose stream was dropped: nobody will read it, so
+    /// reset the connection (as Linux does for an orphaned socket) instead of buffering
+    /// up to a whole receive ring until the close times out.
+    fn reset_unread(&mut self, tuple: Tuple) {
+        let Some(conn) = self.conns.get_mut(&tuple) else {
+            return;
+        };
+        if !matches!(conn.state, ConnState::Closing { .. }) {
+            return;
+        }
+        let mut socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
+        if socket.recv_queue() > 0 && socket.state() != tcp::State::Closed {
+            // Dropped with its pages (through smoltcp's own `recv`), then reset.
+            socket.discard_received();
+            socket.abort();
         }
     }
 
@@ -826,8 +830,8 @@ impl Shard {
                 continue;
             };
             conn.release_pending = false;
-            if self.sockets.get::<tcp::Socket>(conn.handle).send_queue() == 0 {
-                conn.bufs.release_tx();
+            let mut socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
+            if socket.send_queue() == 0 && socket.release_send_ring() {
                 conn.tx_dirty = 0;
             }
         }
@@ -981,7 +985,7 @@ impl Shard {
     }
 
     /// A TCP socket with this stack's options, within `max_connections`.
-    fn new_tcp(&mut self, shared: &Shared) -> io::Result<(SocketHandle, TcpBuffers)> {
+    fn new_tcp(&mut self, shared: &Shared) -> io::Result<SocketHandle> {
         let config = &shared.config;
         let count = &shared.counters.tcp_sockets;
         if count.fetch_add(1, Relaxed) >= config.max_connections {
@@ -991,19 +995,21 @@ impl Shard {
                 "netstack: max_connections reached",
             ));
         }
-        let mut bufs = match TcpBuffers::new(config.tcp_rx_buffer, config.tcp_tx_buffer) {
-            Ok(bufs) => bufs,
+        let handle = match self
+            .sockets
+            .add_tcp(config.tcp_rx_buffer, config.tcp_tx_buffer)
+        {
+            Ok(handle) => handle,
             Err(err) => {
                 count.fetch_sub(1, Relaxed);
                 return Err(err);
             }
         };
-        let mut socket = bufs.socket();
+        let mut socket = self.sockets.get_mut::<tcp::Socket>(handle);
         socket.set_nagle_enabled(config.nagle);
         socket.set_ack_delay(config.ack_delay.map(|d| self.clock.smol_duration(d)));
         socket.set_keep_alive(config.keepalive.map(|d| self.clock.smol_duration(d)));
         socket.set_congestion_control(tcp::CongestionControl::Cubic);
-        let handle = self.sockets.add(socket);
-        Ok((handle, bufs))
+        Ok(handle)
     }
 }

@@ -236,3 +236,93 @@ fn a_new_syn_reuses_a_tuple_in_time_wait() {
         assert_eq!(b.counters.snapshot().tcp_sockets, 1, "server in TIME-WAIT");
     }
 }
+
+#[test]
+fn an_idle_send_ring_is_released_through_smoltcp_and_reads_as_zeros() {
+    let start = Instant::now();
+    let a = stack("10.0.0.1", start);
+    let b = stack("10.0.0.2", start);
+    let server: SocketAddr = "10.0.0.2:80".parse().expect("addr");
+    let listener = b.register_listener(server, 4).expect("listen");
+    let tuple = Tuple {
+        local: IpEndpoint::new(
+            "10.0.0.1".parse::<std::net::IpAddr>().expect("ip").into(),
+            50_002,
+        ),
+        remote: IpEndpoint::from(server),
+    };
+    let idx = a.shard_for(&tuple);
+    let handle = a
+        .with_shard(idx, start, |s| s.connect(&a, tuple))
+        .expect("connect")
+        .expect("free tuple");
+    let mut sent = 0;
+    exchange(&a, &b, start, &mut sent, &|_| false);
+    let accepted = listener.pop().expect("accepted");
+    // 384 KiB of non-zero bytes, all read and acknowledged.
+    let data = vec![0xa5u8; 384 << 10];
+    let mut written = 0;
+    let mut received = 0;
+    let mut buf = vec![0u8; 64 << 10];
+    while received < data.len() {
+        written += a.with_shard(idx, start, |s| {
+            s.tcp(handle).send_slice(&data[written..]).expect("send")
+        });
+        exchange(&a, &b, start, &mut sent, &|_| false);
+        received += b.with_shard(accepted.shard, start, |s| {
+            s.tcp(accepted.handle).recv_slice(&mut buf).expect("recv")
+        });
+    }
+    exchange(&a, &b, start, &mut sent, &|_| false);
+    let ring_is_zero = |a: &Shared, now| {
+        a.with_shard(idx, now, |s| {
+            s.tcp(handle)
+                .send(|free| (0, free.iter().all(|&b| b == 0)))
+                .expect("may send")
+        })
+    };
+    assert_eq!(a.with_shard(idx, start, |s| s.tcp(handle).send_queue()), 0);
+    assert!(
+        !ring_is_zero(&a, start),
+        "the sent bytes are still in the ring"
+    );
+    // Idle for the release delay: the pages go back and read as zeros.
+    let later = start + Duration::from_secs(2);
+    a.drive_at(later);
+    assert!(ring_is_zero(&a, later), "released");
+    // The ring works as before.
+    a.with_shard(idx, later, |s| {
+        s.tcp(handle).send_slice(b"more").expect("send")
+    });
+    exchange(&a, &b, later, &mut sent, &|_| false);
+    let n = b.with_shard(accepted.shard, later, |s| {
+        s.tcp(accepted.handle).recv_slice(&mut buf).expect("recv")
+    });
+    assert_eq!(&buf[..n], b"more");
+}
+
+#[test]
+fn a_panic_under_a_shard_lock_leaves_the_stack_usable() {
+    let now = Instant::now();
+    let a = stack_with("10.0.0.1", now, |c| c.shards = 1);
+    let b = stack("10.0.0.2", now);
+    let server: SocketAddr = "10.0.0.2:80".parse().expect("addr");
+    let listener = b.register_listener(server, 4).expect("listen");
+    let poisoned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        a.with_shard(0, now, |_| panic!("a bug while the shard is locked"))
+    }));
+    assert!(poisoned.is_err());
+    let tuple = Tuple {
+        local: IpEndpoint::new(
+            "10.0.0.1".parse::<std::net::IpAddr>().expect("ip").into(),
+            50_003,
+        ),
+        remote: IpEndpoint::from(server),
+    };
+    a.with_shard(0, now, |s| s.connect(&a, tuple))
+        .expect("connect")
+        .expect("free tuple");
+    let mut sent = 0;
+    exchange(&a, &b, now, &mut sent, &|_| false);
+    assert!(listener.pop().is_some(), "connected after the panic");
+}

@@ -338,8 +338,7 @@ impl Shared {
         Ok(listener)
     }
 
-    /// Locks shard `idx`. A panic elsewhere never leaves a shard half-updated in a way
-    /// that matters more than stopping the stack would, so poisoning is ignored.
+    /// Locks shard `idx` (see [`lock`] for a poisoned one).
     pub(crate) fn lock(&self, idx: usize) -> MutexGuard<'_, Shard> {
         lock(&self.shards[idx])
     }
@@ -506,9 +505,17 @@ impl Shared {
     }
 }
 
-/// Locks a mutex, ignoring poisoning (see [`Shared::lock`]).
+/// Locks a mutex. A poisoned one (a panic while it was held: a bug) is logged, cleared
+/// and used: memory safety never depends on it, since the socket set keeps each socket
+/// and its ring mapping consistent within single calls (see `buffer.rs`), and the worst a
+/// half-finished update leaves is a connection or counter off until it times out, which
+/// is better than failing every other connection of the stack.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
+    m.lock().unwrap_or_else(|poisoned| {
+        tracing::error!("netstack: a lock was poisoned by a panic; continuing");
+        m.clear_poison();
+        poisoned.into_inner()
+    })
 }
 
 /// The driver task: polls shards when they are due, sleeps otherwise. Holds only a weak

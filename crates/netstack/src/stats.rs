@@ -11,7 +11,7 @@ pub enum DropReason {
     Malformed,
     /// Destination is not one of the stack's addresses.
     NotForUs,
-    /// IP fragments and other features the stack does not handle.
+    /// IP fragments, IPv6 extension headers and other features the stack does not handle.
     Unsupported,
     /// UDP to a port nobody bound, or TCP to a port nobody listens on (answered with RST).
     NoSocket,

@@ -18,6 +18,7 @@ use smoltcp::wire::IpAddress;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 
+use crate::buffer::TcpSocket;
 use crate::shard::Shard;
 use crate::stack::{Shared, lock};
 use crate::wire::Tuple;
@@ -171,7 +172,7 @@ impl Drop for TcpListener {
 ///
 /// Dropping it closes gracefully in the background (FIN, bounded by `close_timeout` of
 /// peer silence), or resets when unread data is left; [`abort`](Self::abort) resets at
-/// once.
+/// once. Data the peer sends after the drop is answered with RST and discarded.
 pub struct TcpStream {
     shared: Arc<Shared>,
     shard: usize,
@@ -217,7 +218,7 @@ impl TcpStream {
     pub(crate) async fn wait_established(&self) -> io::Result<()> {
         poll_fn(|cx| {
             let mut shard = self.shared.lock(self.shard);
-            let socket = shard.tcp(self.handle);
+            let mut socket = shard.tcp(self.handle);
             match socket.state() {
                 tcp::State::SynSent | tcp::State::SynReceived => {
                     socket.register_recv_waker(cx.waker());
@@ -287,15 +288,17 @@ impl AsyncRead for TcpStream {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let mut shard = this.shared.lock(this.shard);
-        let socket = shard.tcp(this.handle);
+        let mut socket = shard.tcp(this.handle);
         let before = socket.recv_queue();
         let half = socket.recv_capacity() / 2;
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
-        let res = match copy_into(socket, buf) {
+        let res = match copy_into(&mut socket, buf) {
             // The ring may wrap: a second piece.
-            Ok(n) if n > 0 && buf.remaining() > 0 => Ok(n + copy_into(socket, buf).unwrap_or(0)),
+            Ok(n) if n > 0 && buf.remaining() > 0 => {
+                Ok(n + copy_into(&mut socket, buf).unwrap_or(0))
+            }
             other => other,
         };
         match res {
@@ -321,7 +324,7 @@ impl AsyncRead for TcpStream {
 
 /// Copies one contiguous piece of received data straight into the (possibly
 /// uninitialised) unfilled part of `buf`.
-fn copy_into(socket: &mut tcp::Socket<'_>, buf: &mut ReadBuf<'_>) -> Result<usize, tcp::RecvError> {
+fn copy_into(socket: &mut TcpSocket<'_>, buf: &mut ReadBuf<'_>) -> Result<usize, tcp::RecvError> {
     socket.recv(|data| {
         let n = data.len().min(buf.remaining());
         buf.put_slice(&data[..n]);
@@ -337,7 +340,7 @@ impl AsyncWrite for TcpStream {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let mut shard = this.shared.lock(this.shard);
-        let socket = shard.tcp(this.handle);
+        let mut socket = shard.tcp(this.handle);
         if !socket.may_send() {
             let state = socket.state();
             return Poll::Ready(Err(this.closed_error(&shard, state, true)));

@@ -55,6 +55,16 @@ pub(crate) fn classify(packet: &[u8], ours: &[IpAddress]) -> Result<Class, DropR
         }
         Some(6) => {
             let ip = Ipv6Packet::new_checked(packet).map_err(|_| DropReason::Malformed)?;
+            // Extension headers (hop-by-hop, routing, fragment, options, ...): smoltcp would
+            // parse past them and answer TCP itself, bypassing the connection table and its
+            // limits (an RST with a sequence number the sender picked). Nothing a tunnel
+            // peer needs uses them towards us.
+            if !matches!(
+                ip.next_header(),
+                IpProtocol::Tcp | IpProtocol::Udp | IpProtocol::Icmpv6
+            ) {
+                return Err(DropReason::Unsupported);
+            }
             let (src, dst) = (
                 IpAddress::Ipv6(ip.src_addr()),
                 IpAddress::Ipv6(ip.dst_addr()),

@@ -8,7 +8,8 @@ use common::*;
 use netstack::{DropReason, Netstack};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    IpProtocol, Ipv4Address, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+    IpProtocol, Ipv4Address, Ipv4Packet, Ipv4Repr, Ipv6Address, Ipv6Packet, Ipv6Repr, TcpControl,
+    TcpPacket, TcpRepr, TcpSeqNumber,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -367,4 +368,63 @@ async fn every_packet_on_the_wire_fits_the_path_mtu() {
     for p in pumps {
         p.abort();
     }
+}
+
+/// A TCP segment from fd00::1 to fd00::2 behind an IPv6 hop-by-hop options header.
+fn tcp_v6_behind_hop_by_hop(dst_port: u16, control: TcpControl, ack: Option<i32>) -> Vec<u8> {
+    let src: Ipv6Address = A6.parse().expect("a6");
+    let dst: Ipv6Address = B6.parse().expect("b6");
+    let tcp = TcpRepr {
+        src_port: 40_000,
+        dst_port,
+        control,
+        seq_number: TcpSeqNumber(1000),
+        ack_number: ack.map(TcpSeqNumber),
+        window_len: 1000,
+        window_scale: None,
+        max_seg_size: None,
+        sack_permitted: false,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload: &[],
+    };
+    let ipr = Ipv6Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: IpProtocol::HopByHop,
+        payload_len: 8 + tcp.buffer_len(),
+        hop_limit: 64,
+    };
+    let mut buf = vec![0u8; 40 + 8 + tcp.buffer_len()];
+    ipr.emit(&mut Ipv6Packet::new_unchecked(&mut buf[..]));
+    // Hop-by-hop header: next header TCP, 8 bytes long, one PadN option of 4 bytes.
+    buf[40..44].copy_from_slice(&[6, 0, 1, 4]);
+    tcp.emit(
+        &mut TcpPacket::new_unchecked(&mut buf[48..]),
+        &src.into(),
+        &dst.into(),
+        &ChecksumCapabilities::default(),
+    );
+    buf
+}
+
+#[tokio::test]
+async fn tcp_behind_ipv6_extension_headers_is_dropped_and_counted() {
+    let b = Netstack::new(config(&[B, B6])).expect("stack");
+    let _listener = b.listen(sa(B6, 80)).expect("listen");
+    // A SYN to a listener and an ACK with a chosen acknowledgement number to a closed port:
+    // answered by smoltcp directly (past the connection table and its limits), the ACK
+    // would draw an RST whose sequence number the sender picked.
+    let packets = [
+        tcp_v6_behind_hop_by_hop(80, TcpControl::Syn, None),
+        tcp_v6_behind_hop_by_hop(81, TcpControl::None, Some(0x1234_5678)),
+    ];
+    b.push_inbound(&packets);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut out = Vec::new();
+    b.try_recv_outbound(&mut out, usize::MAX);
+    assert!(out.is_empty(), "answered: {out:?}");
+    let stats = b.stats();
+    assert_eq!(stats.dropped.get(DropReason::Unsupported), 2, "{stats:?}");
+    assert_eq!(stats.tcp_sockets, 0);
 }

@@ -233,6 +233,45 @@ async fn a_dropped_stream_ends_with_fin_an_aborted_one_with_rst() {
     }
 }
 
+#[tokio::test]
+async fn data_for_a_dropped_stream_is_reset_not_buffered() {
+    let p = pair();
+    let listener = p.b.listen(sa(B, 80)).expect("listen");
+    let mut c = p.a.connect(sa(B, 80)).await.expect("connect");
+    let (mut s, _) = listener.accept().await.expect("accept");
+    // A request with `Connection: close`: the server answers and drops the stream.
+    c.write_all(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("request");
+    let mut req = [0u8; 37];
+    s.read_exact(&mut req).await.expect("read request");
+    s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+        .await
+        .expect("response");
+    drop(s);
+    let mut resp = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut resp))
+        .await
+        .expect("our FIN in time")
+        .expect("read response");
+    // Half-closed by the server: the client pushes data nobody will ever read. Linux
+    // resets such a socket; so must we, instead of buffering up to a whole ring.
+    let junk = vec![0x55u8; 1 << 20];
+    let res = tokio::time::timeout(Duration::from_secs(10), async {
+        c.write_all(&junk).await?;
+        c.flush().await?;
+        // Everything fit in the window: the reset must still come.
+        let mut buf = [0u8; 1];
+        c.read(&mut buf).await
+    })
+    .await
+    .expect("a reset in time, not a stall");
+    let err = res.expect_err("the server resets");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    drop(c);
+    wait_for_no_sockets(&p).await;
+}
+
 /// Waits until neither stack holds a TCP socket any more.
 async fn wait_for_no_sockets(p: &Pair) {
     let deadline = Instant::now() + Duration::from_secs(10);

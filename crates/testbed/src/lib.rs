@@ -11,6 +11,10 @@
 //!   their process group on drop), sockets created inside ([`Netns::bind_udp`],
 //!   [`Netns::run_inside`], via `setns(2)`); everything killed and deleted on drop, also on
 //!   panic. [`cleanup_stale`] removes what killed test processes left behind.
+//! - [`WireguardGoVersion`]: the two Debian builds of `wireguard-go` (bookworm's 0.0.20220316,
+//!   bookworm-backports' 0.0.20231211), fetched with `apt-get download` and unpacked under
+//!   `target/wireguard-go/`; `TESTBED_WIREGUARD_GO` picks the one gateways run (current by
+//!   default; `2022`, or a path).
 //! - [`WireguardGo`]: a `wireguard-go` gateway in a namespace, configured with `wg set` and `ip`,
 //!   with a unique interface name (the control socket path is shared by namespaces); parsed
 //!   `wg show IF dump` ([`WgDump`]), restart with the same key, killed on drop. [`KeyPair`]s come
@@ -86,6 +90,7 @@ mod prereq;
 mod relay;
 mod site;
 mod stale;
+mod wgbin;
 mod wggo;
 
 pub use cmd::{
@@ -98,6 +103,10 @@ pub use prereq::{REQUIRED_PROGRAMS, check_gateway_prereqs, gateway_tests_can_run
 pub use relay::{DirectionStats, ImpairedRelay, Impairment, RelayStats};
 pub use site::GatewaySite;
 pub use stale::cleanup_stale;
+pub use wgbin::{
+    BACKPORTS_SOURCES, WIREGUARD_GO_ENV, WireguardGoSelection, WireguardGoVersion, binary_version,
+    fetch_wireguard_go, wireguard_go_binary,
+};
 pub use wggo::{
     CONTROL_DIR, GatewayConfig, GatewayPeer, KeyPair, WgDump, WgPeerDump, WireguardGo,
     generate_preshared_key, public_key_of,

@@ -1,5 +1,6 @@
-//! Can the real-gateway tests run here? Root, `/dev/net/tun`, `ip`, `wireguard-go`, `wg`,
-//! `curl`, and a network namespace that can actually be created.
+//! Can the real-gateway tests run here? Root, `/dev/net/tun`, `ip`, `wg`, `curl`, the selected
+//! `wireguard-go` (fetched under `target/` when missing, see [`crate::WireguardGoVersion`]), and
+//! a network namespace that can actually be created.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -7,10 +8,10 @@ use std::sync::OnceLock;
 
 use crate::cmd::on_path;
 
-/// Programs the real-gateway tests run, with the Debian package that provides each.
+/// Programs the real-gateway tests run from `PATH`, with the Debian package that provides each
+/// (`wireguard-go` is run by path: [`crate::wireguard_go_binary`]).
 pub const REQUIRED_PROGRAMS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
-    ("wireguard-go", "wireguard-go"),
     ("wg", "wireguard-tools"),
     ("curl", "curl"),
 ];
@@ -24,7 +25,7 @@ pub fn in_ci() -> bool {
 /// Checks every prerequisite of the real-gateway tests (cached for the process).
 ///
 /// `Ok(())` when they can run; otherwise every reason, joined in one line, e.g.
-/// `not root; wireguard-go missing (apt-get install wireguard-go)`.
+/// `not root; wg missing; install with: apt-get install --no-install-recommends wireguard-tools`.
 pub fn check_gateway_prereqs() -> Result<(), String> {
     static RESULT: OnceLock<Result<(), String>> = OnceLock::new();
     RESULT.get_or_init(check_uncached).clone()
@@ -45,6 +46,9 @@ fn check_uncached() -> Result<(), String> {
             reasons.push(format!("{program} missing"));
             missing.push(*package);
         }
+    }
+    if let Err(why) = crate::wgbin::wireguard_go_binary() {
+        reasons.push(format!("wireguard-go missing: {why:#}"));
     }
     if !missing.is_empty() {
         reasons.push(format!(

@@ -1,5 +1,5 @@
 //! `ImpairedRelay`: a UDP relay between an agent and a gateway that drops, delays (base ± jitter),
-//! reorders and duplicates datagrams from a seeded random generator — the impairment these
+//! reorders (holding one back, or sending one without the delay) and duplicates datagrams from a seeded random generator — the impairment these
 //! kernels cannot do (no `netem`).
 //!
 //! The agent sends to the relay's address; the relay forwards from its own upstream socket to the
@@ -41,6 +41,10 @@ pub struct Impairment {
     pub reorder: f64,
     /// Longest time a held-back datagram waits for a successor.
     pub reorder_hold: Duration,
+    /// Probability that a datagram skips the delay and is sent at once, overtaking those in
+    /// flight (netem's `reorder`). It does not move the [`keep_order`](Self::keep_order)
+    /// point of the datagrams after it.
+    pub undelayed: f64,
     /// Probability that a datagram is sent twice.
     pub duplicate: f64,
     /// Seed of the random generators.
@@ -59,6 +63,7 @@ impl Default for Impairment {
             keep_order: false,
             reorder: 0.0,
             reorder_hold: Duration::from_millis(50),
+            undelayed: 0.0,
             duplicate: 0.0,
             seed: 1,
             queue_limit: 4096,
@@ -79,6 +84,8 @@ pub struct DirectionStats {
     pub duplicated: u64,
     /// Held back to be sent after their successor (`reorder`).
     pub reordered: u64,
+    /// Sent without the delay (`undelayed`).
+    pub undelayed: u64,
     /// Dropped because the queue was full.
     pub queue_full: u64,
     /// Sends that failed, or replies with no known agent address.
@@ -181,7 +188,12 @@ impl State {
         };
         let delay_ns = (imp.delay.as_nanos() as i128 + offset).max(0);
         let mut due = now + Duration::from_nanos(u64::try_from(delay_ns).unwrap_or(u64::MAX));
-        if imp.keep_order {
+        // Drawn only when asked for, so that seeds without it keep their sequences.
+        let undelayed = imp.undelayed > 0.0 && lane.rng.random_bool(probability(imp.undelayed));
+        if undelayed {
+            lane.stats.undelayed += 1;
+            due = now;
+        } else if imp.keep_order {
             due = lane.last_due.map_or(due, |last| due.max(last));
             lane.last_due = Some(due);
         }

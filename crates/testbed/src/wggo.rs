@@ -189,6 +189,7 @@ pub struct WireguardGo {
     netns: String,
     ifname: String,
     config: GatewayConfig,
+    binary: PathBuf,
     dir: TempDir,
     daemon: Option<Daemon>,
 }
@@ -200,7 +201,14 @@ impl WireguardGo {
     pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 
     /// Starts wireguard-go in `netns`, then sets key, port, peers, the address, and link up.
+    /// The binary is the one `TESTBED_WIREGUARD_GO` selects ([`crate::wireguard_go_binary`]:
+    /// the current Debian build by default).
     pub fn start(netns: &Netns, config: GatewayConfig) -> Result<Self> {
+        Self::start_with_binary(netns, config, &crate::wgbin::wireguard_go_binary()?)
+    }
+
+    /// Like [`start`](Self::start), running the `wireguard-go` at `binary`.
+    pub fn start_with_binary(netns: &Netns, config: GatewayConfig, binary: &Path) -> Result<Self> {
         let n = GATEWAYS.fetch_add(1, Ordering::Relaxed);
         // "wg" + pid + counter, at most 15 characters (IFNAMSIZ - 1).
         let ifname = format!("wg{}x{n}", std::process::id());
@@ -213,6 +221,7 @@ impl WireguardGo {
             netns: netns.name().to_owned(),
             ifname,
             config,
+            binary: binary.to_path_buf(),
             dir,
             daemon: None,
         };
@@ -224,7 +233,8 @@ impl WireguardGo {
 
     fn launch(&mut self, netns: &Netns) -> Result<()> {
         let log = self.log_path();
-        self.daemon = Some(netns.spawn("wireguard-go", ["-f", &self.ifname], &log)?);
+        let program = self.binary.to_string_lossy().into_owned();
+        self.daemon = Some(netns.spawn(&program, ["-f", &self.ifname], &log)?);
         let socket = self.control_socket();
         let deadline = Instant::now() + Self::START_TIMEOUT;
         while !socket.exists() {
@@ -262,6 +272,11 @@ impl WireguardGo {
         netns.ip(["addr", "add", &self.config.address, "dev", &self.ifname])?;
         netns.ip(["link", "set", &self.ifname, "up"])?;
         Ok(())
+    }
+
+    /// The `wireguard-go` binary this gateway runs.
+    pub fn binary(&self) -> &Path {
+        &self.binary
     }
 
     /// The interface name (also the control socket's name).

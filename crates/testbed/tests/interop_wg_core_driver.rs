@@ -20,7 +20,7 @@ const AGENT_IP: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 100);
 const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 1);
 const IDENT: u16 = 0x6472;
 /// Echoes in flight at once. Debian's wireguard-go keeps the kernel's small default socket
-/// buffers (SPEC), so bursts stay well under what they hold.
+/// buffers (docs/ARCHITECTURE.md, wg-core), so bursts stay well under what they hold.
 const BURST: u16 = 64;
 const BURSTS: u16 = 8;
 const PAYLOAD: usize = 1000;
@@ -142,7 +142,7 @@ fn interop_wg_core_driver_bursts_through_wireguard_go() {
         .unwrap();
     runtime.block_on(async {
         let driver = UdpDriver::bind(SocketAddr::new(link.b.ip.into(), 0)).unwrap();
-        let mut peers = Peers::new(key.clone(), Instant::now());
+        let mut peers = Peers::new(key.clone());
         peers.set_peers(
             vec![
                 PeerConfig::new(gw_key)

@@ -1,5 +1,6 @@
 //! The skip / fail rule for real-gateway tests, checked in a child process whose `PATH` hides
-//! `wireguard-go`, `wg` and `ip`: one `skipping` line normally, a failure under `CI=true`.
+//! `wg` and `ip` and whose `TESTBED_WIREGUARD_GO` names a missing binary: one `skipping` line
+//! normally, a failure under `CI=true`.
 
 #![allow(clippy::unwrap_used)]
 
@@ -20,6 +21,10 @@ fn run_child(ci: Option<&str>) -> Output {
     let mut command = testbed::child_test_command(CHILD).unwrap();
     command
         .env("PATH", "/nonexistent-testbed-path")
+        .env(
+            testbed::WIREGUARD_GO_ENV,
+            "/nonexistent-testbed-path/wireguard-go",
+        )
         .env_remove("CI");
     if let Some(value) = ci {
         command.env("CI", value);
@@ -61,5 +66,27 @@ fn missing_prerequisites_fail_under_ci() {
         );
         assert!(stderr.contains("wg missing"), "{stderr}");
         assert!(!stdout.contains("GATEWAY TEST BODY RAN"), "{stdout}");
+    }
+}
+
+/// Both Debian builds of wireguard-go are fetched under `target/` (idempotently: a second call
+/// finds them), from packages of the expected versions, and each runs by its path.
+#[test]
+fn both_wireguard_go_versions_are_fetched_and_run_by_path() {
+    testbed::require_gateway_prereqs!();
+    testbed::fetch_wireguard_go().unwrap();
+    testbed::fetch_wireguard_go().unwrap();
+    for version in testbed::WireguardGoVersion::ALL {
+        assert!(version.is_fetched(), "{version}");
+        let package = version.package_version().unwrap();
+        assert!(
+            package.starts_with(version.upstream()),
+            "{version}: {package}"
+        );
+        let reported = testbed::binary_version(&version.binary()).unwrap();
+        assert!(
+            reported.starts_with("wireguard-go v0.0.20"),
+            "{version}: {reported}"
+        );
     }
 }

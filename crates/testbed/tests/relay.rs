@@ -302,3 +302,49 @@ fn jitter_reorders_unless_order_is_kept() {
         "jitter of ±4 ms at 1 ms spacing reorders: {netem_like:?}"
     );
 }
+
+/// `undelayed` sends a share of the datagrams at once: on a FIFO path with a long delay they
+/// overtake the ones in flight (and only they do), and the counter says how many.
+#[test]
+fn undelayed_datagrams_overtake_a_fifo_delay() {
+    const COUNT: u32 = 200;
+    let (gateway, agent, relay) = relay_with(Impairment {
+        delay: Duration::from_millis(40),
+        jitter: Duration::from_millis(5),
+        keep_order: true,
+        undelayed: 0.1,
+        seed: 5,
+        ..Impairment::default()
+    });
+    for seq in 0..COUNT {
+        agent
+            .send_to(&seq.to_be_bytes(), relay.local_addr())
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    wait_idle(&relay);
+    let order: Vec<u32> = drain(&gateway, COUNT as usize)
+        .iter()
+        .map(|d| u32::from_be_bytes([d[0], d[1], d[2], d[3]]))
+        .collect();
+    let s = relay.stats().to_gateway;
+    let mut sorted = order.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (0..COUNT).collect::<Vec<_>>(), "nothing lost");
+    // Near 10 % (binomial, > 5 sigma margin: 20 ± 21).
+    assert!((1..=41).contains(&s.undelayed), "{s:?}");
+    // The delayed ones keep their order among themselves: removing every datagram that
+    // arrived ahead of a smaller one leaves an increasing sequence.
+    let mut overtakers = 0;
+    let mut max_seen = None;
+    for (i, &seq) in order.iter().enumerate() {
+        if order[i + 1..].iter().any(|&later| later < seq) {
+            overtakers += 1;
+        } else {
+            assert!(max_seen.is_none_or(|m| seq > m), "{order:?}");
+            max_seen = Some(seq);
+        }
+    }
+    assert!(overtakers >= 1, "{order:?}");
+    assert!(overtakers as u64 <= s.undelayed, "{overtakers} > {s:?}");
+}

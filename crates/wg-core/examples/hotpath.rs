@@ -172,8 +172,8 @@ fn engines(now: Instant) -> (Peers, Peers) {
         "192.0.2.1:51820".parse().unwrap(),
         "192.0.2.2:51820".parse().unwrap(),
     );
-    let mut a = Peers::new(ka.clone(), now);
-    let mut b = Peers::new(kb.clone(), now);
+    let mut a = Peers::new(ka.clone());
+    let mut b = Peers::new(kb.clone());
     b.set_peers(
         vec![PeerConfig::new(ka.public_key()).with_allowed_ip("10.1.0.100/32".parse().unwrap())],
         now,

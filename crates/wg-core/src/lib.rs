@@ -52,8 +52,8 @@
 //! let b_addr: SocketAddr = "127.0.0.1:51002".parse()?;
 //! let now = Instant::now();
 //!
-//! let mut a = Peers::new(a_key.clone(), now);
-//! let mut b = Peers::new(b_key.clone(), now);
+//! let mut a = Peers::new(a_key.clone());
+//! let mut b = Peers::new(b_key.clone());
 //! b.set_peers(vec![PeerConfig::new(a_key.public_key()).with_allowed_ip("10.1.0.100/32".parse()?)], now);
 //! // Adding a peer with an endpoint starts the handshake at once.
 //! a.set_peers(vec![PeerConfig::new(b_key.public_key())
@@ -94,6 +94,7 @@ mod event;
 mod initiation;
 mod ipnet;
 mod keys;
+mod lifecycle;
 mod peer;
 mod peers;
 mod stats;

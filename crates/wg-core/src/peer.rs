@@ -9,19 +9,9 @@ use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::x25519;
 
 use crate::initiation::Timestamp;
+use crate::lifecycle::{Lifecycle, REKEY_ATTEMPT};
 use crate::stats::{DropCounts, HandshakeState};
 use crate::{IpNet, PresharedKey, PublicKey};
-
-/// WireGuard's reject-after time: a session older than this is dead.
-pub(crate) const REJECT_AFTER: Duration = Duration::from_secs(180);
-/// WireGuard's rekey-after time: an initiator renews a session this old when it sends.
-pub(crate) const REKEY_AFTER: Duration = Duration::from_secs(120);
-/// boringtun abandons a handshake after this long (REKEY_ATTEMPT_TIME).
-pub(crate) const REKEY_ATTEMPT: Duration = Duration::from_secs(90);
-/// First retry delay once boringtun has given up.
-pub(crate) const BACKOFF_MIN: Duration = Duration::from_secs(5);
-/// Largest retry delay.
-pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 /// The configuration of one peer (a gateway). Two configs with equal fields are the same peer
 /// in the same state: [`Peers::set_peers`](crate::Peers::set_peers) leaves such a peer alone.
@@ -85,10 +75,9 @@ pub(crate) struct Peer {
     /// 24-bit receiver index; boringtun puts it in the upper bits of every session index.
     pub(crate) index: u32,
     pub(crate) endpoint: Option<SocketAddr>,
-    pub(crate) state: HandshakeState,
-    pub(crate) connecting_since: Option<Instant>,
-    pub(crate) backoff_attempt: u32,
-    pub(crate) next_retry: Option<Instant>,
+    /// Where the handshake stands; changed only through its transitions (`lifecycle.rs`).
+    pub(crate) lifecycle: Lifecycle,
+    /// When the last handshake completed, for stats (kept after the session is gone).
     pub(crate) last_handshake: Option<Instant>,
     /// The newest initiation timestamp accepted from this peer: the replay guard. It lives
     /// here, not in the tunnel, so re-creating the tunnel does not forget it (see
@@ -123,10 +112,7 @@ impl Peer {
             config,
             tunn,
             index,
-            state: HandshakeState::Idle,
-            connecting_since: None,
-            backoff_attempt: 0,
-            next_retry: None,
+            lifecycle: Lifecycle::Idle,
             last_handshake: None,
             newest_initiation: None,
             last_received: None,
@@ -157,7 +143,7 @@ impl Peer {
         // Zero means off, as in `wg`.
         let interval = self.config.persistent_keepalive.filter(|d| !d.is_zero())?;
         self.endpoint?;
-        match self.state {
+        match self.lifecycle.state() {
             HandshakeState::Established | HandshakeState::Idle => self
                 .last_traversal()
                 .unwrap_or(self.added_at)
@@ -191,26 +177,17 @@ impl Peer {
     /// time; boringtun resets its clock when it starts a handshake, and wg-core re-creates the
     /// tunnel before answering one).
     pub(crate) fn needs_tick(&self) -> bool {
-        match self.state {
+        match self.lifecycle.state() {
             HandshakeState::Backoff => false,
             HandshakeState::Idle => !self.tunn.is_expired(),
             HandshakeState::Connecting | HandshakeState::Established => true,
         }
     }
 
-    /// A new address may work where the old one failed: in backoff, retry at the next timeout.
+    /// A new address may work where the old one failed: in backoff, retry at the next timeout
+    /// (`added_at` is in the past).
     pub(crate) fn retry_soon(&mut self) {
-        if self.state == HandshakeState::Backoff {
-            self.backoff_attempt = 0;
-            // `added_at` is in the past: the retry is due at once.
-            self.next_retry = Some(self.added_at);
-        }
-    }
-
-    pub(crate) fn session_age(&self, now: Instant) -> Option<Duration> {
-        self.last_handshake
-            .map(|t| now.saturating_duration_since(t))
-            .filter(|age| *age < REJECT_AFTER)
+        self.lifecycle.retry_soon(self.added_at);
     }
 }
 
@@ -229,31 +206,4 @@ fn new_tunn(
         index,
         Some(Arc::clone(limiter)),
     )
-}
-
-/// The delay before retry number `attempt` (0-based): 5 s doubling to 60 s, times a random
-/// factor in [0.75, 1.0) from `unit` (a number in [0, 1)).
-pub(crate) fn backoff_delay(attempt: u32, unit: f64) -> Duration {
-    let base = BACKOFF_MIN
-        .saturating_mul(1u32.checked_shl(attempt.min(16)).unwrap_or(u32::MAX))
-        .min(BACKOFF_MAX);
-    base.mul_f64(1.0 - 0.25 * unit.clamp(0.0, 1.0))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_to_cap_with_jitter() {
-        assert_eq!(backoff_delay(0, 0.0), Duration::from_secs(5));
-        assert_eq!(backoff_delay(1, 0.0), Duration::from_secs(10));
-        assert_eq!(backoff_delay(2, 0.0), Duration::from_secs(20));
-        assert_eq!(backoff_delay(3, 0.0), Duration::from_secs(40));
-        assert_eq!(backoff_delay(4, 0.0), Duration::from_secs(60));
-        assert_eq!(backoff_delay(40, 0.0), Duration::from_secs(60));
-        let low = backoff_delay(4, 0.999);
-        assert!(low >= Duration::from_secs(45) && low < Duration::from_secs(46));
-        assert_eq!(backoff_delay(0, 0.5), Duration::from_millis(4375));
-    }
 }

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::rate_limiter::RateLimiter;
@@ -14,7 +14,8 @@ use rand::{Rng, SeedableRng};
 
 use crate::buffers::{Ring, RxMeta, TxMeta};
 use crate::ipnet::{Lookup, RouteTable};
-use crate::peer::{Peer, REJECT_AFTER, REKEY_AFTER, REKEY_ATTEMPT, backoff_delay};
+use crate::lifecycle::{GaveUp, REKEY_AFTER};
+use crate::peer::Peer;
 use crate::stats::{DropCounts, DropReason, HandshakeState, PeerStats, Stats};
 use crate::{Event, PeerConfig, PrivateKey, PublicKey};
 
@@ -216,14 +217,14 @@ impl std::fmt::Debug for Peers {
 }
 
 impl Peers {
-    /// An engine with no peers and the default [`Config`].
-    pub fn new(private_key: PrivateKey, now: Instant) -> Self {
-        Self::with_config(private_key, Config::default(), now)
+    /// An engine with no peers and the default [`Config`]. Nothing happens until a peer is
+    /// added, so no time is needed yet.
+    pub fn new(private_key: PrivateKey) -> Self {
+        Self::with_config(private_key, Config::default())
     }
 
     /// An engine with no peers.
-    pub fn with_config(private_key: PrivateKey, config: Config, now: Instant) -> Self {
-        let _ = now;
+    pub fn with_config(private_key: PrivateKey, config: Config) -> Self {
         let secret = private_key.to_static_secret();
         let public = x25519::PublicKey::from(&secret);
         let rng = match config.rng_seed {
@@ -350,14 +351,7 @@ impl Peers {
         self.limiter = new_limiter(&self.public, &self.config);
         let slots: Vec<usize> = self.by_key.values().copied().collect();
         for slot in slots {
-            self.reset_tunnel(slot);
-            if let Some(peer) = self.slots[slot].as_mut() {
-                peer.state = HandshakeState::Idle;
-                peer.last_handshake = None;
-                peer.connecting_since = None;
-                peer.next_retry = None;
-            }
-            self.start_handshake(slot, false, now);
+            self.restart_session(slot, now);
         }
         self.schedule_tick(now);
         tracing::debug!(public_key = %self.public_key(), "private key replaced; tunnels re-keyed");
@@ -386,13 +380,12 @@ impl Peers {
         };
         if self.slots[slot]
             .as_ref()
-            .is_some_and(|p| p.state == HandshakeState::Backoff)
+            .is_some_and(|p| p.lifecycle.state() == HandshakeState::Backoff)
         {
             // A fresh tunnel, as for a backoff retry: boringtun's clock restarts now.
             self.reset_tunnel(slot);
             if let Some(peer) = self.slots[slot].as_mut() {
-                peer.state = HandshakeState::Idle;
-                peer.next_retry = None;
+                peer.lifecycle.reset();
             }
         }
         self.start_handshake(slot, true, now);
@@ -548,15 +541,7 @@ impl Peers {
         let mut next = min_opt(self.next_tick, self.next_limiter_reset);
         for peer in self.slots.iter().flatten() {
             next = min_opt(next, peer.keepalive_deadline());
-            next = min_opt(next, peer.next_retry);
-            if peer.state == HandshakeState::Connecting
-                && let Some(since) = peer.connecting_since
-            {
-                next = min_opt(next, Some(since + REKEY_ATTEMPT));
-            }
-            if peer.state == HandshakeState::Established {
-                next = min_opt(next, peer.last_handshake.map(|t| t + REJECT_AFTER));
-            }
+            next = min_opt(next, peer.lifecycle.deadline());
         }
         next
     }
@@ -629,7 +614,6 @@ fn peer_stats(peer: &Peer, now: Instant) -> PeerStats {
         persistent_keepalive: peer.config.persistent_keepalive,
         rx_bytes: peer.rx_bytes,
         tx_bytes: peer.tx_bytes,
-        last_handshake: age.and_then(|a| SystemTime::now().checked_sub(a)),
         last_handshake_age: age,
         last_received_age: peer.last_received.map(|t| now.saturating_duration_since(t)),
         handshake_rtt: peer
@@ -637,7 +621,7 @@ fn peer_stats(peer: &Peer, now: Instant) -> PeerStats {
             .stats()
             .4
             .map(|ms| Duration::from_millis(u64::from(ms))),
-        state: peer.state,
+        state: peer.lifecycle.state(),
         handshakes: peer.handshakes,
         receiver_index: peer.index,
         drops: peer.drops,
@@ -694,7 +678,7 @@ mod tests {
     #[test]
     fn datagram_header_checks_come_before_boringtun() {
         let now = Instant::now();
-        let mut p = Peers::new(PrivateKey::generate(), now);
+        let mut p = Peers::new(PrivateKey::generate());
         let from: SocketAddr = "192.0.2.1:1".parse().unwrap();
         let cases: [(&[u8], DropReason); 5] = [
             (&[], DropReason::Malformed),

@@ -166,9 +166,8 @@ pub struct PeerStats {
     pub rx_bytes: u64,
     /// UDP payload bytes sent to the peer (handshakes, keepalives and data).
     pub tx_bytes: u64,
-    /// Wall-clock time of the last completed handshake.
-    pub last_handshake: Option<SystemTime>,
-    /// Age of the last completed handshake.
+    /// Age of the last completed handshake (by the engine's `now`; the engine never reads the
+    /// wall clock: see [`PeerStats::last_handshake`]).
     pub last_handshake_age: Option<Duration>,
     /// Time since anything authenticated (handshake, keepalive, data) arrived from the peer.
     pub last_received_age: Option<Duration>,
@@ -185,9 +184,17 @@ pub struct PeerStats {
 }
 
 impl PeerStats {
-    /// The last handshake as seconds since the Unix epoch (the value `wg show dump` prints).
-    pub fn last_handshake_unix(&self) -> Option<u64> {
-        self.last_handshake
+    /// Wall-clock time of the last completed handshake, given the wall-clock time `wall_now`
+    /// that corresponds to the `now` the snapshot was taken at (the caller reads the clock).
+    pub fn last_handshake(&self, wall_now: SystemTime) -> Option<SystemTime> {
+        self.last_handshake_age
+            .and_then(|age| wall_now.checked_sub(age))
+    }
+
+    /// The last handshake as seconds since the Unix epoch (the value `wg show dump` prints),
+    /// given the wall-clock time of the snapshot as for [`PeerStats::last_handshake`].
+    pub fn last_handshake_unix(&self, wall_now: SystemTime) -> Option<u64> {
+        self.last_handshake(wall_now)
             .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
             .map(|d| d.as_secs())
     }

@@ -114,8 +114,8 @@ async fn two_engines_handshake_and_exchange_data_over_loopback() {
     let da = UdpDriver::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let db = UdpDriver::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let now = Instant::now();
-    let mut a = Peers::new(ka.clone(), now);
-    let mut b = Peers::new(kb.clone(), now);
+    let mut a = Peers::new(ka.clone());
+    let mut b = Peers::new(kb.clone());
     b.set_peers(
         vec![
             PeerConfig::new(ka.public_key())

@@ -146,7 +146,7 @@ fn ipv6_prefixes_route_and_check_sources() {
 #[test]
 fn peer_without_endpoint_waits_and_set_endpoint_keeps_session() {
     let now = Instant::now();
-    let mut a = Peers::new(PrivateKey::generate(), now);
+    let mut a = Peers::new(PrivateKey::generate());
     let gw = PrivateKey::generate().public_key();
     a.set_peers(
         vec![PeerConfig::new(gw).with_allowed_ip(IpNet::host(IpAddr::from([10, 1, 0, 1])))],
@@ -177,7 +177,7 @@ fn peer_without_endpoint_waits_and_set_endpoint_keeps_session() {
 #[test]
 fn engine_without_peers_never_wakes() {
     let now = Instant::now();
-    let mut a = Peers::new(PrivateKey::generate(), now);
+    let mut a = Peers::new(PrivateKey::generate());
     assert_eq!(a.poll_timeout(), None);
     a.handle_timeout(now + secs(10));
     assert_eq!(a.poll_timeout(), None);

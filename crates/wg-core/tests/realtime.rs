@@ -10,7 +10,7 @@ use wg_core::{HandshakeState, PeerConfig, Peers, PrivateKey};
 #[test]
 fn heavy_lost_initiation_is_retransmitted_by_boringtun_after_5_s() {
     let start = Instant::now();
-    let mut a = Peers::new(PrivateKey::generate(), start);
+    let mut a = Peers::new(PrivateKey::generate());
     let gw = PrivateKey::generate().public_key();
     // Nobody listens there: nothing is sent in this test, datagrams are only collected.
     a.set_peers(

@@ -76,7 +76,16 @@ fn handshake_then_data_both_ways_with_matching_wire_counters() {
         a.handshake_rtt.is_some(),
         "the initiator measured its handshake"
     );
-    assert!(a.last_handshake.is_some() && a.last_handshake_unix().is_some());
+    // Wall time comes from the caller: the handshake happened this long before it.
+    let handshake_at = net.nodes[AGENT]
+        .events
+        .iter()
+        .find(|e| matches!(e.1, Event::HandshakeCompleted { .. }))
+        .unwrap()
+        .0;
+    let wall = std::time::UNIX_EPOCH + secs(1_764_000_000);
+    assert_eq!(a.last_handshake(wall), Some(wall - (now - handshake_at)));
+    assert_eq!(a.last_handshake_unix(wall), Some(1_764_000_000 - 2));
     assert!(a.last_received_age.unwrap() < secs(1));
     assert_eq!(net.nodes[AGENT].peers.drops().total(), 0);
     assert_eq!(net.nodes[GW].peers.drops().total(), 0);
@@ -311,7 +320,7 @@ fn restarted_gateway_is_found_by_a_forced_handshake() {
     // The gateway restarts: same key and address, no session.
     let key = net.nodes[GW].key.clone();
     let now = net.now;
-    let mut fresh = wg_core::Peers::new(key, now);
+    let mut fresh = wg_core::Peers::new(key);
     fresh.set_peers(vec![net.nodes[AGENT].config_for(false)], now);
     net.nodes[GW].peers = fresh;
     net.send_ip(AGENT, GW, 100, 1);

@@ -4,15 +4,17 @@
 //! A step that fails becomes a note in the report; a side that cannot start ends the run.
 //! Everything is torn down on return (also on error): namespaces, processes, files.
 
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
+use testbed::WireguardGoSelection;
 
-use super::Options;
 use super::measure::{self, Transfer, Usage, usage};
 use super::report::{Report, Row, Target};
 use super::setup::{Files, Kind, Side};
+use super::{Options, lossy};
 use crate::prereq::{is_root, on_path};
 use crate::{cargo, root, run as run_cmd};
 
@@ -26,7 +28,6 @@ const PACKAGES: &[(&str, &str)] = &[
     ("wrk", "wrk"),
     ("iperf3", "iperf3"),
     ("curl", "curl"),
-    ("wireguard-go", "wireguard-go"),
     ("wg", "wireguard-tools"),
     ("ip", "iproute2"),
     ("ss", "iproute2"),
@@ -80,6 +81,10 @@ pub(crate) fn run(options: &Options) -> Result<()> {
     }
     let wall = Instant::now();
     ensure_packages()?;
+    let gateway = WireguardGoSelection::parse(&options.gateway)?;
+    let gateway_binary = gateway
+        .binary()
+        .with_context(|| format!("no wireguard-go for --gateway {}", options.gateway))?;
     raise_fd_limit();
     let binary = match &options.agent_binary {
         Some(path) => path.clone(),
@@ -108,10 +113,55 @@ pub(crate) fn run(options: &Options) -> Result<()> {
         options.step,
         options.large_bytes >> 20
     ));
-    let files = Files::create(options.large_bytes)?;
+    report.notes.push(format!(
+        "gateways (and the reference's own wireguard-go): {}",
+        gateway.describe()
+    ));
+    let files = Files::create(if options.main_rows() {
+        options.large_bytes
+    } else {
+        1 << 20
+    })?;
+    if options.main_rows() {
+        main_rows(options, &files, &binary, &gateway_binary, &mut report)?;
+    }
+    if options.lossy_rows() {
+        eprintln!("bench: starting both sides behind impaired relays");
+        let ours = Side::start(Kind::Ours, &files, &binary, &gateway_binary, true)?;
+        let reference = Side::start(Kind::Reference, &files, &binary, &gateway_binary, true)?;
+        lossy::run(
+            &[&ours, &reference],
+            &files,
+            options.lossy_limit,
+            &mut report,
+        );
+        drop(reference);
+        drop(ours);
+    }
+    report.notes.push(format!(
+        "load average at end {}; whole run {:.0} s",
+        loadavg(),
+        wall.elapsed().as_secs_f64()
+    ));
+
+    let (md, json) = report.write(&root().join("target/bench-report"))?;
+    println!("{}", report.markdown());
+    println!("report: {} and {}", md.display(), json.display());
+    println!("ratios ours/reference:\n{}", report.ratio_lines());
+    Ok(())
+}
+
+/// The clean-link rows (issue 7): start-up, memory, bulk, requests, iperf3, CPU, idle.
+fn main_rows(
+    options: &Options,
+    files: &Files,
+    binary: &Path,
+    gateway_binary: &Path,
+    report: &mut Report,
+) -> Result<()> {
     eprintln!("bench: starting both sides");
-    let ours = Side::start(Kind::Ours, &files, &binary)?;
-    let reference = Side::start(Kind::Reference, &files, &binary)?;
+    let ours = Side::start(Kind::Ours, files, binary, gateway_binary, false)?;
+    let reference = Side::start(Kind::Reference, files, binary, gateway_binary, false)?;
     let sides = [&ours, &reference];
     std::thread::sleep(Duration::from_secs(1));
 
@@ -123,7 +173,7 @@ pub(crate) fn run(options: &Options) -> Result<()> {
     }
     report.rows.extend([row, rss]);
 
-    idle_connections(&sides, options.idle_connections, &mut report);
+    idle_connections(&sides, options.idle_connections, report);
     if !options.pause.is_zero() {
         eprintln!(
             "bench: pausing {:?}; namespaces: ours {} / {}, reference {} / {}",
@@ -136,12 +186,12 @@ pub(crate) fn run(options: &Options) -> Result<()> {
         std::thread::sleep(options.pause);
     }
     let mut cpu = [CpuTally::default(); 2];
-    bulk(&sides, &files, &mut report, &mut cpu);
-    note_rss(&sides, "after download and upload", &mut report);
-    requests(&sides, options.step, &mut report);
-    note_rss(&sides, "after wrk", &mut report);
-    iperf(&sides, options.step, &mut report, &mut cpu);
-    note_rss(&sides, "after iperf3", &mut report);
+    bulk(&sides, files, report, &mut cpu);
+    note_rss(&sides, "after download and upload", report);
+    requests(&sides, options.step, report);
+    note_rss(&sides, "after wrk", report);
+    iperf(&sides, options.step, report, &mut cpu);
+    note_rss(&sides, "after iperf3", report);
     let mut row = Row::new("agent CPU per GB moved", "s/GB").target(Target::RatioAtMost(0.7));
     let mut gateway = Row::new(
         "gateway wireguard-go CPU per GB (same program both sides)",
@@ -160,26 +210,20 @@ pub(crate) fn run(options: &Options) -> Result<()> {
         drops.set(i, tally.udp_drops as f64);
     }
     report.rows.extend([row, gateway, drops]);
-    idle(&sides, options.idle, &mut report);
+    idle(&sides, options.idle, report);
 
     let mut peak = Row::new("agent peak RSS (VmHWM)", "MiB").target(Target::OursAtMost(128.0));
     for (i, side) in sides.iter().enumerate() {
         peak.set(i, mib(usage(&side.agent_pids()).hwm_kib));
     }
     report.rows.push(peak);
-    report.notes.push(format!(
+    report.notes.push(
         "reference = wireguard-go + nginx (master and workers) on the agent side; CPU per GB over \
-         the download, upload and iperf3 runs; load average at end {}; whole run {:.0} s",
-        loadavg(),
-        wall.elapsed().as_secs_f64()
-    ));
+         the download, upload and iperf3 runs"
+            .to_owned(),
+    );
     drop(reference);
     drop(ours);
-
-    let (md, json) = report.write(&root().join("target/bench-report"))?;
-    println!("{}", report.markdown());
-    println!("report: {} and {}", md.display(), json.display());
-    println!("ratios ours/reference:\n{}", report.ratio_lines());
     Ok(())
 }
 

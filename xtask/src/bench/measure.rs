@@ -130,6 +130,8 @@ fn run_in(ns: &Netns, limit: Duration, program: &str, args: &[&str]) -> Result<S
 pub(crate) struct Transfer {
     pub(crate) bytes: u64,
     pub(crate) secs: f64,
+    /// Whether every byte arrived; `false`: the time bound ended it (`bytes` got through).
+    pub(crate) complete: bool,
 }
 
 impl Transfer {
@@ -195,7 +197,66 @@ fn curl_result(out: &str, status: u16, expected: u64) -> Result<Transfer> {
     if code != status || bytes != expected {
         bail!("curl: status {code} and {bytes} bytes, expected {status} and {expected}");
     }
-    Ok(Transfer { bytes, secs })
+    Ok(Transfer {
+        bytes,
+        secs,
+        complete: true,
+    })
+}
+
+/// curl's exit code when `--max-time` ended the transfer.
+const CURL_TIMED_OUT: i32 = 28;
+
+/// `curl` GET (or, with `upload = Some(file)`, PUT of `file`) of `expected` bytes, ended by curl
+/// after `limit`: a transfer that cannot finish comes back with `complete: false` and the bytes
+/// that got through in that time, never hangs.
+pub(crate) fn bounded_transfer(
+    ns: &Netns,
+    url: &str,
+    upload: Option<&str>,
+    expected: u64,
+    limit: Duration,
+) -> Result<Transfer> {
+    let max_time = limit.as_secs().max(1).to_string();
+    let mut command: Command = ns.command("timeout");
+    command
+        .args(["-k", "2"])
+        .arg((limit.as_secs() + 15).to_string())
+        .args(["curl", "-sS", "--max-time", &max_time, "-o", "/dev/null"]);
+    let (status, size) = match upload {
+        Some(file) => {
+            command.args(["-H", "Expect:", "-T", file]);
+            (204, "size_upload")
+        }
+        None => (200, "size_download"),
+    };
+    command
+        .args(["-w", &format!("%{{http_code}} %{{{size}}} %{{time_total}}")])
+        .arg(url);
+    let out = command.output().context("cannot start curl")?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    match out.status.code() {
+        Some(0) => curl_result(&stdout, status, expected),
+        Some(CURL_TIMED_OUT) => {
+            let fields: Vec<&str> = stdout.split_whitespace().collect();
+            let (Some(bytes), Some(secs)) = (
+                fields.get(1).and_then(|s| s.parse::<u64>().ok()),
+                fields.get(2).and_then(|s| s.parse::<f64>().ok()),
+            ) else {
+                bail!("cannot read curl's summary `{stdout}` after its time limit");
+            };
+            Ok(Transfer {
+                bytes,
+                secs,
+                complete: false,
+            })
+        }
+        _ => bail!(
+            "curl {url} failed ({}): {stdout}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
 }
 
 /// What `wrk --latency` reports.
@@ -312,7 +373,11 @@ pub(crate) fn iperf(
     else {
         bail!("iperf3 output has no end.sum_received: {out}");
     };
-    Ok(Transfer { bytes, secs })
+    Ok(Transfer {
+        bytes,
+        secs,
+        complete: true,
+    })
 }
 
 /// Opens `count` connections to the virtual IP from inside `ns`, each serving one small

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use testbed::{
-    Daemon, GatewayConfig, GatewayPeer, KeyPair, Netns, TempDir, VethPair, WireguardGo,
-    write_private_file,
+    Daemon, GatewayConfig, GatewayPeer, ImpairedRelay, Impairment, KeyPair, Netns, TempDir,
+    VethPair, WireguardGo, write_private_file,
 };
 
 /// The agent's virtual IP on both sides.
@@ -37,7 +37,8 @@ const SOCKET_BUFFER: &str = "8388608";
 /// The files the upstream app serves, in a scratch folder removed on drop.
 #[derive(Debug)]
 pub(crate) struct Files {
-    /// `small` (100 bytes), `1m` (1 MiB), `large` (the download/upload file).
+    /// `small` (100 bytes), `1m` (1 MiB), `large` (the download/upload file), and the lossy
+    /// rows' files `16m` and `32m`.
     pub(crate) www: PathBuf,
     /// The large file (also the upload body).
     pub(crate) large: PathBuf,
@@ -48,13 +49,16 @@ pub(crate) struct Files {
 }
 
 impl Files {
-    /// Writes the three files with pseudo-random content (not compressible, not sparse).
+    /// Writes the files with pseudo-random content (not compressible, not sparse).
     pub(crate) fn create(large_bytes: u64) -> Result<Self> {
         let dir = TempDir::new("bench")?;
         let www = dir.path().join("www");
         fs::create_dir_all(&www).context("cannot create the web root")?;
         write_random(&www.join("small"), 100)?;
         write_random(&www.join("1m"), 1 << 20)?;
+        for mib in [16, 32] {
+            write_random(&www.join(format!("{mib}m")), mib << 20)?;
+        }
         let large = www.join("large");
         write_random(&large, large_bytes)?;
         Ok(Self {
@@ -112,13 +116,16 @@ enum Front {
     Reference { nginx: Daemon, wg: Box<WireguardGo> },
 }
 
-/// One side, fully running. Fields drop in order: processes, then the link, then namespaces.
+/// One side, fully running. Fields drop in order: processes, the relay, then the link, then
+/// namespaces.
 #[derive(Debug)]
 pub(crate) struct Side {
     pub(crate) kind: Kind,
     front: Front,
     _iperf: Daemon,
     _upstream: Daemon,
+    /// The impaired relay between the agent side and its gateway, when the side has one.
+    pub(crate) relay: Option<ImpairedRelay>,
     gateway: WireguardGo,
     _link: VethPair,
     /// Clients run here.
@@ -131,24 +138,64 @@ pub(crate) struct Side {
 }
 
 impl Side {
-    /// Creates the namespaces, the gateway, the upstream app and iperf3, then starts the agent
-    /// side and times it until the first request through the tunnel succeeds.
-    pub(crate) fn start(kind: Kind, files: &Files, agent_binary: &Path) -> Result<Self> {
-        let dir = files.dir.path().join(kind.label());
+    /// Creates the namespaces, the gateway (`wireguard-go` at `gateway_binary`), the upstream
+    /// app and iperf3, then starts the agent side and times it until the first request through
+    /// the tunnel succeeds. With `relayed`, the agent side reaches its gateway through an
+    /// [`ImpairedRelay`] on the agent namespace's loopback (transparent until
+    /// [`ImpairedRelay::set_impairment`]).
+    pub(crate) fn start(
+        kind: Kind,
+        files: &Files,
+        agent_binary: &Path,
+        gateway_binary: &Path,
+        relayed: bool,
+    ) -> Result<Self> {
+        let label = format!("{}{}", kind.label(), if relayed { "-lossy" } else { "" });
+        let dir = files.dir.path().join(&label);
         fs::create_dir_all(dir.join("tmp")).context("cannot create the side's folder")?;
-        let agent_ns = Netns::new(if kind == Kind::Ours { "bours" } else { "bref" })?;
-        let gw_ns = Netns::new(if kind == Kind::Ours { "bgwo" } else { "bgwr" })?;
+        let (agent_label, gw_label) = match (kind, relayed) {
+            (Kind::Ours, false) => ("bours", "bgwo"),
+            (Kind::Reference, false) => ("bref", "bgwr"),
+            (Kind::Ours, true) => ("blours", "blgwo"),
+            (Kind::Reference, true) => ("blref", "blgwr"),
+        };
+        let agent_ns = Netns::new(agent_label)?;
+        let gw_ns = Netns::new(gw_label)?;
         for ns in [&agent_ns, &gw_ns] {
             raise_socket_buffers(ns)?;
         }
         let link = gw_ns.veth_to(&agent_ns)?;
         let agent_key = KeyPair::generate()?;
-        let gateway = WireguardGo::start(
+        let gateway = WireguardGo::start_with_binary(
             &gw_ns,
             GatewayConfig::new("10.1.0.1/24")?
                 .with_peer(GatewayPeer::new(&agent_key.public, &[&format!("{VIP}/32")])),
+            gateway_binary,
         )?;
-        let endpoint = SocketAddr::new(link.a.ip.into(), gateway.listen_port());
+        let gateway_endpoint = SocketAddr::new(link.a.ip.into(), gateway.listen_port());
+        let relay = if relayed {
+            Some(
+                ImpairedRelay::start_in(
+                    &agent_ns,
+                    "127.0.0.1:0".parse()?,
+                    "0.0.0.0:0".parse()?,
+                    gateway_endpoint,
+                    Impairment {
+                        // Room for a 100 ms round trip at a few hundred Mbit/s both ways: the
+                        // relay's queue must not be what limits the long clean path.
+                        queue_limit: 65_536,
+                        seed: 12,
+                        ..Impairment::default()
+                    },
+                )
+                .context("cannot start the impaired relay")?,
+            )
+        } else {
+            None
+        };
+        let endpoint = relay
+            .as_ref()
+            .map_or(gateway_endpoint, ImpairedRelay::local_addr);
 
         let upstream_conf = dir.join("upstream.conf");
         fs::write(&upstream_conf, upstream_nginx_conf(&dir, &files.www))?;
@@ -173,7 +220,7 @@ impl Side {
                 Front::Ours(Daemon::spawn_command(command, &dir.join("agent.log"))?)
             }
             Kind::Reference => {
-                let wg = WireguardGo::start(
+                let wg = WireguardGo::start_with_binary(
                     &agent_ns,
                     GatewayConfig {
                         key: agent_key,
@@ -185,6 +232,7 @@ impl Side {
                                 .with_keepalive(25),
                         ],
                     },
+                    gateway_binary,
                 )?;
                 let conf = dir.join("front.conf");
                 fs::write(&conf, reference_nginx_conf(&dir))?;
@@ -200,6 +248,7 @@ impl Side {
             front,
             _iperf: iperf,
             _upstream: upstream,
+            relay,
             gateway,
             _link: link,
             gw_ns,

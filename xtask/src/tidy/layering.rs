@@ -1,4 +1,5 @@
-//! The layering check: SPEC's dependency rules, read from `cargo tree`.
+//! The layering check: the crates' dependency rules (docs/ARCHITECTURE.md, "Crates and their
+//! boundaries"), read from `cargo tree`.
 
 use std::path::Path;
 use std::process::Command;
@@ -70,7 +71,7 @@ pub(crate) fn run(root: &Path) -> Result<()> {
     broken.dedup();
     if !broken.is_empty() {
         bail!(
-            "layering broken (see SPEC, crate boundaries, and ARCHITECTURE.md, agent): {}",
+            "layering broken (see docs/ARCHITECTURE.md, crates and their boundaries): {}",
             broken.join(", ")
         );
     }
@@ -89,7 +90,7 @@ fn forbidden_in<'a>(tree: &'a str, forbidden: &[&str]) -> Vec<&'a str> {
 #[cfg(test)]
 mod tests {
     /// The layering check runs with the test suite too (nextest runs it), not only through
-    /// `cargo xtask tidy`: a dependency that breaks SPEC's crate boundaries fails here.
+    /// `cargo xtask tidy`: a dependency that breaks the crate boundaries fails here.
     #[test]
     fn layering_holds() {
         if let Err(error) = super::run(&crate::root()) {

@@ -116,6 +116,10 @@ pub(crate) struct RawProxy {
     pub(crate) drain_timeout: Option<String>,
     pub(crate) max_header_bytes: Option<u64>,
     pub(crate) max_connections: Option<u64>,
+    pub(crate) http2_max_concurrent_streams: Option<u64>,
+    pub(crate) http2_max_send_buffer: Option<u64>,
+    pub(crate) max_upstream_requests: Option<u64>,
+    pub(crate) max_upstream_sockets: Option<u64>,
     pub(crate) access_log: Option<bool>,
 }
 

@@ -24,6 +24,8 @@ pub struct ConfigChanges {
     pub proxy_changed: bool,
     /// `[log]` changed.
     pub log_changed: bool,
+    /// `[log] level` changed (applied live unless `--log-level` overrides it).
+    pub log_level_changed: bool,
     /// Fields that changed but take effect only after a restart.
     pub needs_restart: Vec<&'static str>,
 }
@@ -48,6 +50,7 @@ impl ConfigChanges {
         c.routes_changed = old.routes != new.routes;
         c.proxy_changed = old.proxy != new.proxy;
         c.log_changed = old.log != new.log;
+        c.log_level_changed = old.log.level != new.log.level;
         let restart = [
             (
                 "agent.virtual_ip",
@@ -64,6 +67,11 @@ impl ConfigChanges {
                 "admin.allow_remote",
                 old.admin_allow_remote != new.admin_allow_remote,
             ),
+            ("log.format", old.log.format != new.log.format),
+            (
+                "proxy.max_connections",
+                old.proxy.max_connections != new.proxy.max_connections,
+            ),
         ];
         c.needs_restart = restart
             .iter()
@@ -71,6 +79,22 @@ impl ConfigChanges {
             .map(|(f, _)| *f)
             .collect();
         c
+    }
+
+    /// `new` as it can be applied to an agent running `running`: every setting that needs a
+    /// restart keeps its running value, so the stored configuration is the one that runs
+    /// and the next reload still reports what waits for a restart.
+    pub fn as_applied(running: &Config, new: &Config) -> Config {
+        let mut applied = new.clone();
+        applied.agent.virtual_ip = running.agent.virtual_ip;
+        applied.agent.subnet = running.agent.subnet;
+        applied.agent.listen_port = running.agent.listen_port;
+        applied.agent.mtu = running.agent.mtu;
+        applied.admin = running.admin.clone();
+        applied.admin_allow_remote = running.admin_allow_remote;
+        applied.log.format = running.log.format;
+        applied.proxy.max_connections = running.proxy.max_connections;
+        applied
     }
 
     /// True when nothing differs.
@@ -100,7 +124,7 @@ impl fmt::Display for ConfigChanges {
         for (changed, what) in [
             (self.routes_changed, "routes"),
             (self.proxy_changed, "proxy"),
-            (self.log_changed, "log"),
+            (self.log_level_changed, "log level"),
         ] {
             if changed {
                 parts.push(format!("{what} changed"));

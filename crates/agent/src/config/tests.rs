@@ -525,6 +525,41 @@ fn proxy_rules() {
 }
 
 #[test]
+fn proxy_overload_limits() {
+    let base = agent_section(&key()) + "\n[proxy]\n";
+    let c = parse(
+        &(base.clone()
+            + "http2_max_concurrent_streams = 8\nhttp2_max_send_buffer = 32768\n\
+               max_upstream_requests = 100\nmax_upstream_sockets = 200\n"),
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            c.proxy.http2_max_concurrent_streams,
+            c.proxy.http2_max_send_buffer,
+            c.proxy.max_upstream_requests,
+            c.proxy.max_upstream_sockets
+        ),
+        (8, 32768, 100, 200)
+    );
+    for bad in [
+        "http2_max_concurrent_streams = 0",
+        "http2_max_concurrent_streams = 100000",
+        "http2_max_send_buffer = 100",
+        "max_upstream_requests = 0",
+        "max_upstream_sockets = 0",
+        "max_upstream_sockets = 2000000",
+    ] {
+        let e = err(&(base.clone() + bad + "\n"));
+        let field = bad.split(' ').next().unwrap();
+        assert!(
+            e.contains(&format!("proxy.{field}: ")) && e.contains("out of range"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
 fn admin_rules() {
     let base = agent_section(&key()) + "\n[admin]\n";
     for bad in [

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ const MTU_RANGE: std::ops::RangeInclusive<u16> = 1280..=65455;
 /// Longest accepted `[proxy]` duration: far from any `Instant + Duration` overflow.
 const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Accepted `max_header_bytes` (hyper needs at least 8 KiB of buffer).
-const HEADER_BYTES_RANGE: std::ops::RangeInclusive<u64> = 8192..=16 * 1024 * 1024;
+const HEADER_BYTES_RANGE: RangeInclusive<u64> = 8192..=16 * 1024 * 1024;
 
 pub(super) fn read_config(path: &Path) -> Result<Zeroizing<String>, ConfigError> {
     std::fs::read_to_string(path)
@@ -667,6 +668,46 @@ impl Validator<'_> {
         // Both bounded by the range checks above, far below usize::MAX.
         proxy.max_header_bytes = max_header_bytes as usize;
         proxy.max_connections = max_connections as usize;
+        let bounded = |name: &str, value: Option<u64>, default: u64, range: RangeInclusive<u64>| {
+            let value = value.unwrap_or(default);
+            if range.contains(&value) {
+                Ok(value)
+            } else {
+                Err(self.invalid(
+                    format!("proxy.{name}"),
+                    format!(
+                        "{value} is out of range {}..={}",
+                        range.start(),
+                        range.end()
+                    ),
+                ))
+            }
+        };
+        // Each range ends far below u32::MAX and usize::MAX.
+        proxy.http2_max_concurrent_streams = bounded(
+            "http2_max_concurrent_streams",
+            raw.http2_max_concurrent_streams,
+            u64::from(defaults.http2_max_concurrent_streams),
+            1..=1000,
+        )? as u32;
+        proxy.http2_max_send_buffer = bounded(
+            "http2_max_send_buffer",
+            raw.http2_max_send_buffer,
+            defaults.http2_max_send_buffer as u64,
+            16 * 1024..=16 * 1024 * 1024,
+        )? as usize;
+        proxy.max_upstream_requests = bounded(
+            "max_upstream_requests",
+            raw.max_upstream_requests,
+            defaults.max_upstream_requests as u64,
+            1..=1_000_000,
+        )? as usize;
+        proxy.max_upstream_sockets = bounded(
+            "max_upstream_sockets",
+            raw.max_upstream_sockets,
+            defaults.max_upstream_sockets as u64,
+            1..=1_000_000,
+        )? as usize;
         proxy.access_log = raw.access_log.unwrap_or(defaults.access_log);
         Ok(proxy)
     }

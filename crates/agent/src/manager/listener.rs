@@ -37,6 +37,16 @@ impl Listener {
         }
     }
 
+    /// The next connection, or `None` once the manager is closing (what
+    /// [`local_proxy::Accept`] wants). Cancel-safe.
+    pub async fn next_connection(&self) -> io::Result<Option<(TcpStream, SocketAddr)>> {
+        match self.accept().await {
+            Ok(accepted) => Ok(Some(accepted)),
+            Err(_) if *self.closing.borrow() != Closing::Open => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.inner.local_addr()
@@ -47,11 +57,7 @@ impl local_proxy::Accept for Listener {
     type Stream = TcpStream;
 
     async fn accept(&mut self) -> io::Result<Option<(TcpStream, SocketAddr)>> {
-        match Listener::accept(self).await {
-            Ok(accepted) => Ok(Some(accepted)),
-            Err(_) if *self.closing.borrow() != Closing::Open => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.next_connection().await
     }
 
     fn local_addr(&self) -> Option<SocketAddr> {

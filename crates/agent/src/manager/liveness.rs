@@ -64,8 +64,8 @@ pub struct Liveness {
     pub probe: LivenessProbe,
 }
 
-/// SPEC's rule. **up**: an authenticated packet within [`RECEIVE_WINDOW`], or, with the
-/// probe off, a handshake younger than [`HANDSHAKE_LIFETIME`]. **stale**: not up, and no
+/// The rule of docs/operations.md. **up**: an authenticated packet within
+/// [`RECEIVE_WINDOW`], or, with the probe off, a handshake younger than [`HANDSHAKE_LIFETIME`]. **stale**: not up, and no
 /// handshake for [`HANDSHAKE_LIFETIME`] (counted from `since` when there never was one).
 /// **connecting**: otherwise.
 pub fn gateway_state(l: &Liveness, now: Instant) -> GatewayState {

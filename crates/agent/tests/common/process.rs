@@ -90,11 +90,16 @@ impl AgentFixture {
 
     /// [`spawn`](Self::spawn) with extra environment variables.
     pub(crate) fn spawn_with_env(&self, env: &[(&str, &str)]) -> Child {
+        self.spawn_args(&["--log-level", "trace"], env)
+    }
+
+    /// `wg-agent run --config FILE ARGS...` with extra environment variables.
+    pub(crate) fn spawn_args(&self, args: &[&str], env: &[(&str, &str)]) -> Child {
         Command::new(env!("CARGO_BIN_EXE_wg-agent"))
             .envs(env.iter().copied())
             .args(["run", "--config"])
             .arg(&self.config)
-            .args(["--log-level", "trace"])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&self.out).expect("stdout file"))
             .stderr(std::fs::File::create(&self.log).expect("log file"))

@@ -211,7 +211,7 @@ pub async fn start_proxy(route: HttpRouteConfig, config: ProxyConfig) -> TestPro
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let tracker = ConnectionTracker::new(&config);
-    let proxy = HttpProxy::new(route, &config);
+    let proxy = HttpProxy::new(route, &config, &tracker);
     let serving = tokio::spawn({
         let (proxy, tracker) = (proxy.clone(), tracker.clone());
         async move { proxy.serve(listener, &tracker).await }

@@ -38,7 +38,7 @@ impl Agent {
             .set_read_timeout(Some(Duration::from_millis(5)))
             .unwrap();
         Self {
-            peers: Peers::new(key.clone(), Instant::now()),
+            peers: Peers::new(key.clone()),
             key,
             socket,
             received: Vec::new(),

@@ -204,7 +204,7 @@ impl Peers {
         if peer.needs_tick() {
             return;
         }
-        if peer.state == HandshakeState::Backoff {
+        if peer.lifecycle.state() == HandshakeState::Backoff {
             let endpoint = peer.endpoint;
             let _ = self.emit(slot, HANDSHAKE_INIT_LEN, endpoint, now, |t, b| {
                 t.update_timers(b)
@@ -343,9 +343,7 @@ impl Peers {
                 self.tx.commit(TxMeta { destination, len });
                 peer.tx_bytes += len as u64;
                 peer.last_traversal = Some(now);
-                if kind == HANDSHAKE_INIT && peer.state == HandshakeState::Idle {
-                    peer.state = HandshakeState::Connecting;
-                    peer.connecting_since = Some(now);
+                if kind == HANDSHAKE_INIT && peer.lifecycle.initiation_sent(now) {
                     self.ensure_fast_tick(now);
                 }
                 Ok(Some(kind))
@@ -393,13 +391,9 @@ impl Peers {
         let Some(peer) = self.slots[slot].as_mut() else {
             return;
         };
-        let rekey = peer.session_age(now).is_some() && peer.state == HandshakeState::Established;
+        let rekey = peer.lifecycle.handshake_completed(now);
         peer.last_handshake = Some(now);
         peer.handshakes += 1;
-        peer.state = HandshakeState::Established;
-        peer.connecting_since = None;
-        peer.next_retry = None;
-        peer.backoff_attempt = 0;
         let key = peer.config.public_key;
         if rekey {
             tracing::debug!(peer = %key, "session renewed");
@@ -415,7 +409,7 @@ impl Peers {
     pub(super) fn on_cookie(&mut self, slot: usize, now: Instant) {
         let in_backoff = self.slots[slot]
             .as_ref()
-            .is_some_and(|p| p.state == HandshakeState::Backoff);
+            .is_some_and(|p| p.lifecycle.state() == HandshakeState::Backoff);
         if in_backoff {
             self.send_initiation(slot, true, now);
         }

@@ -14,12 +14,9 @@ impl Peers {
         let Some(now) = peer.last_data_sent else {
             return;
         };
-        if peer.state != HandshakeState::Idle {
-            return;
+        if peer.lifecycle.initiation_sent(now) {
+            self.ensure_fast_tick(now);
         }
-        peer.state = HandshakeState::Connecting;
-        peer.connecting_since = Some(now);
-        self.ensure_fast_tick(now);
     }
 
     #[cold]

@@ -1,6 +1,7 @@
 //! The peer table: adding and updating peers, receiver indices, the routing table.
 
 use super::*;
+use crate::lifecycle::Lifecycle;
 
 impl Peers {
     pub(super) fn upsert_inner(&mut self, mut config: PeerConfig, now: Instant) -> PeerChange {
@@ -25,20 +26,13 @@ impl Peers {
                 // Count the new interval from now, not from a traversal long ago.
                 peer.last_traversal = Some(peer.last_traversal().map_or(now, |t| t.max(now)));
             }
-            let start = peer.state == HandshakeState::Idle
+            let start = peer.lifecycle == Lifecycle::Idle
                 && peer.config.endpoint.is_none()
                 && config.endpoint.is_some();
             peer.config = config;
             peer.seq = seq;
             if psk_changed {
-                self.reset_tunnel(slot);
-                if let Some(peer) = self.slots[slot].as_mut() {
-                    peer.state = HandshakeState::Idle;
-                    peer.last_handshake = None;
-                    peer.connecting_since = None;
-                    peer.next_retry = None;
-                }
-                self.start_handshake(slot, false, now);
+                self.restart_session(slot, now);
                 return PeerChange::Rekeyed;
             }
             if start {
@@ -64,6 +58,17 @@ impl Peers {
         tracing::debug!(peer = %key, "peer added");
         self.start_handshake(slot, false, now);
         PeerChange::Added
+    }
+
+    /// Starts over with a new tunnel, no session and no handshake history (our key or the
+    /// preshared key changed), and starts a handshake. The replay guard is kept.
+    pub(super) fn restart_session(&mut self, slot: usize, now: Instant) {
+        self.reset_tunnel(slot);
+        if let Some(peer) = self.slots[slot].as_mut() {
+            peer.lifecycle.reset();
+            peer.last_handshake = None;
+        }
+        self.start_handshake(slot, false, now);
     }
 
     /// Re-creates a peer's tunnel under a new receiver index (sessions are dropped).

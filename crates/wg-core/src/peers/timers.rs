@@ -25,7 +25,7 @@ impl Peers {
             // Packets boringtun still holds (the transmit queue was full at the handshake).
             if self.slots[slot]
                 .as_ref()
-                .is_some_and(|p| p.state == HandshakeState::Established)
+                .is_some_and(|p| p.lifecycle.state() == HandshakeState::Established)
             {
                 self.flush_queued(slot, now);
             }
@@ -38,21 +38,13 @@ impl Peers {
         };
         let key = peer.config.public_key;
         // Our own 90 s limit on a handshake attempt (boringtun's runs on its own clock).
-        if peer
-            .connecting_since
-            .is_some_and(|since| now >= since + REKEY_ATTEMPT)
-            && peer.state == HandshakeState::Connecting
-        {
+        if peer.lifecycle.attempt_timed_out(now) {
             self.handshake_expired(slot, now);
         }
         let Some(peer) = self.slots[slot].as_mut() else {
             return;
         };
-        if peer.state == HandshakeState::Established
-            && peer.last_handshake.is_some_and(|t| now >= t + REJECT_AFTER)
-        {
-            peer.state = HandshakeState::Idle;
-            peer.connecting_since = None;
+        if peer.lifecycle.expire_session(now) {
             tracing::debug!(peer = %key, "session expired: no handshake for 180 s");
             self.push_event(Event::SessionExpired { peer: key });
             // boringtun drops the session on its own clock; drop it here too so both agree
@@ -62,7 +54,7 @@ impl Peers {
         let Some(peer) = self.slots[slot].as_mut() else {
             return;
         };
-        if peer.next_retry.is_some_and(|t| now >= t) {
+        if peer.lifecycle.retry_due(now) {
             self.backoff_retry(slot, now);
         }
         let Some(peer) = self.slots[slot].as_mut() else {
@@ -77,11 +69,15 @@ impl Peers {
         let Some(peer) = self.slots[slot].as_mut() else {
             return;
         };
-        match peer.state {
+        match peer.lifecycle.state() {
             HandshakeState::Established => {
                 // boringtun renews sessions only on data; keepalive-only tunnels renew here,
                 // as the kernel does on any send.
-                if peer.session_age(now).is_none_or(|age| age >= REKEY_AFTER) {
+                if peer
+                    .lifecycle
+                    .session_age(now)
+                    .is_none_or(|age| age >= REKEY_AFTER)
+                {
                     self.send_initiation(slot, false, now);
                 }
                 self.encapsulate_keepalive(slot, now);
@@ -89,7 +85,7 @@ impl Peers {
             HandshakeState::Idle => {
                 self.start_handshake(slot, false, now);
                 if let Some(peer) = self.slots[slot].as_mut()
-                    && peer.state == HandshakeState::Idle
+                    && peer.lifecycle.state() == HandshakeState::Idle
                 {
                     // Nothing went out (full queue): try again one interval later.
                     peer.last_traversal = Some(now);
@@ -121,26 +117,21 @@ impl Peers {
         let Some(peer) = self.slots[slot].as_mut() else {
             return;
         };
-        if matches!(peer.state, HandshakeState::Backoff | HandshakeState::Idle) {
-            // Already handled: boringtun repeats `ConnectionExpired` on every tick.
-            return;
-        }
         let key = peer.config.public_key;
-        peer.connecting_since = None;
-        if peer.endpoint.is_some() && peer.wants_session(now) {
-            let delay = backoff_delay(0, unit);
-            peer.state = HandshakeState::Backoff;
-            peer.backoff_attempt = 0;
-            peer.next_retry = Some(now + delay);
-            tracing::debug!(peer = %key, retry_in_ms = delay.as_millis() as u64,
-                "handshake not answered for 90 s; retrying with backoff");
-            self.push_event(Event::HandshakeFailing {
-                peer: key,
-                retry_in: delay,
-            });
-        } else {
-            peer.state = HandshakeState::Idle;
-            tracing::debug!(peer = %key, "handshake abandoned; idle until there is traffic");
+        let wanted = peer.endpoint.is_some() && peer.wants_session(now);
+        match peer.lifecycle.give_up(now, wanted, unit) {
+            GaveUp::Ignored => {}
+            GaveUp::Backoff(delay) => {
+                tracing::debug!(peer = %key, retry_in_ms = delay.as_millis() as u64,
+                    "handshake not answered for 90 s; retrying with backoff");
+                self.push_event(Event::HandshakeFailing {
+                    peer: key,
+                    retry_in: delay,
+                });
+            }
+            GaveUp::Idle => {
+                tracing::debug!(peer = %key, "handshake abandoned; idle until there is traffic");
+            }
         }
     }
 
@@ -152,9 +143,8 @@ impl Peers {
         let Some(peer) = self.slots[slot].as_mut() else {
             return;
         };
-        peer.backoff_attempt = peer.backoff_attempt.saturating_add(1);
-        peer.next_retry = Some(now + backoff_delay(peer.backoff_attempt, unit));
-        tracing::debug!(peer = %peer.config.public_key, attempt = peer.backoff_attempt, "handshake retry");
+        let attempt = peer.lifecycle.retried(now, unit);
+        tracing::debug!(peer = %peer.config.public_key, ?attempt, "handshake retry");
         self.send_initiation(slot, true, now);
     }
 
@@ -188,7 +178,7 @@ impl Peers {
         for peer in self.slots.iter().flatten() {
             if peer.needs_tick() {
                 any = true;
-                connecting |= peer.state == HandshakeState::Connecting;
+                connecting |= peer.lifecycle.state() == HandshakeState::Connecting;
             }
         }
         if !any {

@@ -135,7 +135,7 @@ impl Net {
     pub fn add_node(&mut self, name: &'static str, config: Config) -> usize {
         let n = self.nodes.len() as u8 + 1;
         let key = PrivateKey::generate();
-        let peers = Peers::with_config(key.clone(), config, self.now);
+        let peers = Peers::with_config(key.clone(), config);
         self.nodes.push(Node {
             name,
             key,
@@ -224,40 +224,49 @@ impl Net {
     pub fn run_until(&mut self, until: Instant) {
         self.drain();
         let mut steps = 0u32;
-        while let Some(next) = self.next_event() {
-            if next > until {
-                break;
-            }
+        while self.step(until) {
             steps += 1;
             assert!(steps < 2_000_000, "simulation does not make progress");
-            self.advance_to(next);
-            let now = self.now;
-            while self.queue.peek().is_some_and(|r| r.0.at <= now) {
-                let Some(Reverse(d)) = self.queue.pop() else {
-                    break;
-                };
-                let Some(node) = self.nodes.iter_mut().find(|n| n.addr == d.to) else {
-                    self.lost += 1;
-                    continue;
-                };
-                if node.down {
-                    self.lost += 1;
-                    continue;
-                }
-                let _ = node.peers.handle_datagram(d.from, &d.bytes, now);
-            }
-            for node in &mut self.nodes {
-                if node.peers.poll_timeout().is_some_and(|t| t <= now) {
-                    node.wakeups.push(now);
-                    node.peers.handle_timeout(now);
-                }
-            }
-            self.drain();
         }
         self.advance_to(until);
     }
 
-    fn advance_to(&mut self, t: Instant) {
+    /// Jumps to the next event if it is due by `until`, delivers every datagram due then, runs
+    /// due timers and drains the outputs. Returns `false` (time unchanged) when nothing is due.
+    pub fn step(&mut self, until: Instant) -> bool {
+        let Some(next) = self.next_event() else {
+            return false;
+        };
+        if next > until {
+            return false;
+        }
+        self.advance_to(next);
+        let now = self.now;
+        while self.queue.peek().is_some_and(|r| r.0.at <= now) {
+            let Some(Reverse(d)) = self.queue.pop() else {
+                break;
+            };
+            let Some(node) = self.nodes.iter_mut().find(|n| n.addr == d.to) else {
+                self.lost += 1;
+                continue;
+            };
+            if node.down {
+                self.lost += 1;
+                continue;
+            }
+            let _ = node.peers.handle_datagram(d.from, &d.bytes, now);
+        }
+        for node in &mut self.nodes {
+            if node.peers.poll_timeout().is_some_and(|t| t <= now) {
+                node.wakeups.push(now);
+                node.peers.handle_timeout(now);
+            }
+        }
+        self.drain();
+        true
+    }
+
+    pub fn advance_to(&mut self, t: Instant) {
         if t > self.now {
             let d = t - self.now;
             self.now = t;
