@@ -7,6 +7,7 @@
 //!   reference, clean and lossy links (docs/PERFORMANCE.md); `--demo-vs REV` compares
 //!   `wg-agent demo` with another revision's build.
 //! - `cargo xtask fuzz [TARGET] [--secs N]`: the libFuzzer targets in `fuzz/` (docs/fuzzing.md).
+//! - `cargo xtask dist`: the Debian package `wg-agent` (cargo-deb) under `target/debian/`.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 
 mod bench;
+mod dist;
 mod fuzz;
 mod prereq;
 mod tidy;
@@ -27,6 +29,7 @@ fn main() -> ExitCode {
         Some("bench") => bench(&args[1..]),
         Some("tidy") => tidy::run(&root()),
         Some("fuzz") => fuzz::task(&args[1..]),
+        Some("dist") => dist::task(&args[1..]),
         Some("help") | Some("--help") | Some("-h") | None => {
             eprintln!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -70,7 +73,15 @@ tasks:
   fuzz [TARGET] [--secs N]
                    build and run the fuzz targets (all, or TARGET), N seconds
                    each (default 30); fails on a crash and names the artifact
-  fuzz --seeds     rewrite the seed corpora under fuzz/corpus/";
+  fuzz --seeds     rewrite the seed corpora under fuzz/corpus/
+  dist [--profile NAME]
+                   the Debian package wg-agent (binary, hardened systemd unit,
+                   tmpfiles.d link, example config, man page, completions) in
+                   target/debian/; installs cargo-deb when missing
+  dist --install-check
+                   as root: build the package from the test build, dpkg -i it,
+                   run wg-agent --version and man -w wg-agent, dpkg --purge it
+                   (a step of `test`)";
 
 /// The workspace root (xtask lives one level below it).
 pub(crate) fn root() -> PathBuf {
@@ -94,7 +105,7 @@ pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
@@ -170,6 +181,10 @@ fn test(args: &[String]) -> Result<()> {
             ])
             .env(testbed::WIREGUARD_GO_ENV, "2022"))?;
     }
+    passed += 1;
+    // The Debian package from the binary the tests just built: dpkg -i, --version, man -w,
+    // dpkg --purge (root only; skipped with a line otherwise, a failure under CI=true).
+    dist::install_check()?;
     passed += 1;
     run(cargo().args(["test", "--workspace", "--doc"]))?;
     passed += 1;

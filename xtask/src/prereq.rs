@@ -6,12 +6,15 @@ use anyhow::{Result, bail};
 
 use crate::run;
 
-/// Debian packages the suites use: the gateways' tools (wg), namespaces (ip) and clients (curl);
-/// wireguard-go itself is fetched by version ([`ensure_wireguard_go`]).
+/// Debian packages the suites use: the gateways' tools (wg), namespaces (ip), clients (curl)
+/// and the package check (man); wireguard-go itself is fetched by version
+/// ([`ensure_wireguard_go`]).
 const PACKAGES: &[(&str, &str)] = &[
     ("wg", "wireguard-tools"),
     ("ip", "iproute2"),
     ("curl", "curl"),
+    // the package install check: `man -w wg-agent`
+    ("man", "man-db"),
 ];
 
 pub(crate) fn ensure_toolchain() -> Result<()> {
@@ -45,7 +48,7 @@ pub(crate) fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-fn ci() -> bool {
+pub(crate) fn ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 

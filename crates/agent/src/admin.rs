@@ -208,7 +208,7 @@ impl AdminServer {
             }
             AdminAddr::Unix(path) => {
                 remove_stale_socket(path).await?;
-                let l = UnixListener::bind(path).map_err(bind_error)?;
+                let l = bind_private_socket(path).map_err(bind_error)?;
                 (Listener::Unix(l), AdminAddr::Unix(path.clone()))
             }
         };
@@ -298,6 +298,25 @@ async fn serve_connection(io: Io, client: Client, source: Arc<dyn StatusSource>)
     if let Err(error) = result {
         tracing::debug!(%error, "admin endpoint: connection ended with an error");
     }
+}
+
+/// Binds a unix socket that only the agent's user can connect to (mode 0600, whatever the
+/// umask): bound under a temporary name, restricted, then renamed into place, so the final
+/// path never exists with a wider mode.
+fn bind_private_socket(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(format!(".{}.tmp", std::process::id()));
+    let temporary = PathBuf::from(temporary);
+    let _ = std::fs::remove_file(&temporary);
+    let listener = UnixListener::bind(&temporary)?;
+    let placed = std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&temporary, path));
+    if let Err(error) = placed {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(error);
+    }
+    Ok(listener)
 }
 
 async fn remove_stale_socket(path: &Path) -> Result<(), AdminError> {

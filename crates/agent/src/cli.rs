@@ -202,7 +202,8 @@ fn import(file: &Path, routes: Vec<(u16, Endpoint)>, key_file: Option<PathBuf>) 
             "wg-agent: private key written to {} (mode 600)",
             path.display()
         );
-    } else {
+    }
+    if imported.has_inline_secret {
         warn_if_stdout_is_readable_file();
     }
     for note in &imported.notes {
@@ -256,11 +257,10 @@ fn completions(shell: CompletionShell) -> ExitCode {
 
 fn man() -> ExitCode {
     use clap::CommandFactory as _;
-    let mut out = Vec::new();
-    if let Err(error) = clap_mangen::Man::new(Cli::command()).render(&mut out) {
-        return fail(EXIT_RUNTIME, format!("man: {error}"));
+    match crate::man::render(&Cli::command()) {
+        Ok(page) => emit(&page),
+        Err(error) => fail(EXIT_RUNTIME, format!("man: {error}")),
     }
-    emit(&String::from_utf8_lossy(&out))
 }
 
 fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
@@ -308,11 +308,12 @@ fn warn_if_stdout_is_readable_file() {
     // /proc/self/fd/1 resolves to the file behind stdout (Linux); elsewhere this is skipped.
     if let Ok(meta) = std::fs::metadata("/proc/self/fd/1")
         && meta.is_file()
-        && meta.permissions().mode() & 0o077 != 0
+        && meta.permissions().mode() & 0o026 != 0
     {
         eprintln!(
-            "wg-agent: warning: writing a private key to a file readable by group or others; \
-             `wg-agent check` refuses such a key file: run `chmod 600` on it (or `umask 077` first)"
+            "wg-agent: warning: writing a private key to a file readable by others or writable by \
+             group or others; `wg-agent check` refuses such a key file: run `chmod 600` on it \
+             (or `umask 077` first)"
         );
     }
 }
@@ -384,6 +385,10 @@ fn tokio_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
 }
 
 fn run(path: &Path, log: &LogArgs) -> ExitCode {
+    // No core dump may hold the key: before the config (and the key) is read.
+    if let Err(error) = agent::disable_core_dumps() {
+        return fail(EXIT_RUNTIME, format!("cannot disable core dumps: {error}"));
+    }
     // SIGHUP (reload) must never kill the agent: take it over before anything else.
     let runtime = match tokio_runtime() {
         Ok(rt) => rt,

@@ -74,11 +74,14 @@ pub mod snapshot;
 #[cfg(feature = "cli")]
 pub mod status;
 #[cfg(feature = "cli")]
+mod vip_stream;
+#[cfg(feature = "cli")]
 pub mod wg_quick;
 
 #[cfg(feature = "cli")]
 pub use demo::demo;
 #[cfg(feature = "cli")]
 pub use runtime::{
-    Agent, LogLevelControl, PreparedReload, RunOptions, gateway_spec, manager_config, run, run_with,
+    Agent, LogLevelControl, PreparedReload, RunOptions, disable_core_dumps, gateway_spec,
+    manager_config, run, run_with,
 };

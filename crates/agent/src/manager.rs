@@ -276,6 +276,52 @@ pub(crate) struct Gateway {
     pub(crate) upkeep: upkeep::GatewayUpkeep,
 }
 
+/// The device lock, held. Nothing logs while holding it (a slow log sink must not stall
+/// packets): test builds check it.
+pub(crate) struct DeviceGuard<'a>(MutexGuard<'a, Device>);
+
+impl std::ops::Deref for DeviceGuard<'_> {
+    type Target = Device;
+    fn deref(&self) -> &Device {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for DeviceGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Device {
+        &mut self.0
+    }
+}
+
+#[cfg(test)]
+impl Drop for DeviceGuard<'_> {
+    fn drop(&mut self) {
+        lock_held::leave();
+    }
+}
+
+/// How many device locks this thread holds (test builds only).
+#[cfg(test)]
+pub(crate) mod lock_held {
+    use std::cell::Cell;
+
+    thread_local! {
+        static HELD: Cell<u32> = const { Cell::new(0) };
+    }
+
+    pub(crate) fn enter() {
+        HELD.with(|h| h.set(h.get() + 1));
+    }
+
+    pub(crate) fn leave() {
+        HELD.with(|h| h.set(h.get().saturating_sub(1)));
+    }
+
+    pub(crate) fn now() -> bool {
+        HELD.with(|h| h.get() > 0)
+    }
+}
+
 impl Device {
     pub(crate) fn gateway_id(&self, key: &PublicKey) -> &str {
         self.gateways.get(key).map_or("?", |g| g.spec.id.as_str())
@@ -388,10 +434,13 @@ impl GatewayUpdate {
 }
 
 impl Inner {
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Device> {
+    pub(crate) fn lock(&self) -> DeviceGuard<'_> {
         // A panic while holding the lock cannot leave the device half-updated in a way that
         // matters more than stopping would: keep serving.
-        self.device.lock().unwrap_or_else(PoisonError::into_inner)
+        let guard = self.device.lock().unwrap_or_else(PoisonError::into_inner);
+        #[cfg(test)]
+        lock_held::enter();
+        DeviceGuard(guard)
     }
 
     fn is_closed(&self) -> bool {
@@ -848,4 +897,135 @@ fn check_unique(gateways: &[GatewaySpec]) -> Result<(), ManagerError> {
 /// The host of an endpoint, for log lines.
 pub(crate) fn endpoint_is_dns(endpoint: &Endpoint) -> bool {
     matches!(endpoint.host, Host::Name(_))
+}
+
+// The log witness needs tracing-subscriber, which comes with the feature `cli`.
+#[cfg(all(test, feature = "cli"))]
+mod tests {
+    use std::net::{IpAddr, SocketAddr};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use wg_core::PrivateKey;
+
+    use super::*;
+
+    /// A log writer that counts the lines written while this thread holds the device lock.
+    #[derive(Clone, Default)]
+    struct Witness {
+        under_lock: Arc<AtomicUsize>,
+        lines: Arc<AtomicUsize>,
+        /// Where the lines under the lock came from.
+        culprits: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
+    }
+
+    impl std::io::Write for Witness {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Witness {
+        type Writer = Witness;
+        fn make_writer(&'a self) -> Witness {
+            self.clone()
+        }
+
+        fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Witness {
+            self.lines.fetch_add(1, Ordering::Relaxed);
+            // The agent's own lines. wg-core and boringtun log at debug level inside the calls
+            // the agent makes under the lock; that is theirs to move (left as a known gap).
+            if lock_held::now() && meta.target().starts_with("agent") {
+                self.under_lock.fetch_add(1, Ordering::Relaxed);
+                self.culprits
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(format!("{}: {}", meta.target(), meta.name()));
+            }
+            self.clone()
+        }
+    }
+
+    /// A gateway and an agent on loopback, handshakes, traffic, a forced handshake, a
+    /// gateway update and upkeep ticks, all logged at trace level on one thread: the agent
+    /// writes no line while the device lock is held.
+    #[test]
+    fn nothing_is_logged_under_the_device_lock() {
+        let witness = Witness::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(witness.clone())
+            .finish();
+        let _default = tracing::subscriber::set_default(subscriber);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let agent_key = PrivateKey::generate();
+            let gw_key = PrivateKey::generate();
+            let agent_vip = IpAddr::from([10, 1, 0, 100]);
+            let gw_vip = IpAddr::from([10, 1, 0, 1]);
+            let mut gw_config = ManagerConfig::new(gw_key.clone(), gw_vip);
+            let mut peer = GatewaySpec::new("agent", agent_key.public_key(), None, agent_vip);
+            peer.persistent_keepalive = None;
+            peer.liveness_probe = LivenessProbe::Off;
+            gw_config.gateways = vec![peer];
+            let gw = Manager::start(gw_config).await.expect("gateway");
+            let endpoint = Endpoint {
+                host: Host::Ip(IpAddr::from([127, 0, 0, 1])),
+                port: gw.local_addrs()[0].port(),
+            };
+            let mut config = ManagerConfig::new(agent_key.clone(), agent_vip);
+            let spec = GatewaySpec::new("gw1", gw_key.public_key(), Some(endpoint), gw_vip);
+            config.gateways = vec![spec.clone()];
+            config.probe_after = Duration::from_millis(500);
+            let agent = Manager::start(config).await.expect("agent");
+            let listener = agent.listen(80).expect("listen");
+            tokio::spawn(async move {
+                while let Ok((mut s, _)) = listener.accept().await {
+                    let mut buf = [0u8; 64];
+                    if let Ok(n) = s.read(&mut buf).await {
+                        let _ = s.write_all(&buf[..n]).await;
+                    }
+                }
+            });
+            let mut s = tokio::time::timeout(
+                Duration::from_secs(20),
+                gw.dial_tcp(SocketAddr::new(agent_vip, 80)),
+            )
+            .await
+            .expect("connect in time")
+            .expect("connect");
+            s.write_all(b"ping").await.expect("write");
+            let mut buf = [0u8; 4];
+            s.read_exact(&mut buf).await.expect("echo");
+            assert!(agent.force_handshake("gw1").await);
+            let mut renamed = spec;
+            renamed.id = "gw1-renamed".into();
+            agent.update_gateways(vec![renamed]).await.expect("update");
+            // Upkeep ticks (state changes, probes) over a couple of seconds.
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            agent.close().await;
+            gw.close().await;
+        });
+        assert!(
+            witness.lines.load(Ordering::Relaxed) > 0,
+            "nothing was logged"
+        );
+        assert_eq!(
+            witness.under_lock.load(Ordering::Relaxed),
+            0,
+            "log lines written under the device lock: {:?}",
+            witness
+                .culprits
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+        );
+    }
 }

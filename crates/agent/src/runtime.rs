@@ -19,6 +19,7 @@ use crate::config::{Config, ConfigChanges, GatewayConfig, RouteConfig, RouteProt
 use crate::manager::{GatewaySpec, Listener, Manager, ManagerConfig, PreparedGateways};
 use crate::metrics::{AgentCounters, MetricsWriter, write_agent_counters};
 use crate::snapshot::{AgentStatus, GatewayStatus, RouteStatus, StatusSnapshot};
+use crate::vip_stream::VipStream;
 
 /// How long a stopping agent waits for closed connections to flush through the tunnel.
 const LINGER: Duration = Duration::from_secs(3);
@@ -202,10 +203,11 @@ impl Drop for Route {
 struct VipListener(Arc<Listener>);
 
 impl Accept for VipListener {
-    type Stream = netstack::TcpStream;
+    type Stream = VipStream;
 
     async fn accept(&mut self) -> io::Result<Option<(Self::Stream, SocketAddr)>> {
-        self.0.next_connection().await
+        let accepted = self.0.next_connection().await?;
+        Ok(accepted.map(|(stream, peer)| (VipStream(stream), peer)))
     }
 
     fn local_addr(&self) -> Option<SocketAddr> {
@@ -582,6 +584,13 @@ impl StatusSource for Agent {
     }
 }
 
+/// Makes the process non-dumpable: no core dump (which would hold the private key), and no
+/// `ptrace` attach or `/proc/PID/mem` read by other processes of the same user. Call it before
+/// the key is read.
+pub fn disable_core_dumps() -> io::Result<()> {
+    nix::sys::prctl::set_dumpable(false).map_err(io::Error::from)
+}
+
 /// Tells systemd (`Type=notify`) about readiness when `NOTIFY_SOCKET` is set.
 fn sd_notify(state: &str) {
     use std::os::unix::net::UnixDatagram;
@@ -601,5 +610,14 @@ fn sd_notify(state: &str) {
     };
     if let Err(error) = sent {
         tracing::debug!(%error, "sd_notify failed");
+    }
+}
+
+#[cfg(test)]
+mod hardening_tests {
+    #[test]
+    fn the_process_becomes_non_dumpable() {
+        super::disable_core_dumps().expect("prctl");
+        assert!(!nix::sys::prctl::get_dumpable().expect("prctl"));
     }
 }

@@ -70,6 +70,9 @@ pub struct Imported {
     pub private_key: Zeroizing<String>,
     /// Remarks for the operator: ignored fields, guesses to check, peers left out.
     pub notes: Vec<String>,
+    /// Whether [`Imported::toml`] holds a secret (the private key, or a preshared key): it
+    /// must then be saved where only its owner can read it.
+    pub has_inline_secret: bool,
 }
 
 /// Why a wg-quick file cannot be imported. Messages name the line and the field, never a
@@ -242,6 +245,7 @@ pub fn import(text: &str, options: &ImportOptions) -> Result<Imported, ImportErr
     let mut ids = BTreeSet::new();
     let mut vips: BTreeSet<IpAddr> = BTreeSet::from([virtual_ip]);
     let mut gateways = 0;
+    let mut inline_psk = false;
     for (index, peer) in peers.iter().enumerate() {
         let section = format!("[Peer] #{} (line {})", index + 1, peer.line);
         let Some(gateway) = peer_gateway(peer, &section, subnet, &mut vips, &mut notes)? else {
@@ -282,6 +286,10 @@ pub fn import(text: &str, options: &ImportOptions) -> Result<Imported, ImportErr
         }
         if let Some(psk) = &gateway.preshared_key {
             let _ = writeln!(out, "preshared_key = {}", quote(psk));
+            inline_psk = true;
+            notes.push(format!(
+                "{section}: its PresharedKey is written inline: save the config where only you can read it (umask 077), or move it to a file named by preshared_key_file"
+            ));
         }
     }
     if peers.is_empty() {
@@ -298,6 +306,7 @@ pub fn import(text: &str, options: &ImportOptions) -> Result<Imported, ImportErr
         toml: Zeroizing::new(out),
         private_key: private_key.to_base64_secret(),
         notes,
+        has_inline_secret: options.key_file.is_none() || inline_psk,
     })
 }
 
@@ -725,6 +734,7 @@ mod tests {
             "no PersistentKeepalive",
             "no --route given",
             "private key inline",
+            "PresharedKey is written inline",
         ] {
             assert!(notes.contains(expected), "{expected:?} in\n{notes}");
         }
@@ -810,6 +820,7 @@ mod tests {
         assert_eq!(c.routes.len(), 2);
         assert_eq!(c.routes[1].port, 8443);
         assert!(out.notes.join("\n").contains("no Endpoint, left out"));
+        assert!(!out.has_inline_secret, "key in its file, no preshared key");
     }
 
     #[test]

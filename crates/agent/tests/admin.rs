@@ -346,3 +346,52 @@ fn assert_exposition_is_well_formed(text: &str) {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unix_socket_is_created_with_mode_0600() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = std::env::temp_dir().join(format!("wg-agent-admin-mode-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket: PathBuf = dir.join("admin.sock");
+    let _ = std::fs::remove_file(&socket);
+    // Whatever the umask: the socket is the agent user's only.
+    let (addr, stop, task) = start(AdminAddr::Unix(socket.clone()), fake()).await;
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "admin socket mode {mode:o}");
+    assert_eq!(get(&addr, "/healthz").await, (200, "ok\n".into()));
+    let _ = stop.send(());
+    task.await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_admin_port_is_named_in_the_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = std::env::temp_dir().join(format!("wg-agent-admin-taken-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("agent.toml");
+    let key = wg_core::PrivateKey::generate();
+    std::fs::write(
+        &config,
+        format!(
+            "routes = []\n[agent]\nprivate_key = \"{}\"\nvirtual_ip = \"10.1.0.100\"\n\
+             subnet = \"10.1.0.0/24\"\n[admin]\nlisten = \"{addr}\"\n",
+            key.to_base64_secret().as_str()
+        ),
+    )
+    .unwrap();
+    let o = wg_agent(vec![
+        "run".into(),
+        "--config".into(),
+        config.display().to_string(),
+    ])
+    .await;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&addr.to_string()) && err.contains("[admin] listen") && err.contains("in use"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -802,3 +802,108 @@ async fn heavy_fast_gateway_slow_app_is_held_by_back_pressure() {
 fn pattern(i: usize) -> u8 {
     (i.wrapping_mul(7) % 251) as u8
 }
+
+// ----- orphaned sockets --------------------------------------------------------------------
+
+/// The orphaned-socket attack: connections that each ask with `Connection: close`, wait for
+/// the proxy's answer and FIN, then push 1 MiB that nobody will read. Each such socket used
+/// to buffer a whole receive ring until its close timed out (1,500 connections grew the
+/// agent by 1.5 GiB); now the data is answered with RST and dropped. Bound: resident memory
+/// grows by less than 256 MiB, and the agent holds no socket of the attack afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_orphaned_sockets_after_our_fin_do_not_pin_memory() {
+    const CONNS: usize = 1500;
+    const BATCH: usize = 50;
+    let _memory = MEMORY.lock().await;
+    let agent_key = PrivateKey::generate();
+    let gw_key = PrivateKey::generate();
+    // The attacker's own send rings stay small, so the process's memory is the agent's.
+    let mut gw_config = common::gateway_config(&gw_key, GW_VIP, &agent_key);
+    gw_config.netstack.tcp_tx_buffer = 32 << 10;
+    gw_config.netstack.tcp_rx_buffer = 32 << 10;
+    let gw = Manager::start(gw_config).await.expect("gateway starts");
+    let mut config = agent_config(&agent_key, &gw_key, &gw);
+    config.gateways[0].liveness_probe = LivenessProbe::Off;
+    let agent = Manager::start(config).await.expect("agent starts");
+    let app = start_app().await;
+    let config = ProxyConfig::default();
+    let tracker = ConnectionTracker::new(&config);
+    let proxy = HttpProxy::new(HttpRouteConfig::new(app), &config, &tracker);
+    let listener = agent.listen(80).expect("listen");
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        while let Ok(conn) = listener.accept().await {
+            if tx.send(conn).await.is_err() {
+                break;
+            }
+        }
+    });
+    tokio::spawn({
+        let tracker = tracker.clone();
+        async move { proxy.serve(rx, &tracker).await }
+    });
+    let body = http_get(&gw, 80, "/warm-up").await.expect("warm-up");
+    assert!(body.ends_with("app:/warm-up"), "{body}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let before = rss_kib();
+    let target = SocketAddr::new(IpAddr::from(AGENT_VIP), 80);
+    let start = Instant::now();
+    let mut held = Vec::with_capacity(CONNS);
+    let mut pushed = 0usize;
+    for _ in 0..CONNS / BATCH {
+        let mut tasks = Vec::new();
+        for _ in 0..BATCH {
+            let gw = gw.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut s = tokio::time::timeout(Duration::from_secs(10), gw.dial_tcp(target))
+                    .await
+                    .expect("dial in time")
+                    .expect("dial");
+                s.write_all(b"GET /x HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n")
+                    .await
+                    .expect("request");
+                let mut resp = Vec::new();
+                tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut resp))
+                    .await
+                    .expect("answer and FIN in time")
+                    .expect("read answer");
+                // Push 1 MiB after the FIN, for as long as the agent takes it (3 s at most).
+                let chunk = vec![0x41u8; 64 << 10];
+                let mut sent = 0;
+                let _ = tokio::time::timeout(Duration::from_secs(3), async {
+                    while sent < (1 << 20) && s.write_all(&chunk).await.is_ok() {
+                        sent += chunk.len();
+                    }
+                })
+                .await;
+                (s, sent)
+            }));
+        }
+        for task in tasks {
+            let (s, sent) = task.await.expect("join");
+            pushed += sent;
+            // Kept open, as an attacker would.
+            held.push(s);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(240),
+            "attack loop bound"
+        );
+    }
+    let attack = start.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let grown_mib = rss_kib().saturating_sub(before) / 1024;
+    let stats = agent.netstack().stats();
+    eprintln!(
+        "orphans: {CONNS} connections in {attack:?}, {} MiB pushed after our FIN; agent RSS \
+         +{grown_mib} MiB; agent TCP sockets left {}, rings mapped {} KiB",
+        pushed >> 20,
+        stats.tcp_sockets,
+        stats.tcp_ring_bytes >> 10,
+    );
+    assert!(grown_mib < 256, "resident memory grew by {grown_mib} MiB");
+    drop(held);
+    agent.close().await;
+    gw.close().await;
+}

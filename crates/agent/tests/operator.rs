@@ -99,7 +99,10 @@ fn status_check_fails_when_no_gateway_is_up_or_nothing_answers() {
     let dead = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
     let dead_port = dead.local_addr().expect("addr").port();
     drop(dead);
-    let admin = format!("127.0.0.1:{}", free_port());
+    // Listening on every address by opt-in: local clients still get everything, and
+    // `status --config` reaches an unspecified address on loopback.
+    let port = free_port();
+    let admin = format!("127.0.0.1:{port}");
     let config = "routes = []\n".to_owned()
         + &agent_section(&format!("private_key = \"{}\"", key.as_str()))
         + &gateway_section(
@@ -108,7 +111,7 @@ fn status_check_fails_when_no_gateway_is_up_or_nothing_answers() {
             &format!("127.0.0.1:{dead_port}"),
             "10.1.0.1",
         )
-        + &format!("\n[admin]\nlisten = \"{admin}\"\n");
+        + &format!("\n[admin]\nlisten = \"0.0.0.0:{port}\"\nallow_remote = true\n");
     let path = dir.write("agent.toml", &config, 0o600);
     let mut child = Command::new(BIN)
         .args(["run", "--config", path.to_str().expect("utf-8")])
@@ -119,6 +122,20 @@ fn status_check_fails_when_no_gateway_is_up_or_nothing_answers() {
     wait_for("/healthz", Duration::from_secs(30), || {
         admin_get(addr, "/healthz").is_some_and(|(s, _)| s == 200)
     });
+    let (code, status) = admin_get(addr, "/status").expect("/status");
+    assert_eq!(code, 200, "a loopback client gets /status: {status}");
+    let out = wg_agent(&[
+        "status",
+        "--config",
+        path.to_str().expect("utf-8"),
+        "--check",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("not ready"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = wg_agent(&["status", "--admin", &admin, "--check"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
     assert!(
@@ -323,7 +340,13 @@ fn completions_and_man_page() {
         page.starts_with(".ie") || page.contains(".TH wg-agent"),
         "{page:.300}"
     );
-    for word in ["run", "check", "import", "status", "completions"] {
-        assert!(page.contains(word), "{word} in the man page");
+    for section in [
+        ".SS \"wg\\-agent run \"",
+        ".SS \"wg\\-agent import \\fIWG_QUICK_FILE\\fR\"",
+        "\\fB\\-\\-route\\fR \\fIPORT=HOST:PORT\\fR",
+        "\\fB\\-\\-check\\fR",
+        ".SH \"EXIT STATUS\"",
+    ] {
+        assert!(page.contains(section), "{section} in the man page:\n{page}");
     }
 }

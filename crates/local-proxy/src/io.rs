@@ -159,6 +159,10 @@ impl<S> Activity<S> {
             metrics,
         }
     }
+
+    pub(crate) fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Activity<S> {

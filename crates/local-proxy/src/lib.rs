@@ -12,7 +12,8 @@
 //!   ([`HttpRouteConfig::trust_forwarded`]); `502`/`504`/`431`/`400` answers; slow or silent
 //!   clients cut at [`ProxyConfig::header_read_timeout`].
 //! - [`TcpForwarder`]: raw byte forwarding with half-close, optionally announcing the peer with a
-//!   PROXY protocol v2 header ([`proxy_protocol`]).
+//!   PROXY protocol v2 header ([`proxy_protocol`]); a reset or failure of one side reaches the
+//!   other as a reset ([`Abort`]), never as a clean end.
 //! - [`ConnectionTracker`]: the connection limit shared by every route, and graceful shutdown
 //!   (stop accepting, drain within [`ProxyConfig::drain_timeout`], then close, tunnels included).
 //! - Overload bounds no client controls: HTTP/2 streams per connection and response bytes
@@ -65,6 +66,7 @@ mod io;
 mod log;
 mod metrics;
 pub mod proxy_protocol;
+mod relay;
 mod tcp;
 mod tracker;
 
@@ -75,5 +77,6 @@ pub use http::{HttpProxy, ProxyBody, UpstreamBody};
 pub use metrics::{
     HistogramSnapshot, LATENCY_BUCKETS_SECONDS, MetricsSnapshot, RouteMetrics, render_prometheus,
 };
+pub use relay::Abort;
 pub use tcp::TcpForwarder;
 pub use tracker::{ConnectionTracker, Phase, ShutdownOutcome};

@@ -10,6 +10,7 @@ use crate::accept::{Accept, accept_loop};
 use crate::io::{Activity, IdleClock};
 use crate::log::{WARN_INTERVAL, WarnLimiter, limited_warn};
 use crate::proxy_protocol::encode_v2;
+use crate::relay::{Abort, Broken, Side, relay};
 use crate::tracker::{ConnGuard, ShutdownSignal};
 use crate::{ConnectionTracker, FdBudget, ProxyConfig, RouteMetrics, TcpRouteConfig};
 
@@ -20,7 +21,9 @@ const COPY_BUFFER: usize = 64 * 1024;
 ///
 /// When one side stops sending, the other side's write half is shut down (half-close); the
 /// connection ends when both directions are done, when it idles for `idle_timeout`, or when
-/// shutdown closes it. Cheap to clone.
+/// shutdown closes it. When one side fails (a reset, a timeout, any I/O error), the other is
+/// reset ([`Abort`]), so a cut-off stream never looks complete; a forward closed at the
+/// shutdown deadline is reset both ways for the same reason. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct TcpForwarder {
     inner: Arc<Inner>,
@@ -55,7 +58,11 @@ impl TcpForwarder {
     /// Accept from `listener` until it closes or `tracker` begins shutdown, forwarding each
     /// connection in its own task. The listener's [`Accept::local_addr`] is the PROXY header's
     /// destination.
-    pub async fn serve<A: Accept>(&self, listener: A, tracker: &ConnectionTracker) {
+    pub async fn serve<A>(&self, listener: A, tracker: &ConnectionTracker)
+    where
+        A: Accept,
+        A::Stream: Abort,
+    {
         let local = listener.local_addr();
         accept_loop(
             listener,
@@ -80,7 +87,7 @@ impl TcpForwarder {
         local: Option<SocketAddr>,
         tracker: &ConnectionTracker,
     ) where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: AsyncRead + AsyncWrite + Abort + Unpin + Send + 'static,
     {
         match tracker.try_admit() {
             Some(guard) => {
@@ -94,19 +101,22 @@ impl TcpForwarder {
 
     async fn run<S>(
         &self,
-        stream: S,
+        mut stream: S,
         peer: SocketAddr,
         local: Option<SocketAddr>,
         _guard: ConnGuard,
         mut signal: ShutdownSignal,
         budget: FdBudget,
     ) where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: AsyncRead + AsyncWrite + Abort + Unpin + Send + 'static,
     {
         let inner = &self.inner;
         let _open = inner.metrics.open_connection();
         let upstream = &inner.route.upstream;
+        // Whenever the upstream cannot be reached, the client is reset: like a refused
+        // connection, never an empty stream that ended cleanly.
         let Some(_fd) = budget.try_acquire() else {
+            stream.abort();
             inner.metrics.over_socket_budget();
             limited_warn!(inner.warnings, %peer, %upstream, "tcp route: max_upstream_sockets reached, connection closed");
             return;
@@ -122,11 +132,13 @@ impl TcpForwarder {
             Ok(Err(error)) => {
                 inner.metrics.upstream_error();
                 limited_warn!(inner.warnings, %peer, %upstream, %error, "tcp route: upstream connect failed");
+                stream.abort();
                 return;
             }
             Err(_) => {
                 inner.metrics.upstream_error();
                 limited_warn!(inner.warnings, %peer, %upstream, "tcp route: upstream connect timed out");
+                stream.abort();
                 return;
             }
         };
@@ -137,18 +149,28 @@ impl TcpForwarder {
         {
             inner.metrics.upstream_error();
             limited_warn!(inner.warnings, %peer, %upstream, %error, "tcp route: sending PROXY header failed");
+            stream.abort();
             return;
         }
         let clock = IdleClock::new();
         let mut client = Activity::new(stream, Arc::clone(&clock), Arc::clone(&inner.metrics));
         tokio::select! {
-            result = tokio::io::copy_bidirectional_with_sizes(
-                &mut client, &mut upstream_stream, COPY_BUFFER, COPY_BUFFER,
-            ) => match result {
+            result = relay(&mut client, &mut upstream_stream, COPY_BUFFER) => match result {
                 Ok((sent, received)) => tracing::trace!(%peer, sent, received, "tcp route: done"),
-                Err(error) => tracing::debug!(%peer, %error, "tcp route: connection ended with an error"),
+                Err(Broken { side: Side::A, error }) => {
+                    tracing::debug!(%peer, %error, "tcp route: client connection failed, resetting the upstream");
+                    upstream_stream.abort();
+                }
+                Err(Broken { side: Side::B, error }) => {
+                    tracing::debug!(%peer, %error, "tcp route: upstream connection failed, resetting the client");
+                    client.get_mut().abort();
+                }
             },
-            () = signal.closed() => tracing::debug!(%peer, "tcp route: closed by shutdown"),
+            () = signal.closed() => {
+                tracing::debug!(%peer, "tcp route: closed by shutdown, resetting both sides");
+                client.get_mut().abort();
+                upstream_stream.abort();
+            }
             () = clock.expired(inner.config.idle_timeout) => tracing::debug!(%peer, "tcp route: idle, closed"),
         }
     }

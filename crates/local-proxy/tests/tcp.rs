@@ -160,3 +160,67 @@ async fn connections_past_the_socket_budget_are_closed_and_counted() {
     assert_eq!(forwarder.metrics().snapshot().over_socket_budget, 1);
     assert_eq!(tracker.fd_budget().in_use(), 1);
 }
+
+/// Reads until the end: `Ok(bytes)` on a clean EOF, `Err` when the connection fails (bounded:
+/// 10 s).
+async fn read_all(stream: &mut TcpStream) -> std::io::Result<usize> {
+    let mut total = 0;
+    let mut buf = vec![0; 64 * 1024];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("the connection ends within 10 s")?;
+        if n == 0 {
+            return Ok(total);
+        }
+        total += n;
+    }
+}
+
+const SENT: usize = 100_000;
+
+#[tokio::test]
+async fn an_upstream_reset_reaches_the_client_as_a_reset() {
+    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_addr = upstream.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = upstream.accept().await.unwrap();
+        // Once the client's first byte came through, the forward is established.
+        s.read_exact(&mut [0; 1]).await.unwrap();
+        s.write_all(&vec![7; SENT]).await.unwrap();
+        s.set_zero_linger().unwrap();
+        drop(s); // RST
+    });
+    let (addr, _forwarder, _tracker) = start_forwarder(TcpRouteConfig::new(upstream_addr)).await;
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    client.write_all(b"g").await.unwrap();
+    let end = read_all(&mut client).await;
+    assert!(
+        end.is_err(),
+        "the client took a reset stream as complete: {end:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_reset_reaches_the_upstream_as_a_reset() {
+    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_addr = upstream.local_addr().unwrap();
+    let (end_tx, end_rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = upstream.accept().await.unwrap();
+        end_tx.send(read_all(&mut s).await).unwrap();
+    });
+    let (addr, _forwarder, _tracker) = start_forwarder(TcpRouteConfig::new(upstream_addr)).await;
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    client.write_all(&vec![7; SENT]).await.unwrap();
+    client.set_zero_linger().unwrap();
+    drop(client); // RST
+    let end = tokio::time::timeout(Duration::from_secs(15), end_rx)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        end.is_err(),
+        "the upstream took a reset stream as complete: {end:?}"
+    );
+}

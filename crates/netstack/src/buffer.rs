@@ -187,10 +187,11 @@ impl Sockets {
         self.set.add(socket)
     }
 
-    /// Removes and drops a socket, then unmaps its rings if it had any.
-    pub(crate) fn remove(&mut self, handle: SocketHandle) {
+    /// Removes and drops a socket, then unmaps its rings if it had any. Returns the
+    /// bytes unmapped.
+    pub(crate) fn remove(&mut self, handle: SocketHandle) -> usize {
         drop(self.set.remove(handle));
-        drop(self.rings.remove(&handle));
+        self.rings.remove(&handle).map_or(0, |map| map.len)
     }
 
     /// A socket, read-only.

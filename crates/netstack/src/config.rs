@@ -30,6 +30,20 @@ pub struct NetstackConfig {
     /// sets the agent's peak memory). Its pages are returned to the kernel once a
     /// connection that sent 256 KiB or more has everything acknowledged.
     pub tcp_tx_buffer: usize,
+    /// Bytes of TCP rings (receive plus send) all connections together may have mapped
+    /// (default 512 MiB). It bounds the stack's buffer memory whatever the connection
+    /// count: ring pages are committed only when used, but a peer can fill a receive ring
+    /// nobody reads, and an application a send ring nobody acknowledges.
+    ///
+    /// Rings are sized when a connection is created (at SYN time), so no window edge ever
+    /// retreats: while under a quarter of the budget is taken, a connection gets
+    /// `tcp_rx_buffer` and `tcp_tx_buffer`; between a quarter and half, proportionally
+    /// smaller rings; past half, [`MIN_TCP_RING`](crate::MIN_TCP_RING) each way. A
+    /// connection whose rings no longer fit is refused (RST, counted as
+    /// [`LimitReached`](crate::DropReason::LimitReached); `connect` fails with
+    /// `QuotaExceeded`). [`NetstackStats::tcp_ring_bytes`](crate::NetstackStats) shows
+    /// what is taken.
+    pub tcp_buffer_budget: usize,
     /// Maximum TCP sockets in any state (half-open, open, closing). Default 16,384.
     pub max_connections: usize,
     /// Default accept backlog of a listener: half-open plus established connections
@@ -103,6 +117,7 @@ impl Default for NetstackConfig {
             path_mtu: 1420,
             tcp_rx_buffer: 1 << 20,
             tcp_tx_buffer: 512 << 10,
+            tcp_buffer_budget: 512 << 20,
             max_connections: 16_384,
             accept_backlog: 1024,
             max_pending_syns: 1024,
@@ -139,6 +154,29 @@ impl NetstackConfig {
         self.path_mtu
     }
 
+    /// The receive and send ring sizes of a new connection while `reserved` bytes of
+    /// rings are taken; `None` when even the smallest no longer fit the budget (see
+    /// [`tcp_buffer_budget`](Self::tcp_buffer_budget)).
+    pub(crate) fn ring_sizes(&self, reserved: usize) -> Option<(usize, usize)> {
+        const PAGE: usize = 4096;
+        let (rx, tx) = (self.tcp_rx_buffer, self.tcp_tx_buffer);
+        let budget = self.tcp_buffer_budget;
+        let (quarter, half) = (budget / 4, budget / 2);
+        let shrink = |full: usize, scale: f64| {
+            let size = (full as f64 * scale) as usize / PAGE * PAGE;
+            size.clamp(crate::MIN_TCP_RING.min(full), full)
+        };
+        let sizes = if reserved.saturating_add(rx + tx) <= quarter {
+            (rx, tx)
+        } else if reserved < half {
+            let scale = (half - reserved) as f64 / (half - quarter).max(1) as f64;
+            (shrink(rx, scale), shrink(tx, scale))
+        } else {
+            (shrink(rx, 0.0), shrink(tx, 0.0))
+        };
+        (reserved.saturating_add(sizes.0 + sizes.1) <= budget).then_some(sizes)
+    }
+
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let v4 = self.addresses.iter().filter(|a| a.is_ipv4()).count();
         let v6 = self.addresses.len() - v4;
@@ -162,6 +200,12 @@ impl NetstackConfig {
             if !(4096..=(1 << 30)).contains(&value) {
                 return Err(ConfigError::Range { field, value });
             }
+        }
+        if self.tcp_buffer_budget < 4 * crate::MIN_TCP_RING {
+            return Err(ConfigError::Range {
+                field: "tcp_buffer_budget",
+                value: self.tcp_buffer_budget,
+            });
         }
         for (field, value) in [
             ("max_connections", self.max_connections),
@@ -215,4 +259,33 @@ pub enum ConfigError {
     /// [`Netstack::new`](crate::Netstack::new) was called outside a tokio runtime.
     #[error("netstack: must be created inside a tokio runtime (it spawns its driver task)")]
     NoRuntime,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_sizes_shrink_with_the_budget_and_never_pass_it() {
+        let mut c = NetstackConfig::new(["10.0.0.1".parse().expect("ip")]);
+        c.tcp_buffer_budget = 64 << 20;
+        let (rx, tx) = (c.tcp_rx_buffer, c.tcp_tx_buffer);
+        assert_eq!(c.ring_sizes(0), Some((rx, tx)));
+        let mut reserved = 0;
+        let mut last = rx + tx;
+        let mut conns = 0;
+        while let Some((r, t)) = c.ring_sizes(reserved) {
+            assert!(r + t <= last, "sizes never grow as the budget fills");
+            assert!(r >= crate::MIN_TCP_RING && t >= crate::MIN_TCP_RING);
+            assert_eq!((r % 4096, t % 4096), (0, 0));
+            last = r + t;
+            reserved += r + t;
+            conns += 1;
+            assert!(reserved <= c.tcp_buffer_budget);
+        }
+        assert_eq!(last, 2 * crate::MIN_TCP_RING, "ends at the smallest rings");
+        // A quarter at full size, then smaller ones, then half the budget at the minimum.
+        assert!(conns > (32 << 20) / (2 * crate::MIN_TCP_RING), "{conns}");
+        assert!(c.tcp_buffer_budget - reserved < 2 * crate::MIN_TCP_RING);
+    }
 }

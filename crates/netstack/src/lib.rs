@@ -5,7 +5,9 @@
 //! ([`Netstack::recv_outbound`]), and in between serves [`TcpListener`], [`TcpStream`]
 //! (`AsyncRead + AsyncWrite`), [`UdpSocket`] and ICMP echo ([`Netstack::ping`]) on one
 //! IPv4 and/or one IPv6 address. Every queue and table is bounded (see
-//! [`NetstackConfig`]); malformed packets are dropped and counted ([`NetstackStats`]).
+//! [`NetstackConfig`]), TCP ring memory over all connections too
+//! ([`NetstackConfig::tcp_buffer_budget`]); malformed packets are dropped and counted
+//! ([`NetstackStats`]).
 //!
 //! What it does not do: it never sees a key or a UDP socket. Moving its packets through
 //! a tunnel (WireGuard) is the caller's job; no TUN device, no root.
@@ -78,6 +80,9 @@ pub use config::{ConfigError, NetstackConfig};
 /// A stream dropped while open is aborted at the latest this many
 /// [`NetstackConfig::close_timeout`]s after the drop, even if the peer keeps answering.
 pub const CLOSE_HARD_LIMIT_FACTOR: u32 = 4;
+/// The smallest TCP ring (each direction) a connection is given when the stack's
+/// [`tcp_buffer_budget`](NetstackConfig::tcp_buffer_budget) is more than half taken.
+pub const MIN_TCP_RING: usize = 8 << 10;
 pub use stack::Netstack;
 pub use stats::{DropCounts, DropReason, NetstackStats};
 pub use tcp::{TcpListener, TcpStream};

@@ -97,6 +97,69 @@ struct Conn {
     release_pending: bool,
 }
 
+/// Half-open connections of each listener in a shard, oldest first, so evicting the oldest
+/// at a limit costs O(1) instead of a scan of the shard. Keyed by the listener's address
+/// (`Arc::as_ptr`); entries are `(deadline, tuple)` and go stale when their connection
+/// completes or is dropped: they are skipped when met and swept out once they outnumber
+/// the live ones, so each entry is pushed and removed once (amortised O(1)).
+#[derive(Default)]
+struct HalfOpenQueues(HashMap<usize, VecDeque<(Instant, Tuple)>>);
+
+impl HalfOpenQueues {
+    fn key(listener: &Arc<ListenerShared>) -> usize {
+        Arc::as_ptr(listener) as usize
+    }
+
+    /// Whether `(deadline, tuple)` is still a half-open connection of `listener`.
+    fn live(
+        conns: &HashMap<Tuple, Conn>,
+        listener: &Arc<ListenerShared>,
+        (deadline, tuple): (Instant, Tuple),
+    ) -> bool {
+        conns.get(&tuple).is_some_and(|conn| {
+            matches!(&conn.state, ConnState::HalfOpen { listener: l, deadline: d }
+                if Arc::ptr_eq(l, listener) && *d == deadline)
+        })
+    }
+
+    /// Records a new half-open connection; `half_open` is the stack-wide count (a bound
+    /// on the live entries of any queue).
+    fn push(
+        &mut self,
+        conns: &HashMap<Tuple, Conn>,
+        listener: &Arc<ListenerShared>,
+        entry: (Instant, Tuple),
+        half_open: usize,
+    ) {
+        let queue = self.0.entry(Self::key(listener)).or_default();
+        queue.push_back(entry);
+        if queue.len() > 2 * half_open + 64 {
+            queue.retain(|e| Self::live(conns, listener, *e));
+        }
+    }
+
+    /// Takes the oldest half-open connection of `listener`.
+    fn pop_oldest(
+        &mut self,
+        conns: &HashMap<Tuple, Conn>,
+        listener: &Arc<ListenerShared>,
+    ) -> Option<Tuple> {
+        let key = Self::key(listener);
+        let queue = self.0.get_mut(&key)?;
+        let mut found = None;
+        while let Some(entry) = queue.pop_front() {
+            if Self::live(conns, listener, entry) {
+                found = Some(entry.1);
+                break;
+            }
+        }
+        if queue.is_empty() {
+            self.0.remove(&key);
+        }
+        found
+    }
+}
+
 /// Who owns a TCP socket.
 enum ConnState {
     /// Handshake in progress on behalf of `listener`; dropped past `deadline`.
@@ -124,6 +187,8 @@ pub(crate) struct Shard {
     tx: Vec<Bytes>,
     /// Connections in `HalfOpen` or `Closing`.
     watched: usize,
+    /// `HalfOpen` connections per listener, oldest first.
+    half_open_queues: HalfOpenQueues,
     /// Connections with a [`STALL_PROBE`] keep-alive.
     boosted: usize,
     sweep_at: Option<Instant>,
@@ -193,6 +258,7 @@ impl Shard {
             clock,
             tx,
             watched: 0,
+            half_open_queues: HalfOpenQueues::default(),
             boosted: 0,
             sweep_at: None,
             repairing: HashSet::new(),
@@ -605,7 +671,8 @@ impl Shard {
 
     /// Removes a UDP or ICMP socket.
     pub(crate) fn remove_socket(&mut self, handle: SocketHandle) {
-        self.sockets.remove(handle);
+        // UDP and ICMP sockets own their buffers: nothing unmapped.
+        let _ = self.sockets.remove(handle);
     }
 
     /// A UDP or ICMP socket.
@@ -638,7 +705,7 @@ impl Shard {
             // Removed at once without an RST (its source is most likely forged; a real
             // client's next segment finds no socket and gets one then), so its socket and
             // buffers are free for the new SYN.
-            if let Some(victim) = self.oldest_half_open(&listener) {
+            if let Some(victim) = self.half_open_queues.pop_oldest(&self.conns, &listener) {
                 self.drop_half_open(shared, victim, false, now);
                 shared.counters.half_open_evicted.fetch_add(1, Relaxed);
             }
@@ -654,20 +721,20 @@ impl Shard {
         };
         let mut socket = self.sockets.get_mut::<tcp::Socket>(handle);
         if socket.listen(tuple.local).is_err() {
-            self.sockets.remove(handle);
+            let bytes = self.sockets.remove(handle);
+            c.tcp_ring_bytes.fetch_sub(bytes, Relaxed);
             c.tcp_sockets.fetch_sub(1, Relaxed);
             return false;
         }
         listener.pending.fetch_add(1, Relaxed);
-        c.half_open.fetch_add(1, Relaxed);
+        let half_open = c.half_open.fetch_add(1, Relaxed) + 1;
+        let deadline = now + shared.config.handshake_timeout;
+        let queued_for = Arc::clone(&listener);
         self.conns.insert(
             tuple,
             Conn {
                 handle,
-                state: ConnState::HalfOpen {
-                    listener,
-                    deadline: now + shared.config.handshake_timeout,
-                },
+                state: ConnState::HalfOpen { listener, deadline },
                 reset: false,
                 aborted: false,
                 boosted: false,
@@ -679,6 +746,9 @@ impl Shard {
                 release_pending: false,
             },
         );
+        // After the insert, so the entry counts as live if the queue is swept.
+        self.half_open_queues
+            .push(&self.conns, &queued_for, (deadline, tuple), half_open);
         self.watch(now);
         true
     }
@@ -723,21 +793,6 @@ impl Shard {
     }
 
     /// Forgets a half-open connection (sending RST when `abort`).
-    /// The half-open connection of `listener` in this shard closest to its deadline.
-    fn oldest_half_open(&self, listener: &Arc<ListenerShared>) -> Option<Tuple> {
-        self.conns
-            .iter()
-            .filter_map(|(tuple, conn)| match &conn.state {
-                ConnState::HalfOpen {
-                    listener: l,
-                    deadline,
-                } if Arc::ptr_eq(l, listener) => Some((*deadline, *tuple)),
-                _ => None,
-            })
-            .min_by_key(|(deadline, _)| *deadline)
-            .map(|(_, tuple)| tuple)
-    }
-
     fn drop_half_open(&mut self, shared: &Shared, tuple: Tuple, abort: bool, now: Instant) {
         let Some(conn) = self.conns.get_mut(&tuple) else {
             return;
@@ -776,7 +831,8 @@ impl Shard {
             if conn.boosted {
                 self.boosted -= 1;
             }
-            self.sockets.remove(conn.handle);
+            let bytes = self.sockets.remove(conn.handle);
+            shared.counters.tcp_ring_bytes.fetch_sub(bytes, Relaxed);
             shared.counters.tcp_sockets.fetch_sub(1, Relaxed);
         }
     }
@@ -995,12 +1051,29 @@ impl Shard {
                 "netstack: max_connections reached",
             ));
         }
-        let handle = match self
-            .sockets
-            .add_tcp(config.tcp_rx_buffer, config.tcp_tx_buffer)
-        {
+        // Ring sizes from the budget (see `NetstackConfig::tcp_buffer_budget`). Shards
+        // reserve concurrently: the sizes follow the reservation seen, the bound holds.
+        let ring_bytes = &shared.counters.tcp_ring_bytes;
+        let sizes = config
+            .ring_sizes(ring_bytes.load(Relaxed))
+            .filter(|(rx, tx)| {
+                let taken = ring_bytes.fetch_add(rx + tx, Relaxed) + rx + tx;
+                taken <= config.tcp_buffer_budget || {
+                    ring_bytes.fetch_sub(rx + tx, Relaxed);
+                    false
+                }
+            });
+        let Some((rx, tx)) = sizes else {
+            count.fetch_sub(1, Relaxed);
+            return Err(io::Error::new(
+                io::ErrorKind::QuotaExceeded,
+                "netstack: tcp_buffer_budget reached",
+            ));
+        };
+        let handle = match self.sockets.add_tcp(rx, tx) {
             Ok(handle) => handle,
             Err(err) => {
+                ring_bytes.fetch_sub(rx + tx, Relaxed);
                 count.fetch_sub(1, Relaxed);
                 return Err(err);
             }

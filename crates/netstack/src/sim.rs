@@ -326,3 +326,57 @@ fn a_panic_under_a_shard_lock_leaves_the_stack_usable() {
     exchange(&a, &b, now, &mut sent, &|_| false);
     assert!(listener.pop().is_some(), "connected after the panic");
 }
+
+#[test]
+fn at_the_half_open_bound_the_oldest_half_open_connection_is_evicted() {
+    let start = Instant::now();
+    let a = stack("10.0.0.1", start);
+    let b = stack_with("10.0.0.2", start, |c| {
+        c.shards = 1;
+        c.max_pending_syns = 3;
+    });
+    let server: SocketAddr = "10.0.0.2:80".parse().expect("addr");
+    let listener = b.register_listener(server, 16).expect("listen");
+    let client = |port| Tuple {
+        local: IpEndpoint::new(
+            "10.0.0.1".parse::<std::net::IpAddr>().expect("ip").into(),
+            port,
+        ),
+        remote: IpEndpoint::from(server),
+    };
+    // Four SYNs, 1 ms apart; b's SYN-ACKs are held back, so all stay half-open.
+    let mut held = Vec::new();
+    for (i, port) in [51_000u16, 51_001, 51_002, 51_003].into_iter().enumerate() {
+        let now = start + Duration::from_millis(i as u64);
+        let tuple = client(port);
+        let idx = a.shard_for(&tuple);
+        a.with_shard(idx, now, |s| s.connect(&a, tuple))
+            .expect("connect")
+            .expect("free");
+        let mut syn = Vec::new();
+        a.drain_out(&mut syn, usize::MAX);
+        b.push_at(&syn, now);
+        b.drain_out(&mut held, usize::MAX);
+    }
+    let stats = b.counters.snapshot();
+    assert_eq!(
+        (stats.half_open, stats.half_open_evicted),
+        (3, 1),
+        "{stats:?}"
+    );
+    // The SYN-ACKs reach the clients; their ACKs complete every handshake but the evicted.
+    let now = start + Duration::from_millis(10);
+    a.push_at(&held, now);
+    let mut sent = 0;
+    exchange(&a, &b, now, &mut sent, &|_| false);
+    let mut accepted = Vec::new();
+    while let Some(conn) = listener.pop() {
+        accepted.push(conn.tuple.remote.port);
+    }
+    accepted.sort_unstable();
+    assert_eq!(
+        accepted,
+        [51_001, 51_002, 51_003],
+        "the oldest (51000) was evicted"
+    );
+}

@@ -103,6 +103,9 @@ pub struct NetstackStats {
     /// Of smoltcp's retransmissions, those not sent because the peer had SACKed or
     /// acknowledged every byte of them already.
     pub tcp_resends_dropped: u64,
+    /// Bytes of TCP rings mapped now, counted against
+    /// [`tcp_buffer_budget`](crate::NetstackConfig::tcp_buffer_budget).
+    pub tcp_ring_bytes: usize,
 }
 
 /// The live counters behind [`NetstackStats`].
@@ -123,6 +126,7 @@ pub(crate) struct Counters {
     pub(crate) half_open_evicted: AtomicU64,
     tcp_smoltcp_resent: AtomicU64,
     tcp_resends_dropped: AtomicU64,
+    pub(crate) tcp_ring_bytes: AtomicUsize,
 }
 
 impl Default for Counters {
@@ -142,6 +146,7 @@ impl Default for Counters {
             half_open_evicted: AtomicU64::new(0),
             tcp_smoltcp_resent: AtomicU64::new(0),
             tcp_resends_dropped: AtomicU64::new(0),
+            tcp_ring_bytes: AtomicUsize::new(0),
         }
     }
 }
@@ -218,6 +223,7 @@ impl Counters {
             half_open_evicted: self.half_open_evicted.load(Relaxed),
             tcp_smoltcp_resent: self.tcp_smoltcp_resent.load(Relaxed),
             tcp_resends_dropped: self.tcp_resends_dropped.load(Relaxed),
+            tcp_ring_bytes: self.tcp_ring_bytes.load(Relaxed),
         }
     }
 }

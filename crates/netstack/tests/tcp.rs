@@ -272,6 +272,56 @@ async fn data_for_a_dropped_stream_is_reset_not_buffered() {
     wait_for_no_sockets(&p).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_buffer_budget_bounds_ring_memory_whatever_the_connection_count() {
+    const BUDGET: usize = 8 << 20;
+    let mut cb = config(&[B]);
+    cb.tcp_buffer_budget = BUDGET;
+    let p = pair_with(config(&[A]), cb, None);
+    let listener = p.b.listen_with_backlog(sa(B, 80), 1024).expect("listen");
+    let mut open = Vec::new();
+    let mut refused = false;
+    // 1.5 MiB of rings per connection at full size: 5 would fill the budget.
+    for _ in 0..400 {
+        match p.a.connect(sa(B, 80)).await {
+            Ok(c) => {
+                let (s, _) = listener.accept().await.expect("accept");
+                open.push((c, s));
+            }
+            Err(err) => {
+                assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+                refused = true;
+                break;
+            }
+        }
+        let reserved = p.b.stats().tcp_ring_bytes;
+        assert!(
+            reserved <= BUDGET,
+            "{reserved} bytes of rings past the budget"
+        );
+    }
+    assert!(refused, "refused once the budget is spent");
+    assert!(
+        open.len() > 100,
+        "smaller rings instead of refusing early: {} connections",
+        open.len()
+    );
+    // The last (smallest) connection still moves data both ways.
+    let (mut c, mut s) = open.pop().expect("a connection");
+    let data = vec![3u8; 200 << 10];
+    let (w, r) = tokio::join!(c.write_all(&data), async {
+        let mut got = vec![0u8; data.len()];
+        s.read_exact(&mut got).await.map(|_| got)
+    });
+    w.expect("write");
+    assert_eq!(r.expect("read"), data);
+    drop((c, s));
+    drop(open);
+    wait_for_no_sockets(&p).await;
+    assert_eq!(p.b.stats().tcp_ring_bytes, 0, "all rings returned");
+    p.a.connect(sa(B, 80)).await.expect("room again");
+}
+
 /// Waits until neither stack holds a TCP socket any more.
 async fn wait_for_no_sockets(p: &Pair) {
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -98,6 +98,7 @@ mod lifecycle;
 mod peer;
 mod peers;
 mod stats;
+mod wire;
 
 #[cfg(feature = "driver")]
 pub mod driver;

@@ -17,6 +17,7 @@ use crate::ipnet::{Lookup, RouteTable};
 use crate::lifecycle::{GaveUp, REKEY_AFTER};
 use crate::peer::Peer;
 use crate::stats::{DropCounts, DropReason, HandshakeState, PeerStats, Stats};
+use crate::wire::{self, Message};
 use crate::{Event, PeerConfig, PrivateKey, PublicKey};
 
 mod inbound;
@@ -24,25 +25,12 @@ mod outbound;
 mod table;
 mod timers;
 
-use inbound::{le_u32, reason_of};
-use outbound::dst_address_v6;
-
 /// boringtun's timers are ticked this often while a handshake is in progress.
 const TICK_FAST: Duration = Duration::from_millis(250);
 /// ... and this often otherwise (its timers have one-second resolution).
 const TICK_SLOW: Duration = Duration::from_secs(1);
 /// The shared rate limiter's counting window.
 const LIMITER_RESET: Duration = Duration::from_secs(1);
-
-const HANDSHAKE_INIT: u8 = 1;
-const HANDSHAKE_RESP: u8 = 2;
-const COOKIE_REPLY: u8 = 3;
-const DATA: u8 = 4;
-const HANDSHAKE_INIT_LEN: usize = 148;
-const HANDSHAKE_RESP_LEN: usize = 92;
-const COOKIE_REPLY_LEN: usize = 64;
-/// Data message header (16) plus AEAD tag (16).
-const DATA_OVERHEAD: usize = 32;
 
 /// Limits and tuning of a [`Peers`] engine. `Config::default()` suits a handful of gateways.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,43 +124,6 @@ pub struct Received<'a> {
     pub packet: &'a [u8],
 }
 
-/// Receiver index -> slot, sorted for a binary search: cheaper than hashing for the handful
-/// (or thousands) of peers an engine holds; changes only with the configuration.
-#[derive(Debug, Default)]
-struct IndexMap(Vec<(u32, usize)>);
-
-impl IndexMap {
-    #[inline]
-    fn get(&self, index: u32) -> Option<usize> {
-        match self.0.as_slice() {
-            // One peer (the usual agent): no search.
-            [(i, slot)] => (*i == index).then_some(*slot),
-            entries => entries
-                .binary_search_by_key(&index, |e| e.0)
-                .ok()
-                .and_then(|i| entries.get(i))
-                .map(|e| e.1),
-        }
-    }
-
-    fn insert(&mut self, index: u32, slot: usize) {
-        match self.0.binary_search_by_key(&index, |e| e.0) {
-            Ok(i) => self.0[i].1 = slot,
-            Err(i) => self.0.insert(i, (index, slot)),
-        }
-    }
-
-    fn remove(&mut self, index: &u32) {
-        if let Ok(i) = self.0.binary_search_by_key(index, |e| e.0) {
-            self.0.remove(i);
-        }
-    }
-
-    fn contains_key(&self, index: u32) -> bool {
-        self.get(index).is_some()
-    }
-}
-
 /// A WireGuard device for several peers: a sans-IO state machine over boringtun.
 ///
 /// Inputs are `handle_*` (datagrams from the UDP socket, IP packets from the network stack,
@@ -190,7 +141,7 @@ pub struct Peers {
     /// Peer storage; a peer keeps its slot for life, so routes and indices can name it.
     slots: Vec<Option<Peer>>,
     by_key: BTreeMap<PublicKey, usize>,
-    by_index: IndexMap,
+    by_index: table::ReceiverIndices,
     routes: RouteTable<usize>,
     tx: Ring<TxMeta>,
     rx: Ring<RxMeta>,
@@ -235,7 +186,7 @@ impl Peers {
             limiter: new_limiter(&public, &config),
             // Every grown transmit buffer holds a handshake initiation (what boringtun writes
             // instead of data without a session).
-            tx: Ring::with_floor(config.max_transmits, HANDSHAKE_INIT_LEN),
+            tx: Ring::with_floor(config.max_transmits, wire::INITIATION_LEN),
             rx: Ring::new(config.max_received),
             events: VecDeque::new(),
             scratch: [0; 256],
@@ -245,7 +196,7 @@ impl Peers {
             public,
             slots: Vec::new(),
             by_key: BTreeMap::new(),
-            by_index: IndexMap::default(),
+            by_index: table::ReceiverIndices::default(),
             routes: RouteTable::default(),
             drops: DropCounts::default(),
             events_dropped: 0,
@@ -403,20 +354,20 @@ impl Peers {
         datagram: &[u8],
         now: Instant,
     ) -> Result<(), PacketError> {
-        let len = datagram.len();
-        // Data messages first: the per-packet path (it canonicalizes `from` only if needed).
-        if len >= DATA_OVERHEAD
-            && len <= self.config.max_datagram_size
-            && let Some(header) = datagram.first_chunk::<8>()
-            && header[..4] == [DATA, 0, 0, 0]
-        {
-            let receiver = le_u32(&header[4..]);
-            let Some(slot) = self.by_index.get(receiver >> 8) else {
-                return Err(self.unknown_index(crate::canonical(from), len));
-            };
-            return self.decapsulate_data(slot, &from, datagram, now);
+        if datagram.len() > self.config.max_datagram_size {
+            return Err(self.drop_global(DropReason::TooBig));
         }
-        self.handle_control(crate::canonical(from), datagram, now)
+        match Message::parse(datagram) {
+            // The per-packet path (it canonicalizes `from` only if needed).
+            Some(Message::Data { receiver }) => {
+                let Some(slot) = self.by_index.get(Message::peer_index(receiver)) else {
+                    return Err(self.unknown_index(crate::canonical(from), datagram.len()));
+                };
+                self.decapsulate_data(slot, &from, datagram, now)
+            }
+            Some(message) => self.handle_control(crate::canonical(from), message, now),
+            None => Err(self.drop_global(DropReason::Malformed)),
+        }
     }
 
     /// An IP packet from the network stack: routed by destination (longest prefix) and sent to
@@ -431,7 +382,7 @@ impl Peers {
                 let dst = [h[16], h[17], h[18], h[19]];
                 self.routes.route_v4(dst, Lookup::Destination)
             }
-            _ => match dst_address_v6(packet) {
+            _ => match wire::ipv6_destination(packet) {
                 Some(dst) => self.routes.route(dst, Lookup::Destination),
                 None => return Err(self.drop_global(DropReason::Malformed)),
             },
@@ -448,7 +399,7 @@ impl Peers {
         }
         // Without a session boringtun queues the packet and writes an initiation instead: the
         // ring's floor makes room for that.
-        let Some(buf) = self.tx.free_slot(packet.len() + DATA_OVERHEAD) else {
+        let Some(buf) = self.tx.free_slot(packet.len() + wire::DATA_OVERHEAD) else {
             peer.drops.add(DropReason::QueueFull);
             return Err(self.drop_global(DropReason::QueueFull));
         };
@@ -457,9 +408,7 @@ impl Peers {
         match peer.tunn.encapsulate(packet, buf) {
             TunnResult::WriteToNetwork(out) => {
                 let len = out.len();
-                // Only an initiation is this long and starts with a 1 (a data message of a
-                // 116-byte packet is as long): one comparison on the per-packet path.
-                let initiation = len == HANDSHAKE_INIT_LEN && out.first() == Some(&HANDSHAKE_INIT);
+                let initiation = wire::is_initiation(out);
                 // Read here rather than kept across the call: one copy of the address, not two.
                 let Some(destination) = peer.endpoint else {
                     peer.drops.add(DropReason::NoEndpoint);
@@ -474,7 +423,7 @@ impl Peers {
                 }
                 Ok(())
             }
-            TunnResult::Err(e) => Err(self.drop_peer(slot, reason_of(&e))),
+            TunnResult::Err(e) => Err(self.drop_peer(slot, DropReason::of(&e))),
             _ => Ok(()),
         }
     }
@@ -647,32 +596,6 @@ mod tests {
         assert_send::<Peers>();
         assert_send::<PeerConfig>();
         assert_send::<Event>();
-    }
-
-    #[test]
-    fn boringtun_errors_map_to_reasons() {
-        assert_eq!(
-            reason_of(&WireGuardError::InvalidAeadTag),
-            DropReason::BadAuth
-        );
-        assert_eq!(
-            reason_of(&WireGuardError::DuplicateCounter),
-            DropReason::Replay
-        );
-        assert_eq!(
-            reason_of(&WireGuardError::NoCurrentSession),
-            DropReason::UnknownIndex
-        );
-        assert_eq!(
-            reason_of(&WireGuardError::InvalidPacket),
-            DropReason::Malformed
-        );
-        assert_eq!(reason_of(&WireGuardError::UnderLoad), DropReason::UnderLoad);
-        assert_eq!(
-            reason_of(&WireGuardError::ConnectionExpired),
-            DropReason::Expired
-        );
-        assert_eq!(reason_of(&WireGuardError::LockFailed), DropReason::Other);
     }
 
     #[test]

@@ -4,6 +4,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
+use boringtun::noise::errors::WireGuardError;
+
 use crate::{IpNet, PublicKey};
 
 /// Why a datagram or an IP packet was dropped. Every drop is counted under one reason.
@@ -21,7 +23,8 @@ pub enum DropReason {
     UnknownPeer,
     /// Failed authentication: wrong MAC, AEAD tag, key or timestamp.
     BadAuth,
-    /// A replayed or too old data message (counter check).
+    /// A replayed or too old data message (counter check), or a handshake initiation not
+    /// newer than the last one accepted from its peer (a replay).
     Replay,
     /// A handshake initiation refused under load (a cookie reply was sent instead).
     UnderLoad,
@@ -40,6 +43,27 @@ pub enum DropReason {
 }
 
 impl DropReason {
+    /// The reason for an error boringtun reported.
+    pub(crate) fn of(e: &WireGuardError) -> DropReason {
+        match e {
+            WireGuardError::InvalidMac
+            | WireGuardError::InvalidAeadTag
+            | WireGuardError::WrongKey
+            | WireGuardError::InvalidTai64nTimestamp
+            | WireGuardError::WrongTai64nTimestamp => DropReason::BadAuth,
+            WireGuardError::InvalidCounter | WireGuardError::DuplicateCounter => DropReason::Replay,
+            WireGuardError::WrongIndex
+            | WireGuardError::NoCurrentSession
+            | WireGuardError::UnexpectedPacket => DropReason::UnknownIndex,
+            WireGuardError::IncorrectPacketLength
+            | WireGuardError::WrongPacketType
+            | WireGuardError::InvalidPacket => DropReason::Malformed,
+            WireGuardError::UnderLoad => DropReason::UnderLoad,
+            WireGuardError::ConnectionExpired => DropReason::Expired,
+            _ => DropReason::Other,
+        }
+    }
+
     /// Every reason, in counter order.
     pub const ALL: [DropReason; 13] = [
         DropReason::TooBig,
@@ -210,4 +234,41 @@ pub struct Stats {
     pub drops: DropCounts,
     /// Events discarded because the event queue was full.
     pub events_dropped: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boringtun_errors_map_to_reasons() {
+        assert_eq!(
+            DropReason::of(&WireGuardError::InvalidAeadTag),
+            DropReason::BadAuth
+        );
+        assert_eq!(
+            DropReason::of(&WireGuardError::DuplicateCounter),
+            DropReason::Replay
+        );
+        assert_eq!(
+            DropReason::of(&WireGuardError::NoCurrentSession),
+            DropReason::UnknownIndex
+        );
+        assert_eq!(
+            DropReason::of(&WireGuardError::InvalidPacket),
+            DropReason::Malformed
+        );
+        assert_eq!(
+            DropReason::of(&WireGuardError::UnderLoad),
+            DropReason::UnderLoad
+        );
+        assert_eq!(
+            DropReason::of(&WireGuardError::ConnectionExpired),
+            DropReason::Expired
+        );
+        assert_eq!(
+            DropReason::of(&WireGuardError::LockFailed),
+            DropReason::Other
+        );
+    }
 }

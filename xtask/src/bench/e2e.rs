@@ -108,11 +108,22 @@ pub(crate) fn run(options: &Options) -> Result<()> {
         .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
         .unwrap_or_default();
     report.notes.push(format!(
-        "agent binary {} (work tree at commit {commit}); steps of {:?}, large file {} MiB",
-        binary.display(),
-        options.step,
-        options.large_bytes >> 20
+        "agent binary {} (work tree at commit {commit})",
+        binary.display()
     ));
+    if options.main_rows() {
+        report.notes.push(format!(
+            "clean rows: steps of {:?}, large file {} MiB",
+            options.step,
+            options.large_bytes >> 20
+        ));
+    }
+    if options.lossy_rows() {
+        report.notes.push(format!(
+            "lossy rows: each transfer bounded at {:?}",
+            options.lossy_limit
+        ));
+    }
     report.notes.push(format!(
         "gateways (and the reference's own wireguard-go): {}",
         gateway.describe()

@@ -39,10 +39,11 @@ pub enum ConfigError {
         /// What is wrong, with the offending value when it is not a secret.
         message: String,
     },
-    /// A key file can be read by group or others.
+    /// A key file can be read by others, or written by group or others (group-readable is
+    /// fine).
     #[error(
-        "{path}: {field}: key file {file} is {access} by group or others (mode {mode:03o}); run `chmod 600 {file}`",
-        path = path.display(), file = file.display(), access = if mode & 0o044 != 0 { "readable" } else { "writable" }
+        "{path}: {field}: key file {file} is {access} (mode {mode:03o}); run `chmod 600 {file}` (or 640 to share it with a group)",
+        path = path.display(), file = file.display(), access = if mode & 0o004 != 0 { "readable by others" } else { "writable by group or others" }
     )]
     KeyFilePermissions {
         /// The config file.
@@ -53,6 +54,23 @@ pub enum ConfigError {
         file: PathBuf,
         /// Its permission bits.
         mode: u32,
+    },
+    /// A key file belongs to a user other than the agent's user or root.
+    #[error(
+        "{path}: {field}: key file {file} is owned by uid {owner}, not by the agent's user (uid {user}) or root; run `chown {user} {file}`",
+        path = path.display(), file = file.display()
+    )]
+    KeyFileOwner {
+        /// The config file.
+        path: PathBuf,
+        /// The field naming the key file.
+        field: String,
+        /// The key file.
+        file: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// The agent's effective user.
+        user: u32,
     },
     /// A key file could not be read.
     #[error("{path}: {field}: cannot read key file {file}: {source}", path = path.display(), file = file.display())]

@@ -26,6 +26,7 @@ pub(crate) struct RawAgent {
     pub(crate) private_key: Option<String>,
     pub(crate) private_key_file: Option<String>,
     pub(crate) private_key_env: Option<String>,
+    pub(crate) private_key_credential: Option<String>,
     pub(crate) virtual_ip: String,
     pub(crate) subnet: String,
     #[serde(default)]
@@ -40,6 +41,7 @@ impl std::fmt::Debug for RawAgent {
             .field("private_key", &self.private_key.as_ref().map(|_| ".."))
             .field("private_key_file", &self.private_key_file)
             .field("private_key_env", &self.private_key_env)
+            .field("private_key_credential", &self.private_key_credential)
             .field("virtual_ip", &self.virtual_ip)
             .field("subnet", &self.subnet)
             .finish_non_exhaustive()

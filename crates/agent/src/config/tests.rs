@@ -1,6 +1,6 @@
 //! Unit tests of config parsing and validation: every rule of `check`, with the message it gives.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::*;
 use wg_core::PrivateKey;
@@ -216,10 +216,10 @@ fn key_file_relative_permissions_and_content() {
     let c = Config::load(&config_path).unwrap();
     assert!(c.agent.private_key == private);
 
-    let key_path = dir.write("agent.key", private.to_base64_secret().as_str(), 0o640);
+    let key_path = dir.write("agent.key", private.to_base64_secret().as_str(), 0o644);
     let e = Config::load(&config_path).unwrap_err();
     assert!(
-        matches!(e, ConfigError::KeyFilePermissions { mode: 0o640, .. }),
+        matches!(e, ConfigError::KeyFilePermissions { mode: 0o644, .. }),
         "{e:?}"
     );
     let e = e.to_string();
@@ -235,7 +235,7 @@ fn key_file_relative_permissions_and_content() {
     dir.write("agent.key", private.to_base64_secret().as_str(), 0o604);
     let e = Config::load(&config_path).unwrap_err().to_string();
     assert!(
-        e.contains("is readable by group or others (mode 604)") && e.contains("chmod 600"),
+        e.contains("is readable by others (mode 604)") && e.contains("chmod 600"),
         "{e}"
     );
     dir.write("agent.key", private.to_base64_secret().as_str(), 0o620);
@@ -799,4 +799,88 @@ fn ipv4_mtu_below_what_the_stack_takes_is_refused() {
         assert!(e.contains("agent.mtu") && e.contains("1280"), "{e}");
     }
     assert!(parse(&(agent_section(&k) + "mtu = 1280\n")).is_ok());
+}
+
+fn key_file_config(dir: &TempDir, key_mode: u32) -> (PathBuf, PrivateKey) {
+    let private = PrivateKey::generate();
+    let key_path = dir.write(
+        "agent.key",
+        &format!("{}\n", private.to_base64_secret().as_str()),
+        key_mode,
+    );
+    let text = "[agent]\nprivate_key_file = \"agent.key\"\nvirtual_ip = \"10.1.0.100\"\nsubnet = \"10.1.0.0/24\"\n";
+    dir.write("agent.toml", text, 0o600);
+    (key_path, private)
+}
+
+#[test]
+fn key_files_may_be_group_readable() {
+    // Kubernetes secret volumes with fsGroup are 0440.
+    for mode in [0o440, 0o640, 0o600, 0o400] {
+        let dir = TempDir::new();
+        let (key_path, private) = key_file_config(&dir, mode);
+        let c = Config::load(key_path.with_file_name("agent.toml"))
+            .unwrap_or_else(|e| panic!("mode {mode:o} refused: {e}"));
+        assert!(c.agent.private_key == private);
+    }
+    for (mode, says) in [
+        (0o604, "readable by others"),
+        (0o644, "readable by others"),
+        (0o620, "writable by group or others"),
+        (0o602, "writable by group or others"),
+    ] {
+        let dir = TempDir::new();
+        let (key_path, _) = key_file_config(&dir, mode);
+        let e = Config::load(key_path.with_file_name("agent.toml"))
+            .expect_err("refused")
+            .to_string();
+        assert!(e.contains(says) && e.contains("chmod 600"), "{mode:o}: {e}");
+    }
+}
+
+#[test]
+fn key_file_owned_by_another_user_is_refused() {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = TempDir::new();
+    let (key_path, _) = key_file_config(&dir, 0o600);
+    let me = std::fs::metadata(&key_path).unwrap().uid();
+    // Only root can give a file away; elsewhere there is nothing to check.
+    if me != 0 {
+        eprintln!("skipped: giving a file to another user needs root");
+        return;
+    }
+    std::os::unix::fs::chown(&key_path, Some(4242), None).unwrap();
+    let e = Config::load(key_path.with_file_name("agent.toml"))
+        .expect_err("a key file of another user must be refused")
+        .to_string();
+    assert!(
+        e.contains("agent.private_key_file") && e.contains("owned by uid 4242"),
+        "{e}"
+    );
+}
+
+#[test]
+fn private_key_credential_reads_the_credentials_directory() {
+    let dir = TempDir::new();
+    let private = PrivateKey::generate();
+    let cred = dir.write("wg-key", private.to_base64_secret().as_str(), 0o400);
+    let creds = cred.parent().unwrap().to_string_lossy().into_owned();
+    let text = "[agent]\nprivate_key_credential = \"wg-key\"\nvirtual_ip = \"10.1.0.100\"\nsubnet = \"10.1.0.0/24\"\n";
+    let env = |var: &str| (var == "CREDENTIALS_DIRECTORY").then(|| creds.clone());
+    let c = Config::from_toml_with_env(text, Path::new("agent.toml"), &env).unwrap();
+    assert!(c.agent.private_key == private);
+    // Outside systemd there is no credentials directory: the field is named.
+    let e = Config::from_toml_with_env(text, Path::new("agent.toml"), &no_env)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("agent.private_key_credential") && e.contains("CREDENTIALS_DIRECTORY"),
+        "{e}"
+    );
+    // A name is a file name in that directory, nothing else.
+    let bad = text.replace("\"wg-key\"", "\"../wg-key\"");
+    let e = Config::from_toml_with_env(&bad, Path::new("agent.toml"), &env)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("agent.private_key_credential"), "{e}");
 }

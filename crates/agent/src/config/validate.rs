@@ -20,6 +20,8 @@ use super::{
 /// Smallest and largest accepted `mtu`: the userspace stack needs 1280 (the IPv6 minimum)
 /// whatever the family of the virtual IP.
 const MTU_RANGE: std::ops::RangeInclusive<u16> = 1280..=65455;
+/// Permission bits a key file must not have: read or write by others, write by the group.
+const KEY_FILE_FORBIDDEN: u32 = 0o026;
 /// Longest accepted `[proxy]` duration: far from any `Instant + Duration` overflow.
 const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Accepted `max_header_bytes` (hyper needs at least 8 KiB of buffer).
@@ -310,6 +312,10 @@ impl Validator<'_> {
             ("private_key", raw.private_key.is_some()),
             ("private_key_file", raw.private_key_file.is_some()),
             ("private_key_env", raw.private_key_env.is_some()),
+            (
+                "private_key_credential",
+                raw.private_key_credential.is_some(),
+            ),
         ];
         let set: Vec<&str> = sources
             .iter()
@@ -324,7 +330,7 @@ impl Validator<'_> {
             };
             return Err(self.invalid(
                 "agent",
-                format!("set exactly one of private_key, private_key_file or private_key_env (found: {found})"),
+                format!("set exactly one of private_key, private_key_file, private_key_env or private_key_credential (found: {found})"),
             ));
         }
         if let Some(inline) = &raw.private_key {
@@ -338,7 +344,10 @@ impl Validator<'_> {
             return PrivateKey::from_base64(&text)
                 .map_err(|r| self.bad_secret("agent.private_key_file", origin, r));
         }
-        // Exactly one source is set (checked above) and it is neither of the first two.
+        if let Some(name) = &raw.private_key_credential {
+            return self.credential("agent.private_key_credential", name);
+        }
+        // Exactly one source is set (checked above) and it is none of the others.
         let var = raw.private_key_env.as_deref().unwrap_or_default();
         if var.is_empty() || var.contains('=') || var.contains('\0') {
             return Err(self.invalid(
@@ -358,6 +367,30 @@ impl Validator<'_> {
                 r,
             )
         })
+    }
+
+    /// `private_key_credential = "NAME"`: `$CREDENTIALS_DIRECTORY/NAME`, as systemd's
+    /// `LoadCredential=NAME:/path` provides it (under the same file rule as a key file).
+    fn credential(&self, field: &str, name: &str) -> Result<PrivateKey, ConfigError> {
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            return Err(self.invalid(
+                field,
+                format!("`{name}` is not a credential name (a file name without `/`)"),
+            ));
+        }
+        let Some(dir) = (self.env)("CREDENTIALS_DIRECTORY").filter(|d| !d.is_empty()) else {
+            return Err(self.invalid(
+                field,
+                format!(
+                    "CREDENTIALS_DIRECTORY is not set: run the agent as a systemd service with \
+                     `LoadCredential={name}:/path/to/key` (or use private_key_file)"
+                ),
+            ));
+        };
+        let file = Path::new(&dir).join(name);
+        let text = self.read_secret_file(field, file.clone())?;
+        PrivateKey::from_base64(&text)
+            .map_err(|r| self.bad_secret(field, format!("the credential {}", file.display()), r))
     }
 
     fn warn_if_config_readable(&mut self) {
@@ -384,20 +417,49 @@ impl Validator<'_> {
         base_dir(self.path).join(file)
     }
 
-    /// Reads a key file after checking that only its owner can read it.
+    /// Reads a key file named in the config (relative to its folder).
     fn read_key_file(&self, field: &str, file: &str) -> Result<Zeroizing<String>, ConfigError> {
         if file.is_empty() {
             return Err(self.invalid(field, "the key file name is empty"));
         }
-        let resolved = self.resolve(file);
+        self.read_secret_file(field, self.resolve(file))
+    }
+
+    /// Opens a key file once, checks the opened handle (no window between check and read)
+    /// and reads it. The rule: the owner is the agent's user or root; others can neither read
+    /// nor write it, the group cannot write it (group-readable is fine: Kubernetes secret
+    /// volumes with `fsGroup` are 0440).
+    fn read_secret_file(
+        &self,
+        field: &str,
+        resolved: PathBuf,
+    ) -> Result<Zeroizing<String>, ConfigError> {
+        use std::io::Read as _;
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
         let read_error = |source| ConfigError::KeyFileRead {
             path: self.path.to_owned(),
             field: field.into(),
             file: resolved.clone(),
             source,
         };
-        let mode = file_mode(&resolved).map_err(read_error)?;
-        if mode & 0o077 != 0 {
+        let mut handle = std::fs::File::open(&resolved).map_err(read_error)?;
+        let meta = handle.metadata().map_err(read_error)?;
+        if !meta.is_file() {
+            return Err(read_error(std::io::Error::other("not a regular file")));
+        }
+        let owner = meta.uid();
+        let me = nix::unistd::geteuid().as_raw();
+        if owner != me && owner != 0 {
+            return Err(ConfigError::KeyFileOwner {
+                path: self.path.to_owned(),
+                field: field.into(),
+                file: resolved,
+                owner,
+                user: me,
+            });
+        }
+        let mode = meta.permissions().mode();
+        if mode & KEY_FILE_FORBIDDEN != 0 {
             return Err(ConfigError::KeyFilePermissions {
                 path: self.path.to_owned(),
                 field: field.into(),
@@ -405,9 +467,14 @@ impl Validator<'_> {
                 mode: mode & 0o777,
             });
         }
-        std::fs::read_to_string(&resolved)
-            .map(Zeroizing::new)
-            .map_err(read_error)
+        // A key is 44 characters: a bounded read refuses a wrong file of any size.
+        let mut text = Zeroizing::new(String::new());
+        handle
+            .by_ref()
+            .take(4096)
+            .read_to_string(&mut text)
+            .map_err(read_error)?;
+        Ok(text)
     }
 
     fn gateway(

@@ -48,63 +48,77 @@ pub struct PacketCounters {
 
 /// The UDP socket (one dual-stack socket where the host has IPv6, else IPv4), replaceable
 /// after persistent errors.
+///
+/// No task keeps a socket across a wait: each takes [`current`](Self::current) per batch, so
+/// a replaced socket closes as soon as the send in flight on it ends.
 pub(crate) struct Sockets {
-    current: RwLock<Arc<UdpDriver>>,
+    /// `None` only while a socket on a fixed port is being re-created.
+    current: RwLock<Option<Arc<UdpDriver>>>,
     port: u16,
+    /// Whether the socket reaches IPv6 (kept while re-creating).
+    v6: std::sync::atomic::AtomicBool,
 }
 
 impl Sockets {
     pub(crate) fn bind(port: u16) -> io::Result<Self> {
         let driver = bind_udp(port)?;
+        let v6 = driver.local_addr().is_ok_and(|a| a.is_ipv6());
         Ok(Self {
-            current: RwLock::new(Arc::new(driver)),
+            current: RwLock::new(Some(Arc::new(driver))),
             port,
+            v6: std::sync::atomic::AtomicBool::new(v6),
         })
     }
 
-    pub(crate) fn current(&self) -> Arc<UdpDriver> {
-        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+    /// The socket, `None` while one on a fixed port is re-created (datagrams to send are then
+    /// dropped and counted).
+    pub(crate) fn current(&self) -> Option<Arc<UdpDriver>> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set(&self, driver: Option<UdpDriver>) {
+        if let Some(d) = &driver {
+            self.v6
+                .store(d.local_addr().is_ok_and(|a| a.is_ipv6()), Relaxed);
+        }
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = driver.map(Arc::new);
     }
 
     pub(crate) fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.current().local_addr().into_iter().collect()
+        self.current()
+            .and_then(|d| d.local_addr().ok())
+            .into_iter()
+            .collect()
     }
 
     /// Whether the socket can reach IPv6 destinations.
     pub(crate) fn has_ipv6(&self) -> bool {
-        self.current().local_addr().is_ok_and(|a| a.is_ipv6())
+        self.v6.load(Relaxed)
     }
 
-    /// Replaces the socket; the old one is dropped when its last user lets go. With a fixed
-    /// port the new bind is retried while the old socket still holds the port.
+    /// Replaces the socket. On any port the new one is bound first, then swapped in. On a
+    /// fixed port the old one must close first: it is taken out (sends meanwhile are dropped
+    /// and counted) and the port bound again as soon as the last send in flight lets go; no
+    /// socket on another port ever stands in.
     async fn recreate(&self) -> io::Result<()> {
-        let old_port = self
-            .current()
-            .local_addr()
-            .map(|a| a.port())
-            .unwrap_or(self.port);
-        let want = if self.port == 0 { 0 } else { old_port };
+        if self.port == 0 {
+            self.set(Some(bind_udp(0)?));
+            return Ok(());
+        }
+        self.set(None);
         let mut last = None;
-        for attempt in 0..20u32 {
-            let fresh = if want == 0 {
-                bind_udp(0)
-            } else {
-                bind_udp(want)
-            };
-            match fresh {
+        for _ in 0..50u32 {
+            match bind_udp(self.port) {
                 Ok(driver) => {
-                    *self.current.write().unwrap_or_else(PoisonError::into_inner) =
-                        Arc::new(driver);
+                    self.set(Some(driver));
                     return Ok(());
                 }
                 Err(e) => {
                     last = Some(e);
-                    if want != 0 && attempt == 0 {
-                        // Let go of the old socket so its port frees up.
-                        let placeholder = Arc::new(bind_udp(0)?);
-                        *self.current.write().unwrap_or_else(PoisonError::into_inner) = placeholder;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
         }
@@ -205,6 +219,8 @@ struct Outputs {
     tx: SendBatch,
     v6_socket: bool,
     to_stack: ToStack,
+    /// Events taken under the lock with their gateway's id, logged after it.
+    events: Vec<(Event, String)>,
 }
 
 impl Outputs {
@@ -213,6 +229,7 @@ impl Outputs {
             tx: SendBatch::with_limits(driver.max_gso_segments(), SEND_BATCH),
             v6_socket: driver.local_addr().is_ok_and(|a| a.is_ipv6()),
             to_stack: ToStack::new(),
+            events: Vec::new(),
         }
     }
 
@@ -227,11 +244,20 @@ impl Outputs {
         while let Some(received) = t.peers.poll_received() {
             self.to_stack.push(received.packet);
         }
-        log_events(t);
+        take_events(t, &mut self.events);
         inner.timer.maybe_wake(t.peers.poll_timeout());
     }
 
+    /// Logs the events taken by [`drain`](Self::drain); called with the lock released, by
+    /// [`send`](Self::send).
+    fn log_events(&mut self) {
+        for (event, id) in self.events.drain(..) {
+            log_event(event, &id);
+        }
+    }
+
     async fn send(&mut self, inner: &Inner, driver: &UdpDriver) {
+        self.log_events();
         if !self.tx.is_empty() {
             if let Err(e) = driver.send(&mut self.tx).await {
                 inner.counters.udp_send_errors.fetch_add(1, Relaxed);
@@ -242,51 +268,68 @@ impl Outputs {
     }
 }
 
-/// Logs each tunnel state change once, by gateway id.
-fn log_events(t: &mut Device) {
+/// Takes the engine's events with their gateway's id (under the lock; logged after it).
+/// Failing handshakes also ask the upkeep to re-resolve the gateway's name.
+fn take_events(t: &mut Device, out: &mut Vec<(Event, String)>) {
     while let Some(event) = t.peers.poll_event() {
-        match event {
-            Event::HandshakeCompleted { peer, rekey: false } => {
-                tracing::info!(
-                    gateway = t.gateway_id(&peer),
-                    "handshake completed: tunnel up"
-                );
-            }
-            Event::HandshakeCompleted { peer, rekey: true } => {
-                tracing::debug!(gateway = t.gateway_id(&peer), "session re-keyed");
-            }
-            Event::HandshakeFailing { peer, retry_in } => {
-                tracing::info!(
-                    gateway = t.gateway_id(&peer),
-                    retry_in_s = retry_in.as_secs(),
-                    "handshakes failing: retrying with backoff"
-                );
-                if let Some(g) = t.gateways.get_mut(&peer) {
-                    g.upkeep.resolve_soon = true;
-                }
-            }
-            Event::SessionExpired { peer } => {
-                tracing::info!(
-                    gateway = t.gateway_id(&peer),
-                    "session expired (no handshake for 180 s)"
-                );
-            }
-            Event::EndpointChanged { peer, old, new } => {
-                tracing::info!(
-                    gateway = t.gateway_id(&peer),
-                    old = ?old,
-                    new = %new,
-                    "gateway endpoint changed (roaming)"
-                );
-            }
-            other => tracing::debug!(event = ?other, "tunnel event"),
+        let peer = match &event {
+            Event::HandshakeCompleted { peer, .. }
+            | Event::HandshakeFailing { peer, .. }
+            | Event::SessionExpired { peer }
+            | Event::EndpointChanged { peer, .. } => Some(*peer),
+            _ => None,
+        };
+        if let (Event::HandshakeFailing { .. }, Some(peer)) = (&event, peer)
+            && let Some(g) = t.gateways.get_mut(&peer)
+        {
+            g.upkeep.resolve_soon = true;
         }
+        let id = peer.map_or_else(String::new, |p| t.gateway_id(&p).to_owned());
+        // Bounded: a burst beyond this is not worth a line each.
+        if out.len() < 256 {
+            out.push((event, id));
+        }
+    }
+}
+
+/// Logs one tunnel state change, by gateway id.
+fn log_event(event: Event, gateway: &str) {
+    match event {
+        Event::HandshakeCompleted { rekey: false, .. } => {
+            tracing::info!(gateway, "handshake completed: tunnel up");
+        }
+        Event::HandshakeCompleted { rekey: true, .. } => {
+            tracing::debug!(gateway, "session re-keyed");
+        }
+        Event::HandshakeFailing { retry_in, .. } => {
+            tracing::info!(
+                gateway,
+                retry_in_s = retry_in.as_secs(),
+                "handshakes failing: retrying with backoff"
+            );
+        }
+        Event::SessionExpired { .. } => {
+            tracing::info!(gateway, "session expired (no handshake for 180 s)");
+        }
+        Event::EndpointChanged { old, new, .. } => {
+            tracing::info!(
+                gateway,
+                old = ?old,
+                new = %new,
+                "gateway endpoint changed (roaming)"
+            );
+        }
+        other => tracing::debug!(event = ?other, "tunnel event"),
     }
 }
 
 /// Drains the engine's outputs and sends them now (after a configuration change).
 pub(crate) async fn flush(inner: &Inner) {
-    let driver = inner.sockets.current();
+    let Some(driver) = inner.sockets.current() else {
+        // The socket is being re-created: the engine keeps its outputs for the next wake.
+        inner.timer.notify.notify_one();
+        return;
+    };
     let mut out = Outputs::new(&driver);
     {
         let mut t = inner.lock();
@@ -305,9 +348,25 @@ pub(crate) async fn receive_task(inner: Arc<Inner>) {
     let mut shutdown = inner.shutdown.subscribe();
     let mut batch = RecvBatch::new();
     let mut errors = 0u32;
-    let mut driver = inner.sockets.current();
-    let mut out = Outputs::new(&driver);
+    let mut out: Option<(std::sync::Weak<UdpDriver>, Outputs)> = None;
     loop {
+        let Some(driver) = inner.sockets.current() else {
+            // A re-creation on the fixed port failed: try again in a moment.
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = closed(&mut shutdown) => return,
+            }
+            recreate(&inner).await;
+            continue;
+        };
+        let outputs = match &mut out {
+            Some((weak, o)) if std::ptr::eq(weak.as_ptr(), Arc::as_ptr(&driver)) => o,
+            slot => {
+                &mut slot
+                    .insert((Arc::downgrade(&driver), Outputs::new(&driver)))
+                    .1
+            }
+        };
         let received = tokio::select! {
             r = driver.recv(&mut batch) => r,
             () = closed(&mut shutdown) => return,
@@ -318,19 +377,8 @@ pub(crate) async fn receive_task(inner: Arc<Inner>) {
             tracing::debug!(error = %e, errors, "udp receive failed");
             if errors >= RECREATE_AFTER_ERRORS {
                 drop(driver);
-                match inner.sockets.recreate().await {
-                    Ok(()) => {
-                        inner.counters.udp_socket_recreated.fetch_add(1, Relaxed);
-                        tracing::info!(local = ?inner.sockets.local_addrs(), "udp socket re-created after errors");
-                        force_all(&inner);
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot re-create the udp socket; retrying")
-                    }
-                }
+                recreate(&inner).await;
                 errors = 0;
-                driver = inner.sockets.current();
-                out = Outputs::new(&driver);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
@@ -346,17 +394,24 @@ pub(crate) async fn receive_task(inner: Arc<Inner>) {
                 n += 1;
                 // Dropped datagrams are counted by the engine; nothing to do here.
                 let _ = t.peers.handle_datagram(from_socket(from), datagram, now);
-                out.drain(&mut t, &inner);
+                outputs.drain(&mut t, &inner);
             }
             inner.counters.rx_datagrams.fetch_add(n, Relaxed);
         }
-        out.send(&inner, &driver).await;
-        out.to_stack.deliver(&inner);
-        // Pick up a socket re-created by someone else.
-        if !Arc::ptr_eq(&driver, &inner.sockets.current()) {
-            driver = inner.sockets.current();
-            out = Outputs::new(&driver);
+        outputs.send(&inner, &driver).await;
+        outputs.to_stack.deliver(&inner);
+    }
+}
+
+/// Re-creates the socket after errors and re-handshakes every gateway from it.
+async fn recreate(inner: &Inner) {
+    match inner.sockets.recreate().await {
+        Ok(()) => {
+            inner.counters.udp_socket_recreated.fetch_add(1, Relaxed);
+            tracing::info!(local = ?inner.sockets.local_addrs(), "udp socket re-created after errors");
+            force_all(inner);
         }
+        Err(e) => tracing::warn!(error = %e, "cannot re-create the udp socket; retrying"),
     }
 }
 
@@ -373,8 +428,7 @@ fn force_all(inner: &Inner) {
 pub(crate) async fn send_task(inner: Arc<Inner>) {
     let mut shutdown = inner.shutdown.subscribe();
     let mut packets: Vec<Bytes> = Vec::with_capacity(OUT_BATCH);
-    let mut driver = inner.sockets.current();
-    let mut out = Outputs::new(&driver);
+    let mut out_slot: Option<(std::sync::Weak<UdpDriver>, Outputs)> = None;
     loop {
         // When told to stop, send what the stack still has queued (a last ACK or FIN) first.
         let stopping = tokio::select! {
@@ -384,10 +438,24 @@ pub(crate) async fn send_task(inner: Arc<Inner>) {
                 true
             }
         };
-        if !Arc::ptr_eq(&driver, &inner.sockets.current()) {
-            driver = inner.sockets.current();
-            out = Outputs::new(&driver);
-        }
+        // Taken per wake, never kept across the wait above: a replaced socket closes at once.
+        let Some(driver) = inner.sockets.current() else {
+            // The socket is being re-created: these packets are lost (TCP resends them).
+            inner.counters.udp_send_errors.fetch_add(1, Relaxed);
+            packets.clear();
+            if stopping {
+                return;
+            }
+            continue;
+        };
+        let out = match &mut out_slot {
+            Some((weak, o)) if std::ptr::eq(weak.as_ptr(), Arc::as_ptr(&driver)) => o,
+            slot => {
+                &mut slot
+                    .insert((Arc::downgrade(&driver), Outputs::new(&driver)))
+                    .1
+            }
+        };
         loop {
             let now = Instant::now();
             inner
@@ -426,7 +494,14 @@ pub(crate) async fn timer_task(inner: Arc<Inner>) {
             () = inner.timer.notify.notified() => continue,
             () = closed(&mut shutdown) => return,
         }
-        let driver = inner.sockets.current();
+        let Some(driver) = inner.sockets.current() else {
+            // The socket is being re-created: the timers run once it is back.
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(20)) => {}
+                () = closed(&mut shutdown) => return,
+            }
+            continue;
+        };
         let mut out = Outputs::new(&driver);
         {
             let mut t = inner.lock();
@@ -464,6 +539,50 @@ mod tests {
         assert!(wake.notify.notified().now_or_never_pending());
         wake.maybe_wake(Some(now + Duration::from_secs(1)));
         assert!(!wake.notify.notified().now_or_never_pending());
+    }
+
+    /// With a fixed `listen_port`, re-creating the socket must never put a socket on another
+    /// port in its place, not even for a moment.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn recreating_a_fixed_port_socket_never_places_another_port() {
+        let port = {
+            let probe = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+            probe.local_addr().expect("addr").port()
+        };
+        let sockets = Arc::new(Sockets::bind(port).expect("bind the fixed port"));
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let watcher = std::thread::spawn({
+            let (sockets, done) = (Arc::clone(&sockets), Arc::clone(&done));
+            move || {
+                let mut seen = std::collections::BTreeSet::new();
+                while !done.load(Relaxed) {
+                    for addr in sockets.local_addrs() {
+                        seen.insert(addr.port());
+                    }
+                    let _ = started_tx.send(());
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                seen
+            }
+        });
+        started_rx.recv().expect("the watcher runs");
+        sockets.recreate().await.expect("re-created");
+        done.store(true, Relaxed);
+        let seen = watcher.join().expect("watcher");
+        assert_eq!(
+            seen.into_iter().collect::<Vec<_>>(),
+            [port],
+            "ports seen during re-creation"
+        );
+        assert_eq!(
+            sockets
+                .local_addrs()
+                .iter()
+                .map(|a| a.port())
+                .collect::<Vec<_>>(),
+            [port]
+        );
     }
 
     trait NowOrNever {

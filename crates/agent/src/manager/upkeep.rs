@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 use tokio::time::MissedTickBehavior;
 
 use super::tasks::{self, Sockets};
-use super::{Device, Inner, endpoint_is_dns, gateway_stats};
-use super::{Endpoint, GatewayState, Host, LivenessProbe};
+use super::{
+    Device, Endpoint, GatewayState, Host, Inner, LivenessProbe, endpoint_is_dns, gateway_stats,
+};
 
 /// Silence after which a gateway is probed.
 pub(crate) const PROBE_AFTER: Duration = Duration::from_secs(25);
@@ -111,34 +112,45 @@ pub(crate) async fn run(inner: Arc<Inner>) {
             _ = tick.tick() => {}
             _ = shutdown.wait_for(|closed| *closed) => return,
         }
+        let mut changes = Vec::new();
         let jobs = {
             let mut t = inner.lock();
-            plan(&mut t, inner.probe_after, Instant::now())
+            plan(&mut t, inner.probe_after, Instant::now(), &mut changes)
         };
+        // Logged with the lock released.
+        for (state, id, endpoint) in changes {
+            match state {
+                GatewayState::Up => tracing::info!(gateway = %id, "gateway up"),
+                GatewayState::Stale => tracing::warn!(
+                    gateway = %id,
+                    endpoint = %endpoint,
+                    "gateway stale: no handshake for 180 s"
+                ),
+                GatewayState::Connecting => {
+                    tracing::info!(gateway = %id, "gateway not answering: reconnecting")
+                }
+            }
+        }
         for job in jobs {
             tokio::spawn(run_job(Arc::clone(&inner), job));
         }
     }
 }
 
-/// Looks at every gateway: logs state changes and decides which probes and look-ups to start.
-fn plan(t: &mut Device, probe_after: Duration, now: Instant) -> Vec<Job> {
+/// Looks at every gateway: notes state changes in `changes` (state, id, endpoint; the caller
+/// logs them after the lock) and decides which probes and look-ups to start.
+fn plan(
+    t: &mut Device,
+    probe_after: Duration,
+    now: Instant,
+    changes: &mut Vec<(GatewayState, String, String)>,
+) -> Vec<Job> {
     let mut jobs = Vec::new();
     let Device { peers, gateways } = t;
     for (key, g) in gateways.iter_mut() {
         let stats = gateway_stats(peers, g, now);
         if stats.state != g.reported {
-            match stats.state {
-                GatewayState::Up => tracing::info!(gateway = %g.spec.id, "gateway up"),
-                GatewayState::Stale => tracing::warn!(
-                    gateway = %g.spec.id,
-                    endpoint = %stats.endpoint,
-                    "gateway stale: no handshake for 180 s"
-                ),
-                GatewayState::Connecting => {
-                    tracing::info!(gateway = %g.spec.id, "gateway not answering: reconnecting")
-                }
-            }
+            changes.push((stats.state, g.spec.id.clone(), stats.endpoint.clone()));
             g.reported = stats.state;
         }
         let u = &mut g.upkeep;
@@ -194,29 +206,37 @@ async fn run_job(inner: Arc<Inner>, job: Job) {
                     return;
                 };
                 g.upkeep.probe_in_flight = false;
-                match answered {
-                    Ok(rtt) => {
-                        tracing::debug!(gateway = %id, rtt_ms = rtt.as_millis() as u64, "liveness probe answered");
-                        false
-                    }
-                    Err(e) => {
+                match &answered {
+                    Ok(_) => false,
+                    Err(_) => {
                         g.upkeep.probes_failed += 1;
-                        tracing::info!(
-                            gateway = %id,
-                            error = %e,
-                            "liveness probe unanswered: forcing a fresh handshake"
-                        );
                         peers.force_handshake(&key, Instant::now())
                     }
                 }
             };
+            match answered {
+                Ok(rtt) => {
+                    tracing::debug!(gateway = %id, rtt_ms = rtt.as_millis() as u64, "liveness probe answered");
+                }
+                Err(e) => tracing::info!(
+                    gateway = %id,
+                    error = %e,
+                    "liveness probe unanswered: forcing a fresh handshake"
+                ),
+            }
             if forced {
                 tasks::flush(&inner).await;
             }
         }
         Job::Resolve { key, id, endpoint } => {
             let addr = resolve(&endpoint, &inner.sockets).await;
-            let changed = {
+            // What to log, decided under the lock and logged after it.
+            enum Outcome {
+                Quiet,
+                FirstFailure,
+                Moved(Option<SocketAddr>, SocketAddr),
+            }
+            let outcome = {
                 let mut t = inner.lock();
                 let Device { peers, gateways } = &mut *t;
                 let Some(g) = gateways.get_mut(&key) else {
@@ -229,27 +249,39 @@ async fn run_job(inner: Arc<Inner>, job: Job) {
                 }
                 match addr {
                     None => {
-                        if !g.upkeep.dns_failing {
-                            tracing::warn!(gateway = %id, endpoint = %endpoint, "cannot resolve the gateway endpoint; retrying");
-                        }
+                        let first = !g.upkeep.dns_failing;
                         g.upkeep.dns_failing = true;
-                        false
+                        if first {
+                            Outcome::FirstFailure
+                        } else {
+                            Outcome::Quiet
+                        }
                     }
                     Some(addr) => {
                         g.upkeep.dns_failing = false;
                         if g.resolved == Some(addr) {
-                            false
+                            Outcome::Quiet
                         } else {
-                            tracing::info!(gateway = %id, endpoint = %endpoint, old = ?g.resolved, new = %addr, "endpoint re-resolved");
-                            let first = g.resolved.is_none();
+                            let old = g.resolved;
                             g.resolved = Some(addr);
                             peers.set_endpoint(&key, addr);
-                            if first || g.reported != GatewayState::Up {
+                            if old.is_none() || g.reported != GatewayState::Up {
                                 peers.force_handshake(&key, Instant::now());
                             }
-                            true
+                            Outcome::Moved(old, addr)
                         }
                     }
+                }
+            };
+            let changed = match outcome {
+                Outcome::Quiet => false,
+                Outcome::FirstFailure => {
+                    tracing::warn!(gateway = %id, endpoint = %endpoint, "cannot resolve the gateway endpoint; retrying");
+                    false
+                }
+                Outcome::Moved(old, new) => {
+                    tracing::info!(gateway = %id, endpoint = %endpoint, old = ?old, new = %new, "endpoint re-resolved");
+                    true
                 }
             };
             if changed {

@@ -11,32 +11,24 @@ impl Peers {
     pub(super) fn handle_control(
         &mut self,
         from: SocketAddr,
-        datagram: &[u8],
+        message: Message<'_>,
         now: Instant,
     ) -> Result<(), PacketError> {
-        let len = datagram.len();
-        if len > self.config.max_datagram_size {
-            return Err(self.drop_global(DropReason::TooBig));
-        }
-        if len < 4 || datagram[1..4] != [0, 0, 0] {
-            return Err(self.drop_global(DropReason::Malformed));
-        }
-        let receiver = match (datagram[0], len) {
-            (HANDSHAKE_INIT, HANDSHAKE_INIT_LEN) => {
-                return self.handle_initiation(from, datagram, now);
-            }
-            (HANDSHAKE_RESP, HANDSHAKE_RESP_LEN) => {
+        let receiver = match message {
+            Message::Initiation(msg) => return self.handle_initiation(from, msg, now),
+            Message::Response { receiver, .. } => {
                 // Responses count against the shared limiter too: reset it a second later.
                 self.schedule_limiter_reset(now);
-                le_u32(&datagram[8..12])
+                receiver
             }
-            (COOKIE_REPLY, COOKIE_REPLY_LEN) => le_u32(&datagram[4..8]),
-            _ => return Err(self.drop_global(DropReason::Malformed)),
+            Message::CookieReply { receiver, .. } => receiver,
+            // Data is the caller's per-packet path; never into the handshake buffer.
+            Message::Data { .. } => return Err(self.drop_global(DropReason::Other)),
         };
-        let Some(slot) = self.by_index.get(receiver >> 8) else {
-            return Err(self.unknown_index(from, len));
+        let Some(slot) = self.by_index.get(Message::peer_index(receiver)) else {
+            return Err(self.unknown_index(from, message.handshake_bytes().len()));
         };
-        self.decapsulate_handshake(slot, from, datagram, None, now)
+        self.decapsulate_handshake(slot, from, message, None, now)
     }
 
     #[cold]
@@ -45,23 +37,20 @@ impl Peers {
         self.drop_global(DropReason::UnknownIndex)
     }
 
-    pub(super) fn handle_initiation(
+    fn handle_initiation(
         &mut self,
         from: SocketAddr,
-        datagram: &[u8],
+        msg: &[u8; wire::INITIATION_LEN],
         now: Instant,
     ) -> Result<(), PacketError> {
         self.schedule_limiter_reset(now);
-        let mut cookie = [0u8; COOKIE_REPLY_LEN];
+        let mut cookie = [0u8; wire::COOKIE_REPLY_LEN];
         let opened = match self
             .limiter
-            .verify_packet(Some(from.ip()), datagram, &mut cookie)
+            .verify_packet(Some(from.ip()), msg, &mut cookie)
         {
             Ok(Packet::HandshakeInit(_)) => {
-                let opened = datagram
-                    .first_chunk::<{ initiation::LEN }>()
-                    .and_then(|msg| initiation::open(&self.secret, &self.public, msg));
-                match opened {
+                match initiation::open(&self.secret, &self.public, msg) {
                     Some(opened) => opened,
                     None => return Err(self.drop_global(DropReason::BadAuth)),
                 }
@@ -81,7 +70,7 @@ impl Peers {
                 tracing::trace!(%from, "under load: cookie reply sent");
                 return Err(self.drop_global(DropReason::UnderLoad));
             }
-            Err(TunnResult::Err(e)) => return Err(self.drop_global(reason_of(&e))),
+            Err(TunnResult::Err(e)) => return Err(self.drop_global(DropReason::of(&e))),
             Err(_) => return Err(self.drop_global(DropReason::Other)),
         };
         let key = PublicKey::from_bytes(opened.peer);
@@ -98,7 +87,8 @@ impl Peers {
             tracing::debug!(%from, peer = %key, "replayed handshake initiation dropped");
             return Err(self.drop_peer(slot, DropReason::Replay));
         }
-        self.decapsulate_handshake(slot, from, datagram, Some(opened.timestamp), now)
+        let message = Message::Initiation(msg);
+        self.decapsulate_handshake(slot, from, message, Some(opened.timestamp), now)
     }
 
     /// Runs boringtun on a data message (type 4, at least 32 bytes) already routed to `slot`,
@@ -191,13 +181,13 @@ impl Peers {
     #[cold]
     fn data_refused(&mut self, slot: usize, from: &SocketAddr, e: WireGuardError) -> PacketError {
         tracing::trace!(%from, error = ?e, "data message refused");
-        self.drop_peer(slot, reason_of(&e))
+        self.drop_peer(slot, DropReason::of(&e))
     }
 
     /// Brings an unticked tunnel's clock up to date before it handles a handshake message, so
     /// the session it creates is not born old; an expired one is re-created before answering
     /// an initiation (boringtun would keep it marked expired).
-    pub(super) fn refresh_tunnel(&mut self, slot: usize, kind: u8, now: Instant) {
+    fn refresh_tunnel(&mut self, slot: usize, initiation: bool, now: Instant) {
         let Some(peer) = self.slots[slot].as_ref() else {
             return;
         };
@@ -206,30 +196,31 @@ impl Peers {
         }
         if peer.lifecycle.state() == HandshakeState::Backoff {
             let endpoint = peer.endpoint;
-            let _ = self.emit(slot, HANDSHAKE_INIT_LEN, endpoint, now, |t, b| {
+            let _ = self.emit(slot, wire::INITIATION_LEN, endpoint, now, |t, b| {
                 t.update_timers(b)
             });
         }
         let expired = self.slots[slot]
             .as_ref()
             .is_some_and(|p| p.tunn.is_expired());
-        if kind == HANDSHAKE_INIT && expired {
+        if initiation && expired {
             self.reset_tunnel(slot);
         }
     }
 
     /// Handshake initiation (with its timestamp, already checked against the replay guard),
     /// response or cookie reply, already routed to `slot`.
-    pub(super) fn decapsulate_handshake(
+    fn decapsulate_handshake(
         &mut self,
         slot: usize,
         from: SocketAddr,
-        datagram: &[u8],
+        message: Message<'_>,
         timestamp: Option<initiation::Timestamp>,
         now: Instant,
     ) -> Result<(), PacketError> {
-        let kind = datagram[0];
-        self.refresh_tunnel(slot, kind, now);
+        let datagram = message.handshake_bytes();
+        let is_initiation = matches!(message, Message::Initiation(_));
+        self.refresh_tunnel(slot, is_initiation, now);
         let Some(peer) = self.slots[slot].as_mut() else {
             return Err(self.drop_global(DropReason::UnknownIndex));
         };
@@ -238,26 +229,26 @@ impl Peers {
             .decapsulate(Some(from.ip()), datagram, &mut self.scratch)
         {
             TunnResult::Done => {
-                if kind == COOKIE_REPLY {
+                if let Message::CookieReply { .. } = message {
                     self.on_cookie(slot, now);
                 }
                 Ok(())
             }
             TunnResult::WriteToNetwork(out) => {
                 let len = out.len();
-                let out_kind = out.first().copied().unwrap_or_default();
+                let out_kind = wire::message_type(out);
                 let meta = TxMeta {
                     destination: from,
                     len,
                 };
-                if out_kind == COOKIE_REPLY {
+                if out_kind == wire::COOKIE_REPLY {
                     // Under load: the message was not processed, a cookie goes back instead.
                     if !self.tx.push_copy(&self.scratch[..len], meta) {
                         self.drops.add(DropReason::QueueFull);
                     }
                     return Err(self.drop_peer(slot, DropReason::UnderLoad));
                 }
-                if kind == HANDSHAKE_INIT {
+                if is_initiation {
                     // Authentic and newer than any before, but not proof that the peer is
                     // at `from`: the endpoint moves only on data or on the response to our
                     // own initiation. The response goes to `from` all the same.
@@ -282,15 +273,15 @@ impl Peers {
                 Err(self.drop_peer(slot, DropReason::Other))
             }
             TunnResult::Err(e) => {
-                tracing::trace!(%from, kind, error = ?e, "handshake message refused");
-                Err(self.drop_peer(slot, reason_of(&e)))
+                tracing::trace!(%from, error = ?e, "handshake message refused");
+                Err(self.drop_peer(slot, DropReason::of(&e)))
             }
         }
     }
 
     /// Sends what boringtun queued while the handshake ran.
     pub(super) fn flush_queued(&mut self, slot: usize, now: Instant) {
-        let need = (self.config.max_packet_size + DATA_OVERHEAD).max(HANDSHAKE_INIT_LEN);
+        let need = (self.config.max_packet_size + wire::DATA_OVERHEAD).max(wire::INITIATION_LEN);
         loop {
             if self.tx.is_full() {
                 // Left in boringtun's queue; the next tick sends it.
@@ -334,7 +325,7 @@ impl Peers {
         match op(&mut peer.tunn, buf) {
             TunnResult::WriteToNetwork(out) => {
                 let len = out.len();
-                let kind = out.first().copied().unwrap_or_default();
+                let kind = wire::message_type(out);
                 let Some(destination) = destination else {
                     peer.drops.add(DropReason::NoEndpoint);
                     self.drops.add(DropReason::NoEndpoint);
@@ -343,7 +334,7 @@ impl Peers {
                 self.tx.commit(TxMeta { destination, len });
                 peer.tx_bytes += len as u64;
                 peer.last_traversal = Some(now);
-                if kind == HANDSHAKE_INIT && peer.lifecycle.initiation_sent(now) {
+                if kind == wire::INITIATION && peer.lifecycle.initiation_sent(now) {
                     self.ensure_fast_tick(now);
                 }
                 Ok(Some(kind))
@@ -416,26 +407,6 @@ impl Peers {
     }
 }
 
-pub(super) fn reason_of(e: &WireGuardError) -> DropReason {
-    match e {
-        WireGuardError::InvalidMac
-        | WireGuardError::InvalidAeadTag
-        | WireGuardError::WrongKey
-        | WireGuardError::InvalidTai64nTimestamp
-        | WireGuardError::WrongTai64nTimestamp => DropReason::BadAuth,
-        WireGuardError::InvalidCounter | WireGuardError::DuplicateCounter => DropReason::Replay,
-        WireGuardError::WrongIndex
-        | WireGuardError::NoCurrentSession
-        | WireGuardError::UnexpectedPacket => DropReason::UnknownIndex,
-        WireGuardError::IncorrectPacketLength
-        | WireGuardError::WrongPacketType
-        | WireGuardError::InvalidPacket => DropReason::Malformed,
-        WireGuardError::UnderLoad => DropReason::UnderLoad,
-        WireGuardError::ConnectionExpired => DropReason::Expired,
-        _ => DropReason::Other,
-    }
-}
-
 /// `endpoint == Some(canonical(*from))`, with IPv4 compared as two integers (the derived
 /// comparison is an out-of-line call on the per-packet path).
 #[inline(always)]
@@ -447,11 +418,4 @@ fn same_endpoint(endpoint: Option<SocketAddr>, from: &SocketAddr) -> bool {
         (Some(a), b) => a == crate::canonical(*b),
         (None, _) => false,
     }
-}
-
-#[inline]
-pub(super) fn le_u32(bytes: &[u8]) -> u32 {
-    let mut b = [0u8; 4];
-    b.copy_from_slice(&bytes[..4]);
-    u32::from_le_bytes(b)
 }

@@ -27,15 +27,3 @@ impl Peers {
         self.drop_global(DropReason::NoRoute)
     }
 }
-
-/// The destination of an IPv6 packet, as boringtun's `Tunn::dst_address` reads it.
-#[inline(never)]
-pub(super) fn dst_address_v6(packet: &[u8]) -> Option<IpAddr> {
-    match packet.first_chunk::<40>() {
-        Some(h) if h[0] & 0xf0 == 0x60 => {
-            let dst: [u8; 16] = h[24..40].try_into().ok()?;
-            Some(IpAddr::from(dst))
-        }
-        _ => None,
-    }
-}

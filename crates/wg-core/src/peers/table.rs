@@ -122,3 +122,40 @@ impl Peers {
         self.slots[slot].as_mut()
     }
 }
+
+/// Receiver index (24 bits) -> slot, sorted for a binary search: cheaper than hashing for the handful
+/// (or thousands) of peers an engine holds; changes only with the configuration.
+#[derive(Debug, Default)]
+pub(super) struct ReceiverIndices(Vec<(u32, usize)>);
+
+impl ReceiverIndices {
+    #[inline]
+    pub(super) fn get(&self, index: u32) -> Option<usize> {
+        match self.0.as_slice() {
+            // One peer (the usual agent): no search.
+            [(i, slot)] => (*i == index).then_some(*slot),
+            entries => entries
+                .binary_search_by_key(&index, |e| e.0)
+                .ok()
+                .and_then(|i| entries.get(i))
+                .map(|e| e.1),
+        }
+    }
+
+    pub(super) fn insert(&mut self, index: u32, slot: usize) {
+        match self.0.binary_search_by_key(&index, |e| e.0) {
+            Ok(i) => self.0[i].1 = slot,
+            Err(i) => self.0.insert(i, (index, slot)),
+        }
+    }
+
+    pub(super) fn remove(&mut self, index: &u32) {
+        if let Ok(i) = self.0.binary_search_by_key(index, |e| e.0) {
+            self.0.remove(i);
+        }
+    }
+
+    pub(super) fn contains_key(&self, index: u32) -> bool {
+        self.get(index).is_some()
+    }
+}

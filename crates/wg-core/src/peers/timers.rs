@@ -4,7 +4,7 @@ use super::*;
 
 impl Peers {
     pub(super) fn tick_boringtun(&mut self, now: Instant) {
-        let need = (self.config.max_packet_size + DATA_OVERHEAD).max(HANDSHAKE_INIT_LEN);
+        let need = (self.config.max_packet_size + wire::DATA_OVERHEAD).max(wire::INITIATION_LEN);
         for slot in 0..self.slots.len() {
             let Some(peer) = self.slots[slot].as_ref() else {
                 continue;
@@ -99,7 +99,7 @@ impl Peers {
         let Some(endpoint) = self.slots[slot].as_ref().and_then(|p| p.endpoint) else {
             return;
         };
-        let sent = self.emit(slot, HANDSHAKE_INIT_LEN, Some(endpoint), now, |t, b| {
+        let sent = self.emit(slot, wire::INITIATION_LEN, Some(endpoint), now, |t, b| {
             t.encapsulate(&[], b)
         });
         if !matches!(sent, Ok(Some(_)))
@@ -158,7 +158,7 @@ impl Peers {
         let Some(endpoint) = self.slots[slot].as_ref().and_then(|p| p.endpoint) else {
             return;
         };
-        let _ = self.emit(slot, HANDSHAKE_INIT_LEN, Some(endpoint), now, |t, b| {
+        let _ = self.emit(slot, wire::INITIATION_LEN, Some(endpoint), now, |t, b| {
             t.format_handshake_initiation(b, force)
         });
     }
