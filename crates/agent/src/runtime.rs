@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{AdminAddr, AdminServer, StatusSource};
 use crate::config::{Config, ConfigChanges, GatewayConfig, RouteConfig, RouteProtocol};
-use crate::manager::{GatewaySpec, Manager, ManagerConfig, PreparedGateways};
+use crate::manager::{GatewaySpec, Listener, Manager, ManagerConfig, PreparedGateways};
 use crate::metrics::{AgentCounters, MetricsWriter, write_agent_counters};
 use crate::snapshot::{AgentStatus, GatewayStatus, RouteStatus, StatusSnapshot};
 use crate::vip_stream::VipStream;
@@ -170,7 +170,7 @@ struct Route {
     config: RouteConfig,
     metrics: Arc<RouteMetrics>,
     /// Kept here, not only in the task, so a replaced route takes over the same listener.
-    listener: Arc<netstack::TcpListener>,
+    listener: Arc<Listener>,
     task: JoinHandle<()>,
 }
 
@@ -181,7 +181,7 @@ pub struct PreparedReload {
     changes: ConfigChanges,
     gateways: PreparedGateways,
     /// Listeners bound for ports no route serves yet.
-    listeners: BTreeMap<u16, Arc<netstack::TcpListener>>,
+    listeners: BTreeMap<u16, Arc<Listener>>,
 }
 
 impl std::fmt::Debug for PreparedReload {
@@ -198,15 +198,16 @@ impl Drop for Route {
     }
 }
 
-/// A listener on the virtual IP, as local-proxy accepts connections.
-struct VipListener(Arc<netstack::TcpListener>);
+/// A listener on the virtual IP, shared with the route that may replace this one, as
+/// local-proxy accepts connections: closed once the manager closes.
+struct VipListener(Arc<Listener>);
 
 impl Accept for VipListener {
     type Stream = VipStream;
 
     async fn accept(&mut self) -> io::Result<Option<(Self::Stream, SocketAddr)>> {
-        let (stream, peer) = self.0.accept().await?;
-        Ok(Some((VipStream(stream), peer)))
+        let accepted = self.0.next_connection().await?;
+        Ok(accepted.map(|(stream, peer)| (VipStream(stream), peer)))
     }
 
     fn local_addr(&self) -> Option<SocketAddr> {
@@ -283,7 +284,7 @@ impl Agent {
         &self,
         config: &Config,
         restart_all: bool,
-        mut bound: BTreeMap<u16, Arc<netstack::TcpListener>>,
+        mut bound: BTreeMap<u16, Arc<Listener>>,
     ) -> anyhow::Result<()> {
         let wanted: BTreeMap<u16, &RouteConfig> =
             config.routes.iter().map(|r| (r.port, r)).collect();
@@ -482,15 +483,9 @@ impl Agent {
             tracker.force_close();
             tracker.drained().await;
         }
-        // Closed connections may still hold unsent or unacknowledged bytes in the stack: give
-        // them a moment to reach the gateway before the tunnel goes.
-        let deadline = tokio::time::Instant::now() + LINGER;
-        while self.inner.manager.netstack().stats().tcp_sockets > 0
-            && tokio::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        self.inner.manager.close().await;
+        // Closed connections may still hold unsent or unacknowledged bytes in the stack: the
+        // manager's drain gives them a moment to reach the gateway before the tunnel goes.
+        self.inner.manager.close_within(LINGER).await;
     }
 
     /// The status document (`/status`, `wg-agent status --json`).

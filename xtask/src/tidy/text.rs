@@ -8,6 +8,9 @@
 //! 3. `allow(unsafe_code)` (or `expect(unsafe_code)`) appears only on `mod NAME;`
 //!    declarations whose module file `docs/ARCHITECTURE.md` names by its repository path:
 //!    unsafe code is confined to modules a reader is told about.
+//! 4. The agent's Manager (`crates/agent/src/manager.rs` and `manager/`) names none of the
+//!    application modules behind the `cli` feature (`crate::config`, `crate::snapshot`, ...):
+//!    it builds without them (the layering check reads the dependency side from `cargo tree`).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -19,6 +22,18 @@ const SOURCE_ROOTS: &[&str] = &["crates", "xtask", "benches", "fuzz"];
 /// Folder names never descended into: build output and generated fuzz data.
 const SKIPPED_DIRS: &[&str] = &["target", "corpus", "artifacts", ".git"];
 const ARCHITECTURE: &str = "docs/ARCHITECTURE.md";
+/// The Manager's files: a path starting with this (`manager.rs`, `manager/...`).
+const MANAGER: &str = "crates/agent/src/manager";
+/// The agent's modules behind its `cli` feature, which the Manager must not use.
+const APPLICATION_MODULES: &[&str] = &[
+    "crate::admin",
+    "crate::config",
+    "crate::demo",
+    "crate::metrics",
+    "crate::runtime",
+    "crate::snapshot",
+    "crate::status",
+];
 
 pub(crate) fn run(root: &Path) -> Result<()> {
     let findings = check(root)?;
@@ -52,9 +67,26 @@ fn check(root: &Path) -> Result<Vec<String>> {
             findings.push(format!("{shown}: does not open with a `//!` module header"));
         }
         findings.extend(unsafe_allowances(root, path, &text, &architecture));
+        if shown.starts_with(MANAGER) {
+            findings.extend(application_uses(&shown, &text));
+        }
     }
     findings.extend(missing_code_map_paths(root, &architecture));
     Ok(findings)
+}
+
+/// Rule 4: the application modules a Manager file names.
+fn application_uses(shown: &str, text: &str) -> Vec<String> {
+    APPLICATION_MODULES
+        .iter()
+        .filter(|module| text.contains(*module))
+        .map(|module| {
+            format!(
+                "{shown}: the Manager uses `{module}`, which is behind the `cli` feature \
+                 (move what it needs next to the Manager)"
+            )
+        })
+        .collect()
 }
 
 /// The `.rs` files under `dir`, recursively, skipping build output.
@@ -268,6 +300,27 @@ mod tests {
         let findings = tree.findings();
         assert_eq!(findings.len(), 1, "{findings:?}");
         assert!(findings[0].starts_with("crates/demo/src/plain.rs: does not open"));
+    }
+
+    #[test]
+    fn the_manager_using_the_application_layer_is_reported() {
+        let tree = Tree::new("manager");
+        tree.write(
+            "crates/agent/src/manager/upkeep.rs",
+            "//! Upkeep.\n\nuse crate::config::Endpoint;\n",
+        );
+        tree.write(
+            "crates/agent/src/runtime.rs",
+            "//! Runtime.\n\nuse crate::config::Config;\n",
+        );
+        let findings = tree.findings();
+        assert_eq!(findings.len(), 1, "{findings:?}");
+        assert!(
+            findings[0].starts_with(
+                "crates/agent/src/manager/upkeep.rs: the Manager uses `crate::config`"
+            ),
+            "{findings:?}"
+        );
     }
 
     #[test]
