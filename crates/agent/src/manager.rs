@@ -110,8 +110,8 @@ pub struct GatewaySpec {
 }
 
 impl GatewaySpec {
-    /// A gateway with the defaults of SPEC: allowed IPs = `virtual_ip`, keepalive 25 s, ICMP
-    /// liveness probe.
+    /// A gateway with the documented defaults (docs/configuration.md): allowed IPs =
+    /// `virtual_ip`, keepalive 25 s, ICMP liveness probe.
     pub fn new(
         id: impl Into<String>,
         public_key: PublicKey,
@@ -183,7 +183,7 @@ pub struct GatewayStats {
     pub endpoint: String,
     /// Its virtual IP.
     pub virtual_ip: IpAddr,
-    /// up / connecting / stale (SPEC's rule).
+    /// up / connecting / stale (the rule in docs/operations.md).
     pub state: GatewayState,
     /// Wall-clock time of the last completed handshake.
     pub last_handshake: Option<SystemTime>,

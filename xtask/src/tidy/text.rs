@@ -11,6 +11,8 @@
 //! 4. The agent's Manager (`crates/agent/src/manager.rs` and `manager/`) names none of the
 //!    application modules behind the `cli` feature (`crate::config`, `crate::snapshot`, ...):
 //!    it builds without them (the layering check reads the dependency side from `cargo tree`).
+//! 5. Comments cite documents in this repository (`docs/`), never the design notes kept
+//!    beside it.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -70,9 +72,39 @@ fn check(root: &Path) -> Result<Vec<String>> {
         if shown.starts_with(MANAGER) {
             findings.extend(application_uses(&shown, &text));
         }
+        findings.extend(outside_citations(&shown, &text));
     }
     findings.extend(missing_code_map_paths(root, &architecture));
     Ok(findings)
+}
+
+/// Documents that live beside the repository, not in it: comments must not send a reader
+/// there (whole words; `UNSPECIFIED` is not a citation).
+const OUTSIDE_DOCUMENTS: &[&str] = &["SPEC", "NOTES.md", "STYLE.md", "../shared"];
+
+/// Rule 5: comments that cite a document outside the repository.
+fn outside_citations(shown: &str, text: &str) -> Vec<String> {
+    let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+    let mut findings = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let Some((_, comment)) = line.split_once("//") else {
+            continue;
+        };
+        for name in OUTSIDE_DOCUMENTS {
+            let cited = comment.match_indices(name).any(|(at, _)| {
+                !word(comment[..at].chars().next_back())
+                    && !word(comment[at + name.len()..].chars().next())
+            });
+            if cited {
+                findings.push(format!(
+                    "{shown}:{}: a comment cites `{name}`, which is not in the repository \
+                     (cite docs/ instead)",
+                    n + 1
+                ));
+            }
+        }
+    }
+    findings
 }
 
 /// Rule 4: the application modules a Manager file names.
@@ -366,6 +398,19 @@ mod tests {
                 .iter()
                 .all(|f| f.contains("other than a `mod NAME;`"))
         );
+    }
+
+    #[test]
+    fn a_comment_citing_an_outside_document_is_reported() {
+        let tree = Tree::new("citation");
+        tree.write(
+            "crates/demo/src/plain.rs",
+            // Spelled with an escape, so this file does not cite it itself.
+            "//! Plain code (see S\u{50}EC).\nconst A: u8 = 0; // UNSPECIFIED is fine\n",
+        );
+        let findings = tree.findings();
+        assert_eq!(findings.len(), 1, "{findings:?}");
+        assert!(findings[0].contains("crates/demo/src/plain.rs:1: a comment cites `SPEC`"));
     }
 
     #[test]
