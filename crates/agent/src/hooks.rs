@@ -3,6 +3,7 @@
 //! when the process's `WG_AGENT_TEST_HOOK` environment variable names it.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The environment variable naming the active hook.
 const VAR: &str = "WG_AGENT_TEST_HOOK";
@@ -23,5 +24,14 @@ pub(crate) fn panic_on_receive() {
 pub(crate) async fn slow_after_ready() {
     if active() == "slow-after-ready" {
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// `panic-on-first-connection`: reading the first connection accepted on the virtual IP
+/// panics, inside that connection's own task; later connections are served.
+pub(crate) fn panic_on_first_connection() {
+    static FIRED: AtomicBool = AtomicBool::new(false);
+    if active() == "panic-on-first-connection" && !FIRED.swap(true, Ordering::Relaxed) {
+        panic!("test hook {VAR}=panic-on-first-connection: panicking in a connection's task");
     }
 }

@@ -25,6 +25,8 @@ impl AsyncRead for VipStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        #[cfg(feature = "test-hooks")]
+        crate::hooks::panic_on_first_connection();
         Pin::new(&mut self.0).poll_read(cx, buf)
     }
 }
