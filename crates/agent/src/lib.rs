@@ -10,6 +10,7 @@
 //! - [`snapshot`]: the status document and the gateway liveness rule (`up`, `connecting`,
 //!   `stale`); [`metrics`]: Prometheus text; [`status`]: the `wg-agent status` client.
 //! - [`run`] and [`demo`]: the runtime entry points the binary calls.
+//! - [`uapi`]: WireGuard's userspace API socket, for `wg show NAME`.
 //! - [`wg_quick`]: `wg-agent import`, a wg-quick file to an agent config.
 //!
 //! What it does not do: it installs no `tracing` subscriber (the binary does), parses no
@@ -46,6 +47,7 @@ pub mod metrics;
 mod runtime;
 pub mod snapshot;
 pub mod status;
+pub mod uapi;
 mod vip_stream;
 pub mod wg_quick;
 
