@@ -38,7 +38,8 @@ pub(crate) struct Options {
     pub(crate) criterion_args: Vec<String>,
     /// Which end-to-end rows to run: all (`None`), only the clean-link ones, only the lossy ones.
     pub(crate) only: Option<Part>,
-    /// The gateways' wireguard-go: `current` (0.0.20231211), `2022`, or a path.
+    /// The gateways' wireguard-go: `current` (0.0.20231211), `2022`, or a path; by default
+    /// `TESTBED_WIREGUARD_GO`, else `current`.
     pub(crate) gateway: String,
     /// Time bound of each lossy transfer.
     pub(crate) lossy_limit: Duration,
@@ -82,7 +83,11 @@ impl Default for Options {
             agent_binary: None,
             criterion_args: Vec::new(),
             only: None,
-            gateway: "current".to_owned(),
+            // testbed's selection variable, so that tests and bench agree unless told otherwise.
+            gateway: std::env::var(testbed::WIREGUARD_GO_ENV)
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+                .unwrap_or_else(|| "current".to_owned()),
             lossy_limit: Duration::from_secs(120),
             demo_vs: None,
             demo_runs: 3,

@@ -64,8 +64,6 @@ pub struct NetstackConfig {
     /// only dead peers are cut. `None`: never.
     pub idle_timeout: Option<Duration>,
     /// Send a keep-alive probe after this much silence (default 60 s). `None`: off.
-    /// While a connection has data queued to send, it probes after 100 ms of silence
-    /// instead (a workaround for a smoltcp stall; see `docs/ARCHITECTURE.md`).
     pub keepalive: Option<Duration>,
     /// How long a connection closed by us stays in TIME-WAIT (default 1 s; smoltcp's
     /// own 10 s would keep thousands of sockets in every poll).
@@ -80,21 +78,16 @@ pub struct NetstackConfig {
     pub ack_delay: Option<Duration>,
     /// The floor of TCP's retransmission timeout (default 200 ms, Linux's; 50 ms..=1 s).
     ///
-    /// smoltcp 0.14 fixes its floor (and its initial RTO) at 1 s. The stack runs
-    /// smoltcp's clock `round(1 s / min_rto)` times faster than real time and converts
-    /// every duration it sets, so this floor is what a lost segment that fast
-    /// retransmit does not repair costs. smoltcp's other fixed constants scale with it:
-    /// the initial RTO equals `min_rto`, the RTO ceiling is `60 × min_rto`, a challenge
-    /// ACK is sent at most every `min_rto`, its own TIME-WAIT is `10 × min_rto` (the
-    /// stack cuts it to [`time_wait`](Self::time_wait) anyway), and Cubic's growth curve
-    /// runs that much faster after a loss. `1 s` gives smoltcp's behaviour unchanged.
+    /// The stack's own sender (see `sender.rs` and docs/ARCHITECTURE.md) computes the
+    /// timeout from measured round trips (RFC 6298) and never goes below this; its cap
+    /// is 60 s. smoltcp's own timeout (1-60 s) stays behind it as a backstop.
     pub min_rto: Duration,
-    /// Bytes of sent, unacknowledged TCP data that loss repair may keep references to,
-    /// over all connections (default 8 MiB; each connection at most `tcp_tx_buffer`).
-    /// Loss repair resends segments a peer's SACK blocks show lost, and probes a lost
-    /// tail, without waiting for smoltcp's retransmission timeout (see `repair.rs` and
-    /// docs/ARCHITECTURE.md). The packets are the ones already sent, so this is memory
-    /// held a round trip longer, not copied. `0` turns loss repair off.
+    /// Bytes of TCP packets the senders may hold over all connections (default 8 MiB;
+    /// each connection at most about `tcp_tx_buffer`): packets sent and not yet
+    /// acknowledged (resent from there when lost) and packets waiting for the congestion
+    /// window. A connection holding nothing may always take two segments past it. `0`
+    /// turns the sender off: smoltcp then sends on its own, with its Cubic and its 1 s
+    /// minimum timeout (kept as a baseline for measurements).
     pub repair_budget: usize,
     /// Number of socket-set shards (1..=64, default 64). smoltcp scans every socket of a
     /// shard on each poll; connections are spread by a keyed hash of their 4-tuple.
@@ -128,7 +121,7 @@ impl Default for NetstackConfig {
             close_timeout: Duration::from_secs(30),
             nagle: false,
             ack_delay: Some(Duration::from_millis(10)),
-            min_rto: Duration::from_millis(200),
+            min_rto: crate::sender::MIN_RTO,
             repair_budget: 8 << 20,
             shards: 64,
             max_outbound_packets: 4096,

@@ -64,10 +64,12 @@ mod buffer;
 mod config;
 mod device;
 mod icmp;
-mod repair;
+mod sender;
 mod shard;
 #[cfg(test)]
 mod sim;
+#[cfg(test)]
+mod sim_lossy;
 mod stack;
 mod stats;
 mod tcp;

@@ -6,7 +6,7 @@
 //! the stack splits its TCP connections over several shards by a keyed hash of the
 //! 4-tuple. UDP and ICMP sockets live in shard 0.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -21,7 +21,7 @@ use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
 use crate::buffer::{Owned, Sockets, TcpSocket};
 use crate::config::NetstackConfig;
 use crate::device::{Dev, capabilities};
-use crate::repair::{Emitted, Repair, Sent};
+use crate::sender::{Sender, Verdict};
 use crate::stack::Shared;
 use crate::stats::DropReason;
 use crate::tcp::{Accepted, ListenerShared};
@@ -36,41 +36,8 @@ const RELEASE_AFTER: usize = 256 << 10;
 /// How long such a connection's send queue must stay empty before its ring is released.
 const RELEASE_DELAY: Duration = Duration::from_secs(1);
 
-/// How often half-open, closing and boosted connections are checked while any exist.
+/// How often half-open and closing connections are checked while any exist.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
-
-/// Keep-alive interval while a connection has data queued to send.
-///
-/// smoltcp 0.14 can strand sent-but-unacknowledged bytes: when a (smoltcp) receiver's
-/// scaled window rounds its right edge back below bytes already in flight, it drops them
-/// and answers "window 0"; the sender's zero-window-probe timer then replaces its
-/// retransmission timer, and the next window update leaves the timer idle with the bytes
-/// never resent. While data is queued we therefore probe after this much silence: each
-/// probe draws a duplicate ACK, and the third one triggers smoltcp's fast retransmit.
-/// The timer only runs when smoltcp's retransmission timer does not, so a healthy flow
-/// never sends these probes.
-///
-/// smoltcp's keep-alive carries the last sent byte's sequence number with a zero byte as
-/// payload. If exactly one byte is unacknowledged, a receiver missing just that byte would
-/// take the zero as data, so with one byte queued no keep-alive is armed at all (see
-/// [`stall_keep_alive`]); the idle timeout then ends a stranded connection instead.
-const STALL_PROBE: Duration = Duration::from_millis(100);
-
-/// The keep-alive for a connection with `queued` bytes to send (see [`STALL_PROBE`]).
-fn stall_keep_alive(clock: &Clock, queued: usize) -> Option<smoltcp::time::Duration> {
-    (queued != 1).then(|| clock.smol_duration(STALL_PROBE))
-}
-
-/// A segment's SACK blocks as a slice source, without allocating.
-fn sack_list(seg: &Segment) -> ([(u32, u32); 3], usize) {
-    let mut list = [(0, 0); 3];
-    let mut n = 0;
-    for block in seg.sacks.iter().flatten() {
-        list[n] = *block;
-        n += 1;
-    }
-    (list, n)
-}
 
 /// A TCP socket's entry in the connection table.
 struct Conn {
@@ -80,19 +47,14 @@ struct Conn {
     reset: bool,
     /// Its stream called [`TcpStream::abort`](crate::TcpStream::abort).
     aborted: bool,
-    /// Keep-alive shortened to [`STALL_PROBE`] while data is queued.
-    boosted: bool,
-    /// The peer's last segment advertised a zero window (so smoltcp's zero-window-probe
-    /// timer may be running: the state a stall starts from).
-    peer_zero_window: bool,
-    /// The peer's last segment left queued data unacknowledged (no progress).
-    no_progress: bool,
-    /// Loss repair of what we send (see `repair.rs`).
-    repair: Repair,
+    /// What goes on the wire and when (see `sender.rs`).
+    sender: Sender,
+    /// The sender's deadline as entered in `Shard::timers`.
+    timer_at: Option<Instant>,
+    /// Listed in `Shard::ready`.
+    ready: bool,
     /// Payload bytes sent since the send ring's pages were last released.
     tx_dirty: usize,
-    /// Listed in `Shard::repairing`.
-    repair_listed: bool,
     /// Queued in `Shard::release_queue`.
     release_pending: bool,
 }
@@ -189,15 +151,13 @@ pub(crate) struct Shard {
     watched: usize,
     /// `HalfOpen` connections per listener, oldest first.
     half_open_queues: HalfOpenQueues,
-    /// Connections with a [`STALL_PROBE`] keep-alive.
-    boosted: usize,
     sweep_at: Option<Instant>,
-    /// Connections whose loss repair has a timer armed or data cached.
-    repairing: HashSet<Tuple>,
-    /// The earliest of their timers, as of the last [`Shard::poll_timeout`].
-    repair_at: Option<Instant>,
-    /// `repair_budget` is 0: no loss repair.
-    repair_disabled: bool,
+    /// Every connection's sender deadline: the one timer structure of the senders.
+    timers: BTreeSet<(Instant, Tuple)>,
+    /// Connections whose sender may have packets to send now.
+    ready: Vec<Tuple>,
+    /// `repair_budget` is 0: smoltcp sends on its own (its Cubic, its timers).
+    sender_off: bool,
     /// Connections whose send ring may be released at the given time (in time order).
     release_queue: VecDeque<(Instant, Tuple)>,
     /// Bound UDP ports (shard 0 only), with the number of sockets on each.
@@ -259,11 +219,10 @@ impl Shard {
             tx,
             watched: 0,
             half_open_queues: HalfOpenQueues::default(),
-            boosted: 0,
             sweep_at: None,
-            repairing: HashSet::new(),
-            repair_at: None,
-            repair_disabled: config.repair_budget == 0,
+            timers: BTreeSet::new(),
+            ready: Vec::new(),
+            sender_off: config.repair_budget == 0,
             release_queue: VecDeque::new(),
             udp_ports: HashMap::new(),
             icmp_idents: HashSet::new(),
@@ -291,16 +250,14 @@ impl Shard {
     ) {
         let now = self.tick(now);
         let mut watch = None;
-        let mut boosted = None;
         let mut seg = None;
         match class {
             Class::Tcp {
                 tuple,
                 syn_only,
                 rst,
-                zero_window,
             } => {
-                seg = if self.repair_disabled {
+                seg = if self.sender_off {
                     None
                 } else {
                     tcp_segment(packet)
@@ -315,23 +272,6 @@ impl Shard {
                         conn.reset |= rst;
                         if matches!(conn.state, ConnState::HalfOpen { .. }) {
                             watch = Some(tuple);
-                        }
-                        let was_zero = std::mem::replace(&mut conn.peer_zero_window, zero_window);
-                        if conn.boosted {
-                            // If this ACK empties the queue, smoltcp re-arms its idle timer
-                            // from the keep-alive in force: restore the normal one first, so
-                            // a healthy flow sends no probe. After a zero window or an ACK
-                            // without progress this may be the stranding window update:
-                            // leave none armed, and re-arm after ingress from what is queued
-                            // (setting one on an idle timer fires it at once).
-                            let mut socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
-                            socket.set_keep_alive(if !was_zero && !conn.no_progress {
-                                shared.config.keepalive.map(|d| self.clock.smol_duration(d))
-                            } else {
-                                // Possibly stranded: re-armed below from what is queued.
-                                None
-                            });
-                            boosted = Some((conn.handle, socket.send_queue()));
                         }
                     }
                     None if syn_only => {
@@ -364,25 +304,8 @@ impl Shard {
             self.tx.truncate(before);
             shared.counters.drop(DropReason::QueueFull);
         }
-        if let Some((handle, queued_before)) = boosted
-            && let Class::Tcp { tuple, .. } = class
-            && let Some(conn) = self.conns.get_mut(&tuple)
-        {
-            let mut socket = self.sockets.get_mut::<tcp::Socket>(handle);
-            let queued = socket.send_queue();
-            conn.no_progress = queued > 0 && queued >= queued_before;
-            if queued > 0 {
-                socket.set_keep_alive(stall_keep_alive(&self.clock, queued));
-            } else {
-                socket.set_keep_alive(shared.config.keepalive.map(|d| self.clock.smol_duration(d)));
-                conn.boosted = false;
-                self.boosted -= 1;
-            }
-        }
         if let Class::Tcp { tuple, .. } = class {
-            if let Some(seg) = &seg {
-                self.repair_on_ack(shared, seg, tuple, now, reply_limit);
-            }
+            self.feed_sender(shared, tuple, seg.as_ref(), now);
             self.reset_unread(tuple);
             self.release_idle_tx(tuple, now);
         }
@@ -391,47 +314,45 @@ impl Shard {
         }
     }
 
-    /// Runs egress passes until smoltcp has nothing more to send or `budget` packets
-    /// were produced.
-    pub(crate) fn egress(&mut self, shared: &Shared, now: Instant, budget: usize) {
+    /// Runs the senders' due timers, then egress passes until smoltcp has nothing more
+    /// to send, then the senders' transmissions, until `budget` packets were produced.
+    /// Returns whether it stopped for lack of room with packets left to send.
+    pub(crate) fn egress(&mut self, shared: &Shared, now: Instant, budget: usize) -> bool {
         let now = self.tick(now);
         let limit = self.tx.len().saturating_add(budget);
-        let mut dev = Dev {
-            rx: None,
-            tx: &mut self.tx,
-            tx_limit: limit,
-            caps: &self.caps,
-        };
+        self.run_sender_timers(shared, now);
         let t = self.clock.smol_at(now);
-        let from = dev.tx.len();
         loop {
+            let from = self.tx.len();
+            let mut dev = Dev {
+                rx: None,
+                tx: &mut self.tx,
+                tx_limit: limit,
+                caps: &self.caps,
+            };
             let res = self.sockets.poll_egress(&mut self.iface, t, &mut dev);
-            if res == smoltcp::iface::PollResult::None || dev.tx.len() >= limit {
+            self.route_emitted(shared, from, now);
+            if res == smoltcp::iface::PollResult::None || self.tx.len() >= limit {
                 break;
             }
         }
-        self.track_sent(shared, from, now);
+        self.transmit_ready(shared, now, limit);
+        !self.ready.is_empty() && self.tx.len() >= limit
     }
 
     /// Drops half-open connections past their deadline and finishes closing ones.
     pub(crate) fn maintain(&mut self, shared: &Shared, now: Instant) {
         let now = self.tick(now);
-        self.repair_timers(shared, now, shared.config.max_outbound_packets);
         self.release_due(now);
         if self.sweep_at.is_none_or(|at| now < at) {
             return;
         }
         let time_wait = shared.config.time_wait;
-        let keepalive = shared.config.keepalive.map(|d| self.clock.smol_duration(d));
         let mut remove = Vec::new();
         let mut expired = Vec::new();
+        let mut aborted = Vec::new();
         for (tuple, conn) in &mut self.conns {
             let mut socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
-            if conn.boosted && socket.send_queue() == 0 {
-                socket.set_keep_alive(keepalive);
-                conn.boosted = false;
-                self.boosted -= 1;
-            }
             match &mut conn.state {
                 ConnState::Owned => {}
                 ConnState::HalfOpen { deadline, .. } => {
@@ -458,6 +379,8 @@ impl Shard {
                     }
                     _ if now >= *deadline => {
                         socket.abort();
+                        conn.sender.abort();
+                        aborted.push(*tuple);
                     }
                     _ => {}
                 },
@@ -469,7 +392,10 @@ impl Shard {
         for tuple in remove {
             self.remove(shared, tuple);
         }
-        self.sweep_at = (self.watched + self.boosted > 0).then(|| now + SWEEP_INTERVAL);
+        for tuple in aborted {
+            self.schedule(shared, tuple);
+        }
+        self.sweep_at = (self.watched > 0).then(|| now + SWEEP_INTERVAL);
     }
 
     /// When this shard next needs a poll.
@@ -480,7 +406,10 @@ impl Shard {
             .poll_at(&mut self.iface, self.clock.smol_at(now))
             .map(|t| self.clock.std_at(t));
         let release = self.release_queue.front().map(|(at, _)| *at);
-        [smol, self.sweep_at, self.next_repair(), release]
+        // Senders with packets left when the outbound queue was full are resumed by the
+        // stack when it drains, not by a deadline.
+        let sender = self.timers.first().map(|(at, _)| *at);
+        [smol, self.sweep_at, sender, release]
             .into_iter()
             .flatten()
             .min()
@@ -502,13 +431,13 @@ impl Shard {
         for (tuple, conn) in &self.conns {
             let s = self.sockets.get::<tcp::Socket>(conn.handle);
             out.push_str(&format!(
-                "[{} -> {} {:?} sendq={} recvq={} boosted={}] ",
+                "[{} -> {} {:?} sendq={} recvq={} sender={}] ",
                 tuple.local,
                 tuple.remote,
                 s.state(),
                 s.send_queue(),
                 s.recv_queue(),
-                conn.boosted,
+                conn.sender.debug(),
             ));
         }
         out
@@ -542,12 +471,10 @@ impl Shard {
                 state: ConnState::Owned,
                 reset: false,
                 aborted: false,
-                boosted: false,
-                peer_zero_window: false,
-                no_progress: false,
-                repair: self.new_repair(shared),
+                sender: self.new_sender(shared),
+                timer_at: None,
+                ready: false,
                 tx_dirty: 0,
-                repair_listed: false,
                 release_pending: false,
             },
         );
@@ -580,21 +507,27 @@ impl Shard {
         })
     }
 
-    /// Data was queued on `tuple`: probe after [`STALL_PROBE`] of silence until the
-    /// queue is empty again (see there why).
-    pub(crate) fn boost(&mut self, tuple: &Tuple, now: Instant) {
-        let Some(conn) = self.conns.get_mut(tuple) else {
-            return;
-        };
-        let mut socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
-        socket.set_keep_alive(stall_keep_alive(&self.clock, socket.send_queue()));
-        if conn.boosted {
-            return;
+    /// Reserves sender memory for `want` bytes the stream of `tuple` is about to queue;
+    /// returns how many it may queue (see `Sender::reserve`). Past it a writer waits for
+    /// an ACK.
+    pub(crate) fn reserve_send(&mut self, tuple: &Tuple, want: usize) -> usize {
+        if self.sender_off {
+            return want;
         }
-        conn.boosted = true;
-        self.boosted += 1;
-        let at = now + SWEEP_INTERVAL;
-        self.sweep_at = Some(self.sweep_at.map_or(at, |s| s.min(at)));
+        match self.conns.get_mut(tuple) {
+            Some(conn) => conn.sender.reserve(want),
+            None => want,
+        }
+    }
+
+    /// Gives back a reservation of `unused` bytes that were not queued.
+    pub(crate) fn unreserve_send(&mut self, tuple: &Tuple, unused: usize) {
+        if let Some(conn) = self.conns.get_mut(tuple)
+            && !self.sender_off
+            && unused > 0
+        {
+            conn.sender.unreserve(unused);
+        }
     }
 
     /// Whether the peer reset connection `tuple`.
@@ -617,6 +550,7 @@ impl Shard {
         let mut socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
         socket.discard_received();
         socket.abort();
+        conn.sender.abort();
     }
 
     /// Sets the options of an established connection (idle timeout after the handshake).
@@ -647,10 +581,12 @@ impl Shard {
             }
             tcp::State::SynSent => {
                 socket.abort();
+                conn.sender.abort();
             }
             _ if abort || socket.recv_queue() > 0 => {
                 socket.discard_received();
                 socket.abort();
+                conn.sender.abort();
             }
             _ => {
                 socket.close();
@@ -737,12 +673,10 @@ impl Shard {
                 state: ConnState::HalfOpen { listener, deadline },
                 reset: false,
                 aborted: false,
-                boosted: false,
-                peer_zero_window: false,
-                no_progress: false,
-                repair: self.new_repair(shared),
+                sender: self.new_sender(shared),
+                timer_at: None,
+                ready: false,
                 tx_dirty: 0,
-                repair_listed: false,
                 release_pending: false,
             },
         );
@@ -806,6 +740,7 @@ impl Shard {
         if abort && socket.state() != tcp::State::Closed && socket.state() != tcp::State::Listen {
             // Keep it until the RST is out; the sweep removes closed sockets.
             socket.abort();
+            conn.sender.abort();
             conn.state = ConnState::Closing {
                 deadline: now,
                 time_wait_until: None,
@@ -828,8 +763,8 @@ impl Shard {
 
     fn remove_conn(&mut self, shared: &Shared, tuple: Tuple) {
         if let Some(conn) = self.conns.remove(&tuple) {
-            if conn.boosted {
-                self.boosted -= 1;
+            if let Some(at) = conn.timer_at {
+                self.timers.remove(&(at, tuple));
             }
             let bytes = self.sockets.remove(conn.handle);
             shared.counters.tcp_ring_bytes.fetch_sub(bytes, Relaxed);
@@ -893,151 +828,132 @@ impl Shard {
         }
     }
 
-    fn new_repair(&self, shared: &Shared) -> Repair {
-        Repair::new(
-            shared.config.tcp_tx_buffer,
+    fn new_sender(&self, shared: &Shared) -> Sender {
+        let config = &shared.config;
+        // Packets of a full send ring, with their headers and entries.
+        let limit = config.tcp_tx_buffer + config.tcp_tx_buffer / 8;
+        let mss = u32::try_from(config.path_mtu.saturating_sub(40)).unwrap_or(1380);
+        Sender::new(
+            limit,
             shared.repair_budget.clone(),
-            self.last_now,
+            config.tcp_rx_buffer,
+            mss,
+            config.min_rto,
         )
     }
 
-    /// Hands the data segments smoltcp just sent (`self.tx[from..]`) to their
-    /// connections' loss repair.
-    fn track_sent(&mut self, shared: &Shared, from: usize, now: Instant) {
-        let mut redundant = 0usize;
-        let mut resent = 0u64;
-        let mut keep: Vec<bool> = Vec::new();
-        for (i, packet) in self.tx.iter().enumerate().skip(from) {
-            let Some(seg) = tcp_segment(packet) else {
-                continue;
-            };
-            if seg.control {
-                continue;
+    /// Hands the TCP segments smoltcp just emitted (`self.tx[from..]`) to their
+    /// connections' senders; keeps in `self.tx` only what goes out now. A run of segments
+    /// of one connection costs one table lookup.
+    fn route_emitted(&mut self, shared: &Shared, from: usize, now: Instant) {
+        let n = self.tx.len();
+        let segs: Vec<Option<Segment>> = self.tx[from..].iter().map(|p| tcp_segment(p)).collect();
+        let tuple_of = |seg: &Option<Segment>| {
+            seg.as_ref().map(|s| Tuple {
+                local: s.src,
+                remote: s.dst,
+            })
+        };
+        let mut kept = from;
+        let mut i = from;
+        while i < n {
+            let tuple = tuple_of(&segs[i - from]);
+            let mut j = i + 1;
+            while j < n && tuple.is_some() && tuple_of(&segs[j - from]) == tuple {
+                j += 1;
             }
-            let tuple = Tuple {
-                local: seg.src,
-                remote: seg.dst,
-            };
-            let Some(conn) = self.conns.get_mut(&tuple) else {
-                continue;
-            };
-            if let Some(ack) = seg.ack {
-                conn.repair.on_output(ack, seg.window);
-            }
-            if seg.len == 0 {
-                continue;
-            }
-            conn.tx_dirty = conn.tx_dirty.saturating_add(seg.len as usize);
-            if self.repair_disabled {
-                continue;
-            }
-            if !conn.repair_listed {
-                conn.repair_listed = true;
-                self.repairing.insert(tuple);
-            }
-            match conn.repair.on_sent(seg.seq, seg.len, packet, now) {
-                Sent::New => {}
-                Sent::Again => resent += 1,
-                Sent::Redundant if !seg.fin => {
-                    // The peer holds every byte of it: not worth a datagram.
-                    if keep.is_empty() {
-                        keep = vec![true; self.tx.len() - from];
+            let conn = tuple.and_then(|t| self.conns.get_mut(&t));
+            match (tuple, conn) {
+                (Some(tuple), Some(conn)) => {
+                    for k in i..j {
+                        let Some(seg) = &segs[k - from] else {
+                            continue;
+                        };
+                        let packet = std::mem::take(&mut self.tx[k]);
+                        conn.tx_dirty = conn.tx_dirty.saturating_add(seg.len as usize);
+                        let verdict = if self.sender_off {
+                            Verdict::Pass
+                        } else {
+                            conn.sender.on_emitted(seg, &packet, now)
+                        };
+                        if verdict == Verdict::Pass {
+                            self.tx[kept] = packet;
+                            kept += 1;
+                        }
                     }
-                    keep[i - from] = false;
-                    redundant += 1;
+                    if !self.sender_off {
+                        schedule(&mut self.timers, &mut self.ready, shared, tuple, conn);
+                    }
                 }
-                Sent::Redundant => resent += 1,
+                _ => {
+                    for k in i..j {
+                        self.tx.swap(kept, k);
+                        kept += 1;
+                    }
+                }
             }
+            i = j;
         }
-        if redundant > 0 {
-            let mut i = 0;
-            self.tx.retain(|_| {
-                i += 1;
-                i <= from || keep[i - 1 - from]
-            });
-        }
-        shared.counters.resent(resent, redundant as u64);
+        self.tx.truncate(kept);
     }
 
-    /// Feeds an inbound segment's ACK and SACK blocks to its connection's loss repair;
-    /// repaired segments join the outbound batch while it is under `limit`.
-    fn repair_on_ack(
-        &mut self,
-        shared: &Shared,
-        seg: &Segment,
-        tuple: Tuple,
-        now: Instant,
-        limit: usize,
-    ) {
-        let (Some(ack), false) = (seg.ack, seg.control) else {
+    /// Feeds a segment the peer sent on `tuple` (after smoltcp) to its sender; a socket
+    /// smoltcp closed (reset, timed out) aborts it.
+    fn feed_sender(&mut self, shared: &Shared, tuple: Tuple, seg: Option<&Segment>, now: Instant) {
+        if self.sender_off {
             return;
-        };
+        }
         let Some(conn) = self.conns.get_mut(&tuple) else {
             return;
         };
-        if !conn.repair_listed {
-            return;
+        if self.sockets.get::<tcp::Socket>(conn.handle).state() == tcp::State::Closed {
+            conn.sender.abort();
+        } else if let Some(seg) = seg {
+            conn.sender.on_segment(seg, now);
         }
-        let (sacks, n) = sack_list(seg);
-        let mut out = Vec::new();
-        let emitted = conn.repair.on_ack(ack, &sacks[..n], now, &mut out);
-        if conn.repair.poll_at().is_none() {
-            conn.repair_listed = false;
-            self.repairing.remove(&tuple);
-        }
-        self.emit_repairs(shared, out, emitted, limit);
+        schedule(&mut self.timers, &mut self.ready, shared, tuple, conn);
     }
 
-    /// Runs the loss-repair timers due at `now`.
-    fn repair_timers(&mut self, shared: &Shared, now: Instant, limit: usize) {
-        if self.repair_at.is_none_or(|at| at > now) {
-            return;
+    /// [`schedule`] for `tuple`.
+    fn schedule(&mut self, shared: &Shared, tuple: Tuple) {
+        if let Some(conn) = self.conns.get_mut(&tuple) {
+            schedule(&mut self.timers, &mut self.ready, shared, tuple, conn);
         }
-        let mut out = Vec::new();
-        let mut emitted = Emitted::default();
-        let conns = &mut self.conns;
-        self.repairing.retain(|tuple| {
-            let Some(conn) = conns.get_mut(tuple) else {
-                return false;
-            };
-            if conn.repair.poll_at().is_some_and(|at| at <= now) {
-                let e = conn.repair.on_timer(now, &mut out);
-                emitted.repairs += e.repairs;
-                emitted.probes += e.probes;
+    }
+
+    /// Runs the sender timers due at `now`, however late.
+    fn run_sender_timers(&mut self, shared: &Shared, now: Instant) {
+        let mut due = Vec::new();
+        while let Some(&(at, tuple)) = self.timers.first() {
+            if at > now {
+                break;
             }
-            conn.repair_listed = conn.repair.poll_at().is_some();
-            conn.repair_listed
-        });
-        self.emit_repairs(shared, out, emitted, limit);
-    }
-
-    fn emit_repairs(&mut self, shared: &Shared, out: Vec<Bytes>, emitted: Emitted, limit: usize) {
-        if out.is_empty() {
-            return;
+            self.timers.pop_first();
+            due.push(tuple);
         }
-        let room = limit.saturating_sub(self.tx.len());
-        let sent = out.len().min(room);
-        self.tx.extend(out.into_iter().take(sent));
-        shared.counters.repaired(emitted, sent);
+        for tuple in due {
+            if let Some(conn) = self.conns.get_mut(&tuple) {
+                conn.timer_at = None;
+                conn.sender.handle_timeout(now);
+            }
+            self.schedule(shared, tuple);
+        }
     }
 
-    /// The earliest loss-repair timer.
-    fn next_repair(&mut self) -> Option<Instant> {
-        let conns = &mut self.conns;
-        let mut next: Option<Instant> = None;
-        self.repairing.retain(|tuple| {
-            let Some(conn) = conns.get_mut(tuple) else {
-                return false;
+    /// Lets the ready senders transmit until the batch holds `limit` packets; those
+    /// left over stay ready.
+    fn transmit_ready(&mut self, shared: &Shared, now: Instant, limit: usize) {
+        for tuple in std::mem::take(&mut self.ready) {
+            let Some(conn) = self.conns.get_mut(&tuple) else {
+                continue;
             };
-            let at = conn.repair.poll_at();
-            if let Some(at) = at {
-                next = Some(next.map_or(at, |n| n.min(at)));
+            conn.ready = false;
+            let room = limit.saturating_sub(self.tx.len());
+            if room > 0 {
+                conn.sender.poll_transmit(now, &mut self.tx, room);
             }
-            conn.repair_listed = at.is_some();
-            conn.repair_listed
-        });
-        self.repair_at = next;
-        next
+            self.schedule(shared, tuple);
+        }
     }
 
     /// A TCP socket with this stack's options, within `max_connections`.
@@ -1082,7 +998,39 @@ impl Shard {
         socket.set_nagle_enabled(config.nagle);
         socket.set_ack_delay(config.ack_delay.map(|d| self.clock.smol_duration(d)));
         socket.set_keep_alive(config.keepalive.map(|d| self.clock.smol_duration(d)));
-        socket.set_congestion_control(tcp::CongestionControl::Cubic);
+        // With the sender on, smoltcp emits what the peer's window allows and the sender
+        // paces it (see `sender.rs`); without it, smoltcp's own Cubic applies.
+        socket.set_congestion_control(if self.sender_off {
+            tcp::CongestionControl::Cubic
+        } else {
+            tcp::CongestionControl::None
+        });
         Ok(handle)
     }
+}
+
+/// Brings `tuple`'s entries in the shard's timer set and ready list up to date with its
+/// sender, and adds what the sender did to the stack's counters.
+fn schedule(
+    timers: &mut BTreeSet<(Instant, Tuple)>,
+    ready: &mut Vec<Tuple>,
+    shared: &Shared,
+    tuple: Tuple,
+    conn: &mut Conn,
+) {
+    let at = conn.sender.poll_timeout();
+    if at != conn.timer_at {
+        if let Some(old) = conn.timer_at {
+            timers.remove(&(old, tuple));
+        }
+        if let Some(new) = at {
+            timers.insert((new, tuple));
+        }
+        conn.timer_at = at;
+    }
+    if !conn.ready && conn.sender.wants_transmit() {
+        conn.ready = true;
+        ready.push(tuple);
+    }
+    shared.counters.sender(conn.sender.take_events());
 }

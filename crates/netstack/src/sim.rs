@@ -135,7 +135,10 @@ fn transfer_losing_every_17th_packet(repair_budget: usize) -> (Duration, Netstac
         elapsed < Duration::from_secs(60),
         "recovered in {elapsed:?}"
     );
-    // Let the last ACKs reach the sender.
+    // Let the last (delayed) ACKs reach the sender.
+    now += Duration::from_millis(50);
+    b.drive_at(now);
+    a.drive_at(now);
     exchange(&a, &b, now, &mut sent, &|_| false);
     let mut stats = a.counters.snapshot();
     stats.tcp_repair_bytes = a.repair_budget.used();
@@ -235,6 +238,301 @@ fn a_new_syn_reuses_a_tuple_in_time_wait() {
         assert_eq!(a.counters.snapshot().tcp_sockets, 0);
         assert_eq!(b.counters.snapshot().tcp_sockets, 1, "server in TIME-WAIT");
     }
+}
+
+/// One established connection from a (10.0.0.1:50000) to b (10.0.0.2:80) in virtual
+/// time, for tests that inject segments.
+struct OneConn {
+    a: Shared,
+    b: Shared,
+    tuple: Tuple,
+    idx: usize,
+    handle: smoltcp::iface::SocketHandle,
+    accepted: crate::tcp::Accepted,
+    now: Instant,
+    sent: usize,
+}
+
+impl OneConn {
+    fn new() -> Self {
+        Self::with(|_| {})
+    }
+
+    /// With `tune` applied to a's configuration.
+    fn with(tune: impl FnOnce(&mut NetstackConfig)) -> Self {
+        let now = Instant::now();
+        let a = stack_with("10.0.0.1", now, tune);
+        let b = stack("10.0.0.2", now);
+        let server: SocketAddr = "10.0.0.2:80".parse().expect("addr");
+        let listener = b.register_listener(server, 4).expect("listen");
+        let tuple = Tuple {
+            local: IpEndpoint::new(
+                "10.0.0.1".parse::<std::net::IpAddr>().expect("ip").into(),
+                50_000,
+            ),
+            remote: IpEndpoint::from(server),
+        };
+        let idx = a.shard_for(&tuple);
+        let handle = a
+            .with_shard(idx, now, |s| s.connect(&a, tuple))
+            .expect("connect")
+            .expect("free tuple");
+        let mut sent = 0;
+        exchange(&a, &b, now, &mut sent, &|_| false);
+        let accepted = listener.pop().expect("established");
+        Self {
+            a,
+            b,
+            tuple,
+            idx,
+            handle,
+            accepted,
+            now,
+            sent,
+        }
+    }
+
+    /// a queues `n` bytes and sends them; the link loses every packet. Returns what b's
+    /// last segment to a looked like (its sequence number and window) and a's first
+    /// unacknowledged sequence number.
+    fn send_all_lost(&mut self, n: usize) -> (crate::wire::Segment, u32) {
+        // First a segment that arrives, so the sender has measured a round trip.
+        let (a, now, idx, handle) = (&self.a, self.now, self.idx, self.handle);
+        a.with_shard(idx, now, |s| {
+            s.tcp(handle).send_slice(&[1; 100]).expect("send")
+        });
+        exchange(&self.a, &self.b, now, &mut self.sent, &|_| false);
+        let data = vec![7u8; n];
+        let written = a.with_shard(idx, now, |s| s.tcp(handle).send_slice(&data).expect("send"));
+        assert_eq!(written, n);
+        let mut out = Vec::new();
+        a.drain_out(&mut out, usize::MAX);
+        let first = out
+            .iter()
+            .filter_map(|p| crate::wire::tcp_segment(p))
+            .find(|s| s.len > 0)
+            .expect("a data segment");
+        // The segment b would send next: ACK of everything before a's data.
+        let (b, accepted) = (&self.b, &self.accepted);
+        b.with_shard(accepted.shard, now, |s| {
+            s.tcp(accepted.handle).send_slice(b"x").expect("send")
+        });
+        let mut from_b = Vec::new();
+        b.drain_out(&mut from_b, usize::MAX);
+        let b_seg = from_b
+            .iter()
+            .filter_map(|p| crate::wire::tcp_segment(p))
+            .next()
+            .expect("b's segment");
+        // Deliver b's byte, so a's view of b is current; a's answer is dropped.
+        a.push_at(&from_b, now);
+        out.clear();
+        a.drain_out(&mut out, usize::MAX);
+        (b_seg, first.seq)
+    }
+
+    /// A segment from b to a as a forger knowing only the 4-tuple would send it.
+    fn forged(&self, seq: u32, ack: u32, sacks: [Option<(u32, u32)>; 3]) -> Vec<u8> {
+        use smoltcp::wire::{Ipv4Address, TcpControl, TcpRepr, TcpSeqNumber};
+        let tcp = TcpRepr {
+            src_port: 80,
+            dst_port: 50_000,
+            control: TcpControl::None,
+            seq_number: TcpSeqNumber(seq as i32),
+            ack_number: Some(TcpSeqNumber(ack as i32)),
+            window_len: 4096,
+            window_scale: None,
+            max_seg_size: None,
+            sack_permitted: false,
+            sack_ranges: sacks,
+            timestamp: None,
+            payload: &[],
+        };
+        crate::wire::tests::ipv4_tcp(
+            Ipv4Address::new(10, 0, 0, 2),
+            Ipv4Address::new(10, 0, 0, 1),
+            &tcp,
+        )
+    }
+
+    /// Runs a's timers up to `until` (b hears nothing); returns the data segments a sent.
+    fn run_a_until(&mut self, until: Instant) -> Vec<crate::wire::Segment> {
+        let mut segs = Vec::new();
+        let mut out = Vec::new();
+        loop {
+            out.clear();
+            self.a.drain_out(&mut out, usize::MAX);
+            segs.extend(
+                out.iter()
+                    .filter_map(|p| crate::wire::tcp_segment(p))
+                    .filter(|s| s.len > 0),
+            );
+            match self.a.next_deadline() {
+                Some(t) if t <= until => {
+                    self.now = self.now.max(t);
+                    self.a.drive_at(self.now);
+                }
+                _ => break,
+            }
+        }
+        self.now = until;
+        segs
+    }
+}
+
+/// Review finding: forged SACK blocks on a segment outside the window we advertised made
+/// loss repair resend data. Only acceptable segments may feed the sender.
+#[test]
+fn out_of_window_sack_blocks_trigger_no_resend() {
+    let mut c = OneConn::new();
+    let (b_seg, una) = c.send_all_lost(8 * 1380);
+    let seq = b_seg.seq.wrapping_add(1).wrapping_add(0x4000_0000);
+    let forged = c.forged(
+        seq,
+        una,
+        [
+            Some((una.wrapping_add(1380), una.wrapping_add(8 * 1380))),
+            None,
+            None,
+        ],
+    );
+    c.a.push_at(&[forged], c.now);
+    let before = c.a.counters.snapshot().tcp_repaired;
+    // Well before any probe or timeout could fire: nothing may be resent.
+    let until = c.now + Duration::from_millis(5);
+    let resent = c.run_a_until(until);
+    assert!(resent.is_empty(), "resent on a forged SACK: {resent:?}");
+    assert_eq!(c.a.counters.snapshot().tcp_repaired, before);
+}
+
+/// When a's first retransmission of `una` goes out after all of `n` bytes were lost,
+/// with `forge` (a forged segment from b) injected right after the loss.
+fn first_resend(forge: bool) -> Duration {
+    let mut c = OneConn::new();
+    let (b_seg, una) = c.send_all_lost(8 * 1380);
+    let start = c.now;
+    if forge {
+        let seq = b_seg.seq.wrapping_add(1).wrapping_add(0x4000_0000);
+        let forged = c.forged(
+            seq,
+            una,
+            [Some((una, una.wrapping_add(8 * 1380))), None, None],
+        );
+        c.a.push_at(&[forged], c.now);
+    }
+    let mut out = Vec::new();
+    for _ in 0..1000 {
+        out.clear();
+        c.a.drain_out(&mut out, usize::MAX);
+        if out
+            .iter()
+            .filter_map(|p| crate::wire::tcp_segment(p))
+            .any(|s| s.len > 0 && s.seq == una)
+        {
+            return c.now - start;
+        }
+        let next =
+            c.a.next_deadline()
+                .expect("a timer while data is unacknowledged");
+        c.now = c.now.max(next);
+        c.a.drive_at(c.now);
+    }
+    panic!("never resent");
+}
+
+/// Review finding: forged SACK blocks covering everything in flight suppressed the tail
+/// probe and smoltcp's retransmission (dropped as redundant). They must change nothing.
+#[test]
+fn out_of_window_sack_blocks_delay_no_retransmission() {
+    let honest = first_resend(false);
+    let forged = first_resend(true);
+    assert_eq!(
+        forged, honest,
+        "first retransmission delayed by a forged SACK"
+    );
+}
+
+/// Review finding: a tail-loss probe could resend data after the connection was aborted.
+#[test]
+fn nothing_is_resent_after_an_abort() {
+    let mut c = OneConn::new();
+    let (_, _) = c.send_all_lost(8 * 1380);
+    let (tuple, now) = (c.tuple, c.now);
+    c.a.with_shard(c.idx, now, |s| s.release(&c.a, tuple, now, true));
+    let until = c.now + Duration::from_secs(3);
+    let resent = c.run_a_until(until);
+    assert!(resent.is_empty(), "data sent after the abort: {resent:?}");
+}
+
+// What the sender (`sender.rs`) assumes of smoltcp 0.14.0. The workspace pins smoltcp to
+// exactly that version; these fail loudly if another one behaves differently.
+
+/// With congestion control off, smoltcp emits everything the peer's window allows at
+/// once, so the sender (not smoltcp) decides what goes out.
+#[test]
+fn smoltcp_assumption_without_congestion_control_it_emits_the_whole_window() {
+    let mut c = OneConn::new();
+    let (a, now, idx, handle) = (&c.a, c.now, c.idx, c.handle);
+    let data = vec![5u8; 200 * 1024];
+    let n = a.with_shard(idx, now, |s| s.tcp(handle).send_slice(&data).expect("send"));
+    assert_eq!(n, data.len());
+    let mut out: Vec<Bytes> = Vec::new();
+    a.drain_out(&mut out, usize::MAX);
+    let wire: u32 = out
+        .iter()
+        .filter_map(|p| crate::wire::tcp_segment(p))
+        .map(|s| s.len)
+        .sum();
+    assert!(
+        wire <= 10 * 1380,
+        "the initial window went out: {wire} bytes"
+    );
+    // b has advertised the 64 KiB of its SYN-ACK so far (no scaled update yet).
+    assert!(
+        a.repair_budget.used() >= 64 * 1024,
+        "smoltcp emitted only {} bytes into the sender",
+        a.repair_budget.used()
+    );
+    c.now = now;
+}
+
+/// smoltcp's own retransmission timeout is no shorter than 1 s (so the sender's, with a
+/// 200 ms floor, always acts first), and what it re-emits is bytes the sender holds,
+/// dropped rather than sent.
+#[test]
+fn smoltcp_assumption_its_timeout_is_a_backstop_of_at_least_one_second() {
+    let mut c = OneConn::new();
+    let (_, _) = c.send_all_lost(4 * 1380);
+    let start = c.now;
+    c.run_a_until(start + Duration::from_millis(990));
+    assert_eq!(c.a.counters.snapshot().tcp_smoltcp_resent, 0);
+    c.run_a_until(start + Duration::from_secs(3));
+    let stats = c.a.counters.snapshot();
+    assert!(stats.tcp_smoltcp_resent > 0, "{stats:?}");
+    assert_eq!(stats.tcp_resends_dropped, stats.tcp_smoltcp_resent);
+}
+
+/// smoltcp's keep-alive is the last sent byte again (sequence number snd_nxt - 1, one
+/// byte): the sender passes it only once that byte is acknowledged.
+#[test]
+fn smoltcp_assumption_its_keep_alive_is_the_last_byte_again() {
+    let mut c = OneConn::with(|cfg| cfg.keepalive = Some(Duration::from_secs(1)));
+    let (a, b, now, idx, handle) = (&c.a, &c.b, c.now, c.idx, c.handle);
+    a.with_shard(idx, now, |s| {
+        s.tcp(handle).send_slice(&[1; 100]).expect("send")
+    });
+    exchange(a, b, now, &mut c.sent, &|_| false);
+    let later = now + Duration::from_millis(50);
+    a.drive_at(later);
+    b.drive_at(later);
+    exchange(a, b, later, &mut c.sent, &|_| false);
+    a.with_shard(idx, later, |s| {
+        assert_eq!(s.tcp(handle).send_queue(), 0, "all acknowledged");
+    });
+    c.now = later;
+    let sent = c.run_a_until(later + Duration::from_millis(1500));
+    let ka = sent.first().expect("a keep-alive went out");
+    assert_eq!(ka.len, 1, "{sent:?}");
 }
 
 #[test]

@@ -15,11 +15,11 @@ use smoltcp::wire::{IpAddress, IpEndpoint};
 use tokio::sync::Notify;
 
 use crate::config::{ConfigError, NetstackConfig};
-use crate::repair::Budget;
+use crate::sender::Budget;
 use crate::shard::Shard;
 use crate::stats::{Counters, NetstackStats};
 use crate::tcp::{ListenerShared, TcpListener, TcpStream};
-use crate::time::{Clock, rate_for_min_rto};
+use crate::time::Clock;
 use crate::wire::{Class, Tuple, classify, shard_of};
 
 /// First port of the ephemeral range for outbound connections.
@@ -53,7 +53,7 @@ pub(crate) struct Shared {
     pub(crate) config: NetstackConfig,
     pub(crate) clock: Clock,
     pub(crate) counters: Counters,
-    /// Bytes all connections' loss-repair caches may hold.
+    /// Bytes all connections' senders may hold (see `sender.rs`).
     pub(crate) repair_budget: Budget,
     addrs: Vec<IpAddress>,
     shards: Box<[Mutex<Shard>]>,
@@ -219,7 +219,7 @@ impl Shared {
     /// A stack without a driver; [`Netstack::new`] adds one.
     pub(crate) fn new(config: NetstackConfig, now: Instant) -> Result<Self, ConfigError> {
         config.validate()?;
-        let clock = Clock::new(now, rate_for_min_rto(config.min_rto));
+        let clock = Clock::new(now);
         let shards = (0..config.shards)
             .map(|i| Mutex::new(Shard::new(i, &config, clock, rand::random(), now)))
             .collect();
@@ -363,13 +363,12 @@ impl Shared {
             .config
             .max_outbound_packets
             .saturating_sub(self.out_len.load(SeqCst));
-        let blocked = if room > 0 {
-            shard.egress(self, now, room);
-            false
-        } else {
+        // Blocked: no room, or the room ran out with senders still holding packets to
+        // send. Polled again when the queue drains (see `drain_out`).
+        let blocked = room == 0 || shard.egress(self, now, room);
+        if blocked {
             self.blocked.fetch_or(bit, SeqCst);
-            true
-        };
+        }
         shard.maintain(self, now);
         if shard.has_transmit() {
             self.enqueue_out(shard.take_transmit());

@@ -88,21 +88,30 @@ pub struct NetstackStats {
     pub tx_packets: u64,
     /// Inbound packets dropped, by reason.
     pub dropped: DropCounts,
-    /// TCP segments sent again by loss repair because the peer's SACKs showed them lost.
+    /// TCP segments the sender sent again because RACK or its timeout found them lost.
     pub tcp_repaired: u64,
-    /// Tail-loss probes sent by loss repair.
+    /// Tail-loss probes the sender sent.
     pub tcp_probes: u64,
-    /// Repairs and probes not sent because the outbound queue was full.
+    /// Segments smoltcp emitted past the senders' memory bound (smoltcp's own timeout
+    /// emits them again later).
     pub tcp_repairs_skipped: u64,
-    /// Payload bytes of sent, unacknowledged segments loss repair holds now.
+    /// Bytes the senders hold now: packets sent and not yet acknowledged, and packets
+    /// waiting for the congestion window.
     pub tcp_repair_bytes: usize,
     /// Half-open connections dropped to make room for a new SYN at a limit (a SYN flood).
     pub half_open_evicted: u64,
-    /// TCP segments smoltcp sent again (its fast retransmit or timeout).
+    /// TCP segments smoltcp emitted again (its fast retransmit or timeout).
     pub tcp_smoltcp_resent: u64,
-    /// Of smoltcp's retransmissions, those not sent because the peer had SACKed or
-    /// acknowledged every byte of them already.
+    /// Of those, the ones not sent: the sender holds their bytes and resends on its
+    /// own schedule (with the sender on, all of them).
     pub tcp_resends_dropped: u64,
+    /// Retransmission timeouts of the senders.
+    pub tcp_rtos: u64,
+    /// Window cuts undone because every retransmission of the recovery was spurious.
+    pub tcp_undos: u64,
+    /// Peer segments the senders ignored: outside the window we advertised, or
+    /// acknowledging data never sent (see `sender.rs`).
+    pub tcp_segments_ignored: u64,
     /// Bytes of TCP rings mapped now, counted against
     /// [`tcp_buffer_budget`](crate::NetstackConfig::tcp_buffer_budget).
     pub tcp_ring_bytes: usize,
@@ -126,6 +135,9 @@ pub(crate) struct Counters {
     pub(crate) half_open_evicted: AtomicU64,
     tcp_smoltcp_resent: AtomicU64,
     tcp_resends_dropped: AtomicU64,
+    tcp_rtos: AtomicU64,
+    tcp_undos: AtomicU64,
+    tcp_segments_ignored: AtomicU64,
     pub(crate) tcp_ring_bytes: AtomicUsize,
 }
 
@@ -146,6 +158,9 @@ impl Default for Counters {
             half_open_evicted: AtomicU64::new(0),
             tcp_smoltcp_resent: AtomicU64::new(0),
             tcp_resends_dropped: AtomicU64::new(0),
+            tcp_rtos: AtomicU64::new(0),
+            tcp_undos: AtomicU64::new(0),
+            tcp_segments_ignored: AtomicU64::new(0),
             tcp_ring_bytes: AtomicUsize::new(0),
         }
     }
@@ -155,24 +170,24 @@ impl Default for Counters {
 const LIMIT_WARN_EVERY_SECS: u64 = 60;
 
 impl Counters {
-    /// Loss repair emitted `emitted`, of which the first `sent` packets fitted in the
-    /// outbound batch (repairs come first, then the probes).
-    pub(crate) fn repaired(&self, emitted: crate::repair::Emitted, sent: usize) {
-        let repaired = emitted.repairs.min(sent);
-        let probes = emitted.probes.min(sent - repaired);
-        let skipped = emitted.repairs + emitted.probes - repaired - probes;
-        self.tcp_repaired.fetch_add(repaired as u64, Relaxed);
-        self.tcp_probes.fetch_add(probes as u64, Relaxed);
-        self.tcp_repairs_skipped.fetch_add(skipped as u64, Relaxed);
-    }
-
-    /// smoltcp retransmitted `resent` segments; `dropped` more were not sent (redundant).
-    pub(crate) fn resent(&self, resent: u64, dropped: u64) {
-        if resent > 0 {
-            self.tcp_smoltcp_resent.fetch_add(resent, Relaxed);
+    /// Adds what a connection's sender did.
+    pub(crate) fn sender(&self, e: crate::sender::Events) {
+        if e == crate::sender::Events::default() {
+            return;
         }
-        if dropped > 0 {
-            self.tcp_resends_dropped.fetch_add(dropped, Relaxed);
+        for (counter, n) in [
+            (&self.tcp_repaired, e.retransmits),
+            (&self.tcp_probes, e.probes),
+            (&self.tcp_repairs_skipped, e.deferred),
+            (&self.tcp_smoltcp_resent, e.smoltcp_resends),
+            (&self.tcp_resends_dropped, e.smoltcp_resends),
+            (&self.tcp_rtos, e.rtos),
+            (&self.tcp_undos, e.undos),
+            (&self.tcp_segments_ignored, e.ignored),
+        ] {
+            if n > 0 {
+                counter.fetch_add(n, Relaxed);
+            }
         }
     }
 
@@ -223,6 +238,9 @@ impl Counters {
             half_open_evicted: self.half_open_evicted.load(Relaxed),
             tcp_smoltcp_resent: self.tcp_smoltcp_resent.load(Relaxed),
             tcp_resends_dropped: self.tcp_resends_dropped.load(Relaxed),
+            tcp_rtos: self.tcp_rtos.load(Relaxed),
+            tcp_undos: self.tcp_undos.load(Relaxed),
+            tcp_segments_ignored: self.tcp_segments_ignored.load(Relaxed),
             tcp_ring_bytes: self.tcp_ring_bytes.load(Relaxed),
         }
     }

@@ -340,7 +340,7 @@ impl AsyncWrite for TcpStream {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let mut shard = this.shared.lock(this.shard);
-        let mut socket = shard.tcp(this.handle);
+        let socket = shard.tcp(this.handle);
         if !socket.may_send() {
             let state = socket.state();
             return Poll::Ready(Err(this.closed_error(&shard, state, true)));
@@ -348,14 +348,19 @@ impl AsyncWrite for TcpStream {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        match socket.send_slice(buf) {
+        let free = socket.send_capacity() - socket.send_queue();
+        // Memory for what the connection's sender will hold (see `Shard::reserve_send`).
+        let granted = shard.reserve_send(&this.tuple, buf.len().min(free));
+        let res = shard.tcp(this.handle).send_slice(&buf[..granted]);
+        shard.unreserve_send(&this.tuple, granted - *res.as_ref().unwrap_or(&0));
+        let mut socket = shard.tcp(this.handle);
+        match res {
             Ok(0) => {
                 socket.register_send_waker(cx.waker());
                 Poll::Pending
             }
             Ok(n) => {
                 let now = Instant::now();
-                shard.boost(&this.tuple, now);
                 this.shared.finish(this.shard, &mut shard, now);
                 Poll::Ready(Ok(n))
             }

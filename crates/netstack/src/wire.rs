@@ -8,7 +8,7 @@ use smoltcp::wire::{
 use crate::stats::DropReason;
 
 /// A TCP connection's 4-tuple, from this stack's point of view.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct Tuple {
     /// Our virtual IP and port.
     pub(crate) local: IpEndpoint,
@@ -27,8 +27,6 @@ pub(crate) enum Class {
         syn_only: bool,
         /// RST set.
         rst: bool,
-        /// The sender advertises a zero receive window.
-        zero_window: bool,
     },
     /// A UDP datagram to our `port`.
     Udp {
@@ -94,7 +92,6 @@ pub(crate) fn classify(packet: &[u8], ours: &[IpAddress]) -> Result<Class, DropR
                 tuple,
                 syn_only,
                 rst: tcp.rst(),
-                zero_window: tcp.window_len() == 0 && !tcp.syn(),
             })
         }
         IpProtocol::Udp => {
@@ -107,7 +104,7 @@ pub(crate) fn classify(packet: &[u8], ours: &[IpAddress]) -> Result<Class, DropR
     }
 }
 
-/// The fields of a TCP segment that loss repair reads (see `repair.rs`).
+/// The fields of a TCP segment the sender reads (see `sender.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Segment {
     /// The sender's address and port.
@@ -120,8 +117,10 @@ pub(crate) struct Segment {
     pub(crate) ack: Option<u32>,
     /// Payload bytes (SYN and FIN not counted).
     pub(crate) len: u32,
-    /// SYN or RST set: not a data or ACK segment repair cares about.
+    /// SYN or RST set: not a data or ACK segment the sender cares about.
     pub(crate) control: bool,
+    /// RST set.
+    pub(crate) rst: bool,
     /// FIN set.
     pub(crate) fin: bool,
     /// The advertised window field, unscaled.
@@ -168,6 +167,7 @@ pub(crate) fn tcp_segment(packet: &[u8]) -> Option<Segment> {
         ack: tcp.ack().then(|| tcp.ack_number().0 as u32),
         len: u32::try_from(tcp.payload().len()).unwrap_or(u32::MAX),
         control: tcp.syn() || tcp.rst(),
+        rst: tcp.rst(),
         fin: tcp.fin(),
         window: tcp.window_len(),
         sacks: tcp.selective_ack_ranges().unwrap_or([None; 3]),
@@ -178,16 +178,24 @@ pub(crate) fn tcp_segment(packet: &[u8]) -> Option<Segment> {
 /// the TCP checksum updated incrementally (RFC 1624); `None` when both are unchanged or
 /// the packet is not a TCP segment this stack emitted.
 ///
-/// Loss repair resends old packets: a receiver that has since sent data itself would take
+/// The sender resends old packets: a receiver that has since sent data itself would take
 /// an older ACK number as a duplicate (smoltcp drops such a segment, data and all) and an
 /// older window as current.
 pub(crate) fn with_ack_and_window(packet: &[u8], ack: u32, window: u16) -> Option<Vec<u8>> {
+    let mut out = packet.to_vec();
+    set_ack_and_window(&mut out, ack, window).then_some(out)
+}
+
+/// [`with_ack_and_window`] in place: returns whether `packet` changed.
+pub(crate) fn set_ack_and_window(packet: &mut [u8], ack: u32, window: u16) -> bool {
     let off = match packet.first().map(|b| b >> 4) {
         Some(4) => usize::from(packet[0] & 0x0f) * 4,
         Some(6) => 40,
-        _ => return None,
+        _ => return false,
     };
-    let tcp = packet.get(off..off + 20)?;
+    let Some(tcp) = packet.get_mut(off..off + 20) else {
+        return false;
+    };
     let old_ack = [
         u16::from_be_bytes([tcp[8], tcp[9]]),
         u16::from_be_bytes([tcp[10], tcp[11]]),
@@ -195,7 +203,7 @@ pub(crate) fn with_ack_and_window(packet: &[u8], ack: u32, window: u16) -> Optio
     let old_win = u16::from_be_bytes([tcp[14], tcp[15]]);
     let new_ack = [(ack >> 16) as u16, ack as u16];
     if old_ack == new_ack && old_win == window {
-        return None;
+        return false;
     }
     let mut check = u16::from_be_bytes([tcp[16], tcp[17]]);
     for (old, new) in old_ack
@@ -205,20 +213,74 @@ pub(crate) fn with_ack_and_window(packet: &[u8], ack: u32, window: u16) -> Optio
     {
         check = checksum_update(check, old, new);
     }
-    let mut out = packet.to_vec();
-    out[off + 8..off + 12].copy_from_slice(&ack.to_be_bytes());
-    out[off + 14..off + 16].copy_from_slice(&window.to_be_bytes());
-    out[off + 16..off + 18].copy_from_slice(&check.to_be_bytes());
-    Some(out)
+    tcp[8..12].copy_from_slice(&ack.to_be_bytes());
+    tcp[14..16].copy_from_slice(&window.to_be_bytes());
+    tcp[16..18].copy_from_slice(&check.to_be_bytes());
+    true
 }
 
-/// An Internet checksum after one 16-bit word changed from `old` to `new` (RFC 1624, eqn. 3).
 fn checksum_update(check: u16, old: u16, new: u16) -> u16 {
     let mut sum = u32::from(!check) + u32::from(!old) + u32::from(new);
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
     !(sum as u16)
+}
+
+/// `packet` (a TCP segment we sent, starting at sequence number `seq`) without its
+/// payload bytes before `from`: the same headers, sequence number `from`, lengths and
+/// checksums recomputed. `None` when it is not such a segment or `from` is outside it.
+///
+/// smoltcp may re-cut what it sends again so that a segment starts in bytes the sender
+/// already holds and ends in new ones; only the new part may go out. (A smoltcp receiver
+/// drops a segment whose payload is all old even when it carries a new FIN.)
+pub(crate) fn trimmed_front(packet: &[u8], seq: u32, from: u32) -> Option<Vec<u8>> {
+    let cut = usize::try_from(from.wrapping_sub(seq)).ok()?;
+    let (ip_len, src, dst) = match packet.first().map(|b| b >> 4) {
+        Some(4) => {
+            let ip = Ipv4Packet::new_checked(packet).ok()?;
+            (
+                usize::from(ip.header_len()),
+                IpAddress::Ipv4(ip.src_addr()),
+                IpAddress::Ipv4(ip.dst_addr()),
+            )
+        }
+        Some(6) => {
+            let ip = Ipv6Packet::new_checked(packet).ok()?;
+            if ip.next_header() != IpProtocol::Tcp {
+                return None;
+            }
+            (
+                40,
+                IpAddress::Ipv6(ip.src_addr()),
+                IpAddress::Ipv6(ip.dst_addr()),
+            )
+        }
+        _ => return None,
+    };
+    let tcp = TcpPacket::new_checked(packet.get(ip_len..)?).ok()?;
+    let tcp_len = usize::from(tcp.header_len());
+    if cut > tcp.payload().len() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(packet.len() - cut);
+    out.extend_from_slice(&packet[..ip_len + tcp_len]);
+    out.extend_from_slice(&packet[ip_len + tcp_len + cut..]);
+    let total = u16::try_from(out.len()).ok()?;
+    match src {
+        IpAddress::Ipv4(_) => {
+            let mut ip = Ipv4Packet::new_unchecked(&mut out[..]);
+            ip.set_total_len(total);
+            ip.fill_checksum();
+        }
+        IpAddress::Ipv6(_) => {
+            Ipv6Packet::new_unchecked(&mut out[..]).set_payload_len(total - 40);
+        }
+    }
+    let mut tcp = TcpPacket::new_unchecked(&mut out[ip_len..]);
+    tcp.set_seq_number(smoltcp::wire::TcpSeqNumber(from as i32));
+    tcp.fill_checksum(&src, &dst);
+    Some(out)
 }
 
 /// The shard of a TCP connection: a keyed hash of the peer and both ports.
@@ -245,7 +307,7 @@ pub(crate) fn shard_of(key: u64, tuple: &Tuple, shards: usize) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use smoltcp::phy::ChecksumCapabilities;
     use smoltcp::wire::{Ipv4Address, Ipv4Repr, TcpControl, TcpRepr, TcpSeqNumber};
@@ -269,7 +331,7 @@ mod tests {
     }
 
     /// `tcp` in an IPv4 packet from `src` to `dst`, checksums filled in.
-    fn ipv4_tcp(src: Ipv4Address, dst: Ipv4Address, tcp: &TcpRepr<'_>) -> Vec<u8> {
+    pub(crate) fn ipv4_tcp(src: Ipv4Address, dst: Ipv4Address, tcp: &TcpRepr<'_>) -> Vec<u8> {
         let ip = Ipv4Repr {
             src_addr: src,
             dst_addr: dst,
@@ -324,6 +386,40 @@ mod tests {
             assert_eq!(t.seq_number(), TcpSeqNumber(7));
         }
         assert_eq!(with_ack_and_window(&buf[..30], 1, 1), None, "truncated");
+    }
+
+    #[test]
+    fn a_trimmed_segment_keeps_only_the_new_bytes_and_its_fin() {
+        let (src, dst) = (Ipv4Address::new(10, 0, 0, 1), Ipv4Address::new(10, 0, 0, 2));
+        let payload: Vec<u8> = (0..100u8).collect();
+        let tcp = TcpRepr {
+            src_port: 80,
+            dst_port: 40000,
+            control: TcpControl::Fin,
+            seq_number: TcpSeqNumber(1000),
+            ack_number: Some(TcpSeqNumber(77)),
+            window_len: 500,
+            window_scale: None,
+            max_seg_size: None,
+            sack_permitted: false,
+            sack_ranges: [None; 3],
+            timestamp: None,
+            payload: &payload,
+        };
+        let packet = ipv4_tcp(src, dst, &tcp);
+        for cut in [0u32, 40, 100] {
+            let out = trimmed_front(&packet, 1000, 1000 + cut).expect("trimmed");
+            let ip = Ipv4Packet::new_checked(&out[..]).expect("ipv4");
+            assert!(ip.verify_checksum());
+            let seg = TcpPacket::new_checked(ip.payload()).expect("tcp");
+            assert!(seg.verify_checksum(&src.into(), &dst.into()));
+            assert_eq!(seg.seq_number(), TcpSeqNumber(1000 + cut as i32));
+            assert_eq!(seg.payload(), &payload[cut as usize..]);
+            assert!(seg.fin());
+            assert_eq!(seg.ack_number(), TcpSeqNumber(77));
+        }
+        assert_eq!(trimmed_front(&packet, 1000, 1101), None);
+        assert_eq!(trimmed_front(b"junk", 0, 1), None);
     }
 
     #[test]

@@ -67,7 +67,10 @@ pub(crate) fn run(rev: &str, runs: u32, current: Option<&Path>) -> Result<()> {
         if met { "met" } else { "**missed**" },
         std::fs::read_to_string("/proc/loadavg")
             .unwrap_or_default()
-            .trim()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     let dir = root().join("target/bench-report");
     fs::create_dir_all(&dir)?;
