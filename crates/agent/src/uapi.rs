@@ -4,7 +4,8 @@
 //! The protocol: a client sends `get=1\n\n` and reads `key=value` lines ending with
 //! `errno=N` and a blank line. Keys are lowercase hex. The agent answers `get` with its
 //! private key (which `wg showconf` needs; the socket is 0600) but never with preshared
-//! keys. `set=1` is not supported yet: it answers `errno=95` (operation not supported).
+//! keys. `set=1` changes nothing yet: the restart-only keys (`private_key`, `listen_port`,
+//! `fwmark`) answer `errno=22`, peer changes `errno=95` (operation not supported).
 //!
 //! The socket is `/var/run/wireguard/NAME.sock`, the only place `wg` looks, when that
 //! directory can be used; otherwise it goes in the runtime directory (`$RUNTIME_DIRECTORY`,
@@ -154,11 +155,24 @@ async fn serve_client(stream: UnixStream, agent: &Agent) -> io::Result<()> {
         }
         let answer = match command.as_str() {
             "get=1" if lines.is_empty() => get(agent),
-            "set=1" => zeroize::Zeroizing::new(format!("errno={EOPNOTSUPP}\n\n")),
+            "set=1" => zeroize::Zeroizing::new(format!("errno={}\n\n", set_errno(&lines))),
             _ => zeroize::Zeroizing::new(format!("errno={EINVAL}\n\n")),
         };
         write.write_all(answer.as_bytes()).await?;
     }
+}
+
+/// The `set=1` answer until peer changes are supported: the interface's restart-only keys
+/// (`private_key`, `listen_port`, `fwmark`) are refused as invalid (`EINVAL`), like a bad
+/// value; anything else is not supported yet (`EOPNOTSUPP`). Nothing changes either way.
+fn set_errno(lines: &[String]) -> i32 {
+    let restart_only = lines.iter().any(|line| {
+        matches!(
+            line.split_once('=').map(|(key, _)| key),
+            Some("private_key" | "listen_port" | "fwmark")
+        )
+    });
+    if restart_only { EINVAL } else { EOPNOTSUPP }
 }
 
 /// One line without its `\n`; `None` at the end of input. An over-long line is an error.

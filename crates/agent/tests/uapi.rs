@@ -145,12 +145,25 @@ async fn uapi_wg_show_and_showconf_read_the_running_agent() {
         "the preshared key leaked"
     );
 
-    // A malformed request gets errno=22; `set` is not supported yet.
+    // A malformed request gets errno=22.
     assert_eq!(uapi_request(&socket, "hello=1\n\n"), "errno=22\n");
+    // Restart-only settings are refused as invalid; peer changes are not supported yet.
     assert_eq!(
         uapi_request(&socket, "set=1\nlisten_port=1\n\n"),
-        "errno=95\n"
+        "errno=22\n"
     );
+    let set = wg(&["set", &name, "fwmark", "7"]);
+    assert!(!set.status.success(), "{}", text(&set));
+    assert!(text(&set).contains("-22"), "{}", text(&set));
+    let set = wg(&[
+        "set",
+        &name,
+        "peer",
+        &gateway_key,
+        "persistent-keepalive",
+        "5",
+    ]);
+    assert!(!set.status.success(), "{}", text(&set));
 
     // A second agent with the same name (and its own admin port) is refused and says why.
     let second_config = fx.config.with_file_name("second.toml");
