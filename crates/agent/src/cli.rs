@@ -341,12 +341,19 @@ fn pubkey() -> ExitCode {
 }
 
 /// Installs the subscriber; returns what changes its level later.
-fn install_tracing(format: LogFormat, level: &str) -> Result<agent::LogLevelControl, String> {
+fn install_tracing(
+    format: LogFormat,
+    level: &str,
+) -> Result<(agent::LogLevelControl, agent::logging::LogGuard), String> {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .map_err(|e| format!("log level `{level}` is not a level or tracing filter: {e}"))?;
+    // A slow stderr (a full pipe, a stalled journal) must not stall the tasks that log:
+    // lines go through a bounded queue; overflow is dropped and counted.
+    let (writer, guard) =
+        agent::logging::non_blocking(std::io::stderr(), agent::logging::QUEUE_LINES);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::stderr().is_terminal());
     fn control<L, S>(handle: tracing_subscriber::reload::Handle<L, S>) -> agent::LogLevelControl
     where
@@ -361,7 +368,7 @@ fn install_tracing(format: LogFormat, level: &str) -> Result<agent::LogLevelCont
                 .map_err(|e| format!("cannot change the log level: {e}"))
         })
     }
-    Ok(match format {
+    let control = match format {
         LogFormat::Json => {
             let builder = builder.json().with_filter_reloading();
             let handle = builder.reload_handle();
@@ -374,7 +381,8 @@ fn install_tracing(format: LogFormat, level: &str) -> Result<agent::LogLevelCont
             builder.init();
             control(handle)
         }
-    })
+    };
+    Ok((control, guard))
 }
 
 fn tokio_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
@@ -415,8 +423,9 @@ fn run(path: &Path, log: &LogArgs) -> ExitCode {
         .log_level
         .clone()
         .unwrap_or_else(|| config.log.level.clone());
-    let set_level = match install_tracing(format, &level) {
-        Ok(control) => control,
+    // `_log` flushes the queued lines when `run` returns.
+    let (set_level, _log) = match install_tracing(format, &level) {
+        Ok(installed) => installed,
         Err(message) => return fail(EXIT_CONFIG, message),
     };
     for warning in &config.warnings {
@@ -441,9 +450,10 @@ fn run(path: &Path, log: &LogArgs) -> ExitCode {
 
 fn demo(log: &LogArgs) -> ExitCode {
     let level = log.log_level.as_deref().unwrap_or("warn");
-    if let Err(message) = install_tracing(log.log_format.unwrap_or_default(), level) {
-        return fail(EXIT_CONFIG, message);
-    }
+    let _log = match install_tracing(log.log_format.unwrap_or_default(), level) {
+        Ok((_, guard)) => guard,
+        Err(message) => return fail(EXIT_CONFIG, message),
+    };
     let runtime = match tokio_runtime() {
         Ok(rt) => rt,
         Err(code) => return code,

@@ -4,6 +4,25 @@
 //!
 //! Validation never touches the network. Every error names the file, the field and the
 //! bad value, except for secrets, whose value is never shown. See `docs/configuration.md`.
+//!
+//! ```
+//! use agent::config::{Config, RouteProtocol};
+//! use wg_core::PrivateKey;
+//!
+//! let toml = format!(
+//!     "[agent]\nprivate_key = \"{}\"\nvirtual_ip = \"10.1.0.100\"\nsubnet = \"10.1.0.0/24\"\n\n\
+//!      [[gateways]]\nid = \"gw1\"\npublic_key = \"{}\"\nendpoint = \"gw1.example.net:51820\"\n\
+//!      virtual_ip = \"10.1.0.1\"\n",
+//!     PrivateKey::generate().to_base64_secret().as_str(),
+//!     PrivateKey::generate().public_key(),
+//! );
+//! let config = Config::from_toml(&toml, "agent.toml".as_ref())?;
+//! assert_eq!(config.gateways[0].persistent_keepalive, 25);
+//! assert_eq!(config.gateways[0].endpoint.to_string(), "gw1.example.net:51820");
+//! // No [[routes]]: one HTTP route, port 80 to 127.0.0.1:8080.
+//! assert_eq!(config.routes[0].protocol, RouteProtocol::Http);
+//! # Ok::<(), agent::config::ConfigError>(())
+//! ```
 
 mod error;
 mod raw;
@@ -21,7 +40,9 @@ use wg_core::{IpNet, PeerConfig, PresharedKey, PrivateKey, PublicKey};
 
 pub use error::ConfigError;
 pub use reload::ConfigChanges;
-pub use types::{AdminListen, DEFAULT_ADMIN_PORT, Endpoint, Host, format_duration, parse_duration};
+pub use types::{AdminListen, DEFAULT_ADMIN_PORT, format_duration, parse_duration};
+
+pub use crate::manager::{Endpoint, Host, LivenessProbe};
 
 use raw::RawConfig;
 use validate::{Validator, admin_listen, read_config, syntax_error};
@@ -91,18 +112,6 @@ pub struct GatewayConfig {
     pub liveness_probe: LivenessProbe,
     /// Inner source addresses accepted from, and destinations routed to, this gateway.
     pub allowed_ips: Vec<IpNet>,
-}
-
-/// `liveness_probe`: how a gateway that has been silent is checked.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-#[non_exhaustive]
-pub enum LivenessProbe {
-    /// ICMP echo to the gateway's virtual IP through the tunnel.
-    #[default]
-    Icmp,
-    /// No probe; liveness follows handshakes only.
-    Off,
 }
 
 /// A route's protocol.

@@ -1,17 +1,24 @@
-//! The seed's `Manager`, in async Rust: one WireGuard device ([`wg_core::Peers`]) with a
-//! batched UDP socket, one userspace stack ([`netstack::Netstack`]) on the virtual IP, the
-//! tasks that move packets between them, and the upkeep that keeps every gateway reachable.
+//! The Manager: one WireGuard device ([`wg_core::Peers`]) on a batched UDP socket and one
+//! userspace TCP/IP stack ([`netstack::Netstack`]) on the virtual IP, joined by packet tasks.
+//! It is the entry point for a service that embeds the agent (`examples/embed.rs` is one).
 //!
-//! | seed (Go)            | here                                             |
-//! | -------------------- | ------------------------------------------------ |
-//! | `NewManager`         | [`Manager::start`]                               |
-//! | `UpdateGateways`     | [`Manager::update_gateways`] (by difference)     |
-//! | `GetListener(port)`  | [`Manager::listen`]                              |
-//! | `Dial(network, addr)`| [`Manager::dial_tcp`], [`Manager::dial_udp`]     |
-//! | `GetStats`           | [`Manager::stats`]                               |
-//! | `Close`              | [`Manager::close`]                               |
+//! - [`Manager::start`] binds the socket, adds the gateways (handshakes start at once) and
+//!   spawns the packet tasks (`tasks.rs`: receive, send, timer) and the upkeep (`upkeep.rs`:
+//!   state changes, liveness probe, DNS re-resolution).
+//! - [`Manager::update_gateways`] applies a new gateway list by difference: an unchanged
+//!   gateway keeps its session and its connections.
+//! - [`Manager::listen`], [`Manager::dial_tcp`], [`Manager::dial_udp`] and [`Manager::ping`]
+//!   open sockets inside the tunnel; [`Manager::stats`] reports each gateway.
+//! - [`Manager::close`] drains: no new connection, open ones finish within a bound, then the
+//!   tasks stop.
+//!
+//! The device and the bookkeeping of each gateway (`Device`) share one lock, held only while
+//! the engine is fed or read, never across an `.await`.
 
-mod tunnel;
+mod endpoint;
+mod listener;
+mod liveness;
+mod tasks;
 mod upkeep;
 
 use std::collections::BTreeMap;
@@ -20,15 +27,22 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use netstack::{Netstack, NetstackConfig, TcpListener, TcpStream, UdpSocket};
+use netstack::{Netstack, NetstackConfig, TcpStream, UdpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use wg_core::{IpNet, PeerConfig, Peers, PresharedKey, PrivateKey, PublicKey};
 
-use crate::config::{Endpoint, Host, LivenessProbe};
-use crate::snapshot::{GatewayState, Liveness, gateway_state};
+pub use endpoint::{Endpoint, Host};
+pub use listener::Listener;
+pub use liveness::{
+    GatewayState, HANDSHAKE_LIFETIME, Liveness, LivenessProbe, RECEIVE_WINDOW, gateway_state,
+};
+pub use tasks::PacketCounters;
 
-pub use tunnel::TunnelCounters;
+/// How long [`Manager::close`] waits for open connections by default.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a packet task gets to stop after it was told to; then it is aborted.
+const TASK_STOP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How a [`Manager`] is set up: the agent's identity and address, and its gateways.
 #[derive(Debug, Clone)]
@@ -50,6 +64,8 @@ pub struct ManagerConfig {
     pub probe_after: Duration,
     /// How long the probe waits for its answer before forcing a handshake (default 10 s).
     pub probe_timeout: Duration,
+    /// How long [`Manager::close`] lets open connections finish (default 5 s).
+    pub drain_timeout: Duration,
 }
 
 impl ManagerConfig {
@@ -64,6 +80,7 @@ impl ManagerConfig {
             netstack: NetstackConfig::default(),
             probe_after: upkeep::PROBE_AFTER,
             probe_timeout: upkeep::PROBE_TIMEOUT,
+            drain_timeout: DRAIN_TIMEOUT,
         }
     }
 }
@@ -93,8 +110,8 @@ pub struct GatewaySpec {
 }
 
 impl GatewaySpec {
-    /// A gateway with the defaults of SPEC: allowed IPs = `virtual_ip`, keepalive 25 s, ICMP
-    /// liveness probe.
+    /// A gateway with the documented defaults (docs/configuration.md): allowed IPs =
+    /// `virtual_ip`, keepalive 25 s, ICMP liveness probe.
     pub fn new(
         id: impl Into<String>,
         public_key: PublicKey,
@@ -166,7 +183,7 @@ pub struct GatewayStats {
     pub endpoint: String,
     /// Its virtual IP.
     pub virtual_ip: IpAddr,
-    /// up / connecting / stale (SPEC's rule).
+    /// up / connecting / stale (the rule in docs/operations.md).
     pub state: GatewayState,
     /// Wall-clock time of the last completed handshake.
     pub last_handshake: Option<SystemTime>,
@@ -214,19 +231,34 @@ pub(crate) struct Inner {
     pub(crate) virtual_ip: IpAddr,
     pub(crate) probe_after: Duration,
     pub(crate) probe_timeout: Duration,
+    drain_timeout: Duration,
     pub(crate) netstack: Netstack,
-    pub(crate) tunnel: Mutex<Tunnel>,
-    pub(crate) sockets: tunnel::Sockets,
-    pub(crate) timer: tunnel::TimerWake,
-    pub(crate) counters: TunnelCounters,
+    pub(crate) device: Mutex<Device>,
+    pub(crate) sockets: tasks::Sockets,
+    pub(crate) timer: tasks::TimerWake,
+    pub(crate) counters: PacketCounters,
+    /// Set when the packet tasks must stop (the last step of closing).
     pub(crate) shutdown: watch::Sender<bool>,
+    /// Where closing stands: listeners and dials watch it.
+    closing: watch::Sender<Closing>,
     /// Set once a packet task ended while the manager was open (see [`Manager::failed`]).
     failure: watch::Sender<Option<String>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
+/// The steps of [`Manager::close`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Closing {
+    /// Serving.
+    Open,
+    /// No new connection; open ones finish (within the drain bound).
+    Draining,
+    /// The packet tasks have stopped.
+    Closed,
+}
+
 /// The device and the agent's bookkeeping of each gateway, under one lock.
-pub(crate) struct Tunnel {
+pub(crate) struct Device {
     pub(crate) peers: Peers,
     pub(crate) gateways: BTreeMap<PublicKey, Gateway>,
 }
@@ -246,23 +278,23 @@ pub(crate) struct Gateway {
 
 /// The device lock, held. Nothing logs while holding it (a slow log sink must not stall
 /// packets): test builds check it.
-pub(crate) struct TunnelGuard<'a>(MutexGuard<'a, Tunnel>);
+pub(crate) struct DeviceGuard<'a>(MutexGuard<'a, Device>);
 
-impl std::ops::Deref for TunnelGuard<'_> {
-    type Target = Tunnel;
-    fn deref(&self) -> &Tunnel {
+impl std::ops::Deref for DeviceGuard<'_> {
+    type Target = Device;
+    fn deref(&self) -> &Device {
         &self.0
     }
 }
 
-impl std::ops::DerefMut for TunnelGuard<'_> {
-    fn deref_mut(&mut self) -> &mut Tunnel {
+impl std::ops::DerefMut for DeviceGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Device {
         &mut self.0
     }
 }
 
 #[cfg(test)]
-impl Drop for TunnelGuard<'_> {
+impl Drop for DeviceGuard<'_> {
     fn drop(&mut self) {
         lock_held::leave();
     }
@@ -290,24 +322,133 @@ pub(crate) mod lock_held {
     }
 }
 
-impl Tunnel {
+impl Device {
     pub(crate) fn gateway_id(&self, key: &PublicKey) -> &str {
         self.gateways.get(key).map_or("?", |g| g.spec.id.as_str())
+    }
+
+    /// wg-core's view of each gateway. A gateway whose configured endpoint is unchanged keeps
+    /// the address roaming taught the engine.
+    fn peer_configs(
+        &self,
+        gateways: &[GatewaySpec],
+        resolved: &[Option<SocketAddr>],
+    ) -> Vec<PeerConfig> {
+        gateways
+            .iter()
+            .zip(resolved)
+            .map(|(spec, addr)| {
+                let mut peer = PeerConfig::new(spec.public_key);
+                peer.allowed_ips = spec.allowed_ips.clone();
+                peer.persistent_keepalive = spec.persistent_keepalive;
+                peer.preshared_key = spec.preshared_key.clone();
+                let same_endpoint = self
+                    .gateways
+                    .get(&spec.public_key)
+                    .is_some_and(|g| g.spec.endpoint == spec.endpoint);
+                peer.endpoint = if same_endpoint {
+                    self.peers
+                        .peer_config(&spec.public_key)
+                        .and_then(|p| p.endpoint)
+                        .or(*addr)
+                } else {
+                    *addr
+                };
+                peer
+            })
+            .collect()
+    }
+
+    /// Replaces the bookkeeping with one entry per gateway: a gateway wg-core kept carries
+    /// its clock, reported state and upkeep over; a new one starts connecting now. Returns
+    /// the old entries.
+    fn replace_gateways(
+        &mut self,
+        gateways: Vec<GatewaySpec>,
+        resolved: Vec<Option<SocketAddr>>,
+        diff: &wg_core::Update,
+        now: Instant,
+    ) -> BTreeMap<PublicKey, Gateway> {
+        let old = std::mem::take(&mut self.gateways);
+        for (spec, resolved) in gateways.into_iter().zip(resolved) {
+            let entry = match old.get(&spec.public_key) {
+                Some(prev) if !diff.added.contains(&spec.public_key) => Gateway {
+                    since: prev.since,
+                    resolved,
+                    reported: prev.reported,
+                    upkeep: prev.upkeep.clone(),
+                    spec,
+                },
+                _ => Gateway {
+                    since: now,
+                    resolved,
+                    reported: GatewayState::Connecting,
+                    upkeep: upkeep::GatewayUpkeep::new(now),
+                    spec,
+                },
+            };
+            self.gateways.insert(entry.spec.public_key, entry);
+        }
+        old
+    }
+}
+
+impl GatewayUpdate {
+    /// wg-core's difference by public key, told by gateway id (sorted).
+    fn new(
+        diff: &wg_core::Update,
+        old: &BTreeMap<PublicKey, Gateway>,
+        new: &BTreeMap<PublicKey, Gateway>,
+    ) -> Self {
+        let ids = |keys: &[PublicKey], map: &BTreeMap<PublicKey, Gateway>| {
+            let mut ids: Vec<String> = keys
+                .iter()
+                .map(|k| {
+                    map.get(k)
+                        .map_or_else(|| k.to_string(), |g| g.spec.id.clone())
+                })
+                .collect();
+            ids.sort();
+            ids
+        };
+        Self {
+            added: ids(&diff.added, new),
+            removed: ids(&diff.removed, old),
+            changed: ids(&diff.changed, new),
+            unchanged: ids(&diff.unchanged, new),
+        }
+    }
+
+    /// One line per gateway added, removed or changed.
+    fn log(&self) {
+        for id in &self.added {
+            tracing::info!(gateway = %id, "gateway added");
+        }
+        for id in &self.removed {
+            tracing::info!(gateway = %id, "gateway removed");
+        }
+        for id in &self.changed {
+            tracing::info!(gateway = %id, "gateway updated");
+        }
     }
 }
 
 impl Inner {
-    pub(crate) fn lock(&self) -> TunnelGuard<'_> {
+    pub(crate) fn lock(&self) -> DeviceGuard<'_> {
         // A panic while holding the lock cannot leave the device half-updated in a way that
         // matters more than stopping would: keep serving.
-        let guard = self.tunnel.lock().unwrap_or_else(PoisonError::into_inner);
+        let guard = self.device.lock().unwrap_or_else(PoisonError::into_inner);
         #[cfg(test)]
         lock_held::enter();
-        TunnelGuard(guard)
+        DeviceGuard(guard)
     }
 
     fn is_closed(&self) -> bool {
         *self.shutdown.borrow()
+    }
+
+    fn is_closing(&self) -> bool {
+        *self.closing.borrow() != Closing::Open
     }
 }
 
@@ -323,7 +464,7 @@ impl Manager {
         stack_config.path_mtu = usize::from(config.mtu);
         let netstack = Netstack::new(stack_config)?;
         let sockets =
-            tunnel::Sockets::bind(config.listen_port).map_err(|source| ManagerError::Bind {
+            tasks::Sockets::bind(config.listen_port).map_err(|source| ManagerError::Bind {
                 port: config.listen_port,
                 source,
             })?;
@@ -339,15 +480,17 @@ impl Manager {
             virtual_ip: config.virtual_ip,
             probe_after: config.probe_after,
             probe_timeout: config.probe_timeout,
+            drain_timeout: config.drain_timeout,
             netstack,
-            tunnel: Mutex::new(Tunnel {
+            device: Mutex::new(Device {
                 peers,
                 gateways: BTreeMap::new(),
             }),
             sockets,
-            timer: tunnel::TimerWake::default(),
-            counters: TunnelCounters::default(),
+            timer: tasks::TimerWake::default(),
+            counters: PacketCounters::default(),
             shutdown,
+            closing: watch::channel(Closing::Open).0,
             failure,
             tasks: Mutex::new(Vec::new()),
         });
@@ -358,9 +501,9 @@ impl Manager {
         manager.apply_gateways(config.gateways, resolved).await;
         let inner = &manager.inner;
         let tasks = vec![
-            supervise(inner, "receive", tunnel::receive_task(Arc::clone(inner))),
-            supervise(inner, "send", tunnel::send_task(Arc::clone(inner))),
-            supervise(inner, "timer", tunnel::timer_task(Arc::clone(inner))),
+            supervise(inner, "receive", tasks::receive_task(Arc::clone(inner))),
+            supervise(inner, "send", tasks::send_task(Arc::clone(inner))),
+            supervise(inner, "timer", tasks::timer_task(Arc::clone(inner))),
             supervise(inner, "upkeep", upkeep::run(Arc::clone(inner))),
         ];
         inner
@@ -403,7 +546,7 @@ impl Manager {
         &self,
         gateways: Vec<GatewaySpec>,
     ) -> Result<PreparedGateways, ManagerError> {
-        if self.inner.is_closed() {
+        if self.inner.is_closing() {
             return Err(ManagerError::Closed);
         }
         check_unique(&gateways)?;
@@ -418,6 +561,8 @@ impl Manager {
         self.apply_gateways(gateways, resolved).await
     }
 
+    /// Applies a gateway list by difference: hand the peers to wg-core, carry each kept
+    /// gateway's bookkeeping over, then report, log and send the handshakes this started.
     async fn apply_gateways(
         &self,
         gateways: Vec<GatewaySpec>,
@@ -425,81 +570,14 @@ impl Manager {
     ) -> GatewayUpdate {
         let now = Instant::now();
         let report = {
-            let mut t = self.inner.lock();
-            let mut configs = Vec::with_capacity(gateways.len());
-            for (spec, addr) in gateways.iter().zip(&resolved) {
-                let mut peer = PeerConfig::new(spec.public_key);
-                peer.allowed_ips = spec.allowed_ips.clone();
-                peer.persistent_keepalive = spec.persistent_keepalive;
-                peer.preshared_key = spec.preshared_key.clone();
-                // An unchanged endpoint keeps what roaming learned.
-                let unchanged_endpoint = t
-                    .gateways
-                    .get(&spec.public_key)
-                    .is_some_and(|g| g.spec.endpoint == spec.endpoint);
-                peer.endpoint = if unchanged_endpoint {
-                    t.peers
-                        .peer_config(&spec.public_key)
-                        .and_then(|p| p.endpoint)
-                        .or(*addr)
-                } else {
-                    *addr
-                };
-                configs.push(peer);
-            }
-            let update = t.peers.set_peers(configs, now);
-            let old = std::mem::take(&mut t.gateways);
-            let mut next = BTreeMap::new();
-            for (spec, addr) in gateways.into_iter().zip(resolved) {
-                let entry = match old.get(&spec.public_key) {
-                    Some(prev) if !update.added.contains(&spec.public_key) => Gateway {
-                        since: prev.since,
-                        resolved: addr,
-                        reported: prev.reported,
-                        upkeep: prev.upkeep.clone(),
-                        spec,
-                    },
-                    _ => Gateway {
-                        since: now,
-                        resolved: addr,
-                        reported: GatewayState::Connecting,
-                        upkeep: upkeep::GatewayUpkeep::new(now),
-                        spec,
-                    },
-                };
-                next.insert(entry.spec.public_key, entry);
-            }
-            let id_of = |k: &PublicKey, map: &BTreeMap<PublicKey, Gateway>| {
-                map.get(k)
-                    .map_or_else(|| k.to_string(), |g| g.spec.id.clone())
-            };
-            let mut report = GatewayUpdate {
-                added: update.added.iter().map(|k| id_of(k, &next)).collect(),
-                removed: update.removed.iter().map(|k| id_of(k, &old)).collect(),
-                changed: update.changed.iter().map(|k| id_of(k, &next)).collect(),
-                unchanged: update.unchanged.iter().map(|k| id_of(k, &next)).collect(),
-            };
-            for list in [
-                &mut report.added,
-                &mut report.removed,
-                &mut report.changed,
-                &mut report.unchanged,
-            ] {
-                list.sort();
-            }
-            t.gateways = next;
-            report
+            let mut device = self.inner.lock();
+            let peers = device.peer_configs(&gateways, &resolved);
+            let diff = device.peers.set_peers(peers, now);
+            let old = device.replace_gateways(gateways, resolved, &diff, now);
+            GatewayUpdate::new(&diff, &old, &device.gateways)
         };
-        for id in &report.added {
-            tracing::info!(gateway = %id, "gateway added");
-        }
-        for id in &report.removed {
-            tracing::info!(gateway = %id, "gateway removed");
-        }
-        for id in &report.changed {
-            tracing::info!(gateway = %id, "gateway updated");
-        }
-        tunnel::flush(&self.inner).await;
+        report.log();
+        tasks::flush(&self.inner).await;
         report
     }
 
@@ -513,7 +591,7 @@ impl Manager {
             t.peers.set_private_key(key, Instant::now());
         }
         tracing::info!("private key replaced: re-keying every tunnel");
-        tunnel::flush(&self.inner).await;
+        tasks::flush(&self.inner).await;
     }
 
     /// Forces a fresh handshake with a gateway (by id). Returns `false` for an unknown id.
@@ -528,27 +606,39 @@ impl Manager {
             key.is_some_and(|k| t.peers.force_handshake(&k, Instant::now()))
         };
         if found {
-            tunnel::flush(&self.inner).await;
+            tasks::flush(&self.inner).await;
         }
         found
     }
 
-    /// A TCP listener on `virtual_ip:port` (the seed's `GetListener`).
-    pub fn listen(&self, port: u16) -> io::Result<TcpListener> {
-        self.inner
+    /// A TCP listener on `virtual_ip:port` (the seed's `GetListener`). It stops accepting
+    /// when [`close`](Self::close) begins.
+    pub fn listen(&self, port: u16) -> io::Result<Listener> {
+        if self.inner.is_closing() {
+            return Err(listener::closing_error());
+        }
+        let listener = self
+            .inner
             .netstack
-            .listen(SocketAddr::new(self.inner.virtual_ip, port))
+            .listen(SocketAddr::new(self.inner.virtual_ip, port))?;
+        Ok(Listener::new(listener, self.inner.closing.subscribe()))
     }
 
     /// An outbound TCP connection from the virtual IP through the tunnel (the seed's `Dial`
     /// for TCP). The destination must be inside some gateway's allowed IPs.
     pub async fn dial_tcp(&self, addr: SocketAddr) -> io::Result<TcpStream> {
+        if self.inner.is_closing() {
+            return Err(listener::closing_error());
+        }
         self.inner.netstack.connect(addr).await
     }
 
     /// A UDP socket on the virtual IP (ephemeral port) for `send_to`/`recv_from` through the
     /// tunnel (the seed's `Dial` for UDP).
     pub fn dial_udp(&self) -> io::Result<UdpSocket> {
+        if self.inner.is_closing() {
+            return Err(listener::closing_error());
+        }
         self.inner
             .netstack
             .bind_udp(SocketAddr::new(self.inner.virtual_ip, 0))
@@ -598,16 +688,39 @@ impl Manager {
     }
 
     /// Counters of the packet tasks (socket errors and re-creations, queue drops).
-    pub fn counters(&self) -> &TunnelCounters {
+    pub fn counters(&self) -> &PacketCounters {
         &self.inner.counters
     }
 
-    /// Stops the tasks and the device. Open streams on the stack stop moving. Callers that
-    /// want graceful draining stop their servers first (the agent's `run` does).
+    /// Closes gracefully within [`ManagerConfig::drain_timeout`]: see
+    /// [`close_within`](Self::close_within).
     pub async fn close(&self) {
-        if self.inner.shutdown.send_replace(true) {
+        self.close_within(self.inner.drain_timeout).await;
+    }
+
+    /// Closes gracefully (the seed's `Close`):
+    /// 1. stops accepting: every [`Listener`] stops, new listens and dials fail;
+    /// 2. lets the connections already open finish, for up to `drain`: it returns once the
+    ///    stack holds no TCP connection (closing ones included), or when `drain` has passed;
+    /// 3. stops the packet tasks, the send task after it has sent what the stack still had
+    ///    queued.
+    ///
+    /// A second call waits for the first to finish.
+    pub async fn close_within(&self, drain: Duration) {
+        let mut closing = self.inner.closing.subscribe();
+        let first = self.inner.closing.send_if_modified(|c| {
+            let open = *c == Closing::Open;
+            if open {
+                *c = Closing::Draining;
+            }
+            open
+        });
+        if !first {
+            let _ = closing.wait_for(|c| *c == Closing::Closed).await;
             return;
         }
+        self.drain(drain).await;
+        self.inner.shutdown.send_replace(true);
         let tasks = std::mem::take(
             &mut *self
                 .inner
@@ -615,13 +728,39 @@ impl Manager {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
         );
-        for task in &tasks {
-            task.abort();
+        for mut task in tasks {
+            if tokio::time::timeout(TASK_STOP_TIMEOUT, &mut task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("a packet task did not stop in time: aborted");
+                task.abort();
+                let _ = task.await;
+            }
         }
-        for task in tasks {
-            let _ = task.await;
-        }
+        self.inner.closing.send_replace(Closing::Closed);
         tracing::info!("device closed");
+    }
+
+    /// Waits until the stack holds no TCP connection, at most `bound`.
+    async fn drain(&self, bound: Duration) {
+        let open = self.inner.netstack.stats().tcp_sockets;
+        if open == 0 {
+            return;
+        }
+        tracing::info!(open, "device closing: letting open connections finish");
+        let deadline = tokio::time::Instant::now() + bound;
+        loop {
+            let open = self.inner.netstack.stats().tcp_sockets;
+            if open == 0 {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::info!(open, "drain bound reached: closing with connections open");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
@@ -760,7 +899,8 @@ pub(crate) fn endpoint_is_dns(endpoint: &Endpoint) -> bool {
     matches!(endpoint.host, Host::Name(_))
 }
 
-#[cfg(test)]
+// The log witness needs tracing-subscriber, which comes with the feature `cli`.
+#[cfg(all(test, feature = "cli"))]
 mod tests {
     use std::net::{IpAddr, SocketAddr};
     use std::sync::Arc;
@@ -771,7 +911,6 @@ mod tests {
     use wg_core::PrivateKey;
 
     use super::*;
-    use crate::config::{Endpoint, Host, LivenessProbe};
 
     /// A log writer that counts the lines written while this thread holds the device lock.
     #[derive(Clone, Default)]

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{AdminAddr, AdminServer, StatusSource};
 use crate::config::{Config, ConfigChanges, GatewayConfig, RouteConfig, RouteProtocol};
-use crate::manager::{GatewaySpec, Manager, ManagerConfig, PreparedGateways};
+use crate::manager::{GatewaySpec, Listener, Manager, ManagerConfig, PreparedGateways};
 use crate::metrics::{AgentCounters, MetricsWriter, write_agent_counters};
 use crate::snapshot::{AgentStatus, GatewayStatus, RouteStatus, StatusSnapshot};
 use crate::vip_stream::VipStream;
@@ -186,7 +186,7 @@ struct Route {
     config: RouteConfig,
     metrics: Arc<RouteMetrics>,
     /// Kept here, not only in the task, so a replaced route takes over the same listener.
-    listener: Arc<netstack::TcpListener>,
+    listener: Arc<Listener>,
     task: JoinHandle<()>,
 }
 
@@ -197,7 +197,7 @@ pub struct PreparedReload {
     changes: ConfigChanges,
     gateways: PreparedGateways,
     /// Listeners bound for ports no route serves yet.
-    listeners: BTreeMap<u16, Arc<netstack::TcpListener>>,
+    listeners: BTreeMap<u16, Arc<Listener>>,
 }
 
 impl std::fmt::Debug for PreparedReload {
@@ -214,15 +214,16 @@ impl Drop for Route {
     }
 }
 
-/// A listener on the virtual IP, as local-proxy accepts connections.
-struct VipListener(Arc<netstack::TcpListener>);
+/// A listener on the virtual IP, shared with the route that may replace this one, as
+/// local-proxy accepts connections: closed once the manager closes.
+struct VipListener(Arc<Listener>);
 
 impl Accept for VipListener {
     type Stream = VipStream;
 
     async fn accept(&mut self) -> io::Result<Option<(Self::Stream, SocketAddr)>> {
-        let (stream, peer) = self.0.accept().await?;
-        Ok(Some((VipStream(stream), peer)))
+        let accepted = self.0.next_connection().await?;
+        Ok(accepted.map(|(stream, peer)| (VipStream(stream), peer)))
     }
 
     fn local_addr(&self) -> Option<SocketAddr> {
@@ -299,7 +300,7 @@ impl Agent {
         &self,
         config: &Config,
         restart_all: bool,
-        mut bound: BTreeMap<u16, Arc<netstack::TcpListener>>,
+        mut bound: BTreeMap<u16, Arc<Listener>>,
     ) -> anyhow::Result<()> {
         let wanted: BTreeMap<u16, &RouteConfig> =
             config.routes.iter().map(|r| (r.port, r)).collect();
@@ -498,15 +499,9 @@ impl Agent {
             tracker.force_close();
             tracker.drained().await;
         }
-        // Closed connections may still hold unsent or unacknowledged bytes in the stack: give
-        // them a moment to reach the gateway before the tunnel goes.
-        let deadline = tokio::time::Instant::now() + LINGER;
-        while self.inner.manager.netstack().stats().tcp_sockets > 0
-            && tokio::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        self.inner.manager.close().await;
+        // Closed connections may still hold unsent or unacknowledged bytes in the stack: the
+        // manager's drain gives them a moment to reach the gateway before the tunnel goes.
+        self.inner.manager.close_within(LINGER).await;
     }
 
     /// The status document (`/status`, `wg-agent status --json`).
@@ -597,6 +592,12 @@ impl StatusSource for Agent {
             routes.iter().map(|(l, m)| (l.as_str(), m)).collect();
         let mut text = String::new();
         local_proxy::render_prometheus(&mut text, "wg_agent_route", &refs);
+        text.push_str(&format!(
+            "# HELP wg_agent_log_lines_dropped_total Log lines dropped because the log sink was too slow.\n\
+             # TYPE wg_agent_log_lines_dropped_total counter\n\
+             wg_agent_log_lines_dropped_total {}\n",
+            crate::logging::dropped_lines()
+        ));
         w.raw(&text);
     }
 

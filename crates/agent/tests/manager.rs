@@ -278,3 +278,108 @@ async fn restarted_gateway_is_found_again_by_the_liveness_probe() {
     agent.close().await;
     gw.close().await;
 }
+
+/// `close` drains: it stops accepting, lets a connection already open finish its transfer,
+/// then stops the packet tasks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_stops_accepting_and_lets_open_connections_finish() {
+    const CHUNK: usize = 64 << 10;
+    const CHUNKS: usize = 16;
+    let agent_key = PrivateKey::generate();
+    let gw_key = PrivateKey::generate();
+    let gw = start_gateway(&gw_key, GW_VIP, &agent_key).await;
+    let agent = Manager::start(agent_config(&agent_key, &gw_key, &gw))
+        .await
+        .expect("agent starts");
+    // The app: each connection gets 1 MiB, 64 KiB every 20 ms, then the stream is closed.
+    let listener = agent.listen(80).expect("listen");
+    let server = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let chunk = vec![7u8; CHUNK];
+                for _ in 0..CHUNKS {
+                    if stream.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    let target = SocketAddr::new(IpAddr::from(AGENT_VIP), 80);
+    let mut download = tokio::time::timeout(Duration::from_secs(10), gw.dial_tcp(target))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    let mut first = [0u8; 1];
+    download.read_exact(&mut first).await.expect("first byte");
+
+    // Close while the download is under way.
+    let closing = tokio::spawn({
+        let agent = agent.clone();
+        async move { agent.close().await }
+    });
+    // It stops accepting: the serving loop ends, a new connection is refused, so are new
+    // listeners.
+    tokio::time::timeout(Duration::from_secs(30), server)
+        .await
+        .expect("the accept loop ends once close begins")
+        .expect("server task");
+    let refused = tokio::time::timeout(Duration::from_secs(30), gw.dial_tcp(target))
+        .await
+        .expect("the new connection is answered");
+    assert!(
+        refused.is_err(),
+        "a new connection is refused while closing"
+    );
+    assert!(agent.listen(81).is_err(), "no new listener while closing");
+
+    // The open download finishes.
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), download.read_to_end(&mut rest))
+        .await
+        .expect("the open download finishes while the manager closes")
+        .expect("read to the end");
+    assert_eq!(rest.len() + 1, CHUNK * CHUNKS, "every byte arrived");
+    drop(download);
+    tokio::time::timeout(Duration::from_secs(30), closing)
+        .await
+        .expect("close returns within its bound")
+        .expect("close task");
+    gw.close().await;
+}
+
+/// `close` is bounded: a connection that never ends delays it by the drain bound only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_gives_up_on_a_connection_that_never_ends() {
+    let agent_key = PrivateKey::generate();
+    let gw_key = PrivateKey::generate();
+    let gw = start_gateway(&gw_key, GW_VIP, &agent_key).await;
+    let agent = Manager::start(agent_config(&agent_key, &gw_key, &gw))
+        .await
+        .expect("agent starts");
+    serve_echo(&agent, 80);
+    let target = SocketAddr::new(IpAddr::from(AGENT_VIP), 80);
+    let mut idle = tokio::time::timeout(Duration::from_secs(10), gw.dial_tcp(target))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    idle.write_all(b"ping").await.expect("write");
+    let mut buf = [0u8; 4];
+    idle.read_exact(&mut buf).await.expect("echo");
+    // The connection stays open and idle; close waits 1 s for it, then stops anyway.
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        agent.close_within(Duration::from_secs(1)),
+    )
+    .await
+    .expect("close returns once its bound has passed");
+    assert!(agent.dial_tcp(target).await.is_err(), "closed: no dial");
+    // A second close returns at once: the manager is closed.
+    tokio::time::timeout(Duration::from_secs(30), agent.close())
+        .await
+        .expect("a second close returns");
+    drop(idle);
+    gw.close_within(Duration::ZERO).await;
+}

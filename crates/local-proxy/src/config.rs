@@ -54,6 +54,12 @@ pub struct ProxyConfig {
     /// ones included) and TCP route upstreams ([`FdBudget`](crate::FdBudget)). Past it an
     /// HTTP request gets `503` and a TCP connection is closed.
     pub max_upstream_sockets: usize,
+    /// When an upstream answers before reading the whole request body (an early `413`) and
+    /// stops reading, the rest of the body is read from the client and discarded for at most
+    /// this long, so the answer reaches the client instead of a reset; then the upload is cut.
+    pub lingering_close_timeout: Duration,
+    /// The most request-body bytes discarded that way.
+    pub lingering_close_bytes: u64,
     /// Emit one `info` event per request on the target `local_proxy::access`.
     pub access_log: bool,
 }
@@ -72,6 +78,8 @@ impl Default for ProxyConfig {
             http2_max_send_buffer: 64 * 1024,
             max_upstream_requests: 512,
             max_upstream_sockets: 512,
+            lingering_close_timeout: Duration::from_secs(5),
+            lingering_close_bytes: 16 * 1024 * 1024,
             access_log: false,
         }
     }

@@ -24,7 +24,7 @@ mod connector;
 mod detect;
 
 use self::conn::{Ended, TunnelContext, drive, run_tunnel};
-use self::connector::{BudgetConnector, is_budget_exhausted};
+use self::connector::{BudgetConnector, Linger, is_budget_exhausted};
 use self::detect::{Protocol, detect};
 use crate::accept::{Accept, accept_loop};
 use crate::headers::{
@@ -107,7 +107,11 @@ impl HttpProxy {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.upstream_connect_timeout));
-        let connector = BudgetConnector::new(connector, tracker.fd_budget().clone());
+        let linger = Linger {
+            bytes: config.lingering_close_bytes,
+            time: config.lingering_close_timeout,
+        };
+        let connector = BudgetConnector::new(connector, tracker.fd_budget().clone(), linger);
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())

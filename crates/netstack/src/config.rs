@@ -52,9 +52,12 @@ pub struct NetstackConfig {
     /// [`Netstack::listen_with_backlog`]: crate::Netstack::listen_with_backlog
     pub accept_backlog: usize,
     /// Maximum half-open (SYN received) connections over all listeners (default 1,024).
-    /// At this bound (or a listener's backlog) a new SYN replaces the oldest half-open
-    /// connection of the same listener in its shard, so a SYN flood cannot lock real
-    /// clients out until `handshake_timeout`; without one to replace, it is refused.
+    /// At the bound (or a listener's backlog) a new SYN replaces the oldest half-open
+    /// connection of its shard (of the same listener if there is one), so a SYN flood
+    /// cannot lock real clients out until `handshake_timeout`. A shard holding less than
+    /// its share (`max_pending_syns / shards`, at least 1) admits the SYN instead, since it
+    /// has nothing to replace: the stack-wide count stays under twice the bound. Without
+    /// one to replace at a listener's backlog, the SYN is refused.
     pub max_pending_syns: usize,
     /// A half-open connection that does not complete its handshake in this time is
     /// dropped (default 20 s).

@@ -100,6 +100,25 @@ impl HalfOpenQueues {
         }
     }
 
+    /// Takes the oldest half-open connection of any listener.
+    fn pop_oldest_of_any(&mut self, conns: &HashMap<Tuple, Conn>) -> Option<Tuple> {
+        let oldest = |queue: &VecDeque<(Instant, Tuple)>| {
+            queue
+                .iter()
+                .find(|(deadline, tuple)| {
+                    conns.get(tuple).is_some_and(|conn| {
+                        matches!(&conn.state, ConnState::HalfOpen { deadline: d, .. } if d == deadline)
+                    })
+                })
+                .copied()
+        };
+        let (_, tuple) = self.0.values().filter_map(oldest).min()?;
+        let ConnState::HalfOpen { listener, .. } = &conns.get(&tuple)?.state else {
+            return None;
+        };
+        self.pop_oldest(conns, listener)
+    }
+
     /// Takes the oldest half-open connection of `listener`.
     fn pop_oldest(
         &mut self,
@@ -151,6 +170,8 @@ pub(crate) struct Shard {
     watched: usize,
     /// `HalfOpen` connections per listener, oldest first.
     half_open_queues: HalfOpenQueues,
+    /// How many connections of this shard are `HalfOpen`.
+    half_open: usize,
     sweep_at: Option<Instant>,
     /// Every connection's sender deadline: the one timer structure of the senders.
     timers: BTreeSet<(Instant, Tuple)>,
@@ -219,6 +240,7 @@ impl Shard {
             tx,
             watched: 0,
             half_open_queues: HalfOpenQueues::default(),
+            half_open: 0,
             sweep_at: None,
             timers: BTreeSet::new(),
             ready: Vec::new(),
@@ -633,6 +655,11 @@ impl Shard {
             shared.counters.half_open.load(Relaxed) >= shared.config.max_pending_syns
                 || listener.pending.load(Relaxed) >= listener.backlog
         };
+        // A shard below its fair share of the bound admits a SYN even at the stack-wide
+        // bound: the flood may have missed this shard, which then has nothing to evict,
+        // and a real client hashed to it must still get in. The overshoot is at most one
+        // share per shard (twice the bound); a listener's backlog is never passed.
+        let fair_share = (shared.config.max_pending_syns / shared.config.shards).max(1);
         if full(shared, &listener) {
             // A SYN flood (spoofed sources never finish the handshake) would otherwise lock
             // everyone out until `handshake_timeout`: make room by dropping the oldest
@@ -641,11 +668,23 @@ impl Shard {
             // Removed at once without an RST (its source is most likely forged; a real
             // client's next segment finds no socket and gets one then), so its socket and
             // buffers are free for the new SYN.
-            if let Some(victim) = self.half_open_queues.pop_oldest(&self.conns, &listener) {
+            // Past its share, another listener's oldest will do: a flood on one listener
+            // must not lock out the others.
+            let victim = self
+                .half_open_queues
+                .pop_oldest(&self.conns, &listener)
+                .or_else(|| {
+                    (self.half_open >= fair_share)
+                        .then(|| self.half_open_queues.pop_oldest_of_any(&self.conns))
+                        .flatten()
+                });
+            if let Some(victim) = victim {
                 self.drop_half_open(shared, victim, false, now);
                 shared.counters.half_open_evicted.fetch_add(1, Relaxed);
             }
-            if full(shared, &listener) {
+            let below_share =
+                self.half_open < fair_share && listener.pending.load(Relaxed) < listener.backlog;
+            if full(shared, &listener) && !below_share {
                 shared.counters.drop(DropReason::LimitReached);
                 return false;
             }
@@ -664,6 +703,7 @@ impl Shard {
         }
         listener.pending.fetch_add(1, Relaxed);
         let half_open = c.half_open.fetch_add(1, Relaxed) + 1;
+        self.half_open += 1;
         let deadline = now + shared.config.handshake_timeout;
         let queued_for = Arc::clone(&listener);
         self.conns.insert(
@@ -709,6 +749,7 @@ impl Shard {
                     conn.state = ConnState::Owned;
                 }
                 self.watched -= 1;
+                self.half_open -= 1;
                 shared.counters.half_open.fetch_sub(1, Relaxed);
                 let accepted = Accepted {
                     shard: self.index,
@@ -736,6 +777,7 @@ impl Shard {
         };
         listener.pending.fetch_sub(1, Relaxed);
         shared.counters.half_open.fetch_sub(1, Relaxed);
+        self.half_open -= 1;
         let mut socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
         if abort && socket.state() != tcp::State::Closed && socket.state() != tcp::State::Listen {
             // Keep it until the RST is out; the sweep removes closed sockets.

@@ -6,39 +6,65 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-/// (crate, names that must not appear in its normal dependency graph)
-const RULES: &[(&str, &[&str])] = &[
-    ("wg-core", &["smoltcp", "netstack", "hyper", "local-proxy"]),
-    (
-        "netstack",
-        &["boringtun", "wg-core", "hyper", "local-proxy"],
-    ),
-    (
-        "local-proxy",
-        &["boringtun", "wg-core", "smoltcp", "netstack"],
-    ),
+/// One rule: `cargo tree -p krate -e normal` run with `args` must not name any of `forbidden`.
+struct Rule {
+    krate: &'static str,
+    args: &'static [&'static str],
+    forbidden: &'static [&'static str],
+}
+
+const RULES: &[Rule] = &[
+    Rule {
+        krate: "wg-core",
+        args: &[],
+        forbidden: &["smoltcp", "netstack", "hyper", "local-proxy"],
+    },
+    Rule {
+        krate: "netstack",
+        args: &[],
+        forbidden: &["boringtun", "wg-core", "hyper", "local-proxy"],
+    },
+    Rule {
+        krate: "local-proxy",
+        args: &[],
+        forbidden: &["boringtun", "wg-core", "smoltcp", "netstack"],
+    },
+    // A service that embeds the Manager builds the agent without its application layer
+    // (the default feature `cli`): no command line, no config file, no log subscriber.
+    Rule {
+        krate: "agent",
+        args: &["--no-default-features"],
+        forbidden: &["clap", "toml", "tracing-subscriber"],
+    },
 ];
 
 pub(crate) fn run(root: &Path) -> Result<()> {
     let mut broken = Vec::new();
-    for (krate, forbidden) in RULES {
+    for rule in RULES {
+        let krate = rule.krate;
+        let shown = if rule.args.is_empty() {
+            krate.to_owned()
+        } else {
+            format!("{krate} ({})", rule.args.join(" "))
+        };
         let out = Command::new("cargo")
             .args([
                 "tree", "--quiet", "-p", krate, "-e", "normal", "--prefix", "none", "--format",
                 "{p}",
             ])
+            .args(rule.args)
             .current_dir(root)
             .output()
-            .with_context(|| format!("cannot run `cargo tree -p {krate}`"))?;
+            .with_context(|| format!("cannot run `cargo tree -p {shown}`"))?;
         if !out.status.success() {
             bail!(
-                "`cargo tree -p {krate}` failed: {}",
+                "`cargo tree -p {shown}` failed: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
         }
         let tree = String::from_utf8_lossy(&out.stdout);
-        for name in forbidden_in(&tree, forbidden) {
-            broken.push(format!("{krate} depends on {name}"));
+        for name in forbidden_in(&tree, rule.forbidden) {
+            broken.push(format!("{shown} depends on {name}"));
         }
     }
     broken.sort();

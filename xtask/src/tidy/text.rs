@@ -8,6 +8,11 @@
 //! 3. `allow(unsafe_code)` (or `expect(unsafe_code)`) appears only on `mod NAME;`
 //!    declarations whose module file `docs/ARCHITECTURE.md` names by its repository path:
 //!    unsafe code is confined to modules a reader is told about.
+//! 4. The agent's Manager (`crates/agent/src/manager.rs` and `manager/`) names none of the
+//!    application modules behind the `cli` feature (`crate::config`, `crate::snapshot`, ...):
+//!    it builds without them (the layering check reads the dependency side from `cargo tree`).
+//! 5. Comments cite documents in this repository (`docs/`), never the design notes kept
+//!    beside it.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -19,6 +24,18 @@ const SOURCE_ROOTS: &[&str] = &["crates", "xtask", "benches", "fuzz"];
 /// Folder names never descended into: build output and generated fuzz data.
 const SKIPPED_DIRS: &[&str] = &["target", "corpus", "artifacts", ".git"];
 const ARCHITECTURE: &str = "docs/ARCHITECTURE.md";
+/// The Manager's files: a path starting with this (`manager.rs`, `manager/...`).
+const MANAGER: &str = "crates/agent/src/manager";
+/// The agent's modules behind its `cli` feature, which the Manager must not use.
+const APPLICATION_MODULES: &[&str] = &[
+    "crate::admin",
+    "crate::config",
+    "crate::demo",
+    "crate::metrics",
+    "crate::runtime",
+    "crate::snapshot",
+    "crate::status",
+];
 
 pub(crate) fn run(root: &Path) -> Result<()> {
     let findings = check(root)?;
@@ -52,9 +69,56 @@ fn check(root: &Path) -> Result<Vec<String>> {
             findings.push(format!("{shown}: does not open with a `//!` module header"));
         }
         findings.extend(unsafe_allowances(root, path, &text, &architecture));
+        if shown.starts_with(MANAGER) {
+            findings.extend(application_uses(&shown, &text));
+        }
+        findings.extend(outside_citations(&shown, &text));
     }
     findings.extend(missing_code_map_paths(root, &architecture));
     Ok(findings)
+}
+
+/// Documents that live beside the repository, not in it: comments must not send a reader
+/// there (whole words; `UNSPECIFIED` is not a citation).
+const OUTSIDE_DOCUMENTS: &[&str] = &["SPEC", "NOTES.md", "STYLE.md", "../shared"];
+
+/// Rule 5: comments that cite a document outside the repository.
+fn outside_citations(shown: &str, text: &str) -> Vec<String> {
+    let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+    let mut findings = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let Some((_, comment)) = line.split_once("//") else {
+            continue;
+        };
+        for name in OUTSIDE_DOCUMENTS {
+            let cited = comment.match_indices(name).any(|(at, _)| {
+                !word(comment[..at].chars().next_back())
+                    && !word(comment[at + name.len()..].chars().next())
+            });
+            if cited {
+                findings.push(format!(
+                    "{shown}:{}: a comment cites `{name}`, which is not in the repository \
+                     (cite docs/ instead)",
+                    n + 1
+                ));
+            }
+        }
+    }
+    findings
+}
+
+/// Rule 4: the application modules a Manager file names.
+fn application_uses(shown: &str, text: &str) -> Vec<String> {
+    APPLICATION_MODULES
+        .iter()
+        .filter(|module| text.contains(*module))
+        .map(|module| {
+            format!(
+                "{shown}: the Manager uses `{module}`, which is behind the `cli` feature \
+                 (move what it needs next to the Manager)"
+            )
+        })
+        .collect()
 }
 
 /// The `.rs` files under `dir`, recursively, skipping build output.
@@ -271,6 +335,27 @@ mod tests {
     }
 
     #[test]
+    fn the_manager_using_the_application_layer_is_reported() {
+        let tree = Tree::new("manager");
+        tree.write(
+            "crates/agent/src/manager/upkeep.rs",
+            "//! Upkeep.\n\nuse crate::config::Endpoint;\n",
+        );
+        tree.write(
+            "crates/agent/src/runtime.rs",
+            "//! Runtime.\n\nuse crate::config::Config;\n",
+        );
+        let findings = tree.findings();
+        assert_eq!(findings.len(), 1, "{findings:?}");
+        assert!(
+            findings[0].starts_with(
+                "crates/agent/src/manager/upkeep.rs: the Manager uses `crate::config`"
+            ),
+            "{findings:?}"
+        );
+    }
+
+    #[test]
     fn a_code_map_path_that_does_not_exist_is_reported() {
         let tree = Tree::new("map");
         fs::remove_file(tree.0.join("crates/demo/src/raw.rs")).expect("rm");
@@ -313,6 +398,19 @@ mod tests {
                 .iter()
                 .all(|f| f.contains("other than a `mod NAME;`"))
         );
+    }
+
+    #[test]
+    fn a_comment_citing_an_outside_document_is_reported() {
+        let tree = Tree::new("citation");
+        tree.write(
+            "crates/demo/src/plain.rs",
+            // Spelled with an escape, so this file does not cite it itself.
+            "//! Plain code (see S\u{50}EC).\nconst A: u8 = 0; // UNSPECIFIED is fine\n",
+        );
+        let findings = tree.findings();
+        assert_eq!(findings.len(), 1, "{findings:?}");
+        assert!(findings[0].contains("crates/demo/src/plain.rs:1: a comment cites `SPEC`"));
     }
 
     #[test]

@@ -130,6 +130,8 @@ pub(crate) struct RawProxy {
     pub(crate) http2_max_send_buffer: Option<u64>,
     pub(crate) max_upstream_requests: Option<u64>,
     pub(crate) max_upstream_sockets: Option<u64>,
+    pub(crate) lingering_close_timeout: Option<String>,
+    pub(crate) lingering_close_bytes: Option<u64>,
     pub(crate) access_log: Option<bool>,
 }
 

@@ -530,7 +530,8 @@ fn proxy_overload_limits() {
     let c = parse(
         &(base.clone()
             + "http2_max_concurrent_streams = 8\nhttp2_max_send_buffer = 32768\n\
-               max_upstream_requests = 100\nmax_upstream_sockets = 200\n"),
+               max_upstream_requests = 100\nmax_upstream_sockets = 200\n\
+               lingering_close_timeout = \"2s\"\nlingering_close_bytes = 1000\n"),
     )
     .unwrap();
     assert_eq!(
@@ -542,6 +543,13 @@ fn proxy_overload_limits() {
         ),
         (8, 32768, 100, 200)
     );
+    assert_eq!(
+        (
+            c.proxy.lingering_close_timeout,
+            c.proxy.lingering_close_bytes
+        ),
+        (Duration::from_secs(2), 1000)
+    );
     for bad in [
         "http2_max_concurrent_streams = 0",
         "http2_max_concurrent_streams = 100000",
@@ -549,6 +557,7 @@ fn proxy_overload_limits() {
         "max_upstream_requests = 0",
         "max_upstream_sockets = 0",
         "max_upstream_sockets = 2000000",
+        "lingering_close_bytes = 2000000000",
     ] {
         let e = err(&(base.clone() + bad + "\n"));
         let field = bad.split(' ').next().unwrap();

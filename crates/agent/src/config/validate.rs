@@ -789,6 +789,18 @@ impl Validator<'_> {
             defaults.max_upstream_sockets as u64,
             1..=1_000_000,
         )? as usize;
+        proxy.lingering_close_timeout = duration(
+            "lingering_close_timeout",
+            &raw.lingering_close_timeout,
+            defaults.lingering_close_timeout,
+            true,
+        )?;
+        proxy.lingering_close_bytes = bounded(
+            "lingering_close_bytes",
+            raw.lingering_close_bytes,
+            defaults.lingering_close_bytes,
+            0..=1 << 30,
+        )?;
         proxy.access_log = raw.access_log.unwrap_or(defaults.access_log);
         Ok(proxy)
     }

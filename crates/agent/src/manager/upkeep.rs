@@ -1,4 +1,4 @@
-//! Tunnel upkeep, once a second: gateway state changes (logged once), the liveness probe, and
+//! Device upkeep, once a second: gateway state changes (logged once), the liveness probe, and
 //! DNS re-resolution.
 //!
 //! A WireGuard peer answers data, never keepalives, so on an idle tunnel a healthy gateway and
@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use tokio::time::MissedTickBehavior;
 
-use super::tunnel::{self, Sockets};
-use super::{Inner, Tunnel, endpoint_is_dns, gateway_stats};
-use crate::config::{Endpoint, Host, LivenessProbe};
-use crate::snapshot::GatewayState;
+use super::tasks::{self, Sockets};
+use super::{
+    Device, Endpoint, GatewayState, Host, Inner, LivenessProbe, endpoint_is_dns, gateway_stats,
+};
 
 /// Silence after which a gateway is probed.
 pub(crate) const PROBE_AFTER: Duration = Duration::from_secs(25);
@@ -140,13 +140,13 @@ pub(crate) async fn run(inner: Arc<Inner>) {
 /// Looks at every gateway: notes state changes in `changes` (state, id, endpoint; the caller
 /// logs them after the lock) and decides which probes and look-ups to start.
 fn plan(
-    t: &mut Tunnel,
+    t: &mut Device,
     probe_after: Duration,
     now: Instant,
     changes: &mut Vec<(GatewayState, String, String)>,
 ) -> Vec<Job> {
     let mut jobs = Vec::new();
-    let Tunnel { peers, gateways } = t;
+    let Device { peers, gateways } = t;
     for (key, g) in gateways.iter_mut() {
         let stats = gateway_stats(peers, g, now);
         if stats.state != g.reported {
@@ -201,7 +201,7 @@ async fn run_job(inner: Arc<Inner>, job: Job) {
             let answered = inner.netstack.ping(target, inner.probe_timeout).await;
             let forced = {
                 let mut t = inner.lock();
-                let Tunnel { peers, gateways } = &mut *t;
+                let Device { peers, gateways } = &mut *t;
                 let Some(g) = gateways.get_mut(&key) else {
                     return;
                 };
@@ -225,7 +225,7 @@ async fn run_job(inner: Arc<Inner>, job: Job) {
                 ),
             }
             if forced {
-                tunnel::flush(&inner).await;
+                tasks::flush(&inner).await;
             }
         }
         Job::Resolve { key, id, endpoint } => {
@@ -238,7 +238,7 @@ async fn run_job(inner: Arc<Inner>, job: Job) {
             }
             let outcome = {
                 let mut t = inner.lock();
-                let Tunnel { peers, gateways } = &mut *t;
+                let Device { peers, gateways } = &mut *t;
                 let Some(g) = gateways.get_mut(&key) else {
                     return;
                 };
@@ -285,7 +285,7 @@ async fn run_job(inner: Arc<Inner>, job: Job) {
                 }
             };
             if changed {
-                tunnel::flush(&inner).await;
+                tasks::flush(&inner).await;
             }
         }
     }

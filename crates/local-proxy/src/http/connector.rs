@@ -1,10 +1,17 @@
 //! Upstream connections charged to the [`FdBudget`]: a connect without a free descriptor fails
 //! at once, and every open upstream socket (pooled idle ones included) holds its permit.
+//!
+//! They also keep an early answer readable. An app that refuses an upload (`413`) often
+//! answers before reading the body and closes; our next body write then fails, and hyper's
+//! client would report that failure instead of the answer already waiting in the socket. So
+//! after a failed write the rest of the body is discarded (bounded by
+//! [`Linger`]) while the read side delivers the answer, or its own error.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use http::Uri;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
@@ -25,12 +32,24 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub(super) struct BudgetConnector {
     http: HttpConnector,
     budget: FdBudget,
+    linger: Linger,
 }
 
 impl BudgetConnector {
-    pub(super) fn new(http: HttpConnector, budget: FdBudget) -> Self {
-        Self { http, budget }
+    pub(super) fn new(http: HttpConnector, budget: FdBudget, linger: Linger) -> Self {
+        Self {
+            http,
+            budget,
+            linger,
+        }
     }
+}
+
+/// How much of a request body is discarded after the upstream stopped reading it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Linger {
+    pub(super) bytes: u64,
+    pub(super) time: Duration,
 }
 
 impl tower_service::Service<Uri> for BudgetConnector {
@@ -47,11 +66,14 @@ impl tower_service::Service<Uri> for BudgetConnector {
             return Box::pin(std::future::ready(Err(SocketBudgetExhausted.into())));
         };
         let connecting = self.http.call(uri);
+        let linger = self.linger;
         Box::pin(async move {
             let io = connecting.await?;
             Ok(Budgeted {
                 io,
                 _permit: permit,
+                linger,
+                failed: None,
             })
         })
     }
@@ -62,6 +84,39 @@ impl tower_service::Service<Uri> for BudgetConnector {
 pub(super) struct Budgeted {
     io: TokioIo<TcpStream>,
     _permit: FdPermit,
+    linger: Linger,
+    /// The first write error, when, and the bytes discarded since.
+    failed: Option<(io::Error, Instant, u64)>,
+}
+
+impl Budgeted {
+    /// After a write error: pretend `len` more bytes were written while within the linger
+    /// bounds, then report the error.
+    fn discard(&mut self, len: usize) -> Poll<io::Result<usize>> {
+        let Some((error, since, discarded)) = &mut self.failed else {
+            return Poll::Ready(Ok(len));
+        };
+        *discarded += len as u64;
+        if *discarded > self.linger.bytes || since.elapsed() > self.linger.time {
+            return Poll::Ready(Err(io::Error::new(error.kind(), error.to_string())));
+        }
+        Poll::Ready(Ok(len))
+    }
+
+    fn write_result(
+        &mut self,
+        result: Poll<io::Result<usize>>,
+        len: usize,
+    ) -> Poll<io::Result<usize>> {
+        match result {
+            Poll::Ready(Err(error)) => {
+                tracing::trace!(%error, "upstream stopped reading the request: discarding the rest");
+                self.failed = Some((error, Instant::now(), 0));
+                self.discard(len)
+            }
+            other => other,
+        }
+    }
 }
 
 impl Connection for Budgeted {
@@ -86,7 +141,11 @@ impl hyper::rt::Write for Budgeted {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        if self.failed.is_some() {
+            return self.discard(buf.len());
+        }
+        let result = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.write_result(result, buf.len())
     }
 
     fn poll_write_vectored(
@@ -94,7 +153,12 @@ impl hyper::rt::Write for Budgeted {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let len = bufs.iter().map(|b| b.len()).sum();
+        if self.failed.is_some() {
+            return self.discard(len);
+        }
+        let result = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.write_result(result, len)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -102,10 +166,16 @@ impl hyper::rt::Write for Budgeted {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.failed.is_some() {
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.io).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.failed.is_some() {
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

@@ -18,7 +18,7 @@ use tokio::sync::{Notify, watch};
 use wg_core::Event;
 use wg_core::driver::{RecvBatch, SendBatch, UdpDriver};
 
-use super::{Inner, Tunnel};
+use super::{Device, Inner};
 
 /// Datagrams one send batch holds; beyond it a transmit is dropped and counted.
 const SEND_BATCH: usize = 2_048;
@@ -29,7 +29,7 @@ const RECREATE_AFTER_ERRORS: u32 = 8;
 
 /// Counters of the packet tasks, for metrics.
 #[derive(Debug, Default)]
-pub struct TunnelCounters {
+pub struct PacketCounters {
     /// Receive errors on the UDP socket.
     pub udp_recv_errors: AtomicU64,
     /// Send calls that failed.
@@ -234,7 +234,7 @@ impl Outputs {
     }
 
     /// Takes every transmit and received packet and every event out of the engine.
-    fn drain(&mut self, t: &mut Tunnel, inner: &Inner) {
+    fn drain(&mut self, t: &mut Device, inner: &Inner) {
         while let Some(transmit) = t.peers.poll_transmit() {
             let dst = to_socket(transmit.destination, self.v6_socket);
             if !self.tx.push(dst, transmit.payload) {
@@ -270,7 +270,7 @@ impl Outputs {
 
 /// Takes the engine's events with their gateway's id (under the lock; logged after it).
 /// Failing handshakes also ask the upkeep to re-resolve the gateway's name.
-fn take_events(t: &mut Tunnel, out: &mut Vec<(Event, String)>) {
+fn take_events(t: &mut Device, out: &mut Vec<(Event, String)>) {
     while let Some(event) = t.peers.poll_event() {
         let peer = match &event {
             Event::HandshakeCompleted { peer, .. }
@@ -430,15 +430,22 @@ pub(crate) async fn send_task(inner: Arc<Inner>) {
     let mut packets: Vec<Bytes> = Vec::with_capacity(OUT_BATCH);
     let mut out_slot: Option<(std::sync::Weak<UdpDriver>, Outputs)> = None;
     loop {
-        tokio::select! {
-            _ = inner.netstack.recv_outbound(&mut packets, OUT_BATCH) => {}
-            () = closed(&mut shutdown) => return,
-        }
+        // When told to stop, send what the stack still has queued (a last ACK or FIN) first.
+        let stopping = tokio::select! {
+            _ = inner.netstack.recv_outbound(&mut packets, OUT_BATCH) => false,
+            () = closed(&mut shutdown) => {
+                inner.netstack.try_recv_outbound(&mut packets, OUT_BATCH);
+                true
+            }
+        };
         // Taken per wake, never kept across the wait above: a replaced socket closes at once.
         let Some(driver) = inner.sockets.current() else {
             // The socket is being re-created: these packets are lost (TCP resends them).
             inner.counters.udp_send_errors.fetch_add(1, Relaxed);
             packets.clear();
+            if stopping {
+                return;
+            }
             continue;
         };
         let out = match &mut out_slot {
@@ -469,6 +476,9 @@ pub(crate) async fn send_task(inner: Arc<Inner>) {
             if inner.netstack.try_recv_outbound(&mut packets, OUT_BATCH) == 0 {
                 break;
             }
+        }
+        if stopping {
+            return;
         }
     }
 }
