@@ -303,7 +303,7 @@ async fn serve_connection(io: Io, client: Client, source: Arc<dyn StatusSource>)
 /// Binds a unix socket that only the agent's user can connect to (mode 0600, whatever the
 /// umask): bound under a temporary name, restricted, then renamed into place, so the final
 /// path never exists with a wider mode.
-fn bind_private_socket(path: &Path) -> std::io::Result<UnixListener> {
+pub(crate) fn bind_private_socket(path: &Path) -> std::io::Result<UnixListener> {
     use std::os::unix::fs::PermissionsExt as _;
     let mut temporary = path.as_os_str().to_owned();
     temporary.push(format!(".{}.tmp", std::process::id()));

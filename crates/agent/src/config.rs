@@ -68,6 +68,8 @@ pub struct Config {
     pub admin_allow_remote: bool,
     /// `[log]`.
     pub log: LogConfig,
+    /// `[uapi] name`: the interface name `wg show NAME` uses (the UAPI socket's name).
+    pub uapi_name: String,
     /// Things an operator should know that do not make the file invalid.
     pub warnings: Vec<String>,
 }

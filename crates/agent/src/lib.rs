@@ -12,7 +12,8 @@
 //!   into [`config::Config`]), [`Agent`] and [`run`] (the Manager plus one proxy per route,
 //!   reload and drain), [`admin`] (the loopback / unix-socket admin endpoint), [`snapshot`]
 //!   (the status document), [`metrics`] (Prometheus text), [`status`] (the `wg-agent status`
-//!   client), [`wg_quick`] (`wg-agent import`), [`demo`], and the `wg-agent` binary.
+//!   client), [`wg_quick`] (`wg-agent import`), [`uapi`] (WireGuard's userspace API socket,
+//!   for `wg show NAME`), [`demo`], and the `wg-agent` binary.
 //!
 //! # Embedding the Manager
 //!
@@ -74,6 +75,8 @@ mod runtime;
 pub mod snapshot;
 #[cfg(feature = "cli")]
 pub mod status;
+#[cfg(feature = "cli")]
+pub mod uapi;
 #[cfg(feature = "cli")]
 mod vip_stream;
 #[cfg(feature = "cli")]

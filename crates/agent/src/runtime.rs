@@ -103,6 +103,21 @@ pub async fn run_with(
         }
         None => None,
     };
+    let uapi = match crate::uapi::UapiServer::bind(&agent.config().uapi_name).await {
+        Ok(server) => server,
+        Err(error) => {
+            agent.stop().await;
+            let _ = admin_stop.send(true);
+            return Err(error);
+        }
+    };
+    tracing::info!(socket = %uapi.path().display(), "UAPI socket ready (wg show)");
+    let uapi_task = {
+        let mut stopped = admin_stop.subscribe();
+        tokio::spawn(uapi.serve(agent.clone(), async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }))
+    };
     sd_notify("READY=1");
     #[cfg(feature = "test-hooks")]
     crate::hooks::slow_after_ready().await;
@@ -139,6 +154,7 @@ pub async fn run_with(
     if let Some(task) = admin_task {
         let _ = task.await;
     }
+    let _ = uapi_task.await;
     Ok(())
 }
 

@@ -79,6 +79,11 @@ impl PrivateKey {
         Zeroizing::new(STANDARD.encode(self.0))
     }
 
+    /// The raw 32 bytes of the secret, for the UAPI's hex form. Zeroized when dropped.
+    pub fn to_bytes_secret(&self) -> Zeroizing<[u8; KEY_LEN]> {
+        Zeroizing::new(self.0)
+    }
+
     /// The matching public key (what `wg pubkey` prints for this key).
     pub fn public_key(&self) -> PublicKey {
         PublicKey(x25519::PublicKey::from(&self.to_static_secret()).to_bytes())

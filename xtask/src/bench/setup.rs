@@ -431,11 +431,12 @@ fn reference_nginx_conf(dir: &Path) -> String {
 /// `wg-agent`'s config: one gateway, the HTTP route and the TCP route, warnings only.
 fn agent_conf(gateway: &WireguardGo, endpoint: SocketAddr) -> String {
     format!(
-        "[agent]\nprivate_key_file = \"agent.key\"\nvirtual_ip = \"{VIP}\"\nsubnet = \"10.1.0.0/24\"\n\n\
+        "[uapi]\nname = \"bench{:x}\"\n\n[agent]\nprivate_key_file = \"agent.key\"\nvirtual_ip = \"{VIP}\"\nsubnet = \"10.1.0.0/24\"\n\n\
          [[gateways]]\nid = \"gw\"\npublic_key = \"{}\"\nendpoint = \"{endpoint}\"\nvirtual_ip = \"10.1.0.1\"\n\n\
          [[routes]]\nport = 80\nupstream = \"127.0.0.1:{APP_PORT}\"\nprotocol = \"http\"\n\n\
          [[routes]]\nport = {IPERF_PORT}\nupstream = \"127.0.0.1:{IPERF_PORT}\"\nprotocol = \"tcp\"\n\n\
          [admin]\nlisten = \"127.0.0.1:9090\"\n\n[log]\nlevel = \"warn\"\n",
+        std::process::id(),
         gateway.public_key()
     )
 }

@@ -18,6 +18,14 @@ pub(crate) struct RawConfig {
     pub(crate) admin: RawAdmin,
     #[serde(default)]
     pub(crate) log: RawLog,
+    #[serde(default)]
+    pub(crate) uapi: RawUapi,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUapi {
+    pub(crate) name: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -68,6 +68,7 @@ impl ConfigChanges {
                 old.admin_allow_remote != new.admin_allow_remote,
             ),
             ("log.format", old.log.format != new.log.format),
+            ("uapi.name", old.uapi_name != new.uapi_name),
             (
                 "proxy.max_connections",
                 old.proxy.max_connections != new.proxy.max_connections,
@@ -93,6 +94,7 @@ impl ConfigChanges {
         applied.admin = running.admin.clone();
         applied.admin_allow_remote = running.admin_allow_remote;
         applied.log.format = running.log.format;
+        applied.uapi_name = running.uapi_name.clone();
         applied.proxy.max_connections = running.proxy.max_connections;
         applied
     }

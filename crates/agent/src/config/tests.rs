@@ -893,3 +893,44 @@ fn private_key_credential_reads_the_credentials_directory() {
         .to_string();
     assert!(e.contains("agent.private_key_credential"), "{e}");
 }
+
+#[test]
+fn uapi_name_rules() {
+    // Without the fixtures' unique [uapi] table.
+    let base = format!(
+        "[agent]\nprivate_key = \"{}\"\nvirtual_ip = \"10.1.0.100\"\nsubnet = \"10.1.0.0/24\"\n",
+        key()
+    );
+    let with = |name: &str| format!("{base}\n[uapi]\nname = \"{name}\"\n");
+    assert_eq!(parse(&base).unwrap().uapi_name, "wg-agent");
+    for good in ["wg0", "a", "fifteen-chars-x", "wg_agent.1+="] {
+        assert_eq!(parse(&with(good)).unwrap().uapi_name, good);
+    }
+    for bad in [
+        "",
+        "sixteen-chars-xx",
+        "../etc",
+        "a/b",
+        "..",
+        "wg 0",
+        "wg\u{e9}",
+    ] {
+        let e = err(&with(bad));
+        assert!(
+            e.contains("uapi.name") && e.contains("15 characters"),
+            "{bad}: {e}"
+        );
+    }
+    // Restart-only: a reload reports it and keeps the running name.
+    let running = parse(&base).unwrap();
+    let new = parse(&with("wg1")).unwrap();
+    assert!(
+        ConfigChanges::between(&running, &new)
+            .needs_restart
+            .contains(&"uapi.name")
+    );
+    assert_eq!(
+        ConfigChanges::as_applied(&running, &new).uapi_name,
+        "wg-agent"
+    );
+}

@@ -241,6 +241,19 @@ impl Validator<'_> {
                 format!("`{level}` is not a log level (error, warn, info, debug, trace) or a tracing filter"),
             ));
         }
+        let uapi_name = raw
+            .uapi
+            .name
+            .clone()
+            .unwrap_or_else(|| DEFAULT_UAPI_NAME.to_owned());
+        if !valid_interface_name(&uapi_name) {
+            return Err(self.invalid(
+                "uapi.name",
+                format!(
+                    "`{uapi_name}` is not an interface name: use 1 to 15 characters among letters, digits, `_`, `=`, `+`, `.` and `-` (`wg` looks for /var/run/wireguard/NAME.sock)"
+                ),
+            ));
+        }
         Ok(Config {
             path: self.path.to_owned(),
             agent,
@@ -253,6 +266,7 @@ impl Validator<'_> {
                 format: raw.log.format,
                 level,
             },
+            uapi_name,
             warnings: self.warnings,
         })
     }
@@ -807,4 +821,18 @@ fn file_mode(path: &Path) -> std::io::Result<u32> {
 fn parse_net(text: &str) -> Result<IpNet, String> {
     text.parse::<IpNet>()
         .map_err(|e| format!("`{text}` is not an IP prefix like 10.1.0.0/24: {e}"))
+}
+
+/// The default `[uapi] name`.
+pub(crate) const DEFAULT_UAPI_NAME: &str = "wg-agent";
+
+/// An interface name `wg` accepts: 1 to 15 bytes (`IFNAMSIZ` - 1), no `/`, nothing a path
+/// or a shell could misread.
+pub(crate) fn valid_interface_name(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_=+.-".contains(&b))
 }

@@ -40,8 +40,20 @@ impl Drop for TempDir {
 
 /// The `[agent]` section at 10.1.0.100 in 10.1.0.0/24, with one line naming its key
 /// (`private_key = ...`, `private_key_file = ...` or `private_key_env = ...`).
+/// The `[uapi]` table comes first, with a name unique to this test: the socket directory is
+/// shared by every test and network namespace on the machine.
 pub(crate) fn agent_section(key_line: &str) -> String {
-    format!("[agent]\n{key_line}\nvirtual_ip = \"10.1.0.100\"\nsubnet = \"10.1.0.0/24\"\n")
+    format!(
+        "[uapi]\nname = \"{}\"\n\n[agent]\n{key_line}\nvirtual_ip = \"10.1.0.100\"\nsubnet = \"10.1.0.0/24\"\n",
+        unique_uapi_name()
+    )
+}
+
+/// An interface name (at most 15 characters) no other test process uses at the same time.
+pub(crate) fn unique_uapi_name() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("t{:x}-{n:x}", std::process::id())
 }
 
 /// One `[[gateways]]` entry (after a blank line) with its required fields.

@@ -249,8 +249,12 @@ pub(crate) fn tail(text: &str, n: usize) -> String {
 }
 
 fn config_text(gateways: &[AgentGateway], options: &AgentOptions) -> String {
+    // The UAPI socket directory is shared by every namespace: a name unique to this process.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut text = format!(
-        "[agent]\nprivate_key_file = \"agent.key\"\nvirtual_ip = \"{AGENT_VIP}\"\nsubnet = \"{SUBNET}\"\n"
+        "[uapi]\nname = \"tb{:x}-{n:x}\"\n\n[agent]\nprivate_key_file = \"agent.key\"\nvirtual_ip = \"{AGENT_VIP}\"\nsubnet = \"{SUBNET}\"\n",
+        std::process::id()
     );
     if let Some(port) = options.listen_port {
         let _ = writeln!(text, "listen_port = {port}");
