@@ -65,6 +65,7 @@ pub mod config;
 mod demo;
 #[cfg(feature = "test-hooks")]
 mod hooks;
+#[cfg(feature = "cli")]
 pub mod logging;
 pub mod manager;
 #[cfg(feature = "cli")]
