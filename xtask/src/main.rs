@@ -130,6 +130,19 @@ fn test(args: &[String]) -> Result<()> {
             "warnings",
         ]))?;
         passed += 1;
+        // The Manager embedded without the application layer (`cli` off) must build too:
+        // the tidy check only reads `cargo tree`.
+        run(cargo().args([
+            "clippy",
+            "-p",
+            "agent",
+            "--no-default-features",
+            "--lib",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+        passed += 1;
     }
     tidy::run(&root())?;
     passed += 1;
