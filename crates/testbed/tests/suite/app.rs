@@ -4,6 +4,8 @@
 //!
 //! - `GET /hello` → `hello from the app\n`
 //! - `GET /blob/<len>/<seed>` → the [`pattern`](super::pattern) of `seed`, `len` bytes
+//! - `GET /paced/<len>/<seed>/<kib_per_s>` → the same body, written at that rate by the app
+//!   (a transfer that lasts, whatever the client's own rate limiting does)
 //! - `POST /upload` (Content-Length or chunked) → `<sha256 hex> <bytes>\n` of the body
 
 use std::io::{self, BufRead, BufReader, Cursor, Read, Write};
@@ -153,6 +155,37 @@ fn serve(mut stream: TcpStream, requests: &AtomicU64) -> io::Result<()> {
             )?;
             let mut pattern = Pattern::new(seed, len);
             io::copy(&mut pattern, &mut stream)?;
+            stream.flush()
+        }
+        ("GET", ["", "paced", len, seed, kib_per_s]) => {
+            let (Ok(len), Ok(seed), Ok(rate)) = (
+                len.parse::<u64>(),
+                seed.parse::<u64>(),
+                kib_per_s.parse::<u64>(),
+            ) else {
+                return respond(&mut stream, "400 Bad Request", b"bad paced path\n");
+            };
+            write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n"
+            )?;
+            // 16 KiB at a time, each after the time the rate allows for what went before.
+            let start = std::time::Instant::now();
+            let mut pattern = Pattern::new(seed, len);
+            let mut sent = 0u64;
+            let mut chunk = vec![0u8; 16 * 1024];
+            loop {
+                let n = pattern.read(&mut chunk)?;
+                if n == 0 {
+                    break;
+                }
+                let due = Duration::from_secs_f64(sent as f64 / (rate.max(1) * 1024) as f64);
+                if let Some(wait) = due.checked_sub(start.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+                stream.write_all(&chunk[..n])?;
+                sent += n as u64;
+            }
             stream.flush()
         }
         ("POST", ["", "upload"]) => {
