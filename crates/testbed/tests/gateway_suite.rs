@@ -64,8 +64,9 @@ fn interop_suite_get_post_256mib() {
     get_and_post("slg", 256 << 20, Duration::from_secs(120));
 }
 
-/// Case 8: the agent's only listening sockets on its host (namespace) are its UDP socket and
-/// the admin endpoint on loopback.
+/// Case 8: the agent's only listening sockets on its host (namespace) are its UDP socket, the
+/// admin endpoint on loopback and its WireGuard UAPI unix socket (for `wg show`; 0600, local
+/// only).
 #[test]
 fn interop_suite_listening_sockets() {
     testbed::require_gateway_prereqs!();
@@ -94,17 +95,26 @@ fn interop_suite_listening_sockets() {
         .collect();
     let mut udp = 0;
     let mut admin = 0;
+    let mut uapi = 0;
     for line in &mine {
         let fields: Vec<&str> = line.split_whitespace().collect();
         let (netid, local) = (fields[0], fields[4]);
         match netid {
             "udp" if local.ends_with(&format!(":{PORT}")) => udp += 1,
             "tcp" if local == suite::agent::ADMIN_ADDR => admin += 1,
+            // Bound under a temporary name, then renamed into place: `ss` shows the first.
+            "u_str"
+                if local.starts_with("/var/run/wireguard/tb")
+                    || local.starts_with("/run/wireguard/tb") =>
+            {
+                uapi += 1
+            }
             _ => panic!("unexpected listening socket of the agent: {line}\nall:\n{out}"),
         }
     }
     assert!(udp >= 1, "no UDP socket on port {PORT}:\n{out}");
     assert_eq!(admin, 1, "admin endpoint not listening once:\n{out}");
+    assert_eq!(uapi, 1, "UAPI socket not listening once:\n{out}");
     eprintln!("suite: listening sockets of the agent: {mine:?}");
 }
 
