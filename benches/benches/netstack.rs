@@ -34,7 +34,9 @@ fn stacks(shards: usize, buffer: usize) -> (Netstack, Netstack) {
         let mut c = NetstackConfig::new([ip.parse().expect("ip")]);
         c.shards = shards;
         c.tcp_rx_buffer = buffer;
+        c.tcp_rx_buffer_max = buffer;
         c.tcp_tx_buffer = buffer;
+        c.tcp_tx_buffer_max = buffer;
         c.max_connections = 32_768;
         Netstack::new(c).expect("stack")
     };

@@ -22,27 +22,50 @@ pub struct NetstackConfig {
     /// value): with segmentation offload inside the stack, smoltcp handles large segments
     /// and the stack splits them to this MTU on the way out.
     pub path_mtu: usize,
-    /// Receive buffer of each TCP connection in bytes (default 1 MiB). The advertised
-    /// window (with window scaling) follows from it. Pages are committed only when used.
+    /// Receive ring of a TCP connection in bytes (default 1 MiB) when the stack is busy:
+    /// see [`tcp_rx_buffer_max`](Self::tcp_rx_buffer_max) and
+    /// [`tcp_buffer_budget`](Self::tcp_buffer_budget). The advertised window (with window
+    /// scaling) follows from the ring. Pages are committed only when used.
     pub tcp_rx_buffer: usize,
-    /// Send buffer of each TCP connection in bytes (default 512 KiB: enough for about
-    /// 200 Mbit/s per connection at 20 ms RTT; many concurrent large responses are what
-    /// sets the agent's peak memory). Its pages are returned to the kernel once a
-    /// connection that sent 256 KiB or more has everything acknowledged.
-    pub tcp_tx_buffer: usize,
-    /// Bytes of TCP rings (receive plus send) all connections together may have mapped
-    /// (default 512 MiB). It bounds the stack's buffer memory whatever the connection
-    /// count: ring pages are committed only when used, but a peer can fill a receive ring
-    /// nobody reads, and an application a send ring nobody acknowledges.
+    /// Receive ring of a TCP connection while the budget is mostly free (default 8 MiB,
+    /// at least [`tcp_rx_buffer`](Self::tcp_rx_buffer)): a window for about 80 MB/s at a
+    /// 100 ms round trip. The window scale offered at SYN time allows for all of it.
+    pub tcp_rx_buffer_max: usize,
+    /// Send memory a TCP connection starts with in bytes (default 512 KiB): what it may
+    /// queue and hold unacknowledged before its sender has measured the path.
     ///
-    /// Rings are sized when a connection is created (at SYN time), so no window edge ever
-    /// retreats: while under a quarter of the budget is taken, a connection gets
-    /// `tcp_rx_buffer` and `tcp_tx_buffer`; between a quarter and half, proportionally
-    /// smaller rings; past half, [`MIN_TCP_RING`](crate::MIN_TCP_RING) each way. A
-    /// connection whose rings no longer fit is refused (RST, counted as
+    /// From there it grows with the measured bandwidth-delay product (twice the bytes
+    /// acknowledged per smoothed round trip) up to
+    /// [`tcp_tx_buffer_max`](Self::tcp_tx_buffer_max), as Linux's autotuning does, and
+    /// only while the [`tcp_buffer_budget`](Self::tcp_buffer_budget) has room. Send-ring
+    /// pages are charged to the budget as they are first used and returned to the kernel
+    /// (and the budget) once a connection that sent 256 KiB or more has everything
+    /// acknowledged and stays idle.
+    pub tcp_tx_buffer: usize,
+    /// The most send memory one TCP connection may grow to (default 8 MiB, at least
+    /// [`tcp_tx_buffer`](Self::tcp_tx_buffer)). The send ring is reserved (virtual
+    /// memory only) at this size.
+    pub tcp_tx_buffer_max: usize,
+    /// Bytes of TCP buffer memory all connections together may take (default 512 MiB):
+    /// receive rings, the used pages of send rings, and the packets the senders hold
+    /// (sent and not yet acknowledged, or waiting for the congestion window). It bounds
+    /// the stack's buffer memory whatever the connection count.
+    ///
+    /// A receive ring is charged in full when its connection is created (at SYN time): a
+    /// peer can fill it, and smoltcp's ring cycles through all of its pages, so no window
+    /// edge ever retreats and no ring is ever overcommitted. While under a quarter of the
+    /// budget is taken (counting the new connection's rings), a connection gets
+    /// `tcp_rx_buffer_max`; then `tcp_rx_buffer` while under half; between half and
+    /// three quarters proportionally smaller rings; past that
+    /// [`MIN_TCP_RING`](crate::MIN_TCP_RING) each way. The same steps size its initial
+    /// send memory (`tcp_tx_buffer` down to `MIN_TCP_RING`). A connection whose rings no
+    /// longer fit is refused (RST, counted as
     /// [`LimitReached`](crate::DropReason::LimitReached); `connect` fails with
-    /// `QuotaExceeded`). [`NetstackStats::tcp_ring_bytes`](crate::NetstackStats) shows
-    /// what is taken.
+    /// `QuotaExceeded`). Send memory grows only while the budget has room; past it,
+    /// writers wait for acknowledgements. [`NetstackStats::tcp_ring_bytes`](crate::NetstackStats)
+    /// shows what the rings take, `tcp_repair_bytes` what the senders hold.
+    ///
+    /// (This budget replaces round 1's separate `repair_budget`, the senders' 8 MiB.)
     pub tcp_buffer_budget: usize,
     /// Maximum TCP sockets in any state (half-open, open, closing). Default 16,384.
     pub max_connections: usize,
@@ -85,13 +108,11 @@ pub struct NetstackConfig {
     /// timeout from measured round trips (RFC 6298) and never goes below this; its cap
     /// is 60 s. smoltcp's own timeout (1-60 s) stays behind it as a backstop.
     pub min_rto: Duration,
-    /// Bytes of TCP packets the senders may hold over all connections (default 8 MiB;
-    /// each connection at most about `tcp_tx_buffer`): packets sent and not yet
-    /// acknowledged (resent from there when lost) and packets waiting for the congestion
-    /// window. A connection holding nothing may always take two segments past it. `0`
-    /// turns the sender off: smoltcp then sends on its own, with its Cubic and its 1 s
-    /// minimum timeout (kept as a baseline for measurements).
-    pub repair_budget: usize,
+    /// The stack's own TCP sender (default on; see `sender.rs` and docs/ARCHITECTURE.md):
+    /// loss detection, recovery and congestion control below smoltcp. Off, smoltcp sends
+    /// on its own, with its Cubic and its 1 s minimum timeout (kept as a baseline for
+    /// measurements).
+    pub tcp_sender: bool,
     /// Number of socket-set shards (1..=64, default 64). smoltcp scans every socket of a
     /// shard on each poll; connections are spread by a keyed hash of their 4-tuple.
     /// (See the `## netstack` section of docs/ARCHITECTURE.md for the measurements.)
@@ -112,7 +133,9 @@ impl Default for NetstackConfig {
             addresses: Vec::new(),
             path_mtu: 1420,
             tcp_rx_buffer: 1 << 20,
+            tcp_rx_buffer_max: 8 << 20,
             tcp_tx_buffer: 512 << 10,
+            tcp_tx_buffer_max: 8 << 20,
             tcp_buffer_budget: 512 << 20,
             max_connections: 16_384,
             accept_backlog: 1024,
@@ -125,7 +148,7 @@ impl Default for NetstackConfig {
             nagle: false,
             ack_delay: Some(Duration::from_millis(10)),
             min_rto: crate::sender::MIN_RTO,
-            repair_budget: 8 << 20,
+            tcp_sender: true,
             shards: 64,
             max_outbound_packets: 4096,
             udp_queue_packets: 256,
@@ -150,27 +173,36 @@ impl NetstackConfig {
         self.path_mtu
     }
 
-    /// The receive and send ring sizes of a new connection while `reserved` bytes of
-    /// rings are taken; `None` when even the smallest no longer fit the budget (see
+    /// The receive ring and the initial send memory of a new connection while `reserved`
+    /// bytes of the budget are taken; `None` when even the smallest no longer fit (see
     /// [`tcp_buffer_budget`](Self::tcp_buffer_budget)).
     pub(crate) fn ring_sizes(&self, reserved: usize) -> Option<(usize, usize)> {
         const PAGE: usize = 4096;
         let (rx, tx) = (self.tcp_rx_buffer, self.tcp_tx_buffer);
+        let rx_max = self.tcp_rx_buffer_max.max(rx);
         let budget = self.tcp_buffer_budget;
-        let (quarter, half) = (budget / 4, budget / 2);
+        let (quarter, half, three_quarters) = (budget / 4, budget / 2, budget / 4 * 3);
         let shrink = |full: usize, scale: f64| {
             let size = (full as f64 * scale) as usize / PAGE * PAGE;
             size.clamp(crate::MIN_TCP_RING.min(full), full)
         };
-        let sizes = if reserved.saturating_add(rx + tx) <= quarter {
+        let sizes = if reserved.saturating_add(rx_max + tx) <= quarter {
+            (rx_max, tx)
+        } else if reserved.saturating_add(rx + tx) <= half {
             (rx, tx)
-        } else if reserved < half {
-            let scale = (half - reserved) as f64 / (half - quarter).max(1) as f64;
+        } else if reserved < three_quarters {
+            let scale = (three_quarters - reserved) as f64 / (three_quarters - half).max(1) as f64;
             (shrink(rx, scale), shrink(tx, scale))
         } else {
             (shrink(rx, 0.0), shrink(tx, 0.0))
         };
         (reserved.saturating_add(sizes.0 + sizes.1) <= budget).then_some(sizes)
+    }
+
+    /// The send ring's size (reserved, committed only as used): room for the most send
+    /// memory a connection may grow to.
+    pub(crate) fn tx_ring(&self) -> usize {
+        self.tcp_tx_buffer_max.max(self.tcp_tx_buffer)
     }
 
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
@@ -191,7 +223,9 @@ impl NetstackConfig {
         }
         for (field, value) in [
             ("tcp_rx_buffer", self.tcp_rx_buffer),
+            ("tcp_rx_buffer_max", self.tcp_rx_buffer_max),
             ("tcp_tx_buffer", self.tcp_tx_buffer),
+            ("tcp_tx_buffer_max", self.tcp_tx_buffer_max),
         ] {
             if !(4096..=(1 << 30)).contains(&value) {
                 return Err(ConfigError::Range { field, value });
@@ -266,9 +300,10 @@ mod tests {
         let mut c = NetstackConfig::new(["10.0.0.1".parse().expect("ip")]);
         c.tcp_buffer_budget = 64 << 20;
         let (rx, tx) = (c.tcp_rx_buffer, c.tcp_tx_buffer);
-        assert_eq!(c.ring_sizes(0), Some((rx, tx)));
+        assert_eq!(c.ring_sizes(0), Some((c.tcp_rx_buffer_max, tx)));
+        assert_eq!(c.ring_sizes(16 << 20), Some((rx, tx)));
         let mut reserved = 0;
-        let mut last = rx + tx;
+        let mut last = c.tcp_rx_buffer_max + tx;
         let mut conns = 0;
         while let Some((r, t)) = c.ring_sizes(reserved) {
             assert!(r + t <= last, "sizes never grow as the budget fills");
@@ -280,8 +315,9 @@ mod tests {
             assert!(reserved <= c.tcp_buffer_budget);
         }
         assert_eq!(last, 2 * crate::MIN_TCP_RING, "ends at the smallest rings");
-        // A quarter at full size, then smaller ones, then half the budget at the minimum.
-        assert!(conns > (32 << 20) / (2 * crate::MIN_TCP_RING), "{conns}");
+        // A quarter at the largest size, a quarter at the base size, then smaller ones,
+        // then a quarter of the budget at the minimum.
+        assert!(conns > (16 << 20) / (2 * crate::MIN_TCP_RING), "{conns}");
         assert!(c.tcp_buffer_budget - reserved < 2 * crate::MIN_TCP_RING);
     }
 }

@@ -18,6 +18,7 @@ use smoltcp::phy::DeviceCapabilities;
 use smoltcp::socket::tcp;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
 
+use crate::autotune::Rings;
 use crate::buffer::{Owned, Sockets, TcpSocket};
 use crate::config::NetstackConfig;
 use crate::device::{Dev, capabilities};
@@ -57,6 +58,8 @@ struct Conn {
     tx_dirty: usize,
     /// Queued in `Shard::release_queue`.
     release_pending: bool,
+    /// What its rings take from the budget (see `autotune.rs`).
+    rings: Rings,
 }
 
 /// Half-open connections of each listener in a shard, oldest first, so evicting the oldest
@@ -177,7 +180,7 @@ pub(crate) struct Shard {
     timers: BTreeSet<(Instant, Tuple)>,
     /// Connections whose sender may have packets to send now.
     ready: Vec<Tuple>,
-    /// `repair_budget` is 0: smoltcp sends on its own (its Cubic, its timers).
+    /// `tcp_sender` is off: smoltcp sends on its own (its Cubic, its timers).
     sender_off: bool,
     /// Connections whose send ring may be released at the given time (in time order).
     release_queue: VecDeque<(Instant, Tuple)>,
@@ -244,7 +247,7 @@ impl Shard {
             sweep_at: None,
             timers: BTreeSet::new(),
             ready: Vec::new(),
-            sender_off: config.repair_budget == 0,
+            sender_off: !config.tcp_sender,
             release_queue: VecDeque::new(),
             udp_ports: HashMap::new(),
             icmp_idents: HashSet::new(),
@@ -365,7 +368,7 @@ impl Shard {
     /// Drops half-open connections past their deadline and finishes closing ones.
     pub(crate) fn maintain(&mut self, shared: &Shared, now: Instant) {
         let now = self.tick(now);
-        self.release_due(now);
+        self.release_due(shared, now);
         if self.sweep_at.is_none_or(|at| now < at) {
             return;
         }
@@ -479,7 +482,7 @@ impl Shard {
         if self.conns.contains_key(&tuple) {
             return Ok(None);
         }
-        let handle = self.new_tcp(shared)?;
+        let (handle, rings) = self.new_tcp(shared)?;
         let mut socket = self.sockets.get_mut::<tcp::Socket>(handle);
         // Until established the smoltcp timeout bounds the handshake.
         socket.set_timeout(Some(
@@ -493,11 +496,12 @@ impl Shard {
                 state: ConnState::Owned,
                 reset: false,
                 aborted: false,
-                sender: self.new_sender(shared),
+                sender: self.new_sender(shared, &rings),
                 timer_at: None,
                 ready: false,
                 tx_dirty: 0,
                 release_pending: false,
+                rings,
             },
         );
         if let Err(err) = res {
@@ -532,22 +536,33 @@ impl Shard {
     /// Reserves sender memory for `want` bytes the stream of `tuple` is about to queue;
     /// returns how many it may queue (see `Sender::reserve`). Past it a writer waits for
     /// an ACK.
-    pub(crate) fn reserve_send(&mut self, tuple: &Tuple, want: usize) -> usize {
+    pub(crate) fn reserve_send(&mut self, shared: &Shared, tuple: &Tuple, want: usize) -> usize {
+        let Some(conn) = self.conns.get_mut(tuple) else {
+            return want;
+        };
+        let queued = self.sockets.get::<tcp::Socket>(conn.handle).send_queue();
+        // Send-ring pages first (see `autotune.rs`), then the sender's memory.
+        let want = conn.rings.admit_tx(
+            &shared.budget,
+            &shared.counters.tcp_ring_bytes,
+            queued,
+            want,
+        );
         if self.sender_off {
             return want;
         }
-        match self.conns.get_mut(tuple) {
-            Some(conn) => conn.sender.reserve(want),
-            None => want,
-        }
+        conn.sender.reserve(want)
     }
 
-    /// Gives back a reservation of `unused` bytes that were not queued.
-    pub(crate) fn unreserve_send(&mut self, tuple: &Tuple, unused: usize) {
-        if let Some(conn) = self.conns.get_mut(tuple)
-            && !self.sender_off
-            && unused > 0
-        {
+    /// Of `granted` bytes reserved, `queued` were queued: gives back the reservation of
+    /// the rest.
+    pub(crate) fn unreserve_send(&mut self, tuple: &Tuple, granted: usize, queued: usize) {
+        let Some(conn) = self.conns.get_mut(tuple) else {
+            return;
+        };
+        conn.rings.queued_tx(queued);
+        let unused = granted.saturating_sub(queued);
+        if !self.sender_off && unused > 0 {
             conn.sender.unreserve(unused);
         }
     }
@@ -690,14 +705,14 @@ impl Shard {
             }
         }
         let c = &shared.counters;
-        let Ok(handle) = self.new_tcp(shared) else {
+        let Ok((handle, mut rings)) = self.new_tcp(shared) else {
             c.drop(DropReason::LimitReached);
             return false;
         };
         let mut socket = self.sockets.get_mut::<tcp::Socket>(handle);
         if socket.listen(tuple.local).is_err() {
-            let bytes = self.sockets.remove(handle);
-            c.tcp_ring_bytes.fetch_sub(bytes, Relaxed);
+            self.sockets.remove(handle);
+            rings.release_all(&shared.budget, &c.tcp_ring_bytes);
             c.tcp_sockets.fetch_sub(1, Relaxed);
             return false;
         }
@@ -713,11 +728,12 @@ impl Shard {
                 state: ConnState::HalfOpen { listener, deadline },
                 reset: false,
                 aborted: false,
-                sender: self.new_sender(shared),
+                sender: self.new_sender(shared, &rings),
                 timer_at: None,
                 ready: false,
                 tx_dirty: 0,
                 release_pending: false,
+                rings,
             },
         );
         // After the insert, so the entry counts as live if the queue is swept.
@@ -804,12 +820,13 @@ impl Shard {
     }
 
     fn remove_conn(&mut self, shared: &Shared, tuple: Tuple) {
-        if let Some(conn) = self.conns.remove(&tuple) {
+        if let Some(mut conn) = self.conns.remove(&tuple) {
             if let Some(at) = conn.timer_at {
                 self.timers.remove(&(at, tuple));
             }
-            let bytes = self.sockets.remove(conn.handle);
-            shared.counters.tcp_ring_bytes.fetch_sub(bytes, Relaxed);
+            self.sockets.remove(conn.handle);
+            conn.rings
+                .release_all(&shared.budget, &shared.counters.tcp_ring_bytes);
             shared.counters.tcp_sockets.fetch_sub(1, Relaxed);
         }
     }
@@ -853,7 +870,7 @@ impl Shard {
     }
 
     /// Releases the send rings of candidates whose delay has passed and that stayed idle.
-    fn release_due(&mut self, now: Instant) {
+    fn release_due(&mut self, shared: &Shared, now: Instant) {
         while let Some(&(at, tuple)) = self.release_queue.front() {
             if at > now {
                 break;
@@ -866,19 +883,23 @@ impl Shard {
             let mut socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
             if socket.send_queue() == 0 && socket.release_send_ring() {
                 conn.tx_dirty = 0;
+                conn.rings
+                    .released_tx(&shared.budget, &shared.counters.tcp_ring_bytes);
             }
         }
     }
 
-    fn new_sender(&self, shared: &Shared) -> Sender {
+    fn new_sender(&self, shared: &Shared, rings: &Rings) -> Sender {
         let config = &shared.config;
-        // Packets of a full send ring, with their headers and entries.
-        let limit = config.tcp_tx_buffer + config.tcp_tx_buffer / 8;
+        // Packets of the initial send memory, with their headers and entries; it grows
+        // with the path (see `autotune.rs`).
+        let tx = rings.tx_base().max(crate::MIN_TCP_RING);
+        let limit = tx + tx / 8;
         let mss = u32::try_from(config.path_mtu.saturating_sub(40)).unwrap_or(1380);
         Sender::new(
             limit,
-            shared.repair_budget.clone(),
-            config.tcp_rx_buffer,
+            shared.budget.clone(),
+            rings.rx(),
             mss,
             config.min_rto,
         )
@@ -952,6 +973,10 @@ impl Shard {
             conn.sender.abort();
         } else if let Some(seg) = seg {
             conn.sender.on_segment(seg, now);
+            if let Some(ack) = seg.ack {
+                conn.rings
+                    .on_ack(&mut conn.sender, &shared.budget, ack, now);
+            }
         }
         schedule(&mut self.timers, &mut self.ready, shared, tuple, conn);
     }
@@ -998,8 +1023,9 @@ impl Shard {
         }
     }
 
-    /// A TCP socket with this stack's options, within `max_connections`.
-    fn new_tcp(&mut self, shared: &Shared) -> io::Result<SocketHandle> {
+    /// A TCP socket with this stack's options, within `max_connections`, with its rings
+    /// charged to the budget.
+    fn new_tcp(&mut self, shared: &Shared) -> io::Result<(SocketHandle, Rings)> {
         let config = &shared.config;
         let count = &shared.counters.tcp_sockets;
         if count.fetch_add(1, Relaxed) >= config.max_connections {
@@ -1011,16 +1037,11 @@ impl Shard {
         }
         // Ring sizes from the budget (see `NetstackConfig::tcp_buffer_budget`). Shards
         // reserve concurrently: the sizes follow the reservation seen, the bound holds.
+        let budget = &shared.budget;
         let ring_bytes = &shared.counters.tcp_ring_bytes;
         let sizes = config
-            .ring_sizes(ring_bytes.load(Relaxed))
-            .filter(|(rx, tx)| {
-                let taken = ring_bytes.fetch_add(rx + tx, Relaxed) + rx + tx;
-                taken <= config.tcp_buffer_budget || {
-                    ring_bytes.fetch_sub(rx + tx, Relaxed);
-                    false
-                }
-            });
+            .ring_sizes(budget.used())
+            .filter(|(rx, tx)| budget.take(rx + tx, false));
         let Some((rx, tx)) = sizes else {
             count.fetch_sub(1, Relaxed);
             return Err(io::Error::new(
@@ -1028,10 +1049,12 @@ impl Shard {
                 "netstack: tcp_buffer_budget reached",
             ));
         };
-        let handle = match self.sockets.add_tcp(rx, tx) {
+        ring_bytes.fetch_add(rx + tx, Relaxed);
+        let mut rings = Rings::new(rx, tx, config.tx_ring());
+        let handle = match self.sockets.add_tcp(rx, config.tx_ring()) {
             Ok(handle) => handle,
             Err(err) => {
-                ring_bytes.fetch_sub(rx + tx, Relaxed);
+                rings.release_all(budget, ring_bytes);
                 count.fetch_sub(1, Relaxed);
                 return Err(err);
             }
@@ -1047,7 +1070,7 @@ impl Shard {
         } else {
             tcp::CongestionControl::None
         });
-        Ok(handle)
+        Ok((handle, rings))
     }
 }
 

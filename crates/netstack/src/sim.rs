@@ -46,12 +46,12 @@ fn exchange(a: &Shared, b: &Shared, now: Instant, sent: &mut usize, lose: &dyn F
 #[test]
 fn handshake_transfer_and_loss_recovery_in_virtual_time() {
     // smoltcp alone: its retransmission timers must fire.
-    let (alone, stats) = transfer_losing_every_17th_packet(0);
+    let (alone, stats) = transfer_losing_every_17th_packet(false);
     assert!(alone >= Duration::from_millis(10), "timers ran: {alone:?}");
     assert_eq!(stats.tcp_repaired + stats.tcp_probes, 0);
     // With loss repair: the receiver's SACK blocks show the holes, which are resent
     // without waiting for a timeout, so the same transfer takes less virtual time.
-    let (repaired, stats) = transfer_losing_every_17th_packet(32 << 20);
+    let (repaired, stats) = transfer_losing_every_17th_packet(true);
     assert!(stats.tcp_repaired > 0, "{stats:?}");
     assert!(
         repaired < alone,
@@ -68,10 +68,10 @@ fn handshake_transfer_and_loss_recovery_in_virtual_time() {
 
 /// 200 KiB from one stack to another over a link losing every 17th packet; returns the
 /// virtual time it took and the sender's stats.
-fn transfer_losing_every_17th_packet(repair_budget: usize) -> (Duration, NetstackStats) {
+fn transfer_losing_every_17th_packet(sender: bool) -> (Duration, NetstackStats) {
     let start = Instant::now();
     let mut now = start;
-    let a = stack_with("10.0.0.1", now, |c| c.repair_budget = repair_budget);
+    let a = stack_with("10.0.0.1", now, |c| c.tcp_sender = sender);
     let b = stack("10.0.0.2", now);
     let server: SocketAddr = "10.0.0.2:80".parse().expect("addr");
     let listener = b.register_listener(server, 4).expect("listen");
@@ -141,7 +141,7 @@ fn transfer_losing_every_17th_packet(repair_budget: usize) -> (Duration, Netstac
     a.drive_at(now);
     exchange(&a, &b, now, &mut sent, &|_| false);
     let mut stats = a.counters.snapshot();
-    stats.tcp_repair_bytes = a.repair_budget.used();
+    stats.tcp_repair_bytes = a.sender_bytes();
     assert!(stats.tx_packets > 150);
     (elapsed, stats)
 }
@@ -489,9 +489,9 @@ fn smoltcp_assumption_without_congestion_control_it_emits_the_whole_window() {
     );
     // b has advertised the 64 KiB of its SYN-ACK so far (no scaled update yet).
     assert!(
-        a.repair_budget.used() >= 64 * 1024,
+        a.sender_bytes() >= 64 * 1024,
         "smoltcp emitted only {} bytes into the sender",
-        a.repair_budget.used()
+        a.sender_bytes()
     );
     c.now = now;
 }

@@ -421,10 +421,14 @@ fn handles_are_send_and_sync() {
 async fn small_rings_wrap_and_read_buf_fills_uninitialised_memory() {
     let mut ca = config(&[A]);
     ca.tcp_rx_buffer = 4096;
+    ca.tcp_rx_buffer_max = 4096;
     ca.tcp_tx_buffer = 4096;
+    ca.tcp_tx_buffer_max = 4096;
     let mut cb = config(&[B]);
     cb.tcp_rx_buffer = 5000;
+    cb.tcp_rx_buffer_max = 5000;
     cb.tcp_tx_buffer = 6000;
+    cb.tcp_tx_buffer_max = 6000;
     let p = pair_with(ca, cb, None);
     let listener = p.b.listen(sa(B, 80)).expect("listen");
     let mut c = p.a.connect(sa(B, 80)).await.expect("connect");
@@ -609,8 +613,12 @@ async fn heavy_bulk_with_a_slow_reader_never_stalls() {
 /// send again).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_senders_past_the_stack_budget_wait_instead_of_dropping() {
+    // Small rings, and little of the budget left for what the senders hold.
     let mut ca = config(&[A]);
-    ca.repair_budget = 256 << 10;
+    ca.tcp_rx_buffer = 64 << 10;
+    ca.tcp_rx_buffer_max = 64 << 10;
+    ca.tcp_tx_buffer = 64 << 10;
+    ca.tcp_buffer_budget = 1280 << 10;
     let p = pair_with(ca, config(&[B]), None);
     let listener = p.b.listen(sa(B, 80)).expect("listen");
     let server = tokio::spawn(async move {
@@ -635,11 +643,15 @@ async fn bulk_senders_past_the_stack_budget_wait_instead_of_dropping() {
         }
         total
     });
-    let mut clients = Vec::new();
+    // All connected first: their rings take about 1 MiB of the budget, the senders share
+    // the rest.
+    let mut conns = Vec::new();
     for _ in 0..8 {
-        let a = p.a.clone();
+        conns.push(p.a.connect(sa(B, 80)).await.expect("connect"));
+    }
+    let mut clients = Vec::new();
+    for mut c in conns {
         clients.push(tokio::spawn(async move {
-            let mut c = a.connect(sa(B, 80)).await.expect("connect");
             c.write_all(&vec![9u8; 1 << 20]).await.expect("write");
             c.shutdown().await.expect("shutdown");
         }));
