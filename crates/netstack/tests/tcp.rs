@@ -306,15 +306,29 @@ async fn the_buffer_budget_bounds_ring_memory_whatever_the_connection_count() {
         "smaller rings instead of refusing early: {} connections",
         open.len()
     );
-    // The last (smallest) connection still moves data both ways.
+    // The last (smallest) connection still moves data both ways, and what b's rings and
+    // sender take together stays within the one budget (plus the two segments a
+    // connection holding nothing may always take).
     let (mut c, mut s) = open.pop().expect("a connection");
     let data = vec![3u8; 200 << 10];
-    let (w, r) = tokio::join!(c.write_all(&data), async {
-        let mut got = vec![0u8; data.len()];
-        s.read_exact(&mut got).await.map(|_| got)
-    });
-    w.expect("write");
-    assert_eq!(r.expect("read"), data);
+    let bound = BUDGET + 2 * (1420 + 64) * (open.len() + 1);
+    let within = |p: &Pair| {
+        let stats = p.b.stats();
+        let taken = stats.tcp_ring_bytes + stats.tcp_repair_bytes;
+        assert!(stats.tcp_ring_bytes <= BUDGET, "{stats:?}");
+        assert!(taken <= bound, "{taken} bytes past the budget: {stats:?}");
+    };
+    // One way, then the other.
+    for _ in 0..2 {
+        let (w, r) = tokio::join!(c.write_all(&data), async {
+            let mut got = vec![0u8; data.len()];
+            s.read_exact(&mut got).await.map(|_| got)
+        });
+        w.expect("write");
+        assert_eq!(r.expect("read"), data);
+        within(&p);
+        std::mem::swap(&mut c, &mut s);
+    }
     drop((c, s));
     drop(open);
     wait_for_no_sockets(&p).await;
