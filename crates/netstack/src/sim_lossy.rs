@@ -218,28 +218,62 @@ fn throughput(bytes: usize, path: Path, tune: impl Fn(&mut NetstackConfig)) -> f
     bytes as f64 / t.as_secs_f64() / 1e6
 }
 
+/// Round 1's fixed rings: 1 MiB receive, 512 KiB send (the baseline printed beside the
+/// figures below).
+fn fixed_rings(c: &mut NetstackConfig) {
+    c.tcp_rx_buffer_max = c.tcp_rx_buffer;
+    c.tcp_tx_buffer_max = c.tcp_tx_buffer;
+}
+
 /// The long clean path (100 ms round trip, no bandwidth limit in the simulation) must not
 /// be capped by the rings a connection starts with: a 1 MiB receive ring allows at most
 /// about 10 MB/s, a 512 KiB send ring about 5 MB/s. Slow start alone would move 16 MiB
 /// in about 11 round trips (some 14 MB/s).
 #[test]
 fn a_long_path_is_not_capped_by_the_receive_ring() {
-    // A sender with a send ring that is never the limit: what caps it is the receiver.
-    let mbs = throughput(16 << 20, LONG, |c| {
+    // A sender whose send memory is never the limit: what caps it is the receiver.
+    let large_send = |c: &mut NetstackConfig| {
         c.tcp_tx_buffer = 32 << 20;
         c.tcp_tx_buffer_max = 32 << 20;
+    };
+    let mbs = throughput(16 << 20, LONG, large_send);
+    let fixed = throughput(16 << 20, LONG, |c| {
+        large_send(c);
+        c.tcp_rx_buffer_max = c.tcp_rx_buffer;
     });
-    eprintln!("sim long 16 MiB, large send ring: {mbs:.2} MB/s");
+    eprintln!("sim long 16 MiB, large send memory: {mbs:.2} MB/s (1 MiB receive ring: {fixed:.2})");
     assert!(mbs >= 11.0, "{mbs:.2} MB/s at 100 ms RTT");
 }
 
 #[test]
 fn a_long_path_is_not_capped_by_the_send_ring() {
     // A receiver whose ring is never the limit: what caps it is the sender.
-    let mbs = throughput(16 << 20, LONG, |c| {
+    let large_receive = |c: &mut NetstackConfig| {
         c.tcp_rx_buffer = 32 << 20;
         c.tcp_rx_buffer_max = 32 << 20;
+    };
+    let mbs = throughput(16 << 20, LONG, large_receive);
+    let fixed = throughput(16 << 20, LONG, |c| {
+        large_receive(c);
+        c.tcp_tx_buffer_max = c.tcp_tx_buffer;
     });
-    eprintln!("sim long 16 MiB, large receive ring: {mbs:.2} MB/s");
+    eprintln!(
+        "sim long 16 MiB, large receive ring: {mbs:.2} MB/s (512 KiB send memory: {fixed:.2})"
+    );
     assert!(mbs >= 11.0, "{mbs:.2} MB/s at 100 ms RTT");
+}
+
+/// Defaults against round 1's fixed rings on every profile, 16 MiB (figures for
+/// docs/PERFORMANCE.md; the assertions are the tests above).
+#[test]
+fn defaults_against_fixed_rings_on_every_profile() {
+    for (name, path) in [("lossy", LOSSY), ("reordering", REORDERING), ("long", LONG)] {
+        let bytes = if name == "long" { 16 << 20 } else { 2 << 20 };
+        let now = throughput(bytes, path, |_| {});
+        let fixed = throughput(bytes, path, fixed_rings);
+        eprintln!(
+            "sim {name} {} MiB: defaults {now:.2} MB/s, fixed rings {fixed:.2} MB/s",
+            bytes >> 20
+        );
+    }
 }
