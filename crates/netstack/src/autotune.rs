@@ -15,19 +15,25 @@
 //!   against 8.2 GB/s). So a receive ring is charged to the budget in full at SYN time:
 //!   the budget bounds resident memory, and no window edge ever has to retreat.
 //! - The send ring rewinds when the application queues data into an empty ring, and its
-//!   free space can be handed back to the kernel (see `buffer.rs`). So the send ring is
-//!   reserved at the largest size ([`NetstackConfig::tx_ring`]) and charged page by page
-//!   as its write position first reaches them ([`Rings::admit_tx`]); an idle release gives
-//!   the pages back. A writer that would need a page the budget cannot give waits until
-//!   the queue drains (the ring then rewinds into pages already charged).
+//!   free space can be handed back to the kernel (see `buffer.rs`). So a send ring is
+//!   charged page by page as its write position first reaches them ([`Rings::admit_tx`]);
+//!   an idle release gives the pages back. A writer that would need a page the budget
+//!   cannot give waits until the queue drains (the ring then rewinds into pages already
+//!   charged). Pages behind the read position are out of reach until the writer wraps,
+//!   though, so a connection streaming a response writes up to the response's size (or
+//!   the ring's) before it rewinds: with 64 connections each sending 1 MiB, a ring larger
+//!   than 512 KiB would double their resident send memory. So only connections created
+//!   while under a quarter of the budget is taken get a send ring of `tcp_tx_buffer_max`
+//!   (like their receive ring of `tcp_rx_buffer_max`); the others keep `tcp_tx_buffer`
+//!   ([`NetstackConfig::ring_sizes`]).
 //!
 //! The send side autotunes like Linux's: the bytes a connection's sender may hold (and so
 //! queue) start at `tcp_tx_buffer` and grow to twice the bytes acknowledged per smoothed
-//! round trip, up to `tcp_tx_buffer_max` ([`Rings::on_ack`]). The sender's own packet
-//! memory is charged to the same budget (see `sender.rs`).
+//! round trip, up to its send ring ([`Rings::on_ack`]). The sender's own packet memory is
+//! charged to the same budget (see `sender.rs`).
 //!
 //! [`NetstackConfig::tcp_buffer_budget`]: crate::NetstackConfig::tcp_buffer_budget
-//! [`NetstackConfig::tx_ring`]: crate::config::NetstackConfig::tx_ring
+//! [`NetstackConfig::ring_sizes`]: crate::config::NetstackConfig::ring_sizes
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;

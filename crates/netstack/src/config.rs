@@ -32,19 +32,20 @@ pub struct NetstackConfig {
     /// 100 ms round trip. The window scale offered at SYN time allows for all of it.
     pub tcp_rx_buffer_max: usize,
     /// Send memory a TCP connection starts with in bytes (default 512 KiB): what it may
-    /// queue and hold unacknowledged before its sender has measured the path.
+    /// queue and hold unacknowledged before its sender has measured the path, and its
+    /// send ring when the stack is busy (see [`tcp_buffer_budget`](Self::tcp_buffer_budget)).
     ///
-    /// From there it grows with the measured bandwidth-delay product (twice the bytes
-    /// acknowledged per smoothed round trip) up to
-    /// [`tcp_tx_buffer_max`](Self::tcp_tx_buffer_max), as Linux's autotuning does, and
-    /// only while the [`tcp_buffer_budget`](Self::tcp_buffer_budget) has room. Send-ring
-    /// pages are charged to the budget as they are first used and returned to the kernel
-    /// (and the budget) once a connection that sent 256 KiB or more has everything
-    /// acknowledged and stays idle.
+    /// A connection created while under a quarter of the budget is taken has a send ring
+    /// of [`tcp_tx_buffer_max`](Self::tcp_tx_buffer_max), and its send memory grows with
+    /// the measured bandwidth-delay product (twice the bytes acknowledged per smoothed
+    /// round trip) up to that, as Linux's autotuning does, while the budget has room.
+    /// Send-ring pages are charged to the budget as they are first used and returned to
+    /// the kernel (and the budget) once a connection that sent 256 KiB or more has
+    /// everything acknowledged and stays idle.
     pub tcp_tx_buffer: usize,
     /// The most send memory one TCP connection may grow to (default 8 MiB, at least
-    /// [`tcp_tx_buffer`](Self::tcp_tx_buffer)). The send ring is reserved (virtual
-    /// memory only) at this size.
+    /// [`tcp_tx_buffer`](Self::tcp_tx_buffer)): the send ring of a connection created
+    /// while under a quarter of the budget is taken (virtual memory until used).
     pub tcp_tx_buffer_max: usize,
     /// Bytes of TCP buffer memory all connections together may take (default 512 MiB):
     /// receive rings, the used pages of send rings, and the packets the senders hold
@@ -58,7 +59,8 @@ pub struct NetstackConfig {
     /// `tcp_rx_buffer_max`; then `tcp_rx_buffer` while under half; between half and
     /// three quarters proportionally smaller rings; past that
     /// [`MIN_TCP_RING`](crate::MIN_TCP_RING) each way. The same steps size its initial
-    /// send memory (`tcp_tx_buffer` down to `MIN_TCP_RING`). A connection whose rings no
+    /// send memory (`tcp_tx_buffer` down to `MIN_TCP_RING`, charged at once) and its send
+    /// ring (`tcp_tx_buffer_max` in the first step, else its initial send memory). A connection whose rings no
     /// longer fit is refused (RST, counted as
     /// [`LimitReached`](crate::DropReason::LimitReached); `connect` fails with
     /// `QuotaExceeded`). Send memory grows only while the budget has room; past it,
@@ -173,13 +175,17 @@ impl NetstackConfig {
         self.path_mtu
     }
 
-    /// The receive ring and the initial send memory of a new connection while `reserved`
-    /// bytes of the budget are taken; `None` when even the smallest no longer fit (see
-    /// [`tcp_buffer_budget`](Self::tcp_buffer_budget)).
-    pub(crate) fn ring_sizes(&self, reserved: usize) -> Option<(usize, usize)> {
+    /// The sizes of a new connection's buffers while `reserved` bytes of the budget are
+    /// taken: its receive ring, its initial send memory (both charged at once) and its send
+    /// ring (reserved; charged as used, see `autotune.rs`). `None` when even the smallest
+    /// no longer fit (see [`tcp_buffer_budget`](Self::tcp_buffer_budget)).
+    pub(crate) fn ring_sizes(&self, reserved: usize) -> Option<RingSizes> {
         const PAGE: usize = 4096;
         let (rx, tx) = (self.tcp_rx_buffer, self.tcp_tx_buffer);
-        let rx_max = self.tcp_rx_buffer_max.max(rx);
+        let (rx_max, tx_max) = (
+            self.tcp_rx_buffer_max.max(rx),
+            self.tcp_tx_buffer_max.max(tx),
+        );
         let budget = self.tcp_buffer_budget;
         let (quarter, half, three_quarters) = (budget / 4, budget / 2, budget / 4 * 3);
         let shrink = |full: usize, scale: f64| {
@@ -187,22 +193,28 @@ impl NetstackConfig {
             size.clamp(crate::MIN_TCP_RING.min(full), full)
         };
         let sizes = if reserved.saturating_add(rx_max + tx) <= quarter {
-            (rx_max, tx)
-        } else if reserved.saturating_add(rx + tx) <= half {
-            (rx, tx)
-        } else if reserved < three_quarters {
-            let scale = (three_quarters - reserved) as f64 / (three_quarters - half).max(1) as f64;
-            (shrink(rx, scale), shrink(tx, scale))
+            RingSizes {
+                rx: rx_max,
+                tx,
+                tx_ring: tx_max,
+            }
         } else {
-            (shrink(rx, 0.0), shrink(tx, 0.0))
+            let (rx, tx) = if reserved.saturating_add(rx + tx) <= half {
+                (rx, tx)
+            } else if reserved < three_quarters {
+                let scale =
+                    (three_quarters - reserved) as f64 / (three_quarters - half).max(1) as f64;
+                (shrink(rx, scale), shrink(tx, scale))
+            } else {
+                (shrink(rx, 0.0), shrink(tx, 0.0))
+            };
+            RingSizes {
+                rx,
+                tx,
+                tx_ring: tx,
+            }
         };
-        (reserved.saturating_add(sizes.0 + sizes.1) <= budget).then_some(sizes)
-    }
-
-    /// The send ring's size (reserved, committed only as used): room for the most send
-    /// memory a connection may grow to.
-    pub(crate) fn tx_ring(&self) -> usize {
-        self.tcp_tx_buffer_max.max(self.tcp_tx_buffer)
+        (reserved.saturating_add(sizes.rx + sizes.tx) <= budget).then_some(sizes)
     }
 
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
@@ -262,6 +274,17 @@ impl NetstackConfig {
     }
 }
 
+/// The buffer sizes of a new TCP connection (see [`NetstackConfig::ring_sizes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RingSizes {
+    /// Receive ring, charged at once.
+    pub(crate) rx: usize,
+    /// Initial send memory, charged at once.
+    pub(crate) tx: usize,
+    /// Send ring: the most send memory the connection may grow to.
+    pub(crate) tx_ring: usize,
+}
+
 /// A [`NetstackConfig`] that cannot work.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -300,17 +323,29 @@ mod tests {
         let mut c = NetstackConfig::new(["10.0.0.1".parse().expect("ip")]);
         c.tcp_buffer_budget = 64 << 20;
         let (rx, tx) = (c.tcp_rx_buffer, c.tcp_tx_buffer);
-        assert_eq!(c.ring_sizes(0), Some((c.tcp_rx_buffer_max, tx)));
-        assert_eq!(c.ring_sizes(16 << 20), Some((rx, tx)));
+        let (rx_max, tx_max) = (c.tcp_rx_buffer_max, c.tcp_tx_buffer_max);
+        let large = RingSizes {
+            rx: rx_max,
+            tx,
+            tx_ring: tx_max,
+        };
+        assert_eq!(c.ring_sizes(0), Some(large));
+        let base = RingSizes {
+            rx,
+            tx,
+            tx_ring: tx,
+        };
+        assert_eq!(c.ring_sizes(16 << 20), Some(base));
         let mut reserved = 0;
-        let mut last = c.tcp_rx_buffer_max + tx;
+        let mut last = rx_max + tx;
         let mut conns = 0;
-        while let Some((r, t)) = c.ring_sizes(reserved) {
-            assert!(r + t <= last, "sizes never grow as the budget fills");
-            assert!(r >= crate::MIN_TCP_RING && t >= crate::MIN_TCP_RING);
-            assert_eq!((r % 4096, t % 4096), (0, 0));
-            last = r + t;
-            reserved += r + t;
+        while let Some(s) = c.ring_sizes(reserved) {
+            assert!(s.rx + s.tx <= last, "sizes never grow as the budget fills");
+            assert!(s.rx >= crate::MIN_TCP_RING && s.tx >= crate::MIN_TCP_RING);
+            assert_eq!((s.rx % 4096, s.tx % 4096), (0, 0));
+            assert!(s.tx_ring >= s.tx);
+            last = s.rx + s.tx;
+            reserved += s.rx + s.tx;
             conns += 1;
             assert!(reserved <= c.tcp_buffer_budget);
         }

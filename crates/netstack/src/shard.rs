@@ -1041,17 +1041,17 @@ impl Shard {
         let ring_bytes = &shared.counters.tcp_ring_bytes;
         let sizes = config
             .ring_sizes(budget.used())
-            .filter(|(rx, tx)| budget.take(rx + tx, false));
-        let Some((rx, tx)) = sizes else {
+            .filter(|s| budget.take(s.rx + s.tx, false));
+        let Some(sizes) = sizes else {
             count.fetch_sub(1, Relaxed);
             return Err(io::Error::new(
                 io::ErrorKind::QuotaExceeded,
                 "netstack: tcp_buffer_budget reached",
             ));
         };
-        ring_bytes.fetch_add(rx + tx, Relaxed);
-        let mut rings = Rings::new(rx, tx, config.tx_ring());
-        let handle = match self.sockets.add_tcp(rx, config.tx_ring()) {
+        ring_bytes.fetch_add(sizes.rx + sizes.tx, Relaxed);
+        let mut rings = Rings::new(sizes.rx, sizes.tx, sizes.tx_ring);
+        let handle = match self.sockets.add_tcp(sizes.rx, sizes.tx_ring) {
             Ok(handle) => handle,
             Err(err) => {
                 rings.release_all(budget, ring_bytes);
