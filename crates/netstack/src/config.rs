@@ -35,7 +35,7 @@ pub struct NetstackConfig {
     /// queue and hold unacknowledged before its sender has measured the path, and its
     /// send ring when the stack is busy (see [`tcp_buffer_budget`](Self::tcp_buffer_budget)).
     ///
-    /// A connection created while under a quarter of the budget is taken has a send ring
+    /// A connection created while under an eighth of the budget is taken has a send ring
     /// of [`tcp_tx_buffer_max`](Self::tcp_tx_buffer_max), and its send memory grows with
     /// the measured bandwidth-delay product (twice the bytes acknowledged per smoothed
     /// round trip) up to that, as Linux's autotuning does, while the senders' share of the
@@ -46,7 +46,7 @@ pub struct NetstackConfig {
     pub tcp_tx_buffer: usize,
     /// The most send memory one TCP connection may grow to (default 8 MiB, at least
     /// [`tcp_tx_buffer`](Self::tcp_tx_buffer)): the send ring of a connection created
-    /// while under a quarter of the budget is taken (virtual memory until used).
+    /// while under an eighth of the budget is taken (virtual memory until used).
     pub tcp_tx_buffer_max: usize,
     /// Bytes of TCP buffer memory all connections together may take (default 512 MiB):
     /// receive rings, the used pages of send rings, and the packets the senders hold
@@ -55,9 +55,10 @@ pub struct NetstackConfig {
     ///
     /// A receive ring is charged in full when its connection is created (at SYN time): a
     /// peer can fill it, and smoltcp's ring cycles through all of its pages, so no window
-    /// edge ever retreats and no ring is ever overcommitted. While under a quarter of the
+    /// edge ever retreats and no ring is ever overcommitted. While under an eighth of the
     /// budget is taken (counting the new connection's rings), a connection gets
-    /// `tcp_rx_buffer_max`; then `tcp_rx_buffer` while under half; between half and
+    /// `tcp_rx_buffer_max` (7 connections with the defaults); then `tcp_rx_buffer` while
+    /// under half; between half and
     /// three quarters proportionally smaller rings; past that
     /// [`MIN_TCP_RING`](crate::MIN_TCP_RING) each way. The same steps size its initial
     /// send memory (`tcp_tx_buffer` down to `MIN_TCP_RING`, charged at once) and its send
@@ -199,12 +200,12 @@ impl NetstackConfig {
             self.tcp_tx_buffer_max.max(tx),
         );
         let budget = self.tcp_buffer_budget;
-        let (quarter, half, three_quarters) = (budget / 4, budget / 2, budget / 4 * 3);
+        let (eighth, half, three_quarters) = (budget / 8, budget / 2, budget / 4 * 3);
         let shrink = |full: usize, scale: f64| {
             let size = (full as f64 * scale) as usize / PAGE * PAGE;
             size.clamp(crate::MIN_TCP_RING.min(full), full)
         };
-        let sizes = if reserved.saturating_add(rx_max + tx) <= quarter {
+        let sizes = if reserved.saturating_add(rx_max + tx) <= eighth {
             RingSizes {
                 rx: rx_max,
                 tx,
@@ -333,7 +334,7 @@ mod tests {
     #[test]
     fn ring_sizes_shrink_with_the_budget_and_never_pass_it() {
         let mut c = NetstackConfig::new(["10.0.0.1".parse().expect("ip")]);
-        c.tcp_buffer_budget = 64 << 20;
+        c.tcp_buffer_budget = 128 << 20;
         let (rx, tx) = (c.tcp_rx_buffer, c.tcp_tx_buffer);
         let (rx_max, tx_max) = (c.tcp_rx_buffer_max, c.tcp_tx_buffer_max);
         let large = RingSizes {
@@ -362,7 +363,7 @@ mod tests {
             assert!(reserved <= c.tcp_buffer_budget);
         }
         assert_eq!(last, 2 * crate::MIN_TCP_RING, "ends at the smallest rings");
-        // A quarter at the largest size, a quarter at the base size, then smaller ones,
+        // An eighth at the largest size, up to half at the base size, then smaller ones,
         // then a quarter of the budget at the minimum.
         assert!(conns > (16 << 20) / (2 * crate::MIN_TCP_RING), "{conns}");
         assert!(c.tcp_buffer_budget - reserved < 2 * crate::MIN_TCP_RING);
