@@ -4,8 +4,10 @@
 //! The protocol: a client sends `get=1\n\n` and reads `key=value` lines ending with
 //! `errno=N` and a blank line. Keys are lowercase hex. The agent answers `get` with its
 //! private key (which `wg showconf` needs; the socket is 0600) but never with preshared
-//! keys. `set=1` changes nothing yet: the restart-only keys (`private_key`, `listen_port`,
-//! `fwmark`) answer `errno=22`, peer changes `errno=95` (operation not supported).
+//! keys. `set=1` changes peers ([`set`] says what applies) through the same prepare and
+//! commit as a reload, all or nothing: a malformed or inapplicable request answers
+//! `errno=22` and changes nothing. Such changes are runtime state: `SIGHUP` re-applies the
+//! file and says which of them it replaced.
 //!
 //! The socket is `/var/run/wireguard/NAME.sock`, the only place `wg` looks, when that
 //! directory can be used; otherwise it goes in the runtime directory (`$RUNTIME_DIRECTORY`,
@@ -22,7 +24,9 @@ use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, Buf
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 
-use crate::runtime::Agent;
+use crate::runtime::{Agent, ChangeOrigin};
+
+mod set;
 
 /// The directory `wg` looks in (compiled into wireguard-tools).
 pub const WG_SOCKET_DIR: &str = "/var/run/wireguard";
@@ -33,9 +37,7 @@ const MAX_LINES: usize = 4096;
 /// Most clients served at once.
 const MAX_CLIENTS: usize = 16;
 
-/// `EOPNOTSUPP`: what `set=1` answers until it is supported.
-const EOPNOTSUPP: i32 = 95;
-/// `EINVAL`: a malformed request.
+/// `EINVAL`: a malformed request, or one that cannot apply.
 const EINVAL: i32 = 22;
 
 /// The bound UAPI socket; the file is removed when the server stops.
@@ -143,7 +145,7 @@ async fn serve_client(stream: UnixStream, agent: &Agent) -> io::Result<()> {
         let Some(command) = read_line(&mut reader).await? else {
             return Ok(());
         };
-        let mut lines = Vec::new();
+        let mut lines: Vec<String> = Vec::new();
         while let Some(line) = read_line(&mut reader).await? {
             if line.is_empty() {
                 break;
@@ -155,24 +157,44 @@ async fn serve_client(stream: UnixStream, agent: &Agent) -> io::Result<()> {
         }
         let answer = match command.as_str() {
             "get=1" if lines.is_empty() => get(agent),
-            "set=1" => zeroize::Zeroizing::new(format!("errno={}\n\n", set_errno(&lines))),
+            "set=1" => zeroize::Zeroizing::new(format!("errno={}\n\n", set(agent, &lines).await)),
             _ => zeroize::Zeroizing::new(format!("errno={EINVAL}\n\n")),
         };
+        // A set may carry a key: no copy outlives the request.
+        lines.iter_mut().for_each(zeroize::Zeroize::zeroize);
         write.write_all(answer.as_bytes()).await?;
     }
 }
 
-/// The `set=1` answer until peer changes are supported: the interface's restart-only keys
-/// (`private_key`, `listen_port`, `fwmark`) are refused as invalid (`EINVAL`), like a bad
-/// value; anything else is not supported yet (`EOPNOTSUPP`). Nothing changes either way.
-fn set_errno(lines: &[String]) -> i32 {
-    let restart_only = lines.iter().any(|line| {
-        matches!(
-            line.split_once('=').map(|(key, _)| key),
-            Some("private_key" | "listen_port" | "fwmark")
-        )
-    });
-    if restart_only { EINVAL } else { EOPNOTSUPP }
+/// Serves `set=1`: parses the request, builds the configuration it makes from the running
+/// one, and applies that through the same prepare and commit as a reload. The answer's
+/// errno: 0 when it applied, `EINVAL` when nothing did (the reason goes to the log).
+async fn set(agent: &Agent, lines: &[String]) -> i32 {
+    let request = match set::parse(lines) {
+        Ok(request) => request,
+        Err(reason) => {
+            tracing::info!("UAPI set refused, nothing changed: {reason}");
+            return EINVAL;
+        }
+    };
+    let listen_port = agent.listen_port();
+    let prepared = agent
+        .prepare_change(ChangeOrigin::Uapi, |running| {
+            request
+                .apply(running, listen_port)
+                .map_err(anyhow::Error::msg)
+        })
+        .await;
+    match prepared {
+        Ok(prepared) => {
+            agent.commit_reload(prepared).await;
+            0
+        }
+        Err(error) => {
+            tracing::info!("UAPI set refused, nothing changed: {error:#}");
+            EINVAL
+        }
+    }
 }
 
 /// One line without its `\n`; `None` at the end of input. An over-long line is an error.
