@@ -1,3 +1,6 @@
+//! Unit tests of UAPI `set=1`: what `wg set` sends, the derived id and virtual IP, moved
+//! allowed IPs, restart-only keys, malformed requests refused whole, the gateway bound.
+
 use std::net::IpAddr;
 use std::path::Path;
 
