@@ -11,7 +11,9 @@
 //!
 //! The socket is `/var/run/wireguard/NAME.sock`, the only place `wg` looks, when that
 //! directory can be used; otherwise it goes in the runtime directory (`$RUNTIME_DIRECTORY`,
-//! else `$XDG_RUNTIME_DIR/wireguard`), for a tmpfiles.d link to point at.
+//! else `$XDG_RUNTIME_DIR/wireguard`), for a tmpfiles.d link to point at. A link already at
+//! `/var/run/wireguard/NAME.sock` (the package's) is left in place and the socket goes to the
+//! runtime directory.
 
 use std::fmt::Write as _;
 use std::io;
@@ -52,15 +54,28 @@ impl UapiServer {
     /// directory. A live socket of the same name is an error; a stale one is replaced.
     pub async fn bind(name: &str) -> anyhow::Result<Self> {
         let mut tried = Vec::new();
+        let mut link = None;
         for dir in socket_dirs() {
             if std::fs::create_dir_all(&dir).is_err() {
                 tried.push(dir.display().to_string());
                 continue;
             }
             let path = dir.join(format!("{name}.sock"));
+            // A link is the package's tmpfiles.d entry pointing `wg` at the runtime directory:
+            // the socket goes there, the link stays.
+            if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+                tried.push(dir.display().to_string());
+                link = Some(path);
+                continue;
+            }
             ensure_not_live(&path).await?;
             match crate::admin::bind_private_socket(&path) {
-                Ok(listener) => return Ok(Self { listener, path }),
+                Ok(listener) => {
+                    if let Some(link) = link {
+                        check_link(&link, &path);
+                    }
+                    return Ok(Self { listener, path });
+                }
                 Err(error) => {
                     tracing::debug!(path = %path.display(), %error, "UAPI socket: cannot bind here");
                     tried.push(dir.display().to_string());
@@ -115,6 +130,21 @@ fn socket_dirs() -> Vec<PathBuf> {
         dirs.push(PathBuf::from(dir).join("wireguard"));
     }
     dirs
+}
+
+/// Warns when the link `wg` finds does not lead to the socket the agent serves.
+fn check_link(link: &Path, socket: &Path) {
+    let leads_here = std::fs::canonicalize(link)
+        .ok()
+        .zip(std::fs::canonicalize(socket).ok())
+        .is_some_and(|(a, b)| a == b);
+    if !leads_here {
+        tracing::warn!(
+            link = %link.display(),
+            socket = %socket.display(),
+            "the UAPI link does not lead to the agent's socket: `wg` will not find the agent; point the link at the socket"
+        );
+    }
 }
 
 async fn ensure_not_live(path: &Path) -> anyhow::Result<()> {

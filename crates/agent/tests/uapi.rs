@@ -393,3 +393,60 @@ async fn uapi_stale_socket_is_replaced() {
     signal(&child, "-TERM");
     assert!(wait_exit(&mut child, Duration::from_secs(30)).success());
 }
+
+/// The package's layout: tmpfiles.d links `/run/wireguard/NAME.sock` to the socket in the
+/// service's runtime directory (the service cannot create files in /run/wireguard). The agent
+/// finds the link in `wg`'s folder, binds in `RUNTIME_DIRECTORY`, and `wg` follows the link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uapi_tmpfiles_link_reaches_the_runtime_directory_socket() {
+    if !wg_available() {
+        return;
+    }
+    let (fx, _gw) = AgentFixture::start(PrivateKey::generate(), None).await;
+    let config = fx.config_text("", "", "1s");
+    fx.write_config(&config);
+    let name = uapi_name(&config);
+    let runtime = fx.config.with_file_name("runtime");
+    std::fs::create_dir_all(&runtime).unwrap();
+    let target = runtime.join(format!("{name}.sock"));
+    let link = socket_path(&name);
+    std::fs::create_dir_all("/var/run/wireguard").unwrap();
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&target, &link).expect("the tmpfiles link");
+    // The link is removed however the test ends (the folder is shared).
+    struct RemoveOnDrop(PathBuf);
+    impl Drop for RemoveOnDrop {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _link_guard = RemoveOnDrop(link.clone());
+    let mut child = fx.spawn_with_env(&[("RUNTIME_DIRECTORY", runtime.to_str().unwrap())]);
+    let started = (0..300).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        target.exists() || child.try_wait().unwrap().is_some()
+    });
+    let log = fx.log_text();
+    assert!(
+        started && target.exists(),
+        "no socket at {}:\n{log}",
+        target.display()
+    );
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "the link was replaced"
+    );
+    let show = wg(&["show", &name, "public-key"]);
+    assert!(show.status.success(), "{}", text(&show));
+    assert_eq!(
+        text(&show).trim(),
+        fx.agent_key.public_key().to_base64(),
+        "wg follows the link to the agent"
+    );
+    signal(&child, "-TERM");
+    assert!(wait_exit(&mut child, Duration::from_secs(30)).success());
+    assert!(!target.exists(), "the socket is removed on exit");
+}
