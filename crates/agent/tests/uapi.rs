@@ -145,6 +145,21 @@ async fn uapi_wg_show_and_showconf_read_the_running_agent() {
         "the preshared key leaked"
     );
 
+    // `wg syncconf NAME <(wg showconf NAME)` sends the running private key and port back, and
+    // every peer as it is: accepted, nothing changes (the preshared key, which `get` never
+    // shows, stays).
+    let saved = fx.config.with_file_name("showconf.conf");
+    std::fs::write(&saved, &conf.stdout).unwrap();
+    let sync = wg(&["syncconf", &name, saved.to_str().unwrap()]);
+    std::fs::remove_file(&saved).unwrap();
+    assert!(sync.status.success(), "{}", text(&sync));
+    let log = fx.log_text();
+    let applied = log
+        .lines()
+        .find(|l| l.contains("UAPI set applied"))
+        .unwrap_or_else(|| panic!("no UAPI set in the log:\n{log}"));
+    assert!(applied.contains("no changes"), "{applied}");
+
     // A malformed request gets errno=22.
     assert_eq!(uapi_request(&socket, "hello=1\n\n"), "errno=22\n");
     // Restart-only settings are refused as invalid (`uapi_wg_set_*` covers the rest of set).
