@@ -23,6 +23,8 @@ use crate::config::{Config, Endpoint, GatewayConfig, Host, LivenessProbe};
 
 /// Most gateways a set may leave (every table is bounded).
 pub(crate) const MAX_GATEWAYS: usize = 1024;
+/// Most allowed IPs a gateway may have after a set.
+pub(crate) const MAX_ALLOWED_IPS: usize = 1024;
 /// Most addresses tried when looking for a free virtual IP in one prefix.
 const MAX_CANDIDATES: u128 = 1024;
 
@@ -146,9 +148,6 @@ pub(crate) fn parse(lines: &[String]) -> Result<SetRequest, String> {
                     .ok_or_else(|| {
                         bad(&format!("`{value}` is not an IP prefix like 10.1.0.1/32"))
                     })?;
-                if peer.allowed_ips.len() >= MAX_GATEWAYS {
-                    return Err(bad("too many allowed IPs in one request"));
-                }
                 peer.allowed_ips.push(net);
             }
             "protocol_version" if value == "1" => {}
@@ -256,6 +255,16 @@ impl SetRequest {
             return Err(format!(
                 "at most {MAX_GATEWAYS} gateways: this request would leave {}",
                 gateways.len()
+            ));
+        }
+        if let Some(g) = gateways
+            .iter()
+            .find(|g| g.allowed_ips.len() > MAX_ALLOWED_IPS)
+        {
+            return Err(format!(
+                "gateway {}: at most {MAX_ALLOWED_IPS} allowed IPs: this request would leave {}",
+                g.id,
+                g.allowed_ips.len()
             ));
         }
         assign_virtual_ips(&mut gateways, running);

@@ -353,4 +353,19 @@ fn the_number_of_gateways_is_bounded() {
     }
     let err = apply(&fx, &text).unwrap_err();
     assert!(err.contains("at most"), "{err}");
+
+    // Allowed IPs of one gateway, over several requests.
+    let key = hex(fx.gw1.as_bytes());
+    let half = |from: usize| {
+        let mut text = format!("public_key={key}\n");
+        for i in from..from + super::MAX_ALLOWED_IPS / 2 + 1 {
+            text += &format!("allowed_ip=172.16.{}.{}/32\n", i / 256, i % 256);
+        }
+        text
+    };
+    let once = apply(&fx, &half(0)).unwrap();
+    let err = request(&half(super::MAX_ALLOWED_IPS))
+        .apply(&once, PORT)
+        .unwrap_err();
+    assert!(err.contains("allowed IPs"), "{err}");
 }
