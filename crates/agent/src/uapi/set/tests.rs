@@ -369,3 +369,137 @@ fn the_number_of_gateways_is_bounded() {
         .unwrap_err();
     assert!(err.contains("allowed IPs"), "{err}");
 }
+
+mod props {
+    //! Random `wg set` sequences over a few keys and prefixes: parsing never panics, and
+    //! every configuration a set leaves keeps the file's invariants.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// One peer block's text, over keys 0..4 (0 and 1 are gw1 and gw2) and a few prefixes.
+    fn block(keys: &[PublicKey]) -> impl Strategy<Value = String> {
+        let keys = keys.to_vec();
+        (
+            0..keys.len(),
+            any::<bool>(),
+            proptest::option::of(1u16..4),
+            proptest::option::of(0u16..30),
+            any::<bool>(),
+            proptest::collection::vec(0usize..8, 0..4),
+            0u8..10,
+        )
+            .prop_map(
+                move |(k, remove, endpoint, keepalive, replace, ips, flags)| {
+                    const PREFIXES: [&str; 8] = [
+                        "10.1.0.1/32",
+                        "10.1.0.2/32",
+                        "10.1.0.3/32",
+                        "10.1.0.0/24",
+                        "10.1.0.0/25",
+                        "0.0.0.0/0",
+                        "192.168.0.0/16",
+                        "fd00::/64",
+                    ];
+                    let mut text = format!("public_key={}\n", hex(keys[k].as_bytes()));
+                    if remove && flags < 2 {
+                        text += "remove=true\n";
+                    }
+                    if flags == 9 {
+                        text += "update_only=true\n";
+                    }
+                    if let Some(e) = endpoint {
+                        text += &format!("endpoint=192.0.2.{e}:51820\n");
+                    }
+                    if let Some(s) = keepalive {
+                        text += &format!("persistent_keepalive_interval={s}\n");
+                    }
+                    if replace {
+                        text += "replace_allowed_ips=true\n";
+                    }
+                    for i in ips {
+                        text += &format!("allowed_ip={}\n", PREFIXES[i]);
+                    }
+                    text
+                },
+            )
+    }
+
+    fn check_invariants(config: &Config) -> Result<(), TestCaseError> {
+        let gateways = &config.gateways;
+        for (i, g) in gateways.iter().enumerate() {
+            for h in &gateways[i + 1..] {
+                prop_assert_ne!(&g.id, &h.id);
+                prop_assert_ne!(g.public_key, h.public_key);
+                for net in &g.allowed_ips {
+                    prop_assert!(!h.allowed_ips.contains(net), "{net} under two gateways");
+                }
+                if g.virtual_ip.is_some() {
+                    prop_assert_ne!(g.virtual_ip, h.virtual_ip);
+                }
+            }
+            if let Some(ip) = g.virtual_ip {
+                prop_assert!(config.agent.subnet.contains(ip));
+                prop_assert_ne!(ip, config.agent.virtual_ip);
+                prop_assert_eq!(super::super::routes_to(gateways, ip), Some(i));
+            }
+            let valid_id =
+                g.id.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            prop_assert!(valid_id && !g.id.is_empty() && g.id.len() <= 64, "{}", g.id);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn random_set_sequences_keep_the_config_invariants() {
+        let fx = fixture();
+        let keys = [
+            fx.gw1,
+            fx.gw2,
+            PrivateKey::generate().public_key(),
+            PrivateKey::generate().public_key(),
+        ];
+        let requests = proptest::collection::vec(
+            (any::<bool>(), proptest::collection::vec(block(&keys), 1..4)),
+            1..6,
+        );
+        let mut runner = proptest::test_runner::TestRunner::default();
+        runner
+            .run(&requests, |requests| {
+                let mut config = fx.config.clone();
+                for (replace_peers, blocks) in requests {
+                    let mut text = String::new();
+                    if replace_peers && blocks.len() > 2 {
+                        text += "replace_peers=true\n";
+                    }
+                    text.extend(blocks);
+                    let request = parse(&lines(&text)).map_err(TestCaseError::fail)?;
+                    match request.apply(&config, PORT) {
+                        Ok(new) => {
+                            check_invariants(&new)?;
+                            config = new;
+                        }
+                        // Refused (a new peer without an endpoint): nothing applied.
+                        Err(reason) => prop_assert!(reason.contains("no endpoint"), "{reason}"),
+                    }
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn no_input_panics_the_parser() {
+        let line =
+            proptest::string::string_regex("[a-z_]{0,12}=?[0-9a-f./:\\[\\]-]{0,70}").unwrap();
+        let mut runner = proptest::test_runner::TestRunner::default();
+        runner
+            .run(&proptest::collection::vec(line, 0..8), |lines| {
+                let _ = parse(&lines);
+                Ok(())
+            })
+            .unwrap();
+    }
+}
