@@ -4,7 +4,7 @@
 //! The protocol: a client sends `get=1\n\n` and reads `key=value` lines ending with
 //! `errno=N` and a blank line. Keys are lowercase hex. The agent answers `get` with its
 //! private key (which `wg showconf` needs; the socket is 0600) but never with preshared
-//! keys. `set=1` changes peers ([`set`] says what applies) through the same prepare and
+//! keys. `set=1` changes peers (`uapi/set.rs` says what applies) through the same prepare and
 //! commit as a reload, all or nothing: a malformed or inapplicable request answers
 //! `errno=22` and changes nothing. Such changes are runtime state: `SIGHUP` re-applies the
 //! file and says which of them it replaced.
