@@ -3,7 +3,8 @@
 //! path), its keepalive changed (the gateway sees it), a second gateway added (its traffic
 //! is accepted only once it has allowed IPs) and removed, a restart-only key refused with
 //! nothing changed, then `SIGHUP` restoring the file's state and saying what it replaced.
-//! Root only (skips with one line without it; fails under `CI=true`).
+//! Root only (skips with one line without it; fails under `CI=true`). Named `interop_` so
+//! that the CI profile runs it alone (it starts namespaces and two gateways).
 
 #![allow(clippy::unwrap_used)]
 
@@ -65,7 +66,7 @@ fn hello(ns: &testbed::Netns, max: Duration) -> anyhow::Result<String> {
 }
 
 #[test]
-fn uapi_suite_wg_set_against_the_running_agent() {
+fn interop_uapi_wg_set_against_the_running_agent() {
     testbed::require_gateway_prereqs!();
     let topo = Topology::new("sus", 2).unwrap();
     // Gateway 1 is first reached through a relay: its endpoint then moves to the real one.
