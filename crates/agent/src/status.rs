@@ -155,7 +155,13 @@ pub fn render_table(status: &StatusSnapshot, now_unix: u64) -> String {
         let _ = writeln!(out, "  public key: {}", agent.public_key);
         let _ = writeln!(out, "  listening port: {}", agent.listen_port);
     }
-    let _ = writeln!(out, "  virtual ip: {}", status.virtual_ip);
+    let addresses: Vec<String> = status.addresses().iter().map(ToString::to_string).collect();
+    let label = if addresses.len() > 1 {
+        "virtual ips"
+    } else {
+        "virtual ip"
+    };
+    let _ = writeln!(out, "  {label}: {}", addresses.join(", "));
     let up = status
         .gateways
         .iter()
