@@ -366,5 +366,14 @@ PORT  PROTOCOL  UPSTREAM
             text.starts_with("agent:\n  virtual ip: 10.1.0.100\n  gateways: 0 (0 up)\n"),
             "a document without the agent section (an older agent) still renders: {text}"
         );
+        let dual = empty.with_virtual_ips(vec![
+            "10.1.0.100".parse().unwrap(),
+            "fd00::100".parse().unwrap(),
+        ]);
+        let text = render_table(&dual, 0);
+        assert!(
+            text.starts_with("agent:\n  virtual ips: 10.1.0.100, fd00::100\n"),
+            "{text}"
+        );
     }
 }
