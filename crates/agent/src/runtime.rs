@@ -81,6 +81,13 @@ pub async fn run_with(
         public_key = %agent.manager().public_key(),
         listen_port = agent.listen_port(),
         virtual_ip = %agent.manager().virtual_ip(),
+        virtual_ips = %agent
+            .manager()
+            .virtual_ips()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
         "agent started"
     );
     let (admin_stop, admin_stopped) = watch::channel(false);
