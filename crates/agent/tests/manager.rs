@@ -496,3 +496,16 @@ async fn single_stack_listener_keeps_its_address() {
     agent.close().await;
     gw.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_virtual_ips_of_one_family_are_refused() {
+    let mut config = ManagerConfig::new(PrivateKey::generate(), IpAddr::from(AGENT_VIP));
+    config.second_virtual_ip = Some(IpAddr::from([10, 1, 0, 101]));
+    let error = Manager::start(config)
+        .await
+        .expect_err("one address per family");
+    assert!(
+        error.to_string().contains("at most one per IP family"),
+        "{error}"
+    );
+}
