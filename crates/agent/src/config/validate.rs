@@ -344,6 +344,8 @@ impl Validator<'_> {
                 ),
             ));
         }
+        // Indexing cannot fail: `agent_addresses` never returns an empty list, and every
+        // address got its subnet above.
         Ok(AgentConfig {
             private_key,
             virtual_ip: virtual_ips[0],
