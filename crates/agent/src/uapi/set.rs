@@ -276,7 +276,8 @@ impl SetRequest {
 
 /// Gives every gateway whose virtual IP no longer routes to it (its allowed IPs changed or
 /// went to another peer), or that has none, the first host of its allowed IPs inside the
-/// subnet that routes to it; none when there is no such address.
+/// agent's subnet of that family that routes to it and is none of the agent's addresses;
+/// none when there is no such address.
 fn assign_virtual_ips(gateways: &mut [GatewayConfig], running: &Config) {
     let stale: Vec<usize> = (0..gateways.len())
         .filter(|&i| {
@@ -285,11 +286,13 @@ fn assign_virtual_ips(gateways: &mut [GatewayConfig], running: &Config) {
                 .is_none_or(|ip| routes_to(gateways, ip) != Some(i))
         })
         .collect();
+    let agent = &running.agent;
     for i in stale {
-        let subnet = running.agent.subnet;
         let found = gateways[i].allowed_ips.iter().find_map(|net| {
+            // The subnet of the prefix's family (dual stack: one per family).
+            let subnet = agent.subnet_for(net.addr())?;
             hosts_within(*net, subnet)
-                .find(|ip| *ip != running.agent.virtual_ip && routes_to(gateways, *ip) == Some(i))
+                .find(|ip| !agent.virtual_ips.contains(ip) && routes_to(gateways, *ip) == Some(i))
         });
         let g = &mut gateways[i];
         g.virtual_ip = found;

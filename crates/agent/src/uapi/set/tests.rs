@@ -503,3 +503,27 @@ mod props {
             .unwrap();
     }
 }
+
+#[test]
+fn dual_stack_a_new_peer_takes_its_virtual_ip_from_the_subnet_of_its_family() {
+    let agent = PrivateKey::generate();
+    let text = format!(
+        "[agent]\nprivate_key = \"{}\"\nvirtual_ip = [\"10.1.0.100\", \"fd00::100\"]\n\
+         subnet = [\"10.1.0.0/24\", \"fd00::/64\"]\n",
+        agent.to_base64_secret().as_str()
+    );
+    let config = Config::from_toml_with_env(&text, Path::new("agent.toml"), &|_| None).unwrap();
+    let key = hex(PrivateKey::generate().public_key().as_bytes());
+    let apply = |ips: &str| {
+        let mut text = format!("public_key={key}\nendpoint=192.0.2.3:51820\n");
+        for ip in ips.split(' ') {
+            text += &format!("allowed_ip={ip}\n");
+        }
+        request(&text).apply(&config, PORT).unwrap().gateways[0].virtual_ip
+    };
+    assert_eq!(apply("fd00::7/128"), Some(ip("fd00::7")));
+    assert_eq!(apply("192.168.0.0/16 fd00::/64"), Some(ip("fd00::1")));
+    // Never one of the agent's own addresses.
+    assert_eq!(apply("fd00::100/128 10.1.0.100/32"), None);
+    assert_eq!(apply("fd01::/64"), None);
+}
