@@ -77,7 +77,7 @@ pub async fn fetch_readiness(
     }
 }
 
-/// GETs `path` and returns the status code and the body (UTF-8, at most [`MAX_BODY`]).
+/// GETs `path` and returns the status code and the body (UTF-8, at most 16 MiB).
 pub async fn get(
     addr: &AdminAddr,
     path: &str,
