@@ -1,6 +1,10 @@
 //! The command line (the interface in docs/configuration.md and docs/operations.md) and what
 //! each subcommand does.
 
+// The doc comments on the argument types are clap's `--help` text, written for a terminal:
+// `[::1]`, `[admin]` and `[log]` there are an address and TOML sections, not doc links.
+#![allow(rustdoc::broken_intra_doc_links)]
+
 use std::io::{IsTerminal as _, Read as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

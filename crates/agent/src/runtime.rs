@@ -16,7 +16,9 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{AdminAddr, AdminServer, StatusSource};
 use crate::config::{Config, ConfigChanges, GatewayConfig, RouteConfig, RouteProtocol};
-use crate::manager::{GatewaySpec, Listener, Manager, ManagerConfig, PreparedGateways};
+use crate::manager::{
+    GatewaySpec, Listener, LivenessProbe, Manager, ManagerConfig, PreparedGateways,
+};
 use crate::metrics::{AgentCounters, MetricsWriter, write_agent_counters};
 use crate::snapshot::{AgentStatus, GatewayStatus, RouteStatus, StatusSnapshot};
 use crate::vip_stream::VipStream;
@@ -81,6 +83,13 @@ pub async fn run_with(
         public_key = %agent.manager().public_key(),
         listen_port = agent.listen_port(),
         virtual_ip = %agent.manager().virtual_ip(),
+        virtual_ips = %agent
+            .manager()
+            .virtual_ips()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
         "agent started"
     );
     let (admin_stop, admin_stopped) = watch::channel(false);
@@ -180,6 +189,12 @@ struct AgentInner {
     tracker: ConnectionTracker,
     draining: AtomicBool,
     log_level: Mutex<Option<LogLevelControl>>,
+    /// Taken by each reload and UAPI set from prepare to commit, so each is prepared from
+    /// the configuration that runs when it applies.
+    reconfigure: Arc<tokio::sync::Mutex<()>>,
+    /// The configuration as last applied from the file (startup or `SIGHUP`): where the
+    /// running one differs, the difference was made through UAPI.
+    from_file: Mutex<Config>,
 }
 
 struct Route {
@@ -190,19 +205,43 @@ struct Route {
     task: JoinHandle<()>,
 }
 
-/// A reload checked and prepared by [`Agent::prepare_reload`]: nothing has changed yet.
+/// Where a configuration change comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ChangeOrigin {
+    /// The config file, re-read (`SIGHUP`): it replaces any change made through UAPI.
+    File,
+    /// A UAPI `set=1` (`wg set`): runtime state until the next reload or restart.
+    Uapi,
+}
+
+/// A reload checked and prepared by [`Agent::prepare_reload`] or [`Agent::prepare_change`]:
+/// nothing has changed yet. Other reloads and UAPI sets wait until it is committed or
+/// dropped.
 pub struct PreparedReload {
-    /// The new file as it can apply (restart-only settings kept at their running values).
+    /// The new configuration as it can apply (restart-only settings kept at their running
+    /// values).
     applied: Config,
     changes: ConfigChanges,
     gateways: PreparedGateways,
     /// Listeners bound for ports no route serves yet.
     listeners: BTreeMap<u16, Arc<Listener>>,
+    origin: ChangeOrigin,
+    /// This change's turn (see `AgentInner::reconfigure`).
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl PreparedReload {
+    /// What the change will change.
+    pub fn changes(&self) -> &ConfigChanges {
+        &self.changes
+    }
 }
 
 impl std::fmt::Debug for PreparedReload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PreparedReload")
+            .field("origin", &self.origin)
             .field("changes", &self.changes)
             .finish_non_exhaustive()
     }
@@ -229,6 +268,12 @@ impl Accept for VipListener {
     fn local_addr(&self) -> Option<SocketAddr> {
         Some(self.0.local_addr())
     }
+
+    /// On a dual-stack agent the listener is a wildcard: the stream knows which virtual IP
+    /// the client reached.
+    fn connection_local_addr(&self, stream: &VipStream) -> Option<SocketAddr> {
+        Some(stream.0.local_addr())
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -237,24 +282,29 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// The Manager's view of one configured gateway.
 pub fn gateway_spec(g: &GatewayConfig) -> GatewaySpec {
-    let mut spec = GatewaySpec::new(
-        g.id.clone(),
-        g.public_key,
-        Some(g.endpoint.clone()),
-        g.virtual_ip,
-    );
-    spec.name = g.name.clone();
-    spec.allowed_ips = g.allowed_ips.clone();
-    spec.preshared_key = g.preshared_key.clone();
-    spec.persistent_keepalive = (g.persistent_keepalive > 0)
-        .then(|| Duration::from_secs(u64::from(g.persistent_keepalive)));
-    spec.liveness_probe = g.liveness_probe;
-    spec
+    GatewaySpec {
+        id: g.id.clone(),
+        name: g.name.clone(),
+        public_key: g.public_key,
+        endpoint: Some(g.endpoint.clone()),
+        virtual_ip: g.virtual_ip,
+        allowed_ips: g.allowed_ips.clone(),
+        preshared_key: g.preshared_key.clone(),
+        persistent_keepalive: (g.persistent_keepalive > 0)
+            .then(|| Duration::from_secs(u64::from(g.persistent_keepalive))),
+        // Without a virtual IP there is nothing to probe.
+        liveness_probe: if g.virtual_ip.is_some() {
+            g.liveness_probe
+        } else {
+            LivenessProbe::Off
+        },
+    }
 }
 
 /// The Manager's configuration from the agent's.
 pub fn manager_config(config: &Config) -> ManagerConfig {
     let mut m = ManagerConfig::new(config.agent.private_key.clone(), config.agent.virtual_ip);
+    m.second_virtual_ip = config.agent.virtual_ips.get(1).copied();
     m.listen_port = config.agent.listen_port;
     m.mtu = config.agent.mtu;
     m.gateways = config.gateways.iter().map(gateway_spec).collect();
@@ -281,6 +331,8 @@ impl Agent {
                 tracker,
                 draining: AtomicBool::new(false),
                 log_level: Mutex::new(None),
+                reconfigure: Arc::new(tokio::sync::Mutex::new(())),
+                from_file: Mutex::new(config.clone()),
             }),
         };
         agent.apply_routes(&config, false, BTreeMap::new()).await?;
@@ -385,14 +437,35 @@ impl Agent {
     }
 
     /// Everything a reload needs, changing nothing: reads and validates the file (the key
-    /// included), resolves new gateway names (a name that does not resolve is kept and
-    /// resolved later) and binds the listeners of new ports. Dropping the future, or the
+    /// included), then [`prepare_change`](Self::prepare_change). Dropping the future, or the
     /// result, leaves the agent as it was.
     pub async fn prepare_reload(&self) -> anyhow::Result<PreparedReload> {
+        self.prepare_change(ChangeOrigin::File, |running| {
+            Ok(Config::load(&running.path)?)
+        })
+        .await
+    }
+
+    /// Prepares the configuration `build` makes from the running one, changing nothing:
+    /// resolves new gateway names (a name that does not resolve is kept and resolved later)
+    /// and binds the listeners of new ports. A reload and a UAPI set both come this way, one
+    /// at a time: `build` sees the configuration that runs until this change is committed or
+    /// dropped. Dropping the future, or the result, leaves the agent as it was.
+    pub async fn prepare_change(
+        &self,
+        origin: ChangeOrigin,
+        build: impl FnOnce(&Config) -> anyhow::Result<Config>,
+    ) -> anyhow::Result<PreparedReload> {
+        let turn = Arc::clone(&self.inner.reconfigure).lock_owned().await;
         let running = self.config();
-        let new = Config::load(&running.path)?;
-        let changes = ConfigChanges::between(&running, &new);
+        let new = build(&running)?;
+        let mut changes = ConfigChanges::between(&running, &new);
         let applied = ConfigChanges::as_applied(&running, &new);
+        if origin == ChangeOrigin::File {
+            let from_file = lock(&self.inner.from_file).clone();
+            changes.runtime_replaced =
+                ConfigChanges::runtime_replaced(&from_file, &running, &applied);
+        }
         let gateways = self
             .inner
             .manager
@@ -419,6 +492,8 @@ impl Agent {
             changes,
             gateways,
             listeners,
+            origin,
+            _turn: turn,
         })
     }
 
@@ -430,8 +505,16 @@ impl Agent {
             changes,
             gateways,
             listeners,
+            origin,
+            _turn,
         } = prepared;
         let path = applied.path.display().to_string();
+        if !changes.runtime_replaced.is_empty() {
+            tracing::warn!(
+                "{path}: reload replaced runtime changes made through UAPI: {}",
+                changes.runtime_replaced.join(", ")
+            );
+        }
         for field in &changes.needs_restart {
             tracing::warn!("{path}: `{field}` changed: it applies at the next restart");
         }
@@ -457,10 +540,19 @@ impl Agent {
                 ),
             }
         }
-        tracing::info!(
-            unchanged_gateways = update.unchanged.len(),
-            "config reloaded: {changes}"
-        );
+        match origin {
+            ChangeOrigin::File => {
+                tracing::info!(
+                    unchanged_gateways = update.unchanged.len(),
+                    "config reloaded: {changes}"
+                );
+                *lock(&self.inner.from_file) = applied.clone();
+            }
+            ChangeOrigin::Uapi => tracing::info!(
+                unchanged_gateways = update.unchanged.len(),
+                "UAPI set applied (runtime state until the next reload): {changes}"
+            ),
+        }
         *lock(&self.inner.config) = applied;
         changes
     }
@@ -532,7 +624,9 @@ impl Agent {
             .collect();
         let manager = &self.inner.manager;
         let agent = AgentStatus::new(manager.public_key().to_base64(), self.listen_port());
-        StatusSnapshot::new(manager.virtual_ip(), gateways, routes).with_agent(agent)
+        StatusSnapshot::new(manager.virtual_ip(), gateways, routes)
+            .with_virtual_ips(manager.virtual_ips().to_vec())
+            .with_agent(agent)
     }
 
     /// The local UDP port in use (the configured one, or the one the system picked).

@@ -155,6 +155,7 @@ fn plan(
         }
         let u = &mut g.upkeep;
         if g.spec.liveness_probe == LivenessProbe::Icmp
+            && let Some(target) = g.spec.virtual_ip
             && stats.last_handshake.is_some()
             && !u.probe_in_flight
             && stats
@@ -169,7 +170,7 @@ fn plan(
             jobs.push(Job::Probe {
                 key: *key,
                 id: g.spec.id.clone(),
-                target: g.spec.virtual_ip,
+                target,
             });
         }
         if let Some(endpoint) = g.spec.endpoint.as_ref().filter(|e| endpoint_is_dns(e))
