@@ -23,7 +23,7 @@
 //!   though, so a connection streaming a response writes up to the response's size (or
 //!   the ring's) before it rewinds: with 64 connections each sending 1 MiB, a ring larger
 //!   than 512 KiB would double their resident send memory. So only connections created
-//!   while under an eighth of the budget is taken get a send ring of `tcp_tx_buffer_max`
+//!   while under a quarter of the budget is taken get a send ring of `tcp_tx_buffer_max`
 //!   (like their receive ring of `tcp_rx_buffer_max`); the others keep `tcp_tx_buffer`
 //!   ([`NetstackConfig::ring_sizes`]).
 //!

@@ -35,7 +35,7 @@ pub struct NetstackConfig {
     /// queue and hold unacknowledged before its sender has measured the path, and its
     /// send ring when the stack is busy (see [`tcp_buffer_budget`](Self::tcp_buffer_budget)).
     ///
-    /// A connection created while under an eighth of the budget is taken has a send ring
+    /// A connection created while under a quarter of the budget is taken has a send ring
     /// of [`tcp_tx_buffer_max`](Self::tcp_tx_buffer_max), and its send memory grows with
     /// the measured bandwidth-delay product (twice the bytes acknowledged per smoothed
     /// round trip) up to that, as Linux's autotuning does, while the senders' share of the
@@ -46,7 +46,7 @@ pub struct NetstackConfig {
     pub tcp_tx_buffer: usize,
     /// The most send memory one TCP connection may grow to (default 8 MiB, at least
     /// [`tcp_tx_buffer`](Self::tcp_tx_buffer)): the send ring of a connection created
-    /// while under an eighth of the budget is taken (virtual memory until used).
+    /// while under a quarter of the budget is taken (virtual memory until used).
     pub tcp_tx_buffer_max: usize,
     /// Bytes of TCP buffer memory all connections together may take (default 512 MiB):
     /// receive rings, the used pages of send rings, and the packets the senders hold
@@ -55,9 +55,9 @@ pub struct NetstackConfig {
     ///
     /// A receive ring is charged in full when its connection is created (at SYN time): a
     /// peer can fill it, and smoltcp's ring cycles through all of its pages, so no window
-    /// edge ever retreats and no ring is ever overcommitted. While under an eighth of the
+    /// edge ever retreats and no ring is ever overcommitted. While under a quarter of the
     /// budget is taken (counting the new connection's rings), a connection gets
-    /// `tcp_rx_buffer_max` (7 connections with the defaults); then `tcp_rx_buffer` while
+    /// `tcp_rx_buffer_max` (15 connections with the defaults); then `tcp_rx_buffer` while
     /// under half; between half and
     /// three quarters proportionally smaller rings; past that
     /// [`MIN_TCP_RING`](crate::MIN_TCP_RING) each way. The same steps size its initial
@@ -200,12 +200,12 @@ impl NetstackConfig {
             self.tcp_tx_buffer_max.max(tx),
         );
         let budget = self.tcp_buffer_budget;
-        let (eighth, half, three_quarters) = (budget / 8, budget / 2, budget / 4 * 3);
+        let (quarter, half, three_quarters) = (budget / 4, budget / 2, budget / 4 * 3);
         let shrink = |full: usize, scale: f64| {
             let size = (full as f64 * scale) as usize / PAGE * PAGE;
             size.clamp(crate::MIN_TCP_RING.min(full), full)
         };
-        let sizes = if reserved.saturating_add(rx_max + tx) <= eighth {
+        let sizes = if reserved.saturating_add(rx_max + tx) <= quarter {
             RingSizes {
                 rx: rx_max,
                 tx,
@@ -348,7 +348,7 @@ mod tests {
             tx,
             tx_ring: tx,
         };
-        assert_eq!(c.ring_sizes(16 << 20), Some(base));
+        assert_eq!(c.ring_sizes(32 << 20), Some(base));
         let mut reserved = 0;
         let mut last = rx_max + tx;
         let mut conns = 0;
@@ -363,7 +363,7 @@ mod tests {
             assert!(reserved <= c.tcp_buffer_budget);
         }
         assert_eq!(last, 2 * crate::MIN_TCP_RING, "ends at the smallest rings");
-        // An eighth at the largest size, up to half at the base size, then smaller ones,
+        // A quarter at the largest size, up to half at the base size, then smaller ones,
         // then a quarter of the budget at the minimum.
         assert!(conns > (16 << 20) / (2 * crate::MIN_TCP_RING), "{conns}");
         assert!(c.tcp_buffer_budget - reserved < 2 * crate::MIN_TCP_RING);

@@ -685,3 +685,39 @@ async fn bulk_senders_past_the_stack_budget_wait_instead_of_dropping() {
         "segments dropped past the budget: {stats:?}"
     );
 }
+
+/// Connections with the largest rings give everything back when they end: ring charges
+/// (the receive ring, the send-ring pages used) and what their senders held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_rings_give_their_budget_back_when_connections_end() {
+    let p = pair();
+    let listener = p.b.listen(sa(B, 80)).expect("listen");
+    let data = vec![4u8; 2 << 20];
+    for _ in 0..6 {
+        let mut c = p.a.connect(sa(B, 80)).await.expect("connect");
+        let (mut s, _) = listener.accept().await.expect("accept");
+        for _ in 0..2 {
+            let (w, r) = tokio::join!(c.write_all(&data), async {
+                let mut got = vec![0u8; data.len()];
+                s.read_exact(&mut got).await.map(|_| got)
+            });
+            w.expect("write");
+            assert_eq!(r.expect("read"), data);
+            std::mem::swap(&mut c, &mut s);
+        }
+        assert!(p.b.stats().tcp_ring_bytes >= 8 << 20, "{:?}", p.b.stats());
+        c.shutdown().await.expect("shutdown");
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).await.expect("eof");
+        drop((c, s));
+        wait_for_no_sockets(&p).await;
+        for stack in [&p.a, &p.b] {
+            let stats = stack.stats();
+            assert_eq!(
+                (stats.tcp_ring_bytes, stats.tcp_repair_bytes),
+                (0, 0),
+                "{stats:?}"
+            );
+        }
+    }
+}
