@@ -56,8 +56,6 @@ pub(crate) struct Shared {
     /// The stack-wide buffer budget (`tcp_buffer_budget`): rings and what the senders
     /// hold (see `autotune.rs`, `sender.rs`).
     pub(crate) budget: Budget,
-    /// The senders' share of `budget` (see `NetstackConfig::tcp_buffer_budget`).
-    pub(crate) sender_budget: Budget,
     addrs: Vec<IpAddress>,
     shards: Box<[Mutex<Shard>]>,
     /// Each shard's next deadline in clock microseconds (`u64::MAX`: none).
@@ -219,9 +217,13 @@ impl Netstack {
 }
 
 impl Shared {
-    /// Bytes of the budget the senders hold.
+    /// Bytes of the budget the senders hold (what the rings do not take).
     pub(crate) fn sender_bytes(&self) -> usize {
-        self.sender_budget.used()
+        self.budget.used().saturating_sub(
+            self.counters
+                .tcp_ring_bytes
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     /// A stack without a driver; [`Netstack::new`] adds one.
@@ -231,8 +233,6 @@ impl Shared {
         let shards = (0..config.shards)
             .map(|i| Mutex::new(Shard::new(i, &config, clock, rand::random(), now)))
             .collect();
-        let budget = Budget::new(config.tcp_buffer_budget);
-        let sender_budget = budget.share(config.sender_share());
         let deadlines = (0..config.shards)
             .map(|_| AtomicU64::new(u64::MAX))
             .collect();
@@ -244,8 +244,7 @@ impl Shared {
                 .collect(),
             clock,
             counters: Counters::default(),
-            budget,
-            sender_budget,
+            budget: Budget::new(config.tcp_buffer_budget),
             shards,
             deadlines,
             blocked: AtomicU64::new(0),
