@@ -684,7 +684,6 @@ fn at_the_half_open_bound_the_oldest_half_open_connection_is_evicted() {
 /// 20 ms before eviction: less than the handshake of a real client 50 ms away, which was
 /// evicted every time. A real client must get in, and the flood must cost no socket.
 #[test]
-#[ignore = "issue 12: fails until the socket-less SYN table lands (next commit)"]
 fn a_real_client_gets_in_during_a_spoofed_syn_flood() {
     use smoltcp::wire::{IpAddress, Ipv4Address, TcpControl, TcpRepr, TcpSeqNumber};
     use std::collections::VecDeque;
