@@ -21,6 +21,7 @@
 //!   [`ProxyConfig::http2_max_send_buffer`]), requests in flight to upstreams across routes
 //!   ([`ProxyConfig::max_upstream_requests`], `503` past it), and one [`FdBudget`] for every
 //!   socket opened towards upstreams ([`ProxyConfig::max_upstream_sockets`], `503` past it).
+//! - Upstreams are `host:port` or a unix stream socket ([`Upstream::unix`]) for HTTP and TCP.
 //! - [`RouteMetrics`]: lock-free per-route counters and a latency histogram, rendered as
 //!   Prometheus text by [`render_prometheus`].
 //!
@@ -69,6 +70,7 @@ pub mod proxy_protocol;
 mod relay;
 mod tcp;
 mod tracker;
+mod upstream;
 
 pub use accept::Accept;
 pub use budget::{FdBudget, FdPermit};
