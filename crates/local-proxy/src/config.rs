@@ -63,6 +63,11 @@ pub struct ProxyConfig {
     pub lingering_close_bytes: u64,
     /// Emit one `info` event per request on the target `local_proxy::access`.
     pub access_log: bool,
+    /// UDP flows open at once across every UDP route served with one
+    /// [`ConnectionTracker`](crate::ConnectionTracker) (each route also has its own
+    /// [`UdpRouteConfig::max_flows`]); a datagram that would open one more is dropped and
+    /// counted.
+    pub max_udp_flows: usize,
 }
 
 impl Default for ProxyConfig {
@@ -82,6 +87,7 @@ impl Default for ProxyConfig {
             lingering_close_timeout: Duration::from_secs(5),
             lingering_close_bytes: 16 * 1024 * 1024,
             access_log: false,
+            max_udp_flows: 1024,
         }
     }
 }
@@ -249,6 +255,36 @@ impl TcpRouteConfig {
         Self {
             upstream: upstream.into(),
             proxy_protocol: false,
+        }
+    }
+}
+
+/// One UDP route: datagrams received on a port are forwarded to `upstream`, one upstream
+/// socket per flow (client address and port).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UdpRouteConfig {
+    /// The local app (`host:port`; unix sockets are not supported for UDP).
+    pub upstream: Upstream,
+    /// A flow with no datagram either way for this long is closed. A one-shot exchange (one
+    /// datagram from the client, answered: DNS) closes sooner, after at most
+    /// [`ONE_SHOT_IDLE`](crate::udp::ONE_SHOT_IDLE).
+    pub idle_timeout: Duration,
+    /// Flows of this route open at once; a datagram that would open one more is dropped.
+    pub max_flows: usize,
+    /// Bytes of datagrams queued towards the upstream across this route's flows; past it
+    /// datagrams are dropped.
+    pub max_queued_bytes: usize,
+}
+
+impl UdpRouteConfig {
+    /// A route to `upstream` with the defaults: 60 s idle timeout, 256 flows, 256 KiB queued.
+    pub fn new(upstream: impl Into<Upstream>) -> Self {
+        Self {
+            upstream: upstream.into(),
+            idle_timeout: Duration::from_secs(60),
+            max_flows: 256,
+            max_queued_bytes: 256 * 1024,
         }
     }
 }
