@@ -644,6 +644,19 @@ impl Manager {
             .bind_udp(SocketAddr::new(self.inner.virtual_ip, 0))
     }
 
+    /// A UDP socket on `port` of every virtual IP (a UDP route's socket): datagrams from the
+    /// tunnel to that port, replies from the address they were sent to.
+    pub fn bind_udp(&self, port: u16) -> io::Result<UdpSocket> {
+        if self.inner.is_closing() {
+            return Err(listener::closing_error());
+        }
+        let any = match self.inner.virtual_ip {
+            IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        };
+        self.inner.netstack.bind_udp(SocketAddr::new(any, port))
+    }
+
     /// ICMP echo to `ip` through the tunnel; the round-trip time.
     pub async fn ping(&self, ip: IpAddr, timeout: Duration) -> io::Result<Duration> {
         self.inner.netstack.ping(ip, timeout).await
