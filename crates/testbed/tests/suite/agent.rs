@@ -32,6 +32,9 @@ pub(crate) struct AgentGateway {
 pub(crate) struct AgentOptions {
     /// `[agent] listen_port` (default: any).
     pub(crate) listen_port: Option<u16>,
+    /// More config text, appended at the end (`[[routes]]` tables: with any, the default
+    /// HTTP route is gone).
+    pub(crate) extra: String,
 }
 
 /// The `wg-agent` binary next to the test binary (`<target>/<profile>/wg-agent`), built with
@@ -270,5 +273,6 @@ fn config_text(gateways: &[AgentGateway], options: &AgentOptions) -> String {
         text,
         "\n[proxy]\ndrain_timeout = \"2s\"\n\n[admin]\nlisten = \"{ADMIN_ADDR}\"\n"
     );
+    text.push_str(&options.extra);
     text
 }
