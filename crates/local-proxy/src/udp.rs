@@ -374,11 +374,11 @@ impl UdpForwarder {
                     next_id += 1;
                     inner.metrics.flows.fetch_add(1, Relaxed);
                     let task = FlowTask {
+                        _permits: permits,
                         forwarder: self.clone(),
                         socket: Arc::clone(&socket),
                         peer,
                         rx,
-                        _permits: permits,
                     };
                     let handle = tasks.spawn(task.run());
                     peers.insert(handle.id(), (peer, next_id));
@@ -454,11 +454,13 @@ impl UdpForwarder {
 
 /// One flow's task: its upstream socket, its queue, its idle timer.
 struct FlowTask<S> {
+    /// First, so the permits are free before the queue closes (fields drop in order): a
+    /// datagram that finds the queue closed may open a new flow at once.
+    _permits: FlowPermits,
     forwarder: UdpForwarder,
     socket: Arc<S>,
     peer: SocketAddr,
     rx: mpsc::Receiver<Bytes>,
-    _permits: FlowPermits,
 }
 
 impl<S: DatagramSocket> FlowTask<S> {
