@@ -20,6 +20,15 @@ use wg_core::PrivateKey;
 
 /// An agent started from `routes` (and `rest`) with one gateway, and that gateway.
 async fn start(routes: &str, rest: &str) -> (Agent, Manager, TempDir) {
+    let (agent, gw, dir, _) = start_with_file(routes, rest).await;
+    (agent, gw, dir)
+}
+
+/// [`start`], and a function that rewrites the config file with other routes.
+async fn start_with_file(
+    routes: &str,
+    rest: &str,
+) -> (Agent, Manager, TempDir, impl Fn(&str) + use<>) {
     let agent_key = PrivateKey::generate();
     let gateway_key = PrivateKey::generate();
     let gw = start_gateway(&gateway_key, GW_VIP, &agent_key).await;
@@ -34,14 +43,16 @@ async fn start(routes: &str, rest: &str) -> (Agent, Manager, TempDir) {
         &format!("127.0.0.1:{}", udp_port(&gw)),
         "10.1.0.1",
     );
-    text += routes;
-    text += "\n[admin]\nlisten = \"off\"\n";
-    text += rest;
-    let path = dir.write("agent.toml", &text, 0o600);
+    let head = text;
+    let tail = format!("\n[admin]\nlisten = \"off\"\n{rest}");
+    let path = dir.write("agent.toml", &format!("{head}{routes}{tail}"), 0o600);
     let agent = Agent::start(Config::load(&path).expect("valid config"))
         .await
         .expect("agent starts");
-    (agent, gw, dir)
+    let rewrite = move |routes: &str| {
+        std::fs::write(&path, format!("{head}{routes}{tail}")).expect("rewrite the config");
+    };
+    (agent, gw, dir, rewrite)
 }
 
 fn metrics(agent: &Agent) -> String {
@@ -63,6 +74,11 @@ fn vip(port: u16) -> SocketAddr {
 /// A UDP app on loopback: `size:N` is answered with N bytes, anything else with `echo:` and
 /// the datagram.
 async fn start_udp_app() -> SocketAddr {
+    start_udp_app_saying("echo:").await
+}
+
+/// [`start_udp_app`], answering with `prefix` instead of `echo:`.
+async fn start_udp_app_saying(prefix: &'static str) -> SocketAddr {
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -77,7 +93,7 @@ async fn start_udp_app() -> SocketAddr {
                 .and_then(|s| s.parse::<usize>().ok())
             {
                 Some(size) => vec![b'x'; size],
-                None => [b"echo:".as_slice(), request].concat(),
+                None => [prefix.as_bytes(), request].concat(),
             };
             let _ = socket.send_to(&reply, from).await;
         }
@@ -174,6 +190,59 @@ async fn udp_route_forwards_each_flow_and_drops_oversize_replies() {
     }
     agent.stop().await;
     gw.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_replaces_adds_and_removes_udp_routes() {
+    let (first, second) = (
+        start_udp_app_saying("first:").await,
+        start_udp_app_saying("second:").await,
+    );
+    let route = |port: u16, app: SocketAddr, extra: &str| {
+        format!("\n[[routes]]\nport = {port}\nupstream = \"{app}\"\nprotocol = \"udp\"\n{extra}")
+    };
+    let (agent, gw, _dir, rewrite) = start_with_file(&route(53, first, ""), "").await;
+    let c = gw.dial_udp().expect("udp");
+    assert_eq!(exchange(&c, vip(53), b"q").await, b"first:q");
+
+    // A changed route (other app, other idle timeout) takes over the same port; a new one
+    // starts beside it.
+    rewrite(&(route(53, second, "idle_timeout = \"30s\"\n") + &route(54, first, "")));
+    agent.reload().await.expect("reload");
+    assert_eq!(exchange(&c, vip(53), b"q").await, b"second:q");
+    assert_eq!(exchange(&c, vip(54), b"q").await, b"first:q");
+    let routes = agent.snapshot().routes;
+    assert_eq!(routes.len(), 2);
+    assert_eq!(routes[0].idle_timeout.as_deref(), Some("30s"));
+
+    // Removed routes free their ports: a datagram there finds no socket.
+    rewrite("\n[[routes]]\nport = 80\nupstream = \"127.0.0.1:9\"\n");
+    agent.reload().await.expect("reload");
+    let routes = agent.snapshot().routes;
+    assert_eq!(routes.len(), 1);
+    assert_eq!(routes[0].protocol.to_string(), "http");
+    let dropped_before = gw_no_socket_drops(&agent);
+    c.send_to(b"anyone?", vip(53)).await.expect("send");
+    let start = Instant::now();
+    while gw_no_socket_drops(&agent) == dropped_before {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "a datagram to a removed route's port is dropped as for no socket"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    agent.stop().await;
+    gw.close().await;
+}
+
+/// The agent's stack's count of datagrams that found no socket.
+fn gw_no_socket_drops(agent: &Agent) -> u64 {
+    agent
+        .manager()
+        .netstack()
+        .stats()
+        .dropped
+        .get(netstack::DropReason::NoSocket)
 }
 
 /// A folder of its own for unix sockets (a short path: `sun_path` holds 108 bytes), and its
