@@ -293,3 +293,67 @@ fn interop_suite_udp_route() {
     );
     drop(agent);
 }
+
+/// The largest UDP payload through the tunnel over IPv6 (1420 - 40 - 8).
+const MAX_PAYLOAD6: usize = 1372;
+
+/// A dual-stack agent (`virtual_ip = ["10.1.0.100", "fd00::100"]`): one UDP route answers
+/// clients of both families from the address they asked, and the MTU rule counts IPv6's
+/// larger header.
+#[test]
+fn interop_suite_udp_route_dual_stack() {
+    testbed::require_gateway_prereqs!();
+    let topo = Topology::new_dual_stack("sdu", 1).unwrap();
+    let echo_app = UdpApp::start(&topo.agent_ns, echo);
+    let extra = format!(
+        "\n[[routes]]\nport = {ECHO_PORT}\nupstream = \"{}\"\nprotocol = \"udp\"\n",
+        echo_app.addr
+    );
+    let agent = topo
+        .start_agent(
+            &[topo.gateway(0)],
+            AgentOptions {
+                extra,
+                dual_stack: true,
+                ..AgentOptions::default()
+            },
+        )
+        .unwrap();
+    let gw = &topo.sites[0].ns;
+    let vip6: SocketAddr = format!("[{}]:{ECHO_PORT}", suite::AGENT_VIP6)
+        .parse()
+        .unwrap();
+    let v6 = gw.bind_udp("[::]:0".parse().unwrap()).unwrap();
+    v6.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let v4 = client(gw);
+    for round in 0..3 {
+        let request = format!("v6 round {round}");
+        assert_eq!(
+            exchange(&v6, vip6, request.as_bytes()),
+            format!("echo:{request}").as_bytes()
+        );
+        let request = format!("v4 round {round}");
+        assert_eq!(
+            exchange(&v4, vip(ECHO_PORT), request.as_bytes()),
+            format!("echo:{request}").as_bytes()
+        );
+    }
+    let full = exchange(&v6, vip6, format!("size:{MAX_PAYLOAD6}").as_bytes());
+    assert_eq!(full.len(), MAX_PAYLOAD6);
+    v6.send_to(format!("size:{}", MAX_PAYLOAD6 + 1).as_bytes(), vip6)
+        .unwrap();
+    let port = format!("port=\"{ECHO_PORT}\"");
+    wait_metric(
+        &agent,
+        "wg_agent_udp_dropped_total",
+        &format!("{port},reason=\"oversize\""),
+        |v| v == 1.0,
+    );
+    let text = agent.metrics().unwrap();
+    assert_eq!(
+        metric(&text, "wg_agent_udp_open_flows", &port),
+        Some(2.0),
+        "{text}"
+    );
+    drop(agent);
+}
