@@ -345,8 +345,7 @@ fn install_tracing(
     format: LogFormat,
     level: &str,
 ) -> Result<(agent::LogLevelControl, agent::logging::LogGuard), String> {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .map_err(|e| format!("log level `{level}` is not a level or tracing filter: {e}"))?;
+    let filter = agent::logging::filter(level).map_err(|e| format!("log level {e}"))?;
     // A slow stderr (a full pipe, a stalled journal) must not stall the tasks that log:
     // lines go through a bounded queue; overflow is dropped and counted.
     let (writer, guard) =
@@ -361,8 +360,7 @@ fn install_tracing(
         S: Send + Sync + 'static,
     {
         std::sync::Arc::new(move |level: &str| {
-            let filter = tracing_subscriber::EnvFilter::try_new(level)
-                .map_err(|e| format!("`{level}` is not a level or tracing filter: {e}"))?;
+            let filter = agent::logging::filter(level)?;
             handle
                 .reload(L::from(filter))
                 .map_err(|e| format!("cannot change the log level: {e}"))

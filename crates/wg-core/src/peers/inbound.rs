@@ -196,6 +196,7 @@ impl Peers {
         }
         if peer.lifecycle.state() == HandshakeState::Backoff {
             let endpoint = peer.endpoint;
+            let _peer = timers::boringtun_span(&peer.config.public_key).entered();
             let _ = self.emit(slot, wire::INITIATION_LEN, endpoint, now, |t, b| {
                 t.update_timers(b)
             });
@@ -224,6 +225,7 @@ impl Peers {
         let Some(peer) = self.slots[slot].as_mut() else {
             return Err(self.drop_global(DropReason::UnknownIndex));
         };
+        let _peer = timers::boringtun_span(&peer.config.public_key).entered();
         match peer
             .tunn
             .decapsulate(Some(from.ip()), datagram, &mut self.scratch)
