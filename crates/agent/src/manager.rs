@@ -644,6 +644,34 @@ impl Manager {
             .bind_udp(SocketAddr::new(self.inner.virtual_ip, 0))
     }
 
+    /// The virtual IP of the gateway with this id.
+    pub fn gateway_virtual_ip(&self, id: &str) -> Option<IpAddr> {
+        let t = self.inner.lock();
+        t.gateways
+            .values()
+            .find(|g| g.spec.id == id)
+            .map(|g| g.spec.virtual_ip)
+    }
+
+    /// The id of the gateway whose allowed IPs hold `ip` (the longest prefix wins, as for
+    /// packets), if any.
+    pub fn gateway_routing(&self, ip: IpAddr) -> Option<String> {
+        let t = self.inner.lock();
+        t.gateways
+            .values()
+            .filter_map(|g| {
+                g.spec
+                    .allowed_ips
+                    .iter()
+                    .filter(|net| net.contains(ip))
+                    .map(IpNet::prefix_len)
+                    .max()
+                    .map(|len| (len, &g.spec.id))
+            })
+            .max_by_key(|(len, _)| *len)
+            .map(|(_, id)| id.clone())
+    }
+
     /// ICMP echo to `ip` through the tunnel; the round-trip time.
     pub async fn ping(&self, ip: IpAddr, timeout: Duration) -> io::Result<Duration> {
         self.inner.netstack.ping(ip, timeout).await

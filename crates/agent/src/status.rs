@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Empty, Limited};
-use hyper::{Request, StatusCode};
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 
 use crate::admin::AdminAddr;
@@ -83,7 +83,19 @@ pub async fn get(
     path: &str,
     timeout: Duration,
 ) -> Result<(StatusCode, String), StatusError> {
-    match tokio::time::timeout(timeout, get_inner(addr, path)).await {
+    request(addr, Method::GET, path, None, timeout).await
+}
+
+/// Sends `method path` with an optional JSON `body` and returns the status code and the body
+/// (UTF-8, at most [`MAX_BODY`]).
+pub async fn request(
+    addr: &AdminAddr,
+    method: Method,
+    path: &str,
+    body: Option<String>,
+    timeout: Duration,
+) -> Result<(StatusCode, String), StatusError> {
+    match tokio::time::timeout(timeout, request_inner(addr, method, path, body)).await {
         Ok(result) => result,
         Err(_) => Err(StatusError::Timeout {
             addr: addr.clone(),
@@ -92,7 +104,12 @@ pub async fn get(
     }
 }
 
-async fn get_inner(addr: &AdminAddr, path: &str) -> Result<(StatusCode, String), StatusError> {
+async fn request_inner(
+    addr: &AdminAddr,
+    method: Method,
+    path: &str,
+    body: Option<String>,
+) -> Result<(StatusCode, String), StatusError> {
     let connect_error = |source| StatusError::Connect {
         addr: addr.clone(),
         source,
@@ -101,9 +118,15 @@ async fn get_inner(addr: &AdminAddr, path: &str) -> Result<(StatusCode, String),
         addr: addr.clone(),
         message,
     };
-    let request = Request::get(path)
-        .header(hyper::header::HOST, "localhost")
-        .body(Empty::<Bytes>::new())
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, "localhost");
+    if body.is_some() {
+        builder = builder.header(hyper::header::CONTENT_TYPE, "application/json");
+    }
+    let request = builder
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
         .map_err(|e| http_error(e.to_string()))?;
     let response = match addr {
         AdminAddr::Tcp(sock) => {
@@ -133,7 +156,7 @@ async fn get_inner(addr: &AdminAddr, path: &str) -> Result<(StatusCode, String),
 
 async fn send<T>(
     io: TokioIo<T>,
-    request: Request<Empty<Bytes>>,
+    request: Request<Full<Bytes>>,
 ) -> hyper::Result<hyper::Response<hyper::body::Incoming>>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,

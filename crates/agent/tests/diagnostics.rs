@@ -10,7 +10,7 @@ mod common;
 use std::process::Child;
 use std::time::Duration;
 
-use common::process::{AgentFixture, signal, wait_exit, wait_for};
+use common::process::{AgentFixture, admin_get, signal, wait_exit, wait_for};
 use common::{GW_VIP, gateway_config};
 use wg_core::PrivateKey;
 
@@ -112,6 +112,70 @@ async fn boringtun_lines_asked_for_name_the_gateway() {
             "unlabeled: {line}\n{log}"
         );
     }
+    stop(child);
+    gw.close().await;
+}
+
+/// `wg-agent ping` through the running agent: a line per reply with its time and the
+/// summary, exit 0; an address no gateway routes: exit 1; an unknown gateway id: exit 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_goes_through_the_running_agent() {
+    let (fx, gw) = AgentFixture::start(PrivateKey::generate(), None).await;
+    fx.write_config(&fx.config_text("", "", "1s"));
+    let child = fx.spawn();
+    wait_for("/readyz 200", Duration::from_secs(30), || {
+        admin_get(fx.admin, "/readyz").is_some_and(|(s, _)| s == 200)
+    });
+    let admin = fx.admin.to_string();
+    let ping = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_wg-agent"))
+            .args(["ping", "--admin", &admin])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = ping(&["-c", "3", "gw1"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("PING gw1 (10.1.0.1) through gateway gw1"),
+        "{stdout}"
+    );
+    for seq in 1..=3 {
+        let prefix = format!("reply from 10.1.0.1: icmp_seq={seq} time=");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with(&prefix) && l.ends_with(" ms")),
+            "{prefix} in\n{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("--- gw1 ping statistics ---\n3 transmitted, 3 received, 0% packet loss\nrtt min/avg/max = "),
+        "{stdout}"
+    );
+    // By address: the gateway that routes it is named.
+    let out = ping(&["-c", "1", "10.1.0.1"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("through gateway gw1"));
+
+    let out = ping(&["-c", "1", "10.1.0.77"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("10.1.0.77 is not in any gateway's allowed_ips"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = ping(&["-c", "1", "gw9"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("`gw9` is neither a gateway id"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     stop(child);
     gw.close().await;
 }
