@@ -197,8 +197,14 @@ pub struct GatewayStats {
     pub handshakes: u64,
     /// Liveness probes sent and unanswered.
     pub probes_sent: u64,
-    /// Liveness probes that went unanswered (each forced a handshake).
+    /// Liveness probes that went unanswered (each forced a handshake, except the one sent
+    /// right after such a handshake to confirm it).
     pub probes_failed: u64,
+    /// Liveness probes answered.
+    pub probes_answered: u64,
+    /// The probe goes unanswered though the handshakes it forces succeed: the gateway does
+    /// not answer ICMP echo (filtered). Cleared when a probe is answered.
+    pub icmp_filtered: bool,
 }
 
 impl GatewayStats {
@@ -908,6 +914,8 @@ pub(crate) fn gateway_stats(peers: &Peers, g: &Gateway, now: Instant) -> Gateway
         handshakes: stats.as_ref().map_or(0, |s| s.handshakes),
         probes_sent: g.upkeep.probes_sent,
         probes_failed: g.upkeep.probes_failed,
+        probes_answered: g.upkeep.probes_answered,
+        icmp_filtered: g.upkeep.icmp_filtered,
     }
 }
 

@@ -524,6 +524,7 @@ impl Agent {
                     s.rx_bytes,
                     s.tx_bytes,
                 )
+                .with_icmp_filtered(s.icmp_filtered)
             })
             .collect();
         let routes = lock(&self.inner.config)

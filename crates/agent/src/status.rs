@@ -209,6 +209,15 @@ pub fn render_table(status: &StatusSnapshot, now_unix: u64) -> String {
             ]);
         }
         write_rows(&mut out, &rows);
+        for g in status.gateways.iter().filter(|g| g.icmp_filtered) {
+            let _ = writeln!(
+                out,
+                "warning: gateway {}: the liveness probe (ICMP echo) goes unanswered though \
+                 handshakes succeed; allow ICMP echo to its virtual IP on the gateway, or set \
+                 liveness_probe = \"off\"",
+                g.id
+            );
+        }
     }
     out.push('\n');
     if status.routes.is_empty() {
@@ -383,5 +392,49 @@ PORT  PROTOCOL  UPSTREAM
             text.starts_with("agent:\n  virtual ip: 10.1.0.100\n  gateways: 0 (0 up)\n"),
             "a document without the agent section (an older agent) still renders: {text}"
         );
+    }
+
+    #[test]
+    fn filtered_icmp_is_shown_under_the_table() {
+        let gw = GatewayStatus::new(
+            "gw1".into(),
+            None,
+            "pk".into(),
+            "192.0.2.1:51820".into(),
+            GatewayState::Up,
+            Some(988),
+            1,
+            2,
+        );
+        let status = StatusSnapshot::new(
+            "10.1.0.100".parse().unwrap(),
+            vec![gw.clone().with_icmp_filtered(true), {
+                let mut other = gw;
+                other.id = "gw2".into();
+                other
+            }],
+            vec![],
+        );
+        let text = render_table(&status, 1000);
+        let warnings: Vec<&str> = text.lines().filter(|l| l.starts_with("warning:")).collect();
+        assert_eq!(
+            warnings,
+            [
+                "warning: gateway gw1: the liveness probe (ICMP echo) goes unanswered though \
+                 handshakes succeed; allow ICMP echo to its virtual IP on the gateway, or set \
+                 liveness_probe = \"off\""
+            ],
+            "{text}"
+        );
+        // The field is in the document, and documents without it (older agents) still parse.
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["gateways"][0]["icmp_filtered"], true);
+        let mut old = json.clone();
+        old["gateways"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("icmp_filtered");
+        let parsed: StatusSnapshot = serde_json::from_value(old).unwrap();
+        assert!(!parsed.gateways[0].icmp_filtered);
     }
 }
