@@ -77,6 +77,7 @@ fn interop_suite_listening_sockets() {
             &[topo.gateway(0)],
             AgentOptions {
                 listen_port: Some(PORT),
+                ..AgentOptions::default()
             },
         )
         .unwrap();
@@ -553,6 +554,7 @@ fn interop_suite_garbage_during_download() {
             &[topo.gateway_via(0, tap.local_addr())],
             AgentOptions {
                 listen_port: Some(PORT),
+                ..AgentOptions::default()
             },
         )
         .unwrap();

@@ -32,6 +32,9 @@ pub(crate) struct AgentGateway {
 pub(crate) struct AgentOptions {
     /// `[agent] listen_port` (default: any).
     pub(crate) listen_port: Option<u16>,
+    /// The admin endpoint on every address of the namespace (`0.0.0.0:9090`) with
+    /// `allow_remote = true`, instead of [`ADMIN_ADDR`] only (still reached there).
+    pub(crate) admin_remote: bool,
 }
 
 /// The `wg-agent` binary next to the test binary (`<target>/<profile>/wg-agent`), built with
@@ -227,6 +230,11 @@ impl<'a> AgentProcess<'a> {
         serde_json::from_str(&out).with_context(|| format!("status --json printed {out:?}"))
     }
 
+    /// The `wg-agent` binary it runs.
+    pub(crate) fn binary(&self) -> &Path {
+        &self.binary
+    }
+
     /// The scratch folder (config, key, log).
     pub(crate) fn dir(&self) -> &Path {
         self.dir.path()
@@ -266,9 +274,12 @@ fn config_text(gateways: &[AgentGateway], options: &AgentOptions) -> String {
             gw.id, gw.public_key, gw.endpoint, gw.virtual_ip
         );
     }
-    let _ = write!(
-        text,
-        "\n[proxy]\ndrain_timeout = \"2s\"\n\n[admin]\nlisten = \"{ADMIN_ADDR}\"\n"
-    );
+    let _ = write!(text, "\n[proxy]\ndrain_timeout = \"2s\"\n\n[admin]\n");
+    if options.admin_remote {
+        let port = ADMIN_ADDR.rsplit_once(':').map_or("9090", |(_, p)| p);
+        let _ = writeln!(text, "listen = \"0.0.0.0:{port}\"\nallow_remote = true");
+    } else {
+        let _ = writeln!(text, "listen = \"{ADMIN_ADDR}\"");
+    }
     text
 }
