@@ -82,6 +82,13 @@ pub async fn run_with(
         public_key = %agent.manager().public_key(),
         listen_port = agent.listen_port(),
         virtual_ip = %agent.manager().virtual_ip(),
+        virtual_ips = %agent
+            .manager()
+            .virtual_ips()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
         "agent started"
     );
     let (admin_stop, admin_stopped) = watch::channel(false);
@@ -230,6 +237,12 @@ impl Accept for VipListener {
     fn local_addr(&self) -> Option<SocketAddr> {
         Some(self.0.local_addr())
     }
+
+    /// On a dual-stack agent the listener is a wildcard: the stream knows which virtual IP
+    /// the client reached.
+    fn connection_local_addr(&self, stream: &VipStream) -> Option<SocketAddr> {
+        Some(stream.0.local_addr())
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -256,6 +269,7 @@ pub fn gateway_spec(g: &GatewayConfig) -> GatewaySpec {
 /// The Manager's configuration from the agent's.
 pub fn manager_config(config: &Config) -> ManagerConfig {
     let mut m = ManagerConfig::new(config.agent.private_key.clone(), config.agent.virtual_ip);
+    m.second_virtual_ip = config.agent.virtual_ips.get(1).copied();
     m.listen_port = config.agent.listen_port;
     m.mtu = config.agent.mtu;
     m.gateways = config.gateways.iter().map(gateway_spec).collect();
@@ -534,7 +548,9 @@ impl Agent {
             .collect();
         let manager = &self.inner.manager;
         let agent = AgentStatus::new(manager.public_key().to_base64(), self.listen_port());
-        StatusSnapshot::new(manager.virtual_ip(), gateways, routes).with_agent(agent)
+        StatusSnapshot::new(manager.virtual_ip(), gateways, routes)
+            .with_virtual_ips(manager.virtual_ips().to_vec())
+            .with_agent(agent)
     }
 
     /// The local UDP port in use (the configured one, or the one the system picked).

@@ -187,6 +187,7 @@ fn interop_gateway_without_the_agent_key_is_told_then_recovers() {
         public_key: site.wg.public_key().to_owned(),
         endpoint: site.endpoint(),
         virtual_ip: "10.1.0.1".into(),
+        allowed_ips: Vec::new(),
     };
     let agent =
         AgentProcess::start(&agent_ns, &agent_key, &[gateway], AgentOptions::default()).unwrap();

@@ -244,7 +244,7 @@ impl Outputs {
         while let Some(received) = t.peers.poll_received() {
             self.to_stack.push(received.packet);
         }
-        take_events(t, inner.virtual_ip, &mut self.events);
+        take_events(t, &inner.virtual_ips, &mut self.events);
         inner.timer.maybe_wake(t.peers.poll_timeout());
     }
 
@@ -277,12 +277,12 @@ struct Labelled {
     endpoint: String,
     /// The agent's public key and its addresses inside the tunnel, as the gateway's peer
     /// entry must name them.
-    agent: Option<(wg_core::PublicKey, IpAddr)>,
+    agent: Option<(wg_core::PublicKey, Vec<IpAddr>)>,
 }
 
 /// Takes the engine's events with their gateway's id (under the lock; logged after it).
 /// Failing handshakes also ask the upkeep to re-resolve the gateway's name.
-fn take_events(t: &mut Device, virtual_ip: IpAddr, out: &mut Vec<Labelled>) {
+fn take_events(t: &mut Device, virtual_ips: &[IpAddr], out: &mut Vec<Labelled>) {
     while let Some(event) = t.peers.poll_event() {
         let peer = match &event {
             Event::HandshakeCompleted { peer, .. }
@@ -314,7 +314,7 @@ fn take_events(t: &mut Device, virtual_ip: IpAddr, out: &mut Vec<Labelled>) {
                             .map(ToString::to_string)
                     })
                     .unwrap_or_else(|| "(no endpoint)".to_owned());
-                (endpoint, Some((t.peers.public_key(), virtual_ip)))
+                (endpoint, Some((t.peers.public_key(), virtual_ips.to_vec())))
             }
             _ => (String::new(), None),
         };
@@ -347,17 +347,22 @@ fn log_event(labelled: Labelled) {
             tracing::debug!(gateway, "session re-keyed");
         }
         Event::HandshakeUnanswered { tries, elapsed, .. } => {
-            let (key, vip) = match agent {
-                Some((key, vip)) => (key.to_base64(), vip),
-                None => return,
+            let Some((key, vips)) = agent else {
+                return;
             };
-            let prefix = if vip.is_ipv4() { 32 } else { 128 };
+            let key = key.to_base64();
+            // As the gateway's `AllowedIPs` line lists them.
+            let allowed_ips = vips
+                .iter()
+                .map(|ip| format!("{ip}/{}", if ip.is_ipv4() { 32 } else { 128 }))
+                .collect::<Vec<_>>()
+                .join(", ");
             tracing::warn!(
                 gateway,
                 endpoint = %endpoint,
                 tries,
                 "gateway {gateway} ({endpoint}): no handshake response after {tries} tries in {} s. \
-                 Check that the gateway has peer {key} with AllowedIPs {vip}/{prefix}, and that \
+                 Check that the gateway has peer {key} with AllowedIPs {allowed_ips}, and that \
                  UDP to {endpoint} is allowed",
                 elapsed.as_secs()
             );
