@@ -284,7 +284,8 @@ async fn run_job(inner: Arc<Inner>, job: Job) {
                     gateway = %id,
                     "gateway {id}: the liveness probe (ICMP echo to {target}) goes unanswered \
                      though handshakes succeed: ICMP is filtered on the gateway. Allow ICMP echo \
-                     to {target} there (its firewall, or net.ipv4.icmp_echo_ignore_all), or set \
+                     to {target} there (its firewall, or net.ipv4.icmp_echo_ignore_all; and check \
+                     that {target} is the gateway's tunnel address), or set \
                      liveness_probe = \"off\" for this gateway; until then each probe costs a \
                      fresh handshake"
                 ),
