@@ -178,4 +178,17 @@ async fn ping_goes_through_the_running_agent() {
     );
     stop(child);
     gw.close().await;
+
+    // The man page and the completions come from the same command line.
+    let man = std::process::Command::new(env!("CARGO_BIN_EXE_wg-agent"))
+        .arg("man")
+        .output()
+        .unwrap();
+    let page = String::from_utf8_lossy(&man.stdout);
+    assert!(page.contains(r"wg\-agent ping"), "{page}");
+    let bash = std::process::Command::new(env!("CARGO_BIN_EXE_wg-agent"))
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&bash.stdout).contains("wg__agent__subcmd__ping"));
 }
