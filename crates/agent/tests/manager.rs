@@ -560,3 +560,40 @@ async fn two_virtual_ips_of_one_family_are_refused() {
         "{error}"
     );
 }
+
+/// What `wg-agent ping` resolves: a gateway id to its virtual IP, an address to the gateway
+/// whose allowed IPs hold it, the longest prefix winning as for packets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_targets_resolve_like_packets_route() {
+    let agent_key = PrivateKey::generate();
+    let mut config = ManagerConfig::new(agent_key, IpAddr::from(AGENT_VIP));
+    let endpoint = Endpoint {
+        host: Host::Ip(IpAddr::from([127, 0, 0, 1])),
+        port: 9,
+    };
+    let mut wide = GatewaySpec::new(
+        "wide",
+        PrivateKey::generate().public_key(),
+        Some(endpoint.clone()),
+        IpAddr::from([10, 1, 0, 1]),
+    );
+    wide.allowed_ips = vec!["10.1.0.0/24".parse().expect("a prefix")];
+    let narrow = GatewaySpec::new(
+        "narrow",
+        PrivateKey::generate().public_key(),
+        Some(endpoint),
+        IpAddr::from([10, 1, 0, 2]),
+    );
+    config.gateways = vec![wide, narrow];
+    let agent = Manager::start(config).await.expect("agent starts");
+    assert_eq!(
+        agent.gateway_virtual_ip("narrow"),
+        Some(IpAddr::from([10, 1, 0, 2]))
+    );
+    assert_eq!(agent.gateway_virtual_ip("nope"), None);
+    let routing = |ip: [u8; 4]| agent.gateway_routing(IpAddr::from(ip));
+    assert_eq!(routing([10, 1, 0, 2]).as_deref(), Some("narrow"));
+    assert_eq!(routing([10, 1, 0, 5]).as_deref(), Some("wide"));
+    assert_eq!(routing([10, 2, 0, 1]), None);
+    agent.close().await;
+}
