@@ -89,6 +89,6 @@ pub mod wg_quick;
 pub use demo::demo;
 #[cfg(feature = "cli")]
 pub use runtime::{
-    Agent, LogLevelControl, PreparedReload, RunOptions, disable_core_dumps, gateway_spec,
-    manager_config, run, run_with,
+    Agent, ChangeOrigin, LogLevelControl, PreparedReload, RunOptions, disable_core_dumps,
+    gateway_spec, manager_config, run, run_with,
 };

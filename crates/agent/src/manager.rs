@@ -102,8 +102,8 @@ pub struct GatewaySpec {
     pub public_key: PublicKey,
     /// Where it listens (IP or DNS name); `None`: learned when it sends a handshake.
     pub endpoint: Option<Endpoint>,
-    /// Its address inside the tunnel (the liveness probe's target).
-    pub virtual_ip: IpAddr,
+    /// Its address inside the tunnel (the liveness probe's target); `None`: no probe.
+    pub virtual_ip: Option<IpAddr>,
     /// Inner addresses routed to it (default: `virtual_ip`/32 or /128).
     pub allowed_ips: Vec<IpNet>,
     /// Optional preshared key.
@@ -128,7 +128,7 @@ impl GatewaySpec {
             name: None,
             public_key,
             endpoint,
-            virtual_ip,
+            virtual_ip: Some(virtual_ip),
             allowed_ips: vec![IpNet::host(virtual_ip)],
             preshared_key: None,
             persistent_keepalive: Some(Duration::from_secs(25)),
@@ -186,8 +186,8 @@ pub struct GatewayStats {
     pub public_key: PublicKey,
     /// The endpoint in use (resolved, or learned by roaming), else the configured text.
     pub endpoint: String,
-    /// Its virtual IP.
-    pub virtual_ip: IpAddr,
+    /// Its virtual IP (`None`: a gateway added through UAPI without one).
+    pub virtual_ip: Option<IpAddr>,
     /// up / connecting / stale (the rule in docs/operations.md).
     pub state: GatewayState,
     /// Wall-clock time of the last completed handshake.
@@ -665,8 +665,9 @@ impl Manager {
         }
     }
 
-    /// The virtual IP of the gateway with this id.
-    pub fn gateway_virtual_ip(&self, id: &str) -> Option<IpAddr> {
+    /// The gateway with this id: `None` when there is none, else its virtual IP (`None` for a
+    /// gateway added without one).
+    pub fn gateway_virtual_ip(&self, id: &str) -> Option<Option<IpAddr>> {
         let t = self.inner.lock();
         t.gateways
             .values()

@@ -99,6 +99,9 @@ pub enum PingError {
         "`{0}` is neither a gateway id nor an IP address; `wg-agent status` lists the gateways"
     )]
     UnknownTarget(String),
+    /// The gateway has no virtual IP to ping (added over the UAPI with none in `subnet`).
+    #[error("gateway `{0}` has no virtual IP: ping an address inside its allowed_ips")]
+    NoVirtualIp(String),
     /// No gateway's allowed IPs hold the address: it cannot be reached through the tunnel.
     #[error("{0} is not in any gateway's allowed_ips: the tunnel cannot reach it")]
     NoRoute(IpAddr),
@@ -118,7 +121,7 @@ impl PingError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::UnknownTarget(_) => StatusCode::NOT_FOUND,
-            Self::NoRoute(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::NoRoute(_) | Self::NoVirtualIp(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Busy => StatusCode::TOO_MANY_REQUESTS,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,

@@ -301,7 +301,7 @@ async fn a_gateway_that_filters_icmp_is_told_apart() {
     let gw = start_gateway(&gw_key, GW_VIP, &agent_key).await;
     let mut config = agent_config(&agent_key, &gw_key, &gw);
     let silent = IpAddr::from([10, 1, 0, 9]);
-    config.gateways[0].virtual_ip = silent;
+    config.gateways[0].virtual_ip = Some(silent);
     config.gateways[0].allowed_ips = vec![wg_core::IpNet::host(silent)];
     config.probe_after = Duration::from_secs(2);
     config.probe_timeout = Duration::from_secs(1);
@@ -588,7 +588,7 @@ async fn ping_targets_resolve_like_packets_route() {
     let agent = Manager::start(config).await.expect("agent starts");
     assert_eq!(
         agent.gateway_virtual_ip("narrow"),
-        Some(IpAddr::from([10, 1, 0, 2]))
+        Some(Some(IpAddr::from([10, 1, 0, 2])))
     );
     assert_eq!(agent.gateway_virtual_ip("nope"), None);
     let routing = |ip: [u8; 4]| agent.gateway_routing(IpAddr::from(ip));

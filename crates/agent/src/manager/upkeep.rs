@@ -177,7 +177,10 @@ fn plan(
                 .is_some_and(|age| age >= probe_after)
             && u.last_probe
                 .is_none_or(|at| now.saturating_duration_since(at) >= probe_after);
+        // A gateway without a virtual IP (added over the UAPI with none in `subnet`) is not
+        // probed.
         if g.spec.liveness_probe == LivenessProbe::Icmp
+            && let Some(target) = g.spec.virtual_ip
             && !u.probe_in_flight
             && (confirm_due || probe_due)
         {
@@ -190,7 +193,7 @@ fn plan(
             jobs.push(Job::Probe {
                 key: *key,
                 id: g.spec.id.clone(),
-                target: g.spec.virtual_ip,
+                target,
                 confirming: confirm_due,
             });
         }
