@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -14,12 +14,13 @@ use local_proxy::{Accept, ConnectionTracker, HttpProxy, RouteMetrics, TcpForward
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::admin::{AdminAddr, AdminServer, StatusSource};
+use crate::admin::{AdminAddr, AdminServer, PingFuture, StatusSource};
 use crate::config::{Config, ConfigChanges, GatewayConfig, RouteConfig, RouteProtocol};
 use crate::manager::{
     GatewaySpec, Listener, LivenessProbe, Manager, ManagerConfig, PreparedGateways,
 };
 use crate::metrics::{AgentCounters, MetricsWriter, write_agent_counters};
+use crate::ping::{PingError, PingReply};
 use crate::snapshot::{AgentStatus, GatewayStatus, RouteStatus, StatusSnapshot};
 use crate::vip_stream::VipStream;
 
@@ -615,6 +616,7 @@ impl Agent {
                     s.rx_bytes,
                     s.tx_bytes,
                 )
+                .with_icmp_filtered(s.icmp_filtered)
             })
             .collect();
         let routes = lock(&self.inner.config)
@@ -697,6 +699,34 @@ impl StatusSource for Agent {
 
     fn draining(&self) -> bool {
         self.inner.draining.load(Relaxed)
+    }
+
+    fn ping(&self, target: String, timeout: Duration) -> PingFuture {
+        let manager = self.inner.manager.clone();
+        let draining = self.draining();
+        Box::pin(async move {
+            if draining {
+                return Err(PingError::Unavailable("the agent is shutting down".into()));
+            }
+            let (ip, gateway) = match manager.gateway_virtual_ip(&target) {
+                Some(Some(ip)) => (ip, target),
+                Some(None) => return Err(PingError::NoVirtualIp(target)),
+                None => {
+                    let ip: IpAddr = target
+                        .parse()
+                        .map_err(|_| PingError::UnknownTarget(target.clone()))?;
+                    let gateway = manager.gateway_routing(ip).ok_or(PingError::NoRoute(ip))?;
+                    (ip, gateway)
+                }
+            };
+            Ok(match manager.ping(ip, timeout).await {
+                Ok(rtt) => PingReply::answered(ip, gateway, rtt),
+                Err(error) if error.kind() == std::io::ErrorKind::TimedOut => {
+                    PingReply::unanswered(ip, gateway, "timed out".into())
+                }
+                Err(error) => PingReply::unanswered(ip, gateway, error.to_string()),
+            })
+        })
     }
 }
 
