@@ -87,7 +87,7 @@ pub async fn get(
 }
 
 /// Sends `method path` with an optional JSON `body` and returns the status code and the body
-/// (UTF-8, at most [`MAX_BODY`]).
+/// (UTF-8, at most 16 MiB).
 pub async fn request(
     addr: &AdminAddr,
     method: Method,
