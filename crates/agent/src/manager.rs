@@ -665,6 +665,16 @@ impl Manager {
         }
     }
 
+    /// A UDP socket on `port` of every virtual IP ([`bind_addr`](Self::bind_addr); a UDP
+    /// route's socket): datagrams from the tunnel to that port, replies from the address of
+    /// the client's family.
+    pub fn bind_udp(&self, port: u16) -> io::Result<UdpSocket> {
+        if self.inner.is_closing() {
+            return Err(listener::closing_error());
+        }
+        self.inner.netstack.bind_udp(self.bind_addr(port))
+    }
+
     /// The gateway with this id: `None` when there is none, else its virtual IP (`None` for a
     /// gateway added without one).
     pub fn gateway_virtual_ip(&self, id: &str) -> Option<Option<IpAddr>> {

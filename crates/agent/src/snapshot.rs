@@ -185,7 +185,11 @@ impl StatusSnapshot {
                 .iter()
                 .map(GatewayStatus::from_config)
                 .collect(),
-            config.routes.iter().map(RouteStatus::from_config).collect(),
+            config
+                .routes
+                .iter()
+                .map(|r| RouteStatus::from_config(r, &config.proxy))
+                .collect(),
         )
         .with_virtual_ips(config.agent.virtual_ips.clone())
     }
@@ -197,10 +201,17 @@ impl StatusSnapshot {
 pub struct RouteStatus {
     /// Port on the virtual IP.
     pub port: u16,
-    /// `http` or `tcp`.
+    /// `http`, `tcp` or `udp`.
     pub protocol: RouteProtocol,
-    /// The local upstream, `host:port`.
+    /// The local upstream, `host:port` or `unix:/path`.
     pub upstream: String,
+    /// The idle timeout the route runs with (its own, else `[proxy]`'s; a UDP route's
+    /// flows default to 60 s), like `90s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<String>,
+    /// UDP routes: flows open now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_flows: Option<u64>,
 }
 
 impl RouteStatus {
@@ -210,12 +221,27 @@ impl RouteStatus {
             port,
             protocol,
             upstream,
+            idle_timeout: None,
+            open_flows: None,
         }
     }
 
-    /// The entry for a configured route.
-    pub fn from_config(route: &crate::config::RouteConfig) -> Self {
-        Self::new(route.port, route.protocol, route.upstream.to_string())
+    /// The entry for a configured route under `[proxy]` settings `proxy`.
+    pub fn from_config(
+        route: &crate::config::RouteConfig,
+        proxy: &local_proxy::ProxyConfig,
+    ) -> Self {
+        let mut status = Self::new(route.port, route.protocol, route.upstream.to_string());
+        status.idle_timeout = Some(crate::config::format_duration(
+            route.effective_idle_timeout(proxy),
+        ));
+        status
+    }
+
+    /// The same entry with a UDP route's live flow count.
+    pub fn with_open_flows(mut self, open: u64) -> Self {
+        self.open_flows = Some(open);
+        self
     }
 }
 

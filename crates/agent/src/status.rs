@@ -229,12 +229,20 @@ pub fn render_table(status: &StatusSnapshot, now_unix: u64) -> String {
     if status.routes.is_empty() {
         out.push_str("no routes\n");
     } else {
-        let mut rows = vec![["PORT".to_owned(), "PROTOCOL".into(), "UPSTREAM".into()]];
+        let mut rows = vec![[
+            "PORT".to_owned(),
+            "PROTOCOL".into(),
+            "UPSTREAM".into(),
+            "IDLE TIMEOUT".into(),
+            "FLOWS".into(),
+        ]];
         for r in &status.routes {
             rows.push([
                 r.port.to_string(),
                 r.protocol.to_string(),
                 r.upstream.clone(),
+                r.idle_timeout.clone().unwrap_or_else(|| "-".into()),
+                r.open_flows.map_or_else(|| "-".into(), |n| n.to_string()),
             ]);
         }
         write_rows(&mut out, &rows);
@@ -362,16 +370,18 @@ mod tests {
                     148,
                 ),
             ],
-            vec![RouteStatus::new(
-                80,
-                RouteProtocol::Http,
-                "127.0.0.1:8080".into(),
-            )],
+            vec![
+                RouteStatus::new(80, RouteProtocol::Http, "127.0.0.1:8080".into()),
+                RouteStatus::new(53, RouteProtocol::Udp, "127.0.0.1:5353".into())
+                    .with_open_flows(3),
+            ],
         )
         .with_agent(AgentStatus::new(
             "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=".into(),
             51820,
         ));
+        let mut status = status;
+        status.routes[0].idle_timeout = Some("1h".into());
         let text = render_table(&status, 1000);
         let expected = "\
 agent:
@@ -384,8 +394,9 @@ GATEWAY  NAME           ENDPOINT               STATE       LATEST HANDSHAKE  REC
 gw1      gateway-tokyo  192.0.2.1:51820        up          12 seconds ago    1.21 MiB  3.40 KiB
 gw2      -              gw2.example.net:51820  connecting  never             0 B       148 B
 
-PORT  PROTOCOL  UPSTREAM
-80    http      127.0.0.1:8080
+PORT  PROTOCOL  UPSTREAM        IDLE TIMEOUT  FLOWS
+80    http      127.0.0.1:8080  1h            -
+53    udp       127.0.0.1:5353  -             3
 ";
         assert_eq!(text, expected, "\n{text}");
         let empty = StatusSnapshot::new("10.1.0.100".parse().unwrap(), vec![], vec![]);

@@ -345,6 +345,8 @@ async fn every_packet_on_the_wire_fits_the_path_mtu() {
     // UDP: the largest datagram that fits goes, one byte more is refused.
     let ua = a.bind_udp(sa(A, 0)).expect("bind a");
     let ub = b.bind_udp(sa(B, 53)).expect("bind b");
+    assert_eq!(ua.max_payload(sa(B, 53)), MTU - 28);
+    assert_eq!(ua.max_payload(sa(B6, 53)), MTU - 48);
     ua.send_to(&[1u8; MTU - 28], sa(B, 53))
         .await
         .expect("fits the path MTU");

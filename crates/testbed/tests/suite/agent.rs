@@ -34,6 +34,9 @@ pub(crate) struct AgentGateway {
 pub(crate) struct AgentOptions {
     /// `[agent] listen_port` (default: any).
     pub(crate) listen_port: Option<u16>,
+    /// More config text, appended at the end (`[[routes]]` tables: with any, the default
+    /// HTTP route is gone).
+    pub(crate) extra: String,
     /// The admin endpoint on every address of the namespace (`0.0.0.0:9090`) with
     /// `allow_remote = true`, instead of [`ADMIN_ADDR`] only (still reached there).
     pub(crate) admin_remote: bool,
@@ -321,5 +324,6 @@ fn config_text(gateways: &[AgentGateway], options: &AgentOptions, uapi_name: &st
     } else {
         let _ = writeln!(text, "listen = \"{ADMIN_ADDR}\"");
     }
+    text.push_str(&options.extra);
     text
 }
