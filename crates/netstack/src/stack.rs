@@ -15,6 +15,7 @@ use smoltcp::wire::{IpAddress, IpEndpoint};
 use tokio::sync::Notify;
 
 use crate::config::{ConfigError, NetstackConfig};
+use crate::offload;
 use crate::sender::Budget;
 use crate::shard::Shard;
 use crate::stats::{Counters, NetstackStats};
@@ -270,14 +271,52 @@ impl Shared {
                 Err(reason) => shared.counters.drop(reason),
             }
         }
-        items.sort_by_key(|item| item.0);
+        // By shard, then by connection (stable: each connection's packets keep their order;
+        // only packets of different connections trade places).
+        let offload = shared.config.offload();
+        if offload {
+            items.sort_by_key(|item| match item.2 {
+                Class::Tcp { tuple, .. } => (item.0, Some(tuple)),
+                _ => (item.0, None),
+            });
+        } else {
+            items.sort_by_key(|item| item.0);
+        }
         for group in items.chunk_by(|a, b| a.0 == b.0) {
             let idx = group[0].0;
             let limit = 2 * shared.config.max_outbound_packets;
             let replies = limit.saturating_sub(shared.out_len.load(Relaxed));
             shared.with_shard(idx, now, |shard| {
-                for (_, i, class) in group {
-                    shard.handle_packet(shared, packets[*i].as_ref(), *class, now, replies);
+                let mut k = 0;
+                while k < group.len() {
+                    let (_, i, class) = group[k];
+                    let packet = packets[i].as_ref();
+                    k += 1;
+                    // In-order data of one connection is joined (see `offload.rs`).
+                    let merge = match class {
+                        Class::Tcp { tuple, .. } if offload => {
+                            offload::Merge::start(packet).map(|m| (m, tuple))
+                        }
+                        _ => None,
+                    };
+                    if let Some((mut merge, tuple)) = merge {
+                        while let Some(&(_, j, Class::Tcp { tuple: t, .. })) = group.get(k)
+                            && t == tuple
+                            && merge.push(packets[j].as_ref())
+                        {
+                            k += 1;
+                        }
+                        if merge.segments > 1 {
+                            shared
+                                .counters
+                                .tcp_joined
+                                .fetch_add(u64::from(merge.segments), Relaxed);
+                            let (joined, ends) = merge.finish();
+                            shard.handle_packet(shared, &joined, class, now, replies, Some(&ends));
+                            continue;
+                        }
+                    }
+                    shard.handle_packet(shared, packet, class, now, replies, None);
                 }
             });
         }
@@ -488,6 +527,11 @@ impl Shared {
     #[cfg(test)]
     pub(crate) fn drive_at(&self, now: Instant) {
         self.drive_once(now);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn shard_count(&self) -> usize {
+        self.shards.len()
     }
 
     /// The shard of a TCP 4-tuple.
