@@ -305,11 +305,14 @@ pub(crate) fn split(packet: &[u8], max_payload: usize, out: &mut Vec<Bytes>) -> 
     let seq = u32::from_be_bytes(packet[ip + 4..ip + 8].try_into().ok()?);
     let ident = u16::from_be_bytes([packet[4], packet[5]]);
     let pieces = payload.len().div_ceil(max_payload);
+    // One allocation for all pieces, each a view into it.
+    let mut buf = BytesMut::with_capacity(pieces * head + payload.len());
+    let mut bounds = Vec::with_capacity(pieces);
     for (i, chunk) in payload.chunks(max_payload).enumerate() {
-        let mut buf = BytesMut::with_capacity(head + chunk.len());
+        let at = buf.len();
         buf.extend_from_slice(&packet[..head]);
         buf.extend_from_slice(chunk);
-        let p = &mut buf[..];
+        let p = &mut buf[at..];
         if p[0] >> 4 == 4 {
             // Linux's TSO numbers the pieces too (RFC 6864 allows either with DF).
             p[4..6].copy_from_slice(&ident.wrapping_add(i as u16).to_be_bytes());
@@ -321,8 +324,10 @@ pub(crate) fn split(packet: &[u8], max_payload: usize, out: &mut Vec<Bytes>) -> 
             p[ip + 13] &= !(FIN | PSH);
         }
         TcpPacket::new_unchecked(&mut p[ip..]).fill_checksum(&src, &dst);
-        out.push(buf.freeze());
+        bounds.push(at..buf.len());
     }
+    let all = buf.freeze();
+    out.extend(bounds.into_iter().map(|r| all.slice(r)));
     Some(pieces)
 }
 
@@ -334,6 +339,24 @@ pub(crate) fn seq_ack(packet: &[u8]) -> Option<(usize, u32, Option<u32>)> {
     let ack = u32::from_be_bytes(packet[ip + 8..ip + 12].try_into().ok()?);
     let has_ack = packet[ip + 13] & ACK != 0;
     Some((packet.len() - ip - tcp, seq, has_ack.then_some(ack)))
+}
+
+/// The ACK number of a pure ACK (only the ACK flag, no payload).
+pub(crate) fn pure_ack(packet: &[u8]) -> Option<u32> {
+    let (ip, tcp) = headers(packet)?;
+    (packet[ip + 13] == ACK && packet.len() == ip + tcp).then(|| {
+        u32::from_be_bytes([
+            packet[ip + 8],
+            packet[ip + 9],
+            packet[ip + 10],
+            packet[ip + 11],
+        ])
+    })
+}
+
+/// `a` is at or after `b` in sequence space.
+pub(crate) fn seq_at_or_after(a: u32, b: u32) -> bool {
+    seq_ge(a, b)
 }
 
 /// The TCP header length of `packet` minus 20 (its options), if it is a TCP segment.
@@ -389,12 +412,16 @@ pub(crate) struct Merge {
 }
 
 impl Merge {
-    /// Starts a run with `packet` if it may be joined with later ones.
-    pub(crate) fn start(packet: &[u8]) -> Option<Self> {
-        let (ip, tcp, seq, len) = Self::eligible(packet)?;
-        let mut buf = Vec::with_capacity(SEGMENT_MTU.min(packet.len() * 16));
+    /// Starts a run with `packet` if it may be joined with later ones, in `buf` (cleared;
+    /// handed back by [`Merge::finish`] or [`Merge::into_buf`] for reuse).
+    pub(crate) fn start(packet: &[u8], mut buf: Vec<u8>) -> Result<Self, Vec<u8>> {
+        let Some((ip, tcp, seq, len)) = Self::eligible(packet) else {
+            return Err(buf);
+        };
+        buf.clear();
+        buf.reserve(SEGMENT_MTU);
         buf.extend_from_slice(packet);
-        Some(Self {
+        Ok(Self {
             buf,
             ip,
             tcp,
@@ -458,6 +485,11 @@ impl Merge {
         self.segments += 1;
         self.ends.push(self.next);
         true
+    }
+
+    /// The buffer, for the next run.
+    pub(crate) fn into_buf(self) -> Vec<u8> {
+        self.buf
     }
 
     /// The joined segment (lengths updated; checksums not refilled, see the module docs).

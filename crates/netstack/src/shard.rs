@@ -1096,6 +1096,37 @@ impl Shard {
         self.tx.truncate(kept);
     }
 
+    /// A pure ACK on `tuple` that a newer one of the same batch follows: only the sender
+    /// sees it (it counts every ACK: delivery, RTT, SACK); smoltcp gets the newer one,
+    /// which tells it all this one does (a cumulative ACK and the newest window). Returns
+    /// false, having done nothing, unless the connection is established.
+    pub(crate) fn ack_to_sender_only(
+        &mut self,
+        shared: &Shared,
+        tuple: Tuple,
+        packet: &[u8],
+        now: Instant,
+    ) -> bool {
+        let now = self.tick(now);
+        if self.sender_off {
+            return false;
+        }
+        let Some(seg) = tcp_segment(packet) else {
+            return false;
+        };
+        let Some(conn) = self.conns.get_mut(&tuple) else {
+            return false;
+        };
+        if !matches!(conn.state, ConnState::Owned)
+            || self.sockets.get::<tcp::Socket>(conn.handle).state() != tcp::State::Established
+        {
+            return false;
+        }
+        conn.sender.on_segment(&seg, now);
+        shared.counters.tcp_acks_folded.fetch_add(1, Relaxed);
+        true
+    }
+
     /// Feeds a segment the peer sent on `tuple` (after smoltcp) to its sender; a socket
     /// smoltcp closed (reset, timed out) aborts it.
     fn feed_sender(&mut self, shared: &Shared, tuple: Tuple, seg: Option<&Segment>, now: Instant) {

@@ -282,6 +282,8 @@ impl Shared {
         } else {
             items.sort_by_key(|item| item.0);
         }
+        // One buffer for every run of joined segments of this batch.
+        let mut scratch = Vec::new();
         for group in items.chunk_by(|a, b| a.0 == b.0) {
             let idx = group[0].0;
             let limit = 2 * shared.config.max_outbound_packets;
@@ -289,13 +291,35 @@ impl Shared {
             shared.with_shard(idx, now, |shard| {
                 let mut k = 0;
                 while k < group.len() {
-                    let (_, i, class) = group[k];
-                    let packet = packets[i].as_ref();
+                    let (_, i, mut class) = group[k];
+                    let mut packet = packets[i].as_ref();
                     k += 1;
+                    // Pure ACKs of one connection: the sender sees each, smoltcp only the
+                    // newest (see `Shard::ack_to_sender_only`).
+                    if offload
+                        && let Class::Tcp { tuple, .. } = class
+                        && let Some(mut ack) = offload::pure_ack(packet)
+                    {
+                        while let Some(&(_, j, next @ Class::Tcp { tuple: t, .. })) = group.get(k)
+                            && t == tuple
+                            && let Some(newer) = offload::pure_ack(packets[j].as_ref())
+                            && offload::seq_at_or_after(newer, ack)
+                            && shard.ack_to_sender_only(shared, tuple, packet, now)
+                        {
+                            (packet, class, ack) = (packets[j].as_ref(), next, newer);
+                            k += 1;
+                        }
+                    }
                     // In-order data of one connection is joined (see `offload.rs`).
                     let merge = match class {
                         Class::Tcp { tuple, .. } if offload => {
-                            offload::Merge::start(packet).map(|m| (m, tuple))
+                            match offload::Merge::start(packet, std::mem::take(&mut scratch)) {
+                                Ok(m) => Some((m, tuple)),
+                                Err(buf) => {
+                                    scratch = buf;
+                                    None
+                                }
+                            }
                         }
                         _ => None,
                     };
@@ -313,8 +337,10 @@ impl Shared {
                                 .fetch_add(u64::from(merge.segments), Relaxed);
                             let (joined, ends) = merge.finish();
                             shard.handle_packet(shared, &joined, class, now, replies, Some(&ends));
+                            scratch = joined;
                             continue;
                         }
+                        scratch = merge.into_buf();
                     }
                     shard.handle_packet(shared, packet, class, now, replies, None);
                 }

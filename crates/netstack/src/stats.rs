@@ -122,6 +122,8 @@ pub struct NetstackStats {
     pub tcp_segments_split: u64,
     /// Cumulative ACKs the stack added between smoltcp's (one per two wire segments).
     pub tcp_acks_added: u64,
+    /// Pure ACKs only the sender saw: a newer one of the same batch went to smoltcp.
+    pub tcp_acks_folded: u64,
 }
 
 /// The live counters behind [`NetstackStats`].
@@ -149,6 +151,7 @@ pub(crate) struct Counters {
     pub(crate) tcp_joined: AtomicU64,
     pub(crate) tcp_split: AtomicU64,
     pub(crate) tcp_acks_added: AtomicU64,
+    pub(crate) tcp_acks_folded: AtomicU64,
 }
 
 impl Default for Counters {
@@ -175,6 +178,7 @@ impl Default for Counters {
             tcp_joined: AtomicU64::new(0),
             tcp_split: AtomicU64::new(0),
             tcp_acks_added: AtomicU64::new(0),
+            tcp_acks_folded: AtomicU64::new(0),
         }
     }
 }
@@ -258,6 +262,7 @@ impl Counters {
             tcp_segments_joined: self.tcp_joined.load(Relaxed),
             tcp_segments_split: self.tcp_split.load(Relaxed),
             tcp_acks_added: self.tcp_acks_added.load(Relaxed),
+            tcp_acks_folded: self.tcp_acks_folded.load(Relaxed),
         }
     }
 }

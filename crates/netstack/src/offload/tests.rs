@@ -187,7 +187,7 @@ fn contiguous_data_segments_merge_and_a_hole_or_a_flag_ends_the_run() {
         t.window_len = window;
         ipv4_tcp(SRC, DST, &t)
     };
-    let mut m = Merge::start(&seg(0, 10, 100)).expect("data");
+    let mut m = Merge::start(&seg(0, 10, 100), Vec::new()).expect("data");
     assert!(m.push(&seg(1, 10, 100)));
     assert!(m.push(&seg(2, 20, 90)), "a newer ACK and window");
     assert!(
@@ -208,12 +208,16 @@ fn contiguous_data_segments_merge_and_a_hole_or_a_flag_ends_the_run() {
     assert_eq!((s, ack, flags, window), (seq, 20, ACK, 90));
     assert_eq!(data, [&chunks[0][..], &chunks[1], &chunks[2]].concat());
     // Past a hole nothing is joined; pure ACKs and SYNs never start a run.
-    let mut m = Merge::start(&seg(0, 10, 100)).expect("data");
+    let mut m = Merge::start(&seg(0, 10, 100), Vec::new()).expect("data");
     assert!(!m.push(&seg(2, 10, 100)));
-    assert!(Merge::start(&ipv4_tcp(SRC, DST, &repr(TcpControl::None, 1, 1, &[]))).is_none());
-    assert!(Merge::start(&ipv4_tcp(SRC, DST, &repr(TcpControl::Syn, 1, 1, &[]))).is_none());
+    let ack_only = ipv4_tcp(SRC, DST, &repr(TcpControl::None, 1, 1, &[]));
+    assert!(Merge::start(&ack_only, Vec::new()).is_err());
+    assert_eq!(pure_ack(&ack_only), Some(1));
+    let syn = ipv4_tcp(SRC, DST, &repr(TcpControl::Syn, 1, 1, &[]));
+    assert!(Merge::start(&syn, Vec::new()).is_err());
+    assert_eq!(pure_ack(&syn), None);
     // Never past the largest IP packet.
-    let mut m = Merge::start(&seg(0, 10, 100)).expect("data");
+    let mut m = Merge::start(&seg(0, 10, 100), Vec::new()).expect("data");
     let mut k = 1u32;
     loop {
         let t = repr(TcpControl::None, seq.wrapping_add(1380 * k), 10, &chunks[0]);
