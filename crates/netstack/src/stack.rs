@@ -67,6 +67,8 @@ pub(crate) struct Shared {
     driver: Arc<Notify>,
     out: Mutex<VecDeque<Bytes>>,
     out_len: AtomicUsize,
+    /// Bytes of the packets in `out`.
+    out_bytes: AtomicUsize,
     out_ready: Notify,
     listeners: RwLock<HashMap<u16, Vec<Arc<ListenerShared>>>>,
     hash_key: u64,
@@ -138,6 +140,13 @@ impl Netstack {
     /// Outbound packets waiting to be taken.
     pub fn pending_outbound(&self) -> usize {
         self.shared.out_len.load(Relaxed)
+    }
+
+    /// Bytes of the outbound packets waiting to be taken (bounded by
+    /// [`max_outbound_bytes`](NetstackConfig::max_outbound_bytes), past which the stack
+    /// stops emitting).
+    pub fn pending_outbound_bytes(&self) -> usize {
+        self.shared.out_bytes.load(Relaxed)
     }
 
     /// Listens on `addr` (one of the stack's addresses, or unspecified for all of them)
@@ -243,6 +252,7 @@ impl Shared {
             driver: Arc::new(Notify::new()),
             out: Mutex::new(VecDeque::new()),
             out_len: AtomicUsize::new(0),
+            out_bytes: AtomicUsize::new(0),
             out_ready: Notify::new(),
             listeners: RwLock::new(HashMap::new()),
             hash_key: rand::random(),
@@ -355,7 +365,10 @@ impl Shared {
         let n = {
             let mut q = lock(&shared.out);
             let n = max.min(q.len());
+            let from = out.len();
             out.extend(q.drain(..n));
+            let bytes = out[from..].iter().map(Bytes::len).sum();
+            shared.out_bytes.fetch_sub(bytes, SeqCst);
             shared.out_len.fetch_sub(n, SeqCst);
             n
         };
@@ -424,10 +437,7 @@ impl Shared {
     /// Egress, maintenance, flush to the outbound queue, next deadline.
     pub(crate) fn finish(&self, idx: usize, shard: &mut Shard, now: Instant) {
         let bit = 1u64 << idx;
-        let room = self
-            .config
-            .max_outbound_packets
-            .saturating_sub(self.out_len.load(SeqCst));
+        let room = self.out_room();
         // Blocked: no room, or the room ran out with senders still holding packets to
         // send. Polled again when the queue drains (see `drain_out`).
         let blocked = room == 0 || shard.egress(self, now, room);
@@ -455,8 +465,25 @@ impl Shared {
         }
     }
 
+    /// Room left in the outbound queue, in wire packets: the packet bound, and the byte
+    /// bound in packets of the path MTU. (The shards' egress stops at this many packets
+    /// or as many path-MTU's worth of bytes, whichever comes first.)
+    fn out_room(&self) -> usize {
+        let packets = self
+            .config
+            .max_outbound_packets
+            .saturating_sub(self.out_len.load(SeqCst));
+        let bytes = self
+            .config
+            .max_outbound_bytes
+            .saturating_sub(self.out_bytes.load(SeqCst));
+        packets.min(bytes / self.config.path_mtu.max(1))
+    }
+
     fn enqueue_out(&self, packets: Vec<Bytes>) {
         let n = packets.len();
+        let bytes = packets.iter().map(Bytes::len).sum();
+        self.out_bytes.fetch_add(bytes, SeqCst);
         lock(&self.out).extend(packets);
         self.out_len.fetch_add(n, SeqCst);
         self.counters.tx_packets.fetch_add(n as u64, Relaxed);
@@ -525,7 +552,7 @@ impl Shared {
     fn drive_once(&self, now: Instant) -> u64 {
         let now_us = self.clock.micros(now);
         self.driver_at.store(0, SeqCst);
-        let full = self.out_len.load(SeqCst) >= self.config.max_outbound_packets;
+        let full = self.out_room() == 0;
         let due = if full {
             0
         } else {
