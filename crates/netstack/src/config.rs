@@ -89,7 +89,10 @@ pub struct NetstackConfig {
     pub close_timeout: Duration,
     /// Nagle's algorithm (default off: latency matters more than tiny segments here).
     pub nagle: bool,
-    /// Delayed ACK (default 10 ms, smoltcp's). `None`: ACK at once.
+    /// Delayed ACK (default 10 ms, smoltcp's). `None`: ACK at once. Only without
+    /// [`segment_offload`](Self::segment_offload): with it smoltcp believes in a 64 KiB
+    /// MSS and would hold its ACK until 64 KiB arrived, so it ACKs every inbound batch at
+    /// once and the stack adds an ACK per two wire segments.
     pub ack_delay: Option<Duration>,
     /// The floor of TCP's retransmission timeout (default 200 ms, Linux's; 50 ms..=1 s).
     ///
