@@ -108,8 +108,10 @@ pub struct GatewayConfig {
     pub public_key: PublicKey,
     /// Where to send datagrams; a DNS name stays unresolved here.
     pub endpoint: Endpoint,
-    /// The gateway's address inside the tunnel (the liveness probe's target).
-    pub virtual_ip: IpAddr,
+    /// The gateway's address inside the tunnel (the liveness probe's target). Always set
+    /// from the file; `None` only for a gateway added through UAPI whose allowed IPs hold no
+    /// address inside `subnet` (it gets no liveness probe).
+    pub virtual_ip: Option<IpAddr>,
     /// Optional preshared key (zeroized on drop).
     pub preshared_key: Option<PresharedKey>,
     /// Seconds between keepalives; 0 disables them.

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -14,10 +14,13 @@ use local_proxy::{Accept, ConnectionTracker, HttpProxy, RouteMetrics, TcpForward
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::admin::{AdminAddr, AdminServer, StatusSource};
+use crate::admin::{AdminAddr, AdminServer, PingFuture, StatusSource};
 use crate::config::{Config, ConfigChanges, GatewayConfig, RouteConfig, RouteProtocol};
-use crate::manager::{GatewaySpec, Listener, Manager, ManagerConfig, PreparedGateways};
+use crate::manager::{
+    GatewaySpec, Listener, LivenessProbe, Manager, ManagerConfig, PreparedGateways,
+};
 use crate::metrics::{AgentCounters, MetricsWriter, write_agent_counters};
+use crate::ping::{PingError, PingReply};
 use crate::snapshot::{AgentStatus, GatewayStatus, RouteStatus, StatusSnapshot};
 use crate::vip_stream::VipStream;
 
@@ -187,6 +190,12 @@ struct AgentInner {
     tracker: ConnectionTracker,
     draining: AtomicBool,
     log_level: Mutex<Option<LogLevelControl>>,
+    /// Taken by each reload and UAPI set from prepare to commit, so each is prepared from
+    /// the configuration that runs when it applies.
+    reconfigure: Arc<tokio::sync::Mutex<()>>,
+    /// The configuration as last applied from the file (startup or `SIGHUP`): where the
+    /// running one differs, the difference was made through UAPI.
+    from_file: Mutex<Config>,
 }
 
 struct Route {
@@ -197,19 +206,43 @@ struct Route {
     task: JoinHandle<()>,
 }
 
-/// A reload checked and prepared by [`Agent::prepare_reload`]: nothing has changed yet.
+/// Where a configuration change comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ChangeOrigin {
+    /// The config file, re-read (`SIGHUP`): it replaces any change made through UAPI.
+    File,
+    /// A UAPI `set=1` (`wg set`): runtime state until the next reload or restart.
+    Uapi,
+}
+
+/// A reload checked and prepared by [`Agent::prepare_reload`] or [`Agent::prepare_change`]:
+/// nothing has changed yet. Other reloads and UAPI sets wait until it is committed or
+/// dropped.
 pub struct PreparedReload {
-    /// The new file as it can apply (restart-only settings kept at their running values).
+    /// The new configuration as it can apply (restart-only settings kept at their running
+    /// values).
     applied: Config,
     changes: ConfigChanges,
     gateways: PreparedGateways,
     /// Listeners bound for ports no route serves yet.
     listeners: BTreeMap<u16, Arc<Listener>>,
+    origin: ChangeOrigin,
+    /// This change's turn (see `AgentInner::reconfigure`).
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl PreparedReload {
+    /// What the change will change.
+    pub fn changes(&self) -> &ConfigChanges {
+        &self.changes
+    }
 }
 
 impl std::fmt::Debug for PreparedReload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PreparedReload")
+            .field("origin", &self.origin)
             .field("changes", &self.changes)
             .finish_non_exhaustive()
     }
@@ -250,19 +283,23 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// The Manager's view of one configured gateway.
 pub fn gateway_spec(g: &GatewayConfig) -> GatewaySpec {
-    let mut spec = GatewaySpec::new(
-        g.id.clone(),
-        g.public_key,
-        Some(g.endpoint.clone()),
-        g.virtual_ip,
-    );
-    spec.name = g.name.clone();
-    spec.allowed_ips = g.allowed_ips.clone();
-    spec.preshared_key = g.preshared_key.clone();
-    spec.persistent_keepalive = (g.persistent_keepalive > 0)
-        .then(|| Duration::from_secs(u64::from(g.persistent_keepalive)));
-    spec.liveness_probe = g.liveness_probe;
-    spec
+    GatewaySpec {
+        id: g.id.clone(),
+        name: g.name.clone(),
+        public_key: g.public_key,
+        endpoint: Some(g.endpoint.clone()),
+        virtual_ip: g.virtual_ip,
+        allowed_ips: g.allowed_ips.clone(),
+        preshared_key: g.preshared_key.clone(),
+        persistent_keepalive: (g.persistent_keepalive > 0)
+            .then(|| Duration::from_secs(u64::from(g.persistent_keepalive))),
+        // Without a virtual IP there is nothing to probe.
+        liveness_probe: if g.virtual_ip.is_some() {
+            g.liveness_probe
+        } else {
+            LivenessProbe::Off
+        },
+    }
 }
 
 /// The Manager's configuration from the agent's.
@@ -295,6 +332,8 @@ impl Agent {
                 tracker,
                 draining: AtomicBool::new(false),
                 log_level: Mutex::new(None),
+                reconfigure: Arc::new(tokio::sync::Mutex::new(())),
+                from_file: Mutex::new(config.clone()),
             }),
         };
         agent.apply_routes(&config, false, BTreeMap::new()).await?;
@@ -399,14 +438,35 @@ impl Agent {
     }
 
     /// Everything a reload needs, changing nothing: reads and validates the file (the key
-    /// included), resolves new gateway names (a name that does not resolve is kept and
-    /// resolved later) and binds the listeners of new ports. Dropping the future, or the
+    /// included), then [`prepare_change`](Self::prepare_change). Dropping the future, or the
     /// result, leaves the agent as it was.
     pub async fn prepare_reload(&self) -> anyhow::Result<PreparedReload> {
+        self.prepare_change(ChangeOrigin::File, |running| {
+            Ok(Config::load(&running.path)?)
+        })
+        .await
+    }
+
+    /// Prepares the configuration `build` makes from the running one, changing nothing:
+    /// resolves new gateway names (a name that does not resolve is kept and resolved later)
+    /// and binds the listeners of new ports. A reload and a UAPI set both come this way, one
+    /// at a time: `build` sees the configuration that runs until this change is committed or
+    /// dropped. Dropping the future, or the result, leaves the agent as it was.
+    pub async fn prepare_change(
+        &self,
+        origin: ChangeOrigin,
+        build: impl FnOnce(&Config) -> anyhow::Result<Config>,
+    ) -> anyhow::Result<PreparedReload> {
+        let turn = Arc::clone(&self.inner.reconfigure).lock_owned().await;
         let running = self.config();
-        let new = Config::load(&running.path)?;
-        let changes = ConfigChanges::between(&running, &new);
+        let new = build(&running)?;
+        let mut changes = ConfigChanges::between(&running, &new);
         let applied = ConfigChanges::as_applied(&running, &new);
+        if origin == ChangeOrigin::File {
+            let from_file = lock(&self.inner.from_file).clone();
+            changes.runtime_replaced =
+                ConfigChanges::runtime_replaced(&from_file, &running, &applied);
+        }
         let gateways = self
             .inner
             .manager
@@ -433,6 +493,8 @@ impl Agent {
             changes,
             gateways,
             listeners,
+            origin,
+            _turn: turn,
         })
     }
 
@@ -444,8 +506,16 @@ impl Agent {
             changes,
             gateways,
             listeners,
+            origin,
+            _turn,
         } = prepared;
         let path = applied.path.display().to_string();
+        if !changes.runtime_replaced.is_empty() {
+            tracing::warn!(
+                "{path}: reload replaced runtime changes made through UAPI: {}",
+                changes.runtime_replaced.join(", ")
+            );
+        }
         for field in &changes.needs_restart {
             tracing::warn!("{path}: `{field}` changed: it applies at the next restart");
         }
@@ -471,10 +541,19 @@ impl Agent {
                 ),
             }
         }
-        tracing::info!(
-            unchanged_gateways = update.unchanged.len(),
-            "config reloaded: {changes}"
-        );
+        match origin {
+            ChangeOrigin::File => {
+                tracing::info!(
+                    unchanged_gateways = update.unchanged.len(),
+                    "config reloaded: {changes}"
+                );
+                *lock(&self.inner.from_file) = applied.clone();
+            }
+            ChangeOrigin::Uapi => tracing::info!(
+                unchanged_gateways = update.unchanged.len(),
+                "UAPI set applied (runtime state until the next reload): {changes}"
+            ),
+        }
         *lock(&self.inner.config) = applied;
         changes
     }
@@ -537,6 +616,7 @@ impl Agent {
                     s.rx_bytes,
                     s.tx_bytes,
                 )
+                .with_icmp_filtered(s.icmp_filtered)
             })
             .collect();
         let routes = lock(&self.inner.config)
@@ -619,6 +699,34 @@ impl StatusSource for Agent {
 
     fn draining(&self) -> bool {
         self.inner.draining.load(Relaxed)
+    }
+
+    fn ping(&self, target: String, timeout: Duration) -> PingFuture {
+        let manager = self.inner.manager.clone();
+        let draining = self.draining();
+        Box::pin(async move {
+            if draining {
+                return Err(PingError::Unavailable("the agent is shutting down".into()));
+            }
+            let (ip, gateway) = match manager.gateway_virtual_ip(&target) {
+                Some(Some(ip)) => (ip, target),
+                Some(None) => return Err(PingError::NoVirtualIp(target)),
+                None => {
+                    let ip: IpAddr = target
+                        .parse()
+                        .map_err(|_| PingError::UnknownTarget(target.clone()))?;
+                    let gateway = manager.gateway_routing(ip).ok_or(PingError::NoRoute(ip))?;
+                    (ip, gateway)
+                }
+            };
+            Ok(match manager.ping(ip, timeout).await {
+                Ok(rtt) => PingReply::answered(ip, gateway, rtt),
+                Err(error) if error.kind() == std::io::ErrorKind::TimedOut => {
+                    PingReply::unanswered(ip, gateway, "timed out".into())
+                }
+                Err(error) => PingReply::unanswered(ip, gateway, error.to_string()),
+            })
+        })
     }
 }
 

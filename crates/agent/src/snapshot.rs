@@ -118,6 +118,10 @@ pub struct GatewayStatus {
     pub rx_bytes: u64,
     /// Bytes sent to this gateway on the wire.
     pub tx_bytes: u64,
+    /// The liveness probe (ICMP echo to the gateway's virtual IP) goes unanswered though the
+    /// handshakes it forces succeed: ICMP is filtered on the gateway (see docs/operations.md).
+    #[serde(default)]
+    pub icmp_filtered: bool,
 }
 
 impl GatewayStatus {
@@ -142,7 +146,14 @@ impl GatewayStatus {
             last_handshake_unix,
             rx_bytes,
             tx_bytes,
+            icmp_filtered: false,
         }
+    }
+
+    /// The same entry with [`icmp_filtered`](Self::icmp_filtered) set as given.
+    pub fn with_icmp_filtered(mut self, filtered: bool) -> Self {
+        self.icmp_filtered = filtered;
+        self
     }
 }
 
@@ -240,7 +251,8 @@ mod tests {
                 "virtual_ips": ["10.1.0.100"],
                 "gateways": [{"id": "gw1", "name": "gateway-tokyo", "public_key": "pk",
                     "endpoint": "192.0.2.1:51820", "state": "up",
-                    "last_handshake_unix": 1_764_000_000u64, "rx_bytes": 1, "tx_bytes": 2}],
+                    "last_handshake_unix": 1_764_000_000u64, "rx_bytes": 1, "tx_bytes": 2,
+                    "icmp_filtered": false}],
                 "routes": [{"port": 80, "protocol": "http", "upstream": "127.0.0.1:8080"}],
             })
         );

@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Empty, Limited};
-use hyper::{Request, StatusCode};
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 
 use crate::admin::AdminAddr;
@@ -77,13 +77,25 @@ pub async fn fetch_readiness(
     }
 }
 
-/// GETs `path` and returns the status code and the body (UTF-8, at most [`MAX_BODY`]).
+/// GETs `path` and returns the status code and the body (UTF-8, at most 16 MiB).
 pub async fn get(
     addr: &AdminAddr,
     path: &str,
     timeout: Duration,
 ) -> Result<(StatusCode, String), StatusError> {
-    match tokio::time::timeout(timeout, get_inner(addr, path)).await {
+    request(addr, Method::GET, path, None, timeout).await
+}
+
+/// Sends `method path` with an optional JSON `body` and returns the status code and the body
+/// (UTF-8, at most 16 MiB).
+pub async fn request(
+    addr: &AdminAddr,
+    method: Method,
+    path: &str,
+    body: Option<String>,
+    timeout: Duration,
+) -> Result<(StatusCode, String), StatusError> {
+    match tokio::time::timeout(timeout, request_inner(addr, method, path, body)).await {
         Ok(result) => result,
         Err(_) => Err(StatusError::Timeout {
             addr: addr.clone(),
@@ -92,7 +104,12 @@ pub async fn get(
     }
 }
 
-async fn get_inner(addr: &AdminAddr, path: &str) -> Result<(StatusCode, String), StatusError> {
+async fn request_inner(
+    addr: &AdminAddr,
+    method: Method,
+    path: &str,
+    body: Option<String>,
+) -> Result<(StatusCode, String), StatusError> {
     let connect_error = |source| StatusError::Connect {
         addr: addr.clone(),
         source,
@@ -101,9 +118,15 @@ async fn get_inner(addr: &AdminAddr, path: &str) -> Result<(StatusCode, String),
         addr: addr.clone(),
         message,
     };
-    let request = Request::get(path)
-        .header(hyper::header::HOST, "localhost")
-        .body(Empty::<Bytes>::new())
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, "localhost");
+    if body.is_some() {
+        builder = builder.header(hyper::header::CONTENT_TYPE, "application/json");
+    }
+    let request = builder
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
         .map_err(|e| http_error(e.to_string()))?;
     let response = match addr {
         AdminAddr::Tcp(sock) => {
@@ -133,7 +156,7 @@ async fn get_inner(addr: &AdminAddr, path: &str) -> Result<(StatusCode, String),
 
 async fn send<T>(
     io: TokioIo<T>,
-    request: Request<Empty<Bytes>>,
+    request: Request<Full<Bytes>>,
 ) -> hyper::Result<hyper::Response<hyper::body::Incoming>>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -192,6 +215,15 @@ pub fn render_table(status: &StatusSnapshot, now_unix: u64) -> String {
             ]);
         }
         write_rows(&mut out, &rows);
+        for g in status.gateways.iter().filter(|g| g.icmp_filtered) {
+            let _ = writeln!(
+                out,
+                "warning: gateway {}: the liveness probe (ICMP echo) goes unanswered though \
+                 handshakes succeed; allow ICMP echo to its virtual IP on the gateway, or set \
+                 liveness_probe = \"off\"",
+                g.id
+            );
+        }
     }
     out.push('\n');
     if status.routes.is_empty() {
@@ -375,5 +407,49 @@ PORT  PROTOCOL  UPSTREAM
             text.starts_with("agent:\n  virtual ips: 10.1.0.100, fd00::100\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn filtered_icmp_is_shown_under_the_table() {
+        let gw = GatewayStatus::new(
+            "gw1".into(),
+            None,
+            "pk".into(),
+            "192.0.2.1:51820".into(),
+            GatewayState::Up,
+            Some(988),
+            1,
+            2,
+        );
+        let status = StatusSnapshot::new(
+            "10.1.0.100".parse().unwrap(),
+            vec![gw.clone().with_icmp_filtered(true), {
+                let mut other = gw;
+                other.id = "gw2".into();
+                other
+            }],
+            vec![],
+        );
+        let text = render_table(&status, 1000);
+        let warnings: Vec<&str> = text.lines().filter(|l| l.starts_with("warning:")).collect();
+        assert_eq!(
+            warnings,
+            [
+                "warning: gateway gw1: the liveness probe (ICMP echo) goes unanswered though \
+                 handshakes succeed; allow ICMP echo to its virtual IP on the gateway, or set \
+                 liveness_probe = \"off\""
+            ],
+            "{text}"
+        );
+        // The field is in the document, and documents without it (older agents) still parse.
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["gateways"][0]["icmp_filtered"], true);
+        let mut old = json.clone();
+        old["gateways"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("icmp_filtered");
+        let parsed: StatusSnapshot = serde_json::from_value(old).unwrap();
+        assert!(!parsed.gateways[0].icmp_filtered);
     }
 }

@@ -1087,7 +1087,7 @@ fn gateway_addresses_follow_the_family_of_the_agent() {
     let c = parse(&(dual.clone() + &gateway("gw1", &public(), "fd00::1"))).unwrap();
     assert_eq!(
         c.gateways[0].virtual_ip,
-        "fd00::1".parse::<IpAddr>().unwrap()
+        Some("fd00::1".parse::<IpAddr>().unwrap())
     );
     assert_eq!(c.gateways[0].allowed_ips, ["fd00::1/128".parse().unwrap()]);
     // Each family is checked against its own subnet.

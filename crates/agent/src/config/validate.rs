@@ -670,7 +670,10 @@ impl Validator<'_> {
                 format!("{virtual_ip} is the agent's own agent.virtual_ip"),
             ));
         }
-        if let Some(j) = earlier.iter().position(|g| g.virtual_ip == virtual_ip) {
+        if let Some(j) = earlier
+            .iter()
+            .position(|g| g.virtual_ip == Some(virtual_ip))
+        {
             return Err(self.duplicate(field("virtual_ip"), virtual_ip.to_string(), first(j)));
         }
         let preshared_key = match (&raw.preshared_key, &raw.preshared_key_file) {
@@ -729,7 +732,7 @@ impl Validator<'_> {
             name,
             public_key,
             endpoint,
-            virtual_ip,
+            virtual_ip: Some(virtual_ip),
             preshared_key,
             persistent_keepalive: raw.persistent_keepalive,
             liveness_probe: raw.liveness_probe,
