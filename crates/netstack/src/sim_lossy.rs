@@ -42,6 +42,24 @@ impl Rng {
 
 type Queue = BinaryHeap<Reverse<(Instant, u64, bool, Bytes)>>;
 
+/// What crossed the simulated wire.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Wire {
+    /// The largest IP packet either side sent.
+    pub(crate) largest: usize,
+    /// Data segments the receiver got.
+    pub(crate) delivered: u64,
+    /// ACKs (segments without payload) the receiver sent.
+    pub(crate) acks: u64,
+    /// The largest advance of the receiver's ACK number from one segment it sent to the
+    /// next, in bytes.
+    pub(crate) widest_ack: u32,
+    /// The receiver's last ACK number.
+    last_ack: Option<u32>,
+    /// Wire segments the receiver joined before its smoltcp saw them.
+    pub(crate) joined: u64,
+}
+
 /// Sends `bytes` from a to b over `path` (both directions alike); returns the virtual
 /// time from the first byte written to the last byte read, and a's stats.
 pub(crate) fn transfer(
@@ -49,7 +67,7 @@ pub(crate) fn transfer(
     path: Path,
     seed: u64,
     tune: impl Fn(&mut NetstackConfig),
-) -> (Duration, crate::NetstackStats) {
+) -> (Duration, crate::NetstackStats, Wire) {
     let start = Instant::now();
     let mut now = start;
     let make = |ip: &str| {
@@ -81,6 +99,8 @@ pub(crate) fn transfer(
     let mut accepted = None;
     let mut began = None;
     let mut buf = vec![0u8; 256 * 1024];
+    let mut wire = Wire::default();
+    let payload = |p: &[u8]| crate::offload::seq_ack(p).map_or(0, |(len, ..)| len);
     for _ in 0..50_000_000u64 {
         if accepted.is_none() {
             accepted = listener.pop();
@@ -106,13 +126,31 @@ pub(crate) fn transfer(
                 let elapsed = now - began.unwrap_or(start);
                 let mut stats = a.counters.snapshot();
                 stats.tcp_repair_bytes = a.repair_budget.used();
-                return (elapsed, stats);
+                wire.joined = b.counters.snapshot().tcp_segments_joined;
+                // The ACKs of the last data, already emitted.
+                out.clear();
+                b.drain_out(&mut out, usize::MAX);
+                wire.acks += out.iter().filter(|p| payload(p) == 0).count() as u64;
+                return (elapsed, stats, wire);
             }
         }
         for (from_a, stack) in [(true, &a), (false, &b)] {
             out.clear();
             stack.drain_out(&mut out, usize::MAX);
             for p in out.drain(..) {
+                wire.largest = wire.largest.max(p.len());
+                if !from_a && payload(&p) == 0 {
+                    wire.acks += 1;
+                }
+                if !from_a && let Some((_, _, Some(ack))) = crate::offload::seq_ack(&p) {
+                    if let Some(last) = wire.last_ack {
+                        let advance = ack.wrapping_sub(last);
+                        if advance < 1 << 30 {
+                            wire.widest_ack = wire.widest_ack.max(advance);
+                        }
+                    }
+                    wire.last_ack = Some(ack);
+                }
                 if rng.unit() < path.loss {
                     continue;
                 }
@@ -132,7 +170,14 @@ pub(crate) fn transfer(
         .into_iter()
         .flatten()
         .min()
-        .expect("something pending while data is missing");
+        .unwrap_or_else(|| {
+            for st in [&a, &b] {
+                for i in 0..st.shard_count() {
+                    eprintln!("DUMP {i}: {}", st.lock(i).debug_dump());
+                }
+            }
+            panic!("something pending while data is missing {read} {written}")
+        });
         now = now.max(next);
         let (mut to_a, mut to_b) = (Vec::new(), Vec::new());
         while let Some(Reverse((t, ..))) = queue.peek() {
@@ -142,7 +187,12 @@ pub(crate) fn transfer(
             let Some(Reverse((_, _, from_a, p))) = queue.pop() else {
                 break;
             };
-            if from_a { to_b.push(p) } else { to_a.push(p) }
+            if from_a {
+                wire.delivered += u64::from(payload(&p) > 0);
+                to_b.push(p)
+            } else {
+                to_a.push(p)
+            }
         }
         b.push_at(&to_b, now);
         a.push_at(&to_a, now);
@@ -181,13 +231,20 @@ fn lossy_paths_deliver_everything_with_the_sender_and_without() {
     for (name, path) in [("lossy", LOSSY), ("reordering", REORDERING), ("long", LONG)] {
         let bytes = 4 << 20;
         let mut line = format!("sim {name} 4 MiB:");
-        for (label, budget) in [("sender", 8 << 20), ("smoltcp alone", 0)] {
+        for (label, budget, offload) in [
+            ("sender", 8 << 20, true),
+            ("sender, wire segments", 8 << 20, false),
+            ("smoltcp alone", 0, false),
+        ] {
             let mut total = Duration::ZERO;
             for seed in 1..=3 {
-                let (t, stats) = transfer(bytes, path, seed, |c| c.repair_budget = budget);
+                let (t, stats, wire) = transfer(bytes, path, seed, |c| {
+                    c.repair_budget = budget;
+                    c.segment_offload = offload;
+                });
                 if seed == 1 {
                     eprintln!(
-                        "  {name} {label}: {t:?} retransmits {} probes {} rtos {} undos {} smoltcp resent {} tx {}",
+                        "  {name} {label}: {t:?} retransmits {} probes {} rtos {} undos {} smoltcp resent {} tx {} {wire:?}",
                         stats.tcp_repaired,
                         stats.tcp_probes,
                         stats.tcp_rtos,
@@ -202,5 +259,44 @@ fn lossy_paths_deliver_everything_with_the_sender_and_without() {
             line.push_str(&format!(" {label} {mbs:.2} MB/s;"));
         }
         eprintln!("{line}");
+    }
+}
+
+/// No loss, 1 ms each way: every flight arrives in one batch.
+const CLEAN: Path = Path {
+    loss: 0.0,
+    delay: Duration::from_millis(1),
+    jitter: Duration::ZERO,
+    reorder: 0.0,
+};
+
+#[test]
+fn large_segments_keep_the_wire_standard_and_the_data_exact() {
+    for (name, path, mtu) in [
+        ("clean", CLEAN, 1420),
+        ("clean, 1280", CLEAN, 1280),
+        ("lossy", LOSSY, 1420),
+        ("reordering", REORDERING, 1420),
+    ] {
+        // `transfer` checks every byte read against what was written.
+        let (_, stats, wire) = transfer(2 << 20, path, 7, |c| c.path_mtu = mtu);
+        eprintln!("{name}: {wire:?} split {}", stats.tcp_segments_split);
+        assert!(wire.largest <= mtu, "{name}: {} on the wire", wire.largest);
+        assert!(
+            stats.tcp_segments_split > 1000,
+            "{name}: smoltcp sent large segments"
+        );
+        assert!(
+            wire.delivered <= 2 * wire.acks,
+            "{name}: {} segments for {} ACKs",
+            wire.delivered,
+            wire.acks
+        );
+        if path.loss == 0.0 {
+            // Without holes to repair, no ACK ever covers more than two wire segments.
+            let mss = (mtu - 40) as u32;
+            assert!(wire.widest_ack <= 2 * mss, "{name}: {}", wire.widest_ack);
+            assert!(wire.joined > 1000, "{name}: the receiver joined segments");
+        }
     }
 }
