@@ -674,7 +674,8 @@ impl Shard {
             c.half_open.fetch_add(1, Relaxed);
         }
         let window = u16::try_from(rx).unwrap_or(u16::MAX);
-        if let Some(reply) = entry.syn_ack(&tuple, self.path_mss(&tuple), window) {
+        let v6 = tuple.local.addr.version() == smoltcp::wire::IpVersion::Ipv6;
+        if let Some(reply) = entry.syn_ack(&tuple, config.path_mss(v6), window) {
             if self.tx.len() < reply_limit {
                 self.tx.push(Bytes::from(reply));
             } else {
@@ -682,15 +683,6 @@ impl Shard {
             }
         }
         true
-    }
-
-    /// The MSS smoltcp announces on `tuple` (the path MTU less the headers).
-    fn path_mss(&self, tuple: &Tuple) -> u16 {
-        let ip = match tuple.local.addr {
-            IpAddress::Ipv4(_) => 20,
-            IpAddress::Ipv6(_) => 40,
-        };
-        u16::try_from(self.caps.ip_mtu().saturating_sub(ip + 20)).unwrap_or(u16::MAX)
     }
 
     /// A segment on `tuple`, which has a SYN table entry and no socket. The ACK of our
@@ -762,6 +754,25 @@ impl Shard {
             forget(self);
             return Completion::Refused;
         };
+        // Segment offload sees the handshake as if smoltcp had made it: the peer's SYN
+        // (its MSS recorded, a large one for smoltcp) and our SYN-ACK.
+        let mut syn = syn;
+        let v6 = tuple.local.addr.version() == smoltcp::wire::IpVersion::Ipv6;
+        let path_mss = shared.config.path_mss(v6);
+        let mut offload = Offload::new(path_mss);
+        let window = u16::try_from(socket.recv_capacity()).unwrap_or(u16::MAX);
+        let syn_ack = entry.syn_ack(&tuple, path_mss, window).map(Bytes::from);
+        if self.offload {
+            let inner = offload::SEGMENT_MTU - if v6 { 60 } else { 40 };
+            let inner = u16::try_from(inner).unwrap_or(u16::MAX);
+            if let Some(mss) = offload.on_peer_syn(&syn, path_mss, inner) {
+                offload::rewrite_mss(&mut syn, mss);
+            }
+            if let Some(syn_ack) = &syn_ack {
+                offload.on_our_syn(syn_ack);
+                let _ = offload.on_our_ack(entry.peer_isn.wrapping_add(1));
+            }
+        }
         let t = self.clock.smol_at(now);
         let addrs: Vec<IpCidr> = self.iface.ip_addrs().to_vec();
         let salt = u64::from(entry.peer_isn) << 16 | u64::from(tuple.remote.port);
@@ -777,6 +788,9 @@ impl Shard {
                 rx: Some(packet),
                 tx: &mut discard,
                 tx_limit: usize::MAX,
+                bytes_limit: usize::MAX,
+                bytes: 0,
+                fill_below: 0,
                 caps: &self.caps,
             };
             self.sockets.poll_ingress_single(&mut iface, t, &mut dev);
@@ -788,13 +802,10 @@ impl Shard {
         self.half_open += 1;
         // The sender starts on the SYN-ACK it sees go out; ours went out earlier.
         let mut sender = self.new_sender(shared);
-        let window = u16::try_from(self.sockets.get::<tcp::Socket>(handle).recv_capacity())
-            .unwrap_or(u16::MAX);
-        if let Some(syn_ack) = entry.syn_ack(&tuple, self.path_mss(&tuple), window) {
-            let syn_ack = Bytes::from(syn_ack);
-            if let Some(seg) = tcp_segment(&syn_ack) {
-                sender.on_emitted(&seg, &syn_ack, now);
-            }
+        if let Some(syn_ack) = &syn_ack
+            && let Some(seg) = tcp_segment(syn_ack)
+        {
+            sender.on_emitted(&seg, syn_ack, now);
         }
         self.conns.insert(
             tuple,
@@ -811,11 +822,7 @@ impl Shard {
                 ready: false,
                 tx_dirty: 0,
                 release_pending: false,
-                offload: Offload::new(
-                    shared
-                        .config
-                        .path_mss(tuple.local.addr.version() == smoltcp::wire::IpVersion::Ipv6),
-                ),
+                offload,
             },
         );
         self.watch(now);

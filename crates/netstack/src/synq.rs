@@ -382,6 +382,9 @@ pub(crate) fn replay_iface(
         rx: None,
         tx: &mut tx,
         tx_limit: 0,
+        bytes_limit: 0,
+        bytes: 0,
+        fill_below: 0,
         caps,
     };
     let mut iface = Interface::new(config, &mut dev, now);
@@ -421,7 +424,7 @@ mod tests {
     #[test]
     fn smoltcp_assumption_a_listening_socket_takes_the_isn_and_scale_we_predict() {
         use smoltcp::socket::tcp;
-        let caps = crate::device::capabilities(1420);
+        let caps = crate::device::capabilities(1420, false);
         let tuple = Tuple {
             local: smoltcp::wire::IpEndpoint::new(IpAddress::v4(10, 0, 0, 2), 80),
             remote: smoltcp::wire::IpEndpoint::new(IpAddress::v4(10, 0, 0, 1), 40_000),
@@ -457,6 +460,9 @@ mod tests {
                 rx: Some(&packet),
                 tx: &mut out,
                 tx_limit: usize::MAX,
+                bytes_limit: usize::MAX,
+                bytes: 0,
+                fill_below: 0,
                 caps: &caps,
             };
             sockets.poll_ingress_single(&mut iface, t, &mut dev);
