@@ -882,6 +882,7 @@ impl Shard {
             mss,
             config.min_rto,
         )
+        .with_congestion(config.congestion)
     }
 
     /// Hands the TCP segments smoltcp just emitted (`self.tx[from..]`) to their
