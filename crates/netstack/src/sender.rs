@@ -36,7 +36,8 @@
 //! Outputs:
 //! - [`Sender::poll_transmit`]: packets to send now (held data released by the window,
 //!   retransmissions, probes), each carrying smoltcp's latest ACK number and window.
-//! - [`Sender::poll_timeout`]: the earliest of the three timers of [`timer::TimerTable`].
+//! - [`Sender::poll_timeout`]: the earliest of the four timers of [`timer::TimerTable`]
+//!   (reordering window, tail-loss probe, retransmission timeout, pacing).
 //! - [`Sender::take_events`]: counts for the stack's statistics.
 //!
 //! Behaviour:
@@ -47,19 +48,33 @@
 //!   one. (RFC 8985 uses the min RTT; where a few packets skip a queue it falls towards
 //!   zero, and smoltcp peers send no D-SACK: see docs/ARCHITECTURE.md.) A tail-loss
 //!   probe goes out after two RTTs without an ACK.
-//! - Recovery is paced by Proportional Rate Reduction (RFC 6937): in recovery the number
-//!   of bytes sent follows the bytes delivered, converging on ssthresh.
-//! - Congestion control is Cubic with HyStart++ ([`cubic`]); a recovery whose every
-//!   retransmission proves spurious (delivered sooner than max(min RTT, SRTT / 2) after
-//!   it was resent, or reported by a D-SACK) restores the window it cut.
+//! - Congestion control is chosen by [`CongestionControl`] (`NetstackConfig::congestion`),
+//!   behind the small `Controller` enum:
+//!   - **BBR** ([`bbr`], the default): a model of the path (bottleneck bandwidth from
+//!     per-ACK delivery-rate samples, draft-cheng-iccrg-delivery-rate-estimation; min
+//!     RTT) sets a pacing rate and a window of about two bandwidth-delay products.
+//!     Recovery sends the lost segments first within that window; random loss does not
+//!     cut it, a round losing more than 5 % lowers it towards 5/4 BDP. A timeout
+//!     restarts the window at one segment and restores it when the recovery ends.
+//!   - **Cubic** with HyStart++ ([`cubic`]): recovery is paced by Proportional Rate
+//!     Reduction (RFC 6937): the bytes sent follow the bytes delivered, converging on
+//!     ssthresh. A recovery whose every retransmission proves spurious (delivered sooner
+//!     than max(min RTT, SRTT / 2) after it was resent, or reported by a D-SACK)
+//!     restores the window it cut. Not paced.
+//! - Pacing (BBR): a packet goes when the previous one's time at the pacing rate has
+//!   passed; otherwise the pacing timer is armed for it. A sender that fell behind (a
+//!   timer that fired late, an idle moment) may catch up by [`PACE_HORIZON`] worth of
+//!   packets at once, never more; the gap between packets is at most [`MAX_PACE_GAP`].
 //! - The retransmission timeout follows RFC 6298 with a 200 ms floor and a 60 s cap;
 //!   on expiry every outstanding unSACKed segment is marked lost, the window falls to
 //!   one segment and slow start resends them in order from the sender's own copies.
 //!
 //! Invariants (tested):
 //! - While any sent byte is unacknowledged, the retransmission timer is armed. Held data
-//!   implies sent data in flight (the window always admits one segment when nothing is
-//!   in flight). So no connection waits on smoltcp's timers, however late timers fire.
+//!   implies sent data in flight, or a send now, or the pacing timer armed (the window
+//!   always admits one segment when nothing is in flight). So no connection waits on
+//!   smoltcp's timers, however late timers fire; a pacing timer that fires late only
+//!   delays what it holds.
 //! - Memory: each segment is charged its packet plus [`SEG_OVERHEAD`]; a connection holds
 //!   at most its limit (the send buffer size), and all connections together at most the
 //!   shared [`Budget`], except that a connection holding nothing may always take
