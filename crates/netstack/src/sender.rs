@@ -63,8 +63,11 @@
 //!     restores the window it cut. Not paced.
 //! - Pacing (BBR): a packet goes when the previous one's time at the pacing rate has
 //!   passed; otherwise the pacing timer is armed for it. A sender that fell behind (a
-//!   timer that fired late, an idle moment) may catch up by [`PACE_HORIZON`] worth of
-//!   packets at once, never more; the gap between packets is at most [`MAX_PACE_GAP`].
+//!   timer that fired late, an idle moment) may catch up by max(SRTT / 2, twice its
+//!   pacing timer's recent lateness, [`PACE_HORIZON`]) worth of packets at once, within
+//!   the window; the gap between packets is at most [`MAX_PACE_GAP`]. Packets sent after
+//!   the pacing timer fired later than that are marked app-limited: their rate samples
+//!   measure the machine, not the path, and must not lower the bandwidth estimate.
 //! - The retransmission timeout follows RFC 6298 with a 200 ms floor and a 60 s cap;
 //!   on expiry every outstanding unSACKed segment is marked lost, the window falls to
 //!   one segment and slow start resends them in order from the sender's own copies.
@@ -134,7 +137,8 @@ const HEADERS: usize = 40;
 /// Spare capacity of an emptied queue kept for the next burst.
 const KEEP_CAPACITY: usize = 64;
 /// Pacing lets a sender that fell behind its schedule (a timer that fired late, an idle
-/// moment) catch up by at most this much time's worth of packets at once.
+/// moment) catch up by at least this much time's worth of packets at once (see
+/// `Sender::pace_horizon`).
 const PACE_HORIZON: Duration = Duration::from_millis(2);
 /// Longest gap pacing puts between two packets.
 const MAX_PACE_GAP: Duration = Duration::from_millis(50);
@@ -424,6 +428,10 @@ pub(crate) struct Sender {
     rate: Delivery,
     /// Pacing: the earliest time the next packet may go (paced controllers only).
     pace_at: Option<Instant>,
+    /// The sender stopped for pacing with packets to send (the pacing timer is armed).
+    pace_waiting: bool,
+    /// How late the pacing timer fired lately (the largest, decaying by 1/8 per firing).
+    pace_late: Duration,
     rack: Rack,
     recovery: Option<Recovery>,
     timers: TimerTable,
@@ -482,6 +490,8 @@ impl Sender {
             rtt: Rtt::default(),
             rate: Delivery::default(),
             pace_at: None,
+            pace_waiting: false,
+            pace_late: Duration::ZERO,
             rack: Rack {
                 reo_wnd_mult: 1,
                 ..Rack::default()
@@ -714,6 +724,21 @@ impl Sender {
         let mut next_lost = 0;
         let mut sent_new = false;
         let pacing = self.cc.pacing_rate();
+        let late = self
+            .pace_at
+            .filter(|_| self.pace_waiting)
+            .map(|at| now.saturating_duration_since(at));
+        if late.is_some_and(|late| late > self.pace_horizon()) {
+            // The pacing timer fired later than the sender may catch up: what goes out
+            // now is limited by the machine, not the path, so its rate samples must not
+            // lower the bandwidth estimate (they would, round after round, down to
+            // nothing on a busy machine).
+            self.rate.app_limited_until = (self.rate.delivered + self.in_flight).max(1);
+        }
+        if let Some(late) = late {
+            self.pace_late = late.max(self.pace_late * 7 / 8);
+        }
+        self.pace_waiting = false;
         while n < max {
             if self.probe_pending {
                 self.probe_pending = false;
@@ -745,6 +770,7 @@ impl Sender {
                 // Not yet: the pacing timer lets the next one go (however late it fires,
                 // it only delays, and the horizon below lets a late sender catch up).
                 self.timers.set(Timer::Pace, at);
+                self.pace_waiting = true;
                 break;
             }
             // Lost segments first, in order; then held ones.
@@ -772,7 +798,7 @@ impl Sender {
             n += 1;
             if let Some(rate) = pacing {
                 let base = self.pace_at.map_or(now, |at| {
-                    at.max(now.checked_sub(PACE_HORIZON).unwrap_or(now))
+                    at.max(now.checked_sub(self.pace_horizon()).unwrap_or(now))
                 });
                 let gap = Duration::from_secs_f64(f64::from(len) / rate).min(MAX_PACE_GAP);
                 self.pace_at = Some(base + gap);
@@ -1259,6 +1285,14 @@ impl Sender {
         if let Some(c) = self.cc.cubic() {
             c.set_cwnd(u32::try_from(cwnd).unwrap_or(u32::MAX));
         }
+    }
+
+    /// How far behind its pacing schedule the sender may catch up at once: half the
+    /// smoothed RTT, or twice how late its pacing timer has lately fired, at least
+    /// [`PACE_HORIZON`]. The window bounds the burst in any case.
+    fn pace_horizon(&self) -> Duration {
+        let srtt = self.rtt.srtt.unwrap_or(Duration::ZERO);
+        (srtt / 2).max(2 * self.pace_late).max(PACE_HORIZON)
     }
 
     /// Bytes the window (or PRR) lets out now.
