@@ -224,14 +224,14 @@ fn test(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// The interop cases that run a second time behind wireguard-go 2022 (13 tests, 15 s): wg-core's
+/// The interop cases that run a second time behind wireguard-go 2022 (14 tests, 16 s): wg-core's
 /// handshake, keepalive, preshared-key, IPv6 and burst cases, the testbed's own gateway pair and
-/// relay, and the agent binary's GET/POST, two-gateway counters and outbound dial.
+/// relay, and the agent binary's GET/POST, two-gateway counters, outbound dial and dual stack.
 const GATEWAY_2022_SUBSET: &str = "binary(=interop_wg_core) | binary(=interop_wg_core_driver) \
     | test(=interop_two_wireguard_go_gateways_handshake_and_carry_tcp) \
     | test(=interop_impaired_relay_carries_wireguard_between_namespaces) \
     | test(=interop_suite_get_post_1mib) | test(=interop_suite_two_gateways_stats_agree) \
-    | test(=interop_suite_outbound_dial)";
+    | test(=interop_suite_outbound_dial) | test(=interop_suite_dual_stack)";
 
 fn bench(args: &[String]) -> Result<()> {
     bench::task(args)

@@ -80,10 +80,16 @@ pub struct Config {
 pub struct AgentConfig {
     /// The resolved private key (zeroized on drop).
     pub private_key: PrivateKey,
-    /// The agent's address inside the tunnel.
+    /// The agent's address inside the tunnel: the first of `virtual_ips`.
     pub virtual_ip: IpAddr,
-    /// The tunnel subnet; contains `virtual_ip` and every gateway's `virtual_ip`.
+    /// The tunnel subnet of `virtual_ip`'s family: the first of `subnets`.
     pub subnet: IpNet,
+    /// Every address of the agent inside the tunnel, as listed: one, or one IPv4 and one
+    /// IPv6 address (dual stack). Routes listen on each.
+    pub virtual_ips: Vec<IpAddr>,
+    /// The tunnel subnets, one per address of `virtual_ips` and in the same order; each
+    /// contains its address and every gateway `virtual_ip` of its family.
+    pub subnets: Vec<IpNet>,
     /// Local UDP port, 0 for any.
     pub listen_port: u16,
     /// MTU of the virtual interface.
@@ -266,6 +272,24 @@ impl Config {
         let raw: raw::RawAdminOnly =
             toml::from_str(&text).map_err(|e| syntax_error(path, &text, &e))?;
         admin_listen(path, raw.admin.listen.as_deref(), raw.admin.allow_remote)
+    }
+}
+
+impl AgentConfig {
+    /// The tunnel subnet of `ip`'s family, if the agent has an address of that family.
+    pub fn subnet_for(&self, ip: IpAddr) -> Option<IpNet> {
+        self.subnets
+            .iter()
+            .copied()
+            .find(|net| net.addr().is_ipv4() == ip.is_ipv4())
+    }
+
+    /// The agent's address of `ip`'s family, if it has one.
+    pub fn virtual_ip_for(&self, ip: IpAddr) -> Option<IpAddr> {
+        self.virtual_ips
+            .iter()
+            .copied()
+            .find(|own| own.is_ipv4() == ip.is_ipv4())
     }
 }
 

@@ -23,7 +23,7 @@ mod upkeep;
 
 use std::collections::BTreeMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -52,6 +52,10 @@ pub struct ManagerConfig {
     pub private_key: PrivateKey,
     /// The agent's virtual IP inside the tunnel.
     pub virtual_ip: IpAddr,
+    /// A second virtual IP, of the other IP family (dual stack: one IPv4 and one IPv6
+    /// address). Listeners accept on both; outbound traffic leaves from the address of the
+    /// destination's family.
+    pub second_virtual_ip: Option<IpAddr>,
     /// Local UDP port (0: any).
     pub listen_port: u16,
     /// The tunnel MTU (IP packets inside WireGuard).
@@ -74,6 +78,7 @@ impl ManagerConfig {
         Self {
             private_key,
             virtual_ip,
+            second_virtual_ip: None,
             listen_port: 0,
             mtu: 1420,
             gateways: Vec::new(),
@@ -221,14 +226,15 @@ pub struct Manager {
 impl std::fmt::Debug for Manager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Manager")
-            .field("virtual_ip", &self.inner.virtual_ip)
+            .field("virtual_ips", &self.inner.virtual_ips)
             .finish_non_exhaustive()
     }
 }
 
 /// State shared by the handle and the tasks.
 pub(crate) struct Inner {
-    pub(crate) virtual_ip: IpAddr,
+    /// The agent's addresses: the primary one first, then one of the other family.
+    pub(crate) virtual_ips: Vec<IpAddr>,
     pub(crate) probe_after: Duration,
     pub(crate) probe_timeout: Duration,
     drain_timeout: Duration,
@@ -460,7 +466,11 @@ impl Manager {
     pub async fn start(config: ManagerConfig) -> Result<Self, ManagerError> {
         check_unique(&config.gateways)?;
         let mut stack_config = config.netstack.clone();
-        stack_config.addresses = vec![config.virtual_ip];
+        let virtual_ips: Vec<IpAddr> = std::iter::once(config.virtual_ip)
+            .chain(config.second_virtual_ip)
+            .collect();
+        // netstack refuses two addresses of one family (ManagerError::Netstack).
+        stack_config.addresses = virtual_ips.clone();
         stack_config.path_mtu = usize::from(config.mtu);
         let netstack = Netstack::new(stack_config)?;
         let sockets =
@@ -477,7 +487,7 @@ impl Manager {
         let (shutdown, _) = watch::channel(false);
         let (failure, _) = watch::channel(None);
         let inner = Arc::new(Inner {
-            virtual_ip: config.virtual_ip,
+            virtual_ips: virtual_ips.clone(),
             probe_after: config.probe_after,
             probe_timeout: config.probe_timeout,
             drain_timeout: config.drain_timeout,
@@ -496,7 +506,7 @@ impl Manager {
         });
         let manager = Self { inner };
         let local = manager.inner.sockets.local_addrs();
-        tracing::info!(virtual_ip = %config.virtual_ip, udp = ?local, "device up");
+        tracing::info!(virtual_ips = ?virtual_ips, udp = ?local, "device up");
         let resolved = resolve_all(&manager.inner, &config.gateways).await;
         manager.apply_gateways(config.gateways, resolved).await;
         let inner = &manager.inner;
@@ -611,16 +621,13 @@ impl Manager {
         found
     }
 
-    /// A TCP listener on `virtual_ip:port` (the seed's `GetListener`). It stops accepting
-    /// when [`close`](Self::close) begins.
+    /// A TCP listener on `port` of every virtual IP (the seed's `GetListener`). It stops
+    /// accepting when [`close`](Self::close) begins.
     pub fn listen(&self, port: u16) -> io::Result<Listener> {
         if self.inner.is_closing() {
             return Err(listener::closing_error());
         }
-        let listener = self
-            .inner
-            .netstack
-            .listen(SocketAddr::new(self.inner.virtual_ip, port))?;
+        let listener = self.inner.netstack.listen(self.bind_addr(port))?;
         Ok(Listener::new(listener, self.inner.closing.subscribe()))
     }
 
@@ -639,9 +646,17 @@ impl Manager {
         if self.inner.is_closing() {
             return Err(listener::closing_error());
         }
-        self.inner
-            .netstack
-            .bind_udp(SocketAddr::new(self.inner.virtual_ip, 0))
+        self.inner.netstack.bind_udp(self.bind_addr(0))
+    }
+
+    /// The local address that covers `port` on every virtual IP: the virtual IP itself when
+    /// there is one, the unspecified address (all of the stack's addresses) with two. A
+    /// connection accepted there knows its own address (`TcpStream::local_addr`).
+    pub fn bind_addr(&self, port: u16) -> SocketAddr {
+        match self.inner.virtual_ips.as_slice() {
+            [only] => SocketAddr::new(*only, port),
+            _ => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
+        }
     }
 
     /// ICMP echo to `ip` through the tunnel; the round-trip time.
@@ -654,9 +669,15 @@ impl Manager {
         &self.inner.netstack
     }
 
-    /// The agent's virtual IP.
+    /// The agent's (first) virtual IP.
     pub fn virtual_ip(&self) -> IpAddr {
-        self.inner.virtual_ip
+        // Never empty: built from `ManagerConfig::virtual_ip` and an optional second one.
+        self.inner.virtual_ips[0]
+    }
+
+    /// Every virtual IP of the agent, the first one first (one, or one per IP family).
+    pub fn virtual_ips(&self) -> &[IpAddr] {
+        &self.inner.virtual_ips
     }
 
     /// The agent's public key.

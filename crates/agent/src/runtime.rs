@@ -81,6 +81,13 @@ pub async fn run_with(
         public_key = %agent.manager().public_key(),
         listen_port = agent.listen_port(),
         virtual_ip = %agent.manager().virtual_ip(),
+        virtual_ips = %agent
+            .manager()
+            .virtual_ips()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
         "agent started"
     );
     let (admin_stop, admin_stopped) = watch::channel(false);
@@ -130,7 +137,7 @@ pub async fn run_with(
                 anyhow::bail!("{reason}: exiting so the service manager restarts the agent");
             }
             _ = hangup.recv() => {
-                sd_notify("RELOADING=1");
+                sd_notify(&reloading_message());
                 // Preparing changes nothing, so a SIGTERM may cut it short.
                 let prepared = tokio::select! {
                     prepared = agent.prepare_reload() => prepared,
@@ -229,6 +236,12 @@ impl Accept for VipListener {
     fn local_addr(&self) -> Option<SocketAddr> {
         Some(self.0.local_addr())
     }
+
+    /// On a dual-stack agent the listener is a wildcard: the stream knows which virtual IP
+    /// the client reached.
+    fn connection_local_addr(&self, stream: &VipStream) -> Option<SocketAddr> {
+        Some(stream.0.local_addr())
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -255,6 +268,7 @@ pub fn gateway_spec(g: &GatewayConfig) -> GatewaySpec {
 /// The Manager's configuration from the agent's.
 pub fn manager_config(config: &Config) -> ManagerConfig {
     let mut m = ManagerConfig::new(config.agent.private_key.clone(), config.agent.virtual_ip);
+    m.second_virtual_ip = config.agent.virtual_ips.get(1).copied();
     m.listen_port = config.agent.listen_port;
     m.mtu = config.agent.mtu;
     m.gateways = config.gateways.iter().map(gateway_spec).collect();
@@ -532,7 +546,9 @@ impl Agent {
             .collect();
         let manager = &self.inner.manager;
         let agent = AgentStatus::new(manager.public_key().to_base64(), self.listen_port());
-        StatusSnapshot::new(manager.virtual_ip(), gateways, routes).with_agent(agent)
+        StatusSnapshot::new(manager.virtual_ip(), gateways, routes)
+            .with_virtual_ips(manager.virtual_ips().to_vec())
+            .with_agent(agent)
     }
 
     /// The local UDP port in use (the configured one, or the one the system picked).
@@ -613,12 +629,28 @@ pub fn disable_core_dumps() -> io::Result<()> {
     nix::sys::prctl::set_dumpable(false).map_err(io::Error::from)
 }
 
+/// The reload notice: systemd (253 and later) wants `MONOTONIC_USEC` beside `RELOADING=1`, the
+/// `CLOCK_MONOTONIC` time the reload began, to tell this reload from an earlier one.
+fn reloading_message() -> String {
+    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
+        Ok(now) => {
+            let usec = now.tv_sec() as u64 * 1_000_000 + now.tv_nsec() as u64 / 1_000;
+            format!("RELOADING=1\nMONOTONIC_USEC={usec}")
+        }
+        Err(_) => "RELOADING=1".to_owned(),
+    }
+}
+
 /// Tells systemd (`Type=notify`) about readiness when `NOTIFY_SOCKET` is set.
 fn sd_notify(state: &str) {
+    if let Some(path) = std::env::var_os("NOTIFY_SOCKET") {
+        sd_notify_to(&path, state);
+    }
+}
+
+/// Sends `state` to the notification socket at `path` (a leading `@` names an abstract socket).
+fn sd_notify_to(path: &std::ffi::OsStr, state: &str) {
     use std::os::unix::net::UnixDatagram;
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
     let Ok(socket) = UnixDatagram::unbound() else {
         return;
     };
@@ -628,10 +660,35 @@ fn sd_notify(state: &str) {
         std::os::unix::net::SocketAddr::from_abstract_name(name)
             .and_then(|addr| socket.send_to_addr(state.as_bytes(), &addr))
     } else {
-        socket.send_to(state.as_bytes(), &path)
+        socket.send_to(state.as_bytes(), path)
     };
     if let Err(error) = sent {
         tracing::debug!(%error, "sd_notify failed");
+    }
+}
+
+#[cfg(test)]
+mod notify_tests {
+    #[test]
+    fn the_reload_notice_carries_the_monotonic_time() {
+        let path = std::env::temp_dir().join(format!("wg-agent-notify-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).expect("bind");
+        let before = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("clock");
+        super::sd_notify_to(path.as_os_str(), &super::reloading_message());
+        let mut buf = [0u8; 256];
+        let n = socket.recv(&mut buf).expect("recv");
+        let _ = std::fs::remove_file(&path);
+        let text = std::str::from_utf8(&buf[..n]).expect("utf-8");
+        let mut lines = text.lines();
+        assert_eq!(lines.next(), Some("RELOADING=1"));
+        let usec: u64 = lines
+            .next()
+            .and_then(|l| l.strip_prefix("MONOTONIC_USEC="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no MONOTONIC_USEC in {text:?}"));
+        let before_usec = before.tv_sec() as u64 * 1_000_000 + before.tv_nsec() as u64 / 1_000;
+        assert!(usec >= before_usec, "{usec} is before {before_usec}");
     }
 }
 

@@ -20,8 +20,13 @@ pub struct StatusSnapshot {
     /// of `wg show`. `None` in documents from agents older than this field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentStatus>,
-    /// The agent's virtual IP.
+    /// The agent's virtual IP (the first of `virtual_ips`).
     pub virtual_ip: IpAddr,
+    /// Every virtual IP of the agent: one, or one IPv4 and one IPv6 address (dual stack).
+    /// Empty in documents from agents older than this field: `virtual_ip` is then the only
+    /// one (see [`StatusSnapshot::addresses`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub virtual_ips: Vec<IpAddr>,
     /// One entry per configured gateway, in config order.
     pub gateways: Vec<GatewayStatus>,
     /// One entry per route.
@@ -34,8 +39,28 @@ impl StatusSnapshot {
         Self {
             agent: None,
             virtual_ip,
+            virtual_ips: vec![virtual_ip],
             gateways,
             routes,
+        }
+    }
+
+    /// The same document with every virtual IP of the agent (the first one stays
+    /// `virtual_ip`). An empty list is ignored.
+    pub fn with_virtual_ips(mut self, virtual_ips: Vec<IpAddr>) -> Self {
+        if let Some(first) = virtual_ips.first() {
+            self.virtual_ip = *first;
+            self.virtual_ips = virtual_ips;
+        }
+        self
+    }
+
+    /// Every virtual IP of the agent, also from a document that predates `virtual_ips`.
+    pub fn addresses(&self) -> Vec<IpAddr> {
+        if self.virtual_ips.is_empty() {
+            vec![self.virtual_ip]
+        } else {
+            self.virtual_ips.clone()
         }
     }
 
@@ -151,6 +176,7 @@ impl StatusSnapshot {
                 .collect(),
             config.routes.iter().map(RouteStatus::from_config).collect(),
         )
+        .with_virtual_ips(config.agent.virtual_ips.clone())
     }
 }
 
@@ -211,6 +237,7 @@ mod tests {
             json,
             serde_json::json!({
                 "virtual_ip": "10.1.0.100",
+                "virtual_ips": ["10.1.0.100"],
                 "gateways": [{"id": "gw1", "name": "gateway-tokyo", "public_key": "pk",
                     "endpoint": "192.0.2.1:51820", "state": "up",
                     "last_handshake_unix": 1_764_000_000u64, "rx_bytes": 1, "tx_bytes": 2}],
@@ -229,5 +256,27 @@ mod tests {
         );
         let back: StatusSnapshot = serde_json::from_value(json).unwrap();
         assert_eq!(back, s);
+    }
+
+    #[test]
+    fn dual_stack_lists_every_address_and_keeps_virtual_ip() {
+        let v4: IpAddr = "10.1.0.100".parse().unwrap();
+        let v6: IpAddr = "fd00::100".parse().unwrap();
+        let s = StatusSnapshot::new(v4, Vec::new(), Vec::new()).with_virtual_ips(vec![v4, v6]);
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["virtual_ip"], "10.1.0.100", "the old field stays");
+        assert_eq!(
+            json["virtual_ips"],
+            serde_json::json!(["10.1.0.100", "fd00::100"])
+        );
+        assert_eq!(s.addresses(), [v4, v6]);
+
+        // A document from an agent that predates the list still has its one address.
+        let old: StatusSnapshot = serde_json::from_value(
+            serde_json::json!({"virtual_ip": "10.1.0.100", "gateways": [], "routes": []}),
+        )
+        .unwrap();
+        assert!(old.virtual_ips.is_empty());
+        assert_eq!(old.addresses(), [v4]);
     }
 }

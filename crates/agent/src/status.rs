@@ -155,7 +155,13 @@ pub fn render_table(status: &StatusSnapshot, now_unix: u64) -> String {
         let _ = writeln!(out, "  public key: {}", agent.public_key);
         let _ = writeln!(out, "  listening port: {}", agent.listen_port);
     }
-    let _ = writeln!(out, "  virtual ip: {}", status.virtual_ip);
+    let addresses: Vec<String> = status.addresses().iter().map(ToString::to_string).collect();
+    let label = if addresses.len() > 1 {
+        "virtual ips"
+    } else {
+        "virtual ip"
+    };
+    let _ = writeln!(out, "  {label}: {}", addresses.join(", "));
     let up = status
         .gateways
         .iter()
@@ -359,6 +365,15 @@ PORT  PROTOCOL  UPSTREAM
         assert!(
             text.starts_with("agent:\n  virtual ip: 10.1.0.100\n  gateways: 0 (0 up)\n"),
             "a document without the agent section (an older agent) still renders: {text}"
+        );
+        let dual = empty.with_virtual_ips(vec![
+            "10.1.0.100".parse().unwrap(),
+            "fd00::100".parse().unwrap(),
+        ]);
+        let text = render_table(&dual, 0);
+        assert!(
+            text.starts_with("agent:\n  virtual ips: 10.1.0.100, fd00::100\n"),
+            "{text}"
         );
     }
 }

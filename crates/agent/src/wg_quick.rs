@@ -2,7 +2,8 @@
 //! config, and the test that tells such a file from an agent config.
 //!
 //! The mapping (docs/migrating-from-wg-quick.md has the table):
-//! - `[Interface]`: the first `Address` gives `virtual_ip` and `subnet`; `PrivateKey` is
+//! - `[Interface]`: the first `Address` of each IP family gives `virtual_ip` and `subnet`
+//!   (a list when there is one of each: dual stack; further ones are noted); `PrivateKey` is
 //!   written inline or, with a key file, as `private_key_file`; `ListenPort` and `MTU` carry
 //!   over; `DNS`, `Table`, `PreUp`, `PostUp`, `PreDown`, `PostDown`, `SaveConfig` and `FwMark`
 //!   have no meaning for a userspace agent and are named as ignored.
@@ -166,19 +167,30 @@ pub fn import(text: &str, options: &ImportOptions) -> Result<Imported, ImportErr
             message: format!("not a WireGuard key: {reason} (value not shown)"),
         })?;
     let addresses = interface_addresses(&interface)?;
-    let Some((virtual_ip, address_net)) = addresses.first().copied() else {
+    // The first address of each family, the very first one leading (it becomes the
+    // config's `virtual_ip`, or the first of its list).
+    let mut chosen: Vec<(IpAddr, IpNet)> = Vec::with_capacity(2);
+    for &(ip, net) in &addresses {
+        match chosen.iter().find(|(c, _)| c.is_ipv4() == ip.is_ipv4()) {
+            None => chosen.push((ip, net)),
+            Some((kept, _)) if *kept == ip => {}
+            Some((kept, _)) => notes.push(format!(
+                "Address {ip}/{}: not imported (the agent takes one address per IP family, {kept})",
+                net.prefix_len()
+            )),
+        }
+    }
+    if chosen.is_empty() {
         return Err(ImportError::Missing {
             section: "[Interface]".into(),
             field: "Address",
         });
-    };
-    for (ip, net) in addresses.iter().skip(1) {
-        notes.push(format!(
-            "Address {ip}/{}: not imported (the agent takes one virtual IP, {virtual_ip})",
-            net.prefix_len()
-        ));
     }
-    let subnet = agent_subnet(virtual_ip, address_net, &peers, &mut notes);
+    let virtual_ips: Vec<IpAddr> = chosen.iter().map(|(ip, _)| *ip).collect();
+    let subnets: Vec<IpNet> = chosen
+        .iter()
+        .map(|&(ip, net)| agent_subnet(ip, net, &peers, &mut notes))
+        .collect();
     let listen_port = number::<u16>(&interface, "ListenPort")?;
     let mtu = number::<u16>(&interface, "MTU")?;
     for field in &interface.fields {
@@ -232,8 +244,8 @@ pub fn import(text: &str, options: &ImportOptions) -> Result<Imported, ImportErr
             );
         }
     }
-    let _ = writeln!(out, "virtual_ip = {}", quote(&virtual_ip.to_string()));
-    let _ = writeln!(out, "subnet = {}", quote(&subnet.to_string()));
+    let _ = writeln!(out, "virtual_ip = {}", one_or_list(&virtual_ips));
+    let _ = writeln!(out, "subnet = {}", one_or_list(&subnets));
     if let Some(port) = listen_port {
         let _ = writeln!(out, "listen_port = {port}");
     }
@@ -243,12 +255,12 @@ pub fn import(text: &str, options: &ImportOptions) -> Result<Imported, ImportErr
 
     // [Peer] -> [[gateways]]
     let mut ids = BTreeSet::new();
-    let mut vips: BTreeSet<IpAddr> = BTreeSet::from([virtual_ip]);
+    let mut vips: BTreeSet<IpAddr> = virtual_ips.iter().copied().collect();
     let mut gateways = 0;
     let mut inline_psk = false;
     for (index, peer) in peers.iter().enumerate() {
         let section = format!("[Peer] #{} (line {})", index + 1, peer.line);
-        let Some(gateway) = peer_gateway(peer, &section, subnet, &mut vips, &mut notes)? else {
+        let Some(gateway) = peer_gateway(peer, &section, &subnets, &mut vips, &mut notes)? else {
             continue;
         };
         gateways += 1;
@@ -479,7 +491,7 @@ struct Gateway {
 fn peer_gateway(
     peer: &Section,
     section: &str,
-    subnet: IpNet,
+    subnets: &[IpNet],
     vips: &mut BTreeSet<IpAddr>,
     notes: &mut Vec<String>,
 ) -> Result<Option<Gateway>, ImportError> {
@@ -529,20 +541,26 @@ fn peer_gateway(
         let max = if n.addr().is_ipv4() { 32 } else { 128 };
         (n.prefix_len() == max).then(|| n.addr())
     };
+    // The first host route inside one of the agent's subnets, in file order: with dual
+    // stack, the gateway's probe then uses the family its AllowedIPs name first.
     let single = allowed_ips
         .iter()
         .filter_map(host)
-        .find(|ip| subnet.contains(*ip) && !vips.contains(ip));
+        .find(|ip| subnets.iter().any(|n| n.contains(*ip)) && !vips.contains(ip));
     let virtual_ip = match single {
         Some(ip) => ip,
         None => {
+            // The leading address's subnet (never empty: the caller has an address).
+            let subnet = subnets[0];
             let guess = first_free_host(subnet, vips).ok_or_else(|| ImportError::Invalid {
                 line: peer.line,
                 field: "AllowedIPs".into(),
                 message: format!("no free address left in subnet {subnet} for this gateway"),
             })?;
+            let inside: Vec<String> = subnets.iter().map(ToString::to_string).collect();
             notes.push(format!(
-                "{section}: virtual_ip {guess} is a guess (no /32 AllowedIPs inside {subnet}): set it to the gateway's address in the tunnel, the liveness probe pings it"
+                "{section}: virtual_ip {guess} is a guess (no /32 AllowedIPs inside {}): set it to the gateway's address in the tunnel, the liveness probe pings it",
+                inside.join(" or ")
             ));
             guess
         }
@@ -670,6 +688,15 @@ fn shown_key(key: &str) -> String {
     }
 }
 
+/// One value as a TOML string, several as a list of strings.
+fn one_or_list<T: ToString>(items: &[T]) -> String {
+    let quoted: Vec<String> = items.iter().map(|i| quote(&i.to_string())).collect();
+    match quoted.as_slice() {
+        [one] => one.clone(),
+        _ => format!("[{}]", quoted.join(", ")),
+    }
+}
+
 /// A TOML basic string (JSON's escaping is valid TOML).
 fn quote(text: &str) -> String {
     serde_json::to_string(text).unwrap_or_else(|_| "\"\"".into())
@@ -703,6 +730,18 @@ mod tests {
         let c = valid(&out.toml);
         assert_eq!(c.agent.virtual_ip.to_string(), "10.1.0.100");
         assert_eq!(c.agent.subnet.to_string(), "10.1.0.0/24");
+        assert_eq!(
+            c.agent.virtual_ips,
+            [c.agent.virtual_ip, "fd00::100".parse().unwrap()],
+            "both families carried"
+        );
+        assert_eq!(c.agent.subnets[1].to_string(), "fd00::/64");
+        assert!(
+            out.toml
+                .contains("virtual_ip = [\"10.1.0.100\", \"fd00::100\"]\nsubnet = [\"10.1.0.0/24\", \"fd00::/64\"]\n"),
+            "{}",
+            out.toml.as_str()
+        );
         assert_eq!(c.agent.listen_port, 51821);
         assert_eq!(c.agent.mtu, 1380);
         assert_eq!(c.agent.private_key.to_base64_secret().as_str(), AGENT);
@@ -725,8 +764,8 @@ mod tests {
         );
         assert_eq!(g2.persistent_keepalive, 25);
         let notes = out.notes.join("\n");
+        assert!(!notes.contains("not imported"), "{notes}");
         for expected in [
-            "fd00::100/64: not imported",
             "DNS ignored",
             "PostUp ignored",
             "Table ignored",
@@ -745,6 +784,82 @@ mod tests {
         assert!(
             !notes.contains("iptables"),
             "ignored values are not repeated"
+        );
+    }
+
+    #[test]
+    fn one_address_per_family_the_rest_named() {
+        // IPv6 first, a second IPv4 and a second IPv6 on another Address line.
+        let wg0 = format!(
+            "[Interface]\nPrivateKey = {AGENT}\nAddress = fd00::100/64, 10.1.0.100/24\n\
+             Address = 10.1.0.101/24, fd00::101/64\n\n\
+             [Peer]\nPublicKey = {GW1}\nEndpoint = 192.0.2.1:51820\n\
+             AllowedIPs = 10.1.0.1/32, fd00::1/128\n"
+        );
+        let out = import(&wg0, &ImportOptions::default()).unwrap();
+        let c = valid(&out.toml);
+        let ips: Vec<String> = c
+            .agent
+            .virtual_ips
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(ips, ["fd00::100", "10.1.0.100"], "file order leads");
+        let nets: Vec<String> = c.agent.subnets.iter().map(ToString::to_string).collect();
+        assert_eq!(nets, ["fd00::/64", "10.1.0.0/24"]);
+        let g = &c.gateways[0];
+        assert_eq!(
+            g.virtual_ip.to_string(),
+            "10.1.0.1",
+            "the first host route of the peer"
+        );
+        assert_eq!(g.allowed_ips.len(), 2, "the IPv6 route back is kept");
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let notes = out.notes.join("\n");
+        for expected in [
+            "Address 10.1.0.101/24: not imported (the agent takes one address per IP family, 10.1.0.100)",
+            "Address fd00::101/64: not imported (the agent takes one address per IP family, fd00::100)",
+        ] {
+            assert!(notes.contains(expected), "{expected:?} in\n{notes}");
+        }
+
+        // Single-family files are written exactly as before: plain strings.
+        let v4 =
+            format!("[Interface]\nPrivateKey = {AGENT}\nAddress = 10.1.0.100/24, 10.1.0.101/24\n");
+        let out = import(&v4, &ImportOptions::default()).unwrap();
+        assert!(
+            out.toml
+                .contains("virtual_ip = \"10.1.0.100\"\nsubnet = \"10.1.0.0/24\"\n"),
+            "{}",
+            out.toml.as_str()
+        );
+        assert!(
+            out.notes
+                .join("\n")
+                .contains("Address 10.1.0.101/24: not imported")
+        );
+    }
+
+    #[test]
+    fn dual_stack_host_addresses_guess_a_subnet_per_family() {
+        let wg0 = format!(
+            "[Interface]\nPrivateKey = {AGENT}\nAddress = 10.8.0.5/32, fd08::5/128\n\n\
+             [Peer]\nPublicKey = {GW1}\nEndpoint = 203.0.113.7:51820\nAllowedIPs = 0.0.0.0/0, ::/0\n"
+        );
+        let out = import(&wg0, &ImportOptions::default()).unwrap();
+        let c = valid(&out.toml);
+        let nets: Vec<String> = c.agent.subnets.iter().map(ToString::to_string).collect();
+        assert_eq!(nets, ["10.8.0.0/24", "fd08::/64"]);
+        assert_eq!(c.gateways[0].virtual_ip.to_string(), "10.8.0.1");
+        let notes = out.notes.join("\n");
+        assert!(
+            notes.contains("subnet 10.8.0.0/24 is a guess")
+                && notes.contains("subnet fd08::/64 is a guess"),
+            "{notes}"
+        );
+        assert!(
+            notes.contains("no /32 AllowedIPs inside 10.8.0.0/24 or fd08::/64"),
+            "{notes}"
         );
     }
 

@@ -14,7 +14,7 @@ use common::{
     udp_port,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use wg_core::PrivateKey;
+use wg_core::{IpNet, PrivateKey};
 
 async fn echo_roundtrip(from: &Manager, to: SocketAddr, payload: &[u8]) {
     let mut stream = tokio::time::timeout(Duration::from_secs(10), from.dial_tcp(to))
@@ -382,4 +382,130 @@ async fn close_gives_up_on_a_connection_that_never_ends() {
         .expect("a second close returns");
     drop(idle);
     gw.close_within(Duration::ZERO).await;
+}
+
+/// Answers each connection on the agent's `port` with the address the client reached.
+fn serve_local_addr(manager: &Manager, port: u16) {
+    let listener = manager.listen(port).expect("listen on the virtual IPs");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let reached = stream.local_addr().to_string();
+            let _ = stream.write_all(reached.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        }
+    });
+}
+
+async fn reached(from: &Manager, to: SocketAddr) -> String {
+    let mut stream = tokio::time::timeout(Duration::from_secs(10), from.dial_tcp(to))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    let mut got = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut got))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_stack_agent_listens_on_both_addresses() {
+    let agent_key = PrivateKey::generate();
+    let gw_key = PrivateKey::generate();
+    let agent4 = IpAddr::from(AGENT_VIP);
+    let agent6: IpAddr = "fd00::100".parse().expect("address");
+    let gw6: IpAddr = "fd00::1".parse().expect("address");
+    let mut gw_config = gateway_config(&gw_key, GW_VIP, &agent_key);
+    gw_config.second_virtual_ip = Some(gw6);
+    gw_config.gateways[0].allowed_ips.push(IpNet::host(agent6));
+    let gw = Manager::start(gw_config).await.expect("gateway starts");
+    let mut config = agent_config(&agent_key, &gw_key, &gw);
+    config.second_virtual_ip = Some(agent6);
+    config.gateways[0].allowed_ips.push(IpNet::host(gw6));
+    let agent = Manager::start(config).await.expect("agent starts");
+    assert_eq!(agent.virtual_ips(), [agent4, agent6]);
+    assert_eq!(agent.virtual_ip(), agent4);
+    serve_local_addr(&agent, 80);
+
+    // One listener, both families; each connection knows which address it reached.
+    assert_eq!(
+        reached(&gw, SocketAddr::new(agent6, 80)).await,
+        "[fd00::100]:80"
+    );
+    assert_eq!(
+        reached(&gw, SocketAddr::new(agent4, 80)).await,
+        "10.1.0.100:80"
+    );
+    // Outbound: each family leaves from the agent's address of that family.
+    serve_local_addr(&gw, 7);
+    assert_eq!(
+        reached(&agent, SocketAddr::new(gw6, 7)).await,
+        "[fd00::1]:7"
+    );
+    assert_eq!(
+        reached(&agent, SocketAddr::new(IpAddr::from(GW_VIP), 7)).await,
+        "10.1.0.1:7"
+    );
+    // ICMPv6 echo (the liveness probe of a gateway whose virtual IP is IPv6).
+    agent
+        .ping(gw6, Duration::from_secs(5))
+        .await
+        .expect("ICMPv6 echo answered");
+    // UDP from one socket to both families.
+    let udp = agent.dial_udp().expect("udp socket on every address");
+    let gw_udp = gw
+        .netstack()
+        .bind_udp(SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 5353))
+        .expect("gateway udp");
+    for to in [gw6, IpAddr::from(GW_VIP)] {
+        udp.send_to(b"ping", SocketAddr::new(to, 5353))
+            .await
+            .expect("send");
+        let mut buf = [0u8; 16];
+        let (n, from) = tokio::time::timeout(Duration::from_secs(10), gw_udp.recv_from(&mut buf))
+            .await
+            .expect("datagram in time")
+            .expect("recv");
+        assert_eq!(&buf[..n], b"ping");
+        assert_eq!(
+            from.ip(),
+            if to.is_ipv6() { agent6 } else { agent4 },
+            "source of the destination's family"
+        );
+    }
+    agent.close().await;
+    gw.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_stack_listener_keeps_its_address() {
+    let agent_key = PrivateKey::generate();
+    let gw_key = PrivateKey::generate();
+    let gw = start_gateway(&gw_key, GW_VIP, &agent_key).await;
+    let agent = Manager::start(agent_config(&agent_key, &gw_key, &gw))
+        .await
+        .expect("agent starts");
+    assert_eq!(agent.virtual_ips(), [IpAddr::from(AGENT_VIP)]);
+    let listener = agent.listen(80).expect("listen");
+    assert_eq!(
+        listener.local_addr(),
+        "10.1.0.100:80".parse().expect("address")
+    );
+    drop(listener);
+    agent.close().await;
+    gw.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_virtual_ips_of_one_family_are_refused() {
+    let mut config = ManagerConfig::new(PrivateKey::generate(), IpAddr::from(AGENT_VIP));
+    config.second_virtual_ip = Some(IpAddr::from([10, 1, 0, 101]));
+    let error = Manager::start(config)
+        .await
+        .expect_err("one address per family");
+    assert!(
+        error.to_string().contains("at most one per IP family"),
+        "{error}"
+    );
 }

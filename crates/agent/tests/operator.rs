@@ -248,8 +248,11 @@ fn import_writes_a_config_that_passes_check() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let toml = text(&out.stdout);
     let notes = text(&out.stderr);
+    assert!(
+        toml.contains("virtual_ip = [\"10.1.0.100\", \"fd00:1::100\"]"),
+        "both addresses carried (dual stack): {toml}"
+    );
     for expected in [
-        "fd00:1::100/64: not imported",
         "DNS ignored",
         "Table ignored",
         "PostUp ignored",
@@ -268,6 +271,12 @@ fn import_writes_a_config_that_passes_check() {
     assert_eq!(out.status.code(), Some(0), "{}\n{toml}", text(&out.stderr));
     assert!(
         text(&out.stderr).contains("ok (2 gateways, 1 route"),
+        "{}",
+        text(&out.stderr)
+    );
+    // No peer routes IPv6 back: `check` says so.
+    assert!(
+        text(&out.stderr).contains("no gateway has an IPv6 prefix in allowed_ips"),
         "{}",
         text(&out.stderr)
     );

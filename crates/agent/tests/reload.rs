@@ -137,6 +137,50 @@ async fn restart_only_settings_stay_reported_until_a_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_address_family_waits_for_a_restart_like_virtual_ip() {
+    let (s, gw) = setup().await;
+    let agent = start(&s, &s.text(&s.agent_key, "", &[80], "")).await;
+    let dual = s
+        .text(&s.agent_key, "", &[80], "")
+        .replace(
+            "virtual_ip = \"10.1.0.100\"",
+            "virtual_ip = [\"10.1.0.100\", \"fd00::100\"]",
+        )
+        .replace(
+            "subnet = \"10.1.0.0/24\"",
+            "subnet = [\"10.1.0.0/24\", \"fd00::/64\"]",
+        );
+    assert!(dual.contains("fd00::100"), "{dual}");
+    s.write(&dual);
+    for round in 0..2 {
+        let changes = agent.reload().await.expect("reload");
+        // (Each `Setup::text` also names a fresh `[uapi] name`, restart-only as well.)
+        for field in ["agent.virtual_ip", "agent.subnet"] {
+            assert!(
+                changes.needs_restart.contains(&field),
+                "round {round}: `{field}` not reported as needing a restart: {changes}"
+            );
+        }
+    }
+    let running = ["10.1.0.100".parse::<std::net::IpAddr>().expect("address")];
+    assert_eq!(agent.manager().virtual_ips(), running);
+    assert_eq!(
+        agent.snapshot().virtual_ips,
+        running,
+        "/status shows what runs"
+    );
+    assert_eq!(
+        agent.config().agent.virtual_ips,
+        running,
+        "stored as applied"
+    );
+    let resp = http_get(&gw, 80, "/after").await.expect("route 80");
+    assert!(resp.ends_with("app:/after"), "{resp}");
+    agent.stop().await;
+    gw.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tracker_settings_are_applied_or_reported() {
     let (s, gw) = setup().await;
     let agent = start(

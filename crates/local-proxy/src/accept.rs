@@ -52,6 +52,14 @@ pub trait Accept: Send {
     fn local_addr(&self) -> Option<SocketAddr> {
         None
     }
+
+    /// The address `stream` was accepted on: by default [`local_addr`](Self::local_addr). A
+    /// listener on several addresses (a wildcard, or one address per IP family) returns the
+    /// connection's own, so a PROXY header names the address the client really reached.
+    fn connection_local_addr(&self, stream: &Self::Stream) -> Option<SocketAddr> {
+        let _ = stream;
+        self.local_addr()
+    }
 }
 
 impl Accept for tokio::net::TcpListener {
@@ -66,6 +74,14 @@ impl Accept for tokio::net::TcpListener {
 
     fn local_addr(&self) -> Option<SocketAddr> {
         tokio::net::TcpListener::local_addr(self).ok()
+    }
+
+    /// The address the client reached (a listener on `0.0.0.0` or `[::]` has many).
+    fn connection_local_addr(&self, stream: &Self::Stream) -> Option<SocketAddr> {
+        stream
+            .local_addr()
+            .ok()
+            .or_else(|| Accept::local_addr(self))
     }
 }
 
@@ -89,7 +105,7 @@ pub(crate) async fn accept_loop<A, F>(
     mut start: F,
 ) where
     A: Accept,
-    F: FnMut(A::Stream, SocketAddr, crate::tracker::ConnGuard),
+    F: FnMut(A::Stream, SocketAddr, Option<SocketAddr>, crate::tracker::ConnGuard),
 {
     let mut signal = tracker.signal();
     loop {
@@ -100,7 +116,10 @@ pub(crate) async fn accept_loop<A, F>(
         };
         match accepted {
             Ok(Some((stream, peer))) => match tracker.try_admit() {
-                Some(guard) => start(stream, peer, guard),
+                Some(guard) => {
+                    let local = listener.connection_local_addr(&stream);
+                    start(stream, peer, local, guard);
+                }
                 None => {
                     metrics.connection_rejected();
                     tracing::debug!(%peer, "connection refused: max_connections reached");

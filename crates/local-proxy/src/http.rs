@@ -152,7 +152,7 @@ impl HttpProxy {
             listener,
             tracker,
             &self.inner.metrics,
-            |stream, peer, guard| {
+            |stream, peer, _local, guard| {
                 let this = self.clone();
                 let signal = tracker.signal();
                 tokio::spawn(async move { this.run(stream, peer, guard, signal).await });

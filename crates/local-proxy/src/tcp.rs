@@ -56,19 +56,18 @@ impl TcpForwarder {
     }
 
     /// Accept from `listener` until it closes or `tracker` begins shutdown, forwarding each
-    /// connection in its own task. The listener's [`Accept::local_addr`] is the PROXY header's
-    /// destination.
+    /// connection in its own task. The listener's [`Accept::connection_local_addr`] is the
+    /// PROXY header's destination.
     pub async fn serve<A>(&self, listener: A, tracker: &ConnectionTracker)
     where
         A: Accept,
         A::Stream: Abort,
     {
-        let local = listener.local_addr();
         accept_loop(
             listener,
             tracker,
             &self.inner.metrics,
-            |stream, peer, guard| {
+            |stream, peer, local, guard| {
                 let this = self.clone();
                 let (signal, budget) = (tracker.signal(), tracker.fd_budget().clone());
                 tokio::spawn(async move {

@@ -89,6 +89,37 @@ async fn proxy_v2_header_then_bytes_both_ways_with_half_close() {
 }
 
 #[tokio::test]
+async fn proxy_v2_destination_is_the_address_the_client_reached() {
+    // A listener on every address (as a dual-stack agent's virtual IPs are served): the
+    // header names the address of this connection, not the wildcard.
+    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_addr = upstream.local_addr().unwrap();
+    let (seen_tx, seen_rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = upstream.accept().await.unwrap();
+        seen_tx.send(read_proxy_v2(&mut s).await).unwrap();
+    });
+    let mut route = TcpRouteConfig::new(upstream_addr);
+    route.proxy_protocol = true;
+    let config = ProxyConfig::default();
+    let tracker = ConnectionTracker::new(&config);
+    let forwarder = TcpForwarder::new(route, &config);
+    let listener = TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn({
+        let (f, t) = (forwarder.clone(), tracker.clone());
+        async move { f.serve(listener, &t).await }
+    });
+    let reached = SocketAddr::from(([127, 0, 0, 1], port));
+    let _client = TcpStream::connect(reached).await.unwrap();
+    let (_, destination) = tokio::time::timeout(Duration::from_secs(10), seen_rx)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(destination, reached);
+}
+
+#[tokio::test]
 async fn refused_upstream_closes_the_client_and_counts() {
     let (addr, forwarder, _tracker) = start_forwarder(TcpRouteConfig::new(closed_port())).await;
     let mut client = TcpStream::connect(addr).await.unwrap();

@@ -64,6 +64,75 @@ fn interop_suite_get_post_256mib() {
     get_and_post("slg", 256 << 20, Duration::from_secs(120));
 }
 
+/// Dual stack inside the tunnel (issue 14): the gateway's wireguard-go interface has
+/// 10.1.0.1/24 and fd00::1/64, the agent `virtual_ip = ["10.1.0.100", "fd00::100"]`. curl in
+/// the gateway's namespace reaches the HTTP route over IPv6 (`http://[fd00::100]/`: a 1 MiB
+/// body, sha256 checked, and the client address the app sees is the gateway's IPv6 one) and
+/// still over IPv4; `/status` and `wg-agent status` list both addresses.
+#[test]
+fn interop_suite_dual_stack() {
+    testbed::require_gateway_prereqs!();
+    let topo = Topology::new_dual_stack("sds", 1).unwrap();
+    let agent = topo
+        .start_agent(
+            &[topo.gateway(0)],
+            AgentOptions {
+                dual_stack: true,
+                ..AgentOptions::default()
+            },
+        )
+        .unwrap();
+    let gw = &topo.sites[0].ns;
+    let url6 = |path: &str| format!("http://[{}]{path}", suite::AGENT_VIP6);
+    let max_time = Duration::from_secs(30);
+
+    let hello = client::get_text(gw, &url6("/hello"), max_time).unwrap();
+    assert_eq!(hello, "hello from the app\n");
+    let client6 = client::get_text(gw, &url6("/forwarded-for"), max_time).unwrap();
+    assert_eq!(
+        client6.trim(),
+        suite::gateway_vip6(0),
+        "the request came over IPv6"
+    );
+    let len = 1u64 << 20;
+    let down = client::get(gw, &url6(&format!("/blob/{len}/66")), max_time, &[]).unwrap();
+    assert_eq!(down.bytes, len);
+    assert_eq!(
+        down.sha256,
+        pattern_sha256(66, len),
+        "IPv6 download corrupted"
+    );
+    let up = client::post(gw, &url6("/upload"), 67, len, max_time).unwrap();
+    assert_eq!(up.sha256, pattern_sha256(67, len), "IPv6 upload corrupted");
+
+    // IPv4 on the same route still works.
+    let client4 = client::get_text(gw, &url("/forwarded-for"), max_time).unwrap();
+    assert_eq!(client4.trim(), suite::gateway_vip(0));
+
+    let status = agent.status_json().unwrap();
+    assert_eq!(
+        status["virtual_ip"],
+        suite::AGENT_VIP,
+        "the old field stays"
+    );
+    assert_eq!(
+        status["virtual_ips"],
+        serde_json::json!([suite::AGENT_VIP, suite::AGENT_VIP6])
+    );
+    let table = agent.status_table().unwrap();
+    assert!(
+        table.contains("virtual ips: 10.1.0.100, fd00::100"),
+        "{table}"
+    );
+    eprintln!(
+        "suite: dual stack: 1 MiB over IPv6 GET {:.2?} ({:.1} Mbit/s), POST {:.2?}",
+        down.elapsed,
+        mbit_per_s(len, down.elapsed),
+        up.elapsed
+    );
+    drop(agent);
+}
+
 /// Case 8: the agent's only listening sockets on its host (namespace) are its UDP socket, the
 /// admin endpoint on loopback and its WireGuard UAPI unix socket (for `wg show`; 0600, local
 /// only).
@@ -77,6 +146,7 @@ fn interop_suite_listening_sockets() {
             &[topo.gateway(0)],
             AgentOptions {
                 listen_port: Some(PORT),
+                ..AgentOptions::default()
             },
         )
         .unwrap();
@@ -553,6 +623,7 @@ fn interop_suite_garbage_during_download() {
             &[topo.gateway_via(0, tap.local_addr())],
             AgentOptions {
                 listen_port: Some(PORT),
+                ..AgentOptions::default()
             },
         )
         .unwrap();

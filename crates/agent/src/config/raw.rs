@@ -35,8 +35,8 @@ pub(crate) struct RawAgent {
     pub(crate) private_key_file: Option<String>,
     pub(crate) private_key_env: Option<String>,
     pub(crate) private_key_credential: Option<String>,
-    pub(crate) virtual_ip: String,
-    pub(crate) subnet: String,
+    pub(crate) virtual_ip: OneOrList,
+    pub(crate) subnet: OneOrList,
     #[serde(default)]
     pub(crate) listen_port: u16,
     #[serde(default = "default_mtu")]
@@ -59,6 +59,41 @@ impl std::fmt::Debug for RawAgent {
 impl Drop for RawAgent {
     fn drop(&mut self) {
         self.private_key.zeroize();
+    }
+}
+
+/// A value given as one string or as a list of strings (`virtual_ip = "10.1.0.100"` or
+/// `virtual_ip = ["10.1.0.100", "fd00::100"]`); validation checks the items.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OneOrList(pub(crate) Vec<String>);
+
+impl<'de> Deserialize<'de> for OneOrList {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = OneOrList;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or a list of strings")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<OneOrList, E> {
+                Ok(OneOrList(vec![value.to_owned()]))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<OneOrList, A::Error> {
+                // The length is checked by validation, with a message naming the field.
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<String>()? {
+                    items.push(item);
+                }
+                Ok(OneOrList(items))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
     }
 }
 

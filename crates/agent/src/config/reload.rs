@@ -52,11 +52,12 @@ impl ConfigChanges {
         c.log_changed = old.log != new.log;
         c.log_level_changed = old.log.level != new.log.level;
         let restart = [
+            // The whole list: adding or removing an address of one family is a change too.
             (
                 "agent.virtual_ip",
-                old.agent.virtual_ip != new.agent.virtual_ip,
+                old.agent.virtual_ips != new.agent.virtual_ips,
             ),
-            ("agent.subnet", old.agent.subnet != new.agent.subnet),
+            ("agent.subnet", old.agent.subnets != new.agent.subnets),
             (
                 "agent.listen_port",
                 old.agent.listen_port != new.agent.listen_port,
@@ -89,6 +90,8 @@ impl ConfigChanges {
         let mut applied = new.clone();
         applied.agent.virtual_ip = running.agent.virtual_ip;
         applied.agent.subnet = running.agent.subnet;
+        applied.agent.virtual_ips = running.agent.virtual_ips.clone();
+        applied.agent.subnets = running.agent.subnets.clone();
         applied.agent.listen_port = running.agent.listen_port;
         applied.agent.mtu = running.agent.mtu;
         applied.admin = running.admin.clone();
@@ -221,5 +224,31 @@ mod tests {
             "private key changed (every tunnel re-keys); routes changed; needs a restart to apply: agent.mtu, admin.listen"
         );
         assert!(!line.contains(&agent) && !line.contains(&other));
+    }
+
+    #[test]
+    fn a_new_address_family_is_restart_only_and_reported() {
+        let agent = PrivateKey::generate().to_base64_secret().to_string();
+        let old = config(&agent, &[], "");
+        let text = format!(
+            "[agent]\nprivate_key = \"{agent}\"\nvirtual_ip = [\"10.1.0.100\", \"fd00::100\"]\n\
+             subnet = [\"10.1.0.0/24\", \"fd00::/64\"]\n"
+        );
+        let new = Config::from_toml_with_env(&text, Path::new("agent.toml"), &|_| None).unwrap();
+        // The first address is the same: the list is what changed.
+        assert_eq!(old.agent.virtual_ip, new.agent.virtual_ip);
+        let c = ConfigChanges::between(&old, &new);
+        assert_eq!(c.needs_restart, ["agent.virtual_ip", "agent.subnet"]);
+        assert_eq!(
+            c.to_string(),
+            "needs a restart to apply: agent.virtual_ip, agent.subnet"
+        );
+        // Applied, the running addresses stay (and the next reload reports it again).
+        let applied = ConfigChanges::as_applied(&old, &new);
+        assert_eq!(applied.agent, old.agent);
+        assert_eq!(
+            ConfigChanges::between(&applied, &new).needs_restart,
+            ["agent.virtual_ip", "agent.subnet"]
+        );
     }
 }

@@ -934,3 +934,194 @@ fn uapi_name_rules() {
         "wg-agent"
     );
 }
+
+/// `[agent]` with `virtual_ip` and `subnet` given as raw TOML values.
+fn dual_agent(key: &str, virtual_ip: &str, subnet: &str) -> String {
+    agent_section(key)
+        .replace("\"10.1.0.100\"", virtual_ip)
+        .replace("\"10.1.0.0/24\"", subnet)
+}
+
+const DUAL_VIP: &str = r#"["10.1.0.100", "fd00::100"]"#;
+const DUAL_NET: &str = r#"["10.1.0.0/24", "fd00::/64"]"#;
+
+#[test]
+fn dual_stack_addresses_and_subnets() {
+    let k = key();
+    let c = parse(&(dual_agent(&k, DUAL_VIP, DUAL_NET) + &gateway("gw1", &public(), "10.1.0.1")))
+        .unwrap();
+    let v4: IpAddr = "10.1.0.100".parse().unwrap();
+    let v6: IpAddr = "fd00::100".parse().unwrap();
+    assert_eq!(c.agent.virtual_ips, [v4, v6]);
+    assert_eq!(c.agent.virtual_ip, v4, "the first address stays virtual_ip");
+    assert_eq!(c.agent.subnet.to_string(), "10.1.0.0/24");
+    let nets: Vec<String> = c.agent.subnets.iter().map(ToString::to_string).collect();
+    assert_eq!(nets, ["10.1.0.0/24", "fd00::/64"]);
+    assert_eq!(
+        c.agent.subnet_for("fd00::1".parse().unwrap()),
+        Some(c.agent.subnets[1])
+    );
+    assert_eq!(c.agent.virtual_ip_for("fd00::1".parse().unwrap()), Some(v6));
+
+    // Subnets pair with addresses by family, whatever order they are written in; the
+    // first address decides which one is `virtual_ip`.
+    let c = parse(&dual_agent(&k, r#"["fd00::100", "10.1.0.100"]"#, DUAL_NET)).unwrap();
+    assert_eq!(c.agent.virtual_ips, [v6, v4]);
+    assert_eq!(c.agent.subnet.to_string(), "fd00::/64");
+    assert_eq!(c.agent.subnets[1].to_string(), "10.1.0.0/24");
+
+    // A list of one, or one-element lists, mean the same as a plain string.
+    let single = parse(&agent_section(&k)).unwrap();
+    assert_eq!(single.agent.virtual_ips, [v4]);
+    assert_eq!(single.agent.subnets, [single.agent.subnet]);
+    let listed = parse(&dual_agent(&k, r#"["10.1.0.100"]"#, r#"["10.1.0.0/24"]"#)).unwrap();
+    assert_eq!(listed.agent, single.agent);
+}
+
+#[test]
+fn dual_stack_errors_name_the_field_and_the_fix() {
+    let k = key();
+    let cases = [
+        (
+            r#"["10.1.0.100", "10.1.0.101"]"#,
+            r#""10.1.0.0/24""#,
+            "agent.virtual_ip: two IPv4 addresses (10.1.0.100 and 10.1.0.101): give at most one IPv4 and one IPv6 address",
+        ),
+        (
+            r#"["fd00::100", "10.1.0.100", "fd00::101"]"#,
+            DUAL_NET,
+            "agent.virtual_ip: two IPv6 addresses (fd00::100 and fd00::101)",
+        ),
+        (
+            "[]",
+            r#""10.1.0.0/24""#,
+            "agent.virtual_ip: the list is empty",
+        ),
+        (
+            r#"["10.1.0.100", "nope"]"#,
+            DUAL_NET,
+            "agent.virtual_ip[1]: `nope` is not an IP address",
+        ),
+        (
+            r#""0.0.0.0""#,
+            r#""0.0.0.0/0""#,
+            "agent.virtual_ip: 0.0.0.0 is not a unicast host address",
+        ),
+        (
+            r#"["10.1.0.100", "ff02::1"]"#,
+            DUAL_NET,
+            "agent.virtual_ip[1]: ff02::1 is not a unicast host address",
+        ),
+        (
+            DUAL_VIP,
+            r#""10.1.0.0/24""#,
+            r#"agent.subnet: no IPv6 prefix for agent.virtual_ip fd00::100: add one, for example subnet = ["10.1.0.0/24", "fd00::/64"]"#,
+        ),
+        (
+            r#""10.1.0.100""#,
+            DUAL_NET,
+            "agent.subnet: fd00::/64 is an IPv6 prefix, but agent.virtual_ip has no IPv6 address",
+        ),
+        (
+            DUAL_VIP,
+            r#"["10.1.0.0/24", "10.2.0.0/24"]"#,
+            "agent.subnet: two IPv4 prefixes (10.1.0.0/24 and 10.2.0.0/24): give one prefix per IP family",
+        ),
+        (
+            DUAL_VIP,
+            r#"["10.1.0.0/24", "fd01::/64"]"#,
+            "agent.virtual_ip: fd00::100 is outside agent.subnet fd01::/64",
+        ),
+        (
+            DUAL_VIP,
+            r#"["10.1.0.0/24", "fd00::/129"]"#,
+            "agent.subnet[1]: `fd00::/129` is not an IP prefix",
+        ),
+        ("[]", "[]", "agent.virtual_ip: the list is empty"),
+        (r#""10.1.0.100""#, "[]", "agent.subnet: the list is empty"),
+    ];
+    for (vip, net, expect) in cases {
+        let e = err(&dual_agent(&k, vip, net));
+        assert!(
+            e.contains(expect),
+            "virtual_ip = {vip}, subnet = {net}:\n{e}"
+        );
+    }
+    // A value of another type is a syntax error naming the field.
+    let e = err(&dual_agent(&k, "42", DUAL_NET));
+    assert!(
+        e.contains("agent.virtual_ip") && e.contains("a string or a list of strings"),
+        "{e}"
+    );
+}
+
+#[test]
+fn ipv6_inside_the_tunnel_needs_an_mtu_of_1280() {
+    let k = key();
+    let e = err(&(dual_agent(&k, DUAL_VIP, DUAL_NET) + "mtu = 1279\n"));
+    assert!(
+        e.contains("agent.mtu: 1279 is out of range 1280..=65455")
+            && e.contains("IPv6 inside the tunnel (agent.virtual_ip fd00::100) requires it"),
+        "{e}"
+    );
+    assert!(parse(&(dual_agent(&k, DUAL_VIP, DUAL_NET) + "mtu = 1280\n")).is_ok());
+    // IPv4 alone: the stack's own limit is the reason given.
+    let e = err(&(agent_section(&k) + "mtu = 1279\n"));
+    assert!(
+        e.contains("needs at least 1280") && !e.contains("IPv6"),
+        "{e}"
+    );
+}
+
+#[test]
+fn gateway_addresses_follow_the_family_of_the_agent() {
+    let k = key();
+    // An IPv6 gateway on an IPv4-only agent: the probe would have no source address.
+    let e = err(&(agent_section(&k) + &gateway("gw1", &public(), "fd00::1")));
+    assert!(
+        e.contains("gateways[0].virtual_ip (gateway `gw1`): fd00::1 is an IPv6 address, but the agent has no IPv6 address")
+            && e.contains("add one to agent.virtual_ip"),
+        "{e}"
+    );
+    let dual = dual_agent(&k, DUAL_VIP, DUAL_NET);
+    let c = parse(&(dual.clone() + &gateway("gw1", &public(), "fd00::1"))).unwrap();
+    assert_eq!(
+        c.gateways[0].virtual_ip,
+        "fd00::1".parse::<IpAddr>().unwrap()
+    );
+    assert_eq!(c.gateways[0].allowed_ips, ["fd00::1/128".parse().unwrap()]);
+    // Each family is checked against its own subnet.
+    let e = err(&(dual.clone() + &gateway("gw1", &public(), "fd01::1")));
+    assert!(
+        e.contains(
+            "gateways[0].virtual_ip (gateway `gw1`): fd01::1 is outside agent.subnet fd00::/64"
+        ),
+        "{e}"
+    );
+    let e = err(&(dual.clone() + &gateway("gw1", &public(), "fd00::100")));
+    assert!(e.contains("agent's own agent.virtual_ip"), "{e}");
+}
+
+#[test]
+fn dual_stack_without_a_route_back_for_a_family_warns() {
+    let k = key();
+    let dual = dual_agent(&k, DUAL_VIP, DUAL_NET);
+    let c = parse(&(dual.clone() + &gateway("gw1", &public(), "10.1.0.1"))).unwrap();
+    let warning = c
+        .warnings
+        .iter()
+        .find(|w| w.contains("IPv6"))
+        .unwrap_or_else(|| panic!("{:?}", c.warnings));
+    assert!(
+        warning.contains("no gateway has an IPv6 prefix in allowed_ips")
+            && warning.contains("fd00::100"),
+        "{warning}"
+    );
+    let c = parse(
+        &(dual
+            + &gateway("gw1", &public(), "10.1.0.1")
+            + "allowed_ips = [\"10.1.0.1/32\", \"fd00::1/128\"]\n"),
+    )
+    .unwrap();
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}

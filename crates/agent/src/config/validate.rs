@@ -11,7 +11,7 @@ use local_proxy::ProxyConfig;
 use wg_core::{IpNet, KeyError, PresharedKey, PrivateKey, PublicKey};
 use zeroize::Zeroizing;
 
-use super::raw::{RawAgent, RawConfig, RawGateway, RawProxy, RawRoute};
+use super::raw::{OneOrList, RawAgent, RawConfig, RawGateway, RawProxy, RawRoute};
 use super::{
     AdminListen, AgentConfig, Config, ConfigError, Endpoint, GatewayConfig, LogConfig, RouteConfig,
     RouteProtocol, parse_duration,
@@ -205,6 +205,18 @@ impl Validator<'_> {
             let gateway = self.gateway(i, g, &agent, &gateways)?;
             gateways.push(gateway);
         }
+        for &ip in &agent.virtual_ips {
+            let routed = gateways
+                .iter()
+                .any(|g| g.allowed_ips.iter().any(|n| same_family(n.addr(), ip)));
+            if !gateways.is_empty() && !routed {
+                self.warnings.push(format!(
+                    "{}: no gateway has an {family} prefix in allowed_ips, so {family} traffic to agent.virtual_ip {ip} has no way back: add the gateway's {family} tunnel address to its allowed_ips",
+                    self.path.display(),
+                    family = family(ip),
+                ));
+            }
+        }
         if gateways.is_empty() {
             self.warnings.push(format!(
                 "{}: no [[gateways]] configured; the agent will wait until gateways are added",
@@ -281,35 +293,131 @@ impl Validator<'_> {
 
     fn agent(&mut self, raw: &RawAgent) -> Result<AgentConfig, ConfigError> {
         let private_key = self.private_key(raw)?;
-        let virtual_ip: IpAddr = raw.virtual_ip.parse().map_err(|_| {
-            self.invalid(
-                "agent.virtual_ip",
-                format!("`{}` is not an IP address", raw.virtual_ip),
-            )
-        })?;
-        let subnet =
-            parse_net(&raw.subnet).map_err(|reason| self.invalid("agent.subnet", reason))?;
-        if !subnet.contains(virtual_ip) {
-            return Err(self.outside("agent.virtual_ip".into(), virtual_ip, subnet));
+        let virtual_ips = self.agent_addresses(&raw.virtual_ip)?;
+        let listed = self.agent_subnets(&raw.subnet)?;
+        // One subnet per address, in the addresses' order.
+        let mut subnets = Vec::with_capacity(virtual_ips.len());
+        for &ip in &virtual_ips {
+            let Some(&subnet) = listed.iter().find(|n| same_family(n.addr(), ip)) else {
+                return Err(self.invalid(
+                    "agent.subnet",
+                    format!(
+                        "no {family} prefix for agent.virtual_ip {ip}: add one, for example {example}",
+                        family = family(ip),
+                        example = example_subnet(&raw.subnet, ip),
+                    ),
+                ));
+            };
+            if !subnet.contains(ip) {
+                return Err(self.outside("agent.virtual_ip".into(), ip, subnet));
+            }
+            subnets.push(subnet);
+        }
+        if let Some(orphan) = listed
+            .iter()
+            .find(|n| !virtual_ips.iter().any(|ip| same_family(n.addr(), *ip)))
+        {
+            return Err(self.invalid(
+                "agent.subnet",
+                format!(
+                    "{orphan} is an {family} prefix, but agent.virtual_ip has no {family} address: \
+                     add the agent's {family} address inside it to agent.virtual_ip, or remove the prefix",
+                    family = family(orphan.addr()),
+                ),
+            ));
         }
         if !MTU_RANGE.contains(&raw.mtu) {
+            let ipv6 = virtual_ips
+                .iter()
+                .find(|ip| ip.is_ipv6())
+                .map(|ip| {
+                    format!("; IPv6 inside the tunnel (agent.virtual_ip {ip}) requires it too")
+                })
+                .unwrap_or_default();
             return Err(self.invalid(
                 "agent.mtu",
                 format!(
-                    "{} is out of range {}..={} (the userspace stack needs at least 1280)",
+                    "{} is out of range {}..={} (the userspace stack needs at least 1280{ipv6})",
                     raw.mtu,
                     MTU_RANGE.start(),
                     MTU_RANGE.end()
                 ),
             ));
         }
+        // Indexing cannot fail: `agent_addresses` never returns an empty list, and every
+        // address got its subnet above.
         Ok(AgentConfig {
             private_key,
-            virtual_ip,
-            subnet,
+            virtual_ip: virtual_ips[0],
+            subnet: subnets[0],
+            virtual_ips,
+            subnets,
             listen_port: raw.listen_port,
             mtu: raw.mtu,
         })
+    }
+
+    /// `agent.virtual_ip`: one address, or a list of one IPv4 and one IPv6 address. Never
+    /// empty when it returns.
+    fn agent_addresses(&self, raw: &OneOrList) -> Result<Vec<IpAddr>, ConfigError> {
+        let list = raw.0.len() > 1;
+        let mut out: Vec<IpAddr> = Vec::with_capacity(raw.0.len());
+        for (k, text) in raw.0.iter().enumerate() {
+            let field = item_field("agent.virtual_ip", list, k);
+            let ip: IpAddr = text
+                .parse()
+                .map_err(|_| self.invalid(&field, format!("`{text}` is not an IP address")))?;
+            if ip.is_unspecified() || ip.is_multicast() || is_broadcast(ip) {
+                return Err(self.invalid(
+                    field,
+                    format!("{ip} is not a unicast host address: use the agent's own address in the tunnel"),
+                ));
+            }
+            if let Some(first) = out.iter().find(|o| same_family(**o, ip)) {
+                return Err(self.invalid(
+                    "agent.virtual_ip",
+                    format!(
+                        "two {family} addresses ({first} and {ip}): give at most one IPv4 and one IPv6 address",
+                        family = family(ip)
+                    ),
+                ));
+            }
+            out.push(ip);
+        }
+        if out.is_empty() {
+            return Err(self.invalid(
+                "agent.virtual_ip",
+                "the list is empty: give the agent's address, or one IPv4 and one IPv6 address",
+            ));
+        }
+        Ok(out)
+    }
+
+    /// `agent.subnet`: one prefix, or a list of one IPv4 and one IPv6 prefix.
+    fn agent_subnets(&self, raw: &OneOrList) -> Result<Vec<IpNet>, ConfigError> {
+        let list = raw.0.len() > 1;
+        let mut out: Vec<IpNet> = Vec::with_capacity(raw.0.len());
+        for (k, text) in raw.0.iter().enumerate() {
+            let net = parse_net(text)
+                .map_err(|reason| self.invalid(item_field("agent.subnet", list, k), reason))?;
+            if let Some(first) = out.iter().find(|o| same_family(o.addr(), net.addr())) {
+                return Err(self.invalid(
+                    "agent.subnet",
+                    format!(
+                        "two {family} prefixes ({first} and {net}): give one prefix per IP family",
+                        family = family(net.addr())
+                    ),
+                ));
+            }
+            out.push(net);
+        }
+        if out.is_empty() {
+            return Err(self.invalid(
+                "agent.subnet",
+                "the list is empty: give the tunnel's prefix (one per IP family of agent.virtual_ip)",
+            ));
+        }
+        Ok(out)
     }
 
     fn outside(&self, field: String, addr: IpAddr, subnet: IpNet) -> ConfigError {
@@ -540,10 +648,23 @@ impl Validator<'_> {
                 format!("`{}` is not an IP address", raw.virtual_ip),
             )
         })?;
-        if !agent.subnet.contains(virtual_ip) {
-            return Err(self.outside(field("virtual_ip"), virtual_ip, agent.subnet));
+        let Some(subnet) = agent.subnet_for(virtual_ip) else {
+            let ipv6 = virtual_ip.is_ipv6();
+            return Err(self.invalid(
+                field("virtual_ip"),
+                format!(
+                    "{virtual_ip} is an {family} address, but the agent has no {family} address \
+                     (the liveness probe is sent from it): add one to agent.virtual_ip and its \
+                     prefix to agent.subnet, or give the gateway's {other} address",
+                    family = family(virtual_ip),
+                    other = if ipv6 { "IPv4" } else { "IPv6" },
+                ),
+            ));
+        };
+        if !subnet.contains(virtual_ip) {
+            return Err(self.outside(field("virtual_ip"), virtual_ip, subnet));
         }
-        if virtual_ip == agent.virtual_ip {
+        if agent.virtual_ips.contains(&virtual_ip) {
             return Err(self.invalid(
                 field("virtual_ip"),
                 format!("{virtual_ip} is the agent's own agent.virtual_ip"),
@@ -815,6 +936,39 @@ fn file_mode(path: &Path) -> std::io::Result<u32> {
 #[cfg(not(unix))]
 fn file_mode(path: &Path) -> std::io::Result<u32> {
     std::fs::metadata(path).map(|_| 0o600)
+}
+
+/// `field`, or `field[k]` when the value was a list of several items.
+fn item_field(field: &str, list: bool, k: usize) -> String {
+    if list {
+        format!("{field}[{k}]")
+    } else {
+        field.to_owned()
+    }
+}
+
+fn same_family(a: IpAddr, b: IpAddr) -> bool {
+    a.is_ipv4() == b.is_ipv4()
+}
+
+/// `IPv4` or `IPv6`, as messages name a family.
+fn family(ip: IpAddr) -> &'static str {
+    if ip.is_ipv4() { "IPv4" } else { "IPv6" }
+}
+
+fn is_broadcast(ip: IpAddr) -> bool {
+    matches!(ip, IpAddr::V4(v4) if v4.is_broadcast())
+}
+
+/// A `subnet` value to suggest when `ip` has no prefix of its family: the value as written
+/// plus a /24 (/64) around `ip`, as TOML.
+fn example_subnet(raw: &OneOrList, ip: IpAddr) -> String {
+    let len = if ip.is_ipv4() { 24 } else { 64 };
+    // Cannot fail: the length is in range for the family.
+    let around = IpNet::new(ip, len).map_or_else(|_| ip.to_string(), |n| n.to_string());
+    let mut items: Vec<String> = raw.0.iter().map(|s| format!("{s:?}")).collect();
+    items.push(format!("{around:?}"));
+    format!("subnet = [{}]", items.join(", "))
 }
 
 /// Parses an IP prefix (`10.1.0.0/24`; a bare address is a host prefix).

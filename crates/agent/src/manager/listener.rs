@@ -1,4 +1,4 @@
-//! [`Listener`]: a TCP listener on the manager's virtual IP that stops accepting once the
+//! [`Listener`]: a TCP listener on the manager's virtual IPs that stops accepting once the
 //! manager begins to close, so a serving loop ends on its own and new connections are refused.
 
 use std::io;
@@ -47,7 +47,9 @@ impl Listener {
         }
     }
 
-    /// The address it listens on.
+    /// The address it listens on: the virtual IP and port, or the unspecified address and
+    /// port on a dual-stack manager (each accepted stream's `local_addr` says which virtual IP
+    /// the client reached).
     pub fn local_addr(&self) -> SocketAddr {
         self.inner.local_addr()
     }

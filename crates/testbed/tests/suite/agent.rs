@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, Result, anyhow, bail};
 use testbed::{Daemon, KeyPair, Netns, TempDir, write_private_file};
 
-use super::{AGENT_VIP, SUBNET, poll_until};
+use super::{AGENT_VIP, AGENT_VIP6, SUBNET, SUBNET6, poll_until};
 
 /// The admin endpoint inside the agent's namespace (each namespace has its own loopback).
 pub(crate) const ADMIN_ADDR: &str = "127.0.0.1:9090";
@@ -25,6 +25,8 @@ pub(crate) struct AgentGateway {
     pub(crate) public_key: String,
     pub(crate) endpoint: SocketAddr,
     pub(crate) virtual_ip: String,
+    /// `allowed_ips` (empty: the default, `virtual_ip`/32).
+    pub(crate) allowed_ips: Vec<String>,
 }
 
 /// Settings of the agent beyond its gateways.
@@ -32,6 +34,9 @@ pub(crate) struct AgentGateway {
 pub(crate) struct AgentOptions {
     /// `[agent] listen_port` (default: any).
     pub(crate) listen_port: Option<u16>,
+    /// `virtual_ip` and `subnet` list an IPv6 address and prefix too (`AGENT_VIP6`,
+    /// `SUBNET6`): dual stack inside the tunnel.
+    pub(crate) dual_stack: bool,
 }
 
 /// The `wg-agent` binary next to the test binary (`<target>/<profile>/wg-agent`), built with
@@ -227,6 +232,14 @@ impl<'a> AgentProcess<'a> {
         serde_json::from_str(&out).with_context(|| format!("status --json printed {out:?}"))
     }
 
+    /// `wg-agent status --admin ADDR` (the table), run inside the namespace.
+    pub(crate) fn status_table(&self) -> Result<String> {
+        self.ns.run(
+            &self.binary.to_string_lossy(),
+            ["status", "--admin", ADMIN_ADDR],
+        )
+    }
+
     /// The scratch folder (config, key, log).
     pub(crate) fn dir(&self) -> &Path {
         self.dir.path()
@@ -252,8 +265,16 @@ fn config_text(gateways: &[AgentGateway], options: &AgentOptions) -> String {
     // The UAPI socket directory is shared by every namespace: a name unique to this process.
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (virtual_ip, subnet) = if options.dual_stack {
+        (
+            format!("[\"{AGENT_VIP}\", \"{AGENT_VIP6}\"]"),
+            format!("[\"{SUBNET}\", \"{SUBNET6}\"]"),
+        )
+    } else {
+        (format!("\"{AGENT_VIP}\""), format!("\"{SUBNET}\""))
+    };
     let mut text = format!(
-        "[uapi]\nname = \"tb{:x}-{n:x}\"\n\n[agent]\nprivate_key_file = \"agent.key\"\nvirtual_ip = \"{AGENT_VIP}\"\nsubnet = \"{SUBNET}\"\n",
+        "[uapi]\nname = \"tb{:x}-{n:x}\"\n\n[agent]\nprivate_key_file = \"agent.key\"\nvirtual_ip = {virtual_ip}\nsubnet = {subnet}\n",
         std::process::id()
     );
     if let Some(port) = options.listen_port {
@@ -265,6 +286,10 @@ fn config_text(gateways: &[AgentGateway], options: &AgentOptions) -> String {
             "\n[[gateways]]\nid = \"{}\"\npublic_key = \"{}\"\nendpoint = \"{}\"\nvirtual_ip = \"{}\"\n",
             gw.id, gw.public_key, gw.endpoint, gw.virtual_ip
         );
+        if !gw.allowed_ips.is_empty() {
+            let quoted: Vec<String> = gw.allowed_ips.iter().map(|n| format!("\"{n}\"")).collect();
+            let _ = writeln!(text, "allowed_ips = [{}]", quoted.join(", "));
+        }
     }
     let _ = write!(
         text,

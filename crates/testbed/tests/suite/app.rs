@@ -3,6 +3,7 @@
 //! per connection (`Connection: close`).
 //!
 //! - `GET /hello` → `hello from the app\n`
+//! - `GET /forwarded-for` → the request's `X-Forwarded-For` (the client as the agent saw it)
 //! - `GET /blob/<len>/<seed>` → the [`pattern`](super::pattern) of `seed`, `len` bytes
 //! - `GET /paced/<len>/<seed>/<kib_per_s>` → the same body, written at that rate by the app
 //!   (a transfer that lasts, whatever the client's own rate limiting does)
@@ -145,6 +146,10 @@ fn serve(mut stream: TcpStream, requests: &AtomicU64) -> io::Result<()> {
     let path = words.next().unwrap_or("");
     match (method, path.split('/').collect::<Vec<_>>().as_slice()) {
         ("GET", ["", "hello"]) => respond(&mut stream, "200 OK", b"hello from the app\n"),
+        ("GET", ["", "forwarded-for"]) => {
+            let client = header(&head, "x-forwarded-for").unwrap_or("-");
+            respond(&mut stream, "200 OK", format!("{client}\n").as_bytes())
+        }
         ("GET", ["", "blob", len, seed]) => {
             let (Ok(len), Ok(seed)) = (len.parse::<u64>(), seed.parse::<u64>()) else {
                 return respond(&mut stream, "400 Bad Request", b"bad blob path\n");

@@ -31,6 +31,16 @@ pub(crate) fn gateway_vip(i: usize) -> String {
     format!("10.1.0.{}", i + 1)
 }
 
+/// The agent's IPv6 virtual IP in a dual-stack [`Topology`].
+pub(crate) const AGENT_VIP6: &str = "fd00::100";
+/// The IPv6 tunnel subnet.
+pub(crate) const SUBNET6: &str = "fd00::/64";
+
+/// The IPv6 tunnel address of gateway `i` (0-based) in a dual-stack [`Topology`]: fd00::1, ...
+pub(crate) fn gateway_vip6(i: usize) -> String {
+    format!("fd00::{}", i + 1)
+}
+
 /// The agent namespace with the app on its loopback, and `n` gateway namespaces linked to it,
 /// each running wireguard-go that knows the agent's key but not its endpoint. Dropped in
 /// order: app, gateways, agent namespace (an [`AgentProcess`] borrows the namespace, so it is
@@ -40,29 +50,59 @@ pub(crate) struct Topology {
     pub(crate) sites: Vec<GatewaySite>,
     pub(crate) agent_key: KeyPair,
     pub(crate) agent_ns: Netns,
+    /// Gateways and agent have an IPv6 tunnel address too.
+    pub(crate) dual_stack: bool,
 }
 
 impl Topology {
     pub(crate) fn new(label: &str, gateways: usize) -> Result<Self> {
+        Self::build(label, gateways, false)
+    }
+
+    /// As [`new`](Self::new), with IPv6 inside the tunnel too: each gateway's interface also
+    /// has [`gateway_vip6`]`/64` and routes [`AGENT_VIP6`] to the agent; start the agent with
+    /// [`AgentOptions::dual_stack`].
+    pub(crate) fn new_dual_stack(label: &str, gateways: usize) -> Result<Self> {
+        Self::build(label, gateways, true)
+    }
+
+    fn build(label: &str, gateways: usize, dual_stack: bool) -> Result<Self> {
         let agent_ns = Netns::new(label)?;
         let agent_key = KeyPair::generate()?;
         let app = App::start(&agent_ns)?;
         let mut sites = Vec::new();
+        let agent_host4 = format!("{AGENT_VIP}/32");
+        let agent_host6 = format!("{AGENT_VIP6}/128");
+        let agent_allowed: Vec<&str> = if dual_stack {
+            vec![&agent_host4, &agent_host6]
+        } else {
+            vec![&agent_host4]
+        };
         for i in 0..gateways {
-            let config = GatewayConfig::new(&format!("{}/24", gateway_vip(i)))?.with_peer(
-                GatewayPeer::new(&agent_key.public, &[&format!("{AGENT_VIP}/32")]),
-            );
-            sites.push(GatewaySite::start(
-                &format!("{label}g{i}"),
-                config,
-                Some(&agent_ns),
-            )?);
+            let config = GatewayConfig::new(&format!("{}/24", gateway_vip(i)))?
+                .with_peer(GatewayPeer::new(&agent_key.public, &agent_allowed));
+            let site = GatewaySite::start(&format!("{label}g{i}"), config, Some(&agent_ns))?;
+            if dual_stack {
+                // `nodad`: the address is usable at once (no duplicate detection on a tunnel).
+                let address = format!("{}/64", gateway_vip6(i));
+                site.ns.ip([
+                    "-6",
+                    "addr",
+                    "add",
+                    &address,
+                    "dev",
+                    site.wg.ifname(),
+                    "nodad",
+                ])?;
+            }
+            sites.push(site);
         }
         Ok(Self {
             app,
             sites,
             agent_key,
             agent_ns,
+            dual_stack,
         })
     }
 
@@ -73,11 +113,20 @@ impl Topology {
 
     /// Gateway `i` reached through `endpoint` (a relay).
     pub(crate) fn gateway_via(&self, i: usize, endpoint: SocketAddr) -> AgentGateway {
+        let allowed_ips = if self.dual_stack {
+            vec![
+                format!("{}/32", gateway_vip(i)),
+                format!("{}/128", gateway_vip6(i)),
+            ]
+        } else {
+            Vec::new()
+        };
         AgentGateway {
             id: format!("gw{}", i + 1),
             public_key: self.sites[i].wg.public_key().to_owned(),
             endpoint,
             virtual_ip: gateway_vip(i),
+            allowed_ips,
         }
     }
 
