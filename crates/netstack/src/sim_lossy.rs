@@ -435,3 +435,27 @@ fn bbr_keeps_its_throughput_when_the_machine_fires_timers_late() {
     eprintln!("on time {on_time:.2} MB/s, 10 ms late {late:.2} MB/s");
     assert!(late > 0.7 * on_time, "{late:.2} vs {on_time:.2} MB/s");
 }
+
+/// A shallow queue (128 KiB at 25 MB/s, a quarter of the BDP) on the 1 % path, with
+/// 4 MiB of send memory: overflowing it is heavy loss, which must bound the rate, not
+/// only the window (the bandwidth estimate is a max). 14 % of the packets overflowed
+/// without the rate cap, 9 % with it.
+#[test]
+fn bbr_on_a_shallow_lossy_bottleneck_bounds_its_overflow() {
+    let neck = Bottleneck {
+        rate: 25e6,
+        queue: 128 << 10,
+    };
+    let run = transfer_flows(1, 16 << 20, LOSSY, Some(neck), 1, |c| {
+        c.tcp_tx_buffer = 4 << 20;
+        c.repair_budget = 32 << 20;
+    });
+    let share = run.overflow as f64 / run.stats.tx_packets as f64;
+    eprintln!(
+        "{:?}, {} overflowed of {} sent, {} timeouts",
+        run.elapsed[0], run.overflow, run.stats.tx_packets, run.stats.tcp_rtos
+    );
+    assert!(share < 0.12, "{:.1} % overflowed", share * 100.0);
+    // Still far past the loss-based bound (0.84 MB/s).
+    assert!(run.elapsed[0] < Duration::from_secs(4), "{:?}", run.elapsed);
+}
