@@ -193,7 +193,34 @@ pub(crate) fn install_check() -> Result<()> {
     if installed() {
         bail!("{PACKAGE} is still installed after dpkg --purge");
     }
+    if std::fs::symlink_metadata(UAPI_LINK).is_ok() {
+        bail!("{UAPI_LINK} is still there after dpkg --purge (postrm removes it)");
+    }
     eprintln!("package install check ok: {}", deb.display());
+    Ok(())
+}
+
+/// The link the package's tmpfiles.d entry makes, and where it leads (the unit's
+/// `RuntimeDirectory=`, where the agent binds its UAPI socket).
+const UAPI_LINK: &str = "/run/wireguard/wg-agent.sock";
+const UAPI_SOCKET: &str = "/run/wg-agent/wg-agent.sock";
+
+/// The postinst ran the tmpfiles.d entry: `wg show wg-agent` finds the link at once (where
+/// systemd-tmpfiles exists; the postinst skips it elsewhere).
+fn check_uapi_link() -> Result<()> {
+    if !prereq::on_path("systemd-tmpfiles") {
+        eprintln!("no systemd-tmpfiles: the UAPI link is not checked");
+        return Ok(());
+    }
+    let target = std::fs::read_link(UAPI_LINK)
+        .with_context(|| format!("{UAPI_LINK} is not a link after install (postinst)"))?;
+    if target != Path::new(UAPI_SOCKET) {
+        bail!(
+            "{UAPI_LINK} leads to {}, not {UAPI_SOCKET}",
+            target.display()
+        );
+    }
+    eprintln!("UAPI link: {UAPI_LINK} -> {UAPI_SOCKET}");
     Ok(())
 }
 
@@ -239,6 +266,7 @@ fn check_installed() -> Result<()> {
             bail!("{file} is not installed");
         }
     }
+    check_uapi_link()?;
     let conffiles = Command::new("dpkg-query")
         .args(["-W", "-f", "${Conffiles}", PACKAGE])
         .output()

@@ -71,6 +71,8 @@ pub mod manager;
 #[cfg(feature = "cli")]
 pub mod metrics;
 #[cfg(feature = "cli")]
+pub mod ping;
+#[cfg(feature = "cli")]
 mod runtime;
 #[cfg(feature = "cli")]
 pub mod snapshot;
@@ -87,6 +89,6 @@ pub mod wg_quick;
 pub use demo::demo;
 #[cfg(feature = "cli")]
 pub use runtime::{
-    Agent, LogLevelControl, PreparedReload, RunOptions, disable_core_dumps, gateway_spec,
-    manager_config, run, run_with,
+    Agent, ChangeOrigin, LogLevelControl, PreparedReload, RunOptions, disable_core_dumps,
+    gateway_spec, manager_config, run, run_with,
 };

@@ -102,8 +102,8 @@ pub struct GatewaySpec {
     pub public_key: PublicKey,
     /// Where it listens (IP or DNS name); `None`: learned when it sends a handshake.
     pub endpoint: Option<Endpoint>,
-    /// Its address inside the tunnel (the liveness probe's target).
-    pub virtual_ip: IpAddr,
+    /// Its address inside the tunnel (the liveness probe's target); `None`: no probe.
+    pub virtual_ip: Option<IpAddr>,
     /// Inner addresses routed to it (default: `virtual_ip`/32 or /128).
     pub allowed_ips: Vec<IpNet>,
     /// Optional preshared key.
@@ -128,7 +128,7 @@ impl GatewaySpec {
             name: None,
             public_key,
             endpoint,
-            virtual_ip,
+            virtual_ip: Some(virtual_ip),
             allowed_ips: vec![IpNet::host(virtual_ip)],
             preshared_key: None,
             persistent_keepalive: Some(Duration::from_secs(25)),
@@ -186,8 +186,8 @@ pub struct GatewayStats {
     pub public_key: PublicKey,
     /// The endpoint in use (resolved, or learned by roaming), else the configured text.
     pub endpoint: String,
-    /// Its virtual IP.
-    pub virtual_ip: IpAddr,
+    /// Its virtual IP (`None`: a gateway added through UAPI without one).
+    pub virtual_ip: Option<IpAddr>,
     /// up / connecting / stale (the rule in docs/operations.md).
     pub state: GatewayState,
     /// Wall-clock time of the last completed handshake.
@@ -202,8 +202,14 @@ pub struct GatewayStats {
     pub handshakes: u64,
     /// Liveness probes sent and unanswered.
     pub probes_sent: u64,
-    /// Liveness probes that went unanswered (each forced a handshake).
+    /// Liveness probes that went unanswered (each forced a handshake, except the one sent
+    /// right after such a handshake to confirm it).
     pub probes_failed: u64,
+    /// Liveness probes answered.
+    pub probes_answered: u64,
+    /// The probe goes unanswered though the handshakes it forces succeed: the gateway does
+    /// not answer ICMP echo (filtered). Cleared when a probe is answered.
+    pub icmp_filtered: bool,
 }
 
 impl GatewayStats {
@@ -659,6 +665,45 @@ impl Manager {
         }
     }
 
+    /// A UDP socket on `port` of every virtual IP ([`bind_addr`](Self::bind_addr); a UDP
+    /// route's socket): datagrams from the tunnel to that port, replies from the address of
+    /// the client's family.
+    pub fn bind_udp(&self, port: u16) -> io::Result<UdpSocket> {
+        if self.inner.is_closing() {
+            return Err(listener::closing_error());
+        }
+        self.inner.netstack.bind_udp(self.bind_addr(port))
+    }
+
+    /// The gateway with this id: `None` when there is none, else its virtual IP (`None` for a
+    /// gateway added without one).
+    pub fn gateway_virtual_ip(&self, id: &str) -> Option<Option<IpAddr>> {
+        let t = self.inner.lock();
+        t.gateways
+            .values()
+            .find(|g| g.spec.id == id)
+            .map(|g| g.spec.virtual_ip)
+    }
+
+    /// The id of the gateway whose allowed IPs hold `ip` (the longest prefix wins, as for
+    /// packets), if any.
+    pub fn gateway_routing(&self, ip: IpAddr) -> Option<String> {
+        let t = self.inner.lock();
+        t.gateways
+            .values()
+            .filter_map(|g| {
+                g.spec
+                    .allowed_ips
+                    .iter()
+                    .filter(|net| net.contains(ip))
+                    .map(IpNet::prefix_len)
+                    .max()
+                    .map(|len| (len, &g.spec.id))
+            })
+            .max_by_key(|(len, _)| *len)
+            .map(|(_, id)| id.clone())
+    }
+
     /// ICMP echo to `ip` through the tunnel; the round-trip time.
     pub async fn ping(&self, ip: IpAddr, timeout: Duration) -> io::Result<Duration> {
         self.inner.netstack.ping(ip, timeout).await
@@ -901,6 +946,8 @@ pub(crate) fn gateway_stats(peers: &Peers, g: &Gateway, now: Instant) -> Gateway
         handshakes: stats.as_ref().map_or(0, |s| s.handshakes),
         probes_sent: g.upkeep.probes_sent,
         probes_failed: g.upkeep.probes_failed,
+        probes_answered: g.upkeep.probes_answered,
+        icmp_filtered: g.upkeep.icmp_filtered,
     }
 }
 

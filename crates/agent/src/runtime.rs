@@ -4,22 +4,27 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use local_proxy::{Accept, ConnectionTracker, HttpProxy, RouteMetrics, TcpForwarder};
+use local_proxy::{
+    Accept, ConnectionTracker, HttpProxy, RouteMetrics, TcpForwarder, UdpForwarder, UdpMetrics,
+};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::admin::{AdminAddr, AdminServer, StatusSource};
+use crate::admin::{AdminAddr, AdminServer, PingFuture, StatusSource};
 use crate::config::{Config, ConfigChanges, GatewayConfig, RouteConfig, RouteProtocol};
-use crate::manager::{GatewaySpec, Listener, Manager, ManagerConfig, PreparedGateways};
+use crate::manager::{
+    GatewaySpec, Listener, LivenessProbe, Manager, ManagerConfig, PreparedGateways,
+};
 use crate::metrics::{AgentCounters, MetricsWriter, write_agent_counters};
+use crate::ping::{PingError, PingReply};
 use crate::snapshot::{AgentStatus, GatewayStatus, RouteStatus, StatusSnapshot};
-use crate::vip_stream::VipStream;
+use crate::vip_stream::{VipDatagram, VipStream};
 
 /// How long a stopping agent waits for closed connections to flush through the tunnel.
 const LINGER: Duration = Duration::from_secs(3);
@@ -183,10 +188,19 @@ struct AgentInner {
     manager: Manager,
     /// The configuration that runs (restart-only settings as they were at startup).
     config: Mutex<Config>,
+    /// HTTP and TCP routes, by port.
     routes: Mutex<BTreeMap<u16, Route>>,
+    /// UDP routes, by port (a port may serve both a UDP and a TCP or HTTP route).
+    udp_routes: Mutex<BTreeMap<u16, UdpRoute>>,
     tracker: ConnectionTracker,
     draining: AtomicBool,
     log_level: Mutex<Option<LogLevelControl>>,
+    /// Taken by each reload and UAPI set from prepare to commit, so each is prepared from
+    /// the configuration that runs when it applies.
+    reconfigure: Arc<tokio::sync::Mutex<()>>,
+    /// The configuration as last applied from the file (startup or `SIGHUP`): where the
+    /// running one differs, the difference was made through UAPI.
+    from_file: Mutex<Config>,
 }
 
 struct Route {
@@ -197,19 +211,65 @@ struct Route {
     task: JoinHandle<()>,
 }
 
-/// A reload checked and prepared by [`Agent::prepare_reload`]: nothing has changed yet.
+struct UdpRoute {
+    config: RouteConfig,
+    metrics: Arc<UdpMetrics>,
+    /// Kept here, not only in the task, so a replaced route takes over the same socket.
+    socket: Arc<netstack::UdpSocket>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for UdpRoute {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Sockets and listeners bound ahead of [`Agent::apply_routes`] (by a reload's preparation, or
+/// kept from the routes a change replaces).
+#[derive(Default)]
+struct Bound {
+    listeners: BTreeMap<u16, Arc<Listener>>,
+    udp: BTreeMap<u16, Arc<netstack::UdpSocket>>,
+}
+
+/// Where a configuration change comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ChangeOrigin {
+    /// The config file, re-read (`SIGHUP`): it replaces any change made through UAPI.
+    File,
+    /// A UAPI `set=1` (`wg set`): runtime state until the next reload or restart.
+    Uapi,
+}
+
+/// A reload checked and prepared by [`Agent::prepare_reload`] or [`Agent::prepare_change`]:
+/// nothing has changed yet. Other reloads and UAPI sets wait until it is committed or
+/// dropped.
 pub struct PreparedReload {
-    /// The new file as it can apply (restart-only settings kept at their running values).
+    /// The new configuration as it can apply (restart-only settings kept at their running
+    /// values).
     applied: Config,
     changes: ConfigChanges,
     gateways: PreparedGateways,
-    /// Listeners bound for ports no route serves yet.
-    listeners: BTreeMap<u16, Arc<Listener>>,
+    /// Listeners and UDP sockets bound for ports no route serves yet.
+    bound: Bound,
+    origin: ChangeOrigin,
+    /// This change's turn (see `AgentInner::reconfigure`).
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl PreparedReload {
+    /// What the change will change.
+    pub fn changes(&self) -> &ConfigChanges {
+        &self.changes
+    }
 }
 
 impl std::fmt::Debug for PreparedReload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PreparedReload")
+            .field("origin", &self.origin)
             .field("changes", &self.changes)
             .finish_non_exhaustive()
     }
@@ -250,19 +310,23 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// The Manager's view of one configured gateway.
 pub fn gateway_spec(g: &GatewayConfig) -> GatewaySpec {
-    let mut spec = GatewaySpec::new(
-        g.id.clone(),
-        g.public_key,
-        Some(g.endpoint.clone()),
-        g.virtual_ip,
-    );
-    spec.name = g.name.clone();
-    spec.allowed_ips = g.allowed_ips.clone();
-    spec.preshared_key = g.preshared_key.clone();
-    spec.persistent_keepalive = (g.persistent_keepalive > 0)
-        .then(|| Duration::from_secs(u64::from(g.persistent_keepalive)));
-    spec.liveness_probe = g.liveness_probe;
-    spec
+    GatewaySpec {
+        id: g.id.clone(),
+        name: g.name.clone(),
+        public_key: g.public_key,
+        endpoint: Some(g.endpoint.clone()),
+        virtual_ip: g.virtual_ip,
+        allowed_ips: g.allowed_ips.clone(),
+        preshared_key: g.preshared_key.clone(),
+        persistent_keepalive: (g.persistent_keepalive > 0)
+            .then(|| Duration::from_secs(u64::from(g.persistent_keepalive))),
+        // Without a virtual IP there is nothing to probe.
+        liveness_probe: if g.virtual_ip.is_some() {
+            g.liveness_probe
+        } else {
+            LivenessProbe::Off
+        },
+    }
 }
 
 /// The Manager's configuration from the agent's.
@@ -292,12 +356,15 @@ impl Agent {
                 manager,
                 config: Mutex::new(config.clone()),
                 routes: Mutex::new(BTreeMap::new()),
+                udp_routes: Mutex::new(BTreeMap::new()),
                 tracker,
                 draining: AtomicBool::new(false),
                 log_level: Mutex::new(None),
+                reconfigure: Arc::new(tokio::sync::Mutex::new(())),
+                from_file: Mutex::new(config.clone()),
             }),
         };
-        agent.apply_routes(&config, false, BTreeMap::new()).await?;
+        agent.apply_routes(&config, false, Bound::default()).await?;
         Ok(agent)
     }
 
@@ -314,10 +381,19 @@ impl Agent {
         &self,
         config: &Config,
         restart_all: bool,
-        mut bound: BTreeMap<u16, Arc<Listener>>,
+        bound: Bound,
     ) -> anyhow::Result<()> {
-        let wanted: BTreeMap<u16, &RouteConfig> =
-            config.routes.iter().map(|r| (r.port, r)).collect();
+        let Bound {
+            listeners: mut bound,
+            udp,
+        } = bound;
+        self.apply_udp_routes(config, restart_all, udp).await?;
+        let wanted: BTreeMap<u16, &RouteConfig> = config
+            .routes
+            .iter()
+            .filter(|r| !r.protocol.is_datagram())
+            .map(|r| (r.port, r))
+            .collect();
         // Stop what goes away or changes; a new `[proxy]` restarts every route. Connections
         // already accepted finish under the old settings.
         let stopped: Vec<Route> = {
@@ -356,12 +432,13 @@ impl Agent {
             };
             let accept = VipListener(Arc::clone(&listener));
             let tracker = self.inner.tracker.clone();
+            let proxy_config = route.proxy_config(&config.proxy);
             let (metrics, task) = match route.protocol {
                 RouteProtocol::Tcp => {
                     let tcp = route
                         .tcp_route()
                         .context("tcp route without tcp settings")?;
-                    let forwarder = TcpForwarder::new(tcp, &config.proxy);
+                    let forwarder = TcpForwarder::new(tcp, &proxy_config);
                     let metrics = Arc::clone(forwarder.metrics());
                     let task = tokio::spawn(async move { forwarder.serve(accept, &tracker).await });
                     (metrics, task)
@@ -370,7 +447,7 @@ impl Agent {
                     let http = route
                         .http_route()
                         .context("http route without http settings")?;
-                    let proxy = HttpProxy::new(http, &config.proxy, &tracker);
+                    let proxy = HttpProxy::new(http, &proxy_config, &tracker);
                     let metrics = Arc::clone(proxy.metrics());
                     let task = tokio::spawn(async move { proxy.serve(accept, &tracker).await });
                     (metrics, task)
@@ -390,6 +467,77 @@ impl Agent {
         Ok(())
     }
 
+    /// [`apply_routes`](Self::apply_routes) for the UDP routes: each a forwarder on a socket
+    /// bound on every virtual IP.
+    async fn apply_udp_routes(
+        &self,
+        config: &Config,
+        restart_all: bool,
+        mut bound: BTreeMap<u16, Arc<netstack::UdpSocket>>,
+    ) -> anyhow::Result<()> {
+        let wanted: BTreeMap<u16, &RouteConfig> = config
+            .routes
+            .iter()
+            .filter(|r| r.protocol.is_datagram())
+            .map(|r| (r.port, r))
+            .collect();
+        let stopped: Vec<UdpRoute> = {
+            let mut routes = lock(&self.inner.udp_routes);
+            let ports: Vec<u16> = routes
+                .iter()
+                .filter(|(port, route)| {
+                    restart_all || wanted.get(*port).is_none_or(|w| **w != route.config)
+                })
+                .map(|(port, _)| *port)
+                .collect();
+            ports.iter().filter_map(|p| routes.remove(p)).collect()
+        };
+        for mut route in stopped {
+            // Its flows end with the task (their upstream sockets close).
+            route.task.abort();
+            let _ = (&mut route.task).await;
+            if wanted.contains_key(&route.config.port) {
+                bound.insert(route.config.port, Arc::clone(&route.socket));
+            } else {
+                tracing::info!(port = route.config.port, protocol = "udp", "route stopped");
+            }
+        }
+        let mut routes = lock(&self.inner.udp_routes);
+        for (port, route) in wanted {
+            if routes.contains_key(&port) {
+                continue;
+            }
+            let socket = match bound.remove(&port) {
+                Some(socket) => socket,
+                None => Arc::new(self.inner.manager.bind_udp(port).with_context(|| {
+                    format!(
+                        "{}: routes: cannot bind udp port {port}",
+                        config.path.display()
+                    )
+                })?),
+            };
+            let udp = route
+                .udp_route()
+                .context("udp route without udp settings")?;
+            let forwarder = UdpForwarder::new(udp);
+            let metrics = Arc::clone(forwarder.metrics());
+            let tracker = self.inner.tracker.clone();
+            let datagrams = VipDatagram(Arc::clone(&socket));
+            let task = tokio::spawn(async move { forwarder.serve(datagrams, &tracker).await });
+            tracing::info!(port, protocol = %route.protocol, upstream = %route.upstream, "route serving");
+            routes.insert(
+                port,
+                UdpRoute {
+                    config: route.clone(),
+                    metrics,
+                    socket,
+                    task,
+                },
+            );
+        }
+        Ok(())
+    }
+
     /// Re-reads the config file and applies it: [`prepare_reload`](Self::prepare_reload)
     /// then [`commit_reload`](Self::commit_reload). All or nothing: when it fails, nothing
     /// changed. Returns what changed.
@@ -399,14 +547,35 @@ impl Agent {
     }
 
     /// Everything a reload needs, changing nothing: reads and validates the file (the key
-    /// included), resolves new gateway names (a name that does not resolve is kept and
-    /// resolved later) and binds the listeners of new ports. Dropping the future, or the
+    /// included), then [`prepare_change`](Self::prepare_change). Dropping the future, or the
     /// result, leaves the agent as it was.
     pub async fn prepare_reload(&self) -> anyhow::Result<PreparedReload> {
+        self.prepare_change(ChangeOrigin::File, |running| {
+            Ok(Config::load(&running.path)?)
+        })
+        .await
+    }
+
+    /// Prepares the configuration `build` makes from the running one, changing nothing:
+    /// resolves new gateway names (a name that does not resolve is kept and resolved later)
+    /// and binds the listeners of new ports. A reload and a UAPI set both come this way, one
+    /// at a time: `build` sees the configuration that runs until this change is committed or
+    /// dropped. Dropping the future, or the result, leaves the agent as it was.
+    pub async fn prepare_change(
+        &self,
+        origin: ChangeOrigin,
+        build: impl FnOnce(&Config) -> anyhow::Result<Config>,
+    ) -> anyhow::Result<PreparedReload> {
+        let turn = Arc::clone(&self.inner.reconfigure).lock_owned().await;
         let running = self.config();
-        let new = Config::load(&running.path)?;
-        let changes = ConfigChanges::between(&running, &new);
+        let new = build(&running)?;
+        let mut changes = ConfigChanges::between(&running, &new);
         let applied = ConfigChanges::as_applied(&running, &new);
+        if origin == ChangeOrigin::File {
+            let from_file = lock(&self.inner.from_file).clone();
+            changes.runtime_replaced =
+                ConfigChanges::runtime_replaced(&from_file, &running, &applied);
+        }
         let gateways = self
             .inner
             .manager
@@ -414,8 +583,23 @@ impl Agent {
             .await?;
         // A served port keeps its listener (a replaced route takes it over): bind only new ones.
         let served: Vec<u16> = lock(&self.inner.routes).keys().copied().collect();
-        let mut listeners = BTreeMap::new();
+        let served_udp: Vec<u16> = lock(&self.inner.udp_routes).keys().copied().collect();
+        let mut bound = Bound::default();
         for route in &applied.routes {
+            if route.protocol.is_datagram() {
+                if served_udp.contains(&route.port) {
+                    continue;
+                }
+                let socket = self.inner.manager.bind_udp(route.port).with_context(|| {
+                    format!(
+                        "{}: routes: cannot bind udp port {}",
+                        running.path.display(),
+                        route.port
+                    )
+                })?;
+                bound.udp.insert(route.port, Arc::new(socket));
+                continue;
+            }
             if served.contains(&route.port) {
                 continue;
             }
@@ -426,13 +610,15 @@ impl Agent {
                     route.port
                 )
             })?;
-            listeners.insert(route.port, Arc::new(listener));
+            bound.listeners.insert(route.port, Arc::new(listener));
         }
         Ok(PreparedReload {
             applied,
             changes,
             gateways,
-            listeners,
+            bound,
+            origin,
+            _turn: turn,
         })
     }
 
@@ -443,9 +629,17 @@ impl Agent {
             applied,
             changes,
             gateways,
-            listeners,
+            bound,
+            origin,
+            _turn,
         } = prepared;
         let path = applied.path.display().to_string();
+        if !changes.runtime_replaced.is_empty() {
+            tracing::warn!(
+                "{path}: reload replaced runtime changes made through UAPI: {}",
+                changes.runtime_replaced.join(", ")
+            );
+        }
         for field in &changes.needs_restart {
             tracing::warn!("{path}: `{field}` changed: it applies at the next restart");
         }
@@ -455,7 +649,7 @@ impl Agent {
             .await;
         let update = manager.apply_prepared(gateways).await;
         let restart_all = lock(&self.inner.config).proxy != applied.proxy;
-        if let Err(error) = self.apply_routes(&applied, restart_all, listeners).await {
+        if let Err(error) = self.apply_routes(&applied, restart_all, bound).await {
             // Every listener was bound beforehand: this is a bug, not a bad file.
             tracing::error!("config reload: routes not fully applied: {error:#}");
         }
@@ -471,10 +665,19 @@ impl Agent {
                 ),
             }
         }
-        tracing::info!(
-            unchanged_gateways = update.unchanged.len(),
-            "config reloaded: {changes}"
-        );
+        match origin {
+            ChangeOrigin::File => {
+                tracing::info!(
+                    unchanged_gateways = update.unchanged.len(),
+                    "config reloaded: {changes}"
+                );
+                *lock(&self.inner.from_file) = applied.clone();
+            }
+            ChangeOrigin::Uapi => tracing::info!(
+                unchanged_gateways = update.unchanged.len(),
+                "UAPI set applied (runtime state until the next reload): {changes}"
+            ),
+        }
         *lock(&self.inner.config) = applied;
         changes
     }
@@ -495,6 +698,14 @@ impl Agent {
             .into_values()
             .collect();
         for mut route in routes {
+            route.task.abort();
+            let _ = (&mut route.task).await;
+        }
+        // UDP has nothing to drain: flows close with their route.
+        let udp_routes: Vec<UdpRoute> = std::mem::take(&mut *lock(&self.inner.udp_routes))
+            .into_values()
+            .collect();
+        for mut route in udp_routes {
             route.task.abort();
             let _ = (&mut route.task).await;
         }
@@ -537,13 +748,27 @@ impl Agent {
                     s.rx_bytes,
                     s.tx_bytes,
                 )
+                .with_icmp_filtered(s.icmp_filtered)
             })
             .collect();
-        let routes = lock(&self.inner.config)
-            .routes
+        let open_flows: BTreeMap<u16, u64> = lock(&self.inner.udp_routes)
             .iter()
-            .map(RouteStatus::from_config)
+            .map(|(port, r)| (*port, r.metrics.snapshot().open_flows))
             .collect();
+        let routes = {
+            let config = lock(&self.inner.config);
+            config
+                .routes
+                .iter()
+                .map(|r| {
+                    let status = RouteStatus::from_config(r, &config.proxy);
+                    match open_flows.get(&r.port) {
+                        Some(open) if r.protocol.is_datagram() => status.with_open_flows(*open),
+                        _ => status,
+                    }
+                })
+                .collect()
+        };
         let manager = &self.inner.manager;
         let agent = AgentStatus::new(manager.public_key().to_base64(), self.listen_port());
         StatusSnapshot::new(manager.virtual_ip(), gateways, routes)
@@ -608,6 +833,15 @@ impl StatusSource for Agent {
             routes.iter().map(|(l, m)| (l.as_str(), m)).collect();
         let mut text = String::new();
         local_proxy::render_prometheus(&mut text, "wg_agent_route", &refs);
+        let udp: Vec<(String, local_proxy::UdpMetricsSnapshot)> = lock(&self.inner.udp_routes)
+            .iter()
+            .map(|(port, r)| (format!("port=\"{port}\""), r.metrics.snapshot()))
+            .collect();
+        if !udp.is_empty() {
+            let refs: Vec<(&str, &local_proxy::UdpMetricsSnapshot)> =
+                udp.iter().map(|(l, m)| (l.as_str(), m)).collect();
+            local_proxy::render_udp_prometheus(&mut text, "wg_agent_udp", &refs);
+        }
         text.push_str(&format!(
             "# HELP wg_agent_log_lines_dropped_total Log lines dropped because the log sink was too slow.\n\
              # TYPE wg_agent_log_lines_dropped_total counter\n\
@@ -619,6 +853,34 @@ impl StatusSource for Agent {
 
     fn draining(&self) -> bool {
         self.inner.draining.load(Relaxed)
+    }
+
+    fn ping(&self, target: String, timeout: Duration) -> PingFuture {
+        let manager = self.inner.manager.clone();
+        let draining = self.draining();
+        Box::pin(async move {
+            if draining {
+                return Err(PingError::Unavailable("the agent is shutting down".into()));
+            }
+            let (ip, gateway) = match manager.gateway_virtual_ip(&target) {
+                Some(Some(ip)) => (ip, target),
+                Some(None) => return Err(PingError::NoVirtualIp(target)),
+                None => {
+                    let ip: IpAddr = target
+                        .parse()
+                        .map_err(|_| PingError::UnknownTarget(target.clone()))?;
+                    let gateway = manager.gateway_routing(ip).ok_or(PingError::NoRoute(ip))?;
+                    (ip, gateway)
+                }
+            };
+            Ok(match manager.ping(ip, timeout).await {
+                Ok(rtt) => PingReply::answered(ip, gateway, rtt),
+                Err(error) if error.kind() == std::io::ErrorKind::TimedOut => {
+                    PingReply::unanswered(ip, gateway, "timed out".into())
+                }
+                Err(error) => PingReply::unanswered(ip, gateway, error.to_string()),
+            })
+        })
     }
 }
 

@@ -4,12 +4,16 @@
 //! The protocol: a client sends `get=1\n\n` and reads `key=value` lines ending with
 //! `errno=N` and a blank line. Keys are lowercase hex. The agent answers `get` with its
 //! private key (which `wg showconf` needs; the socket is 0600) but never with preshared
-//! keys. `set=1` changes nothing yet: the restart-only keys (`private_key`, `listen_port`,
-//! `fwmark`) answer `errno=22`, peer changes `errno=95` (operation not supported).
+//! keys. `set=1` changes peers (`uapi/set.rs` says what applies) through the same prepare and
+//! commit as a reload, all or nothing: a malformed or inapplicable request answers
+//! `errno=22` and changes nothing. Such changes are runtime state: `SIGHUP` re-applies the
+//! file and says which of them it replaced.
 //!
 //! The socket is `/var/run/wireguard/NAME.sock`, the only place `wg` looks, when that
 //! directory can be used; otherwise it goes in the runtime directory (`$RUNTIME_DIRECTORY`,
-//! else `$XDG_RUNTIME_DIR/wireguard`), for a tmpfiles.d link to point at.
+//! else `$XDG_RUNTIME_DIR/wireguard`), for a tmpfiles.d link to point at. A link already at
+//! `/var/run/wireguard/NAME.sock` (the package's) is left in place and the socket goes to the
+//! runtime directory.
 
 use std::fmt::Write as _;
 use std::io;
@@ -22,7 +26,9 @@ use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, Buf
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 
-use crate::runtime::Agent;
+use crate::runtime::{Agent, ChangeOrigin};
+
+mod set;
 
 /// The directory `wg` looks in (compiled into wireguard-tools).
 pub const WG_SOCKET_DIR: &str = "/var/run/wireguard";
@@ -33,9 +39,7 @@ const MAX_LINES: usize = 4096;
 /// Most clients served at once.
 const MAX_CLIENTS: usize = 16;
 
-/// `EOPNOTSUPP`: what `set=1` answers until it is supported.
-const EOPNOTSUPP: i32 = 95;
-/// `EINVAL`: a malformed request.
+/// `EINVAL`: a malformed request, or one that cannot apply.
 const EINVAL: i32 = 22;
 
 /// The bound UAPI socket; the file is removed when the server stops.
@@ -50,15 +54,28 @@ impl UapiServer {
     /// directory. A live socket of the same name is an error; a stale one is replaced.
     pub async fn bind(name: &str) -> anyhow::Result<Self> {
         let mut tried = Vec::new();
+        let mut link = None;
         for dir in socket_dirs() {
             if std::fs::create_dir_all(&dir).is_err() {
                 tried.push(dir.display().to_string());
                 continue;
             }
             let path = dir.join(format!("{name}.sock"));
+            // A link is the package's tmpfiles.d entry pointing `wg` at the runtime directory:
+            // the socket goes there, the link stays.
+            if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+                tried.push(dir.display().to_string());
+                link = Some(path);
+                continue;
+            }
             ensure_not_live(&path).await?;
             match crate::admin::bind_private_socket(&path) {
-                Ok(listener) => return Ok(Self { listener, path }),
+                Ok(listener) => {
+                    if let Some(link) = link {
+                        check_link(&link, &path);
+                    }
+                    return Ok(Self { listener, path });
+                }
                 Err(error) => {
                     tracing::debug!(path = %path.display(), %error, "UAPI socket: cannot bind here");
                     tried.push(dir.display().to_string());
@@ -115,6 +132,21 @@ fn socket_dirs() -> Vec<PathBuf> {
     dirs
 }
 
+/// Warns when the link `wg` finds does not lead to the socket the agent serves.
+fn check_link(link: &Path, socket: &Path) {
+    let leads_here = std::fs::canonicalize(link)
+        .ok()
+        .zip(std::fs::canonicalize(socket).ok())
+        .is_some_and(|(a, b)| a == b);
+    if !leads_here {
+        tracing::warn!(
+            link = %link.display(),
+            socket = %socket.display(),
+            "the UAPI link does not lead to the agent's socket: `wg` will not find the agent; point the link at the socket"
+        );
+    }
+}
+
 async fn ensure_not_live(path: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::FileTypeExt as _;
     let Ok(meta) = std::fs::symlink_metadata(path) else {
@@ -143,7 +175,7 @@ async fn serve_client(stream: UnixStream, agent: &Agent) -> io::Result<()> {
         let Some(command) = read_line(&mut reader).await? else {
             return Ok(());
         };
-        let mut lines = Vec::new();
+        let mut lines: Vec<String> = Vec::new();
         while let Some(line) = read_line(&mut reader).await? {
             if line.is_empty() {
                 break;
@@ -155,24 +187,44 @@ async fn serve_client(stream: UnixStream, agent: &Agent) -> io::Result<()> {
         }
         let answer = match command.as_str() {
             "get=1" if lines.is_empty() => get(agent),
-            "set=1" => zeroize::Zeroizing::new(format!("errno={}\n\n", set_errno(&lines))),
+            "set=1" => zeroize::Zeroizing::new(format!("errno={}\n\n", set(agent, &lines).await)),
             _ => zeroize::Zeroizing::new(format!("errno={EINVAL}\n\n")),
         };
+        // A set may carry a key: no copy outlives the request.
+        lines.iter_mut().for_each(zeroize::Zeroize::zeroize);
         write.write_all(answer.as_bytes()).await?;
     }
 }
 
-/// The `set=1` answer until peer changes are supported: the interface's restart-only keys
-/// (`private_key`, `listen_port`, `fwmark`) are refused as invalid (`EINVAL`), like a bad
-/// value; anything else is not supported yet (`EOPNOTSUPP`). Nothing changes either way.
-fn set_errno(lines: &[String]) -> i32 {
-    let restart_only = lines.iter().any(|line| {
-        matches!(
-            line.split_once('=').map(|(key, _)| key),
-            Some("private_key" | "listen_port" | "fwmark")
-        )
-    });
-    if restart_only { EINVAL } else { EOPNOTSUPP }
+/// Serves `set=1`: parses the request, builds the configuration it makes from the running
+/// one, and applies that through the same prepare and commit as a reload. The answer's
+/// errno: 0 when it applied, `EINVAL` when nothing did (the reason goes to the log).
+async fn set(agent: &Agent, lines: &[String]) -> i32 {
+    let request = match set::parse(lines) {
+        Ok(request) => request,
+        Err(reason) => {
+            tracing::info!("UAPI set refused, nothing changed: {reason}");
+            return EINVAL;
+        }
+    };
+    let listen_port = agent.listen_port();
+    let prepared = agent
+        .prepare_change(ChangeOrigin::Uapi, |running| {
+            request
+                .apply(running, listen_port)
+                .map_err(anyhow::Error::msg)
+        })
+        .await;
+    match prepared {
+        Ok(prepared) => {
+            agent.commit_reload(prepared).await;
+            0
+        }
+        Err(error) => {
+            tracing::info!("UAPI set refused, nothing changed: {error:#}");
+            EINVAL
+        }
+    }
 }
 
 /// One line without its `\n`; `None` at the end of input. An over-long line is an error.

@@ -749,7 +749,7 @@ mod tests {
         let g1 = &c.gateways[0];
         assert_eq!(g1.id, "Tokyo-gateway");
         assert_eq!(g1.name.as_deref(), Some("Tokyo gateway"));
-        assert_eq!(g1.virtual_ip.to_string(), "10.1.0.1");
+        assert_eq!(g1.virtual_ip.unwrap().to_string(), "10.1.0.1");
         assert_eq!(g1.persistent_keepalive, 15);
         assert!(g1.preshared_key.is_some());
         assert_eq!(g1.endpoint.to_string(), "gw1.example.net:51820");
@@ -758,7 +758,7 @@ mod tests {
         assert_eq!(g2.id, "gw2");
         assert_eq!(g2.endpoint.to_string(), "[2001:db8::2]:51820");
         assert_eq!(
-            g2.virtual_ip.to_string(),
+            g2.virtual_ip.unwrap().to_string(),
             "10.1.0.2",
             "first free host, guessed"
         );
@@ -809,7 +809,7 @@ mod tests {
         assert_eq!(nets, ["fd00::/64", "10.1.0.0/24"]);
         let g = &c.gateways[0];
         assert_eq!(
-            g.virtual_ip.to_string(),
+            g.virtual_ip.unwrap().to_string(),
             "10.1.0.1",
             "the first host route of the peer"
         );
@@ -850,7 +850,7 @@ mod tests {
         let c = valid(&out.toml);
         let nets: Vec<String> = c.agent.subnets.iter().map(ToString::to_string).collect();
         assert_eq!(nets, ["10.8.0.0/24", "fd08::/64"]);
-        assert_eq!(c.gateways[0].virtual_ip.to_string(), "10.8.0.1");
+        assert_eq!(c.gateways[0].virtual_ip.unwrap().to_string(), "10.8.0.1");
         let notes = out.notes.join("\n");
         assert!(
             notes.contains("subnet 10.8.0.0/24 is a guess")
@@ -874,7 +874,7 @@ mod tests {
         let out = import(&wg0, &ImportOptions::default()).unwrap();
         let c = valid(&out.toml);
         assert_eq!(c.agent.subnet.to_string(), "10.8.0.0/24");
-        assert_eq!(c.gateways[0].virtual_ip.to_string(), "10.8.0.1");
+        assert_eq!(c.gateways[0].virtual_ip.unwrap().to_string(), "10.8.0.1");
         assert_eq!(c.gateways[0].persistent_keepalive, 0);
         let notes = out.notes.join("\n");
         assert!(notes.contains("subnet 10.8.0.0/24 is a guess"), "{notes}");
@@ -891,7 +891,7 @@ mod tests {
         let c = valid(&out.toml);
         assert_eq!(c.agent.subnet.to_string(), "10.9.0.0/16");
         assert_eq!(c.gateways[1].id, "lan");
-        assert_eq!(c.gateways[1].virtual_ip.to_string(), "10.9.0.2");
+        assert_eq!(c.gateways[1].virtual_ip.unwrap().to_string(), "10.9.0.2");
         assert!(
             c.gateways[1]
                 .allowed_ips

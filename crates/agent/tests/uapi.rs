@@ -145,25 +145,28 @@ async fn uapi_wg_show_and_showconf_read_the_running_agent() {
         "the preshared key leaked"
     );
 
+    // `wg syncconf NAME <(wg showconf NAME)` sends the running private key and port back, and
+    // every peer as it is: accepted, nothing changes (the preshared key, which `get` never
+    // shows, stays).
+    let saved = fx.config.with_file_name("showconf.conf");
+    std::fs::write(&saved, &conf.stdout).unwrap();
+    let sync = wg(&["syncconf", &name, saved.to_str().unwrap()]);
+    std::fs::remove_file(&saved).unwrap();
+    assert!(sync.status.success(), "{}", text(&sync));
+    let log = fx.log_text();
+    let applied = log
+        .lines()
+        .find(|l| l.contains("UAPI set applied"))
+        .unwrap_or_else(|| panic!("no UAPI set in the log:\n{log}"));
+    assert!(applied.contains("no changes"), "{applied}");
+
     // A malformed request gets errno=22.
     assert_eq!(uapi_request(&socket, "hello=1\n\n"), "errno=22\n");
-    // Restart-only settings are refused as invalid; peer changes are not supported yet.
+    // Restart-only settings are refused as invalid (`uapi_wg_set_*` covers the rest of set).
     assert_eq!(
         uapi_request(&socket, "set=1\nlisten_port=1\n\n"),
         "errno=22\n"
     );
-    let set = wg(&["set", &name, "fwmark", "7"]);
-    assert!(!set.status.success(), "{}", text(&set));
-    assert!(text(&set).contains("-22"), "{}", text(&set));
-    let set = wg(&[
-        "set",
-        &name,
-        "peer",
-        &gateway_key,
-        "persistent-keepalive",
-        "5",
-    ]);
-    assert!(!set.status.success(), "{}", text(&set));
 
     // A second agent with the same name (and its own admin port) is refused and says why.
     let second_config = fx.config.with_file_name("second.toml");
@@ -188,6 +191,197 @@ async fn uapi_wg_show_and_showconf_read_the_running_agent() {
     assert!(!socket.exists(), "the socket is removed on exit");
 }
 
+fn show(name: &str) -> String {
+    let out = wg(&["show", name]);
+    assert!(out.status.success(), "{}", text(&out));
+    text(&out)
+}
+
+/// The gateways in `/status`: (id, endpoint).
+fn status_gateways(admin: std::net::SocketAddr) -> Vec<(String, String)> {
+    let (code, body) = admin_get(admin, "/status").expect("/status");
+    assert_eq!(code, 200, "{body}");
+    let doc: serde_json::Value = serde_json::from_str(&body).expect("status json");
+    doc["gateways"]
+        .as_array()
+        .expect("gateways")
+        .iter()
+        .map(|g| {
+            (
+                g["id"].as_str().unwrap().to_owned(),
+                g["endpoint"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// `wg set` against the running agent: keepalive and allowed IPs of a gateway, a peer added
+/// and removed, restart-only keys refused with nothing changed, a malformed request refused
+/// whole; then `SIGHUP` restores the file's state and says which UAPI changes it replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uapi_wg_set_changes_peers_until_a_reload() {
+    if !wg_available() {
+        return;
+    }
+    let (fx, _gw) = AgentFixture::start(PrivateKey::generate(), None).await;
+    let config = fx.config_text("", "", "1s");
+    fx.write_config(&config);
+    let name = uapi_name(&config);
+    let socket = socket_path(&name);
+    let mut child = fx.spawn();
+    let admin = fx.admin;
+    wait_for("/readyz 200", Duration::from_secs(30), || {
+        admin_get(admin, "/readyz").is_some_and(|(s, _)| s == 200)
+    });
+    let gateway_key = fx.gateway_key.public_key().to_base64();
+    let before = show(&name);
+    assert!(
+        before.contains("persistent keepalive: every 25 seconds"),
+        "{before}"
+    );
+
+    // Keepalive and allowed IPs of the configured gateway; the session is kept.
+    let set = wg(&[
+        "set",
+        &name,
+        "peer",
+        &gateway_key,
+        "persistent-keepalive",
+        "7",
+        "allowed-ips",
+        "10.1.0.1/32,10.1.0.64/26",
+    ]);
+    assert!(set.status.success(), "{}", text(&set));
+    let shown = show(&name);
+    assert!(
+        shown.contains("persistent keepalive: every 7 seconds"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("allowed ips: 10.1.0.1/32, 10.1.0.64/26"),
+        "{shown}"
+    );
+    assert!(
+        fx.log_text().contains("UAPI set applied"),
+        "{}",
+        fx.log_text()
+    );
+    assert!(admin_get(admin, "/readyz").is_some_and(|(s, _)| s == 200));
+
+    // A peer added: its id comes from its key; /status and wg show list it.
+    let new_key = PrivateKey::generate().public_key().to_base64();
+    let id = format!("gw-{}", &new_key[..8].replace('+', "-").replace('/', "_"));
+    let set = wg(&[
+        "set",
+        &name,
+        "peer",
+        &new_key,
+        "endpoint",
+        "127.0.0.1:9",
+        "allowed-ips",
+        "10.1.0.7/32",
+    ]);
+    assert!(set.status.success(), "{}", text(&set));
+    let shown = show(&name);
+    assert!(shown.contains(&format!("peer: {new_key}")), "{shown}");
+    assert!(shown.contains("endpoint: 127.0.0.1:9"), "{shown}");
+    let gateways = status_gateways(admin);
+    assert!(
+        gateways.contains(&(id.clone(), "127.0.0.1:9".to_owned())),
+        "{gateways:?}"
+    );
+
+    // Restart-only keys: errno=22 (wg prints the error and exits non-zero), nothing changed.
+    let before = show(&name);
+    for args in [
+        vec!["listen-port", "1"],
+        vec!["fwmark", "7"],
+        vec!["private-key", "/dev/stdin"],
+    ] {
+        let mut command = Command::new("wg");
+        command.args(["set", &name]).args(&args);
+        command.stdin(std::process::Stdio::piped());
+        command.stdout(std::process::Stdio::piped());
+        command.stderr(std::process::Stdio::piped());
+        let mut running = command.spawn().unwrap();
+        let key = PrivateKey::generate().to_base64_secret();
+        // Only `private-key` reads it: the others may have exited already (a broken pipe).
+        let _ = running.stdin.take().unwrap().write_all(key.as_bytes());
+        let out = running.wait_with_output().unwrap();
+        assert!(!out.status.success(), "{args:?}: {}", text(&out));
+        assert!(
+            text(&out).contains("Invalid argument") || text(&out).contains("-22"),
+            "{args:?}: {}",
+            text(&out)
+        );
+    }
+    // A malformed request, after a valid change in the same request: nothing applies.
+    let new_hex: String = wg_core::PublicKey::from_base64(&new_key)
+        .unwrap()
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        uapi_request(
+            &socket,
+            &format!(
+                "set=1\npublic_key={new_hex}\npersistent_keepalive_interval=9\nallowed_ip=10.1.0.300/32\n\n"
+            )
+        ),
+        "errno=22\n"
+    );
+    let after = show(&name);
+    let strip = |t: &str| {
+        t.lines()
+            .filter(|l| !l.contains("handshake") && !l.contains("transfer"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(
+        strip(&before),
+        strip(&after),
+        "a refused set changed something"
+    );
+
+    // Removed again.
+    let set = wg(&["set", &name, "peer", &new_key, "remove"]);
+    assert!(set.status.success(), "{}", text(&set));
+    assert!(!show(&name).contains(&new_key));
+    assert!(!status_gateways(admin).iter().any(|(i, _)| *i == id));
+
+    // Add it again, then SIGHUP: the file's state comes back, and the log says what went.
+    let set = wg(&["set", &name, "peer", &new_key, "endpoint", "127.0.0.1:9"]);
+    assert!(set.status.success(), "{}", text(&set));
+    signal(&child, "-HUP");
+    wait_for("the reload", Duration::from_secs(30), || {
+        fx.log_text().contains("reload replaced runtime changes")
+    });
+    let log = fx.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("reload replaced runtime changes made through UAPI"))
+        .unwrap();
+    for part in [
+        "gw1 allowed IPs changed",
+        "gw1 persistent keepalive changed",
+        &format!("peer {id} added"),
+    ] {
+        assert!(line.contains(part), "missing `{part}` in: {line}");
+    }
+    let shown = show(&name);
+    assert!(
+        shown.contains("persistent keepalive: every 25 seconds"),
+        "{shown}"
+    );
+    assert!(shown.contains("allowed ips: 10.1.0.1/32\n"), "{shown}");
+    assert!(!shown.contains(&new_key), "{shown}");
+    assert!(admin_get(admin, "/readyz").is_some_and(|(s, _)| s == 200));
+
+    signal(&child, "-TERM");
+    assert!(wait_exit(&mut child, Duration::from_secs(30)).success());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uapi_stale_socket_is_replaced() {
     if !wg_available() {
@@ -209,4 +403,61 @@ async fn uapi_stale_socket_is_replaced() {
     assert!(show.status.success(), "{}", text(&show));
     signal(&child, "-TERM");
     assert!(wait_exit(&mut child, Duration::from_secs(30)).success());
+}
+
+/// The package's layout: tmpfiles.d links `/run/wireguard/NAME.sock` to the socket in the
+/// service's runtime directory (the service cannot create files in /run/wireguard). The agent
+/// finds the link in `wg`'s folder, binds in `RUNTIME_DIRECTORY`, and `wg` follows the link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uapi_tmpfiles_link_reaches_the_runtime_directory_socket() {
+    if !wg_available() {
+        return;
+    }
+    let (fx, _gw) = AgentFixture::start(PrivateKey::generate(), None).await;
+    let config = fx.config_text("", "", "1s");
+    fx.write_config(&config);
+    let name = uapi_name(&config);
+    let runtime = fx.config.with_file_name("runtime");
+    std::fs::create_dir_all(&runtime).unwrap();
+    let target = runtime.join(format!("{name}.sock"));
+    let link = socket_path(&name);
+    std::fs::create_dir_all("/var/run/wireguard").unwrap();
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&target, &link).expect("the tmpfiles link");
+    // The link is removed however the test ends (the folder is shared).
+    struct RemoveOnDrop(PathBuf);
+    impl Drop for RemoveOnDrop {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _link_guard = RemoveOnDrop(link.clone());
+    let mut child = fx.spawn_with_env(&[("RUNTIME_DIRECTORY", runtime.to_str().unwrap())]);
+    let started = (0..300).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        target.exists() || child.try_wait().unwrap().is_some()
+    });
+    let log = fx.log_text();
+    assert!(
+        started && target.exists(),
+        "no socket at {}:\n{log}",
+        target.display()
+    );
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "the link was replaced"
+    );
+    let show = wg(&["show", &name, "public-key"]);
+    assert!(show.status.success(), "{}", text(&show));
+    assert_eq!(
+        text(&show).trim(),
+        fx.agent_key.public_key().to_base64(),
+        "wg follows the link to the agent"
+    );
+    signal(&child, "-TERM");
+    assert!(wait_exit(&mut child, Duration::from_secs(30)).success());
+    assert!(!target.exists(), "the socket is removed on exit");
 }

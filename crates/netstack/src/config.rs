@@ -32,10 +32,22 @@ pub struct NetstackConfig {
     /// 1420, WireGuard's). UDP datagrams and ICMP messages obey it, and the TCP MSS
     /// announced to peers and every outbound TCP segment follow from it.
     ///
-    /// It is kept apart from the segment size smoltcp works in internally (today the same
-    /// value): with segmentation offload inside the stack, smoltcp handles large segments
-    /// and the stack splits them to this MTU on the way out.
+    /// It is kept apart from the segment size smoltcp works in internally: with
+    /// [`segment_offload`](Self::segment_offload), smoltcp handles segments of up to
+    /// 64 KiB and the stack splits them to this MTU on the way out.
     pub path_mtu: usize,
+    /// Segmentation offload inside the stack (default on): smoltcp works in TCP segments
+    /// of up to 64 KiB, split to the path MTU on the way out and joined from in-order
+    /// wire segments on the way in, which saves most of smoltcp's per-segment work on
+    /// bulk transfers. On the wire nothing changes: the MSS announced to peers follows
+    /// `path_mtu`, and peers get at least one ACK per two segments. Off: smoltcp works
+    /// in wire segments (kept as a baseline for measurements). Needs the sender
+    /// (`repair_budget` > 0), which repairs losses per wire segment; off without it.
+    pub segment_offload: bool,
+    /// Bytes of packets the outbound queue holds at most (default 8 MiB), beside
+    /// [`max_outbound_packets`](Self::max_outbound_packets): past either the stack stops
+    /// emitting.
+    pub max_outbound_bytes: usize,
     /// Receive buffer of each TCP connection in bytes (default 1 MiB). The advertised
     /// window (with window scaling) follows from it. Pages are committed only when used.
     pub tcp_rx_buffer: usize,
@@ -91,7 +103,10 @@ pub struct NetstackConfig {
     pub close_timeout: Duration,
     /// Nagle's algorithm (default off: latency matters more than tiny segments here).
     pub nagle: bool,
-    /// Delayed ACK (default 10 ms, smoltcp's). `None`: ACK at once.
+    /// Delayed ACK (default 10 ms, smoltcp's). `None`: ACK at once. Only without
+    /// [`segment_offload`](Self::segment_offload): with it smoltcp believes in a 64 KiB
+    /// MSS and would hold its ACK until 64 KiB arrived, so it ACKs every inbound batch at
+    /// once and the stack adds an ACK per two wire segments.
     pub ack_delay: Option<Duration>,
     /// The floor of TCP's retransmission timeout (default 200 ms, Linux's; 50 ms..=1 s).
     ///
@@ -129,6 +144,8 @@ impl Default for NetstackConfig {
         Self {
             addresses: Vec::new(),
             path_mtu: 1420,
+            segment_offload: true,
+            max_outbound_bytes: 8 << 20,
             tcp_rx_buffer: 1 << 20,
             tcp_tx_buffer: 512 << 10,
             tcp_buffer_budget: 512 << 20,
@@ -162,11 +179,30 @@ impl NetstackConfig {
         }
     }
 
-    /// The IP MTU smoltcp works in, from which its TCP MSS follows. Equal to
-    /// [`path_mtu`](Self::path_mtu) until the stack splits larger segments to the path MTU
-    /// itself (segmentation offload); only the device handed to smoltcp uses it.
+    /// The IP MTU smoltcp works in, from which its TCP MSS follows: 64 KiB with
+    /// [`segment_offload`](Self::segment_offload) (the stack splits to
+    /// [`path_mtu`](Self::path_mtu)), else the path MTU; only the device handed to smoltcp
+    /// uses it.
     pub(crate) fn segment_mtu(&self) -> usize {
-        self.path_mtu
+        if self.offload() {
+            crate::offload::SEGMENT_MTU
+        } else {
+            self.path_mtu
+        }
+    }
+
+    /// Whether segment offload is on: asked for, and the sender is on (without it smoltcp
+    /// would resend whole 64 KiB segments, lost again whenever one of their ~45 wire
+    /// segments is: measured, a 3 % loss path then never finishes).
+    pub(crate) fn offload(&self) -> bool {
+        self.segment_offload && self.repair_budget > 0
+    }
+
+    /// The TCP MSS on the wire for IPv4 (`v6`: IPv6): the path MTU minus the IP and TCP
+    /// headers.
+    pub(crate) fn path_mss(&self, v6: bool) -> u16 {
+        let headers = if v6 { 60 } else { 40 };
+        u16::try_from(self.path_mtu.saturating_sub(headers)).unwrap_or(u16::MAX - 60)
     }
 
     /// The receive and send ring sizes of a new connection while `reserved` bytes of
@@ -233,6 +269,12 @@ impl NetstackConfig {
             if value == 0 {
                 return Err(ConfigError::Range { field, value });
             }
+        }
+        if self.max_outbound_bytes < self.path_mtu {
+            return Err(ConfigError::Range {
+                field: "max_outbound_bytes",
+                value: self.max_outbound_bytes,
+            });
         }
         if !(Duration::from_millis(50)..=Duration::from_secs(1)).contains(&self.min_rto) {
             return Err(ConfigError::MinRto(self.min_rto));

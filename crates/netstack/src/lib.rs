@@ -64,6 +64,7 @@ mod buffer;
 mod config;
 mod device;
 mod icmp;
+mod offload;
 mod sender;
 mod shard;
 #[cfg(test)]

@@ -21,6 +21,7 @@ use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
 use crate::buffer::{Owned, Sockets, TcpSocket};
 use crate::config::NetstackConfig;
 use crate::device::{Dev, capabilities};
+use crate::offload::{self, Offload};
 use crate::sender::{Sender, Verdict};
 use crate::stack::Shared;
 use crate::stats::DropReason;
@@ -57,6 +58,8 @@ struct Conn {
     tx_dirty: usize,
     /// Queued in `Shard::release_queue`.
     release_pending: bool,
+    /// Segmentation offload: wire segment sizes, window scale, ACKs sent.
+    offload: Offload,
 }
 
 /// Half-open connections of each listener in a shard, oldest first, so evicting the oldest
@@ -179,6 +182,10 @@ pub(crate) struct Shard {
     ready: Vec<Tuple>,
     /// `repair_budget` is 0: smoltcp sends on its own (its Cubic, its timers).
     sender_off: bool,
+    /// `segment_offload`: smoltcp works in large segments (see `offload.rs`).
+    offload: bool,
+    /// The path MTU: what goes on the wire.
+    path_mtu: usize,
     /// Connections whose send ring may be released at the given time (in time order).
     release_queue: VecDeque<(Instant, Tuple)>,
     /// Bound UDP ports (shard 0 only), with the number of sockets on each.
@@ -200,12 +207,15 @@ impl Shard {
         seed: u64,
         now: Instant,
     ) -> Self {
-        let caps = capabilities(config.segment_mtu());
+        let caps = capabilities(config.segment_mtu(), config.offload());
         let mut tx = Vec::new();
         let mut dev = Dev {
             rx: None,
             tx: &mut tx,
             tx_limit: 0,
+            bytes_limit: 0,
+            bytes: 0,
+            fill_below: 0,
             caps: &caps,
         };
         let mut iface_config = Config::new(HardwareAddress::Ip);
@@ -245,6 +255,8 @@ impl Shard {
             timers: BTreeSet::new(),
             ready: Vec::new(),
             sender_off: config.repair_budget == 0,
+            offload: config.offload(),
+            path_mtu: config.path_mtu,
             release_queue: VecDeque::new(),
             udp_ports: HashMap::new(),
             icmp_idents: HashSet::new(),
@@ -269,6 +281,7 @@ impl Shard {
         class: Class,
         now: Instant,
         reply_limit: usize,
+        ends: Option<&[u32]>,
     ) {
         let now = self.tick(now);
         let mut watch = None;
@@ -312,11 +325,28 @@ impl Shard {
             }
             Class::Other => {}
         }
+        let rewritten;
+        let packet = match class {
+            Class::Tcp {
+                tuple, rst: false, ..
+            } if self.offload => match self.offload_inbound(shared, tuple, packet, ends) {
+                Some(p) => {
+                    rewritten = p;
+                    &rewritten[..]
+                }
+                None => packet,
+            },
+            _ => packet,
+        };
         let before = self.tx.len();
+        let fill_below = self.fill_below();
         let mut dev = Dev {
             rx: Some(packet),
             tx: &mut self.tx,
             tx_limit: usize::MAX,
+            bytes_limit: usize::MAX,
+            bytes: 0,
+            fill_below,
             caps: &self.caps,
         };
         self.sockets
@@ -326,6 +356,7 @@ impl Shard {
             self.tx.truncate(before);
             shared.counters.drop(DropReason::QueueFull);
         }
+        self.offload_emitted(shared, before);
         if let Class::Tcp { tuple, .. } = class {
             self.feed_sender(shared, tuple, seg.as_ref(), now);
             self.reset_unread(tuple);
@@ -342,6 +373,9 @@ impl Shard {
     pub(crate) fn egress(&mut self, shared: &Shared, now: Instant, budget: usize) -> bool {
         let now = self.tick(now);
         let limit = self.tx.len().saturating_add(budget);
+        let bytes_limit = budget.saturating_mul(self.path_mtu);
+        let mut bytes = 0;
+        let fill_below = self.fill_below();
         self.run_sender_timers(shared, now);
         let t = self.clock.smol_at(now);
         loop {
@@ -350,11 +384,19 @@ impl Shard {
                 rx: None,
                 tx: &mut self.tx,
                 tx_limit: limit,
+                bytes_limit,
+                bytes,
+                fill_below,
                 caps: &self.caps,
             };
             let res = self.sockets.poll_egress(&mut self.iface, t, &mut dev);
+            bytes = dev.bytes;
+            self.offload_emitted(shared, from);
             self.route_emitted(shared, from, now);
-            if res == smoltcp::iface::PollResult::None || self.tx.len() >= limit {
+            if res == smoltcp::iface::PollResult::None
+                || self.tx.len() >= limit
+                || bytes >= bytes_limit
+            {
                 break;
             }
         }
@@ -498,6 +540,11 @@ impl Shard {
                 ready: false,
                 tx_dirty: 0,
                 release_pending: false,
+                offload: Offload::new(
+                    shared
+                        .config
+                        .path_mss(tuple.local.addr.version() == smoltcp::wire::IpVersion::Ipv6),
+                ),
             },
         );
         if let Err(err) = res {
@@ -718,6 +765,11 @@ impl Shard {
                 ready: false,
                 tx_dirty: 0,
                 release_pending: false,
+                offload: Offload::new(
+                    shared
+                        .config
+                        .path_mss(tuple.local.addr.version() == smoltcp::wire::IpVersion::Ipv6),
+                ),
             },
         );
         // After the insert, so the entry counts as live if the queue is swept.
@@ -885,6 +937,111 @@ impl Shard {
         .with_congestion(config.congestion)
     }
 
+    /// TCP segments up to this length get their checksum from the device (see
+    /// [`Dev::fill_below`]).
+    fn fill_below(&self) -> usize {
+        if self.offload { self.path_mtu } else { 0 }
+    }
+
+    /// Segment offload for a segment the peer sent on `tuple` (before smoltcp sees it):
+    /// a SYN's MSS is recorded and replaced by a large one (the packet to feed instead
+    /// is returned), data is recorded for the ACKs that follow. `ends`: where the wire
+    /// segments of a joined one ended.
+    fn offload_inbound(
+        &mut self,
+        shared: &Shared,
+        tuple: Tuple,
+        packet: &[u8],
+        ends: Option<&[u32]>,
+    ) -> Option<Vec<u8>> {
+        let conn = self.conns.get_mut(&tuple)?;
+        let v6 = tuple.local.addr.version() == smoltcp::wire::IpVersion::Ipv6;
+        let path_mss = shared.config.path_mss(v6);
+        if offload::is_syn(packet) {
+            let inner = offload::SEGMENT_MTU - if v6 { 60 } else { 40 };
+            let mss = conn.offload.on_peer_syn(
+                packet,
+                path_mss,
+                u16::try_from(inner).unwrap_or(u16::MAX),
+            )?;
+            let mut p = packet.to_vec();
+            offload::rewrite_mss(&mut p, mss);
+            return Some(p);
+        }
+        let (len, seq, _) = offload::seq_ack(packet)?;
+        if len > 0 {
+            let len = u32::try_from(len).unwrap_or(u32::MAX);
+            let end = [seq.wrapping_add(len)];
+            conn.offload.on_peer_data(seq, len, ends.unwrap_or(&end));
+        }
+        None
+    }
+
+    /// Segment offload for the packets smoltcp just emitted (`self.tx[from..]`), before
+    /// the senders see them: our SYN's MSS becomes the path's, a segment larger than the
+    /// connection's wire segment is split (each piece's checksum filled), and an ACK that
+    /// covers more than two wire segments of in-order data is preceded by the cumulative
+    /// ACKs in between (same right window edge).
+    fn offload_emitted(&mut self, shared: &Shared, from: usize) {
+        if !self.offload || self.tx.len() == from {
+            return;
+        }
+        let emitted = self.tx.split_off(from);
+        for packet in emitted {
+            let (Some(flags), Some((src, dst))) =
+                (offload::flags(&packet), offload::endpoints(&packet))
+            else {
+                self.tx.push(packet);
+                continue;
+            };
+            let v6 = src.addr.version() == smoltcp::wire::IpVersion::Ipv6;
+            let path_mss = shared.config.path_mss(v6);
+            let mut conn = self.conns.get_mut(&Tuple {
+                local: src,
+                remote: dst,
+            });
+            let mut packet = packet;
+            if flags & offload::SYN != 0 {
+                if let Some(conn) = conn.as_deref_mut() {
+                    conn.offload.on_our_syn(&packet);
+                    if let Some((_, _, Some(ack))) = offload::seq_ack(&packet) {
+                        // A SYN-ACK: the first ACK number on the wire.
+                        let _ = conn.offload.on_our_ack(ack);
+                    }
+                }
+                let mut p = bytes::BytesMut::from(&packet[..]);
+                offload::rewrite_mss(&mut p, path_mss);
+                packet = p.freeze();
+            } else if let Some(conn) = conn.as_deref_mut()
+                && let Some((_, _, Some(ack))) = offload::seq_ack(&packet)
+            {
+                let window = offload::window(&packet).unwrap_or(0);
+                let shift = conn.offload.shift();
+                for at in conn.offload.on_our_ack(ack) {
+                    let w = offload::window_for(ack, window, shift, at);
+                    if let Some(p) = offload::ack_at(&packet, at, w) {
+                        self.tx.push(p);
+                        shared.counters.tcp_acks_added.fetch_add(1, Relaxed);
+                    }
+                }
+            }
+            let wire = conn.map_or(path_mss, |c| c.offload.wire_mss.min(path_mss));
+            let options = offload::options_len(&packet).unwrap_or(0);
+            let max_payload = usize::from(wire).saturating_sub(options).max(1);
+            if let Some(n) = offload::split(&packet, max_payload, &mut self.tx) {
+                shared.counters.tcp_split.fetch_add(n as u64, Relaxed);
+            } else {
+                if packet.len() > self.path_mtu {
+                    // Not split (no data to cut): its checksum is still ours to fill.
+                    let mut p = bytes::BytesMut::from(&packet[..]);
+                    offload::fill_tcp_checksum(&mut p);
+                    packet = p.freeze();
+                }
+                self.tx.push(packet);
+            }
+        }
+    }
+
     /// Hands the TCP segments smoltcp just emitted (`self.tx[from..]`) to their
     /// connections' senders; keeps in `self.tx` only what goes out now. A run of segments
     /// of one connection costs one table lookup.
@@ -938,6 +1095,37 @@ impl Shard {
             i = j;
         }
         self.tx.truncate(kept);
+    }
+
+    /// A pure ACK on `tuple` that a newer one of the same batch follows: only the sender
+    /// sees it (it counts every ACK: delivery, RTT, SACK); smoltcp gets the newer one,
+    /// which tells it all this one does (a cumulative ACK and the newest window). Returns
+    /// false, having done nothing, unless the connection is established.
+    pub(crate) fn ack_to_sender_only(
+        &mut self,
+        shared: &Shared,
+        tuple: Tuple,
+        packet: &[u8],
+        now: Instant,
+    ) -> bool {
+        let now = self.tick(now);
+        if self.sender_off {
+            return false;
+        }
+        let Some(seg) = tcp_segment(packet) else {
+            return false;
+        };
+        let Some(conn) = self.conns.get_mut(&tuple) else {
+            return false;
+        };
+        if !matches!(conn.state, ConnState::Owned)
+            || self.sockets.get::<tcp::Socket>(conn.handle).state() != tcp::State::Established
+        {
+            return false;
+        }
+        conn.sender.on_segment(&seg, now);
+        shared.counters.tcp_acks_folded.fetch_add(1, Relaxed);
+        true
     }
 
     /// Feeds a segment the peer sent on `tuple` (after smoltcp) to its sender; a socket
@@ -1039,7 +1227,11 @@ impl Shard {
         };
         let mut socket = self.sockets.get_mut::<tcp::Socket>(handle);
         socket.set_nagle_enabled(config.nagle);
-        socket.set_ack_delay(config.ack_delay.map(|d| self.clock.smol_duration(d)));
+        // With segment offload smoltcp believes in a 64 KiB MSS, so its delayed ACK would
+        // wait for 64 KiB or the delay: it ACKs at once instead (after each inbound batch,
+        // see `offload.rs`).
+        let ack_delay = config.ack_delay.filter(|_| !self.offload);
+        socket.set_ack_delay(ack_delay.map(|d| self.clock.smol_duration(d)));
         socket.set_keep_alive(config.keepalive.map(|d| self.clock.smol_duration(d)));
         // With the sender on, smoltcp emits what the peer's window allows and the sender
         // paces it (see `sender.rs`); without it, smoltcp's own Cubic applies.

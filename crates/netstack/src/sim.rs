@@ -255,7 +255,9 @@ struct OneConn {
 
 impl OneConn {
     fn new() -> Self {
-        Self::with(|_| {})
+        // These tests send everything at one frozen instant and count what goes out
+        // after: a paced sender (BBR) would still be sending first transmissions then.
+        Self::with(|c| c.congestion = crate::config::CongestionControl::Cubic)
     }
 
     /// With `tune` applied to a's configuration.

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use super::Config;
+use super::{Config, GatewayConfig};
 
 /// The difference between a running [`Config`] and a newly read one.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -28,6 +28,9 @@ pub struct ConfigChanges {
     pub log_level_changed: bool,
     /// Fields that changed but take effect only after a restart.
     pub needs_restart: Vec<&'static str>,
+    /// Runtime changes made through UAPI (`wg set`) that this reload replaced with the
+    /// file's settings, such as `peer gw-abc12345 added` or `gw1 endpoint changed`.
+    pub runtime_replaced: Vec<String>,
 }
 
 impl ConfigChanges {
@@ -74,6 +77,10 @@ impl ConfigChanges {
                 "proxy.max_connections",
                 old.proxy.max_connections != new.proxy.max_connections,
             ),
+            (
+                "proxy.max_udp_flows",
+                old.proxy.max_udp_flows != new.proxy.max_udp_flows,
+            ),
         ];
         c.needs_restart = restart
             .iter()
@@ -99,13 +106,60 @@ impl ConfigChanges {
         applied.log.format = running.log.format;
         applied.uapi_name = running.uapi_name.clone();
         applied.proxy.max_connections = running.proxy.max_connections;
+        applied.proxy.max_udp_flows = running.proxy.max_udp_flows;
         applied
+    }
+
+    /// Which runtime changes a reload replaces: `file` is the configuration last applied from
+    /// the file, `running` what runs (the file plus changes made through UAPI), `new` what the
+    /// reload applies. A UAPI change is replaced when `new` does not keep it.
+    pub fn runtime_replaced(file: &Config, running: &Config, new: &Config) -> Vec<String> {
+        let mut out = Vec::new();
+        fn find(c: &Config, key: wg_core::PublicKey) -> Option<&GatewayConfig> {
+            c.gateways.iter().find(|g| g.public_key == key)
+        }
+        for r in &running.gateways {
+            let n = find(new, r.public_key);
+            match find(file, r.public_key) {
+                None if n != Some(r) => out.push(format!("peer {} added", r.id)),
+                None => {}
+                Some(f) => {
+                    // Per field: does `new` differ from what runs (or drop the gateway)?
+                    let undone = n.map(|n| gateway_fields(n, r));
+                    for (i, (field, changed)) in gateway_fields(f, r).into_iter().enumerate() {
+                        if changed && undone.is_none_or(|u| u[i].1) {
+                            out.push(format!("{} {field} changed", r.id));
+                        }
+                    }
+                }
+            }
+        }
+        for f in &file.gateways {
+            if find(running, f.public_key).is_none() && find(new, f.public_key).is_some() {
+                out.push(format!("peer {} removed", f.id));
+            }
+        }
+        out
     }
 
     /// True when nothing differs.
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
     }
+}
+
+/// What UAPI can change on a gateway: (field, whether `a` and `b` differ there).
+fn gateway_fields(a: &GatewayConfig, b: &GatewayConfig) -> [(&'static str, bool); 5] {
+    [
+        ("endpoint", a.endpoint != b.endpoint),
+        ("allowed IPs", a.allowed_ips != b.allowed_ips),
+        (
+            "persistent keepalive",
+            a.persistent_keepalive != b.persistent_keepalive,
+        ),
+        ("preshared key", a.preshared_key != b.preshared_key),
+        ("virtual IP", a.virtual_ip != b.virtual_ip),
+    ]
 }
 
 impl fmt::Display for ConfigChanges {
@@ -139,6 +193,12 @@ impl fmt::Display for ConfigChanges {
             parts.push(format!(
                 "needs a restart to apply: {}",
                 self.needs_restart.join(", ")
+            ));
+        }
+        if !self.runtime_replaced.is_empty() {
+            parts.push(format!(
+                "replaced runtime changes made through UAPI: {}",
+                self.runtime_replaced.join(", ")
             ));
         }
         if parts.is_empty() {
@@ -224,6 +284,54 @@ mod tests {
             "private key changed (every tunnel re-keys); routes changed; needs a restart to apply: agent.mtu, admin.listen"
         );
         assert!(!line.contains(&agent) && !line.contains(&other));
+    }
+
+    #[test]
+    fn a_reload_names_the_uapi_changes_it_replaces() {
+        let agent = PrivateKey::generate().to_base64_secret().to_string();
+        let [k1, k2, k3] = [0; 3].map(|_| PrivateKey::generate().public_key().to_base64());
+        let file = config(
+            &agent,
+            &[("gw1", &k1, "192.0.2.1:1"), ("gw2", &k2, "192.0.2.2:1")],
+            "",
+        );
+        // Through UAPI: gw1's endpoint and keepalive changed, gw2 removed, gw-new added.
+        let mut running = file.clone();
+        running.gateways[0].endpoint = "192.0.2.9:1".parse().unwrap();
+        running.gateways[0].persistent_keepalive = 5;
+        running.gateways.remove(1);
+        let mut added = config(&agent, &[("gw-new", &k3, "192.0.2.3:1")], "").gateways;
+        running.gateways.append(&mut added);
+
+        // The file, unchanged, undoes all of it.
+        let replaced = ConfigChanges::runtime_replaced(&file, &running, &file);
+        assert_eq!(
+            replaced,
+            [
+                "gw1 endpoint changed",
+                "gw1 persistent keepalive changed",
+                "peer gw-new added",
+                "peer gw2 removed"
+            ]
+        );
+        let mut c = ConfigChanges::between(&running, &file);
+        c.runtime_replaced = replaced;
+        assert!(
+            c.to_string().ends_with(
+                "replaced runtime changes made through UAPI: gw1 endpoint changed, gw1 persistent keepalive changed, peer gw-new added, peer gw2 removed"
+            ),
+            "{c}"
+        );
+
+        // A new file that keeps a UAPI change does not replace it.
+        let mut new = file.clone();
+        new.gateways[0].persistent_keepalive = 5;
+        let replaced = ConfigChanges::runtime_replaced(&file, &running, &new);
+        assert!(!replaced.contains(&"gw1 persistent keepalive changed".to_owned()));
+        assert!(replaced.contains(&"gw1 endpoint changed".to_owned()));
+
+        // Without UAPI changes there is nothing to say.
+        assert!(ConfigChanges::runtime_replaced(&file, &file, &new).is_empty());
     }
 
     #[test]

@@ -34,6 +34,12 @@ pub(crate) struct AgentGateway {
 pub(crate) struct AgentOptions {
     /// `[agent] listen_port` (default: any).
     pub(crate) listen_port: Option<u16>,
+    /// More config text, appended at the end (`[[routes]]` tables: with any, the default
+    /// HTTP route is gone).
+    pub(crate) extra: String,
+    /// The admin endpoint on every address of the namespace (`0.0.0.0:9090`) with
+    /// `allow_remote = true`, instead of [`ADMIN_ADDR`] only (still reached there).
+    pub(crate) admin_remote: bool,
     /// `virtual_ip` and `subnet` list an IPv6 address and prefix too (`AGENT_VIP6`,
     /// `SUBNET6`): dual stack inside the tunnel.
     pub(crate) dual_stack: bool,
@@ -123,6 +129,7 @@ pub(crate) struct AgentProcess<'a> {
     daemon: Daemon,
     config: PathBuf,
     options: AgentOptions,
+    uapi_name: String,
     dir: TempDir,
 }
 
@@ -139,7 +146,8 @@ impl<'a> AgentProcess<'a> {
         let dir = TempDir::new("agent")?;
         write_private_file(&dir.path().join("agent.key"), &format!("{}\n", key.private))?;
         let config = dir.path().join("agent.toml");
-        std::fs::write(&config, config_text(gateways, &options))?;
+        let uapi_name = unique_uapi_name();
+        std::fs::write(&config, config_text(gateways, &options, &uapi_name))?;
         let log = dir.path().join("agent.log");
         let config_arg = config.to_string_lossy().into_owned();
         let daemon = ns.spawn(
@@ -153,8 +161,14 @@ impl<'a> AgentProcess<'a> {
             daemon,
             config,
             options,
+            uapi_name,
             dir,
         })
+    }
+
+    /// `[uapi] name`: `wg show NAME` reads this agent.
+    pub(crate) fn uapi_name(&self) -> &str {
+        &self.uapi_name
     }
 
     /// The agent's pid.
@@ -174,7 +188,10 @@ impl<'a> AgentProcess<'a> {
 
     /// Rewrites the config file with these gateways and sends `SIGHUP`.
     pub(crate) fn reload(&mut self, gateways: &[AgentGateway]) -> Result<()> {
-        std::fs::write(&self.config, config_text(gateways, &self.options))?;
+        std::fs::write(
+            &self.config,
+            config_text(gateways, &self.options, &self.uapi_name),
+        )?;
         if !self.running() {
             bail!("the agent is not running:\n{}", self.log());
         }
@@ -232,6 +249,11 @@ impl<'a> AgentProcess<'a> {
         serde_json::from_str(&out).with_context(|| format!("status --json printed {out:?}"))
     }
 
+    /// The `wg-agent` binary it runs.
+    pub(crate) fn binary(&self) -> &Path {
+        &self.binary
+    }
+
     /// `wg-agent status --admin ADDR` (the table), run inside the namespace.
     pub(crate) fn status_table(&self) -> Result<String> {
         self.ns.run(
@@ -261,10 +283,15 @@ pub(crate) fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-fn config_text(gateways: &[AgentGateway], options: &AgentOptions) -> String {
-    // The UAPI socket directory is shared by every namespace: a name unique to this process.
+/// The UAPI socket directory is shared by every namespace: a name unique to this process
+/// (kept across reloads: a changed name would wait for a restart).
+fn unique_uapi_name() -> String {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("tb{:x}-{n:x}", std::process::id())
+}
+
+fn config_text(gateways: &[AgentGateway], options: &AgentOptions, uapi_name: &str) -> String {
     let (virtual_ip, subnet) = if options.dual_stack {
         (
             format!("[\"{AGENT_VIP}\", \"{AGENT_VIP6}\"]"),
@@ -274,8 +301,7 @@ fn config_text(gateways: &[AgentGateway], options: &AgentOptions) -> String {
         (format!("\"{AGENT_VIP}\""), format!("\"{SUBNET}\""))
     };
     let mut text = format!(
-        "[uapi]\nname = \"tb{:x}-{n:x}\"\n\n[agent]\nprivate_key_file = \"agent.key\"\nvirtual_ip = {virtual_ip}\nsubnet = {subnet}\n",
-        std::process::id()
+        "[uapi]\nname = \"{uapi_name}\"\n\n[agent]\nprivate_key_file = \"agent.key\"\nvirtual_ip = {virtual_ip}\nsubnet = {subnet}\n"
     );
     if let Some(port) = options.listen_port {
         let _ = writeln!(text, "listen_port = {port}");
@@ -291,9 +317,13 @@ fn config_text(gateways: &[AgentGateway], options: &AgentOptions) -> String {
             let _ = writeln!(text, "allowed_ips = [{}]", quoted.join(", "));
         }
     }
-    let _ = write!(
-        text,
-        "\n[proxy]\ndrain_timeout = \"2s\"\n\n[admin]\nlisten = \"{ADMIN_ADDR}\"\n"
-    );
+    let _ = write!(text, "\n[proxy]\ndrain_timeout = \"2s\"\n\n[admin]\n");
+    if options.admin_remote {
+        let port = ADMIN_ADDR.rsplit_once(':').map_or("9090", |(_, p)| p);
+        let _ = writeln!(text, "listen = \"0.0.0.0:{port}\"\nallow_remote = true");
+    } else {
+        let _ = writeln!(text, "listen = \"{ADMIN_ADDR}\"");
+    }
+    text.push_str(&options.extra);
     text
 }
