@@ -164,7 +164,10 @@ pub(crate) fn execute(cli: Cli) -> ExitCode {
         Command::Run { config, log } => run(&config, &log),
         Command::Check { config } => check(&config),
         Command::Genkey => {
-            warn_if_stdout_is_readable_file();
+            warn_if_stdout_is_readable_file(
+                "a private key",
+                "`wg-agent check` refuses such a key file",
+            );
             let key = PrivateKey::generate().to_base64_secret();
             emit(&zeroize::Zeroizing::new(format!("{}\n", key.as_str())))
         }
@@ -248,7 +251,10 @@ fn import(file: &Path, routes: Vec<(u16, Endpoint)>, key_file: Option<PathBuf>) 
         );
     }
     if imported.has_inline_secret {
-        warn_if_stdout_is_readable_file();
+        warn_if_stdout_is_readable_file(
+            "a config holding a secret key (private or preshared)",
+            "keep it where only its owner can read it",
+        );
     }
     for note in &imported.notes {
         eprintln!("wg-agent: note: {note}");
@@ -346,8 +352,9 @@ fn emit(text: &str) -> ExitCode {
     }
 }
 
-/// `wg genkey`'s habit: warn when the key is about to land in a file others can read.
-fn warn_if_stdout_is_readable_file() {
+/// `wg genkey`'s habit: warn when `what` is about to land in a file others can read, and why
+/// that matters (`why`).
+fn warn_if_stdout_is_readable_file(what: &str, why: &str) {
     use std::os::unix::fs::PermissionsExt as _;
     // /proc/self/fd/1 resolves to the file behind stdout (Linux); elsewhere this is skipped.
     if let Ok(meta) = std::fs::metadata("/proc/self/fd/1")
@@ -355,9 +362,8 @@ fn warn_if_stdout_is_readable_file() {
         && meta.permissions().mode() & 0o026 != 0
     {
         eprintln!(
-            "wg-agent: warning: writing a private key to a file readable by others or writable by \
-             group or others; `wg-agent check` refuses such a key file: run `chmod 600` on it \
-             (or `umask 077` first)"
+            "wg-agent: warning: writing {what} to a file readable by others or writable by \
+             group or others; {why}: run `chmod 600` on it (or `umask 077` first)"
         );
     }
 }

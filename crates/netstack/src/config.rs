@@ -3,6 +3,20 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+/// Which congestion controller the stack's TCP sender runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CongestionControl {
+    /// Cubic (RFC 9438) with HyStart++ and spurious-loss undo: loss-based, so random
+    /// loss costs it a window cut per recovery.
+    Cubic,
+    /// Model-based (BBR-style): paces at the measured bottleneck bandwidth and bounds
+    /// what is in flight to about two bandwidth-delay products; random loss does not
+    /// cut the window, persistent heavy loss lowers it to one BDP.
+    #[default]
+    Bbr,
+}
+
 /// Limits and tuning of one userspace stack.
 ///
 /// Every queue and table it describes is bounded; past a bound a new connection is
@@ -106,6 +120,10 @@ pub struct NetstackConfig {
     /// turns the sender off: smoltcp then sends on its own, with its Cubic and its 1 s
     /// minimum timeout (kept as a baseline for measurements).
     pub repair_budget: usize,
+    /// The stack's congestion controller (default [`CongestionControl::Bbr`]); applies
+    /// while the sender is on (`repair_budget > 0`). See `sender.rs` and
+    /// docs/ARCHITECTURE.md for why BBR is the default.
+    pub congestion: CongestionControl,
     /// Number of socket-set shards (1..=64, default 64). smoltcp scans every socket of a
     /// shard on each poll; connections are spread by a keyed hash of their 4-tuple.
     /// (See the `## netstack` section of docs/ARCHITECTURE.md for the measurements.)
@@ -142,6 +160,7 @@ impl Default for NetstackConfig {
             ack_delay: Some(Duration::from_millis(10)),
             min_rto: crate::sender::MIN_RTO,
             repair_budget: 8 << 20,
+            congestion: CongestionControl::default(),
             shards: 64,
             max_outbound_packets: 4096,
             udp_queue_packets: 256,

@@ -79,7 +79,7 @@ mod time;
 mod udp;
 mod wire;
 
-pub use config::{ConfigError, NetstackConfig};
+pub use config::{ConfigError, CongestionControl, NetstackConfig};
 
 /// A stream dropped while open is aborted at the latest this many
 /// [`NetstackConfig::close_timeout`]s after the drop, even if the peer keeps answering.

@@ -986,6 +986,7 @@ impl Shard {
             mss,
             config.min_rto,
         )
+        .with_congestion(config.congestion)
     }
 
     /// TCP segments up to this length get their checksum from the device (see
