@@ -802,3 +802,74 @@ fn a_real_client_gets_in_during_a_spoofed_syn_flood() {
         "{max_ring} bytes of rings during the flood"
     );
 }
+
+/// A segment that does not acknowledge our SYN-ACK is answered with RST, as before the SYN
+/// table, and leaves the half-open connection (and no socket) for the real client.
+#[test]
+fn a_wrong_ack_gets_an_rst_and_leaves_the_half_open_connection() {
+    use smoltcp::wire::{Ipv4Address, TcpControl, TcpRepr, TcpSeqNumber};
+    let now = Instant::now();
+    let a = stack("10.0.0.1", now);
+    let b = stack("10.0.0.2", now);
+    let server: SocketAddr = "10.0.0.2:80".parse().expect("addr");
+    let listener = b.register_listener(server, 4).expect("listen");
+    let tuple = Tuple {
+        local: IpEndpoint::new(
+            "10.0.0.1".parse::<std::net::IpAddr>().expect("ip").into(),
+            50_020,
+        ),
+        remote: IpEndpoint::from(server),
+    };
+    let idx = a.shard_for(&tuple);
+    a.with_shard(idx, now, |s| s.connect(&a, tuple))
+        .expect("connect")
+        .expect("free");
+    let mut syn = Vec::new();
+    a.drain_out(&mut syn, usize::MAX);
+    let client_isn = crate::wire::tcp_segment(&syn[0]).expect("syn").seq;
+    b.push_at(&syn, now);
+    let mut held = Vec::new();
+    b.drain_out(&mut held, usize::MAX);
+    let syn_ack = crate::wire::tcp_segment(&held[0]).expect("syn-ack");
+    assert_eq!(syn_ack.ack, Some(client_isn.wrapping_add(1)));
+    let stats = b.counters.snapshot();
+    assert_eq!((stats.tcp_sockets, stats.half_open), (0, 1), "{stats:?}");
+    // A forger who guessed the tuple but not our ISN.
+    let tcp = TcpRepr {
+        src_port: 50_020,
+        dst_port: 80,
+        control: TcpControl::None,
+        seq_number: TcpSeqNumber(client_isn.wrapping_add(1) as i32),
+        ack_number: Some(TcpSeqNumber(syn_ack.seq.wrapping_add(2) as i32)),
+        window_len: 1000,
+        window_scale: None,
+        max_seg_size: None,
+        sack_permitted: false,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload: &[],
+    };
+    let forged = crate::wire::tests::ipv4_tcp(
+        Ipv4Address::new(10, 0, 0, 1),
+        Ipv4Address::new(10, 0, 0, 2),
+        &tcp,
+    );
+    b.push_at(&[forged], now);
+    let mut reply = Vec::new();
+    b.drain_out(&mut reply, usize::MAX);
+    let rst = reply
+        .iter()
+        .filter_map(|p| crate::wire::tcp_segment(p))
+        .find(|s| s.rst)
+        .expect("an RST to the wrong ACK");
+    assert_eq!(rst.seq, syn_ack.seq.wrapping_add(2));
+    let stats = b.counters.snapshot();
+    assert_eq!((stats.tcp_sockets, stats.half_open), (0, 1), "{stats:?}");
+    // The real client's ACK still completes the handshake.
+    a.push_at(&held, now);
+    let mut sent = 0;
+    exchange(&a, &b, now, &mut sent, &|_| false);
+    let accepted = listener.pop().expect("the real client got in");
+    assert_eq!(accepted.tuple.remote, tuple.local);
+    assert_eq!(b.counters.snapshot().half_open, 0);
+}
