@@ -73,6 +73,7 @@ mod sim;
 mod sim_lossy;
 mod stack;
 mod stats;
+mod synq;
 mod tcp;
 mod time;
 mod udp;

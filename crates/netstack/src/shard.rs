@@ -25,6 +25,7 @@ use crate::offload::{self, Offload};
 use crate::sender::{Sender, Verdict};
 use crate::stack::Shared;
 use crate::stats::DropReason;
+use crate::synq::{SynTable, parse_syn, replay_iface, smoltcp_wscale};
 use crate::tcp::{Accepted, ListenerShared};
 use crate::time::Clock;
 use crate::wire::{Class, Segment, Tuple, tcp_segment};
@@ -62,91 +63,20 @@ struct Conn {
     offload: Offload,
 }
 
-/// Half-open connections of each listener in a shard, oldest first, so evicting the oldest
-/// at a limit costs O(1) instead of a scan of the shard. Keyed by the listener's address
-/// (`Arc::as_ptr`); entries are `(deadline, tuple)` and go stale when their connection
-/// completes or is dropped: they are skipped when met and swept out once they outnumber
-/// the live ones, so each entry is pushed and removed once (amortised O(1)).
-#[derive(Default)]
-struct HalfOpenQueues(HashMap<usize, VecDeque<(Instant, Tuple)>>);
-
-impl HalfOpenQueues {
-    fn key(listener: &Arc<ListenerShared>) -> usize {
-        Arc::as_ptr(listener) as usize
-    }
-
-    /// Whether `(deadline, tuple)` is still a half-open connection of `listener`.
-    fn live(
-        conns: &HashMap<Tuple, Conn>,
-        listener: &Arc<ListenerShared>,
-        (deadline, tuple): (Instant, Tuple),
-    ) -> bool {
-        conns.get(&tuple).is_some_and(|conn| {
-            matches!(&conn.state, ConnState::HalfOpen { listener: l, deadline: d }
-                if Arc::ptr_eq(l, listener) && *d == deadline)
-        })
-    }
-
-    /// Records a new half-open connection; `half_open` is the stack-wide count (a bound
-    /// on the live entries of any queue).
-    fn push(
-        &mut self,
-        conns: &HashMap<Tuple, Conn>,
-        listener: &Arc<ListenerShared>,
-        entry: (Instant, Tuple),
-        half_open: usize,
-    ) {
-        let queue = self.0.entry(Self::key(listener)).or_default();
-        queue.push_back(entry);
-        if queue.len() > 2 * half_open + 64 {
-            queue.retain(|e| Self::live(conns, listener, *e));
-        }
-    }
-
-    /// Takes the oldest half-open connection of any listener.
-    fn pop_oldest_of_any(&mut self, conns: &HashMap<Tuple, Conn>) -> Option<Tuple> {
-        let oldest = |queue: &VecDeque<(Instant, Tuple)>| {
-            queue
-                .iter()
-                .find(|(deadline, tuple)| {
-                    conns.get(tuple).is_some_and(|conn| {
-                        matches!(&conn.state, ConnState::HalfOpen { deadline: d, .. } if d == deadline)
-                    })
-                })
-                .copied()
-        };
-        let (_, tuple) = self.0.values().filter_map(oldest).min()?;
-        let ConnState::HalfOpen { listener, .. } = &conns.get(&tuple)?.state else {
-            return None;
-        };
-        self.pop_oldest(conns, listener)
-    }
-
-    /// Takes the oldest half-open connection of `listener`.
-    fn pop_oldest(
-        &mut self,
-        conns: &HashMap<Tuple, Conn>,
-        listener: &Arc<ListenerShared>,
-    ) -> Option<Tuple> {
-        let key = Self::key(listener);
-        let queue = self.0.get_mut(&key)?;
-        let mut found = None;
-        while let Some(entry) = queue.pop_front() {
-            if Self::live(conns, listener, entry) {
-                found = Some(entry.1);
-                break;
-            }
-        }
-        if queue.is_empty() {
-            self.0.remove(&key);
-        }
-        found
-    }
+/// What a segment for a SYN table entry did.
+enum Completion {
+    /// It completed the handshake: the connection has a socket, smoltcp takes the segment.
+    Socket,
+    /// Handled (or dropped) here; smoltcp does not see it.
+    Consumed,
+    /// Not for the entry: smoltcp answers it (with an RST, as no socket matches).
+    Refused,
 }
 
 /// Who owns a TCP socket.
 enum ConnState {
-    /// Handshake in progress on behalf of `listener`; dropped past `deadline`.
+    /// Just created by the handshake-completing ACK for `listener` (see `synq.rs`):
+    /// handed to its accept queue, or reset, before the packet's processing ends.
     HalfOpen {
         listener: Arc<ListenerShared>,
         deadline: Instant,
@@ -171,8 +101,8 @@ pub(crate) struct Shard {
     tx: Vec<Bytes>,
     /// Connections in `HalfOpen` or `Closing`.
     watched: usize,
-    /// `HalfOpen` connections per listener, oldest first.
-    half_open_queues: HalfOpenQueues,
+    /// Half-open connections, without sockets (see `synq.rs`).
+    synq: SynTable,
     /// How many connections of this shard are `HalfOpen`.
     half_open: usize,
     sweep_at: Option<Instant>,
@@ -249,7 +179,7 @@ impl Shard {
             clock,
             tx,
             watched: 0,
-            half_open_queues: HalfOpenQueues::default(),
+            synq: SynTable::default(),
             half_open: 0,
             sweep_at: None,
             timers: BTreeSet::new(),
@@ -310,8 +240,15 @@ impl Shard {
                         }
                     }
                     None if syn_only => {
-                        if self.open_half(shared, tuple, now) {
-                            watch = Some(tuple);
+                        if self.on_syn(shared, packet, tuple, now, reply_limit) {
+                            return;
+                        }
+                    }
+                    None if self.synq.get(&tuple).is_some() => {
+                        match self.complete_half(shared, packet, tuple, rst, now) {
+                            Completion::Socket => watch = Some(tuple),
+                            Completion::Consumed => return,
+                            Completion::Refused => shared.counters.drop(DropReason::NoSocket),
                         }
                     }
                     None => shared.counters.drop(DropReason::NoSocket),
@@ -408,6 +345,8 @@ impl Shard {
     pub(crate) fn maintain(&mut self, shared: &Shared, now: Instant) {
         let now = self.tick(now);
         self.release_due(now);
+        let expired = self.synq.expire(now);
+        shared.counters.half_open.fetch_sub(expired, Relaxed);
         if self.sweep_at.is_none_or(|at| now < at) {
             return;
         }
@@ -473,7 +412,8 @@ impl Shard {
         // Senders with packets left when the outbound queue was full are resumed by the
         // stack when it drains, not by a deadline.
         let sender = self.timers.first().map(|(at, _)| *at);
-        [smol, self.sweep_at, sender, release]
+        let synq = self.synq.next_deadline();
+        [smol, self.sweep_at, sender, release, synq]
             .into_iter()
             .flatten()
             .min()
@@ -521,7 +461,7 @@ impl Shard {
         if self.conns.contains_key(&tuple) {
             return Ok(None);
         }
-        let handle = self.new_tcp(shared)?;
+        let handle = self.new_tcp(shared, 0)?;
         let mut socket = self.sockets.get_mut::<tcp::Socket>(handle);
         // Until established the smoltcp timeout bounds the handshake.
         socket.set_timeout(Some(
@@ -691,92 +631,202 @@ impl Shard {
         self.sweep_at = Some(self.sweep_at.map_or(at, |s| s.min(at)));
     }
 
-    /// A SYN for a new 4-tuple: give it a listening socket if a listener wants it and
-    /// no limit is reached (else smoltcp answers RST). Returns whether one was made.
-    fn open_half(&mut self, shared: &Shared, tuple: Tuple, now: Instant) -> bool {
+    /// A SYN for a new 4-tuple: a SYN table entry and our SYN-ACK, no socket (see
+    /// `synq.rs`). Returns whether it was handled here; `false` lets smoltcp answer (an
+    /// RST, as no socket matches).
+    fn on_syn(
+        &mut self,
+        shared: &Shared,
+        packet: &[u8],
+        tuple: Tuple,
+        now: Instant,
+        reply_limit: usize,
+    ) -> bool {
+        let c = &shared.counters;
+        let config = &shared.config;
         let Some(listener) = shared.find_listener(tuple.local) else {
-            shared.counters.drop(DropReason::NoSocket);
+            c.drop(DropReason::NoSocket);
             return false;
         };
-        let full = |shared: &Shared, listener: &ListenerShared| {
-            shared.counters.half_open.load(Relaxed) >= shared.config.max_pending_syns
-                || listener.pending.load(Relaxed) >= listener.backlog
+        let Some(syn) = parse_syn(packet) else {
+            // A bad checksum: dropped silently, as smoltcp does.
+            return true;
         };
-        // A shard below its fair share of the bound admits a SYN even at the stack-wide
-        // bound: the flood may have missed this shard, which then has nothing to evict,
-        // and a real client hashed to it must still get in. The overshoot is at most one
-        // share per shard (twice the bound); a listener's backlog is never passed.
-        let fair_share = (shared.config.max_pending_syns / shared.config.shards).max(1);
-        if full(shared, &listener) {
-            // A SYN flood (spoofed sources never finish the handshake) would otherwise lock
-            // everyone out until `handshake_timeout`: make room by dropping the oldest
-            // half-open connection of this listener in this shard. A real client finishes
-            // within a round trip, long before a flood makes its entry the oldest.
-            // Removed at once without an RST (its source is most likely forged; a real
-            // client's next segment finds no socket and gets one then), so its socket and
-            // buffers are free for the new SYN.
-            // Past its share, another listener's oldest will do: a flood on one listener
-            // must not lock out the others.
-            let victim = self
-                .half_open_queues
-                .pop_oldest(&self.conns, &listener)
-                .or_else(|| {
-                    (self.half_open >= fair_share)
-                        .then(|| self.half_open_queues.pop_oldest_of_any(&self.conns))
-                        .flatten()
-                });
-            if let Some(victim) = victim {
-                self.drop_half_open(shared, victim, false, now);
-                shared.counters.half_open_evicted.fetch_add(1, Relaxed);
-            }
-            let below_share =
-                self.half_open < fair_share && listener.pending.load(Relaxed) < listener.backlog;
-            if full(shared, &listener) && !below_share {
-                shared.counters.drop(DropReason::LimitReached);
-                return false;
-            }
-        }
-        let c = &shared.counters;
-        let Ok(handle) = self.new_tcp(shared) else {
+        // The receive ring the connection would get now (its size sets the window scale).
+        let rx = config
+            .ring_sizes(c.tcp_ring_bytes.load(Relaxed))
+            .map(|(rx, _)| rx);
+        let Some(rx) = rx.filter(|_| listener.pending.load(Relaxed) < listener.backlog) else {
             c.drop(DropReason::LimitReached);
             return false;
         };
+        // At the bound the oldest entry goes (O(1)): a flood of spoofed SYNs churns
+        // through the table, and a real client's entry outlives its round trip as long
+        // as the table holds more than a round trip of the flood.
+        let bound = (config.max_pending_syns / config.shards).max(1);
+        if self.synq.get(&tuple).is_none() && self.synq.len() >= bound && self.synq.evict_oldest() {
+            c.half_open.fetch_sub(1, Relaxed);
+            c.half_open_evicted.fetch_add(1, Relaxed);
+        }
+        let deadline = now + config.handshake_timeout;
+        let (entry, new) = self.synq.insert(tuple, syn, smoltcp_wscale(rx), deadline);
+        if new {
+            c.half_open.fetch_add(1, Relaxed);
+        }
+        let window = u16::try_from(rx).unwrap_or(u16::MAX);
+        let v6 = tuple.local.addr.version() == smoltcp::wire::IpVersion::Ipv6;
+        if let Some(reply) = entry.syn_ack(&tuple, config.path_mss(v6), window) {
+            if self.tx.len() < reply_limit {
+                self.tx.push(Bytes::from(reply));
+            } else {
+                c.drop(DropReason::QueueFull);
+            }
+        }
+        true
+    }
+
+    /// A segment on `tuple`, which has a SYN table entry and no socket. The ACK of our
+    /// SYN-ACK creates the socket: the peer's SYN is replayed into a listening socket
+    /// through an interface that makes smoltcp pick our ISN, and the ACK then follows
+    /// through the shard's interface like any segment.
+    fn complete_half(
+        &mut self,
+        shared: &Shared,
+        packet: &[u8],
+        tuple: Tuple,
+        rst: bool,
+        now: Instant,
+    ) -> Completion {
+        let c = &shared.counters;
+        let (Some(entry), Some(seg)) = (self.synq.get(&tuple).copied(), tcp_segment(packet)) else {
+            return Completion::Refused;
+        };
+        let first = seg.seq == entry.peer_isn.wrapping_add(1);
+        if rst {
+            // The peer refused our SYN-ACK; a blind RST (other sequence number) is ignored.
+            if first && self.synq.remove(&tuple).is_some() {
+                c.half_open.fetch_sub(1, Relaxed);
+            }
+            return Completion::Consumed;
+        }
+        if seg.control || seg.ack != Some(entry.our_isn.wrapping_add(1)) {
+            // Not an ACK of our SYN-ACK: smoltcp answers RST, as to any stray segment.
+            return Completion::Refused;
+        }
+        if !first {
+            // A later segment before the first: the peer resends from the start.
+            return Completion::Consumed;
+        }
+        let forget = |this: &mut Self| {
+            if this.synq.remove(&tuple).is_some() {
+                c.half_open.fetch_sub(1, Relaxed);
+            }
+        };
+        let Some(listener) = shared.find_listener(tuple.local) else {
+            forget(self);
+            return Completion::Refused;
+        };
+        if listener.pending.load(Relaxed) >= listener.backlog {
+            // The accept queue is full: the peer retries (its ACK or data is resent).
+            c.drop(DropReason::LimitReached);
+            return Completion::Consumed;
+        }
+        // The budget may have shrunk the rings since the SYN-ACK: the receive ring must
+        // still be large enough for the window scale it announced.
+        let rx_floor = match entry.peer_wscale {
+            Some(_) if entry.our_wscale > 0 => 1usize << (u32::from(entry.our_wscale) + 15),
+            _ => 0,
+        };
+        let Ok(handle) = self.new_tcp(shared, rx_floor) else {
+            c.drop(DropReason::LimitReached);
+            return Completion::Consumed;
+        };
         let mut socket = self.sockets.get_mut::<tcp::Socket>(handle);
-        if socket.listen(tuple.local).is_err() {
+        // A larger scale than announced (the budget grew) only makes the peer see less
+        // window than there is; a smaller one would make it overrun the ring.
+        let scale_kept = entry.peer_wscale.is_none()
+            || smoltcp_wscale(socket.recv_capacity()) >= entry.our_wscale;
+        let syn = entry.syn(&tuple);
+        let (true, Some(syn), Ok(())) = (scale_kept, syn, socket.listen(tuple.local)) else {
             let bytes = self.sockets.remove(handle);
             c.tcp_ring_bytes.fetch_sub(bytes, Relaxed);
             c.tcp_sockets.fetch_sub(1, Relaxed);
-            return false;
+            forget(self);
+            return Completion::Refused;
+        };
+        // Segment offload sees the handshake as if smoltcp had made it: the peer's SYN
+        // (its MSS recorded, a large one for smoltcp) and our SYN-ACK.
+        let mut syn = syn;
+        let v6 = tuple.local.addr.version() == smoltcp::wire::IpVersion::Ipv6;
+        let path_mss = shared.config.path_mss(v6);
+        let mut offload = Offload::new(path_mss);
+        let window = u16::try_from(socket.recv_capacity()).unwrap_or(u16::MAX);
+        let syn_ack = entry.syn_ack(&tuple, path_mss, window).map(Bytes::from);
+        if self.offload {
+            let inner = offload::SEGMENT_MTU - if v6 { 60 } else { 40 };
+            let inner = u16::try_from(inner).unwrap_or(u16::MAX);
+            if let Some(mss) = offload.on_peer_syn(&syn, path_mss, inner) {
+                offload::rewrite_mss(&mut syn, mss);
+            }
+            if let Some(syn_ack) = &syn_ack {
+                offload.on_our_syn(syn_ack);
+                let _ = offload.on_our_ack(entry.peer_isn.wrapping_add(1));
+            }
         }
+        let t = self.clock.smol_at(now);
+        let addrs: Vec<IpCidr> = self.iface.ip_addrs().to_vec();
+        let salt = u64::from(entry.peer_isn) << 16 | u64::from(tuple.remote.port);
+        let mut iface = replay_iface(&addrs, &self.caps, entry.our_isn, salt, t);
+        // Then a bare ACK (to ESTABLISHED), and a byte before the window: smoltcp accepts
+        // data only inside the window it last announced, and it has announced none (it
+        // sent no SYN-ACK). That byte makes it announce one, in a reply not sent.
+        let bare_ack = entry.ack(&tuple, 0, &[]);
+        let probe = entry.ack(&tuple, 1, &[0]);
+        let mut discard = Vec::new();
+        for packet in [Some(syn), bare_ack, probe].iter().flatten() {
+            let mut dev = Dev {
+                rx: Some(packet),
+                tx: &mut discard,
+                tx_limit: usize::MAX,
+                bytes_limit: usize::MAX,
+                bytes: 0,
+                fill_below: 0,
+                caps: &self.caps,
+            };
+            self.sockets.poll_ingress_single(&mut iface, t, &mut dev);
+        }
+        // The entry's count in `half_open` passes to the connection, until
+        // `check_half_open` after this packet.
+        self.synq.remove(&tuple);
         listener.pending.fetch_add(1, Relaxed);
-        let half_open = c.half_open.fetch_add(1, Relaxed) + 1;
         self.half_open += 1;
-        let deadline = now + shared.config.handshake_timeout;
-        let queued_for = Arc::clone(&listener);
+        // The sender starts on the SYN-ACK it sees go out; ours went out earlier.
+        let mut sender = self.new_sender(shared);
+        if let Some(syn_ack) = &syn_ack
+            && let Some(seg) = tcp_segment(syn_ack)
+        {
+            sender.on_emitted(&seg, syn_ack, now);
+        }
         self.conns.insert(
             tuple,
             Conn {
                 handle,
-                state: ConnState::HalfOpen { listener, deadline },
+                state: ConnState::HalfOpen {
+                    listener,
+                    deadline: entry.deadline,
+                },
                 reset: false,
                 aborted: false,
-                sender: self.new_sender(shared),
+                sender,
                 timer_at: None,
                 ready: false,
                 tx_dirty: 0,
                 release_pending: false,
-                offload: Offload::new(
-                    shared
-                        .config
-                        .path_mss(tuple.local.addr.version() == smoltcp::wire::IpVersion::Ipv6),
-                ),
+                offload,
             },
         );
-        // After the insert, so the entry counts as live if the queue is swept.
-        self.half_open_queues
-            .push(&self.conns, &queued_for, (deadline, tuple), half_open);
         self.watch(now);
-        true
+        Completion::Socket
     }
 
     /// After a packet for half-open `tuple`: hand it to the accept queue once
@@ -790,7 +840,9 @@ impl Shard {
         };
         let handle = conn.handle;
         match self.sockets.get::<tcp::Socket>(handle).state() {
-            tcp::State::SynReceived => {}
+            // smoltcp rejected the ACK: its ISN is not the one our SYN-ACK announced
+            // (see `synq.rs`). Reset rather than run on a wrong sequence space.
+            tcp::State::SynReceived => self.drop_half_open(shared, tuple, true, now),
             tcp::State::Listen | tcp::State::Closed => {
                 self.drop_half_open(shared, tuple, false, now)
             }
@@ -1187,8 +1239,9 @@ impl Shard {
         }
     }
 
-    /// A TCP socket with this stack's options, within `max_connections`.
-    fn new_tcp(&mut self, shared: &Shared) -> io::Result<SocketHandle> {
+    /// A TCP socket with this stack's options, within `max_connections`, its receive
+    /// ring at least `rx_floor` bytes.
+    fn new_tcp(&mut self, shared: &Shared, rx_floor: usize) -> io::Result<SocketHandle> {
         let config = &shared.config;
         let count = &shared.counters.tcp_sockets;
         if count.fetch_add(1, Relaxed) >= config.max_connections {
@@ -1203,6 +1256,7 @@ impl Shard {
         let ring_bytes = &shared.counters.tcp_ring_bytes;
         let sizes = config
             .ring_sizes(ring_bytes.load(Relaxed))
+            .map(|(rx, tx)| (rx.max(rx_floor), tx))
             .filter(|(rx, tx)| {
                 let taken = ring_bytes.fetch_add(rx + tx, Relaxed) + rx + tx;
                 taken <= config.tcp_buffer_budget || {

@@ -76,11 +76,11 @@ impl DropCounts {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct NetstackStats {
-    /// TCP sockets in any state (half-open, open, closing).
+    /// TCP sockets in any state (open, closing). Half-open connections have none.
     pub tcp_sockets: usize,
     /// Established connections waiting in listeners' accept queues.
     pub pending_accepts: usize,
-    /// Half-open connections (SYN received, handshake not finished).
+    /// Half-open connections (SYN received, handshake not finished): SYN table entries.
     pub half_open: usize,
     /// IP packets taken in.
     pub rx_packets: u64,
@@ -98,7 +98,8 @@ pub struct NetstackStats {
     /// Bytes the senders hold now: packets sent and not yet acknowledged, and packets
     /// waiting for the congestion window.
     pub tcp_repair_bytes: usize,
-    /// Half-open connections dropped to make room for a new SYN at a limit (a SYN flood).
+    /// Half-open connections dropped to make room for a new SYN at `max_pending_syns` (a
+    /// SYN flood).
     pub half_open_evicted: u64,
     /// TCP segments smoltcp emitted again (its fast retransmit or timeout).
     pub tcp_smoltcp_resent: u64,
