@@ -83,8 +83,11 @@
 //!   shared [`Budget`], except that a connection holding nothing may always take
 //!   [`FLOOR_SEGMENTS`] segments so that every connection can progress. The socket layer
 //!   reserves memory for what it queues ([`Sender::reserve`]) and waits when there is none,
-//!   so smoltcp never emits more than the sender can hold; a segment past the bound anyway
-//!   is dropped (`Drop`, counted) and smoltcp's own timeout re-emits it later.
+//!   so smoltcp never emits more than the sender can hold. Reserved data is always held,
+//!   even when smoltcp cuts it into more packets than estimated (the limit is then passed
+//!   by those packets' headers at most): dropping it would leave a gap that only smoltcp's
+//!   backed-off timeout fills. Only unreserved data past the bound is dropped (`Drop`,
+//!   counted), and smoltcp's own timeout re-emits it later.
 //! - After [`Sender::abort`] nothing is held, nothing is armed, nothing is sent.
 //!
 //! What smoltcp still does on its own, and why it is harmless: its retransmission
@@ -448,6 +451,9 @@ pub(crate) struct Sender {
     /// not yet emitted.
     bytes: usize,
     reserved: usize,
+    /// Payload bytes of the reservations not yet emitted: such data is held whatever it
+    /// costs once cut into packets, since the writer was told it fits.
+    reserved_data: usize,
     limit: usize,
     budget: Budget,
     events: Events,
@@ -505,6 +511,7 @@ impl Sender {
             round: 0,
             bytes: 0,
             reserved: 0,
+            reserved_data: 0,
             limit,
             budget,
             events: Events::default(),
@@ -561,16 +568,19 @@ impl Sender {
         let n = packet.len() + SEG_OVERHEAD;
         // Paid for by the reservation made when the data was queued, if any.
         let prepaid = n.min(self.reserved);
+        let covered = (seg.len as usize).min(self.reserved_data);
         let floor = self.bytes + n <= FLOOR_SEGMENTS * (packet.len() + SEG_OVERHEAD);
-        // Reserved data may cost a little more than estimated (smoltcp cuts segments at
-        // window edges, each with its headers), and a bare FIN costs its headers: both
-        // are taken past the budget rather than dropped.
-        let force = floor || prepaid > 0 || seg.len == 0;
-        if (self.bytes + n > self.limit && !floor) || !self.budget.take(n - prepaid, force) {
+        // Reserved data may cost more than estimated (smoltcp cuts segments at window
+        // edges and at its own size, each piece with its headers), and a bare FIN costs
+        // its headers: both are taken past the limit and the budget rather than dropped.
+        // A drop leaves a gap that only smoltcp's backed-off timeout fills.
+        let force = floor || covered > 0 || prepaid > 0 || seg.len == 0;
+        if (self.bytes + n > self.limit && !force) || !self.budget.take(n - prepaid, force) {
             self.events.deferred += 1;
             return Verdict::Drop;
         }
         self.reserved -= prepaid;
+        self.reserved_data -= covered;
         let start = self.end;
         let packet = if seg.seq == start {
             packet.clone()
@@ -838,6 +848,7 @@ impl Sender {
         let charge = granted + granted.div_ceil(mss) * (HEADERS + SEG_OVERHEAD);
         self.budget.take(charge, true);
         self.reserved += charge;
+        self.reserved_data += granted;
         granted
     }
 
@@ -847,6 +858,7 @@ impl Sender {
         let charge =
             (payload + payload.div_ceil(mss) * (HEADERS + SEG_OVERHEAD)).min(self.reserved);
         self.reserved -= charge;
+        self.reserved_data -= payload.min(self.reserved_data);
         self.budget.give(charge);
     }
 
@@ -869,6 +881,7 @@ impl Sender {
         self.budget.give(self.bytes + self.reserved);
         self.bytes = 0;
         self.reserved = 0;
+        self.reserved_data = 0;
         self.segs = VecDeque::new();
         self.sent_count = 0;
         self.resent_outstanding = 0;

@@ -565,3 +565,25 @@ fn bbr_keeps_its_window_through_a_random_loss() {
     assert!(sent.contains(&at(10)), "the hole is resent: {sent:?}");
     assert!(t.s.cwnd() >= before, "{} < {before}", t.s.cwnd());
 }
+
+#[test]
+fn reserved_data_cut_into_more_segments_is_held_not_dropped() {
+    // smoltcp cuts queued data where it likes (window edges, its own segment size), so the
+    // data of a reservation may arrive in more packets than estimated, each with its
+    // headers. A reservation made within the connection's limit must not turn into a
+    // dropped segment: that leaves a gap only smoltcp's backed-off timeout fills, and the
+    // connection stalls for seconds.
+    let per_segment = MSS as usize + HEADERS + SEG_OVERHEAD;
+    let mut t = T::with_budget(10 * per_segment, 1 << 20);
+    assert_eq!(t.s.reserve(10 * MSS as usize), 10 * MSS as usize);
+    // The ten MSS of data come out as twenty half segments.
+    let half = MSS / 2;
+    let p = Bytes::from(vec![0u8; half as usize + HEADERS]);
+    for i in 0..20 {
+        let verdict = t.s.on_emitted(&seg(ISS + i * half, half), &p, t.now);
+        assert_eq!(verdict, Verdict::Held, "piece {i}");
+    }
+    assert_eq!(t.s.reserved, 0);
+    t.s.abort();
+    assert_eq!(t.budget.used(), 0);
+}
