@@ -531,6 +531,20 @@ async fn shutdown_signal() {
 
 /// The admin endpoint to ask: `--admin`, else `--config`'s `[admin] listen` (reached as a
 /// local client), else the default. On failure, the exit to take (message printed).
+/// What a client of the running agent's admin endpoint needs (`status`, `ping`): its address
+/// and a runtime to talk to it on.
+fn admin_client(
+    admin: Option<AdminAddr>,
+    config: Option<&Path>,
+) -> Result<(AdminAddr, tokio::runtime::Runtime), ExitCode> {
+    let addr = admin_addr(admin, config)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| fail(EXIT_RUNTIME, format!("cannot start the async runtime: {e}")))?;
+    Ok((addr, runtime))
+}
+
 fn admin_addr(admin: Option<AdminAddr>, config: Option<&Path>) -> Result<AdminAddr, ExitCode> {
     match (admin, config) {
         (Some(addr), _) => Ok(addr),
@@ -565,16 +579,9 @@ fn ping(
     /// Time the admin exchange gets beyond the echo's own timeout.
     const SLACK: Duration = Duration::from_secs(5);
     const INTERVAL: Duration = Duration::from_secs(1);
-    let addr = match admin_addr(admin, config) {
-        Ok(addr) => addr,
+    let (addr, runtime) = match admin_client(admin, config) {
+        Ok(client) => client,
         Err(code) => return code,
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return fail(EXIT_RUNTIME, format!("cannot start the async runtime: {e}")),
     };
     runtime.block_on(async {
         let request = PingRequest::new(target, Duration::from_secs(timeout));
@@ -650,16 +657,9 @@ fn ping(
 }
 
 fn status(admin: Option<AdminAddr>, config: Option<&Path>, json: bool, check: bool) -> ExitCode {
-    let addr = match admin_addr(admin, config) {
-        Ok(addr) => addr,
+    let (addr, runtime) = match admin_client(admin, config) {
+        Ok(client) => client,
         Err(code) => return code,
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return fail(EXIT_RUNTIME, format!("cannot start the async runtime: {e}")),
     };
     if check {
         return match runtime.block_on(agent::status::fetch_readiness(&addr, STATUS_TIMEOUT)) {
