@@ -1,5 +1,7 @@
 //! netstack: bulk TCP throughput and small request/response rate between two in-memory
-//! stacks (baseline: kernel TCP over loopback, same run), and the cost of a round trip
+//! stacks (baseline: kernel TCP over loopback, same run; bulk also without segment
+//! offload, and the process's CPU time per byte from `getrusage`, printed after the
+//! group), and the cost of a round trip
 //! as the number of open connections grows (1 / 100 / 1,000 / 10,000), sharded (the
 //! default, 64 shards) against one socket set (baseline).
 
@@ -30,8 +32,14 @@ fn addr(s: &str) -> SocketAddr {
 
 /// Two stacks joined in memory by two pump tasks.
 fn stacks(shards: usize, buffer: usize) -> (Netstack, Netstack) {
+    stacks_with(shards, buffer, true)
+}
+
+/// [`stacks`], with segment offload on or off.
+fn stacks_with(shards: usize, buffer: usize, offload: bool) -> (Netstack, Netstack) {
     let mk = |ip: &str| {
         let mut c = NetstackConfig::new([ip.parse().expect("ip")]);
+        c.segment_offload = offload;
         c.shards = shards;
         c.tcp_rx_buffer = buffer;
         c.tcp_rx_buffer_max = buffer;
@@ -107,18 +115,48 @@ fn sink<R: AsyncRead + Unpin + Send + 'static>(mut r: R) -> mpsc::UnboundedRecei
     rx
 }
 
+/// CPU time (user + system) of this process so far (`getrusage`).
+fn cpu_time() -> Duration {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let Ok(usage) = getrusage(UsageWho::RUSAGE_SELF) else {
+        return Duration::ZERO;
+    };
+    let tv = |t: nix::sys::time::TimeVal| {
+        Duration::new(t.tv_sec().max(0) as u64, (t.tv_usec().max(0) * 1000) as u32)
+    };
+    tv(usage.user_time()) + tv(usage.system_time())
+}
+
+/// CPU time and bytes of one bulk bench, summed over criterion's samples.
+#[derive(Default)]
+struct CpuPerByte {
+    cpu: Duration,
+    bytes: u64,
+}
+
+impl CpuPerByte {
+    fn ns_per_kib(&self) -> f64 {
+        self.cpu.as_nanos() as f64 / (self.bytes as f64 / 1024.0).max(1.0)
+    }
+}
+
 async fn bulk<W: AsyncWrite + Unpin>(
     w: &mut W,
     done: &mut mpsc::UnboundedReceiver<()>,
     iters: u64,
+    cpu: &mut CpuPerByte,
 ) -> Duration {
     let data = vec![0x5au8; CHUNK];
+    let cpu_start = cpu_time();
     let start = Instant::now();
     for _ in 0..iters {
         w.write_all(&data).await.expect("write");
         done.recv().await.expect("sink");
     }
-    start.elapsed()
+    let elapsed = start.elapsed();
+    cpu.cpu += cpu_time().saturating_sub(cpu_start);
+    cpu.bytes += iters * CHUNK as u64;
+    elapsed
 }
 
 /// An echo task for request/response.
@@ -148,22 +186,41 @@ fn throughput(c: &mut Criterion) {
     let rt = runtime();
     let mut g = c.benchmark_group("netstack/bulk_tcp");
     g.throughput(Throughput::Bytes(CHUNK as u64));
-    let (mut ns_w, mut ns_done) = rt.block_on(async {
-        let (a, b) = stacks(NetstackConfig::default().shards, 1 << 20);
-        let (c, s) = netstack_pair(&a, &b, 5000).await;
-        (c, sink(s))
-    });
-    g.bench_function("netstack_in_memory", |bch| {
-        bch.iter_custom(|iters| rt.block_on(bulk(&mut ns_w, &mut ns_done, iters)));
-    });
+    let mut cpu: [CpuPerByte; 3] = Default::default();
+    for (k, (name, offload)) in [
+        ("netstack_in_memory", true),
+        ("netstack_in_memory_wire_segments", false),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (mut ns_w, mut ns_done) = rt.block_on(async {
+            let (a, b) = stacks_with(NetstackConfig::default().shards, 1 << 20, offload);
+            let (c, s) = netstack_pair(&a, &b, 5000).await;
+            (c, sink(s))
+        });
+        g.bench_function(name, |bch| {
+            bch.iter_custom(|iters| rt.block_on(bulk(&mut ns_w, &mut ns_done, iters, &mut cpu[k])));
+        });
+    }
     let (mut k_w, mut k_done) = rt.block_on(async {
         let (c, s) = kernel_pair().await;
         (c, sink(s))
     });
     g.bench_function("baseline_kernel_loopback", |bch| {
-        bch.iter_custom(|iters| rt.block_on(bulk(&mut k_w, &mut k_done, iters)));
+        bch.iter_custom(|iters| rt.block_on(bulk(&mut k_w, &mut k_done, iters, &mut cpu[2])));
     });
     g.finish();
+    if cpu.iter().all(|c| c.bytes > 0) {
+        let [ours, wire, kernel] = cpu.map(|c| c.ns_per_kib());
+        println!(
+            "netstack/bulk_tcp cpu per KiB (getrusage, whole process): netstack_in_memory \
+             {ours:.0} ns, netstack_in_memory_wire_segments {wire:.0} ns, \
+             baseline_kernel_loopback {kernel:.0} ns; kernel/ours {:.2}, kernel/wire {:.2}",
+            kernel / ours,
+            kernel / wire
+        );
+    }
 
     let mut g = c.benchmark_group("netstack/request_response_64B");
     g.throughput(Throughput::Elements(1));

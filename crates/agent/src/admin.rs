@@ -1,11 +1,12 @@
-//! The local admin HTTP endpoint: `/healthz`, `/readyz`, `/status`, `/metrics`, served with
-//! hyper on a loopback TCP address or a unix socket. The runtime plugs in through
-//! [`StatusSource`]; this module knows nothing about tunnels.
+//! The local admin HTTP endpoint: `/healthz`, `/readyz`, `/status`, `/metrics`, and
+//! `POST /ping` (one ICMP echo through the tunnel, for `wg-agent ping`), served with hyper on
+//! a loopback TCP address or a unix socket. The runtime plugs in through [`StatusSource`];
+//! this module knows nothing about tunnels.
 //!
 //! With `[admin] allow_remote = true` it may listen on any address: clients from other hosts
 //! (kubelet probes, Prometheus) then get `/healthz`, `/readyz` and `/metrics`, and `403` for
-//! everything else; `/status` (endpoints, keys) answers local clients only (loopback or the
-//! unix socket).
+//! everything else; `/status` (endpoints, keys) and `/ping` (packets into the tunnel) answer
+//! local clients only (loopback or the unix socket).
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), agent::admin::AdminError> {
@@ -33,7 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -43,6 +44,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::AdminListen;
 use crate::metrics::{MetricsWriter, write_gateway_metrics};
+use crate::ping::{PingError, PingReply, PingRequest};
 use crate::snapshot::StatusSnapshot;
 
 /// Most admin connections served at once; further clients wait in the kernel's backlog.
@@ -62,7 +64,22 @@ pub trait StatusSource: Send + Sync + 'static {
     fn draining(&self) -> bool {
         false
     }
+
+    /// One ICMP echo through the tunnel to `target` (a gateway id or an IP address), waiting
+    /// at most `timeout` (`POST /ping`). By default there is no tunnel to ping through.
+    fn ping(&self, target: String, timeout: Duration) -> PingFuture {
+        let _ = (target, timeout);
+        Box::pin(async {
+            Err(PingError::Unavailable(
+                "this endpoint has no tunnel".to_owned(),
+            ))
+        })
+    }
 }
+
+/// What [`StatusSource::ping`] returns.
+pub type PingFuture =
+    std::pin::Pin<Box<dyn Future<Output = Result<PingReply, PingError>> + Send + 'static>>;
 
 /// Where an admin endpoint is reached: a TCP address or a unix socket path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -224,6 +241,7 @@ impl AdminServer {
     /// socket file. Connections already accepted finish on their own tasks.
     pub async fn serve(self, source: Arc<dyn StatusSource>, shutdown: impl Future<Output = ()>) {
         let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let pings = Arc::new(Semaphore::new(crate::ping::MAX_IN_FLIGHT));
         tokio::pin!(shutdown);
         tracing::info!(addr = %self.addr, "admin endpoint listening");
         loop {
@@ -241,8 +259,9 @@ impl AdminServer {
             match accepted {
                 Ok((io, client)) => {
                     let source = source.clone();
+                    let pings = pings.clone();
                     tokio::spawn(async move {
-                        serve_connection(io, client, source).await;
+                        serve_connection(io, client, source, pings).await;
                         drop(permit);
                     });
                 }
@@ -275,10 +294,20 @@ async fn accept(listener: &Listener) -> std::io::Result<(Io, Client)> {
     }
 }
 
-async fn serve_connection(io: Io, client: Client, source: Arc<dyn StatusSource>) {
+async fn serve_connection(
+    io: Io,
+    client: Client,
+    source: Arc<dyn StatusSource>,
+    pings: Arc<Semaphore>,
+) {
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let source = source.clone();
+        let pings = pings.clone();
         async move {
+            // `/ping` sends packets: local clients only (`respond` refuses remote ones).
+            if client == Client::Local && req.uri().path() == "/ping" {
+                return Ok::<_, Infallible>(ping(req, source.as_ref(), &pings).await);
+            }
             Ok::<_, Infallible>(respond(
                 req.method(),
                 req.uri().path(),
@@ -297,6 +326,77 @@ async fn serve_connection(io: Io, client: Client, source: Arc<dyn StatusSource>)
     };
     if let Err(error) = result {
         tracing::debug!(%error, "admin endpoint: connection ended with an error");
+    }
+}
+
+/// `POST /ping` from a local client: a [`PingRequest`] body in, a [`PingReply`] out (`200`
+/// answered, `504` not), or `{"error": ...}` with the status of the [`PingError`].
+async fn ping(
+    req: Request<Incoming>,
+    source: &dyn StatusSource,
+    pings: &Semaphore,
+) -> Response<Full<Bytes>> {
+    if req.method() != Method::POST {
+        let mut resp = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed: POST a JSON body {\"target\": \"gw1\", \"timeout_ms\": 2000}\n",
+        );
+        resp.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("POST"));
+        return resp;
+    }
+    let body = match Limited::new(req.into_body(), MAX_PING_BODY).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(error) => {
+            return ping_error(&PingError::BadRequest(format!("reading the body: {error}")));
+        }
+    };
+    let request: PingRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(error) => {
+            return ping_error(&PingError::BadRequest(format!(
+                "the body is not {{\"target\": ..., \"timeout_ms\": ...}}: {error}"
+            )));
+        }
+    };
+    // Bounded: each echo holds an ICMP socket in the stack until its reply or timeout.
+    let Ok(_permit) = pings.try_acquire() else {
+        return ping_error(&PingError::Busy);
+    };
+    let timeout = request.timeout();
+    match source.ping(request.target, timeout).await {
+        Ok(reply) => {
+            let status = if reply.rtt_us.is_some() {
+                StatusCode::OK
+            } else {
+                StatusCode::GATEWAY_TIMEOUT
+            };
+            json(status, &reply)
+        }
+        Err(error) => ping_error(&error),
+    }
+}
+
+/// The largest `POST /ping` body read.
+const MAX_PING_BODY: usize = 4096;
+
+fn ping_error(error: &PingError) -> Response<Full<Bytes>> {
+    json(
+        error.status(),
+        &serde_json::json!({ "error": error.to_string() }),
+    )
+}
+
+fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    match serde_json::to_string(value) {
+        Ok(mut body) => {
+            body.push('\n');
+            with_type(status, body, "application/json")
+        }
+        Err(error) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("json: {error}\n"),
+        ),
     }
 }
 
@@ -406,7 +506,7 @@ pub fn respond(
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /healthz, /readyz, /status or /metrics\n",
+            "not found; try /healthz, /readyz, /status, /metrics or POST /ping\n",
         ),
     }
 }
@@ -431,7 +531,6 @@ fn with_type(
 mod tests {
     use super::*;
     use crate::snapshot::{GatewayState, GatewayStatus};
-    use http_body_util::BodyExt as _;
     use std::sync::atomic::{AtomicBool, Ordering};
 
     struct Fake {
@@ -461,6 +560,84 @@ mod tests {
         fn draining(&self) -> bool {
             self.draining.load(Ordering::Relaxed)
         }
+
+        fn ping(&self, target: String, timeout: Duration) -> PingFuture {
+            Box::pin(async move {
+                let ip = "10.1.0.1".parse().unwrap();
+                match target.as_str() {
+                    "gw1" => Ok(PingReply::answered(ip, target, Duration::from_micros(1500))),
+                    "silent" => Ok(PingReply::unanswered(
+                        ip,
+                        "gw1".into(),
+                        format!("timed out after {timeout:?}"),
+                    )),
+                    _ => Err(PingError::UnknownTarget(target)),
+                }
+            })
+        }
+    }
+
+    /// `POST /ping` over a real connection: the reply, a timeout, an unknown target, a bad
+    /// body, the wrong method.
+    #[tokio::test]
+    async fn ping_endpoint_answers_local_clients() {
+        let server = AdminServer::bind(&AdminAddr::Tcp("127.0.0.1:0".parse().unwrap()))
+            .await
+            .unwrap();
+        let addr = server.local_addr().clone();
+        let source: Arc<dyn StatusSource> = Arc::new(Fake {
+            up: AtomicBool::new(true),
+            draining: AtomicBool::new(false),
+        });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(server.serve(source, async {
+            let _ = stopped.await;
+        }));
+        let post = |body: &'static str| {
+            let addr = addr.clone();
+            async move {
+                crate::status::request(
+                    &addr,
+                    Method::POST,
+                    "/ping",
+                    Some(body.to_owned()),
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap()
+            }
+        };
+        let (status, body) = post(r#"{"target":"gw1","timeout_ms":1000}"#).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let reply: PingReply = serde_json::from_str(&body).unwrap();
+        assert_eq!(reply.rtt(), Some(Duration::from_micros(1500)));
+        assert_eq!(reply.gateway, "gw1");
+        let (status, body) = post(r#"{"target":"silent","timeout_ms":1000}"#).await;
+        assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+        assert!(body.contains("timed out after 1s"), "{body}");
+        let (status, body) = post(r#"{"target":"gw9","timeout_ms":1000}"#).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+        assert!(body.contains("`gw9` is neither a gateway id"), "{body}");
+        let (status, _) = post("gw1").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let (status, _) = crate::status::get(&addr, "/ping", Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        // The client side reads the same answers.
+        let outcome = crate::ping::ping_once(
+            &addr,
+            &PingRequest::new("gw9", Duration::from_secs(1)),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert!(
+            matches!(&outcome, crate::ping::PingOutcome::Refused(StatusCode::NOT_FOUND, m) if m.contains("gw9")),
+            "{outcome:?}"
+        );
+        let _ = stop.send(());
+        serving.await.unwrap();
     }
 
     fn body(resp: Response<Full<Bytes>>) -> (StatusCode, String) {
@@ -527,8 +704,10 @@ mod tests {
                 "{local_only}: no endpoint leaks"
             );
         }
-        let resp = respond(&Method::POST, "/status", &fake, Client::Remote);
-        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        for path in ["/status", "/ping"] {
+            let resp = respond(&Method::POST, path, &fake, Client::Remote);
+            assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{path}");
+        }
     }
 
     #[test]

@@ -66,6 +66,39 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Send ICMP echoes through the running agent's tunnel, like `ping`: one line per echo,
+    /// then a summary. It asks the agent's admin endpoint (local clients only), so the echoes
+    /// use the agent's own sessions. Exit 0 when any reply came, 1 when none did, 2 for an
+    /// unknown gateway id.
+    Ping {
+        /// The admin endpoint: 127.0.0.1:5182 (the default), [::1]:5182 or unix:/path.
+        #[arg(long, value_name = "ADDR", conflicts_with = "config")]
+        admin: Option<AdminAddr>,
+        /// Find the admin endpoint in this config file's [admin] section.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Stop after COUNT echoes (one a second).
+        #[arg(
+            short = 'c',
+            long = "count",
+            value_name = "COUNT",
+            default_value_t = 4,
+            value_parser = clap::value_parser!(u32).range(1..=10_000)
+        )]
+        count: u32,
+        /// Seconds to wait for each reply.
+        #[arg(
+            short = 'W',
+            long = "timeout",
+            value_name = "SECONDS",
+            default_value_t = 2,
+            value_parser = clap::value_parser!(u64).range(1..=10)
+        )]
+        timeout: u64,
+        /// A gateway id (its virtual IP is pinged) or an IP address inside the tunnel.
+        #[arg(value_name = "GATEWAY_ID|TUNNEL_IP")]
+        target: String,
+    },
     /// Run a gateway, a sample app and the agent on loopback, and report what happened.
     Demo {
         #[command(flatten)]
@@ -131,7 +164,10 @@ pub(crate) fn execute(cli: Cli) -> ExitCode {
         Command::Run { config, log } => run(&config, &log),
         Command::Check { config } => check(&config),
         Command::Genkey => {
-            warn_if_stdout_is_readable_file();
+            warn_if_stdout_is_readable_file(
+                "a private key",
+                "`wg-agent check` refuses such a key file",
+            );
             let key = PrivateKey::generate().to_base64_secret();
             emit(&zeroize::Zeroizing::new(format!("{}\n", key.as_str())))
         }
@@ -142,6 +178,13 @@ pub(crate) fn execute(cli: Cli) -> ExitCode {
             json,
             check,
         } => status(admin, config.as_deref(), json, check),
+        Command::Ping {
+            admin,
+            config,
+            count,
+            timeout,
+            target,
+        } => ping(admin, config.as_deref(), count, timeout, &target),
         Command::Demo { log } => demo(&log),
         Command::Import {
             file,
@@ -208,7 +251,10 @@ fn import(file: &Path, routes: Vec<(u16, Endpoint)>, key_file: Option<PathBuf>) 
         );
     }
     if imported.has_inline_secret {
-        warn_if_stdout_is_readable_file();
+        warn_if_stdout_is_readable_file(
+            "a config holding a secret key (private or preshared)",
+            "keep it where only its owner can read it",
+        );
     }
     for note in &imported.notes {
         eprintln!("wg-agent: note: {note}");
@@ -306,8 +352,9 @@ fn emit(text: &str) -> ExitCode {
     }
 }
 
-/// `wg genkey`'s habit: warn when the key is about to land in a file others can read.
-fn warn_if_stdout_is_readable_file() {
+/// `wg genkey`'s habit: warn when `what` is about to land in a file others can read, and why
+/// that matters (`why`).
+fn warn_if_stdout_is_readable_file(what: &str, why: &str) {
     use std::os::unix::fs::PermissionsExt as _;
     // /proc/self/fd/1 resolves to the file behind stdout (Linux); elsewhere this is skipped.
     if let Ok(meta) = std::fs::metadata("/proc/self/fd/1")
@@ -315,9 +362,8 @@ fn warn_if_stdout_is_readable_file() {
         && meta.permissions().mode() & 0o026 != 0
     {
         eprintln!(
-            "wg-agent: warning: writing a private key to a file readable by others or writable by \
-             group or others; `wg-agent check` refuses such a key file: run `chmod 600` on it \
-             (or `umask 077` first)"
+            "wg-agent: warning: writing {what} to a file readable by others or writable by \
+             group or others; {why}: run `chmod 600` on it (or `umask 077` first)"
         );
     }
 }
@@ -349,8 +395,7 @@ fn install_tracing(
     format: LogFormat,
     level: &str,
 ) -> Result<(agent::LogLevelControl, agent::logging::LogGuard), String> {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .map_err(|e| format!("log level `{level}` is not a level or tracing filter: {e}"))?;
+    let filter = agent::logging::filter(level).map_err(|e| format!("log level {e}"))?;
     // A slow stderr (a full pipe, a stalled journal) must not stall the tasks that log:
     // lines go through a bounded queue; overflow is dropped and counted.
     let (writer, guard) =
@@ -365,8 +410,7 @@ fn install_tracing(
         S: Send + Sync + 'static,
     {
         std::sync::Arc::new(move |level: &str| {
-            let filter = tracing_subscriber::EnvFilter::try_new(level)
-                .map_err(|e| format!("`{level}` is not a level or tracing filter: {e}"))?;
+            let filter = agent::logging::filter(level)?;
             handle
                 .reload(L::from(filter))
                 .map_err(|e| format!("cannot change the log level: {e}"))
@@ -485,35 +529,137 @@ async fn shutdown_signal() {
     }
 }
 
-fn status(admin: Option<AdminAddr>, config: Option<&Path>, json: bool, check: bool) -> ExitCode {
-    let addr = match (admin, config) {
-        (Some(addr), _) => addr,
-        (None, Some(path)) => match Config::load_admin_listen(path) {
-            Ok(listen) => match AdminAddr::from_listen(&listen) {
-                Some(addr) => addr.for_local_client(),
-                None => {
-                    return fail(
-                        EXIT_RUNTIME,
-                        format!(
-                            "{}: the admin endpoint is off ([admin] listen = \"off\"); nothing to ask",
-                            path.display()
-                        ),
-                    );
-                }
-            },
-            Err(error) => return fail(EXIT_CONFIG, error),
-        },
-        (None, None) => match AdminAddr::from_listen(&AdminListen::DEFAULT) {
-            Some(addr) => addr,
-            None => return fail(EXIT_RUNTIME, "no default admin address"),
-        },
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+/// The admin endpoint to ask: `--admin`, else `--config`'s `[admin] listen` (reached as a
+/// local client), else the default. On failure, the exit to take (message printed).
+/// What a client of the running agent's admin endpoint needs (`status`, `ping`): its address
+/// and a runtime to talk to it on.
+fn admin_client(
+    admin: Option<AdminAddr>,
+    config: Option<&Path>,
+) -> Result<(AdminAddr, tokio::runtime::Runtime), ExitCode> {
+    let addr = admin_addr(admin, config)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return fail(EXIT_RUNTIME, format!("cannot start the async runtime: {e}")),
+        .map_err(|e| fail(EXIT_RUNTIME, format!("cannot start the async runtime: {e}")))?;
+    Ok((addr, runtime))
+}
+
+fn admin_addr(admin: Option<AdminAddr>, config: Option<&Path>) -> Result<AdminAddr, ExitCode> {
+    match (admin, config) {
+        (Some(addr), _) => Ok(addr),
+        (None, Some(path)) => match Config::load_admin_listen(path) {
+            Ok(listen) => match AdminAddr::from_listen(&listen) {
+                Some(addr) => Ok(addr.for_local_client()),
+                None => Err(fail(
+                    EXIT_RUNTIME,
+                    format!(
+                        "{}: the admin endpoint is off ([admin] listen = \"off\"); nothing to ask",
+                        path.display()
+                    ),
+                )),
+            },
+            Err(error) => Err(fail(EXIT_CONFIG, error)),
+        },
+        (None, None) => AdminAddr::from_listen(&AdminListen::DEFAULT)
+            .ok_or_else(|| fail(EXIT_RUNTIME, "no default admin address")),
+    }
+}
+
+/// `wg-agent ping`: `count` echoes a second apart through the running agent, a line each,
+/// then the summary; Ctrl-C stops early and still prints it.
+fn ping(
+    admin: Option<AdminAddr>,
+    config: Option<&Path>,
+    count: u32,
+    timeout: u64,
+    target: &str,
+) -> ExitCode {
+    use agent::ping::{PingOutcome, PingRequest, PingSummary, millis, ping_once};
+    /// Time the admin exchange gets beyond the echo's own timeout.
+    const SLACK: Duration = Duration::from_secs(5);
+    const INTERVAL: Duration = Duration::from_secs(1);
+    let (addr, runtime) = match admin_client(admin, config) {
+        Ok(client) => client,
+        Err(code) => return code,
+    };
+    runtime.block_on(async {
+        let request = PingRequest::new(target, Duration::from_secs(timeout));
+        let mut summary = PingSummary::default();
+        let interrupted = tokio::signal::ctrl_c();
+        tokio::pin!(interrupted);
+        let mut header = false;
+        for seq in 1..=count {
+            let started = tokio::time::Instant::now();
+            let outcome = tokio::select! {
+                outcome = ping_once(&addr, &request, SLACK) => outcome,
+                _ = &mut interrupted => break,
+            };
+            let line = match outcome {
+                Err(error) if summary.transmitted == 0 => return fail(EXIT_RUNTIME, error),
+                Err(error) => {
+                    summary.add(None);
+                    format!("no answer from the agent: icmp_seq={seq} ({error})")
+                }
+                Ok(PingOutcome::Refused(status, message)) => {
+                    let code = if status == hyper::StatusCode::NOT_FOUND {
+                        EXIT_CONFIG
+                    } else {
+                        EXIT_RUNTIME
+                    };
+                    return fail(code, format!("ping {target}: {message}"));
+                }
+                Ok(PingOutcome::Sent(reply)) => {
+                    let mut line = String::new();
+                    if !header {
+                        header = true;
+                        line = format!(
+                            "PING {target} ({}) through gateway {}, from the agent at {addr}\n",
+                            reply.ip, reply.gateway
+                        );
+                    }
+                    summary.add(reply.rtt());
+                    match reply.rtt() {
+                        Some(rtt) => line.push_str(&format!(
+                            "reply from {}: icmp_seq={seq} time={} ms",
+                            reply.ip,
+                            millis(rtt)
+                        )),
+                        None => line.push_str(&format!(
+                            "no reply from {}: icmp_seq={seq} ({})",
+                            reply.ip,
+                            reply.error.as_deref().unwrap_or("timed out")
+                        )),
+                    }
+                    line
+                }
+            };
+            if emit(&format!("{line}\n")) != ExitCode::SUCCESS {
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+            if seq < count {
+                tokio::select! {
+                    () = tokio::time::sleep_until(started + INTERVAL) => {}
+                    _ = &mut interrupted => break,
+                }
+            }
+        }
+        let code = emit(&format!("\n{}", summary.render(target)));
+        if code != ExitCode::SUCCESS {
+            return code;
+        }
+        if summary.received > 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    })
+}
+
+fn status(admin: Option<AdminAddr>, config: Option<&Path>, json: bool, check: bool) -> ExitCode {
+    let (addr, runtime) = match admin_client(admin, config) {
+        Ok(client) => client,
+        Err(code) => return code,
     };
     if check {
         return match runtime.block_on(agent::status::fetch_readiness(&addr, STATUS_TIMEOUT)) {

@@ -34,7 +34,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use local_proxy::{HttpRouteConfig, ProxyConfig, TcpRouteConfig, Upstream};
+use local_proxy::{HttpRouteConfig, ProxyConfig, TcpRouteConfig, UdpRouteConfig, Upstream};
 use serde::{Deserialize, Serialize};
 use wg_core::{IpNet, PeerConfig, PresharedKey, PrivateKey, PublicKey};
 
@@ -132,6 +132,16 @@ pub enum RouteProtocol {
     Http,
     /// Raw TCP byte forwarding.
     Tcp,
+    /// UDP datagrams, forwarded per flow.
+    Udp,
+}
+
+impl RouteProtocol {
+    /// Whether the route listens for UDP datagrams (else for TCP connections). A UDP route
+    /// and an HTTP or TCP route may share a port number.
+    pub fn is_datagram(self) -> bool {
+        self == Self::Udp
+    }
 }
 
 impl std::fmt::Display for RouteProtocol {
@@ -139,9 +149,35 @@ impl std::fmt::Display for RouteProtocol {
         f.write_str(match self {
             Self::Http => "http",
             Self::Tcp => "tcp",
+            Self::Udp => "udp",
         })
     }
 }
+
+/// Where a route sends its traffic.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RouteUpstream {
+    /// `host:port`, an IP address or a DNS name (resolved when connecting).
+    Net(Endpoint),
+    /// `unix:/absolute/path`: a unix stream socket (HTTP and TCP routes).
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for RouteUpstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Net(endpoint) => endpoint.fmt(f),
+            Self::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// The idle timeout of a UDP route's flows unless the route sets one.
+pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A UDP route's `max_flows` unless it sets one.
+pub const DEFAULT_UDP_MAX_FLOWS: usize = 256;
 
 /// One `[[routes]]` entry: a port on the virtual IP forwarded to a local upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,9 +185,9 @@ impl std::fmt::Display for RouteProtocol {
 pub struct RouteConfig {
     /// Port on the virtual IP.
     pub port: u16,
-    /// Local upstream, `host:port` (a name is resolved when connecting).
-    pub upstream: Endpoint,
-    /// HTTP or raw TCP.
+    /// Local upstream: `host:port` (a name is resolved when connecting) or a unix socket.
+    pub upstream: RouteUpstream,
+    /// HTTP, raw TCP or UDP.
     pub protocol: RouteProtocol,
     /// HTTP: keep and append to the gateway's `X-Forwarded-For` chain (else replace it).
     pub trust_forwarded: bool,
@@ -159,6 +195,15 @@ pub struct RouteConfig {
     pub proxy_protocol: bool,
     /// HTTP: speak HTTP/2 with prior knowledge (h2c) to the upstream.
     pub upstream_h2c: bool,
+    /// Overrides `[proxy] idle_timeout` for this route (a WebSocket route may idle longer);
+    /// for a UDP route, the idle timeout of its flows ([`DEFAULT_UDP_IDLE_TIMEOUT`] unset).
+    pub idle_timeout: Option<Duration>,
+    /// HTTP and TCP: overrides `[proxy] upstream_connect_timeout`.
+    pub upstream_connect_timeout: Option<Duration>,
+    /// HTTP: overrides `[proxy] upstream_response_timeout`.
+    pub upstream_response_timeout: Option<Duration>,
+    /// UDP: flows open at once ([`DEFAULT_UDP_MAX_FLOWS`] unset).
+    pub max_flows: Option<usize>,
 }
 
 impl RouteConfig {
@@ -166,23 +211,64 @@ impl RouteConfig {
     pub fn default_http() -> Self {
         Self {
             port: 80,
-            upstream: Endpoint {
+            upstream: RouteUpstream::Net(Endpoint {
                 host: Host::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST)),
                 port: 8080,
-            },
+            }),
             protocol: RouteProtocol::Http,
             trust_forwarded: true,
             proxy_protocol: false,
             upstream_h2c: false,
+            idle_timeout: None,
+            upstream_connect_timeout: None,
+            upstream_response_timeout: None,
+            max_flows: None,
         }
     }
 
     /// The upstream as local-proxy takes it.
     pub fn upstream(&self) -> Upstream {
-        match &self.upstream.host {
-            Host::Ip(ip) => Upstream::from(SocketAddr::new(*ip, self.upstream.port)),
-            Host::Name(name) => Upstream::new(name.clone(), self.upstream.port),
+        match &self.upstream {
+            RouteUpstream::Net(endpoint) => match &endpoint.host {
+                Host::Ip(ip) => Upstream::from(SocketAddr::new(*ip, endpoint.port)),
+                Host::Name(name) => Upstream::new(name.clone(), endpoint.port),
+            },
+            RouteUpstream::Unix(path) => Upstream::unix(path),
         }
+    }
+
+    /// `[proxy]` with this route's overrides: what its proxy or forwarder runs with.
+    pub fn proxy_config(&self, proxy: &ProxyConfig) -> ProxyConfig {
+        let mut config = proxy.clone();
+        if let Some(d) = self.idle_timeout {
+            config.idle_timeout = d;
+        }
+        if let Some(d) = self.upstream_connect_timeout {
+            config.upstream_connect_timeout = d;
+        }
+        if let Some(d) = self.upstream_response_timeout {
+            config.upstream_response_timeout = d;
+        }
+        config
+    }
+
+    /// The idle timeout this route runs with under `proxy`.
+    pub fn effective_idle_timeout(&self, proxy: &ProxyConfig) -> Duration {
+        match (self.idle_timeout, self.protocol) {
+            (Some(d), _) => d,
+            (None, RouteProtocol::Udp) => DEFAULT_UDP_IDLE_TIMEOUT,
+            (None, _) => proxy.idle_timeout,
+        }
+    }
+
+    /// The local-proxy settings of a UDP route (`None` for HTTP and TCP routes).
+    pub fn udp_route(&self) -> Option<UdpRouteConfig> {
+        (self.protocol == RouteProtocol::Udp).then(|| {
+            let mut route = UdpRouteConfig::new(self.upstream());
+            route.idle_timeout = self.idle_timeout.unwrap_or(DEFAULT_UDP_IDLE_TIMEOUT);
+            route.max_flows = self.max_flows.unwrap_or(DEFAULT_UDP_MAX_FLOWS);
+            route
+        })
     }
 
     /// The local-proxy settings of an HTTP route (`None` for a TCP route).

@@ -71,6 +71,8 @@ pub mod manager;
 #[cfg(feature = "cli")]
 pub mod metrics;
 #[cfg(feature = "cli")]
+pub mod ping;
+#[cfg(feature = "cli")]
 mod runtime;
 #[cfg(feature = "cli")]
 pub mod snapshot;

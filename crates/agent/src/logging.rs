@@ -9,6 +9,24 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::time::{Duration, Instant};
 
+/// The tracing filter for a `[log] level` or `--log-level` value (a level, or a filter such as
+/// `info,wg_core=debug`). boringtun's own lines are off unless the value names `boringtun`:
+/// they name no gateway (`HANDSHAKE(REKEY_TIMEOUT)` every 5 s while a gateway does not
+/// answer), and the agent reports the same facts once, by gateway, from wg-core's events. A
+/// value that names boringtun gets its lines inside wg-core's `peer{public_key=...}` span.
+pub fn filter(level: &str) -> Result<tracing_subscriber::EnvFilter, String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .map_err(|e| format!("`{level}` is not a level or tracing filter: {e}"))?;
+    if level.contains("boringtun") {
+        return Ok(filter);
+    }
+    // A constant directive: it parses.
+    Ok(match "boringtun=off".parse() {
+        Ok(off) => filter.add_directive(off),
+        Err(_) => filter,
+    })
+}
+
 /// Lines queued for the sink at most.
 pub const QUEUE_LINES: usize = 8192;
 
@@ -153,6 +171,36 @@ mod tests {
     use tracing_subscriber::fmt::MakeWriter as _;
 
     use super::*;
+
+    /// Whether a warning of `target` passes `filter(level)`.
+    fn passes(level: &str, target_is_boringtun: bool) -> bool {
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(filter(level).unwrap_or_else(|e| panic!("{e}")))
+            .with_writer(std::io::sink)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            if target_is_boringtun {
+                tracing::enabled!(target: "boringtun::noise::timers", tracing::Level::WARN)
+            } else {
+                tracing::enabled!(target: "agent::manager", tracing::Level::WARN)
+            }
+        })
+    }
+
+    #[test]
+    fn boringtun_is_off_unless_named() {
+        for level in ["info", "trace", "warn,agent=debug"] {
+            assert!(!passes(level, true), "{level}");
+            assert!(passes(level, false), "{level}");
+        }
+        assert!(passes("info,boringtun=warn", true));
+        assert!(passes("boringtun=trace,info", true));
+        assert!(
+            !passes("info,boringtun=error", true),
+            "its own level applies"
+        );
+        assert!(filter("agent=loud").is_err());
+    }
 
     /// A sink that blocks until the test opens it, then records what it gets.
     #[derive(Clone, Default)]

@@ -202,8 +202,14 @@ pub struct GatewayStats {
     pub handshakes: u64,
     /// Liveness probes sent and unanswered.
     pub probes_sent: u64,
-    /// Liveness probes that went unanswered (each forced a handshake).
+    /// Liveness probes that went unanswered (each forced a handshake, except the one sent
+    /// right after such a handshake to confirm it).
     pub probes_failed: u64,
+    /// Liveness probes answered.
+    pub probes_answered: u64,
+    /// The probe goes unanswered though the handshakes it forces succeed: the gateway does
+    /// not answer ICMP echo (filtered). Cleared when a probe is answered.
+    pub icmp_filtered: bool,
 }
 
 impl GatewayStats {
@@ -659,6 +665,45 @@ impl Manager {
         }
     }
 
+    /// A UDP socket on `port` of every virtual IP ([`bind_addr`](Self::bind_addr); a UDP
+    /// route's socket): datagrams from the tunnel to that port, replies from the address of
+    /// the client's family.
+    pub fn bind_udp(&self, port: u16) -> io::Result<UdpSocket> {
+        if self.inner.is_closing() {
+            return Err(listener::closing_error());
+        }
+        self.inner.netstack.bind_udp(self.bind_addr(port))
+    }
+
+    /// The gateway with this id: `None` when there is none, else its virtual IP (`None` for a
+    /// gateway added without one).
+    pub fn gateway_virtual_ip(&self, id: &str) -> Option<Option<IpAddr>> {
+        let t = self.inner.lock();
+        t.gateways
+            .values()
+            .find(|g| g.spec.id == id)
+            .map(|g| g.spec.virtual_ip)
+    }
+
+    /// The id of the gateway whose allowed IPs hold `ip` (the longest prefix wins, as for
+    /// packets), if any.
+    pub fn gateway_routing(&self, ip: IpAddr) -> Option<String> {
+        let t = self.inner.lock();
+        t.gateways
+            .values()
+            .filter_map(|g| {
+                g.spec
+                    .allowed_ips
+                    .iter()
+                    .filter(|net| net.contains(ip))
+                    .map(IpNet::prefix_len)
+                    .max()
+                    .map(|len| (len, &g.spec.id))
+            })
+            .max_by_key(|(len, _)| *len)
+            .map(|(_, id)| id.clone())
+    }
+
     /// ICMP echo to `ip` through the tunnel; the round-trip time.
     pub async fn ping(&self, ip: IpAddr, timeout: Duration) -> io::Result<Duration> {
         self.inner.netstack.ping(ip, timeout).await
@@ -901,6 +946,8 @@ pub(crate) fn gateway_stats(peers: &Peers, g: &Gateway, now: Instant) -> Gateway
         handshakes: stats.as_ref().map_or(0, |s| s.handshakes),
         probes_sent: g.upkeep.probes_sent,
         probes_failed: g.upkeep.probes_failed,
+        probes_answered: g.upkeep.probes_answered,
+        icmp_filtered: g.upkeep.icmp_filtered,
     }
 }
 

@@ -229,6 +229,19 @@ pub fn write_gateway_metrics(w: &mut MetricsWriter<'_>, snapshot: &StatusSnapsho
             u64::from(g.state == GatewayState::Stale),
         );
     }
+    w.family(
+        "wg_agent_gateway_icmp_filtered",
+        MetricKind::Gauge,
+        "1 when the liveness probe goes unanswered though the handshakes it forces succeed \
+         (the gateway filters ICMP echo), else 0.",
+    );
+    for g in &snapshot.gateways {
+        w.sample_u64(
+            "wg_agent_gateway_icmp_filtered",
+            &[("gateway", &g.id)],
+            u64::from(g.icmp_filtered),
+        );
+    }
 }
 
 /// Writes the agent-wide series: open virtual-IP connections and dropped packets by reason.
@@ -287,7 +300,8 @@ pub fn write_agent_counters(w: &mut MetricsWriter<'_>, counters: &AgentCounters)
         ),
         (
             "wg_agent_gateway_liveness_probes_unanswered_total",
-            "Liveness probes that got no answer in 10 s (each forced a fresh handshake).",
+            "Liveness probes that got no answer in 10 s (each forced a fresh handshake, but \
+             the one confirming such a handshake).",
             true,
         ),
     ] {
@@ -350,7 +364,7 @@ mod tests {
         let snapshot = StatusSnapshot::new(
             "10.1.0.100".parse().unwrap(),
             vec![
-                gw("gw1", GatewayState::Up, Some(1_764_000_000)),
+                gw("gw1", GatewayState::Up, Some(1_764_000_000)).with_icmp_filtered(true),
                 gw("g\"2", GatewayState::Stale, None),
             ],
             vec![],
@@ -376,6 +390,8 @@ mod tests {
             "wg_agent_gateway_up{gateway=\"gw1\"} 1",
             "wg_agent_gateway_up{gateway=\"g\\\"2\"} 0",
             "wg_agent_gateway_stale{gateway=\"g\\\"2\"} 1",
+            "wg_agent_gateway_icmp_filtered{gateway=\"gw1\"} 1",
+            "wg_agent_gateway_icmp_filtered{gateway=\"g\\\"2\"} 0",
             "wg_agent_open_connections 7",
             "wg_agent_dropped_packets_total{reason=\"malformed\"} 2",
             "wg_agent_tcp_loss_repair_total{kind=\"sack\"} 3",
@@ -391,6 +407,6 @@ mod tests {
         }
         // Every family is announced exactly once.
         let types = text.lines().filter(|l| l.starts_with("# TYPE")).count();
-        assert_eq!(types, 10);
+        assert_eq!(types, 11);
     }
 }

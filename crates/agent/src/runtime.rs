@@ -4,24 +4,27 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use local_proxy::{Accept, ConnectionTracker, HttpProxy, RouteMetrics, TcpForwarder};
+use local_proxy::{
+    Accept, ConnectionTracker, HttpProxy, RouteMetrics, TcpForwarder, UdpForwarder, UdpMetrics,
+};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::admin::{AdminAddr, AdminServer, StatusSource};
+use crate::admin::{AdminAddr, AdminServer, PingFuture, StatusSource};
 use crate::config::{Config, ConfigChanges, GatewayConfig, RouteConfig, RouteProtocol};
 use crate::manager::{
     GatewaySpec, Listener, LivenessProbe, Manager, ManagerConfig, PreparedGateways,
 };
 use crate::metrics::{AgentCounters, MetricsWriter, write_agent_counters};
+use crate::ping::{PingError, PingReply};
 use crate::snapshot::{AgentStatus, GatewayStatus, RouteStatus, StatusSnapshot};
-use crate::vip_stream::VipStream;
+use crate::vip_stream::{VipDatagram, VipStream};
 
 /// How long a stopping agent waits for closed connections to flush through the tunnel.
 const LINGER: Duration = Duration::from_secs(3);
@@ -185,7 +188,10 @@ struct AgentInner {
     manager: Manager,
     /// The configuration that runs (restart-only settings as they were at startup).
     config: Mutex<Config>,
+    /// HTTP and TCP routes, by port.
     routes: Mutex<BTreeMap<u16, Route>>,
+    /// UDP routes, by port (a port may serve both a UDP and a TCP or HTTP route).
+    udp_routes: Mutex<BTreeMap<u16, UdpRoute>>,
     tracker: ConnectionTracker,
     draining: AtomicBool,
     log_level: Mutex<Option<LogLevelControl>>,
@@ -203,6 +209,28 @@ struct Route {
     /// Kept here, not only in the task, so a replaced route takes over the same listener.
     listener: Arc<Listener>,
     task: JoinHandle<()>,
+}
+
+struct UdpRoute {
+    config: RouteConfig,
+    metrics: Arc<UdpMetrics>,
+    /// Kept here, not only in the task, so a replaced route takes over the same socket.
+    socket: Arc<netstack::UdpSocket>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for UdpRoute {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Sockets and listeners bound ahead of [`Agent::apply_routes`] (by a reload's preparation, or
+/// kept from the routes a change replaces).
+#[derive(Default)]
+struct Bound {
+    listeners: BTreeMap<u16, Arc<Listener>>,
+    udp: BTreeMap<u16, Arc<netstack::UdpSocket>>,
 }
 
 /// Where a configuration change comes from.
@@ -224,8 +252,8 @@ pub struct PreparedReload {
     applied: Config,
     changes: ConfigChanges,
     gateways: PreparedGateways,
-    /// Listeners bound for ports no route serves yet.
-    listeners: BTreeMap<u16, Arc<Listener>>,
+    /// Listeners and UDP sockets bound for ports no route serves yet.
+    bound: Bound,
     origin: ChangeOrigin,
     /// This change's turn (see `AgentInner::reconfigure`).
     _turn: tokio::sync::OwnedMutexGuard<()>,
@@ -328,6 +356,7 @@ impl Agent {
                 manager,
                 config: Mutex::new(config.clone()),
                 routes: Mutex::new(BTreeMap::new()),
+                udp_routes: Mutex::new(BTreeMap::new()),
                 tracker,
                 draining: AtomicBool::new(false),
                 log_level: Mutex::new(None),
@@ -335,7 +364,7 @@ impl Agent {
                 from_file: Mutex::new(config.clone()),
             }),
         };
-        agent.apply_routes(&config, false, BTreeMap::new()).await?;
+        agent.apply_routes(&config, false, Bound::default()).await?;
         Ok(agent)
     }
 
@@ -352,10 +381,19 @@ impl Agent {
         &self,
         config: &Config,
         restart_all: bool,
-        mut bound: BTreeMap<u16, Arc<Listener>>,
+        bound: Bound,
     ) -> anyhow::Result<()> {
-        let wanted: BTreeMap<u16, &RouteConfig> =
-            config.routes.iter().map(|r| (r.port, r)).collect();
+        let Bound {
+            listeners: mut bound,
+            udp,
+        } = bound;
+        self.apply_udp_routes(config, restart_all, udp).await?;
+        let wanted: BTreeMap<u16, &RouteConfig> = config
+            .routes
+            .iter()
+            .filter(|r| !r.protocol.is_datagram())
+            .map(|r| (r.port, r))
+            .collect();
         // Stop what goes away or changes; a new `[proxy]` restarts every route. Connections
         // already accepted finish under the old settings.
         let stopped: Vec<Route> = {
@@ -394,12 +432,13 @@ impl Agent {
             };
             let accept = VipListener(Arc::clone(&listener));
             let tracker = self.inner.tracker.clone();
+            let proxy_config = route.proxy_config(&config.proxy);
             let (metrics, task) = match route.protocol {
                 RouteProtocol::Tcp => {
                     let tcp = route
                         .tcp_route()
                         .context("tcp route without tcp settings")?;
-                    let forwarder = TcpForwarder::new(tcp, &config.proxy);
+                    let forwarder = TcpForwarder::new(tcp, &proxy_config);
                     let metrics = Arc::clone(forwarder.metrics());
                     let task = tokio::spawn(async move { forwarder.serve(accept, &tracker).await });
                     (metrics, task)
@@ -408,7 +447,7 @@ impl Agent {
                     let http = route
                         .http_route()
                         .context("http route without http settings")?;
-                    let proxy = HttpProxy::new(http, &config.proxy, &tracker);
+                    let proxy = HttpProxy::new(http, &proxy_config, &tracker);
                     let metrics = Arc::clone(proxy.metrics());
                     let task = tokio::spawn(async move { proxy.serve(accept, &tracker).await });
                     (metrics, task)
@@ -421,6 +460,77 @@ impl Agent {
                     config: route.clone(),
                     metrics,
                     listener,
+                    task,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// [`apply_routes`](Self::apply_routes) for the UDP routes: each a forwarder on a socket
+    /// bound on every virtual IP.
+    async fn apply_udp_routes(
+        &self,
+        config: &Config,
+        restart_all: bool,
+        mut bound: BTreeMap<u16, Arc<netstack::UdpSocket>>,
+    ) -> anyhow::Result<()> {
+        let wanted: BTreeMap<u16, &RouteConfig> = config
+            .routes
+            .iter()
+            .filter(|r| r.protocol.is_datagram())
+            .map(|r| (r.port, r))
+            .collect();
+        let stopped: Vec<UdpRoute> = {
+            let mut routes = lock(&self.inner.udp_routes);
+            let ports: Vec<u16> = routes
+                .iter()
+                .filter(|(port, route)| {
+                    restart_all || wanted.get(*port).is_none_or(|w| **w != route.config)
+                })
+                .map(|(port, _)| *port)
+                .collect();
+            ports.iter().filter_map(|p| routes.remove(p)).collect()
+        };
+        for mut route in stopped {
+            // Its flows end with the task (their upstream sockets close).
+            route.task.abort();
+            let _ = (&mut route.task).await;
+            if wanted.contains_key(&route.config.port) {
+                bound.insert(route.config.port, Arc::clone(&route.socket));
+            } else {
+                tracing::info!(port = route.config.port, protocol = "udp", "route stopped");
+            }
+        }
+        let mut routes = lock(&self.inner.udp_routes);
+        for (port, route) in wanted {
+            if routes.contains_key(&port) {
+                continue;
+            }
+            let socket = match bound.remove(&port) {
+                Some(socket) => socket,
+                None => Arc::new(self.inner.manager.bind_udp(port).with_context(|| {
+                    format!(
+                        "{}: routes: cannot bind udp port {port}",
+                        config.path.display()
+                    )
+                })?),
+            };
+            let udp = route
+                .udp_route()
+                .context("udp route without udp settings")?;
+            let forwarder = UdpForwarder::new(udp);
+            let metrics = Arc::clone(forwarder.metrics());
+            let tracker = self.inner.tracker.clone();
+            let datagrams = VipDatagram(Arc::clone(&socket));
+            let task = tokio::spawn(async move { forwarder.serve(datagrams, &tracker).await });
+            tracing::info!(port, protocol = %route.protocol, upstream = %route.upstream, "route serving");
+            routes.insert(
+                port,
+                UdpRoute {
+                    config: route.clone(),
+                    metrics,
+                    socket,
                     task,
                 },
             );
@@ -473,8 +583,23 @@ impl Agent {
             .await?;
         // A served port keeps its listener (a replaced route takes it over): bind only new ones.
         let served: Vec<u16> = lock(&self.inner.routes).keys().copied().collect();
-        let mut listeners = BTreeMap::new();
+        let served_udp: Vec<u16> = lock(&self.inner.udp_routes).keys().copied().collect();
+        let mut bound = Bound::default();
         for route in &applied.routes {
+            if route.protocol.is_datagram() {
+                if served_udp.contains(&route.port) {
+                    continue;
+                }
+                let socket = self.inner.manager.bind_udp(route.port).with_context(|| {
+                    format!(
+                        "{}: routes: cannot bind udp port {}",
+                        running.path.display(),
+                        route.port
+                    )
+                })?;
+                bound.udp.insert(route.port, Arc::new(socket));
+                continue;
+            }
             if served.contains(&route.port) {
                 continue;
             }
@@ -485,13 +610,13 @@ impl Agent {
                     route.port
                 )
             })?;
-            listeners.insert(route.port, Arc::new(listener));
+            bound.listeners.insert(route.port, Arc::new(listener));
         }
         Ok(PreparedReload {
             applied,
             changes,
             gateways,
-            listeners,
+            bound,
             origin,
             _turn: turn,
         })
@@ -504,7 +629,7 @@ impl Agent {
             applied,
             changes,
             gateways,
-            listeners,
+            bound,
             origin,
             _turn,
         } = prepared;
@@ -524,7 +649,7 @@ impl Agent {
             .await;
         let update = manager.apply_prepared(gateways).await;
         let restart_all = lock(&self.inner.config).proxy != applied.proxy;
-        if let Err(error) = self.apply_routes(&applied, restart_all, listeners).await {
+        if let Err(error) = self.apply_routes(&applied, restart_all, bound).await {
             // Every listener was bound beforehand: this is a bug, not a bad file.
             tracing::error!("config reload: routes not fully applied: {error:#}");
         }
@@ -576,6 +701,14 @@ impl Agent {
             route.task.abort();
             let _ = (&mut route.task).await;
         }
+        // UDP has nothing to drain: flows close with their route.
+        let udp_routes: Vec<UdpRoute> = std::mem::take(&mut *lock(&self.inner.udp_routes))
+            .into_values()
+            .collect();
+        for mut route in udp_routes {
+            route.task.abort();
+            let _ = (&mut route.task).await;
+        }
         // The drain timeout of the running config (a reload may have changed it).
         let drain_timeout = lock(&self.inner.config).proxy.drain_timeout;
         let tracker = &self.inner.tracker;
@@ -615,13 +748,27 @@ impl Agent {
                     s.rx_bytes,
                     s.tx_bytes,
                 )
+                .with_icmp_filtered(s.icmp_filtered)
             })
             .collect();
-        let routes = lock(&self.inner.config)
-            .routes
+        let open_flows: BTreeMap<u16, u64> = lock(&self.inner.udp_routes)
             .iter()
-            .map(RouteStatus::from_config)
+            .map(|(port, r)| (*port, r.metrics.snapshot().open_flows))
             .collect();
+        let routes = {
+            let config = lock(&self.inner.config);
+            config
+                .routes
+                .iter()
+                .map(|r| {
+                    let status = RouteStatus::from_config(r, &config.proxy);
+                    match open_flows.get(&r.port) {
+                        Some(open) if r.protocol.is_datagram() => status.with_open_flows(*open),
+                        _ => status,
+                    }
+                })
+                .collect()
+        };
         let manager = &self.inner.manager;
         let agent = AgentStatus::new(manager.public_key().to_base64(), self.listen_port());
         StatusSnapshot::new(manager.virtual_ip(), gateways, routes)
@@ -686,6 +833,15 @@ impl StatusSource for Agent {
             routes.iter().map(|(l, m)| (l.as_str(), m)).collect();
         let mut text = String::new();
         local_proxy::render_prometheus(&mut text, "wg_agent_route", &refs);
+        let udp: Vec<(String, local_proxy::UdpMetricsSnapshot)> = lock(&self.inner.udp_routes)
+            .iter()
+            .map(|(port, r)| (format!("port=\"{port}\""), r.metrics.snapshot()))
+            .collect();
+        if !udp.is_empty() {
+            let refs: Vec<(&str, &local_proxy::UdpMetricsSnapshot)> =
+                udp.iter().map(|(l, m)| (l.as_str(), m)).collect();
+            local_proxy::render_udp_prometheus(&mut text, "wg_agent_udp", &refs);
+        }
         text.push_str(&format!(
             "# HELP wg_agent_log_lines_dropped_total Log lines dropped because the log sink was too slow.\n\
              # TYPE wg_agent_log_lines_dropped_total counter\n\
@@ -697,6 +853,34 @@ impl StatusSource for Agent {
 
     fn draining(&self) -> bool {
         self.inner.draining.load(Relaxed)
+    }
+
+    fn ping(&self, target: String, timeout: Duration) -> PingFuture {
+        let manager = self.inner.manager.clone();
+        let draining = self.draining();
+        Box::pin(async move {
+            if draining {
+                return Err(PingError::Unavailable("the agent is shutting down".into()));
+            }
+            let (ip, gateway) = match manager.gateway_virtual_ip(&target) {
+                Some(Some(ip)) => (ip, target),
+                Some(None) => return Err(PingError::NoVirtualIp(target)),
+                None => {
+                    let ip: IpAddr = target
+                        .parse()
+                        .map_err(|_| PingError::UnknownTarget(target.clone()))?;
+                    let gateway = manager.gateway_routing(ip).ok_or(PingError::NoRoute(ip))?;
+                    (ip, gateway)
+                }
+            };
+            Ok(match manager.ping(ip, timeout).await {
+                Ok(rtt) => PingReply::answered(ip, gateway, rtt),
+                Err(error) if error.kind() == std::io::ErrorKind::TimedOut => {
+                    PingReply::unanswered(ip, gateway, "timed out".into())
+                }
+                Err(error) => PingReply::unanswered(ip, gateway, error.to_string()),
+            })
+        })
     }
 }
 

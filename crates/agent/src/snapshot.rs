@@ -118,6 +118,10 @@ pub struct GatewayStatus {
     pub rx_bytes: u64,
     /// Bytes sent to this gateway on the wire.
     pub tx_bytes: u64,
+    /// The liveness probe (ICMP echo to the gateway's virtual IP) goes unanswered though the
+    /// handshakes it forces succeed: ICMP is filtered on the gateway (see docs/operations.md).
+    #[serde(default)]
+    pub icmp_filtered: bool,
 }
 
 impl GatewayStatus {
@@ -142,7 +146,14 @@ impl GatewayStatus {
             last_handshake_unix,
             rx_bytes,
             tx_bytes,
+            icmp_filtered: false,
         }
+    }
+
+    /// The same entry with [`icmp_filtered`](Self::icmp_filtered) set as given.
+    pub fn with_icmp_filtered(mut self, filtered: bool) -> Self {
+        self.icmp_filtered = filtered;
+        self
     }
 }
 
@@ -174,7 +185,11 @@ impl StatusSnapshot {
                 .iter()
                 .map(GatewayStatus::from_config)
                 .collect(),
-            config.routes.iter().map(RouteStatus::from_config).collect(),
+            config
+                .routes
+                .iter()
+                .map(|r| RouteStatus::from_config(r, &config.proxy))
+                .collect(),
         )
         .with_virtual_ips(config.agent.virtual_ips.clone())
     }
@@ -186,10 +201,17 @@ impl StatusSnapshot {
 pub struct RouteStatus {
     /// Port on the virtual IP.
     pub port: u16,
-    /// `http` or `tcp`.
+    /// `http`, `tcp` or `udp`.
     pub protocol: RouteProtocol,
-    /// The local upstream, `host:port`.
+    /// The local upstream, `host:port` or `unix:/path`.
     pub upstream: String,
+    /// The idle timeout the route runs with (its own, else `[proxy]`'s; a UDP route's
+    /// flows default to 60 s), like `90s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<String>,
+    /// UDP routes: flows open now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_flows: Option<u64>,
 }
 
 impl RouteStatus {
@@ -199,12 +221,27 @@ impl RouteStatus {
             port,
             protocol,
             upstream,
+            idle_timeout: None,
+            open_flows: None,
         }
     }
 
-    /// The entry for a configured route.
-    pub fn from_config(route: &crate::config::RouteConfig) -> Self {
-        Self::new(route.port, route.protocol, route.upstream.to_string())
+    /// The entry for a configured route under `[proxy]` settings `proxy`.
+    pub fn from_config(
+        route: &crate::config::RouteConfig,
+        proxy: &local_proxy::ProxyConfig,
+    ) -> Self {
+        let mut status = Self::new(route.port, route.protocol, route.upstream.to_string());
+        status.idle_timeout = Some(crate::config::format_duration(
+            route.effective_idle_timeout(proxy),
+        ));
+        status
+    }
+
+    /// The same entry with a UDP route's live flow count.
+    pub fn with_open_flows(mut self, open: u64) -> Self {
+        self.open_flows = Some(open);
+        self
     }
 }
 
@@ -240,7 +277,8 @@ mod tests {
                 "virtual_ips": ["10.1.0.100"],
                 "gateways": [{"id": "gw1", "name": "gateway-tokyo", "public_key": "pk",
                     "endpoint": "192.0.2.1:51820", "state": "up",
-                    "last_handshake_unix": 1_764_000_000u64, "rx_bytes": 1, "tx_bytes": 2}],
+                    "last_handshake_unix": 1_764_000_000u64, "rx_bytes": 1, "tx_bytes": 2,
+                    "icmp_filtered": false}],
                 "routes": [{"port": 80, "protocol": "http", "upstream": "127.0.0.1:8080"}],
             })
         );

@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Empty, Limited};
-use hyper::{Request, StatusCode};
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 
 use crate::admin::AdminAddr;
@@ -83,7 +83,19 @@ pub async fn get(
     path: &str,
     timeout: Duration,
 ) -> Result<(StatusCode, String), StatusError> {
-    match tokio::time::timeout(timeout, get_inner(addr, path)).await {
+    request(addr, Method::GET, path, None, timeout).await
+}
+
+/// Sends `method path` with an optional JSON `body` and returns the status code and the body
+/// (UTF-8, at most 16 MiB).
+pub async fn request(
+    addr: &AdminAddr,
+    method: Method,
+    path: &str,
+    body: Option<String>,
+    timeout: Duration,
+) -> Result<(StatusCode, String), StatusError> {
+    match tokio::time::timeout(timeout, request_inner(addr, method, path, body)).await {
         Ok(result) => result,
         Err(_) => Err(StatusError::Timeout {
             addr: addr.clone(),
@@ -92,7 +104,12 @@ pub async fn get(
     }
 }
 
-async fn get_inner(addr: &AdminAddr, path: &str) -> Result<(StatusCode, String), StatusError> {
+async fn request_inner(
+    addr: &AdminAddr,
+    method: Method,
+    path: &str,
+    body: Option<String>,
+) -> Result<(StatusCode, String), StatusError> {
     let connect_error = |source| StatusError::Connect {
         addr: addr.clone(),
         source,
@@ -101,9 +118,15 @@ async fn get_inner(addr: &AdminAddr, path: &str) -> Result<(StatusCode, String),
         addr: addr.clone(),
         message,
     };
-    let request = Request::get(path)
-        .header(hyper::header::HOST, "localhost")
-        .body(Empty::<Bytes>::new())
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, "localhost");
+    if body.is_some() {
+        builder = builder.header(hyper::header::CONTENT_TYPE, "application/json");
+    }
+    let request = builder
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
         .map_err(|e| http_error(e.to_string()))?;
     let response = match addr {
         AdminAddr::Tcp(sock) => {
@@ -133,7 +156,7 @@ async fn get_inner(addr: &AdminAddr, path: &str) -> Result<(StatusCode, String),
 
 async fn send<T>(
     io: TokioIo<T>,
-    request: Request<Empty<Bytes>>,
+    request: Request<Full<Bytes>>,
 ) -> hyper::Result<hyper::Response<hyper::body::Incoming>>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -192,17 +215,34 @@ pub fn render_table(status: &StatusSnapshot, now_unix: u64) -> String {
             ]);
         }
         write_rows(&mut out, &rows);
+        for g in status.gateways.iter().filter(|g| g.icmp_filtered) {
+            let _ = writeln!(
+                out,
+                "warning: gateway {}: the liveness probe (ICMP echo) goes unanswered though \
+                 handshakes succeed; allow ICMP echo to its virtual IP on the gateway, or set \
+                 liveness_probe = \"off\"",
+                g.id
+            );
+        }
     }
     out.push('\n');
     if status.routes.is_empty() {
         out.push_str("no routes\n");
     } else {
-        let mut rows = vec![["PORT".to_owned(), "PROTOCOL".into(), "UPSTREAM".into()]];
+        let mut rows = vec![[
+            "PORT".to_owned(),
+            "PROTOCOL".into(),
+            "UPSTREAM".into(),
+            "IDLE TIMEOUT".into(),
+            "FLOWS".into(),
+        ]];
         for r in &status.routes {
             rows.push([
                 r.port.to_string(),
                 r.protocol.to_string(),
                 r.upstream.clone(),
+                r.idle_timeout.clone().unwrap_or_else(|| "-".into()),
+                r.open_flows.map_or_else(|| "-".into(), |n| n.to_string()),
             ]);
         }
         write_rows(&mut out, &rows);
@@ -330,16 +370,18 @@ mod tests {
                     148,
                 ),
             ],
-            vec![RouteStatus::new(
-                80,
-                RouteProtocol::Http,
-                "127.0.0.1:8080".into(),
-            )],
+            vec![
+                RouteStatus::new(80, RouteProtocol::Http, "127.0.0.1:8080".into()),
+                RouteStatus::new(53, RouteProtocol::Udp, "127.0.0.1:5353".into())
+                    .with_open_flows(3),
+            ],
         )
         .with_agent(AgentStatus::new(
             "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=".into(),
             51820,
         ));
+        let mut status = status;
+        status.routes[0].idle_timeout = Some("1h".into());
         let text = render_table(&status, 1000);
         let expected = "\
 agent:
@@ -352,8 +394,9 @@ GATEWAY  NAME           ENDPOINT               STATE       LATEST HANDSHAKE  REC
 gw1      gateway-tokyo  192.0.2.1:51820        up          12 seconds ago    1.21 MiB  3.40 KiB
 gw2      -              gw2.example.net:51820  connecting  never             0 B       148 B
 
-PORT  PROTOCOL  UPSTREAM
-80    http      127.0.0.1:8080
+PORT  PROTOCOL  UPSTREAM        IDLE TIMEOUT  FLOWS
+80    http      127.0.0.1:8080  1h            -
+53    udp       127.0.0.1:5353  -             3
 ";
         assert_eq!(text, expected, "\n{text}");
         let empty = StatusSnapshot::new("10.1.0.100".parse().unwrap(), vec![], vec![]);
@@ -375,5 +418,49 @@ PORT  PROTOCOL  UPSTREAM
             text.starts_with("agent:\n  virtual ips: 10.1.0.100, fd00::100\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn filtered_icmp_is_shown_under_the_table() {
+        let gw = GatewayStatus::new(
+            "gw1".into(),
+            None,
+            "pk".into(),
+            "192.0.2.1:51820".into(),
+            GatewayState::Up,
+            Some(988),
+            1,
+            2,
+        );
+        let status = StatusSnapshot::new(
+            "10.1.0.100".parse().unwrap(),
+            vec![gw.clone().with_icmp_filtered(true), {
+                let mut other = gw;
+                other.id = "gw2".into();
+                other
+            }],
+            vec![],
+        );
+        let text = render_table(&status, 1000);
+        let warnings: Vec<&str> = text.lines().filter(|l| l.starts_with("warning:")).collect();
+        assert_eq!(
+            warnings,
+            [
+                "warning: gateway gw1: the liveness probe (ICMP echo) goes unanswered though \
+                 handshakes succeed; allow ICMP echo to its virtual IP on the gateway, or set \
+                 liveness_probe = \"off\""
+            ],
+            "{text}"
+        );
+        // The field is in the document, and documents without it (older agents) still parse.
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["gateways"][0]["icmp_filtered"], true);
+        let mut old = json.clone();
+        old["gateways"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("icmp_filtered");
+        let parsed: StatusSnapshot = serde_json::from_value(old).unwrap();
+        assert!(!parsed.gateways[0].icmp_filtered);
     }
 }

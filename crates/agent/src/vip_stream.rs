@@ -1,5 +1,6 @@
 //! A connection accepted on the virtual IP, as local-proxy serves it: netstack's stream plus
-//! local-proxy's [`Abort`], so a TCP route resets it when the upstream side fails.
+//! local-proxy's [`Abort`], so a TCP route resets it when the upstream side fails; and a UDP
+//! route's socket as local-proxy's `DatagramSocket` ([`VipDatagram`]).
 
 use std::io;
 use std::pin::Pin;
@@ -58,5 +59,24 @@ impl AsyncWrite for VipStream {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// netstack's [`netstack::UdpSocket`] as local-proxy's [`DatagramSocket`](local_proxy::DatagramSocket):
+/// a UDP route's socket on the virtual IPs, shared with the route that may replace it.
+#[derive(Debug, Clone)]
+pub(crate) struct VipDatagram(pub(crate) std::sync::Arc<netstack::UdpSocket>);
+
+impl local_proxy::DatagramSocket for VipDatagram {
+    async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, std::net::SocketAddr)> {
+        self.0.recv_from(buf).await
+    }
+
+    async fn send_to(&self, buf: &[u8], target: std::net::SocketAddr) -> io::Result<usize> {
+        self.0.send_to(buf, target).await
+    }
+
+    fn max_payload(&self, target: std::net::SocketAddr) -> usize {
+        self.0.max_payload(target)
     }
 }

@@ -241,8 +241,8 @@ async fn four_endpoints_over_tcp() {
         "{row}"
     );
     assert!(
-        out.lines()
-            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["80", "http", "127.0.0.1:8080"]),
+        out.lines().any(|l| l.split_whitespace().collect::<Vec<_>>()
+            == ["80", "http", "127.0.0.1:8080", "-", "-"]),
         "{out}"
     );
 

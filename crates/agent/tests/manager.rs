@@ -275,6 +275,57 @@ async fn restarted_gateway_is_found_again_by_the_liveness_probe() {
         stats.probes_failed >= 1,
         "the probe noticed the restart: {stats:?}"
     );
+    // The probe that confirms the new handshake is answered: a restart is no filtered ICMP.
+    let answered = stats.probes_answered;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while agent.stats()[0].probes_answered == answered {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no probe answered after the restart: {:?}",
+            agent.stats()[0]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!agent.stats()[0].icmp_filtered, "{:?}", agent.stats()[0]);
+    agent.close().await;
+    gw.close().await;
+}
+
+/// A gateway that completes handshakes but never answers the probe's echo (here its stack
+/// does not own the address probed, as a gateway whose firewall drops ICMP would not answer):
+/// marked `icmp_filtered`, and still up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_that_filters_icmp_is_told_apart() {
+    let agent_key = PrivateKey::generate();
+    let gw_key = PrivateKey::generate();
+    let gw = start_gateway(&gw_key, GW_VIP, &agent_key).await;
+    let mut config = agent_config(&agent_key, &gw_key, &gw);
+    let silent = IpAddr::from([10, 1, 0, 9]);
+    config.gateways[0].virtual_ip = Some(silent);
+    config.gateways[0].allowed_ips = vec![wg_core::IpNet::host(silent)];
+    config.probe_after = Duration::from_secs(2);
+    config.probe_timeout = Duration::from_secs(1);
+    let agent = Manager::start(config).await.expect("agent starts");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !agent.stats()[0].icmp_filtered {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not marked icmp_filtered: {:?}",
+            agent.stats()[0]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stats = &agent.stats()[0];
+    assert_eq!(stats.probes_answered, 0, "{stats:?}");
+    assert!(
+        stats.probes_failed >= 2,
+        "a probe and its confirmation: {stats:?}"
+    );
+    assert!(
+        stats.handshakes >= 2,
+        "the forced handshake succeeded: {stats:?}"
+    );
+    assert_eq!(stats.state, GatewayState::Up, "{stats:?}");
     agent.close().await;
     gw.close().await;
 }
@@ -508,4 +559,41 @@ async fn two_virtual_ips_of_one_family_are_refused() {
         error.to_string().contains("at most one per IP family"),
         "{error}"
     );
+}
+
+/// What `wg-agent ping` resolves: a gateway id to its virtual IP, an address to the gateway
+/// whose allowed IPs hold it, the longest prefix winning as for packets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_targets_resolve_like_packets_route() {
+    let agent_key = PrivateKey::generate();
+    let mut config = ManagerConfig::new(agent_key, IpAddr::from(AGENT_VIP));
+    let endpoint = Endpoint {
+        host: Host::Ip(IpAddr::from([127, 0, 0, 1])),
+        port: 9,
+    };
+    let mut wide = GatewaySpec::new(
+        "wide",
+        PrivateKey::generate().public_key(),
+        Some(endpoint.clone()),
+        IpAddr::from([10, 1, 0, 1]),
+    );
+    wide.allowed_ips = vec!["10.1.0.0/24".parse().expect("a prefix")];
+    let narrow = GatewaySpec::new(
+        "narrow",
+        PrivateKey::generate().public_key(),
+        Some(endpoint),
+        IpAddr::from([10, 1, 0, 2]),
+    );
+    config.gateways = vec![wide, narrow];
+    let agent = Manager::start(config).await.expect("agent starts");
+    assert_eq!(
+        agent.gateway_virtual_ip("narrow"),
+        Some(Some(IpAddr::from([10, 1, 0, 2])))
+    );
+    assert_eq!(agent.gateway_virtual_ip("nope"), None);
+    let routing = |ip: [u8; 4]| agent.gateway_routing(IpAddr::from(ip));
+    assert_eq!(routing([10, 1, 0, 2]).as_deref(), Some("narrow"));
+    assert_eq!(routing([10, 1, 0, 5]).as_deref(), Some("wide"));
+    assert_eq!(routing([10, 2, 0, 1]), None);
+    agent.close().await;
 }

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -62,6 +63,11 @@ pub struct ProxyConfig {
     pub lingering_close_bytes: u64,
     /// Emit one `info` event per request on the target `local_proxy::access`.
     pub access_log: bool,
+    /// UDP flows open at once across every UDP route served with one
+    /// [`ConnectionTracker`](crate::ConnectionTracker) (each route also has its own
+    /// [`UdpRouteConfig::max_flows`]); a datagram that would open one more is dropped and
+    /// counted.
+    pub max_udp_flows: usize,
 }
 
 impl Default for ProxyConfig {
@@ -81,15 +87,18 @@ impl Default for ProxyConfig {
             lingering_close_timeout: Duration::from_secs(5),
             lingering_close_bytes: 16 * 1024 * 1024,
             access_log: false,
+            max_udp_flows: 1024,
         }
     }
 }
 
-/// Where a route sends its traffic: `host:port`, an IP address or a DNS name.
+/// Where a route sends its traffic: `host:port` (an IP address or a DNS name), or a unix
+/// stream socket (`unix:/run/app.sock`, for HTTP and TCP routes).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Upstream {
     host: String,
     port: u16,
+    unix: Option<PathBuf>,
 }
 
 impl Upstream {
@@ -101,22 +110,44 @@ impl Upstream {
             .and_then(|h| h.strip_suffix(']'))
             .map(str::to_owned)
             .unwrap_or(host);
-        Self { host, port }
+        Self {
+            host,
+            port,
+            unix: None,
+        }
     }
 
-    /// The host part, without brackets.
+    /// A unix stream socket at `path` (absolute). HTTP requests to it keep the client's `Host`
+    /// header; a request without one gets `Host: localhost`.
+    pub fn unix(path: impl Into<PathBuf>) -> Self {
+        Self {
+            host: "localhost".into(),
+            port: 0,
+            unix: Some(path.into()),
+        }
+    }
+
+    /// The socket path of a unix upstream.
+    pub fn unix_path(&self) -> Option<&Path> {
+        self.unix.as_deref()
+    }
+
+    /// The host part, without brackets (`localhost` for a unix upstream).
     pub fn host(&self) -> &str {
         &self.host
     }
 
-    /// The port.
+    /// The port (0 for a unix upstream).
     pub fn port(&self) -> u16 {
         self.port
     }
 
-    /// `host:port` with brackets around an IPv6 host, as used in URIs and `Host` headers.
+    /// `host:port` with brackets around an IPv6 host, as used in URIs and `Host` headers
+    /// (`localhost` for a unix upstream).
     pub fn authority(&self) -> String {
-        if self.host.contains(':') {
+        if self.unix.is_some() {
+            self.host.clone()
+        } else if self.host.contains(':') {
             format!("[{}]:{}", self.host, self.port)
         } else {
             format!("{}:{}", self.host, self.port)
@@ -132,13 +163,16 @@ impl From<SocketAddr> for Upstream {
 
 impl fmt::Display for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.authority())
+        match &self.unix {
+            Some(path) => write!(f, "unix:{}", path.display()),
+            None => f.write_str(&self.authority()),
+        }
     }
 }
 
-/// An upstream string that is not `host:port`.
+/// An upstream string that is neither `host:port` nor `unix:/absolute/path`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("upstream `{value}` is not host:port")]
+#[error("upstream `{value}` is not host:port or unix:/absolute/path")]
 #[non_exhaustive]
 pub struct UpstreamParseError {
     /// The rejected text.
@@ -152,6 +186,14 @@ impl FromStr for Upstream {
         let err = || UpstreamParseError {
             value: s.to_owned(),
         };
+        if let Some(path) = s.strip_prefix("unix:") {
+            let path = Path::new(path);
+            return if path.is_absolute() && path.file_name().is_some() {
+                Ok(Self::unix(path))
+            } else {
+                Err(err())
+            };
+        }
         if let Ok(addr) = s.parse::<SocketAddr>() {
             return Ok(addr.into());
         }
@@ -217,6 +259,36 @@ impl TcpRouteConfig {
     }
 }
 
+/// One UDP route: datagrams received on a port are forwarded to `upstream`, one upstream
+/// socket per flow (client address and port).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UdpRouteConfig {
+    /// The local app (`host:port`; unix sockets are not supported for UDP).
+    pub upstream: Upstream,
+    /// A flow with no datagram either way for this long is closed. A one-shot exchange (one
+    /// datagram from the client, answered: DNS) closes sooner, after at most
+    /// [`ONE_SHOT_IDLE`](crate::udp::ONE_SHOT_IDLE).
+    pub idle_timeout: Duration,
+    /// Flows of this route open at once; a datagram that would open one more is dropped.
+    pub max_flows: usize,
+    /// Bytes of datagrams queued towards the upstream across this route's flows; past it
+    /// datagrams are dropped.
+    pub max_queued_bytes: usize,
+}
+
+impl UdpRouteConfig {
+    /// A route to `upstream` with the defaults: 60 s idle timeout, 256 flows, 256 KiB queued.
+    pub fn new(upstream: impl Into<Upstream>) -> Self {
+        Self {
+            upstream: upstream.into(),
+            idle_timeout: Duration::from_secs(60),
+            max_flows: 256,
+            max_queued_bytes: 256 * 1024,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -231,8 +303,24 @@ mod tests {
         assert_eq!(u.authority(), "app.local:80");
         let u: Upstream = "[::1]:8080".parse().unwrap();
         assert_eq!((u.host(), u.authority().as_str()), ("::1", "[::1]:8080"));
+        let u: Upstream = "unix:/run/app.sock".parse().unwrap();
+        assert_eq!(u.unix_path(), Some(Path::new("/run/app.sock")));
+        assert_eq!(
+            (u.to_string().as_str(), u.authority().as_str()),
+            ("unix:/run/app.sock", "localhost")
+        );
         for bad in [
-            "", "host", "host:", "host:x", ":80", "a b:80", "::1:80", "h:0",
+            "",
+            "host",
+            "host:",
+            "host:x",
+            ":80",
+            "a b:80",
+            "::1:80",
+            "h:0",
+            "unix:",
+            "unix:app.sock",
+            "unix:/",
         ] {
             assert!(bad.parse::<Upstream>().is_err(), "{bad}");
         }

@@ -111,7 +111,13 @@ impl HttpProxy {
             bytes: config.lingering_close_bytes,
             time: config.lingering_close_timeout,
         };
-        let connector = BudgetConnector::new(connector, tracker.fd_budget().clone(), linger);
+        let connector = BudgetConnector::new(
+            connector,
+            &route.upstream,
+            config.upstream_connect_timeout,
+            tracker.fd_budget().clone(),
+            linger,
+        );
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())

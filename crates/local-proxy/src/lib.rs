@@ -21,6 +21,9 @@
 //!   [`ProxyConfig::http2_max_send_buffer`]), requests in flight to upstreams across routes
 //!   ([`ProxyConfig::max_upstream_requests`], `503` past it), and one [`FdBudget`] for every
 //!   socket opened towards upstreams ([`ProxyConfig::max_upstream_sockets`], `503` past it).
+//! - [`UdpForwarder`]: UDP datagrams from any [`DatagramSocket`] to a local UDP upstream, one
+//!   connected upstream socket per flow, with bounded flows and queues (see [`udp`]).
+//! - Upstreams are `host:port` or a unix stream socket ([`Upstream::unix`]) for HTTP and TCP.
 //! - [`RouteMetrics`]: lock-free per-route counters and a latency histogram, rendered as
 //!   Prometheus text by [`render_prometheus`].
 //!
@@ -69,10 +72,14 @@ pub mod proxy_protocol;
 mod relay;
 mod tcp;
 mod tracker;
+pub mod udp;
+mod upstream;
 
 pub use accept::Accept;
 pub use budget::{FdBudget, FdPermit};
-pub use config::{HttpRouteConfig, ProxyConfig, TcpRouteConfig, Upstream, UpstreamParseError};
+pub use config::{
+    HttpRouteConfig, ProxyConfig, TcpRouteConfig, UdpRouteConfig, Upstream, UpstreamParseError,
+};
 pub use http::{HttpProxy, ProxyBody, UpstreamBody};
 pub use metrics::{
     HistogramSnapshot, LATENCY_BUCKETS_SECONDS, MetricsSnapshot, RouteMetrics, render_prometheus,
@@ -80,3 +87,7 @@ pub use metrics::{
 pub use relay::Abort;
 pub use tcp::TcpForwarder;
 pub use tracker::{ConnectionTracker, Phase, ShutdownOutcome};
+pub use udp::{
+    DatagramSocket, UdpDropReason, UdpForwarder, UdpMetrics, UdpMetricsSnapshot,
+    render_udp_prometheus,
+};

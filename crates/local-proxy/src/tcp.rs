@@ -4,7 +4,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::accept::{Accept, accept_loop};
 use crate::io::{Activity, IdleClock};
@@ -12,6 +11,7 @@ use crate::log::{WARN_INTERVAL, WarnLimiter, limited_warn};
 use crate::proxy_protocol::encode_v2;
 use crate::relay::{Abort, Broken, Side, relay};
 use crate::tracker::{ConnGuard, ShutdownSignal};
+use crate::upstream::UpstreamStream;
 use crate::{ConnectionTracker, FdBudget, ProxyConfig, RouteMetrics, TcpRouteConfig};
 
 /// Copy buffer per direction.
@@ -120,7 +120,7 @@ impl TcpForwarder {
             limited_warn!(inner.warnings, %peer, %upstream, "tcp route: max_upstream_sockets reached, connection closed");
             return;
         };
-        let connect = TcpStream::connect((upstream.host(), upstream.port()));
+        let connect = UpstreamStream::connect(upstream);
         let mut upstream_stream = match tokio::time::timeout(
             inner.config.upstream_connect_timeout,
             connect,
@@ -141,8 +141,6 @@ impl TcpForwarder {
                 return;
             }
         };
-        // Latency only; forwarding works either way.
-        let _ = upstream_stream.set_nodelay(true);
         if inner.route.proxy_protocol
             && let Err(error) = upstream_stream.write_all(&encode_v2(peer, local)).await
         {

@@ -62,11 +62,14 @@ struct Inner {
     /// `max_upstream_requests`.
     requests: Arc<Semaphore>,
     fd_budget: FdBudget,
+    /// `max_udp_flows`.
+    udp_flows: Arc<Semaphore>,
 }
 
 impl ConnectionTracker {
     /// A tracker with `config.max_connections`, `config.drain_timeout`, and the bounds shared
-    /// by every route: `config.max_upstream_requests` and `config.max_upstream_sockets`.
+    /// by every route: `config.max_upstream_requests`, `config.max_upstream_sockets` and
+    /// `config.max_udp_flows`.
     pub fn new(config: &ProxyConfig) -> Self {
         let (phase, _) = watch::channel(Phase::Running);
         let (active, _) = watch::channel(0);
@@ -84,6 +87,7 @@ impl ConnectionTracker {
                         .clamp(1, Semaphore::MAX_PERMITS),
                 )),
                 fd_budget: FdBudget::new(config.max_upstream_sockets),
+                udp_flows: Arc::new(Semaphore::new(config.udp_flow_permits())),
             }),
         }
     }
@@ -97,6 +101,11 @@ impl ConnectionTracker {
     /// The `max_upstream_requests` bound shared by every HTTP route.
     pub(crate) fn upstream_requests(&self) -> Arc<Semaphore> {
         Arc::clone(&self.inner.requests)
+    }
+
+    /// The `max_udp_flows` bound shared by every UDP route.
+    pub(crate) fn udp_flows(&self) -> Arc<Semaphore> {
+        Arc::clone(&self.inner.udp_flows)
     }
 
     /// Connections (HTTP, upgraded tunnels, TCP forwards) open right now.

@@ -3,6 +3,20 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+/// Which congestion controller the stack's TCP sender runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CongestionControl {
+    /// Cubic (RFC 9438) with HyStart++ and spurious-loss undo: loss-based, so random
+    /// loss costs it a window cut per recovery.
+    Cubic,
+    /// Model-based (BBR-style): paces at the measured bottleneck bandwidth and bounds
+    /// what is in flight to about two bandwidth-delay products; random loss does not
+    /// cut the window, persistent heavy loss lowers it to one BDP.
+    #[default]
+    Bbr,
+}
+
 /// Limits and tuning of one userspace stack.
 ///
 /// Every queue and table it describes is bounded; past a bound a new connection is
@@ -18,10 +32,22 @@ pub struct NetstackConfig {
     /// 1420, WireGuard's). UDP datagrams and ICMP messages obey it, and the TCP MSS
     /// announced to peers and every outbound TCP segment follow from it.
     ///
-    /// It is kept apart from the segment size smoltcp works in internally (today the same
-    /// value): with segmentation offload inside the stack, smoltcp handles large segments
-    /// and the stack splits them to this MTU on the way out.
+    /// It is kept apart from the segment size smoltcp works in internally: with
+    /// [`segment_offload`](Self::segment_offload), smoltcp handles segments of up to
+    /// 64 KiB and the stack splits them to this MTU on the way out.
     pub path_mtu: usize,
+    /// Segmentation offload inside the stack (default on): smoltcp works in TCP segments
+    /// of up to 64 KiB, split to the path MTU on the way out and joined from in-order
+    /// wire segments on the way in, which saves most of smoltcp's per-segment work on
+    /// bulk transfers. On the wire nothing changes: the MSS announced to peers follows
+    /// `path_mtu`, and peers get at least one ACK per two segments. Off: smoltcp works
+    /// in wire segments (kept as a baseline for measurements). Needs the sender
+    /// (`tcp_sender`), which repairs losses per wire segment; off without it.
+    pub segment_offload: bool,
+    /// Bytes of packets the outbound queue holds at most (default 8 MiB), beside
+    /// [`max_outbound_packets`](Self::max_outbound_packets): past either the stack stops
+    /// emitting.
+    pub max_outbound_bytes: usize,
     /// Receive ring of a TCP connection in bytes (default 1 MiB) when the stack is busy:
     /// see [`tcp_rx_buffer_max`](Self::tcp_rx_buffer_max) and
     /// [`tcp_buffer_budget`](Self::tcp_buffer_budget). The advertised window (with window
@@ -77,13 +103,12 @@ pub struct NetstackConfig {
     ///
     /// [`Netstack::listen_with_backlog`]: crate::Netstack::listen_with_backlog
     pub accept_backlog: usize,
-    /// Maximum half-open (SYN received) connections over all listeners (default 1,024).
-    /// At the bound (or a listener's backlog) a new SYN replaces the oldest half-open
-    /// connection of its shard (of the same listener if there is one), so a SYN flood
-    /// cannot lock real clients out until `handshake_timeout`. A shard holding less than
-    /// its share (`max_pending_syns / shards`, at least 1) admits the SYN instead, since it
-    /// has nothing to replace: the stack-wide count stays under twice the bound. Without
-    /// one to replace at a listener's backlog, the SYN is refused.
+    /// Maximum half-open (SYN received) connections over all listeners (default 32,768).
+    /// They hold no socket, only an entry of under 100 bytes in their shard's SYN table
+    /// (see `synq.rs`), each shard holding `max_pending_syns / shards` (at least 1). At
+    /// the bound a new SYN replaces its shard's oldest entry, so a SYN flood cannot lock
+    /// real clients out: at the default, an entry outlives a 50 ms round trip up to
+    /// about 650,000 SYN/s.
     pub max_pending_syns: usize,
     /// A half-open connection that does not complete its handshake in this time is
     /// dropped (default 20 s).
@@ -103,7 +128,10 @@ pub struct NetstackConfig {
     pub close_timeout: Duration,
     /// Nagle's algorithm (default off: latency matters more than tiny segments here).
     pub nagle: bool,
-    /// Delayed ACK (default 10 ms, smoltcp's). `None`: ACK at once.
+    /// Delayed ACK (default 10 ms, smoltcp's). `None`: ACK at once. Only without
+    /// [`segment_offload`](Self::segment_offload): with it smoltcp believes in a 64 KiB
+    /// MSS and would hold its ACK until 64 KiB arrived, so it ACKs every inbound batch at
+    /// once and the stack adds an ACK per two wire segments.
     pub ack_delay: Option<Duration>,
     /// The floor of TCP's retransmission timeout (default 200 ms, Linux's; 50 ms..=1 s).
     ///
@@ -116,6 +144,10 @@ pub struct NetstackConfig {
     /// on its own, with its Cubic and its 1 s minimum timeout (kept as a baseline for
     /// measurements).
     pub tcp_sender: bool,
+    /// The stack's congestion controller (default [`CongestionControl::Bbr`]); applies
+    /// while the sender is on (`tcp_sender`). See `sender.rs` and docs/ARCHITECTURE.md
+    /// for why BBR is the default.
+    pub congestion: CongestionControl,
     /// Number of socket-set shards (1..=64, default 64). smoltcp scans every socket of a
     /// shard on each poll; connections are spread by a keyed hash of their 4-tuple.
     /// (See the `## netstack` section of docs/ARCHITECTURE.md for the measurements.)
@@ -135,6 +167,8 @@ impl Default for NetstackConfig {
         Self {
             addresses: Vec::new(),
             path_mtu: 1420,
+            segment_offload: true,
+            max_outbound_bytes: 8 << 20,
             tcp_rx_buffer: 1 << 20,
             tcp_rx_buffer_max: 8 << 20,
             tcp_tx_buffer: 512 << 10,
@@ -142,7 +176,7 @@ impl Default for NetstackConfig {
             tcp_buffer_budget: 512 << 20,
             max_connections: 16_384,
             accept_backlog: 1024,
-            max_pending_syns: 1024,
+            max_pending_syns: 32 * 1024,
             handshake_timeout: Duration::from_secs(20),
             idle_timeout: Some(Duration::from_secs(180)),
             keepalive: Some(Duration::from_secs(60)),
@@ -152,6 +186,7 @@ impl Default for NetstackConfig {
             ack_delay: Some(Duration::from_millis(10)),
             min_rto: crate::sender::MIN_RTO,
             tcp_sender: true,
+            congestion: CongestionControl::default(),
             shards: 64,
             max_outbound_packets: 4096,
             udp_queue_packets: 256,
@@ -169,18 +204,38 @@ impl NetstackConfig {
         }
     }
 
-    /// The IP MTU smoltcp works in, from which its TCP MSS follows. Equal to
-    /// [`path_mtu`](Self::path_mtu) until the stack splits larger segments to the path MTU
-    /// itself (segmentation offload); only the device handed to smoltcp uses it.
+    /// The IP MTU smoltcp works in, from which its TCP MSS follows: 64 KiB with
+    /// [`segment_offload`](Self::segment_offload) (the stack splits to
+    /// [`path_mtu`](Self::path_mtu)), else the path MTU; only the device handed to smoltcp
+    /// uses it.
     pub(crate) fn segment_mtu(&self) -> usize {
-        self.path_mtu
+        if self.offload() {
+            crate::offload::SEGMENT_MTU
+        } else {
+            self.path_mtu
+        }
+    }
+
+    /// Whether segment offload is on: asked for, and the sender is on (without it smoltcp
+    /// would resend whole 64 KiB segments, lost again whenever one of their ~45 wire
+    /// segments is: measured, a 3 % loss path then never finishes).
+    pub(crate) fn offload(&self) -> bool {
+        self.segment_offload && self.tcp_sender
+    }
+
+    /// The TCP MSS on the wire for IPv4 (`v6`: IPv6): the path MTU minus the IP and TCP
+    /// headers.
+    pub(crate) fn path_mss(&self, v6: bool) -> u16 {
+        let headers = if v6 { 60 } else { 40 };
+        u16::try_from(self.path_mtu.saturating_sub(headers)).unwrap_or(u16::MAX - 60)
     }
 
     /// The sizes of a new connection's buffers while `reserved` bytes of the budget are
     /// taken: its receive ring, its initial send memory (both charged at once) and its send
     /// ring (reserved; charged as used, see `autotune.rs`). `None` when even the smallest
-    /// no longer fit (see [`tcp_buffer_budget`](Self::tcp_buffer_budget)).
-    pub(crate) fn ring_sizes(&self, reserved: usize) -> Option<RingSizes> {
+    /// no longer fit (see [`tcp_buffer_budget`](Self::tcp_buffer_budget)). The first step
+    /// (the large rings) only when `large`.
+    pub(crate) fn ring_sizes(&self, reserved: usize, large: bool) -> Option<RingSizes> {
         const PAGE: usize = 4096;
         let (rx, tx) = (self.tcp_rx_buffer, self.tcp_tx_buffer);
         let (rx_max, tx_max) = (
@@ -193,11 +248,12 @@ impl NetstackConfig {
             let size = (full as f64 * scale) as usize / PAGE * PAGE;
             size.clamp(crate::MIN_TCP_RING.min(full), full)
         };
-        let sizes = if reserved.saturating_add(rx_max + tx) <= quarter {
+        let sizes = if large && reserved.saturating_add(rx_max + tx) <= quarter {
             RingSizes {
                 rx: rx_max,
                 tx,
                 tx_ring: tx_max,
+                large: true,
             }
         } else {
             let (rx, tx) = if reserved.saturating_add(rx + tx) <= half {
@@ -213,6 +269,7 @@ impl NetstackConfig {
                 rx,
                 tx,
                 tx_ring: tx,
+                large: false,
             }
         };
         (reserved.saturating_add(sizes.rx + sizes.tx) <= budget).then_some(sizes)
@@ -262,6 +319,12 @@ impl NetstackConfig {
                 return Err(ConfigError::Range { field, value });
             }
         }
+        if self.max_outbound_bytes < self.path_mtu {
+            return Err(ConfigError::Range {
+                field: "max_outbound_bytes",
+                value: self.max_outbound_bytes,
+            });
+        }
         if !(Duration::from_millis(50)..=Duration::from_secs(1)).contains(&self.min_rto) {
             return Err(ConfigError::MinRto(self.min_rto));
         }
@@ -284,6 +347,8 @@ pub(crate) struct RingSizes {
     pub(crate) tx: usize,
     /// Send ring: the most send memory the connection may grow to.
     pub(crate) tx_ring: usize,
+    /// The first step: larger rings than `tcp_rx_buffer` and `tcp_tx_buffer`.
+    pub(crate) large: bool,
 }
 
 /// A [`NetstackConfig`] that cannot work.
@@ -329,18 +394,21 @@ mod tests {
             rx: rx_max,
             tx,
             tx_ring: tx_max,
+            large: true,
         };
-        assert_eq!(c.ring_sizes(0), Some(large));
+        assert_eq!(c.ring_sizes(0, true), Some(large));
         let base = RingSizes {
             rx,
             tx,
             tx_ring: tx,
+            large: false,
         };
-        assert_eq!(c.ring_sizes(32 << 20), Some(base));
+        assert_eq!(c.ring_sizes(0, false), Some(base));
+        assert_eq!(c.ring_sizes(32 << 20, true), Some(base));
         let mut reserved = 0;
         let mut last = rx_max + tx;
         let mut conns = 0;
-        while let Some(s) = c.ring_sizes(reserved) {
+        while let Some(s) = c.ring_sizes(reserved, true) {
             assert!(s.rx + s.tx <= last, "sizes never grow as the budget fills");
             assert!(s.rx >= crate::MIN_TCP_RING && s.tx >= crate::MIN_TCP_RING);
             assert_eq!((s.rx % 4096, s.tx % 4096), (0, 0));

@@ -6,15 +6,22 @@ use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Med
 use smoltcp::time::Instant;
 
 /// Capabilities for `Medium::Ip` at `mtu`: checksums computed on transmit only
-/// (WireGuard's AEAD already authenticates every inbound packet), no burst limit.
-pub(crate) fn capabilities(mtu: usize) -> DeviceCapabilities {
+/// (WireGuard's AEAD already authenticates every inbound packet), no burst limit. With
+/// `offload`, smoltcp computes no TCP checksum at all: the device fills it on segments
+/// that go out as they are, and the shard on the pieces of the larger ones it splits
+/// (one checksum pass per wire segment; see `offload.rs`).
+pub(crate) fn capabilities(mtu: usize, offload: bool) -> DeviceCapabilities {
     let mut caps = DeviceCapabilities::default();
     caps.medium = Medium::Ip;
     caps.max_transmission_unit = mtu;
     caps.max_burst_size = None;
     let mut checksum = ChecksumCapabilities::default();
     checksum.ipv4 = Checksum::Tx;
-    checksum.tcp = Checksum::Tx;
+    checksum.tcp = if offload {
+        Checksum::None
+    } else {
+        Checksum::Tx
+    };
     checksum.udp = Checksum::Tx;
     checksum.icmpv4 = Checksum::Tx;
     checksum.icmpv6 = Checksum::Tx;
@@ -31,6 +38,14 @@ pub(crate) struct Dev<'a> {
     /// `transmit` refuses past this many queued packets (a backstop: the caller stops
     /// polling egress when the outbound queue is full).
     pub(crate) tx_limit: usize,
+    /// `transmit` also refuses once this many bytes were transmitted through this device
+    /// (smoltcp's segments may be large: the queue is bounded in bytes too).
+    pub(crate) bytes_limit: usize,
+    /// Bytes transmitted so far.
+    pub(crate) bytes: usize,
+    /// TCP segments up to this length get their checksum filled here (0: none, smoltcp
+    /// fills them); longer ones are split by the shard, which fills each piece's.
+    pub(crate) fill_below: usize,
     /// Capabilities handed to smoltcp.
     pub(crate) caps: &'a DeviceCapabilities,
 }
@@ -47,15 +62,25 @@ impl phy::Device for Dev<'_> {
 
     fn receive(&mut self, _now: Instant) -> Option<(Rx<'_>, Tx<'_>)> {
         let packet = self.rx.take()?;
-        Some((Rx(packet), Tx(self.tx)))
+        Some((Rx(packet), self.token()))
     }
 
     fn transmit(&mut self, _now: Instant) -> Option<Tx<'_>> {
-        (self.tx.len() < self.tx_limit).then_some(Tx(self.tx))
+        (self.tx.len() < self.tx_limit && self.bytes < self.bytes_limit).then(|| self.token())
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
         self.caps.clone()
+    }
+}
+
+impl Dev<'_> {
+    fn token(&mut self) -> Tx<'_> {
+        Tx {
+            tx: self.tx,
+            bytes: &mut self.bytes,
+            fill_below: self.fill_below,
+        }
     }
 }
 
@@ -69,13 +94,21 @@ impl phy::RxToken for Rx<'_> {
 }
 
 /// Transmit token: appends one packet to the batch.
-pub(crate) struct Tx<'a>(&'a mut Vec<Bytes>);
+pub(crate) struct Tx<'a> {
+    tx: &'a mut Vec<Bytes>,
+    bytes: &'a mut usize,
+    fill_below: usize,
+}
 
 impl phy::TxToken for Tx<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
         let mut buf = BytesMut::zeroed(len);
         let r = f(&mut buf);
-        self.0.push(buf.freeze());
+        if len <= self.fill_below && crate::offload::flags(&buf).is_some() {
+            crate::offload::fill_tcp_checksum(&mut buf);
+        }
+        *self.bytes += len;
+        self.tx.push(buf.freeze());
         r
     }
 }

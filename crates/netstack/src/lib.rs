@@ -65,6 +65,7 @@ mod buffer;
 mod config;
 mod device;
 mod icmp;
+mod offload;
 mod sender;
 mod shard;
 #[cfg(test)]
@@ -73,12 +74,13 @@ mod sim;
 mod sim_lossy;
 mod stack;
 mod stats;
+mod synq;
 mod tcp;
 mod time;
 mod udp;
 mod wire;
 
-pub use config::{ConfigError, NetstackConfig};
+pub use config::{ConfigError, CongestionControl, NetstackConfig};
 
 /// A stream dropped while open is aborted at the latest this many
 /// [`NetstackConfig::close_timeout`]s after the drop, even if the peer keeps answering.

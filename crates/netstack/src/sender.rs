@@ -36,7 +36,8 @@
 //! Outputs:
 //! - [`Sender::poll_transmit`]: packets to send now (held data released by the window,
 //!   retransmissions, probes), each carrying smoltcp's latest ACK number and window.
-//! - [`Sender::poll_timeout`]: the earliest of the three timers of [`timer::TimerTable`].
+//! - [`Sender::poll_timeout`]: the earliest of the four timers of [`timer::TimerTable`]
+//!   (reordering window, tail-loss probe, retransmission timeout, pacing).
 //! - [`Sender::take_events`]: counts for the stack's statistics.
 //!
 //! Behaviour:
@@ -47,26 +48,46 @@
 //!   one. (RFC 8985 uses the min RTT; where a few packets skip a queue it falls towards
 //!   zero, and smoltcp peers send no D-SACK: see docs/ARCHITECTURE.md.) A tail-loss
 //!   probe goes out after two RTTs without an ACK.
-//! - Recovery is paced by Proportional Rate Reduction (RFC 6937): in recovery the number
-//!   of bytes sent follows the bytes delivered, converging on ssthresh.
-//! - Congestion control is Cubic with HyStart++ ([`cubic`]); a recovery whose every
-//!   retransmission proves spurious (delivered sooner than max(min RTT, SRTT / 2) after
-//!   it was resent, or reported by a D-SACK) restores the window it cut.
+//! - Congestion control is chosen by [`CongestionControl`] (`NetstackConfig::congestion`),
+//!   behind the small `Controller` enum:
+//!   - **BBR** ([`bbr`], the default): a model of the path (bottleneck bandwidth from
+//!     per-ACK delivery-rate samples, draft-cheng-iccrg-delivery-rate-estimation; min
+//!     RTT) sets a pacing rate and a window of about two bandwidth-delay products.
+//!     Recovery sends the lost segments first within that window; random loss does not
+//!     cut it, a round losing more than 5 % lowers it towards 5/4 BDP. A timeout
+//!     restarts the window at one segment and restores it when the recovery ends.
+//!   - **Cubic** with HyStart++ ([`cubic`]): recovery is paced by Proportional Rate
+//!     Reduction (RFC 6937): the bytes sent follow the bytes delivered, converging on
+//!     ssthresh. A recovery whose every retransmission proves spurious (delivered sooner
+//!     than max(min RTT, SRTT / 2) after it was resent, or reported by a D-SACK)
+//!     restores the window it cut. Not paced.
+//! - Pacing (BBR): a packet goes when the previous one's time at the pacing rate has
+//!   passed; otherwise the pacing timer is armed for it. A sender that fell behind (a
+//!   timer that fired late, an idle moment) may catch up by max(SRTT / 2, twice its
+//!   pacing timer's recent lateness, [`PACE_HORIZON`]) worth of packets at once, within
+//!   the window; the gap between packets is at most [`MAX_PACE_GAP`]. Packets sent after
+//!   the pacing timer fired later than that are marked app-limited: their rate samples
+//!   measure the machine, not the path, and must not lower the bandwidth estimate.
 //! - The retransmission timeout follows RFC 6298 with a 200 ms floor and a 60 s cap;
 //!   on expiry every outstanding unSACKed segment is marked lost, the window falls to
 //!   one segment and slow start resends them in order from the sender's own copies.
 //!
 //! Invariants (tested):
 //! - While any sent byte is unacknowledged, the retransmission timer is armed. Held data
-//!   implies sent data in flight (the window always admits one segment when nothing is
-//!   in flight). So no connection waits on smoltcp's timers, however late timers fire.
+//!   implies sent data in flight, or a send now, or the pacing timer armed (the window
+//!   always admits one segment when nothing is in flight). So no connection waits on
+//!   smoltcp's timers, however late timers fire; a pacing timer that fires late only
+//!   delays what it holds.
 //! - Memory: each segment is charged its packet plus [`SEG_OVERHEAD`]; a connection holds
 //!   at most its limit (the send buffer size), and all connections together at most the
 //!   shared [`Budget`], except that a connection holding nothing may always take
 //!   [`FLOOR_SEGMENTS`] segments so that every connection can progress. The socket layer
 //!   reserves memory for what it queues ([`Sender::reserve`]) and waits when there is none,
-//!   so smoltcp never emits more than the sender can hold; a segment past the bound anyway
-//!   is dropped (`Drop`, counted) and smoltcp's own timeout re-emits it later.
+//!   so smoltcp never emits more than the sender can hold. Reserved data is always held,
+//!   even when smoltcp cuts it into more packets than estimated (the limit is then passed
+//!   by those packets' headers at most): dropping it would leave a gap that only smoltcp's
+//!   backed-off timeout fills. Only unreserved data past the bound is dropped (`Drop`,
+//!   counted), and smoltcp's own timeout re-emits it later.
 //! - After [`Sender::abort`] nothing is held, nothing is armed, nothing is sent.
 //!
 //! What smoltcp still does on its own, and why it is harmless: its retransmission
@@ -77,6 +98,7 @@
 //! The workspace pins smoltcp to `=0.14.0`; the `smoltcp_assumption_*` tests in `sim.rs`
 //! fail loudly if another version changes these.
 
+mod bbr;
 mod cubic;
 mod timer;
 
@@ -87,7 +109,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::config::CongestionControl;
 use crate::wire::Segment;
+use bbr::{AckInfo, Bbr, RateSample};
 use cubic::Cubic;
 use timer::{Timer, TimerTable};
 
@@ -115,6 +139,12 @@ pub(crate) const FLOOR_SEGMENTS: usize = 2;
 const HEADERS: usize = 40;
 /// Spare capacity of an emptied queue kept for the next burst.
 const KEEP_CAPACITY: usize = 64;
+/// Pacing lets a sender that fell behind its schedule (a timer that fired late, an idle
+/// moment) catch up by at least this much time's worth of packets at once (see
+/// `Sender::pace_horizon`).
+const PACE_HORIZON: Duration = Duration::from_millis(2);
+/// Longest gap pacing puts between two packets.
+const MAX_PACE_GAP: Duration = Duration::from_millis(50);
 
 /// `a < b` in sequence space.
 fn seq_lt(a: u32, b: u32) -> bool {
@@ -234,6 +264,72 @@ struct Seg {
     sent: Option<Instant>,
     /// Transmissions so far.
     xmits: u32,
+    /// Delivery-rate state at the last transmission.
+    stamp: Option<TxStamp>,
+}
+
+/// The connection's delivery state when a segment was sent
+/// (draft-cheng-iccrg-delivery-rate-estimation §3.2).
+#[derive(Debug, Clone, Copy)]
+struct TxStamp {
+    delivered: u64,
+    delivered_time: Instant,
+    first_sent: Instant,
+    app_limited: bool,
+}
+
+/// Delivery-rate estimation of a connection (draft-cheng-iccrg-delivery-rate-estimation).
+#[derive(Debug, Default)]
+struct Delivery {
+    /// Bytes delivered (acknowledged or SACKed) so far, and when the last were.
+    delivered: u64,
+    delivered_time: Option<Instant>,
+    /// Send time of the most recently delivered segment's transmission.
+    first_sent: Option<Instant>,
+    /// Samples are app-limited until `delivered` passes this (0: not app-limited).
+    app_limited_until: u64,
+    /// The sample being built from the current ACK: the newest delivered segment's
+    /// stamp, its send time.
+    pending: Option<(TxStamp, Instant)>,
+    /// Bytes declared lost so far.
+    lost_total: u64,
+}
+
+/// The congestion controller a sender runs (see [`CongestionControl`]).
+#[derive(Debug)]
+enum Controller {
+    Cubic(Cubic),
+    Bbr(Box<Bbr>),
+}
+
+impl Controller {
+    fn cwnd(&self) -> u32 {
+        match self {
+            Controller::Cubic(c) => c.cwnd(),
+            Controller::Bbr(b) => u32::try_from(b.cwnd()).unwrap_or(u32::MAX),
+        }
+    }
+
+    fn ssthresh(&self) -> u32 {
+        match self {
+            Controller::Cubic(c) => c.ssthresh(),
+            Controller::Bbr(_) => u32::MAX,
+        }
+    }
+
+    fn cubic(&mut self) -> Option<&mut Cubic> {
+        match self {
+            Controller::Cubic(c) => Some(c),
+            Controller::Bbr(_) => None,
+        }
+    }
+
+    fn pacing_rate(&self) -> Option<f64> {
+        match self {
+            Controller::Cubic(_) => None,
+            Controller::Bbr(b) => b.pacing_rate().filter(|r| *r > 0.0),
+        }
+    }
 }
 
 impl Seg {
@@ -338,8 +434,15 @@ pub(crate) struct Sender {
     mss: u32,
     /// Floor of the retransmission timeout.
     min_rto: Duration,
-    cc: Cubic,
+    cc: Controller,
     rtt: Rtt,
+    rate: Delivery,
+    /// Pacing: the earliest time the next packet may go (paced controllers only).
+    pace_at: Option<Instant>,
+    /// The sender stopped for pacing with packets to send (the pacing timer is armed).
+    pace_waiting: bool,
+    /// How late the pacing timer fired lately (the largest, decaying by 1/8 per firing).
+    pace_late: Duration,
     rack: Rack,
     recovery: Option<Recovery>,
     timers: TimerTable,
@@ -356,6 +459,9 @@ pub(crate) struct Sender {
     /// not yet emitted.
     bytes: usize,
     reserved: usize,
+    /// Payload bytes of the reservations not yet emitted: such data is held whatever it
+    /// costs once cut into packets, since the writer was told it fits.
+    reserved_data: usize,
     limit: usize,
     budget: Budget,
     events: Events,
@@ -394,8 +500,12 @@ impl Sender {
             rcv_window: u32::try_from(rcv_window).unwrap_or(u32::MAX),
             mss: mss.max(1),
             min_rto,
-            cc: Cubic::new(mss),
+            cc: Controller::Cubic(Cubic::new(mss)),
             rtt: Rtt::default(),
+            rate: Delivery::default(),
+            pace_at: None,
+            pace_waiting: false,
+            pace_late: Duration::ZERO,
             rack: Rack {
                 reo_wnd_mult: 1,
                 ..Rack::default()
@@ -409,10 +519,20 @@ impl Sender {
             round: 0,
             bytes: 0,
             reserved: 0,
+            reserved_data: 0,
             limit,
             budget,
             events: Events::default(),
         }
+    }
+
+    /// Runs `congestion` instead of the default Cubic.
+    pub(crate) fn with_congestion(mut self, congestion: CongestionControl) -> Self {
+        self.cc = match congestion {
+            CongestionControl::Cubic => Controller::Cubic(Cubic::new(self.mss)),
+            CongestionControl::Bbr => Controller::Bbr(Box::new(Bbr::new(self.mss))),
+        };
+        self
     }
 
     /// smoltcp emitted `seg` (whose packet is `packet`) on this connection.
@@ -456,16 +576,19 @@ impl Sender {
         let n = packet.len() + SEG_OVERHEAD;
         // Paid for by the reservation made when the data was queued, if any.
         let prepaid = n.min(self.reserved);
+        let covered = (seg.len as usize).min(self.reserved_data);
         let floor = self.bytes + n <= FLOOR_SEGMENTS * (packet.len() + SEG_OVERHEAD);
-        // Reserved data may cost a little more than estimated (smoltcp cuts segments at
-        // window edges, each with its headers), and a bare FIN costs its headers: both
-        // are taken past the budget rather than dropped.
-        let force = floor || prepaid > 0 || seg.len == 0;
-        if (self.bytes + n > self.limit && !floor) || !self.budget.take(n - prepaid, force) {
+        // Reserved data may cost more than estimated (smoltcp cuts segments at window
+        // edges and at its own size, each piece with its headers), and a bare FIN costs
+        // its headers: both are taken past the limit and the budget rather than dropped.
+        // A drop leaves a gap that only smoltcp's backed-off timeout fills.
+        let force = floor || covered > 0 || prepaid > 0 || seg.len == 0;
+        if (self.bytes + n > self.limit && !force) || !self.budget.take(n - prepaid, force) {
             self.events.deferred += 1;
             return Verdict::Drop;
         }
         self.reserved -= prepaid;
+        self.reserved_data -= covered;
         let start = self.end;
         let packet = if seg.seq == start {
             packet.clone()
@@ -485,6 +608,7 @@ impl Sender {
             state: State::Unsent,
             sent: None,
             xmits: 0,
+            stamp: None,
         });
         self.end = end;
         let _ = now;
@@ -541,19 +665,39 @@ impl Sender {
         }
         if let Some(r) = rtt_sample {
             self.rtt.sample(r);
-            self.cc.on_rtt_sample(r);
+            if let Some(c) = self.cc.cubic() {
+                c.on_rtt_sample(r);
+            }
         }
+        let mut round_start = false;
         if progress {
             self.backoff = 0;
             self.probed = false;
             if seq_le(self.round_end, self.una) {
                 self.round += 1;
                 self.round_end = self.nxt;
-                self.cc.on_round_start();
+                round_start = true;
+                if let Some(c) = self.cc.cubic() {
+                    c.on_round_start();
+                }
             }
         }
+        let rate = self.rate_sample(delivered, now);
         self.detect_losses(now, prior_in_flight);
-        self.after_delivery(delivered, now, cwnd_limited);
+        let ack = AckInfo {
+            now,
+            acked: delivered,
+            in_flight: self.in_flight,
+            delivered_total: self.rate.delivered,
+            lost_total: self.rate.lost_total,
+            rtt: rtt_sample,
+            srtt: self.rtt.srtt,
+            rate,
+            round_start,
+            reordering: self.rack.reordering_seen,
+        };
+        self.after_delivery(&ack, cwnd_limited);
+        self.check_app_limited();
         if progress {
             self.arm_rto(now);
         }
@@ -580,6 +724,8 @@ impl Sender {
                     }
                 }
                 Timer::Rto => self.on_rto(now),
+                // Pacing lets the next packet go: `wants_transmit` says so again.
+                Timer::Pace => {}
             }
         }
         self.check_invariants();
@@ -595,6 +741,22 @@ impl Sender {
         let mut n = 0;
         let mut next_lost = 0;
         let mut sent_new = false;
+        let pacing = self.cc.pacing_rate();
+        let late = self
+            .pace_at
+            .filter(|_| self.pace_waiting)
+            .map(|at| now.saturating_duration_since(at));
+        if late.is_some_and(|late| late > self.pace_horizon()) {
+            // The pacing timer fired later than the sender may catch up: what goes out
+            // now is limited by the machine, not the path, so its rate samples must not
+            // lower the bandwidth estimate (they would, round after round, down to
+            // nothing on a busy machine).
+            self.rate.app_limited_until = (self.rate.delivered + self.in_flight).max(1);
+        }
+        if let Some(late) = late {
+            self.pace_late = late.max(self.pace_late * 7 / 8);
+        }
+        self.pace_waiting = false;
         while n < max {
             if self.probe_pending {
                 self.probe_pending = false;
@@ -618,6 +780,17 @@ impl Sender {
             if allowance == 0 {
                 break;
             }
+            if pacing.is_some()
+                && let Some(at) = self.pace_at
+                && at > now
+                && (self.lost > 0 || self.sent_count < self.segs.len())
+            {
+                // Not yet: the pacing timer lets the next one go (however late it fires,
+                // it only delays, and the horizon below lets a late sender catch up).
+                self.timers.set(Timer::Pace, at);
+                self.pace_waiting = true;
+                break;
+            }
             // Lost segments first, in order; then held ones.
             let i = if self.lost > 0 {
                 match (next_lost..self.sent_count).find(|&i| self.segs[i].state == State::Lost) {
@@ -638,9 +811,18 @@ impl Sender {
             } else {
                 break;
             };
+            let len = self.segs[i].len;
             self.transmit(i, now, out);
             n += 1;
+            if let Some(rate) = pacing {
+                let base = self.pace_at.map_or(now, |at| {
+                    at.max(now.checked_sub(self.pace_horizon()).unwrap_or(now))
+                });
+                let gap = Duration::from_secs_f64(f64::from(len) / rate).min(MAX_PACE_GAP);
+                self.pace_at = Some(base + gap);
+            }
         }
+        self.check_app_limited();
         if n > 0 {
             if self.timers.get(Timer::Rto).is_none() {
                 self.arm_rto(now);
@@ -674,6 +856,7 @@ impl Sender {
         let charge = granted + granted.div_ceil(mss) * (HEADERS + SEG_OVERHEAD);
         self.budget.take(charge, true);
         self.reserved += charge;
+        self.reserved_data += granted;
         granted
     }
 
@@ -683,13 +866,16 @@ impl Sender {
         let charge =
             (payload + payload.div_ceil(mss) * (HEADERS + SEG_OVERHEAD)).min(self.reserved);
         self.reserved -= charge;
+        self.reserved_data -= payload.min(self.reserved_data);
         self.budget.give(charge);
     }
 
     /// Whether [`Sender::poll_transmit`] has something to send now.
     pub(crate) fn wants_transmit(&self) -> bool {
         self.probe_pending
-            || ((self.lost > 0 || self.sent_count < self.segs.len()) && self.allowance() > 0)
+            || ((self.lost > 0 || self.sent_count < self.segs.len())
+                && self.allowance() > 0
+                && self.timers.get(Timer::Pace).is_none())
     }
 
     /// When [`Sender::handle_timeout`] next has something to do.
@@ -703,6 +889,7 @@ impl Sender {
         self.budget.give(self.bytes + self.reserved);
         self.bytes = 0;
         self.reserved = 0;
+        self.reserved_data = 0;
         self.segs = VecDeque::new();
         self.sent_count = 0;
         self.resent_outstanding = 0;
@@ -848,8 +1035,8 @@ impl Sender {
                 let (state, len) = (s.state, s.len);
                 delivered += u64::from(len);
                 let seg = &self.segs[i];
-                let (sent, xmits, end) = (seg.sent, seg.xmits, seg.end());
-                self.note(sent, xmits, end, now, rtt);
+                let (sent, xmits, end, stamp) = (seg.sent, seg.xmits, seg.end(), seg.stamp);
+                self.note(sent, xmits, end, stamp, now, rtt);
                 self.leave_state(state, len);
                 self.segs[i].state = State::Sacked;
                 self.sacked += u64::from(len);
@@ -860,7 +1047,40 @@ impl Sender {
     }
 
     fn note_delivery(&mut self, seg: &Seg, now: Instant, rtt: &mut Option<Duration>) {
-        self.note(seg.sent, seg.xmits, seg.end(), now, rtt);
+        self.note(seg.sent, seg.xmits, seg.end(), seg.stamp, now, rtt);
+    }
+
+    /// Builds the delivery-rate sample of the ACK that delivered `delivered` bytes
+    /// (draft-cheng-iccrg-delivery-rate-estimation §3.3), from the newest segment it
+    /// delivered.
+    fn rate_sample(&mut self, delivered: u64, now: Instant) -> Option<RateSample> {
+        let d = &mut self.rate;
+        if delivered > 0 {
+            d.delivered += delivered;
+            d.delivered_time = Some(now);
+        }
+        if d.app_limited_until != 0 && d.delivered > d.app_limited_until {
+            d.app_limited_until = 0;
+        }
+        let (stamp, sent) = d.pending.take()?;
+        let send_elapsed = sent.saturating_duration_since(stamp.first_sent);
+        let ack_elapsed = now.saturating_duration_since(stamp.delivered_time);
+        Some(RateSample {
+            delivered: d.delivered - stamp.delivered,
+            interval: send_elapsed.max(ack_elapsed),
+            app_limited: stamp.app_limited,
+        })
+    }
+
+    /// The sender has less to send than its window allows: the rate samples of what
+    /// is in flight now measure the application, not the path.
+    fn check_app_limited(&mut self) {
+        if self.sent_count == self.segs.len()
+            && self.lost == 0
+            && self.in_flight < u64::from(self.cc.cwnd())
+        {
+            self.rate.app_limited_until = (self.rate.delivered + self.in_flight).max(1);
+        }
     }
 
     /// RACK's update for a delivered segment (RFC 8985 §6.2 steps 2 and 3), an RTT
@@ -870,6 +1090,7 @@ impl Sender {
         sent: Option<Instant>,
         xmits: u32,
         end: u32,
+        stamp: Option<TxStamp>,
         now: Instant,
         rtt: &mut Option<Duration>,
     ) {
@@ -893,6 +1114,15 @@ impl Sender {
                 rec.spurious += 1;
             }
             return;
+        }
+        if let Some(stamp) = stamp
+            && self
+                .rate
+                .pending
+                .is_none_or(|(p, _)| stamp.delivered >= p.delivered)
+        {
+            self.rate.pending = Some((stamp, sent));
+            self.rate.first_sent = Some(sent);
         }
         if xmits == 1 {
             *rtt = Some(rtt.map_or(r, |x: Duration| x.min(r)));
@@ -980,6 +1210,7 @@ impl Sender {
                 self.segs[i].state = State::Lost;
                 self.in_flight -= u64::from(len);
                 self.lost += u64::from(len);
+                self.rate.lost_total += u64::from(len);
                 newly = true;
             } else {
                 next = Some(next.map_or(due, |n| n.min(due)));
@@ -994,7 +1225,8 @@ impl Sender {
     }
 
     fn enter_recovery(&mut self, prior_in_flight: u64) {
-        let undo = self.cc.on_congestion();
+        // Cubic cuts (PRR brings the window down); BBR keeps its model and window.
+        let undo = self.cc.cubic().map(|c| c.on_congestion());
         let rack = &mut self.rack;
         rack.reo_wnd_persist = rack.reo_wnd_persist.saturating_sub(1);
         if rack.reo_wnd_persist == 0 {
@@ -1007,7 +1239,7 @@ impl Sender {
             prr_out: 0,
             recover_fs: prior_in_flight.max(1),
             sndcnt: 0,
-            undo: Some(undo),
+            undo,
             retrans: 0,
             spurious: 0,
         });
@@ -1015,51 +1247,52 @@ impl Sender {
         self.update_prr(0);
     }
 
-    /// After an ACK delivered `delivered` bytes: PRR in recovery, window growth outside.
-    fn after_delivery(&mut self, delivered: u64, now: Instant, cwnd_limited: bool) {
+    /// After an ACK: the end of a recovery, then PRR in recovery or window growth.
+    fn after_delivery(&mut self, ack: &AckInfo, cwnd_limited: bool) {
+        let delivered = ack.acked;
+        let now = ack.now;
         if let Some(rec) = &self.recovery
             && seq_le(rec.end, self.una)
         {
             let rec = self.recovery.take();
             if let Some(rec) = rec {
-                if rec.retrans > 0 && rec.spurious >= rec.retrans {
-                    if let Some(undo) = rec.undo {
-                        self.cc.undo(undo);
-                        self.rack.reordering_seen = true;
-                        self.events.undos += 1;
+                let spurious = rec.retrans > 0 && rec.spurious >= rec.retrans;
+                if spurious {
+                    self.rack.reordering_seen = true;
+                }
+                let pipe = u32::try_from(self.in_flight).unwrap_or(u32::MAX);
+                match &mut self.cc {
+                    Controller::Cubic(c) => {
+                        if spurious && let Some(undo) = rec.undo {
+                            c.undo(undo);
+                            self.events.undos += 1;
+                        } else if !rec.after_rto {
+                            c.on_recovery_end(pipe);
+                        }
                     }
-                } else if !rec.after_rto {
-                    let pipe = u32::try_from(self.in_flight).unwrap_or(u32::MAX);
-                    self.cc.on_recovery_end(pipe);
+                    Controller::Bbr(b) => b.on_recovery_end(),
                 }
             }
         }
-        match &self.recovery {
-            Some(rec) if !rec.after_rto => self.update_prr(delivered),
-            Some(_) => {
-                // Slow start after a timeout.
-                let srtt = self.rtt.srtt.unwrap_or(INITIAL_RTO);
-                self.cc.on_ack(
-                    u32::try_from(delivered).unwrap_or(u32::MAX),
-                    now,
-                    srtt,
-                    true,
-                );
-            }
-            None => {
-                let srtt = self.rtt.srtt.unwrap_or(INITIAL_RTO);
-                self.cc.on_ack(
-                    u32::try_from(delivered).unwrap_or(u32::MAX),
-                    now,
-                    srtt,
-                    cwnd_limited,
-                );
-            }
+        let srtt = self.rtt.srtt.unwrap_or(INITIAL_RTO);
+        let acked = u32::try_from(delivered).unwrap_or(u32::MAX);
+        let in_recovery = self.recovery.is_some();
+        let in_fast_recovery = self.recovery.as_ref().is_some_and(|r| !r.after_rto);
+        if let Controller::Bbr(b) = &mut self.cc {
+            b.on_ack(ack);
+        } else if in_fast_recovery {
+            self.update_prr(delivered);
+        } else if let Some(c) = self.cc.cubic() {
+            // After a timeout: slow start.
+            c.on_ack(acked, now, srtt, in_recovery || cwnd_limited);
         }
     }
 
     /// PRR's send quota after `delivered` more bytes (RFC 6937 §3, with SSRB).
     fn update_prr(&mut self, delivered: u64) {
+        if !matches!(self.cc, Controller::Cubic(_)) {
+            return;
+        }
         let ssthresh = u64::from(self.cc.ssthresh());
         let mss = u64::from(self.mss);
         let pipe = self.in_flight;
@@ -1086,13 +1319,24 @@ impl Sender {
             sndcnt
         };
         let cwnd = pipe + rec.sndcnt;
-        self.cc.set_cwnd(u32::try_from(cwnd).unwrap_or(u32::MAX));
+        if let Some(c) = self.cc.cubic() {
+            c.set_cwnd(u32::try_from(cwnd).unwrap_or(u32::MAX));
+        }
+    }
+
+    /// How far behind its pacing schedule the sender may catch up at once: half the
+    /// smoothed RTT, or twice how late its pacing timer has lately fired, at least
+    /// [`PACE_HORIZON`]. The window bounds the burst in any case.
+    fn pace_horizon(&self) -> Duration {
+        let srtt = self.rtt.srtt.unwrap_or(Duration::ZERO);
+        (srtt / 2).max(2 * self.pace_late).max(PACE_HORIZON)
     }
 
     /// Bytes the window (or PRR) lets out now.
     fn allowance(&self) -> u64 {
+        let prr = matches!(self.cc, Controller::Cubic(_));
         match &self.recovery {
-            Some(rec) if !rec.after_rto => rec.sndcnt,
+            Some(rec) if prr && !rec.after_rto => rec.sndcnt,
             _ => {
                 let cwnd = u64::from(self.cc.cwnd());
                 if self.in_flight == 0 {
@@ -1107,12 +1351,24 @@ impl Sender {
     /// Sends segment `i` (held, lost, or probed again).
     fn transmit(&mut self, i: usize, now: Instant, out: &mut Vec<Bytes>) {
         let latest = self.latest;
+        if self.in_flight == 0 {
+            // Nothing in flight: a new delivery-rate interval starts now.
+            self.rate.first_sent = Some(now);
+            self.rate.delivered_time = Some(now);
+        }
+        let stamp = TxStamp {
+            delivered: self.rate.delivered,
+            delivered_time: self.rate.delivered_time.unwrap_or(now),
+            first_sent: self.rate.first_sent.unwrap_or(now),
+            app_limited: self.rate.app_limited_until != 0,
+        };
         let seg = &mut self.segs[i];
         let len = u64::from(seg.len);
         let was = seg.state;
         refresh(&mut seg.packet, latest);
         out.push(seg.packet.clone());
         seg.sent = Some(now);
+        seg.stamp = Some(stamp);
         seg.xmits += 1;
         let again = seg.xmits > 1;
         if seg.xmits == 2 {
@@ -1161,14 +1417,21 @@ impl Sender {
                 s.state = State::Lost;
                 self.in_flight -= u64::from(s.len);
                 self.lost += u64::from(s.len);
+                self.rate.lost_total += u64::from(s.len);
             }
         }
         // One cut per episode: a timeout during a timeout's recovery keeps ssthresh.
-        let undo = if self.recovery.as_ref().is_some_and(|r| r.after_rto) {
-            self.cc.set_cwnd(self.mss);
-            None
-        } else {
-            Some(self.cc.on_rto())
+        let again = self.recovery.as_ref().is_some_and(|r| r.after_rto);
+        let undo = match &mut self.cc {
+            Controller::Cubic(c) if again => {
+                c.set_cwnd(self.mss);
+                None
+            }
+            Controller::Cubic(c) => Some(c.on_rto()),
+            Controller::Bbr(b) => {
+                b.on_rto();
+                None
+            }
         };
         self.recovery = Some(Recovery {
             end: self.nxt,
@@ -1247,7 +1510,10 @@ impl Sender {
             "data outstanding without a retransmission timer"
         );
         debug_assert!(
-            self.sent_count > 0 || self.segs.is_empty() || self.wants_transmit(),
+            self.sent_count > 0
+                || self.segs.is_empty()
+                || self.wants_transmit()
+                || self.timers.get(Timer::Pace).is_some(),
             "held data with nothing in flight and nothing to send"
         );
     }

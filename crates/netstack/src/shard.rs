@@ -9,6 +9,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
@@ -22,9 +23,11 @@ use crate::autotune::Rings;
 use crate::buffer::{Owned, Sockets, TcpSocket};
 use crate::config::NetstackConfig;
 use crate::device::{Dev, capabilities};
+use crate::offload::{self, Offload};
 use crate::sender::{Sender, Verdict};
 use crate::stack::Shared;
 use crate::stats::DropReason;
+use crate::synq::{SynTable, parse_syn, replay_iface, smoltcp_wscale};
 use crate::tcp::{Accepted, ListenerShared};
 use crate::time::Clock;
 use crate::wire::{Class, Segment, Tuple, tcp_segment};
@@ -60,93 +63,24 @@ struct Conn {
     release_pending: bool,
     /// What its rings take from the budget (see `autotune.rs`).
     rings: Rings,
+    /// Segmentation offload: wire segment sizes, window scale, ACKs sent.
+    offload: Offload,
 }
 
-/// Half-open connections of each listener in a shard, oldest first, so evicting the oldest
-/// at a limit costs O(1) instead of a scan of the shard. Keyed by the listener's address
-/// (`Arc::as_ptr`); entries are `(deadline, tuple)` and go stale when their connection
-/// completes or is dropped: they are skipped when met and swept out once they outnumber
-/// the live ones, so each entry is pushed and removed once (amortised O(1)).
-#[derive(Default)]
-struct HalfOpenQueues(HashMap<usize, VecDeque<(Instant, Tuple)>>);
-
-impl HalfOpenQueues {
-    fn key(listener: &Arc<ListenerShared>) -> usize {
-        Arc::as_ptr(listener) as usize
-    }
-
-    /// Whether `(deadline, tuple)` is still a half-open connection of `listener`.
-    fn live(
-        conns: &HashMap<Tuple, Conn>,
-        listener: &Arc<ListenerShared>,
-        (deadline, tuple): (Instant, Tuple),
-    ) -> bool {
-        conns.get(&tuple).is_some_and(|conn| {
-            matches!(&conn.state, ConnState::HalfOpen { listener: l, deadline: d }
-                if Arc::ptr_eq(l, listener) && *d == deadline)
-        })
-    }
-
-    /// Records a new half-open connection; `half_open` is the stack-wide count (a bound
-    /// on the live entries of any queue).
-    fn push(
-        &mut self,
-        conns: &HashMap<Tuple, Conn>,
-        listener: &Arc<ListenerShared>,
-        entry: (Instant, Tuple),
-        half_open: usize,
-    ) {
-        let queue = self.0.entry(Self::key(listener)).or_default();
-        queue.push_back(entry);
-        if queue.len() > 2 * half_open + 64 {
-            queue.retain(|e| Self::live(conns, listener, *e));
-        }
-    }
-
-    /// Takes the oldest half-open connection of any listener.
-    fn pop_oldest_of_any(&mut self, conns: &HashMap<Tuple, Conn>) -> Option<Tuple> {
-        let oldest = |queue: &VecDeque<(Instant, Tuple)>| {
-            queue
-                .iter()
-                .find(|(deadline, tuple)| {
-                    conns.get(tuple).is_some_and(|conn| {
-                        matches!(&conn.state, ConnState::HalfOpen { deadline: d, .. } if d == deadline)
-                    })
-                })
-                .copied()
-        };
-        let (_, tuple) = self.0.values().filter_map(oldest).min()?;
-        let ConnState::HalfOpen { listener, .. } = &conns.get(&tuple)?.state else {
-            return None;
-        };
-        self.pop_oldest(conns, listener)
-    }
-
-    /// Takes the oldest half-open connection of `listener`.
-    fn pop_oldest(
-        &mut self,
-        conns: &HashMap<Tuple, Conn>,
-        listener: &Arc<ListenerShared>,
-    ) -> Option<Tuple> {
-        let key = Self::key(listener);
-        let queue = self.0.get_mut(&key)?;
-        let mut found = None;
-        while let Some(entry) = queue.pop_front() {
-            if Self::live(conns, listener, entry) {
-                found = Some(entry.1);
-                break;
-            }
-        }
-        if queue.is_empty() {
-            self.0.remove(&key);
-        }
-        found
-    }
+/// What a segment for a SYN table entry did.
+enum Completion {
+    /// It completed the handshake: the connection has a socket, smoltcp takes the segment.
+    Socket,
+    /// Handled (or dropped) here; smoltcp does not see it.
+    Consumed,
+    /// Not for the entry: smoltcp answers it (with an RST, as no socket matches).
+    Refused,
 }
 
 /// Who owns a TCP socket.
 enum ConnState {
-    /// Handshake in progress on behalf of `listener`; dropped past `deadline`.
+    /// Just created by the handshake-completing ACK for `listener` (see `synq.rs`):
+    /// handed to its accept queue, or reset, before the packet's processing ends.
     HalfOpen {
         listener: Arc<ListenerShared>,
         deadline: Instant,
@@ -171,8 +105,8 @@ pub(crate) struct Shard {
     tx: Vec<Bytes>,
     /// Connections in `HalfOpen` or `Closing`.
     watched: usize,
-    /// `HalfOpen` connections per listener, oldest first.
-    half_open_queues: HalfOpenQueues,
+    /// Half-open connections, without sockets (see `synq.rs`).
+    synq: SynTable,
     /// How many connections of this shard are `HalfOpen`.
     half_open: usize,
     sweep_at: Option<Instant>,
@@ -182,6 +116,10 @@ pub(crate) struct Shard {
     ready: Vec<Tuple>,
     /// `tcp_sender` is off: smoltcp sends on its own (its Cubic, its timers).
     sender_off: bool,
+    /// `segment_offload`: smoltcp works in large segments (see `offload.rs`).
+    offload: bool,
+    /// The path MTU: what goes on the wire.
+    path_mtu: usize,
     /// Connections whose send ring may be released at the given time (in time order).
     release_queue: VecDeque<(Instant, Tuple)>,
     /// Bound UDP ports (shard 0 only), with the number of sockets on each.
@@ -201,14 +139,18 @@ impl Shard {
         config: &NetstackConfig,
         clock: Clock,
         seed: u64,
+        syn_promised: Arc<AtomicUsize>,
         now: Instant,
     ) -> Self {
-        let caps = capabilities(config.segment_mtu());
+        let caps = capabilities(config.segment_mtu(), config.offload());
         let mut tx = Vec::new();
         let mut dev = Dev {
             rx: None,
             tx: &mut tx,
             tx_limit: 0,
+            bytes_limit: 0,
+            bytes: 0,
+            fill_below: 0,
             caps: &caps,
         };
         let mut iface_config = Config::new(HardwareAddress::Ip);
@@ -242,12 +184,14 @@ impl Shard {
             clock,
             tx,
             watched: 0,
-            half_open_queues: HalfOpenQueues::default(),
+            synq: SynTable::new(syn_promised),
             half_open: 0,
             sweep_at: None,
             timers: BTreeSet::new(),
             ready: Vec::new(),
             sender_off: !config.tcp_sender,
+            offload: config.offload(),
+            path_mtu: config.path_mtu,
             release_queue: VecDeque::new(),
             udp_ports: HashMap::new(),
             icmp_idents: HashSet::new(),
@@ -272,6 +216,7 @@ impl Shard {
         class: Class,
         now: Instant,
         reply_limit: usize,
+        ends: Option<&[u32]>,
     ) {
         let now = self.tick(now);
         let mut watch = None;
@@ -300,8 +245,15 @@ impl Shard {
                         }
                     }
                     None if syn_only => {
-                        if self.open_half(shared, tuple, now) {
-                            watch = Some(tuple);
+                        if self.on_syn(shared, packet, tuple, now, reply_limit) {
+                            return;
+                        }
+                    }
+                    None if self.synq.get(&tuple).is_some() => {
+                        match self.complete_half(shared, packet, tuple, rst, now) {
+                            Completion::Socket => watch = Some(tuple),
+                            Completion::Consumed => return,
+                            Completion::Refused => shared.counters.drop(DropReason::NoSocket),
                         }
                     }
                     None => shared.counters.drop(DropReason::NoSocket),
@@ -315,11 +267,28 @@ impl Shard {
             }
             Class::Other => {}
         }
+        let rewritten;
+        let packet = match class {
+            Class::Tcp {
+                tuple, rst: false, ..
+            } if self.offload => match self.offload_inbound(shared, tuple, packet, ends) {
+                Some(p) => {
+                    rewritten = p;
+                    &rewritten[..]
+                }
+                None => packet,
+            },
+            _ => packet,
+        };
         let before = self.tx.len();
+        let fill_below = self.fill_below();
         let mut dev = Dev {
             rx: Some(packet),
             tx: &mut self.tx,
             tx_limit: usize::MAX,
+            bytes_limit: usize::MAX,
+            bytes: 0,
+            fill_below,
             caps: &self.caps,
         };
         self.sockets
@@ -329,6 +298,7 @@ impl Shard {
             self.tx.truncate(before);
             shared.counters.drop(DropReason::QueueFull);
         }
+        self.offload_emitted(shared, before);
         if let Class::Tcp { tuple, .. } = class {
             self.feed_sender(shared, tuple, seg.as_ref(), now);
             self.reset_unread(tuple);
@@ -345,6 +315,9 @@ impl Shard {
     pub(crate) fn egress(&mut self, shared: &Shared, now: Instant, budget: usize) -> bool {
         let now = self.tick(now);
         let limit = self.tx.len().saturating_add(budget);
+        let bytes_limit = budget.saturating_mul(self.path_mtu);
+        let mut bytes = 0;
+        let fill_below = self.fill_below();
         self.run_sender_timers(shared, now);
         let t = self.clock.smol_at(now);
         loop {
@@ -353,11 +326,19 @@ impl Shard {
                 rx: None,
                 tx: &mut self.tx,
                 tx_limit: limit,
+                bytes_limit,
+                bytes,
+                fill_below,
                 caps: &self.caps,
             };
             let res = self.sockets.poll_egress(&mut self.iface, t, &mut dev);
+            bytes = dev.bytes;
+            self.offload_emitted(shared, from);
             self.route_emitted(shared, from, now);
-            if res == smoltcp::iface::PollResult::None || self.tx.len() >= limit {
+            if res == smoltcp::iface::PollResult::None
+                || self.tx.len() >= limit
+                || bytes >= bytes_limit
+            {
                 break;
             }
         }
@@ -369,6 +350,8 @@ impl Shard {
     pub(crate) fn maintain(&mut self, shared: &Shared, now: Instant) {
         let now = self.tick(now);
         self.release_due(shared, now);
+        let expired = self.synq.expire(now);
+        shared.counters.half_open.fetch_sub(expired, Relaxed);
         if self.sweep_at.is_none_or(|at| now < at) {
             return;
         }
@@ -434,7 +417,8 @@ impl Shard {
         // Senders with packets left when the outbound queue was full are resumed by the
         // stack when it drains, not by a deadline.
         let sender = self.timers.first().map(|(at, _)| *at);
-        [smol, self.sweep_at, sender, release]
+        let synq = self.synq.next_deadline();
+        [smol, self.sweep_at, sender, release, synq]
             .into_iter()
             .flatten()
             .min()
@@ -482,7 +466,7 @@ impl Shard {
         if self.conns.contains_key(&tuple) {
             return Ok(None);
         }
-        let (handle, rings) = self.new_tcp(shared)?;
+        let (handle, rings) = self.new_tcp(shared, 0, true)?;
         let mut socket = self.sockets.get_mut::<tcp::Socket>(handle);
         // Until established the smoltcp timeout bounds the handshake.
         socket.set_timeout(Some(
@@ -502,6 +486,11 @@ impl Shard {
                 tx_dirty: 0,
                 release_pending: false,
                 rings,
+                offload: Offload::new(
+                    shared
+                        .config
+                        .path_mss(tuple.local.addr.version() == smoltcp::wire::IpVersion::Ipv6),
+                ),
             },
         );
         if let Err(err) = res {
@@ -659,88 +648,214 @@ impl Shard {
         self.sweep_at = Some(self.sweep_at.map_or(at, |s| s.min(at)));
     }
 
-    /// A SYN for a new 4-tuple: give it a listening socket if a listener wants it and
-    /// no limit is reached (else smoltcp answers RST). Returns whether one was made.
-    fn open_half(&mut self, shared: &Shared, tuple: Tuple, now: Instant) -> bool {
+    /// A SYN for a new 4-tuple: a SYN table entry and our SYN-ACK, no socket (see
+    /// `synq.rs`). Returns whether it was handled here; `false` lets smoltcp answer (an
+    /// RST, as no socket matches).
+    fn on_syn(
+        &mut self,
+        shared: &Shared,
+        packet: &[u8],
+        tuple: Tuple,
+        now: Instant,
+        reply_limit: usize,
+    ) -> bool {
+        let c = &shared.counters;
+        let config = &shared.config;
         let Some(listener) = shared.find_listener(tuple.local) else {
-            shared.counters.drop(DropReason::NoSocket);
+            c.drop(DropReason::NoSocket);
             return false;
         };
-        let full = |shared: &Shared, listener: &ListenerShared| {
-            shared.counters.half_open.load(Relaxed) >= shared.config.max_pending_syns
-                || listener.pending.load(Relaxed) >= listener.backlog
+        let Some(syn) = parse_syn(packet) else {
+            // A bad checksum: dropped silently, as smoltcp does.
+            return true;
         };
-        // A shard below its fair share of the bound admits a SYN even at the stack-wide
-        // bound: the flood may have missed this shard, which then has nothing to evict,
-        // and a real client hashed to it must still get in. The overshoot is at most one
-        // share per shard (twice the bound); a listener's backlog is never passed.
-        let fair_share = (shared.config.max_pending_syns / shared.config.shards).max(1);
-        if full(shared, &listener) {
-            // A SYN flood (spoofed sources never finish the handshake) would otherwise lock
-            // everyone out until `handshake_timeout`: make room by dropping the oldest
-            // half-open connection of this listener in this shard. A real client finishes
-            // within a round trip, long before a flood makes its entry the oldest.
-            // Removed at once without an RST (its source is most likely forged; a real
-            // client's next segment finds no socket and gets one then), so its socket and
-            // buffers are free for the new SYN.
-            // Past its share, another listener's oldest will do: a flood on one listener
-            // must not lock out the others.
-            let victim = self
-                .half_open_queues
-                .pop_oldest(&self.conns, &listener)
-                .or_else(|| {
-                    (self.half_open >= fair_share)
-                        .then(|| self.half_open_queues.pop_oldest_of_any(&self.conns))
-                        .flatten()
-                });
-            if let Some(victim) = victim {
-                self.drop_half_open(shared, victim, false, now);
-                shared.counters.half_open_evicted.fetch_add(1, Relaxed);
-            }
-            let below_share =
-                self.half_open < fair_share && listener.pending.load(Relaxed) < listener.backlog;
-            if full(shared, &listener) && !below_share {
-                shared.counters.drop(DropReason::LimitReached);
-                return false;
-            }
-        }
-        let c = &shared.counters;
-        let Ok((handle, mut rings)) = self.new_tcp(shared) else {
+        // The receive ring the connection will get (its size sets the window scale). The
+        // large rings of the budget's first step are promised here and counted until the
+        // handshake completes or the entry goes: a burst of SYNs must not be promised
+        // more of them than the step holds, or their handshakes could not complete.
+        // Under a flood the promises go to entries that never complete, and a real client
+        // gets the usual rings until they expire.
+        let used = shared.budget.used();
+        let promised = shared.syn_promised.load(Relaxed);
+        let sizes = config
+            .ring_sizes(used.saturating_add(promised), true)
+            .filter(|s| s.large)
+            .or_else(|| config.ring_sizes(used, false));
+        let Some(sizes) = sizes.filter(|_| listener.pending.load(Relaxed) < listener.backlog)
+        else {
             c.drop(DropReason::LimitReached);
             return false;
         };
+        // At the bound the oldest entry goes (O(1)): a flood of spoofed SYNs churns
+        // through the table, and a real client's entry outlives its round trip as long
+        // as the table holds more than a round trip of the flood.
+        let bound = (config.max_pending_syns / config.shards).max(1);
+        if self.synq.get(&tuple).is_none() && self.synq.len() >= bound && self.synq.evict_oldest() {
+            c.half_open.fetch_sub(1, Relaxed);
+            c.half_open_evicted.fetch_add(1, Relaxed);
+        }
+        let deadline = now + config.handshake_timeout;
+        let promise = if sizes.large { sizes.rx + sizes.tx } else { 0 };
+        let wscale = smoltcp_wscale(sizes.rx);
+        let (entry, new) = self.synq.insert(tuple, syn, wscale, promise, deadline);
+        if new {
+            c.half_open.fetch_add(1, Relaxed);
+        }
+        let window = u16::try_from(sizes.rx).unwrap_or(u16::MAX);
+        let v6 = tuple.local.addr.version() == smoltcp::wire::IpVersion::Ipv6;
+        if let Some(reply) = entry.syn_ack(&tuple, config.path_mss(v6), window) {
+            if self.tx.len() < reply_limit {
+                self.tx.push(Bytes::from(reply));
+            } else {
+                c.drop(DropReason::QueueFull);
+            }
+        }
+        true
+    }
+
+    /// A segment on `tuple`, which has a SYN table entry and no socket. The ACK of our
+    /// SYN-ACK creates the socket: the peer's SYN is replayed into a listening socket
+    /// through an interface that makes smoltcp pick our ISN, and the ACK then follows
+    /// through the shard's interface like any segment.
+    fn complete_half(
+        &mut self,
+        shared: &Shared,
+        packet: &[u8],
+        tuple: Tuple,
+        rst: bool,
+        now: Instant,
+    ) -> Completion {
+        let c = &shared.counters;
+        let (Some(entry), Some(seg)) = (self.synq.get(&tuple).copied(), tcp_segment(packet)) else {
+            return Completion::Refused;
+        };
+        let first = seg.seq == entry.peer_isn.wrapping_add(1);
+        if rst {
+            // The peer refused our SYN-ACK; a blind RST (other sequence number) is ignored.
+            if first && self.synq.remove(&tuple).is_some() {
+                c.half_open.fetch_sub(1, Relaxed);
+            }
+            return Completion::Consumed;
+        }
+        if seg.control || seg.ack != Some(entry.our_isn.wrapping_add(1)) {
+            // Not an ACK of our SYN-ACK: smoltcp answers RST, as to any stray segment.
+            return Completion::Refused;
+        }
+        if !first {
+            // A later segment before the first: the peer resends from the start.
+            return Completion::Consumed;
+        }
+        let forget = |this: &mut Self| {
+            if this.synq.remove(&tuple).is_some() {
+                c.half_open.fetch_sub(1, Relaxed);
+            }
+        };
+        let Some(listener) = shared.find_listener(tuple.local) else {
+            forget(self);
+            return Completion::Refused;
+        };
+        if listener.pending.load(Relaxed) >= listener.backlog {
+            // The accept queue is full: the peer retries (its ACK or data is resent).
+            c.drop(DropReason::LimitReached);
+            return Completion::Consumed;
+        }
+        // The budget may have shrunk the rings since the SYN-ACK: the receive ring must
+        // still be large enough for the window scale it announced.
+        let rx_floor = match entry.peer_wscale {
+            Some(_) if entry.our_wscale > 0 => 1usize << (u32::from(entry.our_wscale) + 15),
+            _ => 0,
+        };
+        let Ok((handle, mut rings)) = self.new_tcp(shared, rx_floor, entry.promised > 0) else {
+            c.drop(DropReason::LimitReached);
+            return Completion::Consumed;
+        };
         let mut socket = self.sockets.get_mut::<tcp::Socket>(handle);
-        if socket.listen(tuple.local).is_err() {
+        // A larger scale than announced (the budget grew) only makes the peer see less
+        // window than there is; a smaller one would make it overrun the ring.
+        let scale_kept = entry.peer_wscale.is_none()
+            || smoltcp_wscale(socket.recv_capacity()) >= entry.our_wscale;
+        let syn = entry.syn(&tuple);
+        let (true, Some(syn), Ok(())) = (scale_kept, syn, socket.listen(tuple.local)) else {
             self.sockets.remove(handle);
             rings.release_all(&shared.budget, &c.tcp_ring_bytes);
             c.tcp_sockets.fetch_sub(1, Relaxed);
-            return false;
+            forget(self);
+            return Completion::Refused;
+        };
+        // Segment offload sees the handshake as if smoltcp had made it: the peer's SYN
+        // (its MSS recorded, a large one for smoltcp) and our SYN-ACK.
+        let mut syn = syn;
+        let v6 = tuple.local.addr.version() == smoltcp::wire::IpVersion::Ipv6;
+        let path_mss = shared.config.path_mss(v6);
+        let mut offload = Offload::new(path_mss);
+        let window = u16::try_from(socket.recv_capacity()).unwrap_or(u16::MAX);
+        let syn_ack = entry.syn_ack(&tuple, path_mss, window).map(Bytes::from);
+        if self.offload {
+            let inner = offload::SEGMENT_MTU - if v6 { 60 } else { 40 };
+            let inner = u16::try_from(inner).unwrap_or(u16::MAX);
+            if let Some(mss) = offload.on_peer_syn(&syn, path_mss, inner) {
+                offload::rewrite_mss(&mut syn, mss);
+            }
+            if let Some(syn_ack) = &syn_ack {
+                offload.on_our_syn(syn_ack);
+                let _ = offload.on_our_ack(entry.peer_isn.wrapping_add(1));
+            }
         }
+        let t = self.clock.smol_at(now);
+        let addrs: Vec<IpCidr> = self.iface.ip_addrs().to_vec();
+        let salt = u64::from(entry.peer_isn) << 16 | u64::from(tuple.remote.port);
+        let mut iface = replay_iface(&addrs, &self.caps, entry.our_isn, salt, t);
+        // Then a bare ACK (to ESTABLISHED), and a byte before the window: smoltcp accepts
+        // data only inside the window it last announced, and it has announced none (it
+        // sent no SYN-ACK). That byte makes it announce one, in a reply not sent.
+        let bare_ack = entry.ack(&tuple, 0, &[]);
+        let probe = entry.ack(&tuple, 1, &[0]);
+        let mut discard = Vec::new();
+        for packet in [Some(syn), bare_ack, probe].iter().flatten() {
+            let mut dev = Dev {
+                rx: Some(packet),
+                tx: &mut discard,
+                tx_limit: usize::MAX,
+                bytes_limit: usize::MAX,
+                bytes: 0,
+                fill_below: 0,
+                caps: &self.caps,
+            };
+            self.sockets.poll_ingress_single(&mut iface, t, &mut dev);
+        }
+        // The entry's count in `half_open` passes to the connection, until
+        // `check_half_open` after this packet.
+        self.synq.remove(&tuple);
         listener.pending.fetch_add(1, Relaxed);
-        let half_open = c.half_open.fetch_add(1, Relaxed) + 1;
         self.half_open += 1;
-        let deadline = now + shared.config.handshake_timeout;
-        let queued_for = Arc::clone(&listener);
+        // The sender starts on the SYN-ACK it sees go out; ours went out earlier.
+        let mut sender = self.new_sender(shared, &rings);
+        if let Some(syn_ack) = &syn_ack
+            && let Some(seg) = tcp_segment(syn_ack)
+        {
+            sender.on_emitted(&seg, syn_ack, now);
+        }
         self.conns.insert(
             tuple,
             Conn {
                 handle,
-                state: ConnState::HalfOpen { listener, deadline },
+                state: ConnState::HalfOpen {
+                    listener,
+                    deadline: entry.deadline,
+                },
                 reset: false,
                 aborted: false,
-                sender: self.new_sender(shared, &rings),
+                sender,
                 timer_at: None,
                 ready: false,
                 tx_dirty: 0,
                 release_pending: false,
                 rings,
+                offload,
             },
         );
-        // After the insert, so the entry counts as live if the queue is swept.
-        self.half_open_queues
-            .push(&self.conns, &queued_for, (deadline, tuple), half_open);
         self.watch(now);
-        true
+        Completion::Socket
     }
 
     /// After a packet for half-open `tuple`: hand it to the accept queue once
@@ -754,7 +869,9 @@ impl Shard {
         };
         let handle = conn.handle;
         match self.sockets.get::<tcp::Socket>(handle).state() {
-            tcp::State::SynReceived => {}
+            // smoltcp rejected the ACK: its ISN is not the one our SYN-ACK announced
+            // (see `synq.rs`). Reset rather than run on a wrong sequence space.
+            tcp::State::SynReceived => self.drop_half_open(shared, tuple, true, now),
             tcp::State::Listen | tcp::State::Closed => {
                 self.drop_half_open(shared, tuple, false, now)
             }
@@ -903,6 +1020,112 @@ impl Shard {
             mss,
             config.min_rto,
         )
+        .with_congestion(config.congestion)
+    }
+
+    /// TCP segments up to this length get their checksum from the device (see
+    /// [`Dev::fill_below`]).
+    fn fill_below(&self) -> usize {
+        if self.offload { self.path_mtu } else { 0 }
+    }
+
+    /// Segment offload for a segment the peer sent on `tuple` (before smoltcp sees it):
+    /// a SYN's MSS is recorded and replaced by a large one (the packet to feed instead
+    /// is returned), data is recorded for the ACKs that follow. `ends`: where the wire
+    /// segments of a joined one ended.
+    fn offload_inbound(
+        &mut self,
+        shared: &Shared,
+        tuple: Tuple,
+        packet: &[u8],
+        ends: Option<&[u32]>,
+    ) -> Option<Vec<u8>> {
+        let conn = self.conns.get_mut(&tuple)?;
+        let v6 = tuple.local.addr.version() == smoltcp::wire::IpVersion::Ipv6;
+        let path_mss = shared.config.path_mss(v6);
+        if offload::is_syn(packet) {
+            let inner = offload::SEGMENT_MTU - if v6 { 60 } else { 40 };
+            let mss = conn.offload.on_peer_syn(
+                packet,
+                path_mss,
+                u16::try_from(inner).unwrap_or(u16::MAX),
+            )?;
+            let mut p = packet.to_vec();
+            offload::rewrite_mss(&mut p, mss);
+            return Some(p);
+        }
+        let (len, seq, _) = offload::seq_ack(packet)?;
+        if len > 0 {
+            let len = u32::try_from(len).unwrap_or(u32::MAX);
+            let end = [seq.wrapping_add(len)];
+            conn.offload.on_peer_data(seq, len, ends.unwrap_or(&end));
+        }
+        None
+    }
+
+    /// Segment offload for the packets smoltcp just emitted (`self.tx[from..]`), before
+    /// the senders see them: our SYN's MSS becomes the path's, a segment larger than the
+    /// connection's wire segment is split (each piece's checksum filled), and an ACK that
+    /// covers more than two wire segments of in-order data is preceded by the cumulative
+    /// ACKs in between (same right window edge).
+    fn offload_emitted(&mut self, shared: &Shared, from: usize) {
+        if !self.offload || self.tx.len() == from {
+            return;
+        }
+        let emitted = self.tx.split_off(from);
+        for packet in emitted {
+            let (Some(flags), Some((src, dst))) =
+                (offload::flags(&packet), offload::endpoints(&packet))
+            else {
+                self.tx.push(packet);
+                continue;
+            };
+            let v6 = src.addr.version() == smoltcp::wire::IpVersion::Ipv6;
+            let path_mss = shared.config.path_mss(v6);
+            let mut conn = self.conns.get_mut(&Tuple {
+                local: src,
+                remote: dst,
+            });
+            let mut packet = packet;
+            if flags & offload::SYN != 0 {
+                if let Some(conn) = conn.as_deref_mut() {
+                    conn.offload.on_our_syn(&packet);
+                    if let Some((_, _, Some(ack))) = offload::seq_ack(&packet) {
+                        // A SYN-ACK: the first ACK number on the wire.
+                        let _ = conn.offload.on_our_ack(ack);
+                    }
+                }
+                let mut p = bytes::BytesMut::from(&packet[..]);
+                offload::rewrite_mss(&mut p, path_mss);
+                packet = p.freeze();
+            } else if let Some(conn) = conn.as_deref_mut()
+                && let Some((_, _, Some(ack))) = offload::seq_ack(&packet)
+            {
+                let window = offload::window(&packet).unwrap_or(0);
+                let shift = conn.offload.shift();
+                for at in conn.offload.on_our_ack(ack) {
+                    let w = offload::window_for(ack, window, shift, at);
+                    if let Some(p) = offload::ack_at(&packet, at, w) {
+                        self.tx.push(p);
+                        shared.counters.tcp_acks_added.fetch_add(1, Relaxed);
+                    }
+                }
+            }
+            let wire = conn.map_or(path_mss, |c| c.offload.wire_mss.min(path_mss));
+            let options = offload::options_len(&packet).unwrap_or(0);
+            let max_payload = usize::from(wire).saturating_sub(options).max(1);
+            if let Some(n) = offload::split(&packet, max_payload, &mut self.tx) {
+                shared.counters.tcp_split.fetch_add(n as u64, Relaxed);
+            } else {
+                if packet.len() > self.path_mtu {
+                    // Not split (no data to cut): its checksum is still ours to fill.
+                    let mut p = bytes::BytesMut::from(&packet[..]);
+                    offload::fill_tcp_checksum(&mut p);
+                    packet = p.freeze();
+                }
+                self.tx.push(packet);
+            }
+        }
     }
 
     /// Hands the TCP segments smoltcp just emitted (`self.tx[from..]`) to their
@@ -958,6 +1181,37 @@ impl Shard {
             i = j;
         }
         self.tx.truncate(kept);
+    }
+
+    /// A pure ACK on `tuple` that a newer one of the same batch follows: only the sender
+    /// sees it (it counts every ACK: delivery, RTT, SACK); smoltcp gets the newer one,
+    /// which tells it all this one does (a cumulative ACK and the newest window). Returns
+    /// false, having done nothing, unless the connection is established.
+    pub(crate) fn ack_to_sender_only(
+        &mut self,
+        shared: &Shared,
+        tuple: Tuple,
+        packet: &[u8],
+        now: Instant,
+    ) -> bool {
+        let now = self.tick(now);
+        if self.sender_off {
+            return false;
+        }
+        let Some(seg) = tcp_segment(packet) else {
+            return false;
+        };
+        let Some(conn) = self.conns.get_mut(&tuple) else {
+            return false;
+        };
+        if !matches!(conn.state, ConnState::Owned)
+            || self.sockets.get::<tcp::Socket>(conn.handle).state() != tcp::State::Established
+        {
+            return false;
+        }
+        conn.sender.on_segment(&seg, now);
+        shared.counters.tcp_acks_folded.fetch_add(1, Relaxed);
+        true
     }
 
     /// Feeds a segment the peer sent on `tuple` (after smoltcp) to its sender; a socket
@@ -1024,8 +1278,14 @@ impl Shard {
     }
 
     /// A TCP socket with this stack's options, within `max_connections`, with its rings
-    /// charged to the budget.
-    fn new_tcp(&mut self, shared: &Shared) -> io::Result<(SocketHandle, Rings)> {
+    /// charged to the budget, its receive ring at least `rx_floor` bytes; the large rings
+    /// of the budget's first step only if `large`.
+    fn new_tcp(
+        &mut self,
+        shared: &Shared,
+        rx_floor: usize,
+        large: bool,
+    ) -> io::Result<(SocketHandle, Rings)> {
         let config = &shared.config;
         let count = &shared.counters.tcp_sockets;
         if count.fetch_add(1, Relaxed) >= config.max_connections {
@@ -1040,7 +1300,11 @@ impl Shard {
         let budget = &shared.budget;
         let ring_bytes = &shared.counters.tcp_ring_bytes;
         let sizes = config
-            .ring_sizes(budget.used())
+            .ring_sizes(budget.used(), large)
+            .map(|mut s| {
+                s.rx = s.rx.max(rx_floor);
+                s
+            })
             .filter(|s| budget.take(s.rx + s.tx, false));
         let Some(sizes) = sizes else {
             count.fetch_sub(1, Relaxed);
@@ -1061,7 +1325,11 @@ impl Shard {
         };
         let mut socket = self.sockets.get_mut::<tcp::Socket>(handle);
         socket.set_nagle_enabled(config.nagle);
-        socket.set_ack_delay(config.ack_delay.map(|d| self.clock.smol_duration(d)));
+        // With segment offload smoltcp believes in a 64 KiB MSS, so its delayed ACK would
+        // wait for 64 KiB or the delay: it ACKs at once instead (after each inbound batch,
+        // see `offload.rs`).
+        let ack_delay = config.ack_delay.filter(|_| !self.offload);
+        socket.set_ack_delay(ack_delay.map(|d| self.clock.smol_duration(d)));
         socket.set_keep_alive(config.keepalive.map(|d| self.clock.smol_duration(d)));
         // With the sender on, smoltcp emits what the peer's window allows and the sender
         // paces it (see `sender.rs`); without it, smoltcp's own Cubic applies.

@@ -15,6 +15,7 @@ use smoltcp::wire::{IpAddress, IpEndpoint};
 use tokio::sync::Notify;
 
 use crate::config::{ConfigError, NetstackConfig};
+use crate::offload;
 use crate::sender::Budget;
 use crate::shard::Shard;
 use crate::stats::{Counters, NetstackStats};
@@ -56,6 +57,8 @@ pub(crate) struct Shared {
     /// The stack-wide buffer budget (`tcp_buffer_budget`): rings and what the senders
     /// hold (see `autotune.rs`, `sender.rs`).
     pub(crate) budget: Budget,
+    /// Bytes of large rings the SYN table's entries were promised (see `synq.rs`).
+    pub(crate) syn_promised: Arc<AtomicUsize>,
     addrs: Vec<IpAddress>,
     shards: Box<[Mutex<Shard>]>,
     /// Each shard's next deadline in clock microseconds (`u64::MAX`: none).
@@ -67,6 +70,8 @@ pub(crate) struct Shared {
     driver: Arc<Notify>,
     out: Mutex<VecDeque<Bytes>>,
     out_len: AtomicUsize,
+    /// Bytes of the packets in `out`.
+    out_bytes: AtomicUsize,
     out_ready: Notify,
     listeners: RwLock<HashMap<u16, Vec<Arc<ListenerShared>>>>,
     hash_key: u64,
@@ -138,6 +143,13 @@ impl Netstack {
     /// Outbound packets waiting to be taken.
     pub fn pending_outbound(&self) -> usize {
         self.shared.out_len.load(Relaxed)
+    }
+
+    /// Bytes of the outbound packets waiting to be taken (bounded by
+    /// [`max_outbound_bytes`](NetstackConfig::max_outbound_bytes), past which the stack
+    /// stops emitting).
+    pub fn pending_outbound_bytes(&self) -> usize {
+        self.shared.out_bytes.load(Relaxed)
     }
 
     /// Listens on `addr` (one of the stack's addresses, or unspecified for all of them)
@@ -230,8 +242,12 @@ impl Shared {
     pub(crate) fn new(config: NetstackConfig, now: Instant) -> Result<Self, ConfigError> {
         config.validate()?;
         let clock = Clock::new(now);
+        let syn_promised = Arc::new(AtomicUsize::new(0));
         let shards = (0..config.shards)
-            .map(|i| Mutex::new(Shard::new(i, &config, clock, rand::random(), now)))
+            .map(|i| {
+                let promised = Arc::clone(&syn_promised);
+                Mutex::new(Shard::new(i, &config, clock, rand::random(), promised, now))
+            })
             .collect();
         let deadlines = (0..config.shards)
             .map(|_| AtomicU64::new(u64::MAX))
@@ -245,6 +261,7 @@ impl Shared {
             clock,
             counters: Counters::default(),
             budget: Budget::new(config.tcp_buffer_budget),
+            syn_promised,
             shards,
             deadlines,
             blocked: AtomicU64::new(0),
@@ -252,6 +269,7 @@ impl Shared {
             driver: Arc::new(Notify::new()),
             out: Mutex::new(VecDeque::new()),
             out_len: AtomicUsize::new(0),
+            out_bytes: AtomicUsize::new(0),
             out_ready: Notify::new(),
             listeners: RwLock::new(HashMap::new()),
             hash_key: rand::random(),
@@ -280,14 +298,78 @@ impl Shared {
                 Err(reason) => shared.counters.drop(reason),
             }
         }
-        items.sort_by_key(|item| item.0);
+        // By shard, then by connection (stable: each connection's packets keep their order;
+        // only packets of different connections trade places).
+        let offload = shared.config.offload();
+        if offload {
+            items.sort_by_key(|item| match item.2 {
+                Class::Tcp { tuple, .. } => (item.0, Some(tuple)),
+                _ => (item.0, None),
+            });
+        } else {
+            items.sort_by_key(|item| item.0);
+        }
+        // One buffer for every run of joined segments of this batch.
+        let mut scratch = Vec::new();
         for group in items.chunk_by(|a, b| a.0 == b.0) {
             let idx = group[0].0;
             let limit = 2 * shared.config.max_outbound_packets;
             let replies = limit.saturating_sub(shared.out_len.load(Relaxed));
             shared.with_shard(idx, now, |shard| {
-                for (_, i, class) in group {
-                    shard.handle_packet(shared, packets[*i].as_ref(), *class, now, replies);
+                let mut k = 0;
+                while k < group.len() {
+                    let (_, i, mut class) = group[k];
+                    let mut packet = packets[i].as_ref();
+                    k += 1;
+                    // Pure ACKs of one connection: the sender sees each, smoltcp only the
+                    // newest (see `Shard::ack_to_sender_only`).
+                    if offload
+                        && let Class::Tcp { tuple, .. } = class
+                        && let Some(mut ack) = offload::pure_ack(packet)
+                    {
+                        while let Some(&(_, j, next @ Class::Tcp { tuple: t, .. })) = group.get(k)
+                            && t == tuple
+                            && let Some(newer) = offload::pure_ack(packets[j].as_ref())
+                            && offload::seq_at_or_after(newer, ack)
+                            && shard.ack_to_sender_only(shared, tuple, packet, now)
+                        {
+                            (packet, class, ack) = (packets[j].as_ref(), next, newer);
+                            k += 1;
+                        }
+                    }
+                    // In-order data of one connection is joined (see `offload.rs`).
+                    let merge = match class {
+                        Class::Tcp { tuple, .. } if offload => {
+                            match offload::Merge::start(packet, std::mem::take(&mut scratch)) {
+                                Ok(m) => Some((m, tuple)),
+                                Err(buf) => {
+                                    scratch = buf;
+                                    None
+                                }
+                            }
+                        }
+                        _ => None,
+                    };
+                    if let Some((mut merge, tuple)) = merge {
+                        while let Some(&(_, j, Class::Tcp { tuple: t, .. })) = group.get(k)
+                            && t == tuple
+                            && merge.push(packets[j].as_ref())
+                        {
+                            k += 1;
+                        }
+                        if merge.segments > 1 {
+                            shared
+                                .counters
+                                .tcp_joined
+                                .fetch_add(u64::from(merge.segments), Relaxed);
+                            let (joined, ends) = merge.finish();
+                            shard.handle_packet(shared, &joined, class, now, replies, Some(&ends));
+                            scratch = joined;
+                            continue;
+                        }
+                        scratch = merge.into_buf();
+                    }
+                    shard.handle_packet(shared, packet, class, now, replies, None);
                 }
             });
         }
@@ -300,7 +382,10 @@ impl Shared {
         let n = {
             let mut q = lock(&shared.out);
             let n = max.min(q.len());
+            let from = out.len();
             out.extend(q.drain(..n));
+            let bytes = out[from..].iter().map(Bytes::len).sum();
+            shared.out_bytes.fetch_sub(bytes, SeqCst);
             shared.out_len.fetch_sub(n, SeqCst);
             n
         };
@@ -369,10 +454,7 @@ impl Shared {
     /// Egress, maintenance, flush to the outbound queue, next deadline.
     pub(crate) fn finish(&self, idx: usize, shard: &mut Shard, now: Instant) {
         let bit = 1u64 << idx;
-        let room = self
-            .config
-            .max_outbound_packets
-            .saturating_sub(self.out_len.load(SeqCst));
+        let room = self.out_room();
         // Blocked: no room, or the room ran out with senders still holding packets to
         // send. Polled again when the queue drains (see `drain_out`).
         let blocked = room == 0 || shard.egress(self, now, room);
@@ -400,8 +482,25 @@ impl Shared {
         }
     }
 
+    /// Room left in the outbound queue, in wire packets: the packet bound, and the byte
+    /// bound in packets of the path MTU. (The shards' egress stops at this many packets
+    /// or as many path-MTU's worth of bytes, whichever comes first.)
+    fn out_room(&self) -> usize {
+        let packets = self
+            .config
+            .max_outbound_packets
+            .saturating_sub(self.out_len.load(SeqCst));
+        let bytes = self
+            .config
+            .max_outbound_bytes
+            .saturating_sub(self.out_bytes.load(SeqCst));
+        packets.min(bytes / self.config.path_mtu.max(1))
+    }
+
     fn enqueue_out(&self, packets: Vec<Bytes>) {
         let n = packets.len();
+        let bytes = packets.iter().map(Bytes::len).sum();
+        self.out_bytes.fetch_add(bytes, SeqCst);
         lock(&self.out).extend(packets);
         self.out_len.fetch_add(n, SeqCst);
         self.counters.tx_packets.fetch_add(n as u64, Relaxed);
@@ -470,7 +569,7 @@ impl Shared {
     fn drive_once(&self, now: Instant) -> u64 {
         let now_us = self.clock.micros(now);
         self.driver_at.store(0, SeqCst);
-        let full = self.out_len.load(SeqCst) >= self.config.max_outbound_packets;
+        let full = self.out_room() == 0;
         let due = if full {
             0
         } else {
@@ -498,6 +597,11 @@ impl Shared {
     #[cfg(test)]
     pub(crate) fn drive_at(&self, now: Instant) {
         self.drive_once(now);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn shard_count(&self) -> usize {
+        self.shards.len()
     }
 
     /// The shard of a TCP 4-tuple.

@@ -76,11 +76,11 @@ impl DropCounts {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct NetstackStats {
-    /// TCP sockets in any state (half-open, open, closing).
+    /// TCP sockets in any state (open, closing). Half-open connections have none.
     pub tcp_sockets: usize,
     /// Established connections waiting in listeners' accept queues.
     pub pending_accepts: usize,
-    /// Half-open connections (SYN received, handshake not finished).
+    /// Half-open connections (SYN received, handshake not finished): SYN table entries.
     pub half_open: usize,
     /// IP packets taken in.
     pub rx_packets: u64,
@@ -98,7 +98,8 @@ pub struct NetstackStats {
     /// Bytes the senders hold now: packets sent and not yet acknowledged, and packets
     /// waiting for the congestion window.
     pub tcp_repair_bytes: usize,
-    /// Half-open connections dropped to make room for a new SYN at a limit (a SYN flood).
+    /// Half-open connections dropped to make room for a new SYN at `max_pending_syns` (a
+    /// SYN flood).
     pub half_open_evicted: u64,
     /// TCP segments smoltcp emitted again (its fast retransmit or timeout).
     pub tcp_smoltcp_resent: u64,
@@ -115,6 +116,15 @@ pub struct NetstackStats {
     /// Bytes of TCP rings mapped now, counted against
     /// [`tcp_buffer_budget`](crate::NetstackConfig::tcp_buffer_budget).
     pub tcp_ring_bytes: usize,
+    /// Inbound wire segments joined into larger ones before smoltcp saw them (segment
+    /// offload; see [`NetstackConfig::segment_offload`](crate::NetstackConfig)).
+    pub tcp_segments_joined: u64,
+    /// Outbound wire segments cut from smoltcp's larger ones.
+    pub tcp_segments_split: u64,
+    /// Cumulative ACKs the stack added between smoltcp's (one per two wire segments).
+    pub tcp_acks_added: u64,
+    /// Pure ACKs only the sender saw: a newer one of the same batch went to smoltcp.
+    pub tcp_acks_folded: u64,
 }
 
 /// The live counters behind [`NetstackStats`].
@@ -139,6 +149,10 @@ pub(crate) struct Counters {
     tcp_undos: AtomicU64,
     tcp_segments_ignored: AtomicU64,
     pub(crate) tcp_ring_bytes: AtomicUsize,
+    pub(crate) tcp_joined: AtomicU64,
+    pub(crate) tcp_split: AtomicU64,
+    pub(crate) tcp_acks_added: AtomicU64,
+    pub(crate) tcp_acks_folded: AtomicU64,
 }
 
 impl Default for Counters {
@@ -162,6 +176,10 @@ impl Default for Counters {
             tcp_undos: AtomicU64::new(0),
             tcp_segments_ignored: AtomicU64::new(0),
             tcp_ring_bytes: AtomicUsize::new(0),
+            tcp_joined: AtomicU64::new(0),
+            tcp_split: AtomicU64::new(0),
+            tcp_acks_added: AtomicU64::new(0),
+            tcp_acks_folded: AtomicU64::new(0),
         }
     }
 }
@@ -242,6 +260,10 @@ impl Counters {
             tcp_undos: self.tcp_undos.load(Relaxed),
             tcp_segments_ignored: self.tcp_segments_ignored.load(Relaxed),
             tcp_ring_bytes: self.tcp_ring_bytes.load(Relaxed),
+            tcp_segments_joined: self.tcp_joined.load(Relaxed),
+            tcp_segments_split: self.tcp_split.load(Relaxed),
+            tcp_acks_added: self.tcp_acks_added.load(Relaxed),
+            tcp_acks_folded: self.tcp_acks_folded.load(Relaxed),
         }
     }
 }

@@ -92,14 +92,21 @@ impl UdpSocket {
         self.local
     }
 
-    /// Sends one datagram to `target`, waiting while the socket's send queue is full.
-    pub async fn send_to(&self, buf: &[u8], target: SocketAddr) -> io::Result<usize> {
+    /// The largest payload a datagram to `target` can carry: the path MTU less the IP and
+    /// UDP headers. The stack does not fragment: [`send_to`](Self::send_to) refuses more.
+    pub fn max_payload(&self, target: SocketAddr) -> usize {
         let overhead = if target.is_ipv4() {
             UDP_IPV4_OVERHEAD
         } else {
             UDP_IPV6_OVERHEAD
         };
-        if buf.len() + overhead > self.shared.config.path_mtu {
+        self.shared.config.path_mtu.saturating_sub(overhead)
+    }
+
+    /// Sends one datagram to `target`, waiting while the socket's send queue is full.
+    /// A payload past [`max_payload`](Self::max_payload) fails with `InvalidInput`.
+    pub async fn send_to(&self, buf: &[u8], target: SocketAddr) -> io::Result<usize> {
+        if buf.len() > self.max_payload(target) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(

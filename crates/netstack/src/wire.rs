@@ -219,7 +219,7 @@ pub(crate) fn set_ack_and_window(packet: &mut [u8], ack: u32, window: u16) -> bo
     true
 }
 
-fn checksum_update(check: u16, old: u16, new: u16) -> u16 {
+pub(crate) fn checksum_update(check: u16, old: u16, new: u16) -> u16 {
     let mut sum = u32::from(!check) + u32::from(!old) + u32::from(new);
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);

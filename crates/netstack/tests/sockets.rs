@@ -268,6 +268,40 @@ async fn the_outbound_queue_stays_bounded_when_nobody_drains_it() {
 }
 
 #[tokio::test]
+async fn the_outbound_queue_is_bounded_in_bytes_too() {
+    let mut cfg = config(&[B]);
+    cfg.max_outbound_bytes = 16 << 10;
+    let b = Netstack::new(cfg).expect("stack");
+    let socket = b.bind_udp(sa(B, 53)).expect("bind");
+    let target = sa(A, 5353);
+    // 100 datagrams of 1,000 bytes: the queue takes about 16 KiB of them; the rest wait
+    // in the socket (each send returns once queued there) until the queue drains.
+    let sender = tokio::spawn(async move {
+        for i in 0..100u8 {
+            socket.send_to(&[i; 1000], target).await.expect("send");
+        }
+        socket
+    });
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.len() < 100 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let pending = b.pending_outbound_bytes();
+        assert!(pending <= (16 << 10) + 1100, "{pending} bytes queued");
+        b.try_recv_outbound(&mut got, usize::MAX);
+    }
+    assert_eq!(
+        got.len(),
+        100,
+        "every datagram went out once the queue drained"
+    );
+    for (i, p) in got.iter().enumerate() {
+        assert_eq!(p[p.len() - 1], i as u8, "in order");
+    }
+    let _socket = sender.await.expect("sender");
+}
+
+#[tokio::test]
 async fn malformed_packets_are_counted_not_fatal() {
     let p = pair();
     let junk: Vec<Vec<u8>> = vec![
@@ -345,6 +379,8 @@ async fn every_packet_on_the_wire_fits_the_path_mtu() {
     // UDP: the largest datagram that fits goes, one byte more is refused.
     let ua = a.bind_udp(sa(A, 0)).expect("bind a");
     let ub = b.bind_udp(sa(B, 53)).expect("bind b");
+    assert_eq!(ua.max_payload(sa(B, 53)), MTU - 28);
+    assert_eq!(ua.max_payload(sa(B6, 53)), MTU - 48);
     ua.send_to(&[1u8; MTU - 28], sa(B, 53))
         .await
         .expect("fits the path MTU");

@@ -29,6 +29,28 @@ pub enum Event {
         /// Delay before the next attempt.
         retry_in: Duration,
     },
+    /// Our handshake initiations went unanswered: `tries` of them (at least
+    /// [`UNANSWERED_TRIES`](crate::UNANSWERED_TRIES)) over `elapsed`. Reported once per
+    /// episode (until a handshake completes), about 15 s into an attempt: long before
+    /// [`Event::HandshakeFailing`].
+    HandshakeUnanswered {
+        /// The peer.
+        peer: PublicKey,
+        /// Initiations sent that no handshake followed.
+        tries: u32,
+        /// Time since the first of them.
+        elapsed: Duration,
+    },
+    /// A handshake completed after an episode reported by [`Event::HandshakeUnanswered`].
+    /// Comes just before the [`Event::HandshakeCompleted`] of the same handshake.
+    HandshakeRecovered {
+        /// The peer.
+        peer: PublicKey,
+        /// Initiations sent during the episode.
+        tries: u32,
+        /// Time from the first unanswered initiation to the completed handshake.
+        elapsed: Duration,
+    },
     /// No handshake completed for 180 s (WireGuard's reject-after time): the session is gone.
     SessionExpired {
         /// The peer.

@@ -104,6 +104,7 @@ mod wire;
 pub mod driver;
 
 pub use event::Event;
+pub use lifecycle::UNANSWERED_TRIES;
 
 /// An address in canonical form: IPv4-mapped IPv6 (`[::ffff:192.0.2.1]:51820`, what a
 /// dual-stack socket reports for IPv4 peers) becomes plain IPv4, so an endpoint compares equal

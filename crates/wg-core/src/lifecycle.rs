@@ -19,6 +19,10 @@ pub(crate) const REKEY_ATTEMPT: Duration = Duration::from_secs(90);
 pub(crate) const BACKOFF_MIN: Duration = Duration::from_secs(5);
 /// Largest retry delay.
 pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// Initiations that went unanswered before the engine reports it
+/// ([`Event::HandshakeUnanswered`](crate::Event::HandshakeUnanswered)): with boringtun's 5 s
+/// retry, about 15 s into an attempt, long before the 90 s limit.
+pub const UNANSWERED_TRIES: u32 = 3;
 
 /// Where a peer's handshake stands, with the times its timers count from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,6 +175,53 @@ impl Lifecycle {
     }
 }
 
+/// Our handshake initiations that no completed handshake followed yet. An *episode* runs from
+/// the first such initiation to the next completed handshake (whoever initiated it); backoff,
+/// retries and endpoint changes stay inside one episode. It is reported once, when
+/// [`UNANSWERED_TRIES`] initiations went unanswered, and its end only when it was reported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Unanswered {
+    tries: u32,
+    since: Option<Instant>,
+    reported: bool,
+}
+
+impl Unanswered {
+    /// Initiations sent since the last completed handshake.
+    pub(crate) fn tries(self) -> u32 {
+        self.tries
+    }
+
+    /// An initiation goes out at `now`. Returns `Some((tries, elapsed))`, once per episode,
+    /// when [`UNANSWERED_TRIES`] earlier initiations went unanswered: `elapsed` is the time
+    /// since the first of them.
+    pub(crate) fn initiation_sent(&mut self, now: Instant) -> Option<(u32, Duration)> {
+        let since = *self.since.get_or_insert(now);
+        let report = !self.reported && self.tries >= UNANSWERED_TRIES;
+        self.tries = self.tries.saturating_add(1);
+        if report {
+            self.reported = true;
+            return Some((self.tries - 1, now.saturating_duration_since(since)));
+        }
+        None
+    }
+
+    /// A handshake completed at `now`: the episode ends. Returns `Some((tries, elapsed))` when
+    /// it had been reported, `elapsed` counted from its first initiation.
+    pub(crate) fn answered(&mut self, now: Instant) -> Option<(u32, Duration)> {
+        let ended = *self;
+        *self = Self::default();
+        match ended {
+            Self {
+                tries,
+                since: Some(since),
+                reported: true,
+            } => Some((tries, now.saturating_duration_since(since))),
+            _ => None,
+        }
+    }
+}
+
 /// The delay before retry number `attempt` (0-based): 5 s doubling to 60 s, times a random
 /// factor in [0.75, 1.0) from `unit` (a number in [0, 1)).
 pub(crate) fn backoff_delay(attempt: u32, unit: f64) -> Duration {
@@ -195,6 +246,38 @@ mod tests {
         let low = backoff_delay(4, 0.999);
         assert!(low >= Duration::from_secs(45) && low < Duration::from_secs(46));
         assert_eq!(backoff_delay(0, 0.5), Duration::from_millis(4375));
+    }
+
+    #[test]
+    fn unanswered_initiations_are_reported_once_per_episode() {
+        let t0 = Instant::now();
+        let s = |n| t0 + Duration::from_secs(n);
+        let mut u = Unanswered::default();
+        assert_eq!(u.answered(s(0)), None, "nothing to end");
+        assert_eq!(u.initiation_sent(s(0)), None);
+        assert_eq!(u.initiation_sent(s(5)), None);
+        assert_eq!(u.initiation_sent(s(10)), None);
+        assert_eq!(
+            u.initiation_sent(s(15)),
+            Some((3, Duration::from_secs(15))),
+            "three went unanswered"
+        );
+        assert_eq!(u.initiation_sent(s(20)), None, "once per episode");
+        assert_eq!(u.tries(), 5);
+        assert_eq!(u.answered(s(47)), Some((5, Duration::from_secs(47))));
+        assert_eq!(u.tries(), 0);
+        // A new episode that a handshake ends early is never reported.
+        assert_eq!(u.initiation_sent(s(100)), None);
+        assert_eq!(u.initiation_sent(s(105)), None);
+        assert_eq!(u.answered(s(106)), None);
+        // A new long episode is reported again.
+        for n in 0..3 {
+            assert_eq!(u.initiation_sent(s(200 + 5 * n)), None);
+        }
+        assert_eq!(
+            u.initiation_sent(s(215)),
+            Some((3, Duration::from_secs(15)))
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::x25519;
 
 use crate::initiation::Timestamp;
-use crate::lifecycle::{Lifecycle, REKEY_ATTEMPT};
+use crate::lifecycle::{Lifecycle, REKEY_ATTEMPT, Unanswered};
 use crate::stats::{DropCounts, HandshakeState};
 use crate::{IpNet, PresharedKey, PublicKey};
 
@@ -77,6 +77,8 @@ pub(crate) struct Peer {
     pub(crate) endpoint: Option<SocketAddr>,
     /// Where the handshake stands; changed only through its transitions (`lifecycle.rs`).
     pub(crate) lifecycle: Lifecycle,
+    /// Our initiations since the last completed handshake (`lifecycle.rs`).
+    pub(crate) unanswered: Unanswered,
     /// When the last handshake completed, for stats (kept after the session is gone).
     pub(crate) last_handshake: Option<Instant>,
     /// The newest initiation timestamp accepted from this peer: the replay guard. It lives
@@ -113,6 +115,7 @@ impl Peer {
             tunn,
             index,
             lifecycle: Lifecycle::Idle,
+            unanswered: Unanswered::default(),
             last_handshake: None,
             newest_initiation: None,
             last_received: None,

@@ -572,6 +572,7 @@ fn peer_stats(peer: &Peer, now: Instant) -> PeerStats {
             .map(|ms| Duration::from_millis(u64::from(ms))),
         state: peer.lifecycle.state(),
         handshakes: peer.handshakes,
+        unanswered_initiations: peer.unanswered.tries(),
         receiver_index: peer.index,
         drops: peer.drops,
     }

@@ -201,6 +201,9 @@ pub struct PeerStats {
     pub state: HandshakeState,
     /// Number of completed handshakes since the peer was added.
     pub handshakes: u64,
+    /// Our handshake initiations since the last completed handshake (0 while handshakes
+    /// succeed; it grows while the peer does not answer).
+    pub unanswered_initiations: u32,
     /// The receiver index (24 bits) that routes this peer's messages to it.
     pub receiver_index: u32,
     /// Drops attributed to this peer.

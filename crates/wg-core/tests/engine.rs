@@ -318,3 +318,74 @@ fn remembered_routes_follow_runtime_changes_at_once() {
     net.run_for(secs(1));
     assert_eq!(net.nodes[GW].inbox.len(), 5);
 }
+
+/// A gateway that does not know the agent's key: the agent reports it once, when
+/// `UNANSWERED_TRIES` initiations went unanswered (here through the backoff retries: virtual
+/// time does not move boringtun's own 5 s retry), and reports the end of the episode when the
+/// gateway learns the key.
+#[test]
+fn unanswered_handshakes_are_reported_once_then_recovery() {
+    use wg_core::{Event, UNANSWERED_TRIES};
+    let mut net = Net::new(33);
+    let c = net.seeded_config();
+    net.add_node("agent", c);
+    let c = net.seeded_config();
+    net.add_node("gateway", c);
+    let mut gw_cfg = net.nodes[GW].config_for(true);
+    gw_cfg.persistent_keepalive = Some(secs(25));
+    let now = net.now;
+    net.nodes[AGENT].peers.set_peers(vec![gw_cfg], now);
+    let gw = net.nodes[GW].public_key();
+    let unanswered = |net: &Net| -> Vec<(u32, Duration)> {
+        net.events_of(AGENT)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::HandshakeUnanswered {
+                    peer,
+                    tries,
+                    elapsed,
+                } if peer == gw => Some((tries, elapsed)),
+                _ => None,
+            })
+            .collect()
+    };
+    net.run_for(secs(400));
+    let reported = unanswered(&net);
+    assert_eq!(reported.len(), 1, "once per episode: {reported:?}");
+    assert_eq!(reported[0].0, UNANSWERED_TRIES);
+    let stats = net.nodes[AGENT].peers.peer_stats(&gw, net.now).unwrap();
+    assert!(stats.unanswered_initiations > UNANSWERED_TRIES, "{stats:?}");
+
+    // The gateway learns the agent's key: the next retry completes the handshake.
+    let agent_cfg = net.nodes[AGENT].config_for(false);
+    let now = net.now;
+    net.nodes[GW].peers.set_peers(vec![agent_cfg], now);
+    net.run_for(secs(120));
+    let stats = net.nodes[AGENT].peers.peer_stats(&gw, net.now).unwrap();
+    assert_eq!(stats.state, HandshakeState::Established);
+    assert_eq!(stats.unanswered_initiations, 0);
+    let events = net.events_of(AGENT);
+    let recovered: Vec<&Event> = events
+        .iter()
+        .filter(|e| matches!(e, Event::HandshakeRecovered { .. }))
+        .collect();
+    assert_eq!(recovered.len(), 1, "{events:?}");
+    let Event::HandshakeRecovered { tries, elapsed, .. } = recovered[0] else {
+        unreachable!()
+    };
+    assert!(*tries > UNANSWERED_TRIES);
+    assert!(
+        *elapsed >= secs(400),
+        "counted from the first try: {elapsed:?}"
+    );
+    // Recovery comes right before the handshake's own event.
+    let at = events
+        .iter()
+        .position(|e| matches!(e, Event::HandshakeRecovered { .. }))
+        .unwrap();
+    assert!(matches!(
+        events.get(at + 1),
+        Some(Event::HandshakeCompleted { rekey: false, .. })
+    ));
+    assert_eq!(unanswered(&net).len(), 1, "no new report after recovery");
+}

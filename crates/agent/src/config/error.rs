@@ -133,7 +133,7 @@ pub enum ConfigError {
     /// `admin.listen` is neither a loopback address, a unix socket nor "off", and
     /// `admin.allow_remote` is not set.
     #[error(
-        "{path}: admin.listen: `{value}` is not allowed: the admin endpoint listens on a loopback address (127.0.0.1:5182, [::1]:5182), a unix socket (\"unix:/path\") or \"off\"; to serve /healthz, /readyz and /metrics to other hosts (kubelet probes, Prometheus), write an IP address (\"0.0.0.0:5182\") and set `allow_remote = true` in [admin] (/status stays local-only)",
+        "{path}: admin.listen: `{value}` is not allowed: the admin endpoint listens on a loopback address (127.0.0.1:5182, [::1]:5182), a unix socket (\"unix:/path\") or \"off\"; to serve /healthz, /readyz and /metrics to other hosts (kubelet probes, Prometheus), write an IP address (\"0.0.0.0:5182\") and set `allow_remote = true` in [admin] (/status and /ping stay local-only)",
         path = path.display()
     )]
     AdminNotLoopback {

@@ -149,6 +149,10 @@ pub(crate) struct RawRoute {
     pub(crate) trust_forwarded: Option<bool>,
     pub(crate) proxy_protocol: Option<bool>,
     pub(crate) upstream_h2c: Option<bool>,
+    pub(crate) idle_timeout: Option<String>,
+    pub(crate) upstream_connect_timeout: Option<String>,
+    pub(crate) upstream_response_timeout: Option<String>,
+    pub(crate) max_flows: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -168,6 +172,7 @@ pub(crate) struct RawProxy {
     pub(crate) lingering_close_timeout: Option<String>,
     pub(crate) lingering_close_bytes: Option<u64>,
     pub(crate) access_log: Option<bool>,
+    pub(crate) max_udp_flows: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

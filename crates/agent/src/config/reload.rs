@@ -77,6 +77,10 @@ impl ConfigChanges {
                 "proxy.max_connections",
                 old.proxy.max_connections != new.proxy.max_connections,
             ),
+            (
+                "proxy.max_udp_flows",
+                old.proxy.max_udp_flows != new.proxy.max_udp_flows,
+            ),
         ];
         c.needs_restart = restart
             .iter()
@@ -102,6 +106,7 @@ impl ConfigChanges {
         applied.log.format = running.log.format;
         applied.uapi_name = running.uapi_name.clone();
         applied.proxy.max_connections = running.proxy.max_connections;
+        applied.proxy.max_udp_flows = running.proxy.max_udp_flows;
         applied
     }
 

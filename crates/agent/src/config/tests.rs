@@ -488,14 +488,150 @@ fn route_rules() {
     );
     let e = err(&(base.clone() + &route(80, "proxy_protocol = false\n")));
     assert!(e.contains("routes[0].proxy_protocol"), "{e}");
-    let e = err(&(base.clone() + &route(80, "protocol = \"udp\"\n")));
+    let e = err(&(base.clone() + &route(80, "protocol = \"quic\"\n")));
     assert!(
-        e.contains("routes[0].protocol") && e.contains("unknown variant `udp`"),
+        e.contains("routes[0].protocol") && e.contains("unknown variant `quic`"),
         "{e}"
     );
     let e = err(&(base.clone() + &route(80, "").replace("127.0.0.1:8080", "8080")));
     assert!(
         e.contains("routes[0].upstream: `8080` is not host:port"),
+        "{e}"
+    );
+}
+
+/// Issue 14: `upstream = "unix:/run/app.sock"` was refused with "port `/run/app.sock` is not
+/// a number 1-65535".
+#[test]
+fn unix_socket_upstreams_for_http_and_tcp_routes() {
+    let base = agent_section(&key());
+    let c = parse(
+        &(base.clone()
+            + "\n[[routes]]\nport = 8081\nupstream = \"unix:/run/app.sock\"\n"
+            + "\n[[routes]]\nport = 22\nupstream = \"unix:/run/ssh.sock\"\nprotocol = \"tcp\"\n"),
+    )
+    .unwrap();
+    assert_eq!(
+        c.routes[0].upstream,
+        RouteUpstream::Unix("/run/app.sock".into())
+    );
+    assert_eq!(c.routes[0].upstream.to_string(), "unix:/run/app.sock");
+    let http = c.routes[0].http_route().unwrap();
+    assert_eq!(http.upstream.unix_path(), Some(Path::new("/run/app.sock")));
+    let tcp = c.routes[1].tcp_route().unwrap();
+    assert_eq!(tcp.upstream.unix_path(), Some(Path::new("/run/ssh.sock")));
+    for bad in ["unix:app.sock", "unix:", "unix:./app.sock"] {
+        let e = err(&(base.clone() + &format!("\n[[routes]]\nport = 80\nupstream = \"{bad}\"\n")));
+        assert!(
+            e.contains("routes[0].upstream") && e.contains("needs an absolute path"),
+            "{e}"
+        );
+    }
+    let e = err(&(base
+        + "\n[[routes]]\nport = 53\nupstream = \"unix:/run/dns.sock\"\nprotocol = \"udp\"\n"));
+    assert!(
+        e.contains("routes[0].upstream") && e.contains("unix sockets serve http and tcp routes"),
+        "{e}"
+    );
+}
+
+#[test]
+fn udp_routes_and_their_bounds() {
+    let base = agent_section(&key());
+    let c = parse(
+        &(base.clone()
+            + "\n[[routes]]\nport = 53\nupstream = \"127.0.0.1:5353\"\nprotocol = \"udp\"\n"
+            + "\n[[routes]]\nport = 53\nupstream = \"127.0.0.1:5353\"\nprotocol = \"tcp\"\n"
+            + "\n[[routes]]\nport = 514\nupstream = \"localhost:514\"\nprotocol = \"udp\"\nidle_timeout = \"5m\"\nmax_flows = 8\n"
+            + "\n[proxy]\nmax_udp_flows = 100\n"),
+    )
+    .expect("a udp and a tcp route may share port 53");
+    assert_eq!(c.proxy.max_udp_flows, 100);
+    let dns = c.routes[0].udp_route().unwrap();
+    assert_eq!(dns.idle_timeout, DEFAULT_UDP_IDLE_TIMEOUT);
+    assert_eq!(dns.max_flows, DEFAULT_UDP_MAX_FLOWS);
+    assert!(c.routes[0].http_route().is_none() && c.routes[0].tcp_route().is_none());
+    assert!(c.routes[1].udp_route().is_none());
+    let syslog = c.routes[2].udp_route().unwrap();
+    assert_eq!(
+        (syslog.idle_timeout, syslog.max_flows),
+        (Duration::from_secs(300), 8)
+    );
+    assert_eq!(syslog.upstream.authority(), "localhost:514");
+
+    let udp = |extra: &str| {
+        format!("\n[[routes]]\nport = 53\nupstream = \"127.0.0.1:53\"\nprotocol = \"udp\"\n{extra}")
+    };
+    let e = err(&(base.clone() + &udp("") + &udp("")));
+    assert!(
+        e.contains("routes[1].port: `53` is already used by routes[0]"),
+        "{e}"
+    );
+    let e = err(&(base.clone() + &udp("max_flows = 0\n")));
+    assert!(e.contains("routes[0].max_flows: 0 is out of range"), "{e}");
+    let e = err(&(base.clone() + &udp("upstream_connect_timeout = \"1s\"\n")));
+    assert!(
+        e.contains("routes[0].upstream_connect_timeout: applies to http and tcp routes only"),
+        "{e}"
+    );
+    let e = err(&(base.clone() + &udp("trust_forwarded = true\n")));
+    assert!(e.contains("routes[0].trust_forwarded"), "{e}");
+    let e =
+        err(&(base.clone()
+            + "\n[[routes]]\nport = 80\nupstream = \"127.0.0.1:80\"\nmax_flows = 3\n"));
+    assert!(
+        e.contains("routes[0].max_flows: applies to protocol = \"udp\""),
+        "{e}"
+    );
+    let e = err(&(base + "\n[proxy]\nmax_udp_flows = 0\n"));
+    assert!(e.contains("proxy.max_udp_flows: 0 is out of range"), "{e}");
+}
+
+#[test]
+fn per_route_timeouts_override_proxy_and_are_bounded() {
+    let base = agent_section(&key());
+    let c = parse(
+        &(base.clone()
+            + "\n[[routes]]\nport = 80\nupstream = \"127.0.0.1:8080\"\n"
+            + "\n[[routes]]\nport = 81\nupstream = \"127.0.0.1:8081\"\nidle_timeout = \"1h\"\n"
+            + "upstream_connect_timeout = \"2s\"\nupstream_response_timeout = \"10m\"\n"
+            + "\n[[routes]]\nport = 22\nupstream = \"127.0.0.1:22\"\nprotocol = \"tcp\"\nidle_timeout = \"168h\"\n"
+            + "\n[proxy]\nidle_timeout = \"30s\"\n"),
+    )
+    .unwrap();
+    let plain = c.routes[0].proxy_config(&c.proxy);
+    assert_eq!(plain, c.proxy, "no override: [proxy] as it is");
+    let ws = c.routes[1].proxy_config(&c.proxy);
+    assert_eq!(ws.idle_timeout, Duration::from_secs(3600));
+    assert_eq!(ws.upstream_connect_timeout, Duration::from_secs(2));
+    assert_eq!(ws.upstream_response_timeout, Duration::from_secs(600));
+    assert_eq!(ws.header_read_timeout, c.proxy.header_read_timeout);
+    assert_eq!(
+        c.routes[2].effective_idle_timeout(&c.proxy),
+        Duration::from_secs(7 * 24 * 3600)
+    );
+    assert_eq!(
+        c.routes[0].effective_idle_timeout(&c.proxy),
+        Duration::from_secs(30)
+    );
+    let route =
+        |extra: &str| format!("\n[[routes]]\nport = 80\nupstream = \"127.0.0.1:80\"\n{extra}");
+    let e = err(&(base.clone() + &route("idle_timeout = \"169h\"\n")));
+    assert!(
+        e.contains("routes[0].idle_timeout: `169h` is too long: at most 7d"),
+        "{e}"
+    );
+    let e = err(&(base.clone() + &route("idle_timeout = \"0s\"\n")));
+    assert!(
+        e.contains("routes[0].idle_timeout: must be greater than 0"),
+        "{e}"
+    );
+    let e = err(&(base.clone() + &route("idle_timeout = \"soon\"\n")));
+    assert!(e.contains("routes[0].idle_timeout"), "{e}");
+    let e = err(&(base
+        + "\n[[routes]]\nport = 22\nupstream = \"127.0.0.1:22\"\nprotocol = \"tcp\"\nupstream_response_timeout = \"1s\"\n"));
+    assert!(
+        e.contains("routes[0].upstream_response_timeout: applies to protocol = \"http\""),
         "{e}"
     );
 }

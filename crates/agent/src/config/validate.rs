@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 use super::raw::{OneOrList, RawAgent, RawConfig, RawGateway, RawProxy, RawRoute};
 use super::{
     AdminListen, AgentConfig, Config, ConfigError, Endpoint, GatewayConfig, LogConfig, RouteConfig,
-    RouteProtocol, parse_duration,
+    RouteProtocol, RouteUpstream, parse_duration,
 };
 
 /// Smallest and largest accepted `mtu`: the userspace stack needs 1280 (the IPv6 minimum)
@@ -759,35 +759,78 @@ impl Validator<'_> {
         if raw.port == 0 {
             return Err(self.invalid(field("port"), "port 0 is not allowed"));
         }
-        if let Some(j) = earlier.iter().position(|r| r.port == raw.port) {
+        if let Some(j) = earlier.iter().position(|r| {
+            r.port == raw.port && r.protocol.is_datagram() == raw.protocol.is_datagram()
+        }) {
             return Err(self.duplicate(
                 field("port"),
                 raw.port.to_string(),
                 format!("routes[{j}]"),
             ));
         }
-        let upstream: Endpoint = raw
-            .upstream
-            .parse()
-            .map_err(|reason: String| self.invalid(field("upstream"), reason))?;
-        if raw.protocol != RouteProtocol::Http && raw.trust_forwarded.is_some() {
-            return Err(self.invalid(
-                field("trust_forwarded"),
-                "applies to protocol = \"http\" routes only",
-            ));
-        }
-        if raw.protocol != RouteProtocol::Http && raw.upstream_h2c.is_some() {
-            return Err(self.invalid(
-                field("upstream_h2c"),
-                "applies to protocol = \"http\" routes only",
-            ));
-        }
-        if raw.protocol != RouteProtocol::Tcp && raw.proxy_protocol.is_some() {
-            return Err(self.invalid(
-                field("proxy_protocol"),
-                "applies to protocol = \"tcp\" routes only",
-            ));
-        }
+        let upstream = self.route_upstream(&field("upstream"), &raw.upstream, raw.protocol)?;
+        let only = |name: &str, set: bool, protocols: &[RouteProtocol], which: &str| {
+            if set && !protocols.contains(&raw.protocol) {
+                Err(self.invalid(field(name), format!("applies to {which} routes only")))
+            } else {
+                Ok(())
+            }
+        };
+        let http = [RouteProtocol::Http];
+        let streams = [RouteProtocol::Http, RouteProtocol::Tcp];
+        only(
+            "trust_forwarded",
+            raw.trust_forwarded.is_some(),
+            &http,
+            "protocol = \"http\"",
+        )?;
+        only(
+            "upstream_h2c",
+            raw.upstream_h2c.is_some(),
+            &http,
+            "protocol = \"http\"",
+        )?;
+        only(
+            "proxy_protocol",
+            raw.proxy_protocol.is_some(),
+            &[RouteProtocol::Tcp],
+            "protocol = \"tcp\"",
+        )?;
+        only(
+            "upstream_connect_timeout",
+            raw.upstream_connect_timeout.is_some(),
+            &streams,
+            "http and tcp",
+        )?;
+        only(
+            "upstream_response_timeout",
+            raw.upstream_response_timeout.is_some(),
+            &http,
+            "protocol = \"http\"",
+        )?;
+        only(
+            "max_flows",
+            raw.max_flows.is_some(),
+            &[RouteProtocol::Udp],
+            "protocol = \"udp\"",
+        )?;
+        let timeout =
+            |name: &str, value: &Option<String>| -> Result<Option<Duration>, ConfigError> {
+                value
+                    .as_deref()
+                    .map(|text| self.bounded_duration(&field(name), text, false))
+                    .transpose()
+            };
+        let max_flows = match raw.max_flows {
+            None => None,
+            Some(n @ 1..=1_000_000) => Some(n as usize),
+            Some(n) => {
+                return Err(self.invalid(
+                    field("max_flows"),
+                    format!("{n} is out of range 1..=1000000"),
+                ));
+            }
+        };
         Ok(RouteConfig {
             port: raw.port,
             upstream,
@@ -795,7 +838,65 @@ impl Validator<'_> {
             trust_forwarded: raw.trust_forwarded.unwrap_or(true),
             proxy_protocol: raw.proxy_protocol.unwrap_or(false),
             upstream_h2c: raw.upstream_h2c.unwrap_or(false),
+            idle_timeout: timeout("idle_timeout", &raw.idle_timeout)?,
+            upstream_connect_timeout: timeout(
+                "upstream_connect_timeout",
+                &raw.upstream_connect_timeout,
+            )?,
+            upstream_response_timeout: timeout(
+                "upstream_response_timeout",
+                &raw.upstream_response_timeout,
+            )?,
+            max_flows,
         })
+    }
+
+    /// A route's `upstream`: `host:port`, or `unix:/absolute/path` for HTTP and TCP routes.
+    fn route_upstream(
+        &self,
+        field: &str,
+        text: &str,
+        protocol: RouteProtocol,
+    ) -> Result<RouteUpstream, ConfigError> {
+        let Some(path) = text.strip_prefix("unix:") else {
+            return text
+                .parse()
+                .map(RouteUpstream::Net)
+                .map_err(|reason: String| self.invalid(field, reason));
+        };
+        if protocol == RouteProtocol::Udp {
+            return Err(self.invalid(
+                field,
+                format!("`{text}`: a udp route forwards to host:port; unix sockets serve http and tcp routes"),
+            ));
+        }
+        let path = Path::new(path);
+        if !path.is_absolute() || path.file_name().is_none() {
+            return Err(self.invalid(
+                field,
+                format!(
+                    "`{text}`: a unix socket upstream needs an absolute path, like unix:/run/app.sock"
+                ),
+            ));
+        }
+        Ok(RouteUpstream::Unix(path.to_owned()))
+    }
+
+    /// A duration field: parsed, at most 7 days, and not zero unless `zero_ok`.
+    fn bounded_duration(
+        &self,
+        field: &str,
+        text: &str,
+        zero_ok: bool,
+    ) -> Result<Duration, ConfigError> {
+        let d = parse_duration(text).map_err(|reason| self.invalid(field, reason))?;
+        if d.is_zero() && !zero_ok {
+            return Err(self.invalid(field, "must be greater than 0"));
+        }
+        if d > MAX_DURATION {
+            return Err(self.invalid(field, format!("`{text}` is too long: at most 7d (168h)")));
+        }
+        Ok(d)
     }
 
     fn proxy(&self, raw: &RawProxy) -> Result<ProxyConfig, ConfigError> {
@@ -804,18 +905,7 @@ impl Validator<'_> {
             let Some(text) = value else {
                 return Ok(default);
             };
-            let d = parse_duration(text)
-                .map_err(|reason| self.invalid(format!("proxy.{name}"), reason))?;
-            if d.is_zero() && !zero_ok {
-                return Err(self.invalid(format!("proxy.{name}"), "must be greater than 0"));
-            }
-            if d > MAX_DURATION {
-                return Err(self.invalid(
-                    format!("proxy.{name}"),
-                    format!("`{text}` is too long: at most 7d (168h)"),
-                ));
-            }
-            Ok(d)
+            self.bounded_duration(&format!("proxy.{name}"), text, zero_ok)
         };
         let max_header_bytes = raw
             .max_header_bytes
@@ -926,6 +1016,12 @@ impl Validator<'_> {
             0..=1 << 30,
         )?;
         proxy.access_log = raw.access_log.unwrap_or(defaults.access_log);
+        proxy.max_udp_flows = bounded(
+            "max_udp_flows",
+            raw.max_udp_flows,
+            defaults.max_udp_flows as u64,
+            1..=1_000_000,
+        )? as usize;
         Ok(proxy)
     }
 }

@@ -220,7 +220,7 @@ struct Outputs {
     v6_socket: bool,
     to_stack: ToStack,
     /// Events taken under the lock with their gateway's id, logged after it.
-    events: Vec<(Event, String)>,
+    events: Vec<Labelled>,
 }
 
 impl Outputs {
@@ -244,15 +244,15 @@ impl Outputs {
         while let Some(received) = t.peers.poll_received() {
             self.to_stack.push(received.packet);
         }
-        take_events(t, &mut self.events);
+        take_events(t, &inner.virtual_ips, &mut self.events);
         inner.timer.maybe_wake(t.peers.poll_timeout());
     }
 
     /// Logs the events taken by [`drain`](Self::drain); called with the lock released, by
     /// [`send`](Self::send).
     fn log_events(&mut self) {
-        for (event, id) in self.events.drain(..) {
-            log_event(event, &id);
+        for labelled in self.events.drain(..) {
+            log_event(labelled);
         }
     }
 
@@ -268,32 +268,77 @@ impl Outputs {
     }
 }
 
+/// An engine event with what its log line names: the gateway's id and, for unanswered
+/// handshakes, what the gateway must be told (taken under the lock, logged after it).
+struct Labelled {
+    event: Event,
+    gateway: String,
+    /// The gateway's endpoint as the agent sends to it.
+    endpoint: String,
+    /// The agent's public key and its addresses inside the tunnel, as the gateway's peer
+    /// entry must name them.
+    agent: Option<(wg_core::PublicKey, Vec<IpAddr>)>,
+}
+
 /// Takes the engine's events with their gateway's id (under the lock; logged after it).
 /// Failing handshakes also ask the upkeep to re-resolve the gateway's name.
-fn take_events(t: &mut Device, out: &mut Vec<(Event, String)>) {
+fn take_events(t: &mut Device, virtual_ips: &[IpAddr], out: &mut Vec<Labelled>) {
     while let Some(event) = t.peers.poll_event() {
         let peer = match &event {
             Event::HandshakeCompleted { peer, .. }
             | Event::HandshakeFailing { peer, .. }
+            | Event::HandshakeUnanswered { peer, .. }
+            | Event::HandshakeRecovered { peer, .. }
             | Event::SessionExpired { peer }
             | Event::EndpointChanged { peer, .. } => Some(*peer),
             _ => None,
         };
-        if let (Event::HandshakeFailing { .. }, Some(peer)) = (&event, peer)
+        if let (Event::HandshakeFailing { .. } | Event::HandshakeUnanswered { .. }, Some(peer)) =
+            (&event, peer)
             && let Some(g) = t.gateways.get_mut(&peer)
         {
             g.upkeep.resolve_soon = true;
         }
-        let id = peer.map_or_else(String::new, |p| t.gateway_id(&p).to_owned());
+        let gateway = peer.map_or_else(String::new, |p| t.gateway_id(&p).to_owned());
+        let (endpoint, agent) = match (&event, peer) {
+            (Event::HandshakeUnanswered { .. }, Some(peer)) => {
+                let endpoint = t
+                    .peers
+                    .peer_stats(&peer, Instant::now())
+                    .and_then(|s| s.endpoint)
+                    .map(|a| a.to_string())
+                    .or_else(|| {
+                        t.gateways
+                            .get(&peer)
+                            .and_then(|g| g.spec.endpoint.as_ref())
+                            .map(ToString::to_string)
+                    })
+                    .unwrap_or_else(|| "(no endpoint)".to_owned());
+                (endpoint, Some((t.peers.public_key(), virtual_ips.to_vec())))
+            }
+            _ => (String::new(), None),
+        };
         // Bounded: a burst beyond this is not worth a line each.
         if out.len() < 256 {
-            out.push((event, id));
+            out.push(Labelled {
+                event,
+                gateway,
+                endpoint,
+                agent,
+            });
         }
     }
 }
 
 /// Logs one tunnel state change, by gateway id.
-fn log_event(event: Event, gateway: &str) {
+fn log_event(labelled: Labelled) {
+    let Labelled {
+        event,
+        gateway,
+        endpoint,
+        agent,
+    } = labelled;
+    let gateway = gateway.as_str();
     match event {
         Event::HandshakeCompleted { rekey: false, .. } => {
             tracing::info!(gateway, "handshake completed: tunnel up");
@@ -301,11 +346,40 @@ fn log_event(event: Event, gateway: &str) {
         Event::HandshakeCompleted { rekey: true, .. } => {
             tracing::debug!(gateway, "session re-keyed");
         }
-        Event::HandshakeFailing { retry_in, .. } => {
+        Event::HandshakeUnanswered { tries, elapsed, .. } => {
+            let Some((key, vips)) = agent else {
+                return;
+            };
+            let key = key.to_base64();
+            // As the gateway's `AllowedIPs` line lists them.
+            let allowed_ips = vips
+                .iter()
+                .map(|ip| format!("{ip}/{}", if ip.is_ipv4() { 32 } else { 128 }))
+                .collect::<Vec<_>>()
+                .join(", ");
+            tracing::warn!(
+                gateway,
+                endpoint = %endpoint,
+                tries,
+                "gateway {gateway} ({endpoint}): no handshake response after {tries} tries in {} s. \
+                 Check that the gateway has peer {key} with AllowedIPs {allowed_ips}, and that \
+                 UDP to {endpoint} is allowed",
+                elapsed.as_secs()
+            );
+        }
+        Event::HandshakeRecovered { elapsed, .. } => {
             tracing::info!(
                 gateway,
+                "gateway {gateway}: handshake completed after {} s",
+                elapsed.as_secs()
+            );
+        }
+        Event::HandshakeFailing { retry_in, .. } => {
+            // Said once already, at the first unanswered tries: only the backoff is new.
+            tracing::debug!(
+                gateway,
                 retry_in_s = retry_in.as_secs(),
-                "handshakes failing: retrying with backoff"
+                "handshakes failing for 90 s: retrying with backoff"
             );
         }
         Event::SessionExpired { .. } => {

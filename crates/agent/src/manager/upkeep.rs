@@ -6,6 +6,11 @@
 //! received from a gateway that had a session, an ICMP echo goes to its virtual IP through the
 //! tunnel; no answer within [`PROBE_TIMEOUT`] forces a fresh handshake. A restarted gateway is
 //! so found again within about 35 s with no traffic flowing.
+//!
+//! A probe that goes unanswered while the forced handshake that follows succeeds means the
+//! gateway is there but does not answer ICMP echo (a firewall, `icmp_echo_ignore_all`): once
+//! that handshake completed, one more probe goes at once; unanswered too, the gateway is
+//! marked `icmp_filtered` and a warning names the fix, once, until a probe is answered again.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,6 +41,12 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) struct GatewayUpkeep {
     pub(crate) probes_sent: u64,
     pub(crate) probes_failed: u64,
+    pub(crate) probes_answered: u64,
+    /// Probes go unanswered though handshakes succeed.
+    pub(crate) icmp_filtered: bool,
+    /// A probe went unanswered and forced a handshake; the gateway had completed this many
+    /// handshakes then. One more completed: confirm with a probe at once.
+    confirm_after: Option<u64>,
     probe_in_flight: bool,
     last_probe: Option<Instant>,
     /// Set when handshakes start failing: re-resolve at the next tick.
@@ -50,6 +61,9 @@ impl GatewayUpkeep {
         Self {
             probes_sent: 0,
             probes_failed: 0,
+            probes_answered: 0,
+            icmp_filtered: false,
+            confirm_after: None,
             probe_in_flight: false,
             last_probe: None,
             resolve_soon: false,
@@ -95,6 +109,8 @@ enum Job {
         key: wg_core::PublicKey,
         id: String,
         target: std::net::IpAddr,
+        /// Sent right after the handshake an unanswered probe forced.
+        confirming: bool,
     },
     Resolve {
         key: wg_core::PublicKey,
@@ -154,16 +170,23 @@ fn plan(
             g.reported = stats.state;
         }
         let u = &mut g.upkeep;
-        if g.spec.liveness_probe == LivenessProbe::Icmp
-            && let Some(target) = g.spec.virtual_ip
-            && stats.last_handshake.is_some()
-            && !u.probe_in_flight
+        let confirm_due = u.confirm_after.is_some_and(|n| stats.handshakes > n);
+        let probe_due = stats.last_handshake.is_some()
             && stats
                 .last_received_age
                 .is_some_and(|age| age >= probe_after)
             && u.last_probe
-                .is_none_or(|at| now.saturating_duration_since(at) >= probe_after)
+                .is_none_or(|at| now.saturating_duration_since(at) >= probe_after);
+        // A gateway without a virtual IP (added over the UAPI with none in `subnet`) is not
+        // probed.
+        if g.spec.liveness_probe == LivenessProbe::Icmp
+            && let Some(target) = g.spec.virtual_ip
+            && !u.probe_in_flight
+            && (confirm_due || probe_due)
         {
+            if confirm_due {
+                u.confirm_after = None;
+            }
             u.probe_in_flight = true;
             u.last_probe = Some(now);
             u.probes_sent += 1;
@@ -171,6 +194,7 @@ fn plan(
                 key: *key,
                 id: g.spec.id.clone(),
                 target,
+                confirming: confirm_due,
             });
         }
         if let Some(endpoint) = g.spec.endpoint.as_ref().filter(|e| endpoint_is_dns(e))
@@ -198,32 +222,79 @@ fn plan(
 
 async fn run_job(inner: Arc<Inner>, job: Job) {
     match job {
-        Job::Probe { key, id, target } => {
+        Job::Probe {
+            key,
+            id,
+            target,
+            confirming,
+        } => {
             let answered = inner.netstack.ping(target, inner.probe_timeout).await;
-            let forced = {
+            // What to log, decided under the lock and logged after it.
+            enum Icmp {
+                Quiet,
+                Filtered,
+                Answering,
+            }
+            let (forced, icmp) = {
                 let mut t = inner.lock();
                 let Device { peers, gateways } = &mut *t;
                 let Some(g) = gateways.get_mut(&key) else {
                     return;
                 };
-                g.upkeep.probe_in_flight = false;
+                let u = &mut g.upkeep;
+                u.probe_in_flight = false;
+                let now = Instant::now();
                 match &answered {
-                    Ok(_) => false,
+                    Ok(_) => {
+                        u.probes_answered += 1;
+                        u.confirm_after = None;
+                        let was = std::mem::take(&mut u.icmp_filtered);
+                        (false, if was { Icmp::Answering } else { Icmp::Quiet })
+                    }
+                    // The handshake just completed, yet no echo reply: ICMP is filtered.
+                    Err(_) if confirming => {
+                        u.probes_failed += 1;
+                        let first = !u.icmp_filtered;
+                        u.icmp_filtered = true;
+                        (false, if first { Icmp::Filtered } else { Icmp::Quiet })
+                    }
                     Err(_) => {
-                        g.upkeep.probes_failed += 1;
-                        peers.force_handshake(&key, Instant::now())
+                        u.probes_failed += 1;
+                        u.confirm_after =
+                            Some(peers.peer_stats(&key, now).map_or(0, |s| s.handshakes));
+                        (peers.force_handshake(&key, now), Icmp::Quiet)
                     }
                 }
             };
-            match answered {
+            match &answered {
                 Ok(rtt) => {
                     tracing::debug!(gateway = %id, rtt_ms = rtt.as_millis() as u64, "liveness probe answered");
                 }
+                Err(e) if confirming => tracing::debug!(
+                    gateway = %id,
+                    error = %e,
+                    "liveness probe unanswered right after a handshake"
+                ),
                 Err(e) => tracing::info!(
                     gateway = %id,
                     error = %e,
                     "liveness probe unanswered: forcing a fresh handshake"
                 ),
+            }
+            match icmp {
+                Icmp::Quiet => {}
+                Icmp::Filtered => tracing::warn!(
+                    gateway = %id,
+                    "gateway {id}: the liveness probe (ICMP echo to {target}) goes unanswered \
+                     though handshakes succeed: ICMP is filtered on the gateway. Allow ICMP echo \
+                     to {target} there (its firewall, or net.ipv4.icmp_echo_ignore_all; and check \
+                     that {target} is the gateway's tunnel address), or set \
+                     liveness_probe = \"off\" for this gateway; until then each probe costs a \
+                     fresh handshake"
+                ),
+                Icmp::Answering => {
+                    tracing::info!(gateway = %id, "gateway {id} answers the liveness probe again");
+                }
             }
             if forced {
                 tasks::flush(&inner).await;

@@ -13,12 +13,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use crate::Upstream;
+use crate::budget::{FdBudget, FdPermit};
+use crate::upstream::UpstreamStream;
 use http::Uri;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
-
-use crate::budget::{FdBudget, FdPermit};
 
 /// No descriptor was left in the budget for a new upstream connection.
 #[derive(Debug, thiserror::Error)]
@@ -27,18 +27,32 @@ pub(super) struct SocketBudgetExhausted;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// An [`HttpConnector`] that takes a permit from the budget before each connect.
+/// An [`HttpConnector`] (or, for a unix upstream, a unix socket connect) that takes a
+/// permit from the budget before each connect.
 #[derive(Debug, Clone)]
 pub(super) struct BudgetConnector {
     http: HttpConnector,
+    /// A unix upstream: every connection goes to it, whatever the URI says.
+    unix: Option<(Upstream, Duration)>,
     budget: FdBudget,
     linger: Linger,
 }
 
 impl BudgetConnector {
-    pub(super) fn new(http: HttpConnector, budget: FdBudget, linger: Linger) -> Self {
+    /// `connect_timeout` bounds a unix connect (the `HttpConnector` has its own).
+    pub(super) fn new(
+        http: HttpConnector,
+        upstream: &Upstream,
+        connect_timeout: Duration,
+        budget: FdBudget,
+        linger: Linger,
+    ) -> Self {
         Self {
             http,
+            unix: upstream
+                .unix_path()
+                .is_some()
+                .then(|| (upstream.clone(), connect_timeout)),
             budget,
             linger,
         }
@@ -65,10 +79,25 @@ impl tower_service::Service<Uri> for BudgetConnector {
         let Some(permit) = self.budget.try_acquire() else {
             return Box::pin(std::future::ready(Err(SocketBudgetExhausted.into())));
         };
-        let connecting = self.http.call(uri);
         let linger = self.linger;
+        if let Some((upstream, timeout)) = self.unix.clone() {
+            return Box::pin(async move {
+                let stream = tokio::time::timeout(timeout, UpstreamStream::connect(&upstream))
+                    .await
+                    .map_err(|_| {
+                        io::Error::new(io::ErrorKind::TimedOut, "unix upstream connect timed out")
+                    })??;
+                Ok(Budgeted {
+                    io: TokioIo::new(stream),
+                    _permit: permit,
+                    linger,
+                    failed: None,
+                })
+            });
+        }
+        let connecting = self.http.call(uri);
         Box::pin(async move {
-            let io = connecting.await?;
+            let io = TokioIo::new(UpstreamStream::Tcp(connecting.await?.into_inner()));
             Ok(Budgeted {
                 io,
                 _permit: permit,
@@ -82,7 +111,7 @@ impl tower_service::Service<Uri> for BudgetConnector {
 /// An upstream socket and its descriptor permit, released together.
 #[derive(Debug)]
 pub(super) struct Budgeted {
-    io: TokioIo<TcpStream>,
+    io: TokioIo<UpstreamStream>,
     _permit: FdPermit,
     linger: Linger,
     /// The first write error, when, and the bytes discarded since.
@@ -121,7 +150,7 @@ impl Budgeted {
 
 impl Connection for Budgeted {
     fn connected(&self) -> Connected {
-        self.io.connected()
+        Connected::new()
     }
 }
 

@@ -11,15 +11,18 @@ pub(crate) enum Timer {
     Probe = 1,
     /// Retransmission timeout (RFC 6298).
     Rto = 2,
+    /// Pacing lets the next packet go. Firing late only delays it: nothing waits on
+    /// it but the held packets, which go out when it fires.
+    Pace = 3,
 }
 
 impl Timer {
-    const ALL: [Timer; 3] = [Timer::Reorder, Timer::Probe, Timer::Rto];
+    const ALL: [Timer; 4] = [Timer::Reorder, Timer::Probe, Timer::Rto, Timer::Pace];
 }
 
 /// When each [`Timer`] fires, if armed.
 #[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct TimerTable([Option<Instant>; 3]);
+pub(crate) struct TimerTable([Option<Instant>; 4]);
 
 impl TimerTable {
     pub(crate) fn set(&mut self, timer: Timer, at: Instant) {
@@ -35,7 +38,7 @@ impl TimerTable {
     }
 
     pub(crate) fn clear(&mut self) {
-        self.0 = [None; 3];
+        self.0 = [None; 4];
     }
 
     /// The earliest armed deadline.
@@ -45,7 +48,7 @@ impl TimerTable {
 
     /// Disarms and returns the timers due at `now`, earliest kind first.
     pub(crate) fn expired(&mut self, now: Instant) -> impl Iterator<Item = Timer> + use<> {
-        let mut due = [None; 3];
+        let mut due = [None; 4];
         for timer in Timer::ALL {
             if self.get(timer).is_some_and(|at| at <= now) {
                 self.stop(timer);

@@ -34,6 +34,12 @@ pub(crate) struct AgentGateway {
 pub(crate) struct AgentOptions {
     /// `[agent] listen_port` (default: any).
     pub(crate) listen_port: Option<u16>,
+    /// More config text, appended at the end (`[[routes]]` tables: with any, the default
+    /// HTTP route is gone).
+    pub(crate) extra: String,
+    /// The admin endpoint on every address of the namespace (`0.0.0.0:9090`) with
+    /// `allow_remote = true`, instead of [`ADMIN_ADDR`] only (still reached there).
+    pub(crate) admin_remote: bool,
     /// `virtual_ip` and `subnet` list an IPv6 address and prefix too (`AGENT_VIP6`,
     /// `SUBNET6`): dual stack inside the tunnel.
     pub(crate) dual_stack: bool,
@@ -243,6 +249,11 @@ impl<'a> AgentProcess<'a> {
         serde_json::from_str(&out).with_context(|| format!("status --json printed {out:?}"))
     }
 
+    /// The `wg-agent` binary it runs.
+    pub(crate) fn binary(&self) -> &Path {
+        &self.binary
+    }
+
     /// `wg-agent status --admin ADDR` (the table), run inside the namespace.
     pub(crate) fn status_table(&self) -> Result<String> {
         self.ns.run(
@@ -306,9 +317,13 @@ fn config_text(gateways: &[AgentGateway], options: &AgentOptions, uapi_name: &st
             let _ = writeln!(text, "allowed_ips = [{}]", quoted.join(", "));
         }
     }
-    let _ = write!(
-        text,
-        "\n[proxy]\ndrain_timeout = \"2s\"\n\n[admin]\nlisten = \"{ADMIN_ADDR}\"\n"
-    );
+    let _ = write!(text, "\n[proxy]\ndrain_timeout = \"2s\"\n\n[admin]\n");
+    if options.admin_remote {
+        let port = ADMIN_ADDR.rsplit_once(':').map_or("9090", |(_, p)| p);
+        let _ = writeln!(text, "listen = \"0.0.0.0:{port}\"\nallow_remote = true");
+    } else {
+        let _ = writeln!(text, "listen = \"{ADMIN_ADDR}\"");
+    }
+    text.push_str(&options.extra);
     text
 }

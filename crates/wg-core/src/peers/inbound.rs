@@ -196,6 +196,7 @@ impl Peers {
         }
         if peer.lifecycle.state() == HandshakeState::Backoff {
             let endpoint = peer.endpoint;
+            let _peer = timers::boringtun_span(&peer.config.public_key).entered();
             let _ = self.emit(slot, wire::INITIATION_LEN, endpoint, now, |t, b| {
                 t.update_timers(b)
             });
@@ -224,6 +225,7 @@ impl Peers {
         let Some(peer) = self.slots[slot].as_mut() else {
             return Err(self.drop_global(DropReason::UnknownIndex));
         };
+        let _peer = timers::boringtun_span(&peer.config.public_key).entered();
         match peer
             .tunn
             .decapsulate(Some(from.ip()), datagram, &mut self.scratch)
@@ -334,8 +336,21 @@ impl Peers {
                 self.tx.commit(TxMeta { destination, len });
                 peer.tx_bytes += len as u64;
                 peer.last_traversal = Some(now);
-                if kind == wire::INITIATION && peer.lifecycle.initiation_sent(now) {
-                    self.ensure_fast_tick(now);
+                if kind == wire::INITIATION {
+                    let phase_changed = peer.lifecycle.initiation_sent(now);
+                    let unanswered = peer.unanswered.initiation_sent(now);
+                    let key = peer.config.public_key;
+                    if phase_changed {
+                        self.ensure_fast_tick(now);
+                    }
+                    if let Some((tries, elapsed)) = unanswered {
+                        tracing::debug!(peer = %key, tries, "handshake initiations unanswered");
+                        self.push_event(Event::HandshakeUnanswered {
+                            peer: key,
+                            tries,
+                            elapsed,
+                        });
+                    }
                 }
                 Ok(Some(kind))
             }
@@ -383,9 +398,17 @@ impl Peers {
             return;
         };
         let rekey = peer.lifecycle.handshake_completed(now);
+        let recovered = peer.unanswered.answered(now);
         peer.last_handshake = Some(now);
         peer.handshakes += 1;
         let key = peer.config.public_key;
+        if let Some((tries, elapsed)) = recovered {
+            self.push_event(Event::HandshakeRecovered {
+                peer: key,
+                tries,
+                elapsed,
+            });
+        }
         if rekey {
             tracing::debug!(peer = %key, "session renewed");
         } else {

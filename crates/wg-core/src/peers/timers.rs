@@ -2,6 +2,17 @@
 
 use super::*;
 
+/// A span naming the peer around a call into boringtun, whose own log lines (`HANDSHAKE(
+/// REKEY_TIMEOUT)` and the like) carry no peer. Created only while those lines are enabled at
+/// all: the agent turns them off by default and reports per gateway from wg-core's events.
+pub(super) fn boringtun_span(key: &PublicKey) -> tracing::Span {
+    if tracing::enabled!(target: "boringtun", tracing::Level::ERROR) {
+        tracing::error_span!("peer", public_key = %key)
+    } else {
+        tracing::Span::none()
+    }
+}
+
 impl Peers {
     pub(super) fn tick_boringtun(&mut self, now: Instant) {
         let need = (self.config.max_packet_size + wire::DATA_OVERHEAD).max(wire::INITIATION_LEN);
@@ -17,6 +28,7 @@ impl Peers {
                 break;
             }
             let endpoint = peer.endpoint;
+            let _peer = boringtun_span(&peer.config.public_key).entered();
             match self.emit(slot, need, endpoint, now, |t, b| t.update_timers(b)) {
                 Err(WireGuardError::ConnectionExpired) => self.handshake_expired(slot, now),
                 Err(e) => tracing::debug!(error = ?e, "boringtun timer error"),
@@ -155,9 +167,13 @@ impl Peers {
     }
 
     pub(super) fn send_initiation(&mut self, slot: usize, force: bool, now: Instant) {
-        let Some(endpoint) = self.slots[slot].as_ref().and_then(|p| p.endpoint) else {
+        let Some((endpoint, key)) = self.slots[slot]
+            .as_ref()
+            .and_then(|p| Some((p.endpoint?, p.config.public_key)))
+        else {
             return;
         };
+        let _peer = boringtun_span(&key).entered();
         let _ = self.emit(slot, wire::INITIATION_LEN, Some(endpoint), now, |t, b| {
             t.format_handshake_initiation(b, force)
         });
