@@ -64,7 +64,8 @@ pub struct NetstackConfig {
     /// A connection created while under a quarter of the budget is taken has a send ring
     /// of [`tcp_tx_buffer_max`](Self::tcp_tx_buffer_max), and its send memory grows with
     /// the measured bandwidth-delay product (twice the bytes acknowledged per smoothed
-    /// round trip) up to that, as Linux's autotuning does, while the budget has room.
+    /// round trip) up to that, as Linux's autotuning does, while the senders' share of the
+    /// budget has room.
     /// Send-ring pages are charged to the budget as they are first used and returned to
     /// the kernel (and the budget) once a connection that sent 256 KiB or more has
     /// everything acknowledged and stays idle.
@@ -87,8 +88,8 @@ pub struct NetstackConfig {
     /// three quarters proportionally smaller rings; past that
     /// [`MIN_TCP_RING`](crate::MIN_TCP_RING) each way. The same steps size its initial
     /// send memory (`tcp_tx_buffer` down to `MIN_TCP_RING`, charged at once) and its send
-    /// ring (`tcp_tx_buffer_max` in the first step, else its initial send memory). A connection whose rings no
-    /// longer fit is refused (RST, counted as
+    /// ring (`tcp_tx_buffer_max` in the first step, else its initial send memory). A
+    /// connection whose rings no longer fit is refused (RST, counted as
     /// [`LimitReached`](crate::DropReason::LimitReached); `connect` fails with
     /// `QuotaExceeded`). Send memory grows only while the budget has room; past it,
     /// writers wait for acknowledgements. [`NetstackStats::tcp_ring_bytes`](crate::NetstackStats)
