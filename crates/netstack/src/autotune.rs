@@ -168,8 +168,8 @@ impl Rings {
 
     /// The peer acknowledged up to `ack` at `now`: once per smoothed round trip, let
     /// `sender` hold twice what was acknowledged in it (Linux's send-buffer autotuning
-    /// follows the congestion window the same way), within the send ring and while
-    /// `budget` (the senders' share) has room for it.
+    /// follows the congestion window the same way), within the send ring and half of
+    /// `budget` (the senders' share), and while that has room for it.
     pub(crate) fn on_ack(&mut self, sender: &mut Sender, budget: &Budget, ack: u32, now: Instant) {
         let Some(srtt) = sender.srtt() else {
             return;
@@ -184,7 +184,10 @@ impl Rings {
         }
         self.mark = Some((now, ack));
         let acked = ack.wrapping_sub(from) as usize;
-        let cap = with_overhead(self.tx_ring);
+        // At most half the senders' share: one connection alone never fills it (past it,
+        // what smoltcp emits beyond the reservations is dropped and waits for smoltcp's
+        // own backstop timer).
+        let cap = with_overhead(self.tx_ring).min(budget.limit() / 2);
         let want = with_overhead(2 * acked).min(cap);
         let limit = sender.limit();
         // Grow only while the senders' share of the budget has room for the growth.
