@@ -59,26 +59,20 @@
 //! # }
 //! ```
 
-mod autotune;
-#[allow(unsafe_code)]
-mod buffer;
-mod config;
-mod device;
+mod core;
 mod icmp;
-mod offload;
-mod sender;
-mod shard;
 #[cfg(test)]
 mod sim;
 #[cfg(test)]
 mod sim_lossy;
 mod stack;
-mod stats;
-mod synq;
 mod tcp;
-mod time;
 mod udp;
-mod wire;
+
+// The core's modules under their short names (`crate::wire`, ...).
+use self::core::{
+    autotune, buffer, config, device, offload, sender, shard, stats, synq, time, wire,
+};
 
 pub use config::{ConfigError, CongestionControl, NetstackConfig};
 
