@@ -15,11 +15,11 @@ use smoltcp::wire::{IpAddress, IpEndpoint};
 use tokio::sync::Notify;
 
 use crate::config::{ConfigError, NetstackConfig};
+use crate::env::{Env, Event};
 use crate::offload;
-use crate::sender::Budget;
 use crate::shard::Shard;
-use crate::stats::{Counters, NetstackStats};
-use crate::tcp::{ListenerShared, TcpListener, TcpStream};
+use crate::stats::NetstackStats;
+use crate::tcp::{Accepted, ListenerShared, TcpListener, TcpStream};
 use crate::time::Clock;
 use crate::wire::{Class, Tuple, classify, shard_of};
 
@@ -49,16 +49,11 @@ impl std::fmt::Debug for Netstack {
     }
 }
 
-/// State shared by the handle, the sockets and the driver.
+/// State shared by the handle, the sockets and the driver: the core's [`Env`] (reached
+/// through `Deref`) and the shards, plus what only the socket layer has: the outbound
+/// queue, the driver's wake-ups and the listeners' accept queues.
 pub(crate) struct Shared {
-    pub(crate) config: NetstackConfig,
-    pub(crate) clock: Clock,
-    pub(crate) counters: Counters,
-    /// The stack-wide buffer budget (`tcp_buffer_budget`): rings and what the senders
-    /// hold (see `autotune.rs`, `sender.rs`).
-    pub(crate) budget: Budget,
-    /// Bytes of large rings the SYN table's entries were promised (see `synq.rs`).
-    pub(crate) syn_promised: Arc<AtomicUsize>,
+    env: Env,
     addrs: Vec<IpAddress>,
     shards: Box<[Mutex<Shard>]>,
     /// Each shard's next deadline in clock microseconds (`u64::MAX`: none).
@@ -73,8 +68,17 @@ pub(crate) struct Shared {
     /// Bytes of the packets in `out`.
     out_bytes: AtomicUsize,
     out_ready: Notify,
-    listeners: RwLock<HashMap<u16, Vec<Arc<ListenerShared>>>>,
+    /// Each listener's accept queue, by [`Listen::id`](crate::env::Listen).
+    accept_queues: RwLock<HashMap<u64, Arc<ListenerShared>>>,
     hash_key: u64,
+}
+
+impl std::ops::Deref for Shared {
+    type Target = Env;
+
+    fn deref(&self) -> &Env {
+        &self.env
+    }
 }
 
 impl Drop for Shared {
@@ -242,11 +246,12 @@ impl Shared {
     pub(crate) fn new(config: NetstackConfig, now: Instant) -> Result<Self, ConfigError> {
         config.validate()?;
         let clock = Clock::new(now);
-        let syn_promised = Arc::new(AtomicUsize::new(0));
+        let env = Env::new(config, clock);
+        let config = &env.config;
         let shards = (0..config.shards)
             .map(|i| {
-                let promised = Arc::clone(&syn_promised);
-                Mutex::new(Shard::new(i, &config, clock, rand::random(), promised, now))
+                let promised = Arc::clone(&env.syn_promised);
+                Mutex::new(Shard::new(i, config, clock, rand::random(), promised, now))
             })
             .collect();
         let deadlines = (0..config.shards)
@@ -258,10 +263,6 @@ impl Shared {
                 .iter()
                 .map(|a| IpAddress::from(*a))
                 .collect(),
-            clock,
-            counters: Counters::default(),
-            budget: Budget::new(config.tcp_buffer_budget),
-            syn_promised,
             shards,
             deadlines,
             blocked: AtomicU64::new(0),
@@ -271,9 +272,9 @@ impl Shared {
             out_len: AtomicUsize::new(0),
             out_bytes: AtomicUsize::new(0),
             out_ready: Notify::new(),
-            listeners: RwLock::new(HashMap::new()),
+            accept_queues: RwLock::new(HashMap::new()),
             hash_key: rand::random(),
-            config,
+            env,
         })
     }
 
@@ -364,12 +365,14 @@ impl Shared {
                                 .fetch_add(u64::from(merge.segments), Relaxed);
                             let (joined, ends) = merge.finish();
                             shard.handle_packet(shared, &joined, class, now, replies, Some(&ends));
+                            shared.deliver_events(shard, now);
                             scratch = joined;
                             continue;
                         }
                         scratch = merge.into_buf();
                     }
                     shard.handle_packet(shared, packet, class, now, replies, None);
+                    shared.deliver_events(shard, now);
                 }
             });
         }
@@ -414,22 +417,22 @@ impl Shared {
                 "netstack: listen: port 0 is not supported",
             ));
         }
-        let mut listeners = self
-            .listeners
+        // The accept queue is in place before a shard can find the listener.
+        let mut queues = self
+            .accept_queues
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        let on_port = listeners.entry(addr.port()).or_default();
-        if on_port
-            .iter()
-            .any(|l| l.addr.is_none() || ip.is_none() || l.addr == ip)
-        {
-            return Err(io::Error::new(
-                io::ErrorKind::AddrInUse,
-                format!("netstack: listen: {addr} is in use"),
-            ));
-        }
-        let listener = Arc::new(ListenerShared::new(ip, addr.port(), backlog.max(1)));
-        on_port.push(Arc::clone(&listener));
+        let listen = self
+            .listeners
+            .add(ip, addr.port(), backlog.max(1))
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("netstack: listen: {addr} is in use"),
+                )
+            })?;
+        let listener = Arc::new(ListenerShared::new(Arc::clone(&listen)));
+        queues.insert(listen.id, Arc::clone(&listener));
         Ok(listener)
     }
 
@@ -453,6 +456,7 @@ impl Shared {
 
     /// Egress, maintenance, flush to the outbound queue, next deadline.
     pub(crate) fn finish(&self, idx: usize, shard: &mut Shard, now: Instant) {
+        self.deliver_events(shard, now);
         let bit = 1u64 << idx;
         let room = self.out_room();
         // Blocked: no room, or the room ran out with senders still holding packets to
@@ -507,29 +511,45 @@ impl Shared {
         self.out_ready.notify_one();
     }
 
-    /// The listener for a SYN to `local`, if any.
-    pub(crate) fn find_listener(&self, local: IpEndpoint) -> Option<Arc<ListenerShared>> {
-        let listeners = self
-            .listeners
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        listeners
-            .get(&local.port)?
-            .iter()
-            .find(|l| l.addr.is_none_or(|a| a == local.addr))
-            .cloned()
-    }
-
-    /// Forgets a listener.
-    pub(crate) fn unregister(&self, listener: &Arc<ListenerShared>) {
-        let mut listeners = self
-            .listeners
+    /// Forgets a listener: no SYN finds it and no connection is queued for it any more.
+    pub(crate) fn unregister(&self, listener: &ListenerShared) {
+        let mut queues = self
+            .accept_queues
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(on_port) = listeners.get_mut(&listener.port) {
-            on_port.retain(|l| !Arc::ptr_eq(l, listener));
-            if on_port.is_empty() {
-                listeners.remove(&listener.port);
+        self.listeners.remove(&listener.listen);
+        queues.remove(&listener.listen.id);
+    }
+
+    /// Hands the connections shard `idx` reported established to their listeners' accept
+    /// queues; one whose listener is gone is reset.
+    fn deliver_events(&self, shard: &mut Shard, now: Instant) {
+        for event in shard.take_events() {
+            match event {
+                Event::Accepted {
+                    listener,
+                    shard: idx,
+                    handle,
+                    tuple,
+                } => {
+                    let queue = self
+                        .accept_queues
+                        .read()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .get(&listener.id)
+                        .cloned();
+                    let accepted = Accepted {
+                        shard: idx,
+                        handle,
+                        tuple,
+                    };
+                    if queue.is_none_or(|q| q.push(accepted).is_err()) {
+                        // The listener is gone: reset, and let the sweep free the socket.
+                        self.counters.pending_accepts.fetch_sub(1, Relaxed);
+                        listener.pending.fetch_sub(1, Relaxed);
+                        shard.release(self, tuple, now, true);
+                    }
+                }
             }
         }
     }

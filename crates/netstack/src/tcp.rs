@@ -6,19 +6,19 @@ use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
-use smoltcp::wire::IpAddress;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 
 use crate::buffer::TcpSocket;
+use crate::env::Listen;
 use crate::shard::Shard;
 use crate::stack::{Shared, lock};
 use crate::wire::Tuple;
@@ -31,27 +31,21 @@ pub(crate) struct Accepted {
     pub(crate) tuple: Tuple,
 }
 
-/// A listener's state shared with the shards that complete its handshakes.
+/// A listener's accept queue: connections the shards reported established (see
+/// `Event::Accepted`), waiting for [`TcpListener::accept`].
 #[derive(Debug)]
 pub(crate) struct ListenerShared {
-    /// Bound address; `None` for every address of the stack.
-    pub(crate) addr: Option<IpAddress>,
-    pub(crate) port: u16,
-    pub(crate) backlog: usize,
-    /// Half-open plus queued connections, bounded by `backlog`.
-    pub(crate) pending: AtomicUsize,
+    /// The listener as the shards see it.
+    pub(crate) listen: Arc<Listen>,
     queue: Mutex<VecDeque<Accepted>>,
     notify: Notify,
     closed: AtomicBool,
 }
 
 impl ListenerShared {
-    pub(crate) fn new(addr: Option<IpAddress>, port: u16, backlog: usize) -> Self {
+    pub(crate) fn new(listen: Arc<Listen>) -> Self {
         Self {
-            addr,
-            port,
-            backlog,
-            pending: AtomicUsize::new(0),
+            listen,
             queue: Mutex::new(VecDeque::new()),
             notify: Notify::new(),
             closed: AtomicBool::new(false),
@@ -79,7 +73,7 @@ impl ListenerShared {
     /// Takes the oldest established connection.
     pub(crate) fn pop(&self) -> Option<Accepted> {
         let accepted = lock(&self.queue).pop_front()?;
-        self.pending.fetch_sub(1, Relaxed);
+        self.listen.pending.fetch_sub(1, Relaxed);
         Some(accepted)
     }
 }
@@ -154,7 +148,7 @@ impl Drop for TcpListener {
         };
         let now = Instant::now();
         for accepted in queued {
-            self.listener.pending.fetch_sub(1, Relaxed);
+            self.listener.listen.pending.fetch_sub(1, Relaxed);
             self.shared.counters.pending_accepts.fetch_sub(1, Relaxed);
             self.shared.with_shard(accepted.shard, now, |shard| {
                 shard.release(&self.shared, accepted.tuple, now, true);

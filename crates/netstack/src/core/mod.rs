@@ -7,6 +7,7 @@ pub(crate) mod autotune;
 pub(crate) mod buffer;
 pub(crate) mod config;
 pub(crate) mod device;
+pub(crate) mod env;
 pub(crate) mod offload;
 pub(crate) mod sender;
 pub(crate) mod shard;

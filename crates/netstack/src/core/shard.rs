@@ -1,6 +1,6 @@
 //! One shard of the stack: a smoltcp interface and socket set, and the connection table
 //! that gives the socket set a backlog, limits and cleanup. Sans-IO: packets and `now` go
-//! in, packets and the next deadline come out.
+//! in; packets, events (see [`Event`]) and the next deadline come out.
 //!
 //! smoltcp scans every socket of a set on each ingress packet and each egress pass, so
 //! the stack splits its TCP connections over several shards by a keyed hash of the
@@ -23,12 +23,11 @@ use crate::autotune::Rings;
 use crate::buffer::{Owned, Sockets, TcpSocket};
 use crate::config::NetstackConfig;
 use crate::device::{Dev, capabilities};
+use crate::env::{Env, Event, Listen};
 use crate::offload::{self, Offload};
 use crate::sender::{Sender, Verdict};
-use crate::stack::Shared;
 use crate::stats::DropReason;
 use crate::synq::{SynTable, parse_syn, replay_iface, smoltcp_wscale};
-use crate::tcp::{Accepted, ListenerShared};
 use crate::time::Clock;
 use crate::wire::{Class, Segment, Tuple, tcp_segment};
 
@@ -82,7 +81,7 @@ enum ConnState {
     /// Just created by the handshake-completing ACK for `listener` (see `synq.rs`):
     /// handed to its accept queue, or reset, before the packet's processing ends.
     HalfOpen {
-        listener: Arc<ListenerShared>,
+        listener: Arc<Listen>,
         deadline: Instant,
     },
     /// A `TcpStream` or a listener's accept queue owns it.
@@ -130,6 +129,8 @@ pub(crate) struct Shard {
     /// The latest `now` seen: callers on other threads may arrive with an older one,
     /// and smoltcp must never see time go backwards.
     last_now: Instant,
+    /// What happened for the socket layer (see [`Shard::take_events`]).
+    events: Vec<Event>,
 }
 
 impl Shard {
@@ -197,6 +198,7 @@ impl Shard {
             icmp_idents: HashSet::new(),
             index,
             last_now: now,
+            events: Vec::new(),
         }
     }
 
@@ -211,7 +213,7 @@ impl Shard {
     /// Feeds one classified inbound packet through smoltcp (ingress only).
     pub(crate) fn handle_packet(
         &mut self,
-        shared: &Shared,
+        env: &Env,
         packet: &[u8],
         class: Class,
         now: Instant,
@@ -235,7 +237,7 @@ impl Shard {
                 if syn_only && self.reusable(&tuple) {
                     // A new connection on the 4-tuple of one in TIME-WAIT: let it in, as
                     // Linux does, instead of making the peer wait for the old one to go.
-                    self.remove(shared, tuple);
+                    self.remove(env, tuple);
                 }
                 match self.conns.get_mut(&tuple) {
                     Some(conn) => {
@@ -245,23 +247,23 @@ impl Shard {
                         }
                     }
                     None if syn_only => {
-                        if self.on_syn(shared, packet, tuple, now, reply_limit) {
+                        if self.on_syn(env, packet, tuple, now, reply_limit) {
                             return;
                         }
                     }
                     None if self.synq.get(&tuple).is_some() => {
-                        match self.complete_half(shared, packet, tuple, rst, now) {
+                        match self.complete_half(env, packet, tuple, rst, now) {
                             Completion::Socket => watch = Some(tuple),
                             Completion::Consumed => return,
-                            Completion::Refused => shared.counters.drop(DropReason::NoSocket),
+                            Completion::Refused => env.counters.drop(DropReason::NoSocket),
                         }
                     }
-                    None => shared.counters.drop(DropReason::NoSocket),
+                    None => env.counters.drop(DropReason::NoSocket),
                 }
             }
             Class::Udp { port } => {
                 if !self.udp_ports.contains_key(&port) {
-                    shared.counters.drop(DropReason::NoSocket);
+                    env.counters.drop(DropReason::NoSocket);
                     return;
                 }
             }
@@ -271,7 +273,7 @@ impl Shard {
         let packet = match class {
             Class::Tcp {
                 tuple, rst: false, ..
-            } if self.offload => match self.offload_inbound(shared, tuple, packet, ends) {
+            } if self.offload => match self.offload_inbound(env, tuple, packet, ends) {
                 Some(p) => {
                     rewritten = p;
                     &rewritten[..]
@@ -296,29 +298,29 @@ impl Shard {
         // An immediate reply (RST, echo reply) past the bound is dropped like on a full link.
         if self.tx.len() > before && self.tx.len() > reply_limit {
             self.tx.truncate(before);
-            shared.counters.drop(DropReason::QueueFull);
+            env.counters.drop(DropReason::QueueFull);
         }
-        self.offload_emitted(shared, before);
+        self.offload_emitted(env, before);
         if let Class::Tcp { tuple, .. } = class {
-            self.feed_sender(shared, tuple, seg.as_ref(), now);
+            self.feed_sender(env, tuple, seg.as_ref(), now);
             self.reset_unread(tuple);
             self.release_idle_tx(tuple, now);
         }
         if let Some(tuple) = watch {
-            self.check_half_open(shared, tuple, now);
+            self.check_half_open(env, tuple, now);
         }
     }
 
     /// Runs the senders' due timers, then egress passes until smoltcp has nothing more
     /// to send, then the senders' transmissions, until `budget` packets were produced.
     /// Returns whether it stopped for lack of room with packets left to send.
-    pub(crate) fn egress(&mut self, shared: &Shared, now: Instant, budget: usize) -> bool {
+    pub(crate) fn egress(&mut self, env: &Env, now: Instant, budget: usize) -> bool {
         let now = self.tick(now);
         let limit = self.tx.len().saturating_add(budget);
         let bytes_limit = budget.saturating_mul(self.path_mtu);
         let mut bytes = 0;
         let fill_below = self.fill_below();
-        self.run_sender_timers(shared, now);
+        self.run_sender_timers(env, now);
         let t = self.clock.smol_at(now);
         loop {
             let from = self.tx.len();
@@ -333,8 +335,8 @@ impl Shard {
             };
             let res = self.sockets.poll_egress(&mut self.iface, t, &mut dev);
             bytes = dev.bytes;
-            self.offload_emitted(shared, from);
-            self.route_emitted(shared, from, now);
+            self.offload_emitted(env, from);
+            self.route_emitted(env, from, now);
             if res == smoltcp::iface::PollResult::None
                 || self.tx.len() >= limit
                 || bytes >= bytes_limit
@@ -342,20 +344,20 @@ impl Shard {
                 break;
             }
         }
-        self.transmit_ready(shared, now, limit);
+        self.transmit_ready(env, now, limit);
         !self.ready.is_empty() && self.tx.len() >= limit
     }
 
     /// Drops half-open connections past their deadline and finishes closing ones.
-    pub(crate) fn maintain(&mut self, shared: &Shared, now: Instant) {
+    pub(crate) fn maintain(&mut self, env: &Env, now: Instant) {
         let now = self.tick(now);
-        self.release_due(shared, now);
+        self.release_due(env, now);
         let expired = self.synq.expire(now);
-        shared.counters.half_open.fetch_sub(expired, Relaxed);
+        env.counters.half_open.fetch_sub(expired, Relaxed);
         if self.sweep_at.is_none_or(|at| now < at) {
             return;
         }
-        let time_wait = shared.config.time_wait;
+        let time_wait = env.config.time_wait;
         let mut remove = Vec::new();
         let mut expired = Vec::new();
         let mut aborted = Vec::new();
@@ -395,13 +397,13 @@ impl Shard {
             }
         }
         for tuple in expired {
-            self.drop_half_open(shared, tuple, true, now);
+            self.drop_half_open(env, tuple, true, now);
         }
         for tuple in remove {
-            self.remove(shared, tuple);
+            self.remove(env, tuple);
         }
         for tuple in aborted {
-            self.schedule(shared, tuple);
+            self.schedule(env, tuple);
         }
         self.sweep_at = (self.watched > 0).then(|| now + SWEEP_INTERVAL);
     }
@@ -422,6 +424,12 @@ impl Shard {
             .into_iter()
             .flatten()
             .min()
+    }
+
+    /// Takes what happened since the last call: connections to hand to their
+    /// listeners. The socket layer takes them before it releases the shard's lock.
+    pub(crate) fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
     }
 
     /// Takes the packets produced since the last call.
@@ -458,20 +466,14 @@ impl Shard {
     }
 
     /// Opens an outbound connection on `tuple`; `Ok(None)` when the tuple is taken.
-    pub(crate) fn connect(
-        &mut self,
-        shared: &Shared,
-        tuple: Tuple,
-    ) -> io::Result<Option<SocketHandle>> {
+    pub(crate) fn connect(&mut self, env: &Env, tuple: Tuple) -> io::Result<Option<SocketHandle>> {
         if self.conns.contains_key(&tuple) {
             return Ok(None);
         }
-        let (handle, rings) = self.new_tcp(shared, 0, true)?;
+        let (handle, rings) = self.new_tcp(env, 0, true)?;
         let mut socket = self.sockets.get_mut::<tcp::Socket>(handle);
         // Until established the smoltcp timeout bounds the handshake.
-        socket.set_timeout(Some(
-            self.clock.smol_duration(shared.config.handshake_timeout),
-        ));
+        socket.set_timeout(Some(self.clock.smol_duration(env.config.handshake_timeout)));
         let res = socket.connect(self.iface.context(), tuple.remote, tuple.local);
         self.conns.insert(
             tuple,
@@ -480,21 +482,20 @@ impl Shard {
                 state: ConnState::Owned,
                 reset: false,
                 aborted: false,
-                sender: self.new_sender(shared, &rings),
+                sender: self.new_sender(env, &rings),
                 timer_at: None,
                 ready: false,
                 tx_dirty: 0,
                 release_pending: false,
                 rings,
                 offload: Offload::new(
-                    shared
-                        .config
+                    env.config
                         .path_mss(tuple.local.addr.version() == smoltcp::wire::IpVersion::Ipv6),
                 ),
             },
         );
         if let Err(err) = res {
-            self.remove(shared, tuple);
+            self.remove(env, tuple);
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("netstack: connect to {}: {err}", tuple.remote),
@@ -525,18 +526,15 @@ impl Shard {
     /// Reserves sender memory for `want` bytes the stream of `tuple` is about to queue;
     /// returns how many it may queue (see `Sender::reserve`). Past it a writer waits for
     /// an ACK.
-    pub(crate) fn reserve_send(&mut self, shared: &Shared, tuple: &Tuple, want: usize) -> usize {
+    pub(crate) fn reserve_send(&mut self, env: &Env, tuple: &Tuple, want: usize) -> usize {
         let Some(conn) = self.conns.get_mut(tuple) else {
             return want;
         };
         let queued = self.sockets.get::<tcp::Socket>(conn.handle).send_queue();
         // Send-ring pages first (see `autotune.rs`), then the sender's memory.
-        let want = conn.rings.admit_tx(
-            &shared.budget,
-            &shared.counters.tcp_ring_bytes,
-            queued,
-            want,
-        );
+        let want = conn
+            .rings
+            .admit_tx(&env.budget, &env.counters.tcp_ring_bytes, queued, want);
         if self.sender_off {
             return want;
         }
@@ -580,20 +578,15 @@ impl Shard {
     }
 
     /// Sets the options of an established connection (idle timeout after the handshake).
-    pub(crate) fn established(&mut self, shared: &Shared, handle: SocketHandle) {
+    pub(crate) fn established(&mut self, env: &Env, handle: SocketHandle) {
         let mut socket = self.sockets.get_mut::<tcp::Socket>(handle);
-        socket.set_timeout(
-            shared
-                .config
-                .idle_timeout
-                .map(|d| self.clock.smol_duration(d)),
-        );
+        socket.set_timeout(env.config.idle_timeout.map(|d| self.clock.smol_duration(d)));
     }
 
     /// The stream or accept queue owning `tuple` let go of it: close gracefully in the
     /// background (abort when unread data is left, as a kernel does). Bounded by
     /// `close_timeout` of peer silence (smoltcp's timeout) and a hard deadline.
-    pub(crate) fn release(&mut self, shared: &Shared, tuple: Tuple, now: Instant, abort: bool) {
+    pub(crate) fn release(&mut self, env: &Env, tuple: Tuple, now: Instant, abort: bool) {
         let Some(conn) = self.conns.get_mut(&tuple) else {
             return;
         };
@@ -602,7 +595,7 @@ impl Shard {
             // An aborted socket whose RST is still to be sent stays until it is out.
             tcp::State::Closed if socket.remote_endpoint().is_some() => {}
             tcp::State::Closed | tcp::State::TimeWait | tcp::State::Listen => {
-                self.remove(shared, tuple);
+                self.remove(env, tuple);
                 return;
             }
             tcp::State::SynSent => {
@@ -616,11 +609,11 @@ impl Shard {
             }
             _ => {
                 socket.close();
-                socket.set_timeout(Some(self.clock.smol_duration(shared.config.close_timeout)));
+                socket.set_timeout(Some(self.clock.smol_duration(env.config.close_timeout)));
             }
         }
         conn.state = ConnState::Closing {
-            deadline: now + shared.config.close_timeout * crate::CLOSE_HARD_LIMIT_FACTOR,
+            deadline: now + env.config.close_timeout * crate::CLOSE_HARD_LIMIT_FACTOR,
             time_wait_until: None,
         };
         self.watch(now);
@@ -653,15 +646,15 @@ impl Shard {
     /// RST, as no socket matches).
     fn on_syn(
         &mut self,
-        shared: &Shared,
+        env: &Env,
         packet: &[u8],
         tuple: Tuple,
         now: Instant,
         reply_limit: usize,
     ) -> bool {
-        let c = &shared.counters;
-        let config = &shared.config;
-        let Some(listener) = shared.find_listener(tuple.local) else {
+        let c = &env.counters;
+        let config = &env.config;
+        let Some(listener) = env.listeners.find(tuple.local) else {
             c.drop(DropReason::NoSocket);
             return false;
         };
@@ -675,8 +668,8 @@ impl Shard {
         // more of them than the step holds, or their handshakes could not complete.
         // Under a flood the promises go to entries that never complete, and a real client
         // gets the usual rings until they expire.
-        let used = shared.budget.used();
-        let promised = shared.syn_promised.load(Relaxed);
+        let used = env.budget.used();
+        let promised = env.syn_promised.load(Relaxed);
         let sizes = config
             .ring_sizes(used.saturating_add(promised), true)
             .filter(|s| s.large)
@@ -719,13 +712,13 @@ impl Shard {
     /// through the shard's interface like any segment.
     fn complete_half(
         &mut self,
-        shared: &Shared,
+        env: &Env,
         packet: &[u8],
         tuple: Tuple,
         rst: bool,
         now: Instant,
     ) -> Completion {
-        let c = &shared.counters;
+        let c = &env.counters;
         let (Some(entry), Some(seg)) = (self.synq.get(&tuple).copied(), tcp_segment(packet)) else {
             return Completion::Refused;
         };
@@ -750,7 +743,7 @@ impl Shard {
                 c.half_open.fetch_sub(1, Relaxed);
             }
         };
-        let Some(listener) = shared.find_listener(tuple.local) else {
+        let Some(listener) = env.listeners.find(tuple.local) else {
             forget(self);
             return Completion::Refused;
         };
@@ -765,7 +758,7 @@ impl Shard {
             Some(_) if entry.our_wscale > 0 => 1usize << (u32::from(entry.our_wscale) + 15),
             _ => 0,
         };
-        let Ok((handle, mut rings)) = self.new_tcp(shared, rx_floor, entry.promised > 0) else {
+        let Ok((handle, mut rings)) = self.new_tcp(env, rx_floor, entry.promised > 0) else {
             c.drop(DropReason::LimitReached);
             return Completion::Consumed;
         };
@@ -777,7 +770,7 @@ impl Shard {
         let syn = entry.syn(&tuple);
         let (true, Some(syn), Ok(())) = (scale_kept, syn, socket.listen(tuple.local)) else {
             self.sockets.remove(handle);
-            rings.release_all(&shared.budget, &c.tcp_ring_bytes);
+            rings.release_all(&env.budget, &c.tcp_ring_bytes);
             c.tcp_sockets.fetch_sub(1, Relaxed);
             forget(self);
             return Completion::Refused;
@@ -786,7 +779,7 @@ impl Shard {
         // (its MSS recorded, a large one for smoltcp) and our SYN-ACK.
         let mut syn = syn;
         let v6 = tuple.local.addr.version() == smoltcp::wire::IpVersion::Ipv6;
-        let path_mss = shared.config.path_mss(v6);
+        let path_mss = env.config.path_mss(v6);
         let mut offload = Offload::new(path_mss);
         let window = u16::try_from(socket.recv_capacity()).unwrap_or(u16::MAX);
         let syn_ack = entry.syn_ack(&tuple, path_mss, window).map(Bytes::from);
@@ -829,7 +822,7 @@ impl Shard {
         listener.pending.fetch_add(1, Relaxed);
         self.half_open += 1;
         // The sender starts on the SYN-ACK it sees go out; ours went out earlier.
-        let mut sender = self.new_sender(shared, &rings);
+        let mut sender = self.new_sender(env, &rings);
         if let Some(syn_ack) = &syn_ack
             && let Some(seg) = tcp_segment(syn_ack)
         {
@@ -860,7 +853,7 @@ impl Shard {
 
     /// After a packet for half-open `tuple`: hand it to the accept queue once
     /// established, forget it if the handshake failed.
-    fn check_half_open(&mut self, shared: &Shared, tuple: Tuple, now: Instant) {
+    fn check_half_open(&mut self, env: &Env, tuple: Tuple, now: Instant) {
         let Some(conn) = self.conns.get(&tuple) else {
             return;
         };
@@ -871,37 +864,30 @@ impl Shard {
         match self.sockets.get::<tcp::Socket>(handle).state() {
             // smoltcp rejected the ACK: its ISN is not the one our SYN-ACK announced
             // (see `synq.rs`). Reset rather than run on a wrong sequence space.
-            tcp::State::SynReceived => self.drop_half_open(shared, tuple, true, now),
-            tcp::State::Listen | tcp::State::Closed => {
-                self.drop_half_open(shared, tuple, false, now)
-            }
+            tcp::State::SynReceived => self.drop_half_open(env, tuple, true, now),
+            tcp::State::Listen | tcp::State::Closed => self.drop_half_open(env, tuple, false, now),
             _ => {
                 let listener = Arc::clone(listener);
-                self.established(shared, handle);
+                self.established(env, handle);
                 if let Some(conn) = self.conns.get_mut(&tuple) {
                     conn.state = ConnState::Owned;
                 }
                 self.watched -= 1;
                 self.half_open -= 1;
-                shared.counters.half_open.fetch_sub(1, Relaxed);
-                let accepted = Accepted {
+                env.counters.half_open.fetch_sub(1, Relaxed);
+                env.counters.pending_accepts.fetch_add(1, Relaxed);
+                self.events.push(Event::Accepted {
+                    listener,
                     shard: self.index,
                     handle,
                     tuple,
-                };
-                shared.counters.pending_accepts.fetch_add(1, Relaxed);
-                if listener.push(accepted).is_err() {
-                    // The listener is gone: reset, and let the sweep free the socket.
-                    shared.counters.pending_accepts.fetch_sub(1, Relaxed);
-                    listener.pending.fetch_sub(1, Relaxed);
-                    self.release(shared, tuple, now, true);
-                }
+                });
             }
         }
     }
 
     /// Forgets a half-open connection (sending RST when `abort`).
-    fn drop_half_open(&mut self, shared: &Shared, tuple: Tuple, abort: bool, now: Instant) {
+    fn drop_half_open(&mut self, env: &Env, tuple: Tuple, abort: bool, now: Instant) {
         let Some(conn) = self.conns.get_mut(&tuple) else {
             return;
         };
@@ -909,7 +895,7 @@ impl Shard {
             return;
         };
         listener.pending.fetch_sub(1, Relaxed);
-        shared.counters.half_open.fetch_sub(1, Relaxed);
+        env.counters.half_open.fetch_sub(1, Relaxed);
         self.half_open -= 1;
         let mut socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
         if abort && socket.state() != tcp::State::Closed && socket.state() != tcp::State::Listen {
@@ -923,28 +909,28 @@ impl Shard {
             return;
         }
         self.watched -= 1;
-        self.remove_conn(shared, tuple);
+        self.remove_conn(env, tuple);
     }
 
     /// Removes a connection that is `Closing` (or owned, on release).
-    fn remove(&mut self, shared: &Shared, tuple: Tuple) {
+    fn remove(&mut self, env: &Env, tuple: Tuple) {
         if let Some(conn) = self.conns.get(&tuple)
             && matches!(conn.state, ConnState::Closing { .. })
         {
             self.watched -= 1;
         }
-        self.remove_conn(shared, tuple);
+        self.remove_conn(env, tuple);
     }
 
-    fn remove_conn(&mut self, shared: &Shared, tuple: Tuple) {
+    fn remove_conn(&mut self, env: &Env, tuple: Tuple) {
         if let Some(mut conn) = self.conns.remove(&tuple) {
             if let Some(at) = conn.timer_at {
                 self.timers.remove(&(at, tuple));
             }
             self.sockets.remove(conn.handle);
             conn.rings
-                .release_all(&shared.budget, &shared.counters.tcp_ring_bytes);
-            shared.counters.tcp_sockets.fetch_sub(1, Relaxed);
+                .release_all(&env.budget, &env.counters.tcp_ring_bytes);
+            env.counters.tcp_sockets.fetch_sub(1, Relaxed);
         }
     }
 
@@ -987,7 +973,7 @@ impl Shard {
     }
 
     /// Releases the send rings of candidates whose delay has passed and that stayed idle.
-    fn release_due(&mut self, shared: &Shared, now: Instant) {
+    fn release_due(&mut self, env: &Env, now: Instant) {
         while let Some(&(at, tuple)) = self.release_queue.front() {
             if at > now {
                 break;
@@ -1001,26 +987,20 @@ impl Shard {
             if socket.send_queue() == 0 && socket.release_send_ring() {
                 conn.tx_dirty = 0;
                 conn.rings
-                    .released_tx(&shared.budget, &shared.counters.tcp_ring_bytes);
+                    .released_tx(&env.budget, &env.counters.tcp_ring_bytes);
             }
         }
     }
 
-    fn new_sender(&self, shared: &Shared, rings: &Rings) -> Sender {
-        let config = &shared.config;
+    fn new_sender(&self, env: &Env, rings: &Rings) -> Sender {
+        let config = &env.config;
         // Packets of the initial send memory, with their headers and entries; it grows
         // with the path (see `autotune.rs`).
         let tx = rings.tx_base().max(crate::MIN_TCP_RING);
         let limit = tx + tx / 8;
         let mss = u32::try_from(config.path_mtu.saturating_sub(40)).unwrap_or(1380);
-        Sender::new(
-            limit,
-            shared.budget.clone(),
-            rings.rx(),
-            mss,
-            config.min_rto,
-        )
-        .with_congestion(config.congestion)
+        Sender::new(limit, env.budget.clone(), rings.rx(), mss, config.min_rto)
+            .with_congestion(config.congestion)
     }
 
     /// TCP segments up to this length get their checksum from the device (see
@@ -1035,14 +1015,14 @@ impl Shard {
     /// segments of a joined one ended.
     fn offload_inbound(
         &mut self,
-        shared: &Shared,
+        env: &Env,
         tuple: Tuple,
         packet: &[u8],
         ends: Option<&[u32]>,
     ) -> Option<Vec<u8>> {
         let conn = self.conns.get_mut(&tuple)?;
         let v6 = tuple.local.addr.version() == smoltcp::wire::IpVersion::Ipv6;
-        let path_mss = shared.config.path_mss(v6);
+        let path_mss = env.config.path_mss(v6);
         if offload::is_syn(packet) {
             let inner = offload::SEGMENT_MTU - if v6 { 60 } else { 40 };
             let mss = conn.offload.on_peer_syn(
@@ -1068,7 +1048,7 @@ impl Shard {
     /// connection's wire segment is split (each piece's checksum filled), and an ACK that
     /// covers more than two wire segments of in-order data is preceded by the cumulative
     /// ACKs in between (same right window edge).
-    fn offload_emitted(&mut self, shared: &Shared, from: usize) {
+    fn offload_emitted(&mut self, env: &Env, from: usize) {
         if !self.offload || self.tx.len() == from {
             return;
         }
@@ -1081,7 +1061,7 @@ impl Shard {
                 continue;
             };
             let v6 = src.addr.version() == smoltcp::wire::IpVersion::Ipv6;
-            let path_mss = shared.config.path_mss(v6);
+            let path_mss = env.config.path_mss(v6);
             let mut conn = self.conns.get_mut(&Tuple {
                 local: src,
                 remote: dst,
@@ -1107,7 +1087,7 @@ impl Shard {
                     let w = offload::window_for(ack, window, shift, at);
                     if let Some(p) = offload::ack_at(&packet, at, w) {
                         self.tx.push(p);
-                        shared.counters.tcp_acks_added.fetch_add(1, Relaxed);
+                        env.counters.tcp_acks_added.fetch_add(1, Relaxed);
                     }
                 }
             }
@@ -1115,7 +1095,7 @@ impl Shard {
             let options = offload::options_len(&packet).unwrap_or(0);
             let max_payload = usize::from(wire).saturating_sub(options).max(1);
             if let Some(n) = offload::split(&packet, max_payload, &mut self.tx) {
-                shared.counters.tcp_split.fetch_add(n as u64, Relaxed);
+                env.counters.tcp_split.fetch_add(n as u64, Relaxed);
             } else {
                 if packet.len() > self.path_mtu {
                     // Not split (no data to cut): its checksum is still ours to fill.
@@ -1131,7 +1111,7 @@ impl Shard {
     /// Hands the TCP segments smoltcp just emitted (`self.tx[from..]`) to their
     /// connections' senders; keeps in `self.tx` only what goes out now. A run of segments
     /// of one connection costs one table lookup.
-    fn route_emitted(&mut self, shared: &Shared, from: usize, now: Instant) {
+    fn route_emitted(&mut self, env: &Env, from: usize, now: Instant) {
         let n = self.tx.len();
         let segs: Vec<Option<Segment>> = self.tx[from..].iter().map(|p| tcp_segment(p)).collect();
         let tuple_of = |seg: &Option<Segment>| {
@@ -1168,7 +1148,7 @@ impl Shard {
                         }
                     }
                     if !self.sender_off {
-                        schedule(&mut self.timers, &mut self.ready, shared, tuple, conn);
+                        schedule(&mut self.timers, &mut self.ready, env, tuple, conn);
                     }
                 }
                 _ => {
@@ -1189,7 +1169,7 @@ impl Shard {
     /// false, having done nothing, unless the connection is established.
     pub(crate) fn ack_to_sender_only(
         &mut self,
-        shared: &Shared,
+        env: &Env,
         tuple: Tuple,
         packet: &[u8],
         now: Instant,
@@ -1210,13 +1190,13 @@ impl Shard {
             return false;
         }
         conn.sender.on_segment(&seg, now);
-        shared.counters.tcp_acks_folded.fetch_add(1, Relaxed);
+        env.counters.tcp_acks_folded.fetch_add(1, Relaxed);
         true
     }
 
     /// Feeds a segment the peer sent on `tuple` (after smoltcp) to its sender; a socket
     /// smoltcp closed (reset, timed out) aborts it.
-    fn feed_sender(&mut self, shared: &Shared, tuple: Tuple, seg: Option<&Segment>, now: Instant) {
+    fn feed_sender(&mut self, env: &Env, tuple: Tuple, seg: Option<&Segment>, now: Instant) {
         if self.sender_off {
             return;
         }
@@ -1228,22 +1208,21 @@ impl Shard {
         } else if let Some(seg) = seg {
             conn.sender.on_segment(seg, now);
             if let Some(ack) = seg.ack {
-                conn.rings
-                    .on_ack(&mut conn.sender, &shared.budget, ack, now);
+                conn.rings.on_ack(&mut conn.sender, &env.budget, ack, now);
             }
         }
-        schedule(&mut self.timers, &mut self.ready, shared, tuple, conn);
+        schedule(&mut self.timers, &mut self.ready, env, tuple, conn);
     }
 
     /// [`schedule`] for `tuple`.
-    fn schedule(&mut self, shared: &Shared, tuple: Tuple) {
+    fn schedule(&mut self, env: &Env, tuple: Tuple) {
         if let Some(conn) = self.conns.get_mut(&tuple) {
-            schedule(&mut self.timers, &mut self.ready, shared, tuple, conn);
+            schedule(&mut self.timers, &mut self.ready, env, tuple, conn);
         }
     }
 
     /// Runs the sender timers due at `now`, however late.
-    fn run_sender_timers(&mut self, shared: &Shared, now: Instant) {
+    fn run_sender_timers(&mut self, env: &Env, now: Instant) {
         let mut due = Vec::new();
         while let Some(&(at, tuple)) = self.timers.first() {
             if at > now {
@@ -1257,13 +1236,13 @@ impl Shard {
                 conn.timer_at = None;
                 conn.sender.handle_timeout(now);
             }
-            self.schedule(shared, tuple);
+            self.schedule(env, tuple);
         }
     }
 
     /// Lets the ready senders transmit until the batch holds `limit` packets; those
     /// left over stay ready.
-    fn transmit_ready(&mut self, shared: &Shared, now: Instant, limit: usize) {
+    fn transmit_ready(&mut self, env: &Env, now: Instant, limit: usize) {
         for tuple in std::mem::take(&mut self.ready) {
             let Some(conn) = self.conns.get_mut(&tuple) else {
                 continue;
@@ -1273,7 +1252,7 @@ impl Shard {
             if room > 0 {
                 conn.sender.poll_transmit(now, &mut self.tx, room);
             }
-            self.schedule(shared, tuple);
+            self.schedule(env, tuple);
         }
     }
 
@@ -1282,12 +1261,12 @@ impl Shard {
     /// of the budget's first step only if `large`.
     fn new_tcp(
         &mut self,
-        shared: &Shared,
+        env: &Env,
         rx_floor: usize,
         large: bool,
     ) -> io::Result<(SocketHandle, Rings)> {
-        let config = &shared.config;
-        let count = &shared.counters.tcp_sockets;
+        let config = &env.config;
+        let count = &env.counters.tcp_sockets;
         if count.fetch_add(1, Relaxed) >= config.max_connections {
             count.fetch_sub(1, Relaxed);
             return Err(io::Error::new(
@@ -1297,8 +1276,8 @@ impl Shard {
         }
         // Ring sizes from the budget (see `NetstackConfig::tcp_buffer_budget`). Shards
         // reserve concurrently: the sizes follow the reservation seen, the bound holds.
-        let budget = &shared.budget;
-        let ring_bytes = &shared.counters.tcp_ring_bytes;
+        let budget = &env.budget;
+        let ring_bytes = &env.counters.tcp_ring_bytes;
         let sizes = config
             .ring_sizes(budget.used(), large)
             .map(|mut s| {
@@ -1347,7 +1326,7 @@ impl Shard {
 fn schedule(
     timers: &mut BTreeSet<(Instant, Tuple)>,
     ready: &mut Vec<Tuple>,
-    shared: &Shared,
+    env: &Env,
     tuple: Tuple,
     conn: &mut Conn,
 ) {
@@ -1365,5 +1344,5 @@ fn schedule(
         conn.ready = true;
         ready.push(tuple);
     }
-    shared.counters.sender(conn.sender.take_events());
+    env.counters.sender(conn.sender.take_events());
 }
