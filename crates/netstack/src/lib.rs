@@ -71,7 +71,8 @@ mod udp;
 
 // The core's modules under their short names (`crate::wire`, ...).
 use self::core::{
-    autotune, buffer, config, device, env, offload, sender, shard, stats, synq, time, wire,
+    autotune, buffer, config, deadlines, device, env, offload, sender, shard, stats, synq, time,
+    wire,
 };
 
 pub use config::{ConfigError, CongestionControl, NetstackConfig};

@@ -6,6 +6,7 @@ pub(crate) mod autotune;
 #[allow(unsafe_code)]
 pub(crate) mod buffer;
 pub(crate) mod config;
+pub(crate) mod deadlines;
 pub(crate) mod device;
 pub(crate) mod env;
 pub(crate) mod offload;

@@ -6,7 +6,7 @@
 //! the stack splits its TCP connections over several shards by a keyed hash of the
 //! 4-tuple. UDP and ICMP sockets live in shard 0.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
@@ -22,6 +22,7 @@ use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
 use crate::autotune::Rings;
 use crate::buffer::{Owned, Sockets, TcpSocket};
 use crate::config::NetstackConfig;
+use crate::deadlines::Deadlines;
 use crate::device::{Dev, capabilities};
 use crate::env::{Env, Event, Listen};
 use crate::offload::{self, Offload};
@@ -52,18 +53,30 @@ struct Conn {
     aborted: bool,
     /// What goes on the wire and when (see `sender.rs`).
     sender: Sender,
-    /// The sender's deadline as entered in `Shard::timers`.
-    timer_at: Option<Instant>,
     /// Listed in `Shard::ready`.
     ready: bool,
     /// Payload bytes sent since the send ring's pages were last released.
     tx_dirty: usize,
-    /// Queued in `Shard::release_queue`.
-    release_pending: bool,
     /// What its rings take from the budget (see `autotune.rs`).
     rings: Rings,
     /// Segmentation offload: wire segment sizes, window scale, ACKs sent.
     offload: Offload,
+}
+
+/// What each of a shard's deadlines is for (see [`Shard::deadlines`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Timer {
+    /// smoltcp's next poll (its retransmissions, delayed ACKs, keep-alives): refreshed
+    /// after every pass, never taken (each egress pass polls smoltcp anyway).
+    Smoltcp,
+    /// The SYN table's oldest entry expires (see `synq.rs`).
+    SynTable,
+    /// Half-open and closing connections are checked (while any exist).
+    Sweep,
+    /// A connection's sender deadline (see `sender.rs`).
+    Sender(Tuple),
+    /// A connection's idle send ring may be released (see [`Shard::release_idle_tx`]).
+    Release(Tuple),
 }
 
 /// What a segment for a SYN table entry did.
@@ -108,9 +121,9 @@ pub(crate) struct Shard {
     synq: SynTable,
     /// How many connections of this shard are `HalfOpen`.
     half_open: usize,
-    sweep_at: Option<Instant>,
-    /// Every connection's sender deadline: the one timer structure of the senders.
-    timers: BTreeSet<(Instant, Tuple)>,
+    /// Every timer of the shard, one entry per [`Timer`]: its next deadline is the
+    /// earliest entry.
+    deadlines: Deadlines<Timer>,
     /// Connections whose sender may have packets to send now.
     ready: Vec<Tuple>,
     /// `tcp_sender` is off: smoltcp sends on its own (its Cubic, its timers).
@@ -119,8 +132,6 @@ pub(crate) struct Shard {
     offload: bool,
     /// The path MTU: what goes on the wire.
     path_mtu: usize,
-    /// Connections whose send ring may be released at the given time (in time order).
-    release_queue: VecDeque<(Instant, Tuple)>,
     /// Bound UDP ports (shard 0 only), with the number of sockets on each.
     pub(crate) udp_ports: HashMap<u16, usize>,
     /// ICMP echo identifiers in use (shard 0 only).
@@ -187,13 +198,11 @@ impl Shard {
             watched: 0,
             synq: SynTable::new(syn_promised),
             half_open: 0,
-            sweep_at: None,
-            timers: BTreeSet::new(),
+            deadlines: Deadlines::default(),
             ready: Vec::new(),
             sender_off: !config.tcp_sender,
             offload: config.offload(),
             path_mtu: config.path_mtu,
-            release_queue: VecDeque::new(),
             udp_ports: HashMap::new(),
             icmp_idents: HashSet::new(),
             index,
@@ -352,9 +361,13 @@ impl Shard {
     pub(crate) fn maintain(&mut self, env: &Env, now: Instant) {
         let now = self.tick(now);
         self.release_due(env, now);
-        let expired = self.synq.expire(now);
-        env.counters.half_open.fetch_sub(expired, Relaxed);
-        if self.sweep_at.is_none_or(|at| now < at) {
+        self.deadlines
+            .set(Timer::SynTable, self.synq.next_deadline());
+        if self.deadlines.take_due(Timer::SynTable, now) {
+            let expired = self.synq.expire(now);
+            env.counters.half_open.fetch_sub(expired, Relaxed);
+        }
+        if !self.deadlines.take_due(Timer::Sweep, now) {
             return;
         }
         let time_wait = env.config.time_wait;
@@ -405,7 +418,8 @@ impl Shard {
         for tuple in aborted {
             self.schedule(env, tuple);
         }
-        self.sweep_at = (self.watched > 0).then(|| now + SWEEP_INTERVAL);
+        let next = (self.watched > 0).then(|| now + SWEEP_INTERVAL);
+        self.deadlines.set(Timer::Sweep, next);
     }
 
     /// When this shard next needs a poll.
@@ -415,15 +429,12 @@ impl Shard {
             .sockets
             .poll_at(&mut self.iface, self.clock.smol_at(now))
             .map(|t| self.clock.std_at(t));
-        let release = self.release_queue.front().map(|(at, _)| *at);
+        self.deadlines.set(Timer::Smoltcp, smol);
+        self.deadlines
+            .set(Timer::SynTable, self.synq.next_deadline());
         // Senders with packets left when the outbound queue was full are resumed by the
         // stack when it drains, not by a deadline.
-        let sender = self.timers.first().map(|(at, _)| *at);
-        let synq = self.synq.next_deadline();
-        [smol, self.sweep_at, sender, release, synq]
-            .into_iter()
-            .flatten()
-            .min()
+        self.deadlines.next()
     }
 
     /// Takes what happened since the last call: connections to hand to their
@@ -483,10 +494,8 @@ impl Shard {
                 reset: false,
                 aborted: false,
                 sender: self.new_sender(env, &rings),
-                timer_at: None,
                 ready: false,
                 tx_dirty: 0,
-                release_pending: false,
                 rings,
                 offload: Offload::new(
                     env.config
@@ -637,8 +646,8 @@ impl Shard {
 
     fn watch(&mut self, now: Instant) {
         self.watched += 1;
-        let at = now + SWEEP_INTERVAL;
-        self.sweep_at = Some(self.sweep_at.map_or(at, |s| s.min(at)));
+        self.deadlines
+            .arm_earlier(Timer::Sweep, now + SWEEP_INTERVAL);
     }
 
     /// A SYN for a new 4-tuple: a SYN table entry and our SYN-ACK, no socket (see
@@ -839,10 +848,8 @@ impl Shard {
                 reset: false,
                 aborted: false,
                 sender,
-                timer_at: None,
                 ready: false,
                 tx_dirty: 0,
-                release_pending: false,
                 rings,
                 offload,
             },
@@ -924,9 +931,8 @@ impl Shard {
 
     fn remove_conn(&mut self, env: &Env, tuple: Tuple) {
         if let Some(mut conn) = self.conns.remove(&tuple) {
-            if let Some(at) = conn.timer_at {
-                self.timers.remove(&(at, tuple));
-            }
+            self.deadlines.set(Timer::Sender(tuple), None);
+            self.deadlines.set(Timer::Release(tuple), None);
             self.sockets.remove(conn.handle);
             conn.rings
                 .release_all(&env.budget, &env.counters.tcp_ring_bytes);
@@ -962,27 +968,22 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(&tuple) else {
             return;
         };
-        if conn.tx_dirty < RELEASE_AFTER || conn.release_pending {
+        let key = Timer::Release(tuple);
+        if conn.tx_dirty < RELEASE_AFTER || self.deadlines.get(key).is_some() {
             return;
         }
         if self.sockets.get::<tcp::Socket>(conn.handle).send_queue() == 0 {
-            conn.release_pending = true;
-            let at = now + RELEASE_DELAY;
-            self.release_queue.push_back((at, tuple));
+            self.deadlines.set(key, Some(now + RELEASE_DELAY));
         }
     }
 
     /// Releases the send rings of candidates whose delay has passed and that stayed idle.
     fn release_due(&mut self, env: &Env, now: Instant) {
-        while let Some(&(at, tuple)) = self.release_queue.front() {
-            if at > now {
-                break;
-            }
-            self.release_queue.pop_front();
+        let release = |t: &Timer| matches!(t, Timer::Release(_));
+        while let Some(Timer::Release(tuple)) = self.deadlines.pop_due(now, release) {
             let Some(conn) = self.conns.get_mut(&tuple) else {
                 continue;
             };
-            conn.release_pending = false;
             let mut socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
             if socket.send_queue() == 0 && socket.release_send_ring() {
                 conn.tx_dirty = 0;
@@ -1148,7 +1149,7 @@ impl Shard {
                         }
                     }
                     if !self.sender_off {
-                        schedule(&mut self.timers, &mut self.ready, env, tuple, conn);
+                        schedule(&mut self.deadlines, &mut self.ready, env, tuple, conn);
                     }
                 }
                 _ => {
@@ -1211,29 +1212,26 @@ impl Shard {
                 conn.rings.on_ack(&mut conn.sender, &env.budget, ack, now);
             }
         }
-        schedule(&mut self.timers, &mut self.ready, env, tuple, conn);
+        schedule(&mut self.deadlines, &mut self.ready, env, tuple, conn);
     }
 
     /// [`schedule`] for `tuple`.
     fn schedule(&mut self, env: &Env, tuple: Tuple) {
         if let Some(conn) = self.conns.get_mut(&tuple) {
-            schedule(&mut self.timers, &mut self.ready, env, tuple, conn);
+            schedule(&mut self.deadlines, &mut self.ready, env, tuple, conn);
         }
     }
 
     /// Runs the sender timers due at `now`, however late.
     fn run_sender_timers(&mut self, env: &Env, now: Instant) {
+        // All due ones first: a sender may re-arm at `now`, which waits for the next pass.
+        let sender = |t: &Timer| matches!(t, Timer::Sender(_));
         let mut due = Vec::new();
-        while let Some(&(at, tuple)) = self.timers.first() {
-            if at > now {
-                break;
-            }
-            self.timers.pop_first();
+        while let Some(Timer::Sender(tuple)) = self.deadlines.pop_due(now, sender) {
             due.push(tuple);
         }
         for tuple in due {
             if let Some(conn) = self.conns.get_mut(&tuple) {
-                conn.timer_at = None;
                 conn.sender.handle_timeout(now);
             }
             self.schedule(env, tuple);
@@ -1321,25 +1319,16 @@ impl Shard {
     }
 }
 
-/// Brings `tuple`'s entries in the shard's timer set and ready list up to date with its
+/// Brings `tuple`'s entries in the shard's deadlines and ready list up to date with its
 /// sender, and adds what the sender did to the stack's counters.
 fn schedule(
-    timers: &mut BTreeSet<(Instant, Tuple)>,
+    deadlines: &mut Deadlines<Timer>,
     ready: &mut Vec<Tuple>,
     env: &Env,
     tuple: Tuple,
     conn: &mut Conn,
 ) {
-    let at = conn.sender.poll_timeout();
-    if at != conn.timer_at {
-        if let Some(old) = conn.timer_at {
-            timers.remove(&(old, tuple));
-        }
-        if let Some(new) = at {
-            timers.insert((new, tuple));
-        }
-        conn.timer_at = at;
-    }
+    deadlines.set(Timer::Sender(tuple), conn.sender.poll_timeout());
     if !conn.ready && conn.sender.wants_transmit() {
         conn.ready = true;
         ready.push(tuple);
