@@ -60,20 +60,20 @@
 //! ```
 
 mod core;
-mod icmp;
 #[cfg(test)]
 mod sim;
 #[cfg(test)]
 mod sim_lossy;
-mod stack;
-mod tcp;
-mod udp;
+mod socket;
 
 // The core's modules under their short names (`crate::wire`, ...).
 use self::core::{
     autotune, buffer, config, deadlines, device, env, offload, sender, shard, stats, synq, time,
     wire,
 };
+
+// The socket layer's modules under their short names.
+use self::socket::{stack, tcp, udp};
 
 pub use config::{ConfigError, CongestionControl, NetstackConfig};
 
