@@ -521,6 +521,16 @@ impl Shared {
         queues.remove(&listener.listen.id);
     }
 
+    /// Removes only the accept queue of `listener`, as a listener dropped between a
+    /// shard's lookup and the delivery of its event leaves things.
+    #[cfg(test)]
+    pub(crate) fn forget_accept_queue(&self, listener: &ListenerShared) {
+        self.accept_queues
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&listener.listen.id);
+    }
+
     /// Hands the connections shard `idx` reported established to their listeners' accept
     /// queues; one whose listener is gone is reset.
     fn deliver_events(&self, shard: &mut Shard, now: Instant) {
