@@ -27,16 +27,21 @@ pub(crate) struct Env {
     pub(crate) budget: Budget,
     /// Bytes of large rings the SYN table's entries were promised (see `synq.rs`).
     pub(crate) syn_promised: Arc<AtomicUsize>,
+    /// The senders' share of `budget` (see `NetstackConfig::tcp_buffer_budget`).
+    pub(crate) sender_budget: Budget,
     /// Who listens where: looked up by the shards on each SYN.
     pub(crate) listeners: Listeners,
 }
 
 impl Env {
     pub(crate) fn new(config: NetstackConfig, clock: Clock) -> Self {
+        let budget = Budget::new(config.tcp_buffer_budget);
+        let sender_budget = budget.share(config.sender_share());
         Self {
             clock,
             counters: Counters::default(),
-            budget: Budget::new(config.tcp_buffer_budget),
+            budget,
+            sender_budget,
             syn_promised: Arc::new(AtomicUsize::new(0)),
             listeners: Listeners::default(),
             config,

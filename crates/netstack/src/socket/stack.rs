@@ -233,13 +233,9 @@ impl Netstack {
 }
 
 impl Shared {
-    /// Bytes of the budget the senders hold (what the rings do not take).
+    /// Bytes of the budget the senders hold.
     pub(crate) fn sender_bytes(&self) -> usize {
-        self.budget.used().saturating_sub(
-            self.counters
-                .tcp_ring_bytes
-                .load(std::sync::atomic::Ordering::Relaxed),
-        )
+        self.sender_budget.used()
     }
 
     /// A stack without a driver; [`Netstack::new`] adds one.

@@ -12,8 +12,14 @@ impl Shard {
         let tx = rings.tx_base().max(crate::MIN_TCP_RING);
         let limit = tx + tx / 8;
         let mss = u32::try_from(config.path_mtu.saturating_sub(40)).unwrap_or(1380);
-        Sender::new(limit, env.budget.clone(), rings.rx(), mss, config.min_rto)
-            .with_congestion(config.congestion)
+        Sender::new(
+            limit,
+            env.sender_budget.clone(),
+            rings.rx(),
+            mss,
+            config.min_rto,
+        )
+        .with_congestion(config.congestion)
     }
 
     /// Hands the TCP segments smoltcp just emitted (`self.tx[from..]`) to their
@@ -122,7 +128,8 @@ impl Shard {
         } else if let Some(seg) = seg {
             conn.sender.on_segment(seg, now);
             if let Some(ack) = seg.ack {
-                conn.rings.on_ack(&mut conn.sender, &env.budget, ack, now);
+                conn.rings
+                    .on_ack(&mut conn.sender, &env.sender_budget, ack, now);
             }
         }
         schedule(&mut self.deadlines, &mut self.ready, env, tuple, conn);
