@@ -77,7 +77,7 @@ use self::core::{
 };
 
 // The socket layer's modules under their short names.
-use self::socket::{stack, tcp, udp};
+use self::socket::{accept, stack, tcp, udp};
 
 pub use config::{ConfigError, CongestionControl, NetstackConfig};
 

@@ -298,7 +298,7 @@ struct OneConn {
     tuple: Tuple,
     idx: usize,
     handle: smoltcp::iface::SocketHandle,
-    accepted: crate::tcp::Accepted,
+    accepted: crate::accept::Accepted,
     now: Instant,
     sent: usize,
 }

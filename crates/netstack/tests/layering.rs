@@ -11,6 +11,18 @@ const SOCKET_MODULES: [&str; 7] = ["socket", "stack", "tcp", "udp", "icmp", "sim
 /// Socket-layer types re-exported at the crate root.
 const SOCKET_TYPES: [&str; 4] = ["Netstack", "TcpStream", "TcpListener", "UdpSocket"];
 
+/// Whether a line's code reaches one of `modules` as `crate::NAME` or `super::NAME`.
+fn reaches(line: &str, modules: &[&str]) -> bool {
+    let code = line.split("//").next().unwrap_or("");
+    code.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
+        .any(|word| {
+            let parts: Vec<&str> = word.split("::").collect();
+            parts
+                .windows(2)
+                .any(|w| matches!(w[0], "crate" | "super") && modules.contains(&w[1]))
+        })
+}
+
 /// What is wrong with one line of a core file, if anything.
 fn violation(line: &str) -> Option<String> {
     // Code only: what precedes a line comment (a `//` inside a string literal is rare
@@ -111,4 +123,38 @@ fn the_check_catches_what_it_is_for() {
     ] {
         assert_eq!(violation(good), None, "flagged: {good}");
     }
+}
+
+/// Inside the socket layer imports go one way too: the sockets (`tcp`, `udp`, `icmp`)
+/// use `stack`; `stack` uses `accept` and the core, never a socket; `accept` uses neither.
+#[test]
+fn the_socket_layer_imports_go_one_way() {
+    let socket = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/socket");
+    let rules: [(&str, &[&str]); 2] = [
+        ("stack.rs", &["tcp", "udp", "icmp"]),
+        ("accept.rs", &["stack", "tcp", "udp", "icmp"]),
+    ];
+    let mut found = Vec::new();
+    for (file, forbidden) in rules {
+        let text = std::fs::read_to_string(socket.join(file)).expect("read a socket file");
+        for (n, line) in text.lines().enumerate() {
+            let grouped = line.replace(' ', "").contains("crate::{");
+            if reaches(line, forbidden) || grouped {
+                found.push(format!("src/socket/{file}:{}: {}", n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "a cycle in the socket layer:\n{}",
+        found.join("\n")
+    );
+    assert!(reaches(
+        "use crate::tcp::{TcpListener, TcpStream};",
+        &["tcp"]
+    ));
+    assert!(!reaches(
+        "use crate::accept::ListenerShared; // not crate::tcp",
+        &["tcp"]
+    ));
 }

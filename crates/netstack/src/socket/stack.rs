@@ -11,20 +11,18 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 use std::time::Instant;
 
 use bytes::Bytes;
-use smoltcp::wire::{IpAddress, IpEndpoint};
+use smoltcp::wire::IpAddress;
 use tokio::sync::Notify;
 
+use super::lock;
+use crate::accept::{Accepted, ListenerShared};
 use crate::config::{ConfigError, NetstackConfig};
 use crate::env::{Env, Event};
 use crate::offload;
 use crate::shard::Shard;
 use crate::stats::NetstackStats;
-use crate::tcp::{Accepted, ListenerShared, TcpListener, TcpStream};
 use crate::time::Clock;
 use crate::wire::{Class, Tuple, classify, shard_of};
-
-/// First port of the ephemeral range for outbound connections.
-const EPHEMERAL_FIRST: u16 = 49_152;
 
 /// A userspace TCP/IP stack on virtual IPs. A cheap handle: clones share one stack.
 ///
@@ -154,53 +152,6 @@ impl Netstack {
     /// stops emitting).
     pub fn pending_outbound_bytes(&self) -> usize {
         self.shared.out_bytes.load(Relaxed)
-    }
-
-    /// Listens on `addr` (one of the stack's addresses, or unspecified for all of them)
-    /// with the configured accept backlog.
-    pub fn listen(&self, addr: SocketAddr) -> io::Result<TcpListener> {
-        self.listen_with_backlog(addr, self.shared.config.accept_backlog)
-    }
-
-    /// Listens on `addr` with an accept backlog of `backlog` connections (half-open plus
-    /// established, not yet accepted); SYNs past it are answered with RST.
-    pub fn listen_with_backlog(&self, addr: SocketAddr, backlog: usize) -> io::Result<TcpListener> {
-        let listener = self.shared.register_listener(addr, backlog)?;
-        tracing::debug!(%addr, backlog, "netstack: listening");
-        Ok(TcpListener::new(Arc::clone(&self.shared), listener, addr))
-    }
-
-    /// Opens a TCP connection from the stack's address of `remote`'s family. A closed
-    /// port fails with `ConnectionRefused` as soon as the RST arrives; no answer within
-    /// `handshake_timeout` fails with `TimedOut`.
-    pub async fn connect(&self, remote: SocketAddr) -> io::Result<TcpStream> {
-        let shared = &self.shared;
-        let local_ip = shared.source_for(remote.ip())?;
-        if remote.port() == 0 || remote.ip().is_unspecified() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("netstack: connect: {remote} is not a destination"),
-            ));
-        }
-        let now = Instant::now();
-        for _ in 0..64 {
-            let port = rand::random_range(EPHEMERAL_FIRST..=u16::MAX);
-            let tuple = Tuple {
-                local: IpEndpoint::new(local_ip, port),
-                remote: IpEndpoint::from(remote),
-            };
-            let idx = shared.shard_for(&tuple);
-            let handle = shared.with_shard(idx, now, |shard| shard.connect(shared, tuple))?;
-            if let Some(handle) = handle {
-                let stream = TcpStream::new(Arc::clone(shared), idx, handle, tuple);
-                stream.wait_established().await?;
-                return Ok(stream);
-            }
-        }
-        Err(io::Error::new(
-            io::ErrorKind::AddrNotAvailable,
-            format!("netstack: connect to {remote}: no free local port"),
-        ))
     }
 
     /// A human-readable dump of every TCP socket's state (for debugging).
@@ -642,19 +593,6 @@ impl Shared {
             .min()
             .unwrap_or(u64::MAX)
     }
-}
-
-/// Locks a mutex. A poisoned one (a panic while it was held: a bug) is logged, cleared
-/// and used: memory safety never depends on it, since the socket set keeps each socket
-/// and its ring mapping consistent within single calls (see `buffer.rs`), and the worst a
-/// half-finished update leaves is a connection or counter off until it times out, which
-/// is better than failing every other connection of the stack.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| {
-        tracing::error!("netstack: a lock was poisoned by a panic; continuing");
-        m.clear_poison();
-        poisoned.into_inner()
-    })
 }
 
 /// The driver task: polls shards when they are due, sleeps otherwise. Holds only a weak
