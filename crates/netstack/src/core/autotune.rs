@@ -174,6 +174,14 @@ impl Rings {
         let Some(srtt) = sender.srtt() else {
             return;
         };
+        // Only what the sender took as acknowledged: an ACK beyond what was sent (which
+        // it ignored) counts up to its own cumulative ACK.
+        let una = sender.una();
+        let ack = if (ack.wrapping_sub(una) as i32) > 0 {
+            una
+        } else {
+            ack
+        };
         let Some((since, from)) = self.mark else {
             self.mark = Some((now, ack));
             return;
@@ -182,8 +190,13 @@ impl Rings {
         if now.duration_since(since) < srtt.max(Duration::from_millis(1)) {
             return;
         }
+        // An ACK older than the mark (reordered) delivered nothing in this round trip
+        // (as a wrapped difference it would read as 4 GB); the mark keeps the newer one.
+        let Ok(acked) = usize::try_from(ack.wrapping_sub(from) as i32) else {
+            self.mark = Some((now, from));
+            return;
+        };
         self.mark = Some((now, ack));
-        let acked = ack.wrapping_sub(from) as usize;
         // At most half the senders' share: one connection alone never fills it (past it,
         // what smoltcp emits beyond the reservations is dropped and waits for smoltcp's
         // own backstop timer).
