@@ -19,6 +19,8 @@
 //! filled on joined inbound segments: the device does not verify them (WireGuard's AEAD
 //! authenticates every inbound packet).
 
+pub(crate) mod sack;
+
 use bytes::{Bytes, BytesMut};
 use smoltcp::wire::{IpAddress, IpEndpoint, Ipv4Packet, Ipv6Packet, TcpPacket};
 
@@ -49,6 +51,8 @@ pub(crate) struct Offload {
     arrived: Option<(u32, u32)>,
     /// Where each wire segment of that run ended (at most [`MAX_ENDS`]).
     ends: Vec<u32>,
+    /// The out-of-order data held, for the SACK option of our ACKs.
+    pub(crate) sack: sack::Sack,
 }
 
 /// Wire segment ends remembered per connection between two ACKs of smoltcp (it ACKs
@@ -65,6 +69,7 @@ impl Offload {
             wire_ack: None,
             arrived: None,
             ends: Vec::new(),
+            sack: sack::Sack::default(),
         }
     }
 
@@ -78,7 +83,9 @@ impl Offload {
 
     /// Our SYN (or SYN-ACK) is on its way out: record its window scale.
     pub(crate) fn on_our_syn(&mut self, packet: &[u8]) {
-        self.our_scale = options(packet).and_then(|o| o.scale);
+        let opts = options(packet).unwrap_or_default();
+        self.our_scale = opts.scale;
+        self.sack.on_our_syn(opts.sack_permitted);
     }
 
     /// The peer's SYN (or SYN-ACK) arrived (`packet`, before any rewrite): record its
@@ -92,6 +99,9 @@ impl Offload {
         smoltcp_mss: u16,
     ) -> Option<u16> {
         let opts = options(packet)?;
+        if let Some((_, seq, _)) = seq_ack(packet) {
+            self.sack.on_peer_syn(seq, opts.sack_permitted);
+        }
         self.peer_scales = opts.scale.is_some();
         let peer = opts.mss?;
         self.wire_mss = peer.clamp(64, path_mss.max(64));
@@ -112,6 +122,7 @@ impl Offload {
         };
         let room = MAX_ENDS.saturating_sub(self.ends.len());
         self.ends.extend(ends.iter().take(room));
+        self.sack.on_data(seq, len);
     }
 
     /// We emit a segment acknowledging `ack`: returns the intermediate ACK numbers to
@@ -153,6 +164,8 @@ struct Options {
     /// Byte offset of the MSS value within the packet.
     mss_at: Option<usize>,
     scale: Option<u8>,
+    /// The SACK-permitted option (RFC 2018).
+    sack_permitted: bool,
 }
 
 /// The source and destination of a TCP segment.
@@ -202,6 +215,7 @@ fn options(packet: &[u8]) -> Option<Options> {
                         out.mss_at = Some(i + 2);
                     }
                     (3, 3) => out.scale = Some(packet[i + 2].min(14)),
+                    (4, 2) => out.sack_permitted = true,
                     _ => {}
                 }
                 i += len;
@@ -375,6 +389,102 @@ pub(crate) fn ack_at(packet: &[u8], ack: u32, window: u16) -> Option<Bytes> {
     p[ip + 8..ip + 12].copy_from_slice(&ack.to_be_bytes());
     p[ip + 13] = ACK;
     p[ip + 14..ip + 16].copy_from_slice(&window.to_be_bytes());
+    TcpPacket::new_unchecked(&mut p[ip..]).fill_checksum(&src, &dst);
+    Some(buf.freeze())
+}
+
+/// The blocks of the SACK option of `packet` (a TCP segment), in option order; empty
+/// without one.
+pub(crate) fn sack_blocks(packet: &[u8]) -> Vec<(u32, u32)> {
+    let Some((ip, tcp)) = headers(packet) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let (mut i, end) = (ip + 20, ip + tcp);
+    while i < end {
+        match packet[i] {
+            0 => break,
+            1 => i += 1,
+            kind => {
+                let len = usize::from(packet.get(i + 1).copied().unwrap_or(0));
+                if len < 2 || i + len > end {
+                    break;
+                }
+                if kind == 5 {
+                    for b in packet[i + 2..i + len].chunks_exact(8) {
+                        let word =
+                            |k: usize| u32::from_be_bytes([b[k], b[k + 1], b[k + 2], b[k + 3]]);
+                        out.push((word(0), word(4)));
+                    }
+                }
+                i += len;
+            }
+        }
+    }
+    out
+}
+
+/// How many SACK blocks fit beside the other options of `packet` (a TCP segment).
+pub(crate) fn sack_room(packet: &[u8]) -> usize {
+    let Some(kept) = kept_options(packet) else {
+        return 0;
+    };
+    (40usize.saturating_sub(kept.len() + 4) / 8).min(sack::MAX_BLOCKS)
+}
+
+/// The options of `packet` other than SACK, up to the end-of-list option, verbatim.
+fn kept_options(packet: &[u8]) -> Option<Vec<u8>> {
+    let (ip, tcp) = headers(packet)?;
+    let mut out = Vec::with_capacity(tcp - 20);
+    let (mut i, end) = (ip + 20, ip + tcp);
+    while i < end {
+        match packet[i] {
+            0 => break,
+            1 => {
+                out.push(1);
+                i += 1;
+            }
+            kind => {
+                let len = usize::from(*packet.get(i + 1)?);
+                if len < 2 || i + len > end {
+                    return None;
+                }
+                if kind != 5 {
+                    out.extend_from_slice(&packet[i..i + len]);
+                }
+                i += len;
+            }
+        }
+    }
+    Some(out)
+}
+
+/// `packet` (a TCP segment without payload) with its SACK option replaced by `blocks`
+/// (none: removed), after the other options; lengths and checksums refilled. `None` when
+/// the blocks do not fit or `packet` carries data.
+pub(crate) fn with_sack(packet: &[u8], blocks: &[(u32, u32)]) -> Option<Bytes> {
+    let (ip, tcp) = headers(packet)?;
+    if packet.len() != ip + tcp || blocks.len() > sack_room(packet) {
+        return None;
+    }
+    let (src, dst) = addresses(packet)?;
+    let mut options = kept_options(packet)?;
+    if !blocks.is_empty() {
+        options.extend_from_slice(&[1, 1, 5, 2 + 8 * blocks.len() as u8]);
+        for &(s, e) in blocks {
+            options.extend_from_slice(&s.to_be_bytes());
+            options.extend_from_slice(&e.to_be_bytes());
+        }
+    }
+    while options.len() % 4 != 0 {
+        options.push(0);
+    }
+    let mut buf = BytesMut::with_capacity(ip + 20 + options.len());
+    buf.extend_from_slice(&packet[..ip + 20]);
+    buf.extend_from_slice(&options);
+    let p = &mut buf[..];
+    p[ip + 12] = (((20 + options.len()) / 4) as u8) << 4 | (p[ip + 12] & 0x0f);
+    set_ip_len(p, ip);
     TcpPacket::new_unchecked(&mut p[ip..]).fill_checksum(&src, &dst);
     Some(buf.freeze())
 }

@@ -435,13 +435,14 @@ impl Shard {
         for (tuple, conn) in &self.conns {
             let s = self.sockets.get::<tcp::Socket>(conn.handle);
             out.push_str(&format!(
-                "[{} -> {} {:?} sendq={} recvq={} sender={}] ",
+                "[{} -> {} {:?} sendq={} recvq={} sender={} recv={:?}] ",
                 tuple.local,
                 tuple.remote,
                 s.state(),
                 s.send_queue(),
                 s.recv_queue(),
                 conn.sender.debug(),
+                conn.offload.sack,
             ));
         }
         out
@@ -995,6 +996,18 @@ impl Shard {
         if self.offload { self.path_mtu } else { 0 }
     }
 
+    /// Whether `packet` (a segment the peer sent on `tuple`) may start a run of joined
+    /// segments: only in-order data is joined. Data above a hole reaches smoltcp segment by
+    /// segment, so each draws its own immediate ACK with SACK blocks (RFC 5681 section
+    /// 4.2), as the peer's loss recovery expects.
+    pub(crate) fn joins_at(&self, tuple: &Tuple, packet: &[u8]) -> bool {
+        let next = self.conns.get(tuple).and_then(|c| c.offload.sack.next());
+        match (next, offload::seq_ack(packet)) {
+            (Some(next), Some((_, seq, _))) => seq == next,
+            _ => true,
+        }
+    }
+
     /// Segment offload for a segment the peer sent on `tuple` (before smoltcp sees it):
     /// a SYN's MSS is recorded and replaced by a large one (the packet to feed instead
     /// is returned), data is recorded for the ACKs that follow. `ends`: where the wire
@@ -1069,11 +1082,37 @@ impl Shard {
             {
                 let window = offload::window(&packet).unwrap_or(0);
                 let shift = conn.offload.shift();
+                let block = offload::sack_blocks(&packet).first().copied();
+                conn.offload.sack.on_our_ack(ack, block);
+                let sack = conn.offload.sack.enabled();
                 for at in conn.offload.on_our_ack(ack) {
                     let w = offload::window_for(ack, window, shift, at);
-                    if let Some(p) = offload::ack_at(&packet, at, w) {
+                    if let Some(mut p) = offload::ack_at(&packet, at, w) {
+                        if sack {
+                            let room = offload::sack_room(&p);
+                            let blocks = conn.offload.sack.blocks(at, room, false);
+                            if let Some(q) = offload::with_sack(&p, &blocks) {
+                                p = q;
+                            }
+                        }
                         self.tx.push(p);
                         shared.counters.tcp_acks_added.fetch_add(1, Relaxed);
+                    }
+                }
+                // A pure ACK gets the SACK option this stack keeps (see `offload/sack.rs`);
+                // smoltcp's data segments keep its own.
+                if sack && offload::pure_ack(&packet).is_some() {
+                    let room = offload::sack_room(&packet);
+                    let pending = conn.offload.sack.dup_pending();
+                    let blocks = conn.offload.sack.blocks(ack, room, true);
+                    if (!blocks.is_empty() || block.is_some())
+                        && let Some(q) = offload::with_sack(&packet, &blocks)
+                    {
+                        packet = q;
+                        shared.counters.tcp_acks_sacked.fetch_add(1, Relaxed);
+                        if pending && !blocks.is_empty() {
+                            shared.counters.tcp_dsacks.fetch_add(1, Relaxed);
+                        }
                     }
                 }
             }

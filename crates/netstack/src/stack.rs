@@ -322,7 +322,7 @@ impl Shared {
                     }
                     // In-order data of one connection is joined (see `offload.rs`).
                     let merge = match class {
-                        Class::Tcp { tuple, .. } if offload => {
+                        Class::Tcp { tuple, .. } if offload && shard.joins_at(&tuple, packet) => {
                             match offload::Merge::start(packet, std::mem::take(&mut scratch)) {
                                 Ok(m) => Some((m, tuple)),
                                 Err(buf) => {
