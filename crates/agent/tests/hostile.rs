@@ -824,7 +824,9 @@ async fn heavy_orphaned_sockets_after_our_fin_do_not_pin_memory() {
     // The attacker's own send rings stay small, so the process's memory is the agent's.
     let mut gw_config = common::gateway_config(&gw_key, GW_VIP, &agent_key);
     gw_config.netstack.tcp_tx_buffer = 32 << 10;
+    gw_config.netstack.tcp_tx_buffer_max = 32 << 10;
     gw_config.netstack.tcp_rx_buffer = 32 << 10;
+    gw_config.netstack.tcp_rx_buffer_max = 32 << 10;
     let gw = Manager::start(gw_config).await.expect("gateway starts");
     let mut config = agent_config(&agent_key, &gw_key, &gw);
     config.gateways[0].liveness_probe = LivenessProbe::Off;

@@ -156,7 +156,8 @@ fn seq_le(a: u32, b: u32) -> bool {
     !seq_lt(b, a)
 }
 
-/// The shared byte budget of all connections' senders.
+/// The stack-wide byte budget (`NetstackConfig::tcp_buffer_budget`): what all
+/// connections' senders hold, and the TCP rings charged in `autotune.rs`.
 #[derive(Debug, Clone)]
 pub(crate) struct Budget {
     used: Arc<AtomicUsize>,
@@ -172,12 +173,18 @@ impl Budget {
         }
     }
 
+    /// The limit, bytes.
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
+    }
+
     /// Bytes held now.
     pub(crate) fn used(&self) -> usize {
         self.used.load(Relaxed)
     }
 
-    fn take(&self, n: usize, force: bool) -> bool {
+    /// Takes `n` bytes; past the limit only when `force`. Returns whether it took them.
+    pub(crate) fn take(&self, n: usize, force: bool) -> bool {
         let mut cur = self.used.load(Relaxed);
         loop {
             if !force && cur.saturating_add(n) > self.limit {
@@ -193,7 +200,8 @@ impl Budget {
         }
     }
 
-    fn give(&self, n: usize) {
+    /// Gives back `n` bytes taken before.
+    pub(crate) fn give(&self, n: usize) {
         self.used.fetch_sub(n, Relaxed);
     }
 }
@@ -926,6 +934,22 @@ impl Sender {
     /// Counts since the last call.
     pub(crate) fn take_events(&mut self) -> Events {
         std::mem::take(&mut self.events)
+    }
+
+    /// Raises the bound on the bytes this connection may hold (never lowers it): the
+    /// send side's autotuning (see `autotune.rs`) follows the bandwidth-delay product.
+    pub(crate) fn grow_limit(&mut self, limit: usize) {
+        self.limit = self.limit.max(limit);
+    }
+
+    /// The bound on the bytes this connection may hold.
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// The smoothed round-trip time, once measured.
+    pub(crate) fn srtt(&self) -> Option<Duration> {
+        self.rtt.srtt
     }
 
     /// The congestion window, bytes.

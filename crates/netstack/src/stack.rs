@@ -54,8 +54,11 @@ pub(crate) struct Shared {
     pub(crate) config: NetstackConfig,
     pub(crate) clock: Clock,
     pub(crate) counters: Counters,
-    /// Bytes all connections' senders may hold (see `sender.rs`).
-    pub(crate) repair_budget: Budget,
+    /// The stack-wide buffer budget (`tcp_buffer_budget`): rings and what the senders
+    /// hold (see `autotune.rs`, `sender.rs`).
+    pub(crate) budget: Budget,
+    /// Bytes of large rings the SYN table's entries were promised (see `synq.rs`).
+    pub(crate) syn_promised: Arc<AtomicUsize>,
     addrs: Vec<IpAddress>,
     shards: Box<[Mutex<Shard>]>,
     /// Each shard's next deadline in clock microseconds (`u64::MAX`: none).
@@ -100,7 +103,7 @@ impl Netstack {
     /// Gauges and counters.
     pub fn stats(&self) -> NetstackStats {
         let mut stats = self.shared.counters.snapshot();
-        stats.tcp_repair_bytes = self.shared.repair_budget.used();
+        stats.tcp_repair_bytes = self.shared.sender_bytes();
         stats
     }
 
@@ -226,12 +229,25 @@ impl Netstack {
 }
 
 impl Shared {
+    /// Bytes of the budget the senders hold (what the rings do not take).
+    pub(crate) fn sender_bytes(&self) -> usize {
+        self.budget.used().saturating_sub(
+            self.counters
+                .tcp_ring_bytes
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
     /// A stack without a driver; [`Netstack::new`] adds one.
     pub(crate) fn new(config: NetstackConfig, now: Instant) -> Result<Self, ConfigError> {
         config.validate()?;
         let clock = Clock::new(now);
+        let syn_promised = Arc::new(AtomicUsize::new(0));
         let shards = (0..config.shards)
-            .map(|i| Mutex::new(Shard::new(i, &config, clock, rand::random(), now)))
+            .map(|i| {
+                let promised = Arc::clone(&syn_promised);
+                Mutex::new(Shard::new(i, &config, clock, rand::random(), promised, now))
+            })
             .collect();
         let deadlines = (0..config.shards)
             .map(|_| AtomicU64::new(u64::MAX))
@@ -244,7 +260,8 @@ impl Shared {
                 .collect(),
             clock,
             counters: Counters::default(),
-            repair_budget: Budget::new(config.repair_budget),
+            budget: Budget::new(config.tcp_buffer_budget),
+            syn_promised,
             shards,
             deadlines,
             blocked: AtomicU64::new(0),
