@@ -45,11 +45,8 @@ pub(crate) struct Offload {
     peer_scales: bool,
     /// The highest ACK number that went out on this connection.
     pub(crate) wire_ack: Option<u32>,
-    /// The run of in-order data that arrived since the last ACK, `[start, end)`: the
-    /// only span intermediate ACKs are made for (never over a repaired hole, where
-    /// partial ACKs would mislead the peer's recovery).
-    arrived: Option<(u32, u32)>,
-    /// Where each wire segment of that run ended (at most [`MAX_ENDS`]).
+    /// Where each wire segment that arrived since our last ACK ended, in arrival order
+    /// (at most [`MAX_ENDS`]).
     ends: Vec<u32>,
     /// The out-of-order data held, for the SACK option of our ACKs.
     pub(crate) sack: sack::Sack,
@@ -67,7 +64,6 @@ impl Offload {
             our_scale: None,
             peer_scales: false,
             wire_ack: None,
-            arrived: None,
             ends: Vec::new(),
             sack: sack::Sack::default(),
         }
@@ -99,9 +95,7 @@ impl Offload {
         smoltcp_mss: u16,
     ) -> Option<u16> {
         let opts = options(packet)?;
-        if let Some((_, seq, _)) = seq_ack(packet) {
-            self.sack.on_peer_syn(seq, opts.sack_permitted);
-        }
+        self.sack.on_peer_syn(opts.sack_permitted);
         self.peer_scales = opts.scale.is_some();
         let peer = opts.mss?;
         self.wire_mss = peer.clamp(64, path_mss.max(64));
@@ -112,49 +106,60 @@ impl Offload {
     /// A data segment (maybe joined) of `len` payload bytes at `seq` arrived from the
     /// peer; `ends` are where its wire segments ended.
     pub(crate) fn on_peer_data(&mut self, seq: u32, len: u32, ends: &[u32]) {
-        let end = seq.wrapping_add(len);
-        self.arrived = match self.arrived {
-            Some((start, e)) if e == seq => Some((start, end)),
-            _ => {
-                self.ends.clear();
-                Some((seq, end))
-            }
-        };
         let room = MAX_ENDS.saturating_sub(self.ends.len());
         self.ends.extend(ends.iter().take(room));
         self.sack.on_data(seq, len);
     }
 
-    /// We emit a segment acknowledging `ack`: returns the intermediate ACK numbers to
-    /// send before it (each with [`window_for`]), at every second wire segment end of the
-    /// in-order data that arrived since the last ACK, and records `ack` as sent.
-    pub(crate) fn on_our_ack(&mut self, ack: u32) -> Vec<u32> {
-        let mut out = Vec::new();
-        if let (Some(wire), Some((start, end))) = (self.wire_ack, self.arrived) {
-            let lo = if seq_ge(wire, start) { wire } else { start };
-            let hi = if seq_ge(ack, end) { end } else { ack };
-            let mut n = 0;
-            for &e in &self.ends {
-                if seq_ge(lo, e) || !seq_ge(hi, e) {
-                    continue;
-                }
-                n += 1;
-                if n % 2 == 0 && e != ack {
-                    out.push(e);
+    /// We emit a segment acknowledging `ack`: returns the ACKs to send before it, and
+    /// records `ack` as sent. Of the wire segments that arrived since the last ACK, those
+    /// `ack` covers get cumulative ACKs at every second end (each with [`window_for`]);
+    /// those above it (out of order) get duplicate ACKs of `ack` at every second end, each
+    /// naming its run up to that end (RFC 5681 section 4.2 asks for one per segment; one
+    /// per two is what a joined run allows). A repaired hole gets no partial ACK: the
+    /// data above it was answered when it arrived, so the ACK jumps as Linux's does.
+    pub(crate) fn on_our_ack(&mut self, ack: u32) -> Added {
+        let mut out = Added::default();
+        if let Some(wire) = self.wire_ack {
+            let mut covered: Vec<u32> = self
+                .ends
+                .iter()
+                .copied()
+                .filter(|&e| seq_ge(ack, e) && !seq_ge(wire, e))
+                .collect();
+            covered.sort_by_key(|&e| e.wrapping_sub(wire));
+            for (i, &e) in covered.iter().enumerate() {
+                if i % 2 == 1 && e != ack {
+                    out.cumulative.push(e);
                 }
             }
-            if seq_ge(ack, end) {
-                self.arrived = None;
-                self.ends.clear();
-            } else {
-                self.ends.retain(|&e| !seq_ge(ack, e));
+            let above: Vec<u32> = self
+                .ends
+                .iter()
+                .copied()
+                .filter(|&e| !seq_ge(ack, e))
+                .collect();
+            for (i, &e) in above.iter().enumerate() {
+                if i % 2 == 1 && i + 1 < above.len() {
+                    out.duplicate.push(e);
+                }
             }
         }
+        self.ends.clear();
         if self.wire_ack.is_none_or(|w| seq_ge(ack, w)) {
             self.wire_ack = Some(ack);
         }
         out
     }
+}
+
+/// The ACKs the stack adds before one of smoltcp's (see [`Offload::on_our_ack`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Added {
+    /// Cumulative ACK numbers inside in-order data.
+    pub(crate) cumulative: Vec<u32>,
+    /// Duplicate ACKs, each by where the out-of-order run it names ends.
+    pub(crate) duplicate: Vec<u32>,
 }
 
 /// Options of a TCP header this module reads.

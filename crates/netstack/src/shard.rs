@@ -1030,18 +1030,6 @@ impl Shard {
         if self.offload { self.path_mtu } else { 0 }
     }
 
-    /// Whether `packet` (a segment the peer sent on `tuple`) may start a run of joined
-    /// segments: only in-order data is joined. Data above a hole reaches smoltcp segment by
-    /// segment, so each draws its own immediate ACK with SACK blocks (RFC 5681 section
-    /// 4.2), as the peer's loss recovery expects.
-    pub(crate) fn joins_at(&self, tuple: &Tuple, packet: &[u8]) -> bool {
-        let next = self.conns.get(tuple).and_then(|c| c.offload.sack.next());
-        match (next, offload::seq_ack(packet)) {
-            (Some(next), Some((_, seq, _))) => seq == next,
-            _ => true,
-        }
-    }
-
     /// Segment offload for a segment the peer sent on `tuple` (before smoltcp sees it):
     /// a SYN's MSS is recorded and replaced by a large one (the packet to feed instead
     /// is returned), data is recorded for the ACKs that follow. `ends`: where the wire
@@ -1119,7 +1107,27 @@ impl Shard {
                 let block = offload::sack_blocks(&packet).first().copied();
                 conn.offload.sack.on_our_ack(ack, block);
                 let sack = conn.offload.sack.enabled();
-                for at in conn.offload.on_our_ack(ack) {
+                let added = conn.offload.on_our_ack(ack);
+                for end in added.duplicate {
+                    if let Some(mut p) = offload::ack_at(&packet, ack, window) {
+                        // The run's range as far as this wire segment (smoltcp's block holds
+                        // the whole run).
+                        if sack
+                            && let Some((s, e)) = block
+                            && offload::seq_at_or_after(end, s)
+                            && offload::seq_at_or_after(e, end)
+                        {
+                            let room = offload::sack_room(&p);
+                            let blocks = conn.offload.sack.blocks_led_by(ack, room, (s, end));
+                            if let Some(q) = offload::with_sack(&p, &blocks) {
+                                p = q;
+                            }
+                        }
+                        self.tx.push(p);
+                        shared.counters.tcp_acks_added.fetch_add(1, Relaxed);
+                    }
+                }
+                for at in added.cumulative {
                     let w = offload::window_for(ack, window, shift, at);
                     if let Some(mut p) = offload::ack_at(&packet, at, w) {
                         if sack {

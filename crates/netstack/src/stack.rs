@@ -339,7 +339,7 @@ impl Shared {
                     }
                     // In-order data of one connection is joined (see `offload.rs`).
                     let merge = match class {
-                        Class::Tcp { tuple, .. } if offload && shard.joins_at(&tuple, packet) => {
+                        Class::Tcp { tuple, .. } if offload => {
                             match offload::Merge::start(packet, std::mem::take(&mut scratch)) {
                                 Ok(m) => Some((m, tuple)),
                                 Err(buf) => {

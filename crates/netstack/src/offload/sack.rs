@@ -47,9 +47,6 @@ pub(crate) struct Sack {
     /// Both SYNs offered SACK (the peer's, and ours as smoltcp or the SYN table made it).
     peer_permits: bool,
     we_permit: bool,
-    /// The next byte expected in order, as the segments seen so far say; `None` before
-    /// the peer's SYN. Only decides what may be joined (see `Shard::joins_at`).
-    next: Option<u32>,
     /// smoltcp's cumulative ACK, as it last emitted it.
     acked: Option<u32>,
     /// Out-of-order data smoltcp reported above `acked`, in sequence order, disjoint and
@@ -65,10 +62,9 @@ pub(crate) struct Sack {
 }
 
 impl Sack {
-    /// The peer's SYN (sequence number `isn`) arrived; `permits`: it offered SACK.
-    pub(crate) fn on_peer_syn(&mut self, isn: u32, permits: bool) {
+    /// The peer's SYN arrived; `permits`: it offered SACK.
+    pub(crate) fn on_peer_syn(&mut self, permits: bool) {
         self.peer_permits = permits;
-        self.next = Some(isn.wrapping_add(1));
         self.acked = None;
         self.ranges.clear();
         self.dup = None;
@@ -85,12 +81,6 @@ impl Sack {
         self.peer_permits && self.we_permit
     }
 
-    /// The next byte expected in order, if known: a segment starting elsewhere arrives
-    /// out of order (or is a duplicate).
-    pub(crate) fn next(&self) -> Option<u32> {
-        self.next
-    }
-
     /// Whether a duplicate waits to be reported.
     pub(crate) fn dup_pending(&self) -> bool {
         self.dup.is_some()
@@ -104,12 +94,6 @@ impl Sack {
         }
         self.clock += 1;
         let end = seq.wrapping_add(len);
-        if let Some(next) = self.next
-            && seq_ge(next, seq)
-            && !seq_ge(next, end)
-        {
-            self.next = Some(end);
-        }
         self.last = None;
         // A duplicate: data smoltcp acknowledged or reported as held.
         if let Some(acked) = self.acked
@@ -131,10 +115,7 @@ impl Sack {
 
     /// smoltcp emits an ACK of `ack` with `block` (its own SACK block, if any).
     pub(crate) fn on_our_ack(&mut self, ack: u32, block: Option<(u32, u32)>) {
-        // smoltcp has processed every segment recorded so far: where they say more
-        // arrived in order than it acknowledges, it dropped some.
         self.acked = Some(ack);
-        self.next = Some(ack);
         self.ranges.retain(|r| !seq_ge(ack, r.end));
         if let Some(first) = self.ranges.first_mut()
             && !seq_ge(first.start, ack)
@@ -199,6 +180,25 @@ impl Sack {
         };
         self.ranges.drain(lo + 1..hi);
         self.ranges[lo] = merged;
+    }
+
+    /// The blocks for a duplicate ACK of `ack` the stack adds inside an out-of-order run:
+    /// `first` (the run's range up to a wire segment end), then the others as
+    /// [`Sack::blocks`] orders them.
+    pub(crate) fn blocks_led_by(
+        &mut self,
+        ack: u32,
+        room: usize,
+        first: (u32, u32),
+    ) -> Vec<(u32, u32)> {
+        let mut out = self.blocks(ack, room, false);
+        // Ranges are disjoint: drop the one holding `first`.
+        out.retain(|&(s, e)| seq_ge(first.0, e) || seq_ge(s, first.1));
+        if room > 0 {
+            out.insert(0, first);
+            out.truncate(room);
+        }
+        out
     }
 
     /// The blocks for an ACK of `ack`, at most `room`: a pending duplicate first (only
@@ -275,7 +275,7 @@ mod tests {
 
     fn sack(next: u32) -> Sack {
         let mut s = Sack::default();
-        s.on_peer_syn(next.wrapping_sub(1), true);
+        s.on_peer_syn(true);
         s.on_our_syn(true);
         s.on_our_ack(next, None);
         s
@@ -314,9 +314,7 @@ mod tests {
         // Segments 0 and 1 fill the first hole: the ACK moves to 5, the rest stays.
         s.on_data(at(0), 1000);
         s.on_data(at(1), 1000);
-        assert_eq!(s.next(), Some(at(2)), "in order as far as the segments go");
         s.on_our_ack(at(5), Some((at(6), at(7))));
-        assert_eq!(s.next(), Some(at(5)));
         let b = s.blocks(at(5), 4, true);
         assert_eq!(b.len(), 3);
         assert!(b.iter().all(|&(s, _)| seq_ge(s, at(6))), "{b:?}");
@@ -368,7 +366,7 @@ mod tests {
         assert_eq!(s.ranges.len(), MAX_RANGES);
         // Without SACK on both SYNs, nothing is reported.
         let mut s = Sack::default();
-        s.on_peer_syn(0, true);
+        s.on_peer_syn(true);
         s.on_our_syn(false);
         assert!(!s.enabled());
     }
