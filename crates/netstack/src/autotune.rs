@@ -30,7 +30,8 @@
 //! The send side autotunes like Linux's: the bytes a connection's sender may hold (and so
 //! queue) start at `tcp_tx_buffer` and grow to twice the bytes acknowledged per smoothed
 //! round trip, up to its send ring ([`Rings::on_ack`]). The sender's own packet memory is
-//! charged to the same budget (see `sender.rs`).
+//! charged to the same budget, within the senders' share of it (see `sender.rs` and
+//! `NetstackConfig::tcp_buffer_budget`).
 //!
 //! [`NetstackConfig::tcp_buffer_budget`]: crate::NetstackConfig::tcp_buffer_budget
 //! [`NetstackConfig::ring_sizes`]: crate::config::NetstackConfig::ring_sizes
@@ -167,8 +168,8 @@ impl Rings {
 
     /// The peer acknowledged up to `ack` at `now`: once per smoothed round trip, let
     /// `sender` hold twice what was acknowledged in it (Linux's send-buffer autotuning
-    /// follows the congestion window the same way), within the send ring and while the
-    /// budget has room for it.
+    /// follows the congestion window the same way), within the send ring and half of
+    /// `budget` (the senders' share), and while that has room for it.
     pub(crate) fn on_ack(&mut self, sender: &mut Sender, budget: &Budget, ack: u32, now: Instant) {
         let Some(srtt) = sender.srtt() else {
             return;
@@ -183,11 +184,14 @@ impl Rings {
         }
         self.mark = Some((now, ack));
         let acked = ack.wrapping_sub(from) as usize;
-        let cap = with_overhead(self.tx_ring);
+        // At most half the senders' share: one connection alone never fills it (past it,
+        // what smoltcp emits beyond the reservations is dropped and waits for smoltcp's
+        // own backstop timer).
+        let cap = with_overhead(self.tx_ring).min(budget.limit() / 2);
         let want = with_overhead(2 * acked).min(cap);
         let limit = sender.limit();
-        // Grow only while the budget has room for the growth.
-        if want > limit && budget.used().saturating_add(want - limit) <= budget.limit() {
+        // Grow only while the senders' share of the budget has room for the growth.
+        if want > limit && want - limit <= budget.room() {
             sender.grow_limit(want);
         }
     }
@@ -224,6 +228,33 @@ mod tests {
         assert_eq!(budget.used(), 8 << 10);
         assert_eq!(rings.release_all(&budget, &bytes), 8 << 10);
         assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn the_senders_share_counts_against_the_whole_budget() {
+        let budget = Budget::new(100);
+        let senders = budget.share(30);
+        assert!(senders.take(20, false));
+        assert_eq!(
+            (budget.used(), senders.used(), senders.room()),
+            (20, 20, 10)
+        );
+        assert!(!senders.take(20, false), "past the share");
+        assert!(budget.take(75, false), "the rings' part");
+        assert_eq!(
+            senders.room(),
+            5,
+            "the whole budget is nearer than the share"
+        );
+        assert!(!senders.take(6, false));
+        assert_eq!(
+            (senders.used(), budget.used()),
+            (20, 95),
+            "a failed take takes nothing"
+        );
+        assert!(senders.take(50, true), "forced");
+        senders.give(70);
+        assert_eq!((senders.used(), budget.used()), (0, 75));
     }
 
     #[test]

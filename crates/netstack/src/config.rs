@@ -64,7 +64,8 @@ pub struct NetstackConfig {
     /// A connection created while under a quarter of the budget is taken has a send ring
     /// of [`tcp_tx_buffer_max`](Self::tcp_tx_buffer_max), and its send memory grows with
     /// the measured bandwidth-delay product (twice the bytes acknowledged per smoothed
-    /// round trip) up to that, as Linux's autotuning does, while the budget has room.
+    /// round trip) up to that, as Linux's autotuning does, while the senders' share of the
+    /// budget has room.
     /// Send-ring pages are charged to the budget as they are first used and returned to
     /// the kernel (and the budget) once a connection that sent 256 KiB or more has
     /// everything acknowledged and stays idle.
@@ -87,14 +88,19 @@ pub struct NetstackConfig {
     /// three quarters proportionally smaller rings; past that
     /// [`MIN_TCP_RING`](crate::MIN_TCP_RING) each way. The same steps size its initial
     /// send memory (`tcp_tx_buffer` down to `MIN_TCP_RING`, charged at once) and its send
-    /// ring (`tcp_tx_buffer_max` in the first step, else its initial send memory). A connection whose rings no
-    /// longer fit is refused (RST, counted as
+    /// ring (`tcp_tx_buffer_max` in the first step, else its initial send memory). A
+    /// connection whose rings no longer fit is refused (RST, counted as
     /// [`LimitReached`](crate::DropReason::LimitReached); `connect` fails with
     /// `QuotaExceeded`). Send memory grows only while the budget has room; past it,
     /// writers wait for acknowledgements. [`NetstackStats::tcp_ring_bytes`](crate::NetstackStats)
     /// shows what the rings take, `tcp_repair_bytes` what the senders hold.
     ///
-    /// (This budget replaces round 1's separate `repair_budget`, the senders' 8 MiB.)
+    /// The senders together hold at most a sixty-fourth of the budget (8 MiB by default,
+    /// at least 256 KiB), as round 1's separate `repair_budget` did: each held packet is a
+    /// second copy of send-ring bytes, and with many connections sending at once this
+    /// share, not the rings, is what bounds the memory they take (64 connections each
+    /// sending 1 MiB: 154 MiB of peak RSS with the whole budget open to the senders,
+    /// against a 128 MiB target). This budget replaces `repair_budget`.
     pub tcp_buffer_budget: usize,
     /// Maximum TCP sockets in any state (half-open, open, closing). Default 16,384.
     pub max_connections: usize,
@@ -228,6 +234,12 @@ impl NetstackConfig {
     pub(crate) fn path_mss(&self, v6: bool) -> u16 {
         let headers = if v6 { 60 } else { 40 };
         u16::try_from(self.path_mtu.saturating_sub(headers)).unwrap_or(u16::MAX - 60)
+    }
+
+    /// The senders' share of [`tcp_buffer_budget`](Self::tcp_buffer_budget): what they may
+    /// hold together (a sixty-fourth, at least 256 KiB).
+    pub(crate) fn sender_share(&self) -> usize {
+        (self.tcp_buffer_budget / 64).max(256 << 10)
     }
 
     /// The sizes of a new connection's buffers while `reserved` bytes of the budget are

@@ -156,12 +156,15 @@ fn seq_le(a: u32, b: u32) -> bool {
     !seq_lt(b, a)
 }
 
-/// The stack-wide byte budget (`NetstackConfig::tcp_buffer_budget`): what all
-/// connections' senders hold, and the TCP rings charged in `autotune.rs`.
+/// A byte budget shared by connections. The stack has one (`tcp_buffer_budget`, charged
+/// by the rings in `autotune.rs`), and the senders' share of it is a [`Budget::share`]:
+/// what they hold counts against both.
 #[derive(Debug, Clone)]
 pub(crate) struct Budget {
     used: Arc<AtomicUsize>,
     limit: usize,
+    /// The budget this one is a share of.
+    parent: Option<Arc<Budget>>,
 }
 
 impl Budget {
@@ -170,6 +173,16 @@ impl Budget {
         Self {
             used: Arc::new(AtomicUsize::new(0)),
             limit,
+            parent: None,
+        }
+    }
+
+    /// A share of at most `limit` bytes of this budget: taking from it takes from both.
+    pub(crate) fn share(&self, limit: usize) -> Self {
+        Self {
+            used: Arc::new(AtomicUsize::new(0)),
+            limit,
+            parent: Some(Arc::new(self.clone())),
         }
     }
 
@@ -183,6 +196,13 @@ impl Budget {
         self.used.load(Relaxed)
     }
 
+    /// Bytes that may still be taken without `force` (here and in the budget this is a
+    /// share of).
+    pub(crate) fn room(&self) -> usize {
+        let own = self.limit.saturating_sub(self.used());
+        self.parent.as_ref().map_or(own, |p| own.min(p.room()))
+    }
+
     /// Takes `n` bytes; past the limit only when `force`. Returns whether it took them.
     pub(crate) fn take(&self, n: usize, force: bool) -> bool {
         let mut cur = self.used.load(Relaxed);
@@ -194,15 +214,25 @@ impl Budget {
                 .used
                 .compare_exchange_weak(cur, cur.saturating_add(n), Relaxed, Relaxed)
             {
-                Ok(_) => return true,
+                Ok(_) => break,
                 Err(now) => cur = now,
             }
+        }
+        match &self.parent {
+            Some(parent) if !parent.take(n, force) => {
+                self.used.fetch_sub(n, Relaxed);
+                false
+            }
+            _ => true,
         }
     }
 
     /// Gives back `n` bytes taken before.
     pub(crate) fn give(&self, n: usize) {
         self.used.fetch_sub(n, Relaxed);
+        if let Some(parent) = &self.parent {
+            parent.give(n);
+        }
     }
 }
 
@@ -846,7 +876,7 @@ impl Sender {
         let mss = self.mss as usize;
         let per_segment = mss + HEADERS + SEG_OVERHEAD;
         let own = self.limit.saturating_sub(self.bytes + self.reserved);
-        let shared = self.budget.limit.saturating_sub(self.budget.used());
+        let shared = self.budget.room();
         let floor = (FLOOR_SEGMENTS * per_segment).saturating_sub(self.bytes + self.reserved);
         let room = own.min(shared.max(floor));
         let granted = payload.min(room / per_segment * mss);

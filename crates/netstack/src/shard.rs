@@ -1016,7 +1016,7 @@ impl Shard {
         let mss = u32::try_from(config.path_mtu.saturating_sub(40)).unwrap_or(1380);
         Sender::new(
             limit,
-            shared.budget.clone(),
+            shared.sender_budget.clone(),
             rings.rx(),
             mss,
             config.min_rto,
@@ -1276,7 +1276,7 @@ impl Shard {
             conn.sender.on_segment(seg, now);
             if let Some(ack) = seg.ack {
                 conn.rings
-                    .on_ack(&mut conn.sender, &shared.budget, ack, now);
+                    .on_ack(&mut conn.sender, &shared.sender_budget, ack, now);
             }
         }
         schedule(&mut self.timers, &mut self.ready, shared, tuple, conn);

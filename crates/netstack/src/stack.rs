@@ -59,6 +59,8 @@ pub(crate) struct Shared {
     pub(crate) budget: Budget,
     /// Bytes of large rings the SYN table's entries were promised (see `synq.rs`).
     pub(crate) syn_promised: Arc<AtomicUsize>,
+    /// The senders' share of `budget` (see `NetstackConfig::tcp_buffer_budget`).
+    pub(crate) sender_budget: Budget,
     addrs: Vec<IpAddress>,
     shards: Box<[Mutex<Shard>]>,
     /// Each shard's next deadline in clock microseconds (`u64::MAX`: none).
@@ -229,13 +231,9 @@ impl Netstack {
 }
 
 impl Shared {
-    /// Bytes of the budget the senders hold (what the rings do not take).
+    /// Bytes of the budget the senders hold.
     pub(crate) fn sender_bytes(&self) -> usize {
-        self.budget.used().saturating_sub(
-            self.counters
-                .tcp_ring_bytes
-                .load(std::sync::atomic::Ordering::Relaxed),
-        )
+        self.sender_budget.used()
     }
 
     /// A stack without a driver; [`Netstack::new`] adds one.
@@ -249,6 +247,8 @@ impl Shared {
                 Mutex::new(Shard::new(i, &config, clock, rand::random(), promised, now))
             })
             .collect();
+        let budget = Budget::new(config.tcp_buffer_budget);
+        let sender_budget = budget.share(config.sender_share());
         let deadlines = (0..config.shards)
             .map(|_| AtomicU64::new(u64::MAX))
             .collect();
@@ -260,7 +260,8 @@ impl Shared {
                 .collect(),
             clock,
             counters: Counters::default(),
-            budget: Budget::new(config.tcp_buffer_budget),
+            budget,
+            sender_budget,
             syn_promised,
             shards,
             deadlines,
