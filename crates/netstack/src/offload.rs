@@ -494,6 +494,21 @@ pub(crate) fn with_sack(packet: &[u8], blocks: &[(u32, u32)]) -> Option<Bytes> {
     Some(buf.freeze())
 }
 
+/// `packet` (a TCP segment with FIN) without its payload: the bare FIN after it, sequence
+/// number moved past the data, lengths and checksums refilled.
+pub(crate) fn bare_fin(packet: &[u8]) -> Option<Vec<u8>> {
+    let (ip, tcp) = headers(packet)?;
+    let (src, dst) = addresses(packet)?;
+    let len = u32::try_from(packet.len() - ip - tcp).ok()?;
+    let seq = u32::from_be_bytes(packet[ip + 4..ip + 8].try_into().ok()?);
+    let mut p = packet[..ip + tcp].to_vec();
+    p[ip + 4..ip + 8].copy_from_slice(&seq.wrapping_add(len).to_be_bytes());
+    p[ip + 13] &= !PSH;
+    set_ip_len(&mut p, ip);
+    TcpPacket::new_unchecked(&mut p[ip..]).fill_checksum(&src, &dst);
+    Some(p)
+}
+
 /// The window field of `packet` (a TCP segment).
 pub(crate) fn window(packet: &[u8]) -> Option<u16> {
     let (ip, _) = headers(packet)?;

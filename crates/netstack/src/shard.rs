@@ -1058,8 +1058,17 @@ impl Shard {
         let (len, seq, _) = offload::seq_ack(packet)?;
         if len > 0 {
             let len = u32::try_from(len).unwrap_or(u32::MAX);
-            let end = [seq.wrapping_add(len)];
-            conn.offload.on_peer_data(seq, len, ends.unwrap_or(&end));
+            let end = seq.wrapping_add(len);
+            conn.offload.on_peer_data(seq, len, ends.unwrap_or(&[end]));
+            // A FIN resent with data smoltcp already acknowledged (its first copy came
+            // above a hole: smoltcp kept the data, dropped the FIN). smoltcp would reject
+            // the whole segment as old (it leaves the FIN out of the segment's length), and
+            // the FIN would wait for the peer's timeout; it gets the bare FIN instead.
+            if offload::flags(packet).is_some_and(|f| f & offload::FIN != 0)
+                && conn.offload.sack.acked() == Some(end)
+            {
+                return offload::bare_fin(packet);
+            }
         }
         None
     }

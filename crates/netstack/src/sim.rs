@@ -1040,3 +1040,54 @@ fn smoltcp_assumption_each_out_of_order_segment_draws_a_block_holding_it() {
     );
     assert!(crate::offload::sack_blocks(last).is_empty(), "{acks:?}");
 }
+
+/// Seen at the end of every bench upload: curl's last segment carries data and FIN; when it
+/// arrives above a hole smoltcp keeps the data and drops the FIN, and when the peer resends
+/// that segment smoltcp rejects it as old (it leaves the FIN out of the segment's length), so
+/// the FIN waited for the peer's retransmission timeout (250-290 ms there). The resent
+/// segment now reaches smoltcp as the bare FIN.
+#[test]
+fn a_fin_first_seen_above_a_hole_is_taken_when_resent() {
+    let c = OneConn::new();
+    c.a.with_shard(c.idx, c.now, |s| {
+        let mut socket = s.tcp(c.handle);
+        socket.send_slice(&[8; 2 * 1380]).expect("send");
+        socket.close();
+    });
+    let mut segs: Vec<Bytes> = Vec::new();
+    c.a.drain_out(&mut segs, usize::MAX);
+    let last = segs.last().expect("segments").clone();
+    let (len, seq, _) = crate::offload::seq_ack(&last).expect("tcp");
+    let fin_flag = crate::offload::flags(&last).expect("tcp") & crate::offload::FIN;
+    assert!(len > 0 && fin_flag != 0, "data and FIN in one segment");
+    let fin_at = seq.wrapping_add(len as u32);
+    let deliver = |p: &Bytes| {
+        c.b.push_at(std::slice::from_ref(p), c.now);
+        let mut out: Vec<Bytes> = Vec::new();
+        c.b.drain_out(&mut out, usize::MAX);
+        out.last()
+            .and_then(|p| crate::offload::seq_ack(p))
+            .and_then(|s| s.2)
+    };
+    // The segment with the FIN first, then the one before it.
+    deliver(&last);
+    let before: Vec<Bytes> = segs[..segs.len() - 1].to_vec();
+    c.b.push_at(&before, c.now);
+    let mut out: Vec<Bytes> = Vec::new();
+    c.b.drain_out(&mut out, usize::MAX);
+    let ack = out
+        .last()
+        .and_then(|p| crate::offload::seq_ack(p))
+        .and_then(|s| s.2);
+    assert_eq!(
+        ack,
+        Some(fin_at),
+        "the data, not the FIN (smoltcp dropped it)"
+    );
+    // The peer resends the last segment: its FIN is taken.
+    assert_eq!(deliver(&last), Some(fin_at.wrapping_add(1)));
+    let state = c.b.with_shard(c.accepted.shard, c.now, |s| {
+        s.tcp(c.accepted.handle).state()
+    });
+    assert_eq!(state, smoltcp::socket::tcp::State::CloseWait);
+}

@@ -81,6 +81,11 @@ impl Sack {
         self.peer_permits && self.we_permit
     }
 
+    /// smoltcp's cumulative ACK, as it last emitted it.
+    pub(crate) fn acked(&self) -> Option<u32> {
+        self.acked
+    }
+
     /// Whether a duplicate waits to be reported.
     pub(crate) fn dup_pending(&self) -> bool {
         self.dup.is_some()
