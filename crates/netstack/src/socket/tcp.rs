@@ -319,43 +319,90 @@ fn copy_into(socket: &mut TcpSocket<'_>, buf: &mut ReadBuf<'_>) -> Result<usize,
     })
 }
 
+impl TcpStream {
+    /// Queues what fits of `bufs`, in order, into the send ring: the one write path of
+    /// [`AsyncWrite::poll_write`] and [`AsyncWrite::poll_write_vectored`].
+    fn poll_write_slices(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[&[u8]],
+    ) -> Poll<io::Result<usize>> {
+        let mut shard = self.shared.lock(self.shard);
+        let socket = shard.tcp(self.handle);
+        if !socket.may_send() {
+            let state = socket.state();
+            return Poll::Ready(Err(self.closed_error(&shard, state, true)));
+        }
+        let wanted: usize = bufs.iter().map(|b| b.len()).sum();
+        if wanted == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        let free = socket.send_capacity() - socket.send_queue();
+        // Memory for what the connection's sender will hold (see `Shard::reserve_send`).
+        let granted = shard.reserve_send(&self.shared, &self.tuple, wanted.min(free));
+        let (mut sent, mut failed) = (0, false);
+        for buf in bufs {
+            let room = granted - sent;
+            if room == 0 {
+                break;
+            }
+            let part = &buf[..buf.len().min(room)];
+            match shard.tcp(self.handle).send_slice(part) {
+                Ok(n) => {
+                    sent += n;
+                    if n < part.len() {
+                        break;
+                    }
+                }
+                Err(_) => {
+                    failed = sent == 0;
+                    break;
+                }
+            }
+        }
+        shard.unreserve_send(&self.tuple, granted, sent);
+        let mut socket = shard.tcp(self.handle);
+        if failed {
+            let state = socket.state();
+            return Poll::Ready(Err(self.closed_error(&shard, state, true)));
+        }
+        if sent == 0 {
+            socket.register_send_waker(cx.waker());
+            return Poll::Pending;
+        }
+        self.shared.finish(self.shard, &mut shard, Instant::now());
+        Poll::Ready(Ok(sent))
+    }
+}
+
 impl AsyncWrite for TcpStream {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let mut shard = this.shared.lock(this.shard);
-        let socket = shard.tcp(this.handle);
-        if !socket.may_send() {
-            let state = socket.state();
-            return Poll::Ready(Err(this.closed_error(&shard, state, true)));
+        self.get_mut().poll_write_slices(cx, &[buf])
+    }
+
+    /// Writes as many of `bufs` as fit, in one pass under the shard's lock: callers that
+    /// hold their data in pieces (hyper's queued body chunks) need not copy it into one
+    /// buffer first.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        // At most 64 slices per call (what hyper hands over at once), without allocating.
+        let mut slices: [&[u8]; 64] = [&[]; 64];
+        let n = bufs.len().min(slices.len());
+        for (slot, buf) in slices.iter_mut().zip(bufs) {
+            *slot = buf;
         }
-        if buf.is_empty() {
-            return Poll::Ready(Ok(0));
-        }
-        let free = socket.send_capacity() - socket.send_queue();
-        // Memory for what the connection's sender will hold (see `Shard::reserve_send`).
-        let granted = shard.reserve_send(&this.shared, &this.tuple, buf.len().min(free));
-        let res = shard.tcp(this.handle).send_slice(&buf[..granted]);
-        shard.unreserve_send(&this.tuple, granted, *res.as_ref().unwrap_or(&0));
-        let mut socket = shard.tcp(this.handle);
-        match res {
-            Ok(0) => {
-                socket.register_send_waker(cx.waker());
-                Poll::Pending
-            }
-            Ok(n) => {
-                let now = Instant::now();
-                this.shared.finish(this.shard, &mut shard, now);
-                Poll::Ready(Ok(n))
-            }
-            Err(_) => {
-                let state = socket.state();
-                Poll::Ready(Err(this.closed_error(&shard, state, true)))
-            }
-        }
+        self.get_mut().poll_write_slices(cx, &slices[..n])
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
