@@ -526,6 +526,25 @@ fn a_long_path_is_not_capped_by_the_send_ring() {
     assert!(mbs >= 11.0, "{mbs:.2} MB/s at 100 ms RTT");
 }
 
+/// Cubic's slow start doubles the window each round trip while the sender is window-limited.
+/// Whether it is was judged per ACK from the bytes in flight just before it; a round's ACKs
+/// arrive together, so past the first half of them less than half the window was in flight
+/// and they stopped counting: the window grew about 1.5x per round trip. On the long path
+/// (100 ms round trip, no loss, nothing else limiting) 16 MiB then took some 16 round trips
+/// of slow start instead of 11.
+#[test]
+fn cubic_slow_start_doubles_per_round_trip_on_the_long_path() {
+    let large = |c: &mut NetstackConfig| {
+        c.congestion = crate::config::CongestionControl::Cubic;
+        c.tcp_rx_buffer = 32 << 20;
+        c.tcp_rx_buffer_max = 32 << 20;
+    };
+    let mbs = throughput(16 << 20, LONG, large);
+    eprintln!("sim long 16 MiB, cubic: {mbs:.2} MB/s");
+    // 11 rounds of doubling from a 10-segment window, and the handshake: about 14 MB/s.
+    assert!(mbs >= 12.0, "{mbs:.2} MB/s at 100 ms RTT");
+}
+
 /// Defaults against round 1's fixed rings on every profile, 16 MiB (figures for
 /// docs/PERFORMANCE.md; the assertions are the tests above).
 #[test]
