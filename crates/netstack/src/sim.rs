@@ -1090,3 +1090,107 @@ fn a_completing_connection_keeps_the_window_its_syn_ack_announced() {
     );
     b.budget.give(800 << 10);
 }
+
+/// smoltcp answers each out-of-order segment it accepts at once, with a SACK block holding
+/// it, and drops silently (payload included) a segment whose ACK number is older than the
+/// newest it saw. `offload/sack.rs` builds its blocks from smoltcp's own for the first
+/// reason, and never from the segments themselves for the second.
+#[test]
+fn smoltcp_assumption_each_out_of_order_segment_draws_a_block_holding_it() {
+    let c = OneConn::new();
+    c.a.with_shard(c.idx, c.now, |s| {
+        s.tcp(c.handle).send_slice(&[7; 4 * 1380]).expect("send")
+    });
+    let mut segs: Vec<Bytes> = Vec::new();
+    c.a.drain_out(&mut segs, usize::MAX);
+    let data: Vec<(u32, u32)> = segs
+        .iter()
+        .filter_map(|p| match crate::offload::seq_ack(p) {
+            Some((len @ 1.., seq, _)) => Some((seq, seq.wrapping_add(len as u32))),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(data.len(), 4, "four wire segments");
+    let deliver = |p: &Bytes| {
+        c.b.push_at(std::slice::from_ref(p), c.now);
+        let mut out: Vec<Bytes> = Vec::new();
+        c.b.drain_out(&mut out, usize::MAX);
+        out
+    };
+    // The first is lost; the third, then the second arrive.
+    for (k, want) in [(2, data[2]), (1, (data[1].0, data[2].1))] {
+        let acks = deliver(&segs[k]);
+        assert_eq!(acks.len(), 1, "one immediate ACK");
+        let (_, _, ack) = crate::offload::seq_ack(&acks[0]).expect("tcp");
+        assert_eq!(ack, Some(data[0].0));
+        assert_eq!(crate::offload::sack_blocks(&acks[0]).first(), Some(&want));
+    }
+    // The fourth with an ACK number older than the newest b saw: dropped, no ACK, no
+    // block for it. (a's SYN-ACK ACK is the only one b saw; an older one is one less.)
+    let mut old = segs[3].to_vec();
+    let ip = usize::from(old[0] & 0x0f) * 4;
+    let ack = u32::from_be_bytes(old[ip + 8..ip + 12].try_into().expect("4 bytes"));
+    old[ip + 8..ip + 12].copy_from_slice(&ack.wrapping_sub(1).to_be_bytes());
+    crate::offload::fill_tcp_checksum(&mut old);
+    assert!(deliver(&Bytes::from(old)).is_empty(), "dropped silently");
+    // The first fills the hole: everything up to the third is acknowledged, not the
+    // fourth.
+    let acks = deliver(&segs[0]);
+    let last = acks.last().expect("an ACK");
+    assert_eq!(
+        crate::offload::seq_ack(last).and_then(|s| s.2),
+        Some(data[2].1)
+    );
+    assert!(crate::offload::sack_blocks(last).is_empty(), "{acks:?}");
+}
+
+/// Seen at the end of every bench upload: curl's last segment carries data and FIN; when it
+/// arrives above a hole smoltcp keeps the data and drops the FIN, and when the peer resends
+/// that segment smoltcp rejects it as old (it leaves the FIN out of the segment's length), so
+/// the FIN waited for the peer's retransmission timeout (250-290 ms there). The resent
+/// segment now reaches smoltcp as the bare FIN.
+#[test]
+fn a_fin_first_seen_above_a_hole_is_taken_when_resent() {
+    let c = OneConn::new();
+    c.a.with_shard(c.idx, c.now, |s| {
+        let mut socket = s.tcp(c.handle);
+        socket.send_slice(&[8; 2 * 1380]).expect("send");
+        socket.close();
+    });
+    let mut segs: Vec<Bytes> = Vec::new();
+    c.a.drain_out(&mut segs, usize::MAX);
+    let last = segs.last().expect("segments").clone();
+    let (len, seq, _) = crate::offload::seq_ack(&last).expect("tcp");
+    let fin_flag = crate::offload::flags(&last).expect("tcp") & crate::offload::FIN;
+    assert!(len > 0 && fin_flag != 0, "data and FIN in one segment");
+    let fin_at = seq.wrapping_add(len as u32);
+    let deliver = |p: &Bytes| {
+        c.b.push_at(std::slice::from_ref(p), c.now);
+        let mut out: Vec<Bytes> = Vec::new();
+        c.b.drain_out(&mut out, usize::MAX);
+        out.last()
+            .and_then(|p| crate::offload::seq_ack(p))
+            .and_then(|s| s.2)
+    };
+    // The segment with the FIN first, then the one before it.
+    deliver(&last);
+    let before: Vec<Bytes> = segs[..segs.len() - 1].to_vec();
+    c.b.push_at(&before, c.now);
+    let mut out: Vec<Bytes> = Vec::new();
+    c.b.drain_out(&mut out, usize::MAX);
+    let ack = out
+        .last()
+        .and_then(|p| crate::offload::seq_ack(p))
+        .and_then(|s| s.2);
+    assert_eq!(
+        ack,
+        Some(fin_at),
+        "the data, not the FIN (smoltcp dropped it)"
+    );
+    // The peer resends the last segment: its FIN is taken.
+    assert_eq!(deliver(&last), Some(fin_at.wrapping_add(1)));
+    let state = c.b.with_shard(c.accepted.shard, c.now, |s| {
+        s.tcp(c.accepted.handle).state()
+    });
+    assert_eq!(state, smoltcp::socket::tcp::State::CloseWait);
+}

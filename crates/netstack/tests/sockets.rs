@@ -144,7 +144,15 @@ async fn heavy_bulk_through_a_lossy_reordering_delaying_link() {
     let start = Instant::now();
     tokio::time::timeout(Duration::from_secs(60), transfer(&p, 2 << 20, 6000))
         .await
-        .expect("in time");
+        .unwrap_or_else(|_| {
+            panic!(
+                "stalled: a {} {:?}\nb {} {:?}",
+                p.a.debug_dump(),
+                p.a.stats(),
+                p.b.debug_dump(),
+                p.b.stats()
+            )
+        });
     eprintln!(
         "2 MiB each way over the impaired link in {:?}",
         start.elapsed()

@@ -19,6 +19,8 @@
 //! filled on joined inbound segments: the device does not verify them (WireGuard's AEAD
 //! authenticates every inbound packet).
 
+pub(crate) mod sack;
+
 use bytes::{Bytes, BytesMut};
 use smoltcp::wire::{IpAddress, IpEndpoint, Ipv4Packet, Ipv6Packet, TcpPacket};
 
@@ -43,12 +45,11 @@ pub(crate) struct Offload {
     peer_scales: bool,
     /// The highest ACK number that went out on this connection.
     pub(crate) wire_ack: Option<u32>,
-    /// The run of in-order data that arrived since the last ACK, `[start, end)`: the
-    /// only span intermediate ACKs are made for (never over a repaired hole, where
-    /// partial ACKs would mislead the peer's recovery).
-    arrived: Option<(u32, u32)>,
-    /// Where each wire segment of that run ended (at most [`MAX_ENDS`]).
+    /// Where each wire segment that arrived since our last ACK ended, in arrival order
+    /// (at most [`MAX_ENDS`]).
     ends: Vec<u32>,
+    /// The out-of-order data held, for the SACK option of our ACKs.
+    pub(crate) sack: sack::Sack,
 }
 
 /// Wire segment ends remembered per connection between two ACKs of smoltcp (it ACKs
@@ -63,8 +64,8 @@ impl Offload {
             our_scale: None,
             peer_scales: false,
             wire_ack: None,
-            arrived: None,
             ends: Vec::new(),
+            sack: sack::Sack::default(),
         }
     }
 
@@ -78,7 +79,9 @@ impl Offload {
 
     /// Our SYN (or SYN-ACK) is on its way out: record its window scale.
     pub(crate) fn on_our_syn(&mut self, packet: &[u8]) {
-        self.our_scale = options(packet).and_then(|o| o.scale);
+        let opts = options(packet).unwrap_or_default();
+        self.our_scale = opts.scale;
+        self.sack.on_our_syn(opts.sack_permitted);
     }
 
     /// The peer's SYN (or SYN-ACK) arrived (`packet`, before any rewrite): record its
@@ -92,6 +95,7 @@ impl Offload {
         smoltcp_mss: u16,
     ) -> Option<u16> {
         let opts = options(packet)?;
+        self.sack.on_peer_syn(opts.sack_permitted);
         self.peer_scales = opts.scale.is_some();
         let peer = opts.mss?;
         self.wire_mss = peer.clamp(64, path_mss.max(64));
@@ -102,48 +106,60 @@ impl Offload {
     /// A data segment (maybe joined) of `len` payload bytes at `seq` arrived from the
     /// peer; `ends` are where its wire segments ended.
     pub(crate) fn on_peer_data(&mut self, seq: u32, len: u32, ends: &[u32]) {
-        let end = seq.wrapping_add(len);
-        self.arrived = match self.arrived {
-            Some((start, e)) if e == seq => Some((start, end)),
-            _ => {
-                self.ends.clear();
-                Some((seq, end))
-            }
-        };
         let room = MAX_ENDS.saturating_sub(self.ends.len());
         self.ends.extend(ends.iter().take(room));
+        self.sack.on_data(seq, len);
     }
 
-    /// We emit a segment acknowledging `ack`: returns the intermediate ACK numbers to
-    /// send before it (each with [`window_for`]), at every second wire segment end of the
-    /// in-order data that arrived since the last ACK, and records `ack` as sent.
-    pub(crate) fn on_our_ack(&mut self, ack: u32) -> Vec<u32> {
-        let mut out = Vec::new();
-        if let (Some(wire), Some((start, end))) = (self.wire_ack, self.arrived) {
-            let lo = if seq_ge(wire, start) { wire } else { start };
-            let hi = if seq_ge(ack, end) { end } else { ack };
-            let mut n = 0;
-            for &e in &self.ends {
-                if seq_ge(lo, e) || !seq_ge(hi, e) {
-                    continue;
-                }
-                n += 1;
-                if n % 2 == 0 && e != ack {
-                    out.push(e);
+    /// We emit a segment acknowledging `ack`: returns the ACKs to send before it, and
+    /// records `ack` as sent. Of the wire segments that arrived since the last ACK, those
+    /// `ack` covers get cumulative ACKs at every second end (each with [`window_for`]);
+    /// those above it (out of order) get duplicate ACKs of `ack` at every second end, each
+    /// naming its run up to that end (RFC 5681 section 4.2 asks for one per segment; one
+    /// per two is what a joined run allows). A repaired hole gets no partial ACK: the
+    /// data above it was answered when it arrived, so the ACK jumps as Linux's does.
+    pub(crate) fn on_our_ack(&mut self, ack: u32) -> Added {
+        let mut out = Added::default();
+        if let Some(wire) = self.wire_ack {
+            let mut covered: Vec<u32> = self
+                .ends
+                .iter()
+                .copied()
+                .filter(|&e| seq_ge(ack, e) && !seq_ge(wire, e))
+                .collect();
+            covered.sort_by_key(|&e| e.wrapping_sub(wire));
+            for (i, &e) in covered.iter().enumerate() {
+                if i % 2 == 1 && e != ack {
+                    out.cumulative.push(e);
                 }
             }
-            if seq_ge(ack, end) {
-                self.arrived = None;
-                self.ends.clear();
-            } else {
-                self.ends.retain(|&e| !seq_ge(ack, e));
+            let above: Vec<u32> = self
+                .ends
+                .iter()
+                .copied()
+                .filter(|&e| !seq_ge(ack, e))
+                .collect();
+            for (i, &e) in above.iter().enumerate() {
+                if i % 2 == 1 && i + 1 < above.len() {
+                    out.duplicate.push(e);
+                }
             }
         }
+        self.ends.clear();
         if self.wire_ack.is_none_or(|w| seq_ge(ack, w)) {
             self.wire_ack = Some(ack);
         }
         out
     }
+}
+
+/// The ACKs the stack adds before one of smoltcp's (see [`Offload::on_our_ack`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Added {
+    /// Cumulative ACK numbers inside in-order data.
+    pub(crate) cumulative: Vec<u32>,
+    /// Duplicate ACKs, each by where the out-of-order run it names ends.
+    pub(crate) duplicate: Vec<u32>,
 }
 
 /// Options of a TCP header this module reads.
@@ -153,6 +169,8 @@ struct Options {
     /// Byte offset of the MSS value within the packet.
     mss_at: Option<usize>,
     scale: Option<u8>,
+    /// The SACK-permitted option (RFC 2018).
+    sack_permitted: bool,
 }
 
 /// The source and destination of a TCP segment.
@@ -202,6 +220,7 @@ fn options(packet: &[u8]) -> Option<Options> {
                         out.mss_at = Some(i + 2);
                     }
                     (3, 3) => out.scale = Some(packet[i + 2].min(14)),
+                    (4, 2) => out.sack_permitted = true,
                     _ => {}
                 }
                 i += len;
@@ -377,6 +396,117 @@ pub(crate) fn ack_at(packet: &[u8], ack: u32, window: u16) -> Option<Bytes> {
     p[ip + 14..ip + 16].copy_from_slice(&window.to_be_bytes());
     TcpPacket::new_unchecked(&mut p[ip..]).fill_checksum(&src, &dst);
     Some(buf.freeze())
+}
+
+/// The blocks of the SACK option of `packet` (a TCP segment), in option order; empty
+/// without one.
+pub(crate) fn sack_blocks(packet: &[u8]) -> Vec<(u32, u32)> {
+    let Some((ip, tcp)) = headers(packet) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let (mut i, end) = (ip + 20, ip + tcp);
+    while i < end {
+        match packet[i] {
+            0 => break,
+            1 => i += 1,
+            kind => {
+                let len = usize::from(packet.get(i + 1).copied().unwrap_or(0));
+                if len < 2 || i + len > end {
+                    break;
+                }
+                if kind == 5 {
+                    for b in packet[i + 2..i + len].chunks_exact(8) {
+                        let word =
+                            |k: usize| u32::from_be_bytes([b[k], b[k + 1], b[k + 2], b[k + 3]]);
+                        out.push((word(0), word(4)));
+                    }
+                }
+                i += len;
+            }
+        }
+    }
+    out
+}
+
+/// How many SACK blocks fit beside the other options of `packet` (a TCP segment).
+pub(crate) fn sack_room(packet: &[u8]) -> usize {
+    let Some(kept) = kept_options(packet) else {
+        return 0;
+    };
+    (40usize.saturating_sub(kept.len() + 4) / 8).min(sack::MAX_BLOCKS)
+}
+
+/// The options of `packet` other than SACK, up to the end-of-list option, verbatim.
+fn kept_options(packet: &[u8]) -> Option<Vec<u8>> {
+    let (ip, tcp) = headers(packet)?;
+    let mut out = Vec::with_capacity(tcp - 20);
+    let (mut i, end) = (ip + 20, ip + tcp);
+    while i < end {
+        match packet[i] {
+            0 => break,
+            1 => {
+                out.push(1);
+                i += 1;
+            }
+            kind => {
+                let len = usize::from(*packet.get(i + 1)?);
+                if len < 2 || i + len > end {
+                    return None;
+                }
+                if kind != 5 {
+                    out.extend_from_slice(&packet[i..i + len]);
+                }
+                i += len;
+            }
+        }
+    }
+    Some(out)
+}
+
+/// `packet` (a TCP segment without payload) with its SACK option replaced by `blocks`
+/// (none: removed), after the other options; lengths and checksums refilled. `None` when
+/// the blocks do not fit or `packet` carries data.
+pub(crate) fn with_sack(packet: &[u8], blocks: &[(u32, u32)]) -> Option<Bytes> {
+    let (ip, tcp) = headers(packet)?;
+    if packet.len() != ip + tcp || blocks.len() > sack_room(packet) {
+        return None;
+    }
+    let (src, dst) = addresses(packet)?;
+    let mut options = kept_options(packet)?;
+    if !blocks.is_empty() {
+        options.extend_from_slice(&[1, 1, 5, 2 + 8 * blocks.len() as u8]);
+        for &(s, e) in blocks {
+            options.extend_from_slice(&s.to_be_bytes());
+            options.extend_from_slice(&e.to_be_bytes());
+        }
+    }
+    while options.len() % 4 != 0 {
+        options.push(0);
+    }
+    let mut buf = BytesMut::with_capacity(ip + 20 + options.len());
+    buf.extend_from_slice(&packet[..ip + 20]);
+    buf.extend_from_slice(&options);
+    let p = &mut buf[..];
+    p[ip + 12] = (((20 + options.len()) / 4) as u8) << 4 | (p[ip + 12] & 0x0f);
+    set_ip_len(p, ip);
+    TcpPacket::new_unchecked(&mut p[ip..]).fill_checksum(&src, &dst);
+    Some(buf.freeze())
+}
+
+/// `packet` (a TCP segment with FIN) without its payload: the bare FIN after it, sequence
+/// number moved past the data, lengths and checksums refilled.
+pub(crate) fn bare_fin(packet: &[u8]) -> Option<Vec<u8>> {
+    let (ip, tcp) = headers(packet)?;
+    let (src, dst) = addresses(packet)?;
+    let len = u32::try_from(packet.len() - ip - tcp).ok()?;
+    let seq = u32::from_be_bytes(packet[ip + 4..ip + 8].try_into().ok()?);
+    let mut p = packet[..ip + tcp].to_vec();
+    p[ip + 4..ip + 8].copy_from_slice(&seq.wrapping_add(len).to_be_bytes());
+    p[ip + 13] &= !PSH;
+    set_ip_len(&mut p, ip);
+    TcpPacket::new_unchecked(&mut p[ip..]).fill_checksum(&src, &dst);
+    Some(p)
 }
 
 /// The window field of `packet` (a TCP segment).

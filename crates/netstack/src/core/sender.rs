@@ -485,6 +485,11 @@ pub(crate) struct Sender {
     /// Round trips: the current one ends when this is acknowledged.
     round_end: u32,
     round: u64,
+    /// The most bytes in flight during the current round trip and the one before: whether
+    /// the window limits the sender is judged on them, not on one ACK's view (a round's
+    /// ACKs arrive together and drain the flight before anything new goes out).
+    round_max_in_flight: u64,
+    last_round_max_in_flight: u64,
     /// Memory: charged for held segments, and reserved for data queued in smoltcp and
     /// not yet emitted.
     bytes: usize,
@@ -546,6 +551,8 @@ impl Sender {
             probed: false,
             probe_pending: false,
             round_end: 0,
+            round_max_in_flight: 0,
+            last_round_max_in_flight: 0,
             round: 0,
             bytes: 0,
             reserved: 0,
@@ -662,7 +669,10 @@ impl Sender {
             return;
         }
         let prior_in_flight = self.in_flight;
-        let cwnd_limited = prior_in_flight + u64::from(self.mss) >= u64::from(self.cc.cwnd()) / 2;
+        let most_in_flight = prior_in_flight
+            .max(self.round_max_in_flight)
+            .max(self.last_round_max_in_flight);
+        let cwnd_limited = most_in_flight + u64::from(self.mss) >= u64::from(self.cc.cwnd()) / 2;
         let mut delivered = 0u64;
         let mut rtt_sample = None;
         let progress = seq_lt(self.una, ack);
@@ -706,6 +716,8 @@ impl Sender {
             if seq_le(self.round_end, self.una) {
                 self.round += 1;
                 self.round_end = self.nxt;
+                self.last_round_max_in_flight = self.round_max_in_flight;
+                self.round_max_in_flight = self.in_flight;
                 round_start = true;
                 if let Some(c) = self.cc.cubic() {
                     c.on_round_start();
@@ -1426,6 +1438,7 @@ impl Sender {
             }
             State::InFlight | State::Sacked => {}
         }
+        self.round_max_in_flight = self.round_max_in_flight.max(self.in_flight);
         if again {
             if was == State::Lost {
                 self.events.retransmits += 1;

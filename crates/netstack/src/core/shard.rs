@@ -452,13 +452,14 @@ impl Shard {
         for (tuple, conn) in &self.conns {
             let s = self.sockets.get::<tcp::Socket>(conn.handle);
             out.push_str(&format!(
-                "[{} -> {} {:?} sendq={} recvq={} sender={}] ",
+                "[{} -> {} {:?} sendq={} recvq={} sender={} recv={:?}] ",
                 tuple.local,
                 tuple.remote,
                 s.state(),
                 s.send_queue(),
                 s.recv_queue(),
                 conn.sender.debug(),
+                conn.offload.sack,
             ));
         }
         out
@@ -667,17 +668,26 @@ impl Shard {
         let (len, seq, _) = offload::seq_ack(packet)?;
         if len > 0 {
             let len = u32::try_from(len).unwrap_or(u32::MAX);
-            let end = [seq.wrapping_add(len)];
-            conn.offload.on_peer_data(seq, len, ends.unwrap_or(&end));
+            let end = seq.wrapping_add(len);
+            conn.offload.on_peer_data(seq, len, ends.unwrap_or(&[end]));
+            // A FIN resent with data smoltcp already acknowledged (its first copy came
+            // above a hole: smoltcp kept the data, dropped the FIN). smoltcp would reject
+            // the whole segment as old (it leaves the FIN out of the segment's length), and
+            // the FIN would wait for the peer's timeout; it gets the bare FIN instead.
+            if offload::flags(packet).is_some_and(|f| f & offload::FIN != 0)
+                && conn.offload.sack.acked() == Some(end)
+            {
+                return offload::bare_fin(packet);
+            }
         }
         None
     }
 
     /// Segment offload for the packets smoltcp just emitted (`self.tx[from..]`), before
     /// the senders see them: our SYN's MSS becomes the path's, a segment larger than the
-    /// connection's wire segment is split (each piece's checksum filled), and an ACK that
-    /// covers more than two wire segments of in-order data is preceded by the cumulative
-    /// ACKs in between (same right window edge).
+    /// connection's wire segment is split (each piece's checksum filled), an ACK is
+    /// preceded by the ACKs the offload adds (one per two wire segments, see
+    /// `Offload::on_our_ack`), and pure ACKs carry the SACK blocks of `offload/sack.rs`.
     fn offload_emitted(&mut self, env: &Env, from: usize) {
         if !self.offload || self.tx.len() == from {
             return;
@@ -713,11 +723,57 @@ impl Shard {
             {
                 let window = offload::window(&packet).unwrap_or(0);
                 let shift = conn.offload.shift();
-                for at in conn.offload.on_our_ack(ack) {
-                    let w = offload::window_for(ack, window, shift, at);
-                    if let Some(p) = offload::ack_at(&packet, at, w) {
+                let block = offload::sack_blocks(&packet).first().copied();
+                conn.offload.sack.on_our_ack(ack, block);
+                let sack = conn.offload.sack.enabled();
+                let added = conn.offload.on_our_ack(ack);
+                for end in added.duplicate {
+                    if let Some(mut p) = offload::ack_at(&packet, ack, window) {
+                        // The run's range as far as this wire segment (smoltcp's block holds
+                        // the whole run).
+                        if sack
+                            && let Some((s, e)) = block
+                            && offload::seq_at_or_after(end, s)
+                            && offload::seq_at_or_after(e, end)
+                        {
+                            let room = offload::sack_room(&p);
+                            let blocks = conn.offload.sack.blocks_led_by(ack, room, (s, end));
+                            if let Some(q) = offload::with_sack(&p, &blocks) {
+                                p = q;
+                            }
+                        }
                         self.tx.push(p);
                         env.counters.tcp_acks_added.fetch_add(1, Relaxed);
+                    }
+                }
+                for at in added.cumulative {
+                    let w = offload::window_for(ack, window, shift, at);
+                    if let Some(mut p) = offload::ack_at(&packet, at, w) {
+                        if sack {
+                            let room = offload::sack_room(&p);
+                            let blocks = conn.offload.sack.blocks(at, room, false);
+                            if let Some(q) = offload::with_sack(&p, &blocks) {
+                                p = q;
+                            }
+                        }
+                        self.tx.push(p);
+                        env.counters.tcp_acks_added.fetch_add(1, Relaxed);
+                    }
+                }
+                // A pure ACK gets the SACK option this stack keeps (see `offload/sack.rs`);
+                // smoltcp's data segments keep its own.
+                if sack && offload::pure_ack(&packet).is_some() {
+                    let room = offload::sack_room(&packet);
+                    let pending = conn.offload.sack.dup_pending();
+                    let blocks = conn.offload.sack.blocks(ack, room, true);
+                    if (!blocks.is_empty() || block.is_some())
+                        && let Some(q) = offload::with_sack(&packet, &blocks)
+                    {
+                        packet = q;
+                        env.counters.tcp_acks_sacked.fetch_add(1, Relaxed);
+                        if pending && !blocks.is_empty() {
+                            env.counters.tcp_dsacks.fetch_add(1, Relaxed);
+                        }
                     }
                 }
             }

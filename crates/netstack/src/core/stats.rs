@@ -125,6 +125,10 @@ pub struct NetstackStats {
     pub tcp_acks_added: u64,
     /// Pure ACKs only the sender saw: a newer one of the same batch went to smoltcp.
     pub tcp_acks_folded: u64,
+    /// Our ACKs whose SACK option the stack wrote (several blocks, see `offload/sack.rs`).
+    pub tcp_acks_sacked: u64,
+    /// Duplicate segments reported to the peer (D-SACK, RFC 2883).
+    pub tcp_dsacks: u64,
 }
 
 /// The live counters behind [`NetstackStats`].
@@ -153,6 +157,8 @@ pub(crate) struct Counters {
     pub(crate) tcp_split: AtomicU64,
     pub(crate) tcp_acks_added: AtomicU64,
     pub(crate) tcp_acks_folded: AtomicU64,
+    pub(crate) tcp_acks_sacked: AtomicU64,
+    pub(crate) tcp_dsacks: AtomicU64,
 }
 
 impl Default for Counters {
@@ -180,6 +186,8 @@ impl Default for Counters {
             tcp_split: AtomicU64::new(0),
             tcp_acks_added: AtomicU64::new(0),
             tcp_acks_folded: AtomicU64::new(0),
+            tcp_acks_sacked: AtomicU64::new(0),
+            tcp_dsacks: AtomicU64::new(0),
         }
     }
 }
@@ -264,6 +272,8 @@ impl Counters {
             tcp_segments_split: self.tcp_split.load(Relaxed),
             tcp_acks_added: self.tcp_acks_added.load(Relaxed),
             tcp_acks_folded: self.tcp_acks_folded.load(Relaxed),
+            tcp_acks_sacked: self.tcp_acks_sacked.load(Relaxed),
+            tcp_dsacks: self.tcp_dsacks.load(Relaxed),
         }
     }
 }

@@ -235,7 +235,7 @@ fn intermediate_acks_come_every_two_wire_segments_with_the_right_edge_kept() {
     let start = u32::MAX - 2000;
     let mut off = Offload::new(1380);
     assert!(
-        off.on_our_ack(start).is_empty(),
+        off.on_our_ack(start) == Added::default(),
         "the first ACK only records"
     );
     // Seven segments of uneven sizes arrive in two joined runs (across the wraparound).
@@ -248,7 +248,7 @@ fn intermediate_acks_come_every_two_wire_segments_with_the_right_edge_kept() {
     }
     off.on_peer_data(start, ends[2].wrapping_sub(start), &ends[..3]);
     off.on_peer_data(ends[2], at.wrapping_sub(ends[2]), &ends[3..]);
-    let acks = off.on_our_ack(at);
+    let acks = off.on_our_ack(at).cumulative;
     assert_eq!(
         acks,
         [ends[1], ends[3], ends[5]],
@@ -258,8 +258,8 @@ fn intermediate_acks_come_every_two_wire_segments_with_the_right_edge_kept() {
     // Two segments need no ACK in between; an older ACK adds nothing.
     let e = [at.wrapping_add(1000), at.wrapping_add(2000)];
     off.on_peer_data(at, 2000, &e);
-    assert!(off.on_our_ack(e[1]).is_empty());
-    assert!(off.on_our_ack(start).is_empty());
+    assert_eq!(off.on_our_ack(e[1]), Added::default());
+    assert_eq!(off.on_our_ack(start), Added::default());
     assert_eq!(off.wire_ack, Some(e[1]));
     // A hole repaired: ACKs only inside the run that arrived in order, not over the hole.
     let base = e[1];
@@ -267,7 +267,7 @@ fn intermediate_acks_come_every_two_wire_segments_with_the_right_edge_kept() {
         .map(|k| base.wrapping_add(10_000 + 1000 * k))
         .collect();
     off.on_peer_data(base.wrapping_add(10_000), 4000, &run);
-    assert_eq!(off.on_our_ack(run[3]), [run[1]]);
+    assert_eq!(off.on_our_ack(run[3]).cumulative, [run[1]]);
     // The right edge stays where the final ACK puts it (rounded down to the scale).
     let (ack, window, shift) = (at, 300u16, 7u8);
     for a in acks {
@@ -280,6 +280,33 @@ fn intermediate_acks_come_every_two_wire_segments_with_the_right_edge_kept() {
         );
     }
     assert_eq!(window_for(10, 65_535, 0, 0), u16::MAX, "capped");
+}
+
+#[test]
+fn a_run_above_a_hole_gets_a_duplicate_ack_every_two_wire_segments() {
+    let start = u32::MAX - 3000;
+    let mut off = Offload::new(1000);
+    assert_eq!(off.on_our_ack(start), Added::default());
+    // Segment 0 is lost; 1..=5 arrive joined, then 6..=8, then 9 alone.
+    let end = |k: u32| start.wrapping_add(1000 * (k + 1));
+    let ends: Vec<u32> = (1..=5).map(end).collect();
+    off.on_peer_data(end(0), 5000, &ends);
+    let added = off.on_our_ack(start);
+    assert!(added.cumulative.is_empty());
+    assert_eq!(
+        added.duplicate,
+        [end(2), end(4)],
+        "smoltcp's own ACK names 5"
+    );
+    let ends: Vec<u32> = (6..=8).map(end).collect();
+    off.on_peer_data(end(5), 3000, &ends);
+    assert_eq!(off.on_our_ack(start).duplicate, [end(7)]);
+    off.on_peer_data(end(8), 1000, &[end(9)]);
+    assert_eq!(off.on_our_ack(start), Added::default());
+    // The hole fills: the ACK jumps over the run, nothing added over the repaired hole.
+    off.on_peer_data(start, 1000, &[end(0)]);
+    assert_eq!(off.on_our_ack(end(9)), Added::default());
+    assert_eq!(off.wire_ack, Some(end(9)));
 }
 
 #[test]

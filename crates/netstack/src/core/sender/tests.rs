@@ -181,10 +181,11 @@ fn smoltcp_resends_are_dropped_and_keep_alives_pass() {
 fn holes_below_sacked_data_are_repaired_in_one_round_trip_with_prr() {
     let mut t = T::new();
     t.warm_up(10, ms(20));
-    // The window grew while it was filled (at least half in flight), then stopped.
-    assert_eq!(t.s.cwnd(), 15 * MSS);
-    t.emit(10, 20);
-    assert_eq!(t.transmit().len(), 15, "10..25 in flight, 25..30 held");
+    // The window grew on every ACK: the round's flight filled it (window-limited is
+    // judged per round trip, as Linux does, not on each ACK's view of what is left).
+    assert_eq!(t.s.cwnd(), 20 * MSS);
+    t.emit(10, 25);
+    assert_eq!(t.transmit().len(), 20, "10..30 in flight, 30..35 held");
     t.advance(ms(20));
     // Segments 12 and 15 lost; the rest SACKed as their ACKs arrive.
     let mut sent = Vec::new();
