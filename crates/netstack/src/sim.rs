@@ -1038,6 +1038,59 @@ fn a_wrong_ack_gets_an_rst_and_leaves_the_half_open_connection() {
     assert_eq!(b.counters.snapshot().half_open, 0);
 }
 
+/// Our SYN-ACK announces the window of the ring the connection would get then (unscaled,
+/// up to 64 KiB). When the budget fills before the handshake completes, the ring it gets
+/// must still hold that window: a smaller one moves the window's right edge back, and
+/// the peer's first flight beyond it is dropped.
+#[test]
+fn a_completing_connection_keeps_the_window_its_syn_ack_announced() {
+    let now = Instant::now();
+    let a = stack("10.0.0.1", now);
+    let b = stack_with("10.0.0.2", now, |c| {
+        c.tcp_rx_buffer = 48 << 10;
+        c.tcp_rx_buffer_max = 48 << 10;
+        c.tcp_tx_buffer = 16 << 10;
+        c.tcp_tx_buffer_max = 16 << 10;
+        c.tcp_buffer_budget = 1 << 20;
+    });
+    let server: SocketAddr = "10.0.0.2:80".parse().expect("addr");
+    let listener = b.register_listener(server, 4).expect("listen");
+    let tuple = Tuple {
+        local: IpEndpoint::new(
+            "10.0.0.1".parse::<std::net::IpAddr>().expect("ip").into(),
+            50_030,
+        ),
+        remote: IpEndpoint::from(server),
+    };
+    let idx = a.shard_for(&tuple);
+    a.with_shard(idx, now, |s| s.connect(&a, tuple))
+        .expect("connect")
+        .expect("free");
+    let mut syn = Vec::new();
+    a.drain_out(&mut syn, usize::MAX);
+    b.push_at(&syn, now);
+    let mut syn_ack = Vec::new();
+    b.drain_out(&mut syn_ack, usize::MAX);
+    let announced = crate::wire::tcp_segment(&syn_ack[0])
+        .expect("syn-ack")
+        .window;
+    assert_eq!(usize::from(announced), 48 << 10);
+    // Other connections take most of the budget before the client's ACK arrives.
+    assert!(b.budget.take(800 << 10, false));
+    a.push_at(&syn_ack, now);
+    let mut sent = 0;
+    exchange(&a, &b, now, &mut sent, &|_| false);
+    let accepted = listener.pop().expect("established");
+    let ring = b.with_shard(accepted.shard, now, |s| {
+        s.tcp(accepted.handle).recv_capacity()
+    });
+    assert!(
+        ring >= usize::from(announced),
+        "a ring of {ring} bytes after a SYN-ACK announcing {announced}"
+    );
+    b.budget.give(800 << 10);
+}
+
 /// smoltcp answers each out-of-order segment it accepts at once, with a SACK block holding
 /// it, and drops silently (payload included) a segment whose ACK number is older than the
 /// newest it saw. `offload/sack.rs` builds its blocks from smoltcp's own for the first

@@ -764,3 +764,26 @@ async fn large_rings_give_their_budget_back_when_connections_end() {
         }
     }
 }
+
+/// A vectored write whose first 64 slices are empty still writes the data after them:
+/// `Ok(0)` for a non-empty write tells the caller the stream takes no more
+/// (`write_all_buf` and friends fail with `WriteZero`).
+#[tokio::test]
+async fn a_vectored_write_past_64_empty_slices_writes_the_data() {
+    let p = pair_with(config(&[A]), config(&[B]), None);
+    let listener = p.b.listen(sa(B, 80)).expect("listen");
+    let mut c = p.a.connect(sa(B, 80)).await.expect("connect");
+    let (mut s, _) = listener.accept().await.expect("accept");
+    let data = b"after the empty slices";
+    let mut bufs = vec![std::io::IoSlice::new(&[]); 64];
+    bufs.push(std::io::IoSlice::new(data));
+    let n = c.write_vectored(&bufs).await.expect("write_vectored");
+    assert_eq!(n, data.len(), "the non-empty slice is written");
+    c.shutdown().await.expect("shutdown");
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut got))
+        .await
+        .expect("in time")
+        .expect("read");
+    assert_eq!(&got[..], &data[..]);
+}

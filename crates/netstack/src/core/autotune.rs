@@ -174,6 +174,14 @@ impl Rings {
         let Some(srtt) = sender.srtt() else {
             return;
         };
+        // Only what the sender took as acknowledged: an ACK beyond what was sent (which
+        // it ignored) counts up to its own cumulative ACK.
+        let una = sender.una();
+        let ack = if (ack.wrapping_sub(una) as i32) > 0 {
+            una
+        } else {
+            ack
+        };
         let Some((since, from)) = self.mark else {
             self.mark = Some((now, ack));
             return;
@@ -182,8 +190,13 @@ impl Rings {
         if now.duration_since(since) < srtt.max(Duration::from_millis(1)) {
             return;
         }
+        // An ACK older than the mark (reordered) delivered nothing in this round trip
+        // (as a wrapped difference it would read as 4 GB); the mark keeps the newer one.
+        let Ok(acked) = usize::try_from(ack.wrapping_sub(from) as i32) else {
+            self.mark = Some((now, from));
+            return;
+        };
         self.mark = Some((now, ack));
-        let acked = ack.wrapping_sub(from) as usize;
         // At most half the senders' share: one connection alone never fills it (past it,
         // what smoltcp emits beyond the reservations is dropped and waits for smoltcp's
         // own backstop timer).
@@ -270,5 +283,88 @@ mod tests {
         }
         assert_eq!(rings.charged(), 64 << 10, "never more than the ring");
         assert_eq!(bytes.load(Relaxed), 64 << 10);
+    }
+
+    /// A sender that measured a round trip: its handshake, one 1000-byte segment sent
+    /// at `now` and acknowledged (up to `first + 1000`) 10 ms later. Returns it with
+    /// `first` (its first data sequence number) and the time of the ACK.
+    fn measured_sender(budget: &Budget, now: Instant) -> (Sender, u32, Instant) {
+        use crate::wire::Segment;
+        use smoltcp::wire::{IpEndpoint, Ipv4Address};
+        let ours = IpEndpoint::new(Ipv4Address::new(10, 0, 0, 1).into(), 50_000);
+        let peer = IpEndpoint::new(Ipv4Address::new(10, 0, 0, 2).into(), 80);
+        let seg = |seq: u32, ack: u32, len: u32, control: bool, from_peer: bool| Segment {
+            src: if from_peer { peer } else { ours },
+            dst: if from_peer { ours } else { peer },
+            seq,
+            ack: Some(ack),
+            len,
+            control,
+            rst: false,
+            fin: false,
+            window: 1000,
+            sacks: [None; 3],
+        };
+        let mut sender = Sender::new(
+            64 << 10,
+            budget.clone(),
+            1 << 20,
+            1000,
+            Duration::from_millis(200),
+        );
+        let (iss, rcv) = (1_000_000u32, 5_000u32);
+        let first = iss + 1;
+        let packet = bytes::Bytes::from(vec![0u8; 1040]);
+        sender.on_emitted(&seg(iss, rcv, 0, true, false), &packet, now);
+        sender.on_emitted(&seg(first, rcv, 1000, false, false), &packet, now);
+        let mut out = Vec::new();
+        sender.poll_transmit(now, &mut out, usize::MAX);
+        assert_eq!(out.len(), 1, "the segment goes out");
+        let acked = now + Duration::from_millis(10);
+        sender.on_segment(&seg(rcv, first + 1000, 0, false, true), acked);
+        assert!(sender.srtt().is_some(), "a round trip measured");
+        (sender, first, acked)
+    }
+
+    #[test]
+    fn an_older_ack_never_counts_as_a_round_of_deliveries() {
+        let budget = Budget::new(64 << 20);
+        let senders = budget.share(32 << 20);
+        let now = Instant::now();
+        let (mut sender, first, acked) = measured_sender(&senders, now);
+        let mut rings = Rings::new(0, 64 << 10, 4 << 20);
+        let limit = sender.limit();
+        rings.on_ack(&mut sender, &senders, first + 1000, acked);
+        // A round trip later, a reordered ACK from before the mark arrives.
+        rings.on_ack(
+            &mut sender,
+            &senders,
+            first + 500,
+            acked + Duration::from_secs(1),
+        );
+        assert_eq!(
+            sender.limit(),
+            limit,
+            "nothing was delivered in that round trip"
+        );
+    }
+
+    #[test]
+    fn an_ack_beyond_what_was_sent_never_counts_as_delivered() {
+        let budget = Budget::new(64 << 20);
+        let senders = budget.share(32 << 20);
+        let now = Instant::now();
+        let (mut sender, first, acked) = measured_sender(&senders, now);
+        let mut rings = Rings::new(0, 64 << 10, 4 << 20);
+        let limit = sender.limit();
+        rings.on_ack(&mut sender, &senders, first + 1000, acked);
+        // The peer acknowledges 1 GB nobody sent (the sender ignores it).
+        rings.on_ack(
+            &mut sender,
+            &senders,
+            first + (1 << 30),
+            acked + Duration::from_secs(1),
+        );
+        assert_eq!(sender.limit(), limit, "only 1000 bytes were ever sent");
     }
 }

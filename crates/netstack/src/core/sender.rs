@@ -989,6 +989,12 @@ impl Sender {
         self.limit
     }
 
+    /// Everything before this sequence number is acknowledged (what the sender
+    /// accepted as the peer's cumulative ACK).
+    pub(crate) fn una(&self) -> u32 {
+        self.una
+    }
+
     /// The smoothed round-trip time, once measured.
     pub(crate) fn srtt(&self) -> Option<Duration> {
         self.rtt.srtt

@@ -58,6 +58,9 @@ pub(crate) struct HalfOpen {
     pub(crate) sack: bool,
     /// The window scale we announce (used only when the peer offered scaling).
     pub(crate) our_wscale: u8,
+    /// The window field of our SYN-ACK (unscaled): the connection's receive ring must
+    /// hold at least this much, or the right edge the peer was told moves back.
+    pub(crate) window: u16,
     /// Bytes of large rings (the budget's first step) our SYN-ACK promised: the window
     /// scale announced needs them when the handshake completes (0: the usual rings).
     pub(crate) promised: usize,
@@ -106,16 +109,15 @@ impl HalfOpen {
         ip_tcp(tuple.remote.addr, tuple.local.addr, &tcp)
     }
 
-    /// Our SYN-ACK, with `mss` (the path's) and `window` (our receive ring, unscaled as
-    /// in any SYN).
-    pub(crate) fn syn_ack(&self, tuple: &Tuple, mss: u16, window: u16) -> Option<Vec<u8>> {
+    /// Our SYN-ACK, with `mss` (the path's) and the window the entry announces.
+    pub(crate) fn syn_ack(&self, tuple: &Tuple, mss: u16) -> Option<Vec<u8>> {
         let tcp = TcpRepr {
             src_port: tuple.local.port,
             dst_port: tuple.remote.port,
             control: TcpControl::Syn,
             seq_number: TcpSeqNumber(self.our_isn as i32),
             ack_number: Some(TcpSeqNumber(self.peer_isn.wrapping_add(1) as i32)),
-            window_len: window,
+            window_len: self.window,
             window_scale: self.peer_wscale.map(|_| self.our_wscale),
             max_seg_size: Some(mss),
             sack_permitted: self.sack,
@@ -250,15 +252,15 @@ impl SynTable {
         self.entries.get(tuple)
     }
 
-    /// Records the SYN of `tuple`, whose SYN-ACK announces `our_wscale` and promises
-    /// `promised` bytes of large rings. A retransmitted SYN (same sequence number) keeps
-    /// its entry (and its promise); returns the entry and whether it is new. The caller
-    /// makes room first.
+    /// Records the SYN of `tuple`, whose SYN-ACK announces `our_wscale` and `window`
+    /// and promises `promised` bytes of large rings. A retransmitted SYN (same sequence
+    /// number) keeps its entry (its window and its promise); returns the entry and
+    /// whether it is new. The caller makes room first.
     pub(crate) fn insert(
         &mut self,
         tuple: Tuple,
         syn: Syn,
-        our_wscale: u8,
+        (our_wscale, window): (u8, u16),
         promised: usize,
         deadline: Instant,
     ) -> (HalfOpen, bool) {
@@ -278,6 +280,7 @@ impl SynTable {
             peer_wscale: syn.wscale,
             sack: syn.sack,
             our_wscale,
+            window,
             promised,
             deadline,
             generation,
@@ -480,7 +483,7 @@ mod tests {
                 sack: true,
             };
             let deadline = Instant::now();
-            let (mut entry, _) = table.insert(tuple, syn, smoltcp_wscale(rx), 0, deadline);
+            let (mut entry, _) = table.insert(tuple, syn, (smoltcp_wscale(rx), 0), 0, deadline);
             entry.our_isn = isn;
             let t = smoltcp::time::Instant::from_millis(1000);
             let addrs = [IpCidr::new(tuple.local.addr, 32)];
@@ -498,7 +501,7 @@ mod tests {
             };
             sockets.poll_ingress_single(&mut iface, t, &mut dev);
             sockets.poll_egress(&mut iface, t, &mut dev);
-            let ours = entry.syn_ack(&tuple, 1380, 0).expect("syn-ack");
+            let ours = entry.syn_ack(&tuple, 1380).expect("syn-ack");
             let theirs = out.first().expect("smoltcp's SYN-ACK").to_vec();
             let caps = ChecksumCapabilities::ignored();
             let (l, r) = (tuple.local.addr, tuple.remote.addr);
@@ -531,15 +534,15 @@ mod tests {
         let promised = Arc::new(AtomicUsize::new(0));
         let mut t = SynTable::new(Arc::clone(&promised));
         let ms = std::time::Duration::from_millis;
-        let (a, new) = t.insert(tuple(1), syn(5), 0, 100, t0 + ms(10));
+        let (a, new) = t.insert(tuple(1), syn(5), (0, 0), 100, t0 + ms(10));
         assert!(new);
         // A retransmitted SYN keeps the entry (and our ISN, and its promise).
-        let (again, new) = t.insert(tuple(1), syn(5), 0, 100, t0 + ms(11));
+        let (again, new) = t.insert(tuple(1), syn(5), (0, 0), 100, t0 + ms(11));
         assert!(!new);
         assert_eq!(again, a);
         assert_eq!(promised.load(Relaxed), 100);
-        t.insert(tuple(2), syn(6), 0, 20, t0 + ms(20));
-        t.insert(tuple(3), syn(7), 0, 3, t0 + ms(30));
+        t.insert(tuple(2), syn(6), (0, 0), 20, t0 + ms(20));
+        t.insert(tuple(3), syn(7), (0, 0), 3, t0 + ms(30));
         assert_eq!(promised.load(Relaxed), 123);
         assert!(t.evict_oldest());
         assert!(t.get(&tuple(1)).is_none());
@@ -550,7 +553,7 @@ mod tests {
         assert_eq!(promised.load(Relaxed), 3);
         // A new SYN on the tuple (another sequence number) replaces the entry and its
         // promise; what is left goes back when the table goes.
-        t.insert(tuple(3), syn(8), 0, 4000, t0 + ms(40));
+        t.insert(tuple(3), syn(8), (0, 0), 4000, t0 + ms(40));
         assert_eq!(promised.load(Relaxed), 4000);
         drop(t);
         assert_eq!(promised.load(Relaxed), 0);

@@ -392,11 +392,14 @@ impl AsyncWrite for TcpStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        // At most 64 slices per call (what hyper hands over at once), without allocating.
+        // At most 64 non-empty slices per call (what hyper hands over at once), without
+        // allocating. Empty ones take no slot: past 64 of them the data after would be
+        // left out, and `Ok(0)` for a non-empty write means the stream takes no more.
         let mut slices: [&[u8]; 64] = [&[]; 64];
-        let n = bufs.len().min(slices.len());
-        for (slot, buf) in slices.iter_mut().zip(bufs) {
-            *slot = buf;
+        let mut n = 0;
+        for buf in bufs.iter().filter(|b| !b.is_empty()).take(slices.len()) {
+            slices[n] = buf;
+            n += 1;
         }
         self.get_mut().poll_write_slices(cx, &slices[..n])
     }

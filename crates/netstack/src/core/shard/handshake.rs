@@ -64,13 +64,15 @@ impl Shard {
         let deadline = now + config.handshake_timeout;
         let promise = if sizes.large { sizes.rx + sizes.tx } else { 0 };
         let wscale = smoltcp_wscale(sizes.rx);
-        let (entry, new) = self.synq.insert(tuple, syn, wscale, promise, deadline);
+        let window = u16::try_from(sizes.rx).unwrap_or(u16::MAX);
+        let (entry, new) = self
+            .synq
+            .insert(tuple, syn, (wscale, window), promise, deadline);
         if new {
             c.half_open.fetch_add(1, Relaxed);
         }
-        let window = u16::try_from(sizes.rx).unwrap_or(u16::MAX);
         let v6 = tuple.local.addr.version() == smoltcp::wire::IpVersion::Ipv6;
-        if let Some(reply) = entry.syn_ack(&tuple, config.path_mss(v6), window) {
+        if let Some(reply) = entry.syn_ack(&tuple, config.path_mss(v6)) {
             if self.tx.len() < reply_limit {
                 self.tx.push(Bytes::from(reply));
             } else {
@@ -127,11 +129,12 @@ impl Shard {
             return Completion::Consumed;
         }
         // The budget may have shrunk the rings since the SYN-ACK: the receive ring must
-        // still be large enough for the window scale it announced.
-        let rx_floor = match entry.peer_wscale {
+        // still be large enough for the window scale and the window it announced.
+        let scale_floor = match entry.peer_wscale {
             Some(_) if entry.our_wscale > 0 => 1usize << (u32::from(entry.our_wscale) + 15),
             _ => 0,
         };
+        let rx_floor = scale_floor.max(usize::from(entry.window));
         let Ok((handle, mut rings)) = self.new_tcp(env, rx_floor, entry.promised > 0) else {
             c.drop(DropReason::LimitReached);
             return Completion::Consumed;
@@ -155,8 +158,7 @@ impl Shard {
         let v6 = tuple.local.addr.version() == smoltcp::wire::IpVersion::Ipv6;
         let path_mss = env.config.path_mss(v6);
         let mut offload = Offload::new(path_mss);
-        let window = u16::try_from(socket.recv_capacity()).unwrap_or(u16::MAX);
-        let syn_ack = entry.syn_ack(&tuple, path_mss, window).map(Bytes::from);
+        let syn_ack = entry.syn_ack(&tuple, path_mss).map(Bytes::from);
         if self.offload {
             let inner = offload::SEGMENT_MTU - if v6 { 60 } else { 40 };
             let inner = u16::try_from(inner).unwrap_or(u16::MAX);
