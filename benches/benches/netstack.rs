@@ -42,7 +42,9 @@ fn stacks_with(shards: usize, buffer: usize, offload: bool) -> (Netstack, Netsta
         c.segment_offload = offload;
         c.shards = shards;
         c.tcp_rx_buffer = buffer;
+        c.tcp_rx_buffer_max = buffer;
         c.tcp_tx_buffer = buffer;
+        c.tcp_tx_buffer_max = buffer;
         c.max_connections = 32_768;
         Netstack::new(c).expect("stack")
     };

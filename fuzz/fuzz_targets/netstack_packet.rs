@@ -38,7 +38,9 @@ fn target() -> &'static Target {
             let mut config = NetstackConfig::new([IpAddr::V4(V4), IpAddr::V6(V6)]);
             config.shards = 4;
             config.tcp_rx_buffer = 16 << 10;
+            config.tcp_rx_buffer_max = 16 << 10;
             config.tcp_tx_buffer = 16 << 10;
+            config.tcp_tx_buffer_max = 16 << 10;
             config.max_connections = MAX_CONNECTIONS;
             config.max_pending_syns = 128;
             config.max_outbound_packets = MAX_OUTBOUND;

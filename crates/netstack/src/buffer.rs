@@ -1,6 +1,6 @@
 //! A shard's socket set together with the memory its TCP sockets' rings live in.
 //!
-//! A connection's send and receive rings (512 KiB and 1 MiB by default) live in one private
+//! A connection's send and receive rings (see `autotune.rs` for their sizes) live in one private
 //! anonymous mapping. Untouched pages are never committed, and unmapping returns every
 //! page to the kernel when the connection ends. A heap `vec![0; n]` is only free the first
 //! time: glibc raises its mmap threshold after the first large free and then serves (and
@@ -52,7 +52,9 @@ struct Mapping {
 unsafe impl Send for Mapping {}
 
 impl Mapping {
-    /// Maps `len` (> 0) bytes of zeroed, uncommitted memory.
+    /// Maps `len` (> 0) bytes of zeroed, uncommitted memory. `MAP_NORESERVE`: a send ring
+    /// is reserved at the largest size a connection may grow to and mostly stays
+    /// untouched (the stack's budget, not swap space, bounds what is used).
     fn new(len: usize) -> io::Result<Self> {
         // SAFETY: a request for a fresh private anonymous mapping at an address the kernel
         // picks; it aliases nothing.
@@ -61,7 +63,7 @@ impl Mapping {
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
                 -1,
                 0,
             )

@@ -42,33 +42,65 @@ pub struct NetstackConfig {
     /// bulk transfers. On the wire nothing changes: the MSS announced to peers follows
     /// `path_mtu`, and peers get at least one ACK per two segments. Off: smoltcp works
     /// in wire segments (kept as a baseline for measurements). Needs the sender
-    /// (`repair_budget` > 0), which repairs losses per wire segment; off without it.
+    /// (`tcp_sender`), which repairs losses per wire segment; off without it.
     pub segment_offload: bool,
     /// Bytes of packets the outbound queue holds at most (default 8 MiB), beside
     /// [`max_outbound_packets`](Self::max_outbound_packets): past either the stack stops
     /// emitting.
     pub max_outbound_bytes: usize,
-    /// Receive buffer of each TCP connection in bytes (default 1 MiB). The advertised
-    /// window (with window scaling) follows from it. Pages are committed only when used.
+    /// Receive ring of a TCP connection in bytes (default 1 MiB) when the stack is busy:
+    /// see [`tcp_rx_buffer_max`](Self::tcp_rx_buffer_max) and
+    /// [`tcp_buffer_budget`](Self::tcp_buffer_budget). The advertised window (with window
+    /// scaling) follows from the ring. Pages are committed only when used.
     pub tcp_rx_buffer: usize,
-    /// Send buffer of each TCP connection in bytes (default 512 KiB: enough for about
-    /// 200 Mbit/s per connection at 20 ms RTT; many concurrent large responses are what
-    /// sets the agent's peak memory). Its pages are returned to the kernel once a
-    /// connection that sent 256 KiB or more has everything acknowledged.
-    pub tcp_tx_buffer: usize,
-    /// Bytes of TCP rings (receive plus send) all connections together may have mapped
-    /// (default 512 MiB). It bounds the stack's buffer memory whatever the connection
-    /// count: ring pages are committed only when used, but a peer can fill a receive ring
-    /// nobody reads, and an application a send ring nobody acknowledges.
+    /// Receive ring of a TCP connection while the budget is mostly free (default 8 MiB,
+    /// at least [`tcp_rx_buffer`](Self::tcp_rx_buffer)): a window for about 80 MB/s at a
+    /// 100 ms round trip. The window scale offered at SYN time allows for all of it.
+    pub tcp_rx_buffer_max: usize,
+    /// Send memory a TCP connection starts with in bytes (default 512 KiB): what it may
+    /// queue and hold unacknowledged before its sender has measured the path, and its
+    /// send ring when the stack is busy (see [`tcp_buffer_budget`](Self::tcp_buffer_budget)).
     ///
-    /// Rings are sized when a connection is created (at SYN time), so no window edge ever
-    /// retreats: while under a quarter of the budget is taken, a connection gets
-    /// `tcp_rx_buffer` and `tcp_tx_buffer`; between a quarter and half, proportionally
-    /// smaller rings; past half, [`MIN_TCP_RING`](crate::MIN_TCP_RING) each way. A
+    /// A connection created while under a quarter of the budget is taken has a send ring
+    /// of [`tcp_tx_buffer_max`](Self::tcp_tx_buffer_max), and its send memory grows with
+    /// the measured bandwidth-delay product (twice the bytes acknowledged per smoothed
+    /// round trip) up to that, as Linux's autotuning does, while the senders' share of the
+    /// budget has room.
+    /// Send-ring pages are charged to the budget as they are first used and returned to
+    /// the kernel (and the budget) once a connection that sent 256 KiB or more has
+    /// everything acknowledged and stays idle.
+    pub tcp_tx_buffer: usize,
+    /// The most send memory one TCP connection may grow to (default 8 MiB, at least
+    /// [`tcp_tx_buffer`](Self::tcp_tx_buffer)): the send ring of a connection created
+    /// while under a quarter of the budget is taken (virtual memory until used).
+    pub tcp_tx_buffer_max: usize,
+    /// Bytes of TCP buffer memory all connections together may take (default 512 MiB):
+    /// receive rings, the used pages of send rings, and the packets the senders hold
+    /// (sent and not yet acknowledged, or waiting for the congestion window). It bounds
+    /// the stack's buffer memory whatever the connection count.
+    ///
+    /// A receive ring is charged in full when its connection is created (at SYN time): a
+    /// peer can fill it, and smoltcp's ring cycles through all of its pages, so no window
+    /// edge ever retreats and no ring is ever overcommitted. While under a quarter of the
+    /// budget is taken (counting the new connection's rings), a connection gets
+    /// `tcp_rx_buffer_max` (15 connections with the defaults); then `tcp_rx_buffer` while
+    /// under half; between half and
+    /// three quarters proportionally smaller rings; past that
+    /// [`MIN_TCP_RING`](crate::MIN_TCP_RING) each way. The same steps size its initial
+    /// send memory (`tcp_tx_buffer` down to `MIN_TCP_RING`, charged at once) and its send
+    /// ring (`tcp_tx_buffer_max` in the first step, else its initial send memory). A
     /// connection whose rings no longer fit is refused (RST, counted as
     /// [`LimitReached`](crate::DropReason::LimitReached); `connect` fails with
-    /// `QuotaExceeded`). [`NetstackStats::tcp_ring_bytes`](crate::NetstackStats) shows
-    /// what is taken.
+    /// `QuotaExceeded`). Send memory grows only while the budget has room; past it,
+    /// writers wait for acknowledgements. [`NetstackStats::tcp_ring_bytes`](crate::NetstackStats)
+    /// shows what the rings take, `tcp_repair_bytes` what the senders hold.
+    ///
+    /// The senders together hold at most a sixty-fourth of the budget (8 MiB by default,
+    /// at least 256 KiB), as round 1's separate `repair_budget` did: each held packet is a
+    /// second copy of send-ring bytes, and with many connections sending at once this
+    /// share, not the rings, is what bounds the memory they take (64 connections each
+    /// sending 1 MiB: 154 MiB of peak RSS with the whole budget open to the senders,
+    /// against a 128 MiB target). This budget replaces `repair_budget`.
     pub tcp_buffer_budget: usize,
     /// Maximum TCP sockets in any state (half-open, open, closing). Default 16,384.
     pub max_connections: usize,
@@ -113,16 +145,14 @@ pub struct NetstackConfig {
     /// timeout from measured round trips (RFC 6298) and never goes below this; its cap
     /// is 60 s. smoltcp's own timeout (1-60 s) stays behind it as a backstop.
     pub min_rto: Duration,
-    /// Bytes of TCP packets the senders may hold over all connections (default 8 MiB;
-    /// each connection at most about `tcp_tx_buffer`): packets sent and not yet
-    /// acknowledged (resent from there when lost) and packets waiting for the congestion
-    /// window. A connection holding nothing may always take two segments past it. `0`
-    /// turns the sender off: smoltcp then sends on its own, with its Cubic and its 1 s
-    /// minimum timeout (kept as a baseline for measurements).
-    pub repair_budget: usize,
+    /// The stack's own TCP sender (default on; see `sender.rs` and docs/ARCHITECTURE.md):
+    /// loss detection, recovery and congestion control below smoltcp. Off, smoltcp sends
+    /// on its own, with its Cubic and its 1 s minimum timeout (kept as a baseline for
+    /// measurements).
+    pub tcp_sender: bool,
     /// The stack's congestion controller (default [`CongestionControl::Bbr`]); applies
-    /// while the sender is on (`repair_budget > 0`). See `sender.rs` and
-    /// docs/ARCHITECTURE.md for why BBR is the default.
+    /// while the sender is on (`tcp_sender`). See `sender.rs` and docs/ARCHITECTURE.md
+    /// for why BBR is the default.
     pub congestion: CongestionControl,
     /// Number of socket-set shards (1..=64, default 64). smoltcp scans every socket of a
     /// shard on each poll; connections are spread by a keyed hash of their 4-tuple.
@@ -146,7 +176,9 @@ impl Default for NetstackConfig {
             segment_offload: true,
             max_outbound_bytes: 8 << 20,
             tcp_rx_buffer: 1 << 20,
+            tcp_rx_buffer_max: 8 << 20,
             tcp_tx_buffer: 512 << 10,
+            tcp_tx_buffer_max: 8 << 20,
             tcp_buffer_budget: 512 << 20,
             max_connections: 16_384,
             accept_backlog: 1024,
@@ -159,7 +191,7 @@ impl Default for NetstackConfig {
             nagle: false,
             ack_delay: Some(Duration::from_millis(10)),
             min_rto: crate::sender::MIN_RTO,
-            repair_budget: 8 << 20,
+            tcp_sender: true,
             congestion: CongestionControl::default(),
             shards: 64,
             max_outbound_packets: 4096,
@@ -194,7 +226,7 @@ impl NetstackConfig {
     /// would resend whole 64 KiB segments, lost again whenever one of their ~45 wire
     /// segments is: measured, a 3 % loss path then never finishes).
     pub(crate) fn offload(&self) -> bool {
-        self.segment_offload && self.repair_budget > 0
+        self.segment_offload && self.tcp_sender
     }
 
     /// The TCP MSS on the wire for IPv4 (`v6`: IPv6): the path MTU minus the IP and TCP
@@ -204,27 +236,55 @@ impl NetstackConfig {
         u16::try_from(self.path_mtu.saturating_sub(headers)).unwrap_or(u16::MAX - 60)
     }
 
-    /// The receive and send ring sizes of a new connection while `reserved` bytes of
-    /// rings are taken; `None` when even the smallest no longer fit the budget (see
-    /// [`tcp_buffer_budget`](Self::tcp_buffer_budget)).
-    pub(crate) fn ring_sizes(&self, reserved: usize) -> Option<(usize, usize)> {
+    /// The senders' share of [`tcp_buffer_budget`](Self::tcp_buffer_budget): what they may
+    /// hold together (a sixty-fourth, at least 256 KiB).
+    pub(crate) fn sender_share(&self) -> usize {
+        (self.tcp_buffer_budget / 64).max(256 << 10)
+    }
+
+    /// The sizes of a new connection's buffers while `reserved` bytes of the budget are
+    /// taken: its receive ring, its initial send memory (both charged at once) and its send
+    /// ring (reserved; charged as used, see `autotune.rs`). `None` when even the smallest
+    /// no longer fit (see [`tcp_buffer_budget`](Self::tcp_buffer_budget)). The first step
+    /// (the large rings) only when `large`.
+    pub(crate) fn ring_sizes(&self, reserved: usize, large: bool) -> Option<RingSizes> {
         const PAGE: usize = 4096;
         let (rx, tx) = (self.tcp_rx_buffer, self.tcp_tx_buffer);
+        let (rx_max, tx_max) = (
+            self.tcp_rx_buffer_max.max(rx),
+            self.tcp_tx_buffer_max.max(tx),
+        );
         let budget = self.tcp_buffer_budget;
-        let (quarter, half) = (budget / 4, budget / 2);
+        let (quarter, half, three_quarters) = (budget / 4, budget / 2, budget / 4 * 3);
         let shrink = |full: usize, scale: f64| {
             let size = (full as f64 * scale) as usize / PAGE * PAGE;
             size.clamp(crate::MIN_TCP_RING.min(full), full)
         };
-        let sizes = if reserved.saturating_add(rx + tx) <= quarter {
-            (rx, tx)
-        } else if reserved < half {
-            let scale = (half - reserved) as f64 / (half - quarter).max(1) as f64;
-            (shrink(rx, scale), shrink(tx, scale))
+        let sizes = if large && reserved.saturating_add(rx_max + tx) <= quarter {
+            RingSizes {
+                rx: rx_max,
+                tx,
+                tx_ring: tx_max,
+                large: true,
+            }
         } else {
-            (shrink(rx, 0.0), shrink(tx, 0.0))
+            let (rx, tx) = if reserved.saturating_add(rx + tx) <= half {
+                (rx, tx)
+            } else if reserved < three_quarters {
+                let scale =
+                    (three_quarters - reserved) as f64 / (three_quarters - half).max(1) as f64;
+                (shrink(rx, scale), shrink(tx, scale))
+            } else {
+                (shrink(rx, 0.0), shrink(tx, 0.0))
+            };
+            RingSizes {
+                rx,
+                tx,
+                tx_ring: tx,
+                large: false,
+            }
         };
-        (reserved.saturating_add(sizes.0 + sizes.1) <= budget).then_some(sizes)
+        (reserved.saturating_add(sizes.rx + sizes.tx) <= budget).then_some(sizes)
     }
 
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
@@ -245,7 +305,9 @@ impl NetstackConfig {
         }
         for (field, value) in [
             ("tcp_rx_buffer", self.tcp_rx_buffer),
+            ("tcp_rx_buffer_max", self.tcp_rx_buffer_max),
             ("tcp_tx_buffer", self.tcp_tx_buffer),
+            ("tcp_tx_buffer_max", self.tcp_tx_buffer_max),
         ] {
             if !(4096..=(1 << 30)).contains(&value) {
                 return Err(ConfigError::Range { field, value });
@@ -288,6 +350,19 @@ impl NetstackConfig {
     }
 }
 
+/// The buffer sizes of a new TCP connection (see [`NetstackConfig::ring_sizes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RingSizes {
+    /// Receive ring, charged at once.
+    pub(crate) rx: usize,
+    /// Initial send memory, charged at once.
+    pub(crate) tx: usize,
+    /// Send ring: the most send memory the connection may grow to.
+    pub(crate) tx_ring: usize,
+    /// The first step: larger rings than `tcp_rx_buffer` and `tcp_tx_buffer`.
+    pub(crate) large: bool,
+}
+
 /// A [`NetstackConfig`] that cannot work.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -324,24 +399,41 @@ mod tests {
     #[test]
     fn ring_sizes_shrink_with_the_budget_and_never_pass_it() {
         let mut c = NetstackConfig::new(["10.0.0.1".parse().expect("ip")]);
-        c.tcp_buffer_budget = 64 << 20;
+        c.tcp_buffer_budget = 128 << 20;
         let (rx, tx) = (c.tcp_rx_buffer, c.tcp_tx_buffer);
-        assert_eq!(c.ring_sizes(0), Some((rx, tx)));
+        let (rx_max, tx_max) = (c.tcp_rx_buffer_max, c.tcp_tx_buffer_max);
+        let large = RingSizes {
+            rx: rx_max,
+            tx,
+            tx_ring: tx_max,
+            large: true,
+        };
+        assert_eq!(c.ring_sizes(0, true), Some(large));
+        let base = RingSizes {
+            rx,
+            tx,
+            tx_ring: tx,
+            large: false,
+        };
+        assert_eq!(c.ring_sizes(0, false), Some(base));
+        assert_eq!(c.ring_sizes(32 << 20, true), Some(base));
         let mut reserved = 0;
-        let mut last = rx + tx;
+        let mut last = rx_max + tx;
         let mut conns = 0;
-        while let Some((r, t)) = c.ring_sizes(reserved) {
-            assert!(r + t <= last, "sizes never grow as the budget fills");
-            assert!(r >= crate::MIN_TCP_RING && t >= crate::MIN_TCP_RING);
-            assert_eq!((r % 4096, t % 4096), (0, 0));
-            last = r + t;
-            reserved += r + t;
+        while let Some(s) = c.ring_sizes(reserved, true) {
+            assert!(s.rx + s.tx <= last, "sizes never grow as the budget fills");
+            assert!(s.rx >= crate::MIN_TCP_RING && s.tx >= crate::MIN_TCP_RING);
+            assert_eq!((s.rx % 4096, s.tx % 4096), (0, 0));
+            assert!(s.tx_ring >= s.tx);
+            last = s.rx + s.tx;
+            reserved += s.rx + s.tx;
             conns += 1;
             assert!(reserved <= c.tcp_buffer_budget);
         }
         assert_eq!(last, 2 * crate::MIN_TCP_RING, "ends at the smallest rings");
-        // A quarter at full size, then smaller ones, then half the budget at the minimum.
-        assert!(conns > (32 << 20) / (2 * crate::MIN_TCP_RING), "{conns}");
+        // A quarter at the largest size, up to half at the base size, then smaller ones,
+        // then a quarter of the budget at the minimum.
+        assert!(conns > (16 << 20) / (2 * crate::MIN_TCP_RING), "{conns}");
         assert!(c.tcp_buffer_budget - reserved < 2 * crate::MIN_TCP_RING);
     }
 }

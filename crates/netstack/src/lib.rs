@@ -59,6 +59,7 @@
 //! # }
 //! ```
 
+mod autotune;
 #[allow(unsafe_code)]
 mod buffer;
 mod config;

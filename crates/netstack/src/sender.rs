@@ -156,11 +156,15 @@ fn seq_le(a: u32, b: u32) -> bool {
     !seq_lt(b, a)
 }
 
-/// The shared byte budget of all connections' senders.
+/// A byte budget shared by connections. The stack has one (`tcp_buffer_budget`, charged
+/// by the rings in `autotune.rs`), and the senders' share of it is a [`Budget::share`]:
+/// what they hold counts against both.
 #[derive(Debug, Clone)]
 pub(crate) struct Budget {
     used: Arc<AtomicUsize>,
     limit: usize,
+    /// The budget this one is a share of.
+    parent: Option<Arc<Budget>>,
 }
 
 impl Budget {
@@ -169,7 +173,22 @@ impl Budget {
         Self {
             used: Arc::new(AtomicUsize::new(0)),
             limit,
+            parent: None,
         }
+    }
+
+    /// A share of at most `limit` bytes of this budget: taking from it takes from both.
+    pub(crate) fn share(&self, limit: usize) -> Self {
+        Self {
+            used: Arc::new(AtomicUsize::new(0)),
+            limit,
+            parent: Some(Arc::new(self.clone())),
+        }
+    }
+
+    /// The limit, bytes.
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
     }
 
     /// Bytes held now.
@@ -177,7 +196,15 @@ impl Budget {
         self.used.load(Relaxed)
     }
 
-    fn take(&self, n: usize, force: bool) -> bool {
+    /// Bytes that may still be taken without `force` (here and in the budget this is a
+    /// share of).
+    pub(crate) fn room(&self) -> usize {
+        let own = self.limit.saturating_sub(self.used());
+        self.parent.as_ref().map_or(own, |p| own.min(p.room()))
+    }
+
+    /// Takes `n` bytes; past the limit only when `force`. Returns whether it took them.
+    pub(crate) fn take(&self, n: usize, force: bool) -> bool {
         let mut cur = self.used.load(Relaxed);
         loop {
             if !force && cur.saturating_add(n) > self.limit {
@@ -187,14 +214,25 @@ impl Budget {
                 .used
                 .compare_exchange_weak(cur, cur.saturating_add(n), Relaxed, Relaxed)
             {
-                Ok(_) => return true,
+                Ok(_) => break,
                 Err(now) => cur = now,
             }
         }
+        match &self.parent {
+            Some(parent) if !parent.take(n, force) => {
+                self.used.fetch_sub(n, Relaxed);
+                false
+            }
+            _ => true,
+        }
     }
 
-    fn give(&self, n: usize) {
+    /// Gives back `n` bytes taken before.
+    pub(crate) fn give(&self, n: usize) {
         self.used.fetch_sub(n, Relaxed);
+        if let Some(parent) = &self.parent {
+            parent.give(n);
+        }
     }
 }
 
@@ -838,7 +876,7 @@ impl Sender {
         let mss = self.mss as usize;
         let per_segment = mss + HEADERS + SEG_OVERHEAD;
         let own = self.limit.saturating_sub(self.bytes + self.reserved);
-        let shared = self.budget.limit.saturating_sub(self.budget.used());
+        let shared = self.budget.room();
         let floor = (FLOOR_SEGMENTS * per_segment).saturating_sub(self.bytes + self.reserved);
         let room = own.min(shared.max(floor));
         let granted = payload.min(room / per_segment * mss);
@@ -926,6 +964,22 @@ impl Sender {
     /// Counts since the last call.
     pub(crate) fn take_events(&mut self) -> Events {
         std::mem::take(&mut self.events)
+    }
+
+    /// Raises the bound on the bytes this connection may hold (never lowers it): the
+    /// send side's autotuning (see `autotune.rs`) follows the bandwidth-delay product.
+    pub(crate) fn grow_limit(&mut self, limit: usize) {
+        self.limit = self.limit.max(limit);
+    }
+
+    /// The bound on the bytes this connection may hold.
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// The smoothed round-trip time, once measured.
+    pub(crate) fn srtt(&self) -> Option<Duration> {
+        self.rtt.srtt
     }
 
     /// The congestion window, bytes.

@@ -9,6 +9,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,7 @@ use smoltcp::phy::DeviceCapabilities;
 use smoltcp::socket::tcp;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
 
+use crate::autotune::Rings;
 use crate::buffer::{Owned, Sockets, TcpSocket};
 use crate::config::NetstackConfig;
 use crate::device::{Dev, capabilities};
@@ -59,6 +61,8 @@ struct Conn {
     tx_dirty: usize,
     /// Queued in `Shard::release_queue`.
     release_pending: bool,
+    /// What its rings take from the budget (see `autotune.rs`).
+    rings: Rings,
     /// Segmentation offload: wire segment sizes, window scale, ACKs sent.
     offload: Offload,
 }
@@ -110,7 +114,7 @@ pub(crate) struct Shard {
     timers: BTreeSet<(Instant, Tuple)>,
     /// Connections whose sender may have packets to send now.
     ready: Vec<Tuple>,
-    /// `repair_budget` is 0: smoltcp sends on its own (its Cubic, its timers).
+    /// `tcp_sender` is off: smoltcp sends on its own (its Cubic, its timers).
     sender_off: bool,
     /// `segment_offload`: smoltcp works in large segments (see `offload.rs`).
     offload: bool,
@@ -135,6 +139,7 @@ impl Shard {
         config: &NetstackConfig,
         clock: Clock,
         seed: u64,
+        syn_promised: Arc<AtomicUsize>,
         now: Instant,
     ) -> Self {
         let caps = capabilities(config.segment_mtu(), config.offload());
@@ -179,12 +184,12 @@ impl Shard {
             clock,
             tx,
             watched: 0,
-            synq: SynTable::default(),
+            synq: SynTable::new(syn_promised),
             half_open: 0,
             sweep_at: None,
             timers: BTreeSet::new(),
             ready: Vec::new(),
-            sender_off: config.repair_budget == 0,
+            sender_off: !config.tcp_sender,
             offload: config.offload(),
             path_mtu: config.path_mtu,
             release_queue: VecDeque::new(),
@@ -344,7 +349,7 @@ impl Shard {
     /// Drops half-open connections past their deadline and finishes closing ones.
     pub(crate) fn maintain(&mut self, shared: &Shared, now: Instant) {
         let now = self.tick(now);
-        self.release_due(now);
+        self.release_due(shared, now);
         let expired = self.synq.expire(now);
         shared.counters.half_open.fetch_sub(expired, Relaxed);
         if self.sweep_at.is_none_or(|at| now < at) {
@@ -461,7 +466,7 @@ impl Shard {
         if self.conns.contains_key(&tuple) {
             return Ok(None);
         }
-        let handle = self.new_tcp(shared, 0)?;
+        let (handle, rings) = self.new_tcp(shared, 0, true)?;
         let mut socket = self.sockets.get_mut::<tcp::Socket>(handle);
         // Until established the smoltcp timeout bounds the handshake.
         socket.set_timeout(Some(
@@ -475,11 +480,12 @@ impl Shard {
                 state: ConnState::Owned,
                 reset: false,
                 aborted: false,
-                sender: self.new_sender(shared),
+                sender: self.new_sender(shared, &rings),
                 timer_at: None,
                 ready: false,
                 tx_dirty: 0,
                 release_pending: false,
+                rings,
                 offload: Offload::new(
                     shared
                         .config
@@ -519,22 +525,33 @@ impl Shard {
     /// Reserves sender memory for `want` bytes the stream of `tuple` is about to queue;
     /// returns how many it may queue (see `Sender::reserve`). Past it a writer waits for
     /// an ACK.
-    pub(crate) fn reserve_send(&mut self, tuple: &Tuple, want: usize) -> usize {
+    pub(crate) fn reserve_send(&mut self, shared: &Shared, tuple: &Tuple, want: usize) -> usize {
+        let Some(conn) = self.conns.get_mut(tuple) else {
+            return want;
+        };
+        let queued = self.sockets.get::<tcp::Socket>(conn.handle).send_queue();
+        // Send-ring pages first (see `autotune.rs`), then the sender's memory.
+        let want = conn.rings.admit_tx(
+            &shared.budget,
+            &shared.counters.tcp_ring_bytes,
+            queued,
+            want,
+        );
         if self.sender_off {
             return want;
         }
-        match self.conns.get_mut(tuple) {
-            Some(conn) => conn.sender.reserve(want),
-            None => want,
-        }
+        conn.sender.reserve(want)
     }
 
-    /// Gives back a reservation of `unused` bytes that were not queued.
-    pub(crate) fn unreserve_send(&mut self, tuple: &Tuple, unused: usize) {
-        if let Some(conn) = self.conns.get_mut(tuple)
-            && !self.sender_off
-            && unused > 0
-        {
+    /// Of `granted` bytes reserved, `queued` were queued: gives back the reservation of
+    /// the rest.
+    pub(crate) fn unreserve_send(&mut self, tuple: &Tuple, granted: usize, queued: usize) {
+        let Some(conn) = self.conns.get_mut(tuple) else {
+            return;
+        };
+        conn.rings.queued_tx(queued);
+        let unused = granted.saturating_sub(queued);
+        if !self.sender_off && unused > 0 {
             conn.sender.unreserve(unused);
         }
     }
@@ -652,11 +669,20 @@ impl Shard {
             // A bad checksum: dropped silently, as smoltcp does.
             return true;
         };
-        // The receive ring the connection would get now (its size sets the window scale).
-        let rx = config
-            .ring_sizes(c.tcp_ring_bytes.load(Relaxed))
-            .map(|(rx, _)| rx);
-        let Some(rx) = rx.filter(|_| listener.pending.load(Relaxed) < listener.backlog) else {
+        // The receive ring the connection will get (its size sets the window scale). The
+        // large rings of the budget's first step are promised here and counted until the
+        // handshake completes or the entry goes: a burst of SYNs must not be promised
+        // more of them than the step holds, or their handshakes could not complete.
+        // Under a flood the promises go to entries that never complete, and a real client
+        // gets the usual rings until they expire.
+        let used = shared.budget.used();
+        let promised = shared.syn_promised.load(Relaxed);
+        let sizes = config
+            .ring_sizes(used.saturating_add(promised), true)
+            .filter(|s| s.large)
+            .or_else(|| config.ring_sizes(used, false));
+        let Some(sizes) = sizes.filter(|_| listener.pending.load(Relaxed) < listener.backlog)
+        else {
             c.drop(DropReason::LimitReached);
             return false;
         };
@@ -669,11 +695,13 @@ impl Shard {
             c.half_open_evicted.fetch_add(1, Relaxed);
         }
         let deadline = now + config.handshake_timeout;
-        let (entry, new) = self.synq.insert(tuple, syn, smoltcp_wscale(rx), deadline);
+        let promise = if sizes.large { sizes.rx + sizes.tx } else { 0 };
+        let wscale = smoltcp_wscale(sizes.rx);
+        let (entry, new) = self.synq.insert(tuple, syn, wscale, promise, deadline);
         if new {
             c.half_open.fetch_add(1, Relaxed);
         }
-        let window = u16::try_from(rx).unwrap_or(u16::MAX);
+        let window = u16::try_from(sizes.rx).unwrap_or(u16::MAX);
         let v6 = tuple.local.addr.version() == smoltcp::wire::IpVersion::Ipv6;
         if let Some(reply) = entry.syn_ack(&tuple, config.path_mss(v6), window) {
             if self.tx.len() < reply_limit {
@@ -737,7 +765,7 @@ impl Shard {
             Some(_) if entry.our_wscale > 0 => 1usize << (u32::from(entry.our_wscale) + 15),
             _ => 0,
         };
-        let Ok(handle) = self.new_tcp(shared, rx_floor) else {
+        let Ok((handle, mut rings)) = self.new_tcp(shared, rx_floor, entry.promised > 0) else {
             c.drop(DropReason::LimitReached);
             return Completion::Consumed;
         };
@@ -748,8 +776,8 @@ impl Shard {
             || smoltcp_wscale(socket.recv_capacity()) >= entry.our_wscale;
         let syn = entry.syn(&tuple);
         let (true, Some(syn), Ok(())) = (scale_kept, syn, socket.listen(tuple.local)) else {
-            let bytes = self.sockets.remove(handle);
-            c.tcp_ring_bytes.fetch_sub(bytes, Relaxed);
+            self.sockets.remove(handle);
+            rings.release_all(&shared.budget, &c.tcp_ring_bytes);
             c.tcp_sockets.fetch_sub(1, Relaxed);
             forget(self);
             return Completion::Refused;
@@ -801,7 +829,7 @@ impl Shard {
         listener.pending.fetch_add(1, Relaxed);
         self.half_open += 1;
         // The sender starts on the SYN-ACK it sees go out; ours went out earlier.
-        let mut sender = self.new_sender(shared);
+        let mut sender = self.new_sender(shared, &rings);
         if let Some(syn_ack) = &syn_ack
             && let Some(seg) = tcp_segment(syn_ack)
         {
@@ -822,6 +850,7 @@ impl Shard {
                 ready: false,
                 tx_dirty: 0,
                 release_pending: false,
+                rings,
                 offload,
             },
         );
@@ -908,12 +937,13 @@ impl Shard {
     }
 
     fn remove_conn(&mut self, shared: &Shared, tuple: Tuple) {
-        if let Some(conn) = self.conns.remove(&tuple) {
+        if let Some(mut conn) = self.conns.remove(&tuple) {
             if let Some(at) = conn.timer_at {
                 self.timers.remove(&(at, tuple));
             }
-            let bytes = self.sockets.remove(conn.handle);
-            shared.counters.tcp_ring_bytes.fetch_sub(bytes, Relaxed);
+            self.sockets.remove(conn.handle);
+            conn.rings
+                .release_all(&shared.budget, &shared.counters.tcp_ring_bytes);
             shared.counters.tcp_sockets.fetch_sub(1, Relaxed);
         }
     }
@@ -957,7 +987,7 @@ impl Shard {
     }
 
     /// Releases the send rings of candidates whose delay has passed and that stayed idle.
-    fn release_due(&mut self, now: Instant) {
+    fn release_due(&mut self, shared: &Shared, now: Instant) {
         while let Some(&(at, tuple)) = self.release_queue.front() {
             if at > now {
                 break;
@@ -970,19 +1000,23 @@ impl Shard {
             let mut socket = self.sockets.get_mut::<tcp::Socket>(conn.handle);
             if socket.send_queue() == 0 && socket.release_send_ring() {
                 conn.tx_dirty = 0;
+                conn.rings
+                    .released_tx(&shared.budget, &shared.counters.tcp_ring_bytes);
             }
         }
     }
 
-    fn new_sender(&self, shared: &Shared) -> Sender {
+    fn new_sender(&self, shared: &Shared, rings: &Rings) -> Sender {
         let config = &shared.config;
-        // Packets of a full send ring, with their headers and entries.
-        let limit = config.tcp_tx_buffer + config.tcp_tx_buffer / 8;
+        // Packets of the initial send memory, with their headers and entries; it grows
+        // with the path (see `autotune.rs`).
+        let tx = rings.tx_base().max(crate::MIN_TCP_RING);
+        let limit = tx + tx / 8;
         let mss = u32::try_from(config.path_mtu.saturating_sub(40)).unwrap_or(1380);
         Sender::new(
             limit,
-            shared.repair_budget.clone(),
-            config.tcp_rx_buffer,
+            shared.sender_budget.clone(),
+            rings.rx(),
             mss,
             config.min_rto,
         )
@@ -1193,6 +1227,10 @@ impl Shard {
             conn.sender.abort();
         } else if let Some(seg) = seg {
             conn.sender.on_segment(seg, now);
+            if let Some(ack) = seg.ack {
+                conn.rings
+                    .on_ack(&mut conn.sender, &shared.sender_budget, ack, now);
+            }
         }
         schedule(&mut self.timers, &mut self.ready, shared, tuple, conn);
     }
@@ -1239,9 +1277,15 @@ impl Shard {
         }
     }
 
-    /// A TCP socket with this stack's options, within `max_connections`, its receive
-    /// ring at least `rx_floor` bytes.
-    fn new_tcp(&mut self, shared: &Shared, rx_floor: usize) -> io::Result<SocketHandle> {
+    /// A TCP socket with this stack's options, within `max_connections`, with its rings
+    /// charged to the budget, its receive ring at least `rx_floor` bytes; the large rings
+    /// of the budget's first step only if `large`.
+    fn new_tcp(
+        &mut self,
+        shared: &Shared,
+        rx_floor: usize,
+        large: bool,
+    ) -> io::Result<(SocketHandle, Rings)> {
         let config = &shared.config;
         let count = &shared.counters.tcp_sockets;
         if count.fetch_add(1, Relaxed) >= config.max_connections {
@@ -1253,28 +1297,28 @@ impl Shard {
         }
         // Ring sizes from the budget (see `NetstackConfig::tcp_buffer_budget`). Shards
         // reserve concurrently: the sizes follow the reservation seen, the bound holds.
+        let budget = &shared.budget;
         let ring_bytes = &shared.counters.tcp_ring_bytes;
         let sizes = config
-            .ring_sizes(ring_bytes.load(Relaxed))
-            .map(|(rx, tx)| (rx.max(rx_floor), tx))
-            .filter(|(rx, tx)| {
-                let taken = ring_bytes.fetch_add(rx + tx, Relaxed) + rx + tx;
-                taken <= config.tcp_buffer_budget || {
-                    ring_bytes.fetch_sub(rx + tx, Relaxed);
-                    false
-                }
-            });
-        let Some((rx, tx)) = sizes else {
+            .ring_sizes(budget.used(), large)
+            .map(|mut s| {
+                s.rx = s.rx.max(rx_floor);
+                s
+            })
+            .filter(|s| budget.take(s.rx + s.tx, false));
+        let Some(sizes) = sizes else {
             count.fetch_sub(1, Relaxed);
             return Err(io::Error::new(
                 io::ErrorKind::QuotaExceeded,
                 "netstack: tcp_buffer_budget reached",
             ));
         };
-        let handle = match self.sockets.add_tcp(rx, tx) {
+        ring_bytes.fetch_add(sizes.rx + sizes.tx, Relaxed);
+        let mut rings = Rings::new(sizes.rx, sizes.tx, sizes.tx_ring);
+        let handle = match self.sockets.add_tcp(sizes.rx, sizes.tx_ring) {
             Ok(handle) => handle,
             Err(err) => {
-                ring_bytes.fetch_sub(rx + tx, Relaxed);
+                rings.release_all(budget, ring_bytes);
                 count.fetch_sub(1, Relaxed);
                 return Err(err);
             }
@@ -1294,7 +1338,7 @@ impl Shard {
         } else {
             tcp::CongestionControl::None
         });
-        Ok(handle)
+        Ok((handle, rings))
     }
 }
 

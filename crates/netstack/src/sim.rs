@@ -46,12 +46,12 @@ fn exchange(a: &Shared, b: &Shared, now: Instant, sent: &mut usize, lose: &dyn F
 #[test]
 fn handshake_transfer_and_loss_recovery_in_virtual_time() {
     // smoltcp alone: its retransmission timers must fire.
-    let (alone, stats) = transfer_losing_every_17th_packet(0);
+    let (alone, stats) = transfer_losing_every_17th_packet(false);
     assert!(alone >= Duration::from_millis(10), "timers ran: {alone:?}");
     assert_eq!(stats.tcp_repaired + stats.tcp_probes, 0);
     // With loss repair: the receiver's SACK blocks show the holes, which are resent
     // without waiting for a timeout, so the same transfer takes less virtual time.
-    let (repaired, stats) = transfer_losing_every_17th_packet(32 << 20);
+    let (repaired, stats) = transfer_losing_every_17th_packet(true);
     assert!(stats.tcp_repaired > 0, "{stats:?}");
     assert!(
         repaired < alone,
@@ -68,10 +68,10 @@ fn handshake_transfer_and_loss_recovery_in_virtual_time() {
 
 /// 200 KiB from one stack to another over a link losing every 17th packet; returns the
 /// virtual time it took and the sender's stats.
-fn transfer_losing_every_17th_packet(repair_budget: usize) -> (Duration, NetstackStats) {
+fn transfer_losing_every_17th_packet(sender: bool) -> (Duration, NetstackStats) {
     let start = Instant::now();
     let mut now = start;
-    let a = stack_with("10.0.0.1", now, |c| c.repair_budget = repair_budget);
+    let a = stack_with("10.0.0.1", now, |c| c.tcp_sender = sender);
     let b = stack("10.0.0.2", now);
     let server: SocketAddr = "10.0.0.2:80".parse().expect("addr");
     let listener = b.register_listener(server, 4).expect("listen");
@@ -141,7 +141,7 @@ fn transfer_losing_every_17th_packet(repair_budget: usize) -> (Duration, Netstac
     a.drive_at(now);
     exchange(&a, &b, now, &mut sent, &|_| false);
     let mut stats = a.counters.snapshot();
-    stats.tcp_repair_bytes = a.repair_budget.used();
+    stats.tcp_repair_bytes = a.sender_bytes();
     assert!(stats.tx_packets > 150);
     (elapsed, stats)
 }
@@ -491,9 +491,9 @@ fn smoltcp_assumption_without_congestion_control_it_emits_the_whole_window() {
     );
     // b has advertised the 64 KiB of its SYN-ACK so far (no scaled update yet).
     assert!(
-        a.repair_budget.used() >= 64 * 1024,
+        a.sender_bytes() >= 64 * 1024,
         "smoltcp emitted only {} bytes into the sender",
-        a.repair_budget.used()
+        a.sender_bytes()
     );
     c.now = now;
 }
@@ -685,6 +685,118 @@ fn at_the_half_open_bound_the_oldest_half_open_connection_is_evicted() {
     );
 }
 
+/// Moves packets both ways, with time advancing by 50 ms per round (so delayed ACKs go
+/// out), until `done` or 40 rounds.
+fn exchange_until(c: &mut OneConn, done: &dyn Fn(&OneConn) -> bool) {
+    for _ in 0..40 {
+        exchange(&c.a, &c.b, c.now, &mut c.sent, &|_| false);
+        if done(c) {
+            return;
+        }
+        c.now += Duration::from_millis(50);
+        c.a.drive_at(c.now);
+        c.b.drive_at(c.now);
+    }
+    panic!("no progress in 40 rounds");
+}
+
+/// The window scale smoltcp offers in its SYN follows from the receive ring's size when
+/// the socket is created (log2 of the size, less 16): `autotune.rs` sizes that ring at
+/// SYN time for the largest window the connection may ever advertise.
+#[test]
+fn smoltcp_assumption_the_window_scale_offered_follows_the_receive_ring() {
+    for (ring, shift) in [
+        (8usize << 20, 8u8),
+        (1 << 20, 5),
+        (64 << 10, 1),
+        (16 << 10, 0),
+    ] {
+        let now = Instant::now();
+        let a = stack_with("10.0.0.1", now, |c| {
+            c.tcp_rx_buffer = ring;
+            c.tcp_rx_buffer_max = ring;
+        });
+        let tuple = Tuple {
+            local: IpEndpoint::new(
+                "10.0.0.1".parse::<std::net::IpAddr>().expect("ip").into(),
+                50_000,
+            ),
+            remote: IpEndpoint::from("10.0.0.2:80".parse::<SocketAddr>().expect("addr")),
+        };
+        let idx = a.shard_for(&tuple);
+        a.with_shard(idx, now, |s| s.connect(&a, tuple))
+            .expect("connect")
+            .expect("free tuple");
+        let mut out: Vec<Bytes> = Vec::new();
+        a.drain_out(&mut out, usize::MAX);
+        let syn = out.first().expect("a SYN");
+        let ip = smoltcp::wire::Ipv4Packet::new_checked(&syn[..]).expect("ipv4");
+        let tcp = smoltcp::wire::TcpPacket::new_checked(ip.payload()).expect("tcp");
+        let repr = smoltcp::wire::TcpRepr::parse(
+            &tcp,
+            &ip.src_addr().into(),
+            &ip.dst_addr().into(),
+            &smoltcp::phy::ChecksumCapabilities::ignored(),
+        )
+        .expect("a TCP segment");
+        assert!(tcp.syn());
+        assert_eq!(repr.window_scale, Some(shift), "ring of {ring} bytes");
+    }
+}
+
+/// smoltcp rewinds an empty send ring when data is queued into it: the free space it
+/// hands out starts at the ring's start again. `autotune.rs` charges send-ring pages up
+/// to the write position since the last rewind, which is only an upper bound of the
+/// pages in use if this holds.
+#[test]
+fn smoltcp_assumption_an_empty_send_ring_rewinds_when_data_is_queued() {
+    let mut c = OneConn::new();
+    let free_at = |c: &OneConn| {
+        c.a.with_shard(c.idx, c.now, |s| {
+            s.tcp(c.handle)
+                .send(|free| (0, free.as_ptr() as usize))
+                .expect("may send")
+        })
+    };
+    let start = free_at(&c);
+    let n = c.a.with_shard(c.idx, c.now, |s| {
+        s.tcp(c.handle).send_slice(&[5; 3000]).expect("send")
+    });
+    assert_eq!(n, 3000);
+    assert_eq!(free_at(&c), start + 3000, "queued at the start");
+    exchange_until(&mut c, &|c| {
+        c.a.with_shard(c.idx, c.now, |s| s.tcp(c.handle).send_queue()) == 0
+    });
+    assert_eq!(free_at(&c), start, "the emptied ring starts over");
+}
+
+/// smoltcp's receive ring never rewinds: after everything was read, new data lands after
+/// the old, not at the start. So a connection that received a ring's worth of bytes has
+/// written every page of it, which is why `autotune.rs` charges receive rings in full at
+/// SYN time. (Should this change, receive rings could be charged as used, like send rings.)
+#[test]
+fn smoltcp_assumption_the_receive_ring_never_rewinds() {
+    let mut c = OneConn::new();
+    let (shard, handle) = (c.accepted.shard, c.accepted.handle);
+    let mut read_at = Vec::new();
+    for _ in 0..2 {
+        c.a.with_shard(c.idx, c.now, |s| {
+            s.tcp(c.handle).send_slice(&[6; 3000]).expect("send")
+        });
+        exchange_until(&mut c, &|c| {
+            c.b.with_shard(shard, c.now, |s| s.tcp(handle).recv_queue()) == 3000
+        });
+        let (n, at) = c.b.with_shard(shard, c.now, |s| {
+            s.tcp(handle)
+                .recv(|data| (data.len(), (data.len(), data.as_ptr() as usize)))
+                .expect("recv")
+        });
+        assert_eq!(n, 3000);
+        read_at.push(at);
+    }
+    assert_eq!(read_at[1], read_at[0] + 3000, "the emptied ring went on");
+}
+
 /// Review finding (issue 12): under a spoofed SYN flood of 50,000 SYN/s, every SYN took a
 /// smoltcp socket and a ring mapping, and at the half-open bound an entry lived about
 /// 20 ms before eviction: less than the handshake of a real client 50 ms away, which was
@@ -796,9 +908,11 @@ fn a_real_client_gets_in_during_a_spoofed_syn_flood() {
     );
     // The flood holds no socket and no ring: only the client's connection does.
     assert!(max_sockets <= 1, "{max_sockets} sockets during the flood");
-    let one = NetstackConfig::new([client_ip]);
+    let one = NetstackConfig::new([client_ip])
+        .ring_sizes(0, true)
+        .expect("an empty budget");
     assert!(
-        max_ring <= one.tcp_rx_buffer + one.tcp_tx_buffer,
+        max_ring <= one.rx + one.tx,
         "{max_ring} bytes of rings during the flood"
     );
 }

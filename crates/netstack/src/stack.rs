@@ -54,8 +54,13 @@ pub(crate) struct Shared {
     pub(crate) config: NetstackConfig,
     pub(crate) clock: Clock,
     pub(crate) counters: Counters,
-    /// Bytes all connections' senders may hold (see `sender.rs`).
-    pub(crate) repair_budget: Budget,
+    /// The stack-wide buffer budget (`tcp_buffer_budget`): rings and what the senders
+    /// hold (see `autotune.rs`, `sender.rs`).
+    pub(crate) budget: Budget,
+    /// Bytes of large rings the SYN table's entries were promised (see `synq.rs`).
+    pub(crate) syn_promised: Arc<AtomicUsize>,
+    /// The senders' share of `budget` (see `NetstackConfig::tcp_buffer_budget`).
+    pub(crate) sender_budget: Budget,
     addrs: Vec<IpAddress>,
     shards: Box<[Mutex<Shard>]>,
     /// Each shard's next deadline in clock microseconds (`u64::MAX`: none).
@@ -100,7 +105,7 @@ impl Netstack {
     /// Gauges and counters.
     pub fn stats(&self) -> NetstackStats {
         let mut stats = self.shared.counters.snapshot();
-        stats.tcp_repair_bytes = self.shared.repair_budget.used();
+        stats.tcp_repair_bytes = self.shared.sender_bytes();
         stats
     }
 
@@ -226,13 +231,24 @@ impl Netstack {
 }
 
 impl Shared {
+    /// Bytes of the budget the senders hold.
+    pub(crate) fn sender_bytes(&self) -> usize {
+        self.sender_budget.used()
+    }
+
     /// A stack without a driver; [`Netstack::new`] adds one.
     pub(crate) fn new(config: NetstackConfig, now: Instant) -> Result<Self, ConfigError> {
         config.validate()?;
         let clock = Clock::new(now);
+        let syn_promised = Arc::new(AtomicUsize::new(0));
         let shards = (0..config.shards)
-            .map(|i| Mutex::new(Shard::new(i, &config, clock, rand::random(), now)))
+            .map(|i| {
+                let promised = Arc::clone(&syn_promised);
+                Mutex::new(Shard::new(i, &config, clock, rand::random(), promised, now))
+            })
             .collect();
+        let budget = Budget::new(config.tcp_buffer_budget);
+        let sender_budget = budget.share(config.sender_share());
         let deadlines = (0..config.shards)
             .map(|_| AtomicU64::new(u64::MAX))
             .collect();
@@ -244,7 +260,9 @@ impl Shared {
                 .collect(),
             clock,
             counters: Counters::default(),
-            repair_budget: Budget::new(config.repair_budget),
+            budget,
+            sender_budget,
+            syn_promised,
             shards,
             deadlines,
             blocked: AtomicU64::new(0),

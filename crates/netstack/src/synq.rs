@@ -26,6 +26,9 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use smoltcp::iface::{Config, Interface};
@@ -55,6 +58,9 @@ pub(crate) struct HalfOpen {
     pub(crate) sack: bool,
     /// The window scale we announce (used only when the peer offered scaling).
     pub(crate) our_wscale: u8,
+    /// Bytes of large rings (the budget's first step) our SYN-ACK promised: the window
+    /// scale announced needs them when the handshake completes (0: the usual rings).
+    pub(crate) promised: usize,
     /// Dropped from the table past this.
     pub(crate) deadline: Instant,
     generation: u64,
@@ -219,20 +225,22 @@ pub(crate) struct SynTable {
     fifo: VecDeque<(Instant, u64, Tuple)>,
     next_generation: u64,
     keys: RandomState,
+    /// Stack-wide sum of the entries' `promised` bytes (all shards' tables).
+    promised: Arc<AtomicUsize>,
 }
 
-impl Default for SynTable {
-    fn default() -> Self {
+impl SynTable {
+    /// An empty table adding its entries' promises to `promised`.
+    pub(crate) fn new(promised: Arc<AtomicUsize>) -> Self {
         Self {
             entries: HashMap::new(),
             fifo: VecDeque::new(),
             next_generation: 0,
             keys: RandomState::new(),
+            promised,
         }
     }
-}
 
-impl SynTable {
     /// How many half-open connections it holds.
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
@@ -242,13 +250,16 @@ impl SynTable {
         self.entries.get(tuple)
     }
 
-    /// Records the SYN of `tuple`. A retransmitted SYN (same sequence number) keeps its
-    /// entry; returns the entry and whether it is new. The caller makes room first.
+    /// Records the SYN of `tuple`, whose SYN-ACK announces `our_wscale` and promises
+    /// `promised` bytes of large rings. A retransmitted SYN (same sequence number) keeps
+    /// its entry (and its promise); returns the entry and whether it is new. The caller
+    /// makes room first.
     pub(crate) fn insert(
         &mut self,
         tuple: Tuple,
         syn: Syn,
         our_wscale: u8,
+        promised: usize,
         deadline: Instant,
     ) -> (HalfOpen, bool) {
         if let Some(e) = self.entries.get(&tuple)
@@ -267,10 +278,14 @@ impl SynTable {
             peer_wscale: syn.wscale,
             sack: syn.sack,
             our_wscale,
+            promised,
             deadline,
             generation,
         };
-        let new = self.entries.insert(tuple, e).is_none();
+        self.promised.fetch_add(promised, Relaxed);
+        let old = self.entries.insert(tuple, e);
+        let new = old.is_none();
+        self.forget(old);
         self.fifo.push_back((deadline, generation, tuple));
         if self.fifo.len() > 2 * self.entries.len() + 64 {
             let entries = &self.entries;
@@ -281,14 +296,23 @@ impl SynTable {
     }
 
     pub(crate) fn remove(&mut self, tuple: &Tuple) -> Option<HalfOpen> {
-        self.entries.remove(tuple)
+        let e = self.entries.remove(tuple);
+        self.forget(e);
+        e
+    }
+
+    /// Gives a removed entry's promise back.
+    fn forget(&self, removed: Option<HalfOpen>) {
+        if let Some(e) = removed {
+            self.promised.fetch_sub(e.promised, Relaxed);
+        }
     }
 
     /// Removes the oldest entry; returns whether there was one.
     pub(crate) fn evict_oldest(&mut self) -> bool {
         while let Some((_, generation, tuple)) = self.fifo.pop_front() {
             if self.live(generation, &tuple) {
-                self.entries.remove(&tuple);
+                self.remove(&tuple);
                 return true;
             }
         }
@@ -304,7 +328,7 @@ impl SynTable {
             }
             self.fifo.pop_front();
             if self.live(generation, &tuple) {
-                self.entries.remove(&tuple);
+                self.remove(&tuple);
                 n += 1;
             }
         }
@@ -320,6 +344,13 @@ impl SynTable {
         self.entries
             .get(tuple)
             .is_some_and(|e| e.generation == generation)
+    }
+}
+
+impl Drop for SynTable {
+    fn drop(&mut self) {
+        let left: usize = self.entries.values().map(|e| e.promised).sum();
+        self.promised.fetch_sub(left, Relaxed);
     }
 }
 
@@ -440,7 +471,7 @@ mod tests {
                 .get_mut::<tcp::Socket>(handle)
                 .listen(tuple.local)
                 .expect("listen");
-            let mut table = SynTable::default();
+            let mut table = SynTable::new(Arc::default());
             let syn = Syn {
                 seq: 99,
                 window: 5000,
@@ -449,7 +480,7 @@ mod tests {
                 sack: true,
             };
             let deadline = Instant::now();
-            let (mut entry, _) = table.insert(tuple, syn, smoltcp_wscale(rx), deadline);
+            let (mut entry, _) = table.insert(tuple, syn, smoltcp_wscale(rx), 0, deadline);
             entry.our_isn = isn;
             let t = smoltcp::time::Instant::from_millis(1000);
             let addrs = [IpCidr::new(tuple.local.addr, 32)];
@@ -484,7 +515,7 @@ mod tests {
     }
 
     #[test]
-    fn the_table_evicts_oldest_first_and_expires_by_deadline() {
+    fn the_table_evicts_oldest_first_expires_by_deadline_and_returns_promises() {
         let t0 = Instant::now();
         let tuple = |port| Tuple {
             local: smoltcp::wire::IpEndpoint::new(IpAddress::v4(10, 0, 0, 2), 80),
@@ -497,20 +528,31 @@ mod tests {
             wscale: None,
             sack: false,
         };
-        let mut t = SynTable::default();
+        let promised = Arc::new(AtomicUsize::new(0));
+        let mut t = SynTable::new(Arc::clone(&promised));
         let ms = std::time::Duration::from_millis;
-        let (a, new) = t.insert(tuple(1), syn(5), 0, t0 + ms(10));
+        let (a, new) = t.insert(tuple(1), syn(5), 0, 100, t0 + ms(10));
         assert!(new);
-        // A retransmitted SYN keeps the entry (and our ISN).
-        let (again, new) = t.insert(tuple(1), syn(5), 0, t0 + ms(11));
+        // A retransmitted SYN keeps the entry (and our ISN, and its promise).
+        let (again, new) = t.insert(tuple(1), syn(5), 0, 100, t0 + ms(11));
         assert!(!new);
         assert_eq!(again, a);
-        t.insert(tuple(2), syn(6), 0, t0 + ms(20));
-        t.insert(tuple(3), syn(7), 0, t0 + ms(30));
+        assert_eq!(promised.load(Relaxed), 100);
+        t.insert(tuple(2), syn(6), 0, 20, t0 + ms(20));
+        t.insert(tuple(3), syn(7), 0, 3, t0 + ms(30));
+        assert_eq!(promised.load(Relaxed), 123);
         assert!(t.evict_oldest());
         assert!(t.get(&tuple(1)).is_none());
+        assert_eq!(promised.load(Relaxed), 23);
         assert_eq!(t.expire(t0 + ms(20)), 1);
         assert_eq!(t.len(), 1);
         assert!(t.get(&tuple(3)).is_some());
+        assert_eq!(promised.load(Relaxed), 3);
+        // A new SYN on the tuple (another sequence number) replaces the entry and its
+        // promise; what is left goes back when the table goes.
+        t.insert(tuple(3), syn(8), 0, 4000, t0 + ms(40));
+        assert_eq!(promised.load(Relaxed), 4000);
+        drop(t);
+        assert_eq!(promised.load(Relaxed), 0);
     }
 }

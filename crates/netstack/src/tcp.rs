@@ -350,9 +350,9 @@ impl AsyncWrite for TcpStream {
         }
         let free = socket.send_capacity() - socket.send_queue();
         // Memory for what the connection's sender will hold (see `Shard::reserve_send`).
-        let granted = shard.reserve_send(&this.tuple, buf.len().min(free));
+        let granted = shard.reserve_send(&this.shared, &this.tuple, buf.len().min(free));
         let res = shard.tcp(this.handle).send_slice(&buf[..granted]);
-        shard.unreserve_send(&this.tuple, granted - *res.as_ref().unwrap_or(&0));
+        shard.unreserve_send(&this.tuple, granted, *res.as_ref().unwrap_or(&0));
         let mut socket = shard.tcp(this.handle);
         match res {
             Ok(0) => {

@@ -306,15 +306,29 @@ async fn the_buffer_budget_bounds_ring_memory_whatever_the_connection_count() {
         "smaller rings instead of refusing early: {} connections",
         open.len()
     );
-    // The last (smallest) connection still moves data both ways.
+    // The last (smallest) connection still moves data both ways, and what b's rings and
+    // sender take together stays within the one budget (plus the two segments a
+    // connection holding nothing may always take).
     let (mut c, mut s) = open.pop().expect("a connection");
     let data = vec![3u8; 200 << 10];
-    let (w, r) = tokio::join!(c.write_all(&data), async {
-        let mut got = vec![0u8; data.len()];
-        s.read_exact(&mut got).await.map(|_| got)
-    });
-    w.expect("write");
-    assert_eq!(r.expect("read"), data);
+    let bound = BUDGET + 2 * (1420 + 64) * (open.len() + 1);
+    let within = |p: &Pair| {
+        let stats = p.b.stats();
+        let taken = stats.tcp_ring_bytes + stats.tcp_repair_bytes;
+        assert!(stats.tcp_ring_bytes <= BUDGET, "{stats:?}");
+        assert!(taken <= bound, "{taken} bytes past the budget: {stats:?}");
+    };
+    // One way, then the other.
+    for _ in 0..2 {
+        let (w, r) = tokio::join!(c.write_all(&data), async {
+            let mut got = vec![0u8; data.len()];
+            s.read_exact(&mut got).await.map(|_| got)
+        });
+        w.expect("write");
+        assert_eq!(r.expect("read"), data);
+        within(&p);
+        std::mem::swap(&mut c, &mut s);
+    }
     drop((c, s));
     drop(open);
     wait_for_no_sockets(&p).await;
@@ -421,10 +435,14 @@ fn handles_are_send_and_sync() {
 async fn small_rings_wrap_and_read_buf_fills_uninitialised_memory() {
     let mut ca = config(&[A]);
     ca.tcp_rx_buffer = 4096;
+    ca.tcp_rx_buffer_max = 4096;
     ca.tcp_tx_buffer = 4096;
+    ca.tcp_tx_buffer_max = 4096;
     let mut cb = config(&[B]);
     cb.tcp_rx_buffer = 5000;
+    cb.tcp_rx_buffer_max = 5000;
     cb.tcp_tx_buffer = 6000;
+    cb.tcp_tx_buffer_max = 6000;
     let p = pair_with(ca, cb, None);
     let listener = p.b.listen(sa(B, 80)).expect("listen");
     let mut c = p.a.connect(sa(B, 80)).await.expect("connect");
@@ -609,8 +627,12 @@ async fn heavy_bulk_with_a_slow_reader_never_stalls() {
 /// send again).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_senders_past_the_stack_budget_wait_instead_of_dropping() {
+    // Small rings, and little of the budget left for what the senders hold.
     let mut ca = config(&[A]);
-    ca.repair_budget = 256 << 10;
+    ca.tcp_rx_buffer = 64 << 10;
+    ca.tcp_rx_buffer_max = 64 << 10;
+    ca.tcp_tx_buffer = 64 << 10;
+    ca.tcp_buffer_budget = 1280 << 10;
     let p = pair_with(ca, config(&[B]), None);
     let listener = p.b.listen(sa(B, 80)).expect("listen");
     let server = tokio::spawn(async move {
@@ -635,11 +657,15 @@ async fn bulk_senders_past_the_stack_budget_wait_instead_of_dropping() {
         }
         total
     });
-    let mut clients = Vec::new();
+    // All connected first: their rings take about 1 MiB of the budget, the senders share
+    // the rest.
+    let mut conns = Vec::new();
     for _ in 0..8 {
-        let a = p.a.clone();
+        conns.push(p.a.connect(sa(B, 80)).await.expect("connect"));
+    }
+    let mut clients = Vec::new();
+    for mut c in conns {
         clients.push(tokio::spawn(async move {
-            let mut c = a.connect(sa(B, 80)).await.expect("connect");
             c.write_all(&vec![9u8; 1 << 20]).await.expect("write");
             c.shutdown().await.expect("shutdown");
         }));
@@ -658,4 +684,40 @@ async fn bulk_senders_past_the_stack_budget_wait_instead_of_dropping() {
         stats.tcp_repairs_skipped <= 8,
         "segments dropped past the budget: {stats:?}"
     );
+}
+
+/// Connections with the largest rings give everything back when they end: ring charges
+/// (the receive ring, the send-ring pages used) and what their senders held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_rings_give_their_budget_back_when_connections_end() {
+    let p = pair();
+    let listener = p.b.listen(sa(B, 80)).expect("listen");
+    let data = vec![4u8; 2 << 20];
+    for _ in 0..6 {
+        let mut c = p.a.connect(sa(B, 80)).await.expect("connect");
+        let (mut s, _) = listener.accept().await.expect("accept");
+        for _ in 0..2 {
+            let (w, r) = tokio::join!(c.write_all(&data), async {
+                let mut got = vec![0u8; data.len()];
+                s.read_exact(&mut got).await.map(|_| got)
+            });
+            w.expect("write");
+            assert_eq!(r.expect("read"), data);
+            std::mem::swap(&mut c, &mut s);
+        }
+        assert!(p.b.stats().tcp_ring_bytes >= 8 << 20, "{:?}", p.b.stats());
+        c.shutdown().await.expect("shutdown");
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).await.expect("eof");
+        drop((c, s));
+        wait_for_no_sockets(&p).await;
+        for stack in [&p.a, &p.b] {
+            let stats = stack.stats();
+            assert_eq!(
+                (stats.tcp_ring_bytes, stats.tcp_repair_bytes),
+                (0, 0),
+                "{stats:?}"
+            );
+        }
+    }
 }
