@@ -153,6 +153,10 @@ async fn uapi_wg_show_and_showconf_read_the_running_agent() {
     let sync = wg(&["syncconf", &name, saved.to_str().unwrap()]);
     std::fs::remove_file(&saved).unwrap();
     assert!(sync.status.success(), "{}", text(&sync));
+    // The log is written by a background thread: the line may follow the answer.
+    wait_for("the UAPI set in the log", Duration::from_secs(30), || {
+        fx.log_text().contains("UAPI set applied")
+    });
     let log = fx.log_text();
     let applied = log
         .lines()
@@ -261,11 +265,9 @@ async fn uapi_wg_set_changes_peers_until_a_reload() {
         shown.contains("allowed ips: 10.1.0.1/32, 10.1.0.64/26"),
         "{shown}"
     );
-    assert!(
-        fx.log_text().contains("UAPI set applied"),
-        "{}",
-        fx.log_text()
-    );
+    wait_for("the UAPI set in the log", Duration::from_secs(30), || {
+        fx.log_text().contains("UAPI set applied")
+    });
     assert!(admin_get(admin, "/readyz").is_some_and(|(s, _)| s == 200));
 
     // A peer added: its id comes from its key; /status and wg show list it.

@@ -12,14 +12,18 @@
 //! What it does not do: it never sees a key or a UDP socket. Moving its packets through
 //! a tunnel (WireGuard) is the caller's job; no TUN device, no root.
 //!
-//! Layout: `wire` classifies inbound packets and picks their shard; `shard` is the sans-IO
-//! core (one smoltcp interface and socket set per shard plus the connection table that adds
-//! a listen backlog, limits and background close: packets and `now` in, packets and the next
-//! deadline out); `stack` is the tokio adapter with the driver task that sleeps until the
-//! next smoltcp deadline; `tcp`, `udp` and `icmp` are the sockets; `buffer` owns each shard's
-//! smoltcp socket set together with the anonymous mappings its TCP rings live in (so idle
-//! connections cost a few KiB, not their full buffers), the crate's only `unsafe`, sound by
-//! construction: a socket cannot outlive its mapping.
+//! Layout: two layers. `core/` is sans-IO and knows nothing of tokio (a test reads its
+//! files to keep it so): `wire` classifies inbound packets and picks their shard; `shard`
+//! is one smoltcp interface and socket set plus the connection table that adds a listen
+//! backlog, limits and background close (packets and `now` in; packets, events and the
+//! next deadline out), with its timers in one `deadlines` set; `env` is what it shares
+//! with the layer above (configuration, clock, counters, budget, listener table) and the
+//! events it reports (accepted connections); `sender`, `synq`, `offload`, `autotune` and
+//! `buffer` are the connection's sending side, SYN table, segment offload, buffer sizing
+//! and ring memory (the crate's only `unsafe`, sound by construction: a socket cannot
+//! outlive its mapping). `socket/` is the tokio adapter: `stack` holds the shards, the
+//! outbound queue, the accept queues and the driver task that sleeps until the next
+//! deadline; `tcp`, `udp` and `icmp` are the sockets.
 //!
 //! Back-pressure: the outbound queue is bounded (`max_outbound_packets`). When it is full
 //! the stack stops emitting until [`Netstack::recv_outbound`] drains it; TCP windows then
@@ -59,26 +63,21 @@
 //! # }
 //! ```
 
-mod autotune;
-#[allow(unsafe_code)]
-mod buffer;
-mod config;
-mod device;
-mod icmp;
-mod offload;
-mod sender;
-mod shard;
+mod core;
 #[cfg(test)]
 mod sim;
 #[cfg(test)]
 mod sim_lossy;
-mod stack;
-mod stats;
-mod synq;
-mod tcp;
-mod time;
-mod udp;
-mod wire;
+mod socket;
+
+// The core's modules under their short names (`crate::wire`, ...).
+use self::core::{
+    autotune, buffer, config, deadlines, device, env, offload, sender, shard, stats, synq, time,
+    wire,
+};
+
+// The socket layer's modules under their short names.
+use self::socket::{accept, stack, tcp, udp};
 
 pub use config::{ConfigError, CongestionControl, NetstackConfig};
 

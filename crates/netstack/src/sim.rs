@@ -146,6 +146,56 @@ fn transfer_losing_every_17th_packet(sender: bool) -> (Duration, NetstackStats) 
     (elapsed, stats)
 }
 
+/// A connection established for a listener whose accept queue is gone by the time the
+/// shard's `Event::Accepted` is delivered (the listener was dropped in between): the
+/// socket layer resets it, undoes the pending counts, and the sweep frees the socket.
+#[test]
+fn an_accepted_connection_without_its_accept_queue_is_reset_and_freed() {
+    let mut now = Instant::now();
+    let a = stack("10.0.0.1", now);
+    let b = stack("10.0.0.2", now);
+    let server: SocketAddr = "10.0.0.2:80".parse().expect("addr");
+    let listener = b.register_listener(server, 4).expect("listen");
+    b.forget_accept_queue(&listener);
+    let tuple = Tuple {
+        local: IpEndpoint::new(
+            "10.0.0.1".parse::<std::net::IpAddr>().expect("ip").into(),
+            50_001,
+        ),
+        remote: IpEndpoint::from(server),
+    };
+    let idx = a.shard_for(&tuple);
+    a.with_shard(idx, now, |s| s.connect(&a, tuple))
+        .expect("connect")
+        .expect("free tuple");
+    let mut sent = 0;
+    exchange(&a, &b, now, &mut sent, &|_| false);
+    assert!(listener.pop().is_none(), "nothing queued");
+    assert!(
+        a.with_shard(idx, now, |s| s.was_reset(&tuple)),
+        "the client got an RST"
+    );
+    let stats = b.counters.snapshot();
+    assert_eq!(
+        (stats.pending_accepts, stats.half_open),
+        (0, 0),
+        "{stats:?}"
+    );
+    assert_eq!(
+        listener
+            .listen
+            .pending
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    // The sweep frees the reset socket.
+    for _ in 0..10 {
+        now += Duration::from_millis(200);
+        b.drive_at(now);
+    }
+    assert_eq!(b.counters.snapshot().tcp_sockets, 0);
+}
+
 /// A valid SYN from 10.0.0.1:`port` to 10.0.0.2:80 (from a real stack, so it is what
 /// a peer would send).
 fn real_syn(port: u16) -> Vec<u8> {
@@ -248,7 +298,7 @@ struct OneConn {
     tuple: Tuple,
     idx: usize,
     handle: smoltcp::iface::SocketHandle,
-    accepted: crate::tcp::Accepted,
+    accepted: crate::accept::Accepted,
     now: Instant,
     sent: usize,
 }

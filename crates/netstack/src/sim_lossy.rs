@@ -144,7 +144,7 @@ pub(crate) fn transfer_flows(
     let mut read = vec![0usize; flows];
     let mut elapsed: Vec<Option<Duration>> = vec![None; flows];
     let mut read_at_first_finish = Vec::new();
-    let mut accepted: Vec<Option<crate::tcp::Accepted>> = (0..flows).map(|_| None).collect();
+    let mut accepted: Vec<Option<crate::accept::Accepted>> = (0..flows).map(|_| None).collect();
     let mut began = None;
     let mut buf = vec![0u8; 256 * 1024];
     // The bottleneck: when its link is next free, the departures of what it holds.

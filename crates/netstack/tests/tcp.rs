@@ -471,6 +471,49 @@ async fn small_rings_wrap_and_read_buf_fills_uninitialised_memory() {
     drop(writer.await.expect("writer"));
 }
 
+/// Vectored writes (hyper queues body chunks and hands them over together when the stream
+/// says it takes them) fill the ring across slices, in order, partly when it is nearly full.
+#[tokio::test]
+async fn vectored_writes_send_every_slice_in_order_through_small_rings() {
+    let mut ca = config(&[A]);
+    ca.tcp_tx_buffer = 4096;
+    ca.tcp_tx_buffer_max = 4096;
+    let p = pair_with(ca, config(&[B]), None);
+    let listener = p.b.listen(sa(B, 80)).expect("listen");
+    let mut c = p.a.connect(sa(B, 80)).await.expect("connect");
+    assert!(tokio::io::AsyncWrite::is_write_vectored(&c));
+    let (mut s, _) = listener.accept().await.expect("accept");
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let expect = data.clone();
+    let writer = tokio::spawn(async move {
+        let mut at = 0;
+        let mut calls = 0;
+        while at < data.len() {
+            // Three slices of uneven sizes per call; what was not taken is offered again.
+            let cuts = [at, (at + 700).min(data.len()), (at + 3000).min(data.len())];
+            let bufs = [
+                std::io::IoSlice::new(&data[cuts[0]..cuts[1]]),
+                std::io::IoSlice::new(&data[cuts[1]..cuts[2]]),
+                std::io::IoSlice::new(&data[cuts[2]..(at + 5000).min(data.len())]),
+            ];
+            let n = c.write_vectored(&bufs).await.expect("write_vectored");
+            assert!(n > 0 && n <= 5000, "{n}");
+            at += n;
+            calls += 1;
+        }
+        c.shutdown().await.expect("shutdown");
+        calls
+    });
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut got))
+        .await
+        .expect("in time")
+        .expect("read");
+    assert_eq!(got, expect);
+    let calls = writer.await.expect("writer");
+    assert!(calls >= 200_000 / 5000, "{calls} calls");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heavy_twenty_connections_through_a_lossy_link() {
     let impair = Impair {

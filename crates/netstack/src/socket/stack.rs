@@ -11,20 +11,18 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 use std::time::Instant;
 
 use bytes::Bytes;
-use smoltcp::wire::{IpAddress, IpEndpoint};
+use smoltcp::wire::IpAddress;
 use tokio::sync::Notify;
 
+use super::lock;
+use crate::accept::{Accepted, ListenerShared};
 use crate::config::{ConfigError, NetstackConfig};
+use crate::env::{Env, Event};
 use crate::offload;
-use crate::sender::Budget;
 use crate::shard::Shard;
-use crate::stats::{Counters, NetstackStats};
-use crate::tcp::{ListenerShared, TcpListener, TcpStream};
+use crate::stats::NetstackStats;
 use crate::time::Clock;
 use crate::wire::{Class, Tuple, classify, shard_of};
-
-/// First port of the ephemeral range for outbound connections.
-const EPHEMERAL_FIRST: u16 = 49_152;
 
 /// A userspace TCP/IP stack on virtual IPs. A cheap handle: clones share one stack.
 ///
@@ -49,18 +47,11 @@ impl std::fmt::Debug for Netstack {
     }
 }
 
-/// State shared by the handle, the sockets and the driver.
+/// State shared by the handle, the sockets and the driver: the core's [`Env`] (reached
+/// through `Deref`) and the shards, plus what only the socket layer has: the outbound
+/// queue, the driver's wake-ups and the listeners' accept queues.
 pub(crate) struct Shared {
-    pub(crate) config: NetstackConfig,
-    pub(crate) clock: Clock,
-    pub(crate) counters: Counters,
-    /// The stack-wide buffer budget (`tcp_buffer_budget`): rings and what the senders
-    /// hold (see `autotune.rs`, `sender.rs`).
-    pub(crate) budget: Budget,
-    /// Bytes of large rings the SYN table's entries were promised (see `synq.rs`).
-    pub(crate) syn_promised: Arc<AtomicUsize>,
-    /// The senders' share of `budget` (see `NetstackConfig::tcp_buffer_budget`).
-    pub(crate) sender_budget: Budget,
+    env: Env,
     addrs: Vec<IpAddress>,
     shards: Box<[Mutex<Shard>]>,
     /// Each shard's next deadline in clock microseconds (`u64::MAX`: none).
@@ -75,8 +66,17 @@ pub(crate) struct Shared {
     /// Bytes of the packets in `out`.
     out_bytes: AtomicUsize,
     out_ready: Notify,
-    listeners: RwLock<HashMap<u16, Vec<Arc<ListenerShared>>>>,
+    /// Each listener's accept queue, by [`Listen::id`](crate::env::Listen).
+    accept_queues: RwLock<HashMap<u64, Arc<ListenerShared>>>,
     hash_key: u64,
+}
+
+impl std::ops::Deref for Shared {
+    type Target = Env;
+
+    fn deref(&self) -> &Env {
+        &self.env
+    }
 }
 
 impl Drop for Shared {
@@ -154,53 +154,6 @@ impl Netstack {
         self.shared.out_bytes.load(Relaxed)
     }
 
-    /// Listens on `addr` (one of the stack's addresses, or unspecified for all of them)
-    /// with the configured accept backlog.
-    pub fn listen(&self, addr: SocketAddr) -> io::Result<TcpListener> {
-        self.listen_with_backlog(addr, self.shared.config.accept_backlog)
-    }
-
-    /// Listens on `addr` with an accept backlog of `backlog` connections (half-open plus
-    /// established, not yet accepted); SYNs past it are answered with RST.
-    pub fn listen_with_backlog(&self, addr: SocketAddr, backlog: usize) -> io::Result<TcpListener> {
-        let listener = self.shared.register_listener(addr, backlog)?;
-        tracing::debug!(%addr, backlog, "netstack: listening");
-        Ok(TcpListener::new(Arc::clone(&self.shared), listener, addr))
-    }
-
-    /// Opens a TCP connection from the stack's address of `remote`'s family. A closed
-    /// port fails with `ConnectionRefused` as soon as the RST arrives; no answer within
-    /// `handshake_timeout` fails with `TimedOut`.
-    pub async fn connect(&self, remote: SocketAddr) -> io::Result<TcpStream> {
-        let shared = &self.shared;
-        let local_ip = shared.source_for(remote.ip())?;
-        if remote.port() == 0 || remote.ip().is_unspecified() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("netstack: connect: {remote} is not a destination"),
-            ));
-        }
-        let now = Instant::now();
-        for _ in 0..64 {
-            let port = rand::random_range(EPHEMERAL_FIRST..=u16::MAX);
-            let tuple = Tuple {
-                local: IpEndpoint::new(local_ip, port),
-                remote: IpEndpoint::from(remote),
-            };
-            let idx = shared.shard_for(&tuple);
-            let handle = shared.with_shard(idx, now, |shard| shard.connect(shared, tuple))?;
-            if let Some(handle) = handle {
-                let stream = TcpStream::new(Arc::clone(shared), idx, handle, tuple);
-                stream.wait_established().await?;
-                return Ok(stream);
-            }
-        }
-        Err(io::Error::new(
-            io::ErrorKind::AddrNotAvailable,
-            format!("netstack: connect to {remote}: no free local port"),
-        ))
-    }
-
     /// A human-readable dump of every TCP socket's state (for debugging).
     #[doc(hidden)]
     pub fn debug_dump(&self) -> String {
@@ -240,15 +193,14 @@ impl Shared {
     pub(crate) fn new(config: NetstackConfig, now: Instant) -> Result<Self, ConfigError> {
         config.validate()?;
         let clock = Clock::new(now);
-        let syn_promised = Arc::new(AtomicUsize::new(0));
+        let env = Env::new(config, clock);
+        let config = &env.config;
         let shards = (0..config.shards)
             .map(|i| {
-                let promised = Arc::clone(&syn_promised);
-                Mutex::new(Shard::new(i, &config, clock, rand::random(), promised, now))
+                let promised = Arc::clone(&env.syn_promised);
+                Mutex::new(Shard::new(i, config, clock, rand::random(), promised, now))
             })
             .collect();
-        let budget = Budget::new(config.tcp_buffer_budget);
-        let sender_budget = budget.share(config.sender_share());
         let deadlines = (0..config.shards)
             .map(|_| AtomicU64::new(u64::MAX))
             .collect();
@@ -258,11 +210,6 @@ impl Shared {
                 .iter()
                 .map(|a| IpAddress::from(*a))
                 .collect(),
-            clock,
-            counters: Counters::default(),
-            budget,
-            sender_budget,
-            syn_promised,
             shards,
             deadlines,
             blocked: AtomicU64::new(0),
@@ -272,9 +219,9 @@ impl Shared {
             out_len: AtomicUsize::new(0),
             out_bytes: AtomicUsize::new(0),
             out_ready: Notify::new(),
-            listeners: RwLock::new(HashMap::new()),
+            accept_queues: RwLock::new(HashMap::new()),
             hash_key: rand::random(),
-            config,
+            env,
         })
     }
 
@@ -370,12 +317,14 @@ impl Shared {
                                 .fetch_add(u64::from(merge.segments), Relaxed);
                             let (joined, ends) = merge.finish();
                             shard.handle_packet(shared, &joined, class, now, replies, Some(&ends));
+                            shared.deliver_events(shard, now);
                             scratch = joined;
                             continue;
                         }
                         scratch = merge.into_buf();
                     }
                     shard.handle_packet(shared, packet, class, now, replies, None);
+                    shared.deliver_events(shard, now);
                 }
             });
         }
@@ -420,22 +369,22 @@ impl Shared {
                 "netstack: listen: port 0 is not supported",
             ));
         }
-        let mut listeners = self
-            .listeners
+        // The accept queue is in place before a shard can find the listener.
+        let mut queues = self
+            .accept_queues
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        let on_port = listeners.entry(addr.port()).or_default();
-        if on_port
-            .iter()
-            .any(|l| l.addr.is_none() || ip.is_none() || l.addr == ip)
-        {
-            return Err(io::Error::new(
-                io::ErrorKind::AddrInUse,
-                format!("netstack: listen: {addr} is in use"),
-            ));
-        }
-        let listener = Arc::new(ListenerShared::new(ip, addr.port(), backlog.max(1)));
-        on_port.push(Arc::clone(&listener));
+        let listen = self
+            .listeners
+            .add(ip, addr.port(), backlog.max(1))
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("netstack: listen: {addr} is in use"),
+                )
+            })?;
+        let listener = Arc::new(ListenerShared::new(Arc::clone(&listen)));
+        queues.insert(listen.id, Arc::clone(&listener));
         Ok(listener)
     }
 
@@ -459,6 +408,7 @@ impl Shared {
 
     /// Egress, maintenance, flush to the outbound queue, next deadline.
     pub(crate) fn finish(&self, idx: usize, shard: &mut Shard, now: Instant) {
+        self.deliver_events(shard, now);
         let bit = 1u64 << idx;
         let room = self.out_room();
         // Blocked: no room, or the room ran out with senders still holding packets to
@@ -513,29 +463,55 @@ impl Shared {
         self.out_ready.notify_one();
     }
 
-    /// The listener for a SYN to `local`, if any.
-    pub(crate) fn find_listener(&self, local: IpEndpoint) -> Option<Arc<ListenerShared>> {
-        let listeners = self
-            .listeners
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        listeners
-            .get(&local.port)?
-            .iter()
-            .find(|l| l.addr.is_none_or(|a| a == local.addr))
-            .cloned()
-    }
-
-    /// Forgets a listener.
-    pub(crate) fn unregister(&self, listener: &Arc<ListenerShared>) {
-        let mut listeners = self
-            .listeners
+    /// Forgets a listener: no SYN finds it and no connection is queued for it any more.
+    pub(crate) fn unregister(&self, listener: &ListenerShared) {
+        let mut queues = self
+            .accept_queues
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(on_port) = listeners.get_mut(&listener.port) {
-            on_port.retain(|l| !Arc::ptr_eq(l, listener));
-            if on_port.is_empty() {
-                listeners.remove(&listener.port);
+        self.listeners.remove(&listener.listen);
+        queues.remove(&listener.listen.id);
+    }
+
+    /// Removes only the accept queue of `listener`, as a listener dropped between a
+    /// shard's lookup and the delivery of its event leaves things.
+    #[cfg(test)]
+    pub(crate) fn forget_accept_queue(&self, listener: &ListenerShared) {
+        self.accept_queues
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&listener.listen.id);
+    }
+
+    /// Hands the connections shard `idx` reported established to their listeners' accept
+    /// queues; one whose listener is gone is reset.
+    fn deliver_events(&self, shard: &mut Shard, now: Instant) {
+        for event in shard.take_events() {
+            match event {
+                Event::Accepted {
+                    listener,
+                    shard: idx,
+                    handle,
+                    tuple,
+                } => {
+                    let queue = self
+                        .accept_queues
+                        .read()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .get(&listener.id)
+                        .cloned();
+                    let accepted = Accepted {
+                        shard: idx,
+                        handle,
+                        tuple,
+                    };
+                    if queue.is_none_or(|q| q.push(accepted).is_err()) {
+                        // The listener is gone: reset, and let the sweep free the socket.
+                        self.counters.pending_accepts.fetch_sub(1, Relaxed);
+                        listener.pending.fetch_sub(1, Relaxed);
+                        shard.release(self, tuple, now, true);
+                    }
+                }
             }
         }
     }
@@ -622,19 +598,6 @@ impl Shared {
             .min()
             .unwrap_or(u64::MAX)
     }
-}
-
-/// Locks a mutex. A poisoned one (a panic while it was held: a bug) is logged, cleared
-/// and used: memory safety never depends on it, since the socket set keeps each socket
-/// and its ring mapping consistent within single calls (see `buffer.rs`), and the worst a
-/// half-finished update leaves is a connection or counter off until it times out, which
-/// is better than failing every other connection of the stack.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| {
-        tracing::error!("netstack: a lock was poisoned by a panic; continuing");
-        m.clear_poison();
-        poisoned.into_inner()
-    })
 }
 
 /// The driver task: polls shards when they are due, sleeps otherwise. Holds only a weak

@@ -1,86 +1,77 @@
 //! TCP sockets: [`TcpListener`] with an accept backlog, and [`TcpStream`] with tokio's
 //! `AsyncRead`/`AsyncWrite`.
 
-use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
+use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
-use smoltcp::wire::IpAddress;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::Notify;
 
+use smoltcp::wire::IpEndpoint;
+
+use crate::accept::ListenerShared;
 use crate::buffer::TcpSocket;
 use crate::shard::Shard;
-use crate::stack::{Shared, lock};
+use crate::stack::{Netstack, Shared};
 use crate::wire::Tuple;
 
-/// An established connection waiting in a listener's accept queue.
-#[derive(Debug)]
-pub(crate) struct Accepted {
-    pub(crate) shard: usize,
-    pub(crate) handle: SocketHandle,
-    pub(crate) tuple: Tuple,
-}
+/// First port of the ephemeral range for outbound connections.
+const EPHEMERAL_FIRST: u16 = 49_152;
 
-/// A listener's state shared with the shards that complete its handshakes.
-#[derive(Debug)]
-pub(crate) struct ListenerShared {
-    /// Bound address; `None` for every address of the stack.
-    pub(crate) addr: Option<IpAddress>,
-    pub(crate) port: u16,
-    pub(crate) backlog: usize,
-    /// Half-open plus queued connections, bounded by `backlog`.
-    pub(crate) pending: AtomicUsize,
-    queue: Mutex<VecDeque<Accepted>>,
-    notify: Notify,
-    closed: AtomicBool,
-}
+/// TCP on the stack (beside its other methods in `stack.rs`, `udp.rs`, `icmp.rs`).
+impl Netstack {
+    /// Listens on `addr` (one of the stack's addresses, or unspecified for all of them)
+    /// with the configured accept backlog.
+    pub fn listen(&self, addr: SocketAddr) -> io::Result<TcpListener> {
+        self.listen_with_backlog(addr, self.shared.config.accept_backlog)
+    }
 
-impl ListenerShared {
-    pub(crate) fn new(addr: Option<IpAddress>, port: u16, backlog: usize) -> Self {
-        Self {
-            addr,
-            port,
-            backlog,
-            pending: AtomicUsize::new(0),
-            queue: Mutex::new(VecDeque::new()),
-            notify: Notify::new(),
-            closed: AtomicBool::new(false),
+    /// Listens on `addr` with an accept backlog of `backlog` connections (half-open plus
+    /// established, not yet accepted); SYNs past it are answered with RST.
+    pub fn listen_with_backlog(&self, addr: SocketAddr, backlog: usize) -> io::Result<TcpListener> {
+        let listener = self.shared.register_listener(addr, backlog)?;
+        tracing::debug!(%addr, backlog, "netstack: listening");
+        Ok(TcpListener::new(Arc::clone(&self.shared), listener, addr))
+    }
+
+    /// Opens a TCP connection from the stack's address of `remote`'s family. A closed
+    /// port fails with `ConnectionRefused` as soon as the RST arrives; no answer within
+    /// `handshake_timeout` fails with `TimedOut`.
+    pub async fn connect(&self, remote: SocketAddr) -> io::Result<TcpStream> {
+        let shared = &self.shared;
+        let local_ip = shared.source_for(remote.ip())?;
+        if remote.port() == 0 || remote.ip().is_unspecified() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("netstack: connect: {remote} is not a destination"),
+            ));
         }
-    }
-
-    pub(crate) fn is_closed(&self) -> bool {
-        self.closed.load(Relaxed)
-    }
-
-    /// Queues an established connection (called with its shard locked). Fails when the
-    /// listener is gone; the caller then resets the connection.
-    pub(crate) fn push(&self, accepted: Accepted) -> Result<(), Accepted> {
-        let mut queue = lock(&self.queue);
-        // Checked under the queue lock: `TcpListener::drop` sets `closed` before draining.
-        if self.is_closed() {
-            return Err(accepted);
+        let now = Instant::now();
+        for _ in 0..64 {
+            let port = rand::random_range(EPHEMERAL_FIRST..=u16::MAX);
+            let tuple = Tuple {
+                local: IpEndpoint::new(local_ip, port),
+                remote: IpEndpoint::from(remote),
+            };
+            let idx = shared.shard_for(&tuple);
+            let handle = shared.with_shard(idx, now, |shard| shard.connect(shared, tuple))?;
+            if let Some(handle) = handle {
+                let stream = TcpStream::new(Arc::clone(shared), idx, handle, tuple);
+                stream.wait_established().await?;
+                return Ok(stream);
+            }
         }
-        queue.push_back(accepted);
-        drop(queue);
-        self.notify.notify_one();
-        Ok(())
-    }
-
-    /// Takes the oldest established connection.
-    pub(crate) fn pop(&self) -> Option<Accepted> {
-        let accepted = lock(&self.queue).pop_front()?;
-        self.pending.fetch_sub(1, Relaxed);
-        Some(accepted)
+        Err(io::Error::new(
+            io::ErrorKind::AddrNotAvailable,
+            format!("netstack: connect to {remote}: no free local port"),
+        ))
     }
 }
 
@@ -122,7 +113,7 @@ impl TcpListener {
     /// Waits for an established connection; returns it with the peer's address.
     pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
         loop {
-            let mut notified = pin!(self.listener.notify.notified());
+            let mut notified = pin!(self.listener.notified());
             notified.as_mut().enable();
             if let Some(stream) = self.try_accept() {
                 let peer = stream.peer_addr();
@@ -147,14 +138,10 @@ impl TcpListener {
 impl Drop for TcpListener {
     fn drop(&mut self) {
         self.shared.unregister(&self.listener);
-        let queued: Vec<Accepted> = {
-            let mut queue = lock(&self.listener.queue);
-            self.listener.closed.store(true, Relaxed);
-            queue.drain(..).collect()
-        };
+        let queued = self.listener.close();
         let now = Instant::now();
         for accepted in queued {
-            self.listener.pending.fetch_sub(1, Relaxed);
+            self.listener.listen.pending.fetch_sub(1, Relaxed);
             self.shared.counters.pending_accepts.fetch_sub(1, Relaxed);
             self.shared.with_shard(accepted.shard, now, |shard| {
                 shard.release(&self.shared, accepted.tuple, now, true);
@@ -332,43 +319,90 @@ fn copy_into(socket: &mut TcpSocket<'_>, buf: &mut ReadBuf<'_>) -> Result<usize,
     })
 }
 
+impl TcpStream {
+    /// Queues what fits of `bufs`, in order, into the send ring: the one write path of
+    /// [`AsyncWrite::poll_write`] and [`AsyncWrite::poll_write_vectored`].
+    fn poll_write_slices(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[&[u8]],
+    ) -> Poll<io::Result<usize>> {
+        let mut shard = self.shared.lock(self.shard);
+        let socket = shard.tcp(self.handle);
+        if !socket.may_send() {
+            let state = socket.state();
+            return Poll::Ready(Err(self.closed_error(&shard, state, true)));
+        }
+        let wanted: usize = bufs.iter().map(|b| b.len()).sum();
+        if wanted == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        let free = socket.send_capacity() - socket.send_queue();
+        // Memory for what the connection's sender will hold (see `Shard::reserve_send`).
+        let granted = shard.reserve_send(&self.shared, &self.tuple, wanted.min(free));
+        let (mut sent, mut failed) = (0, false);
+        for buf in bufs {
+            let room = granted - sent;
+            if room == 0 {
+                break;
+            }
+            let part = &buf[..buf.len().min(room)];
+            match shard.tcp(self.handle).send_slice(part) {
+                Ok(n) => {
+                    sent += n;
+                    if n < part.len() {
+                        break;
+                    }
+                }
+                Err(_) => {
+                    failed = sent == 0;
+                    break;
+                }
+            }
+        }
+        shard.unreserve_send(&self.tuple, granted, sent);
+        let mut socket = shard.tcp(self.handle);
+        if failed {
+            let state = socket.state();
+            return Poll::Ready(Err(self.closed_error(&shard, state, true)));
+        }
+        if sent == 0 {
+            socket.register_send_waker(cx.waker());
+            return Poll::Pending;
+        }
+        self.shared.finish(self.shard, &mut shard, Instant::now());
+        Poll::Ready(Ok(sent))
+    }
+}
+
 impl AsyncWrite for TcpStream {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let mut shard = this.shared.lock(this.shard);
-        let socket = shard.tcp(this.handle);
-        if !socket.may_send() {
-            let state = socket.state();
-            return Poll::Ready(Err(this.closed_error(&shard, state, true)));
+        self.get_mut().poll_write_slices(cx, &[buf])
+    }
+
+    /// Writes as many of `bufs` as fit, in one pass under the shard's lock: callers that
+    /// hold their data in pieces (hyper's queued body chunks) need not copy it into one
+    /// buffer first.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        // At most 64 slices per call (what hyper hands over at once), without allocating.
+        let mut slices: [&[u8]; 64] = [&[]; 64];
+        let n = bufs.len().min(slices.len());
+        for (slot, buf) in slices.iter_mut().zip(bufs) {
+            *slot = buf;
         }
-        if buf.is_empty() {
-            return Poll::Ready(Ok(0));
-        }
-        let free = socket.send_capacity() - socket.send_queue();
-        // Memory for what the connection's sender will hold (see `Shard::reserve_send`).
-        let granted = shard.reserve_send(&this.shared, &this.tuple, buf.len().min(free));
-        let res = shard.tcp(this.handle).send_slice(&buf[..granted]);
-        shard.unreserve_send(&this.tuple, granted, *res.as_ref().unwrap_or(&0));
-        let mut socket = shard.tcp(this.handle);
-        match res {
-            Ok(0) => {
-                socket.register_send_waker(cx.waker());
-                Poll::Pending
-            }
-            Ok(n) => {
-                let now = Instant::now();
-                this.shared.finish(this.shard, &mut shard, now);
-                Poll::Ready(Ok(n))
-            }
-            Err(_) => {
-                let state = socket.state();
-                Poll::Ready(Err(this.closed_error(&shard, state, true)))
-            }
-        }
+        self.get_mut().poll_write_slices(cx, &slices[..n])
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
