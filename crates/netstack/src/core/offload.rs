@@ -24,6 +24,9 @@ pub(crate) mod sack;
 use bytes::{Bytes, BytesMut};
 use smoltcp::wire::{IpAddress, IpEndpoint, Ipv4Packet, Ipv6Packet, TcpPacket};
 
+mod checksum;
+use checksum::Sum;
+
 /// The IP MTU smoltcp works in when segmentation offload is on: the largest IPv4 packet.
 pub(crate) const SEGMENT_MTU: usize = 65_535;
 
@@ -312,7 +315,8 @@ pub(crate) fn fill_tcp_checksum(packet: &mut [u8]) {
 /// appended to `out`; returns how many, `None` (nothing appended) when it needs no cut
 /// or is not a data segment. Each piece has the headers and options of the original,
 /// its own sequence number, IP length, IPv4 identification and checksums; FIN and PSH
-/// stay on the last piece.
+/// stay on the last piece. A piece's payload is summed in the pass that copies it
+/// (`checksum.rs`): the payload is read once.
 pub(crate) fn split(packet: &[u8], max_payload: usize, out: &mut Vec<Bytes>) -> Option<usize> {
     let (ip, tcp) = headers(packet)?;
     let head = ip + tcp;
@@ -325,13 +329,13 @@ pub(crate) fn split(packet: &[u8], max_payload: usize, out: &mut Vec<Bytes>) -> 
     let ident = u16::from_be_bytes([packet[4], packet[5]]);
     let pieces = payload.len().div_ceil(max_payload);
     // One allocation for all pieces, each a view into it.
-    let mut buf = BytesMut::with_capacity(pieces * head + payload.len());
+    let mut buf = BytesMut::zeroed(pieces * head + payload.len());
     let mut bounds = Vec::with_capacity(pieces);
+    let mut at = 0;
     for (i, chunk) in payload.chunks(max_payload).enumerate() {
-        let at = buf.len();
-        buf.extend_from_slice(&packet[..head]);
-        buf.extend_from_slice(chunk);
-        let p = &mut buf[at..];
+        let end = at + head + chunk.len();
+        let p = &mut buf[at..end];
+        p[..head].copy_from_slice(&packet[..head]);
         if p[0] >> 4 == 4 {
             // Linux's TSO numbers the pieces too (RFC 6864 allows either with DF).
             p[4..6].copy_from_slice(&ident.wrapping_add(i as u16).to_be_bytes());
@@ -342,8 +346,14 @@ pub(crate) fn split(packet: &[u8], max_payload: usize, out: &mut Vec<Bytes>) -> 
         if i + 1 < pieces {
             p[ip + 13] &= !(FIN | PSH);
         }
-        TcpPacket::new_unchecked(&mut p[ip..]).fill_checksum(&src, &dst);
-        bounds.push(at..buf.len());
+        p[ip + 16..ip + 18].fill(0);
+        let mut sum = Sum::default();
+        sum.add_tcp_pseudo_header(&src, &dst, end - at - ip);
+        sum.add(&p[ip..head]);
+        sum.copy_add(&mut p[head..], chunk);
+        p[ip + 16..ip + 18].copy_from_slice(&sum.field());
+        bounds.push(at..end);
+        at = end;
     }
     let all = buf.freeze();
     out.extend(bounds.into_iter().map(|r| all.slice(r)));

@@ -248,13 +248,18 @@ impl Shared {
         }
         // By shard, then by connection (stable: each connection's packets keep their order;
         // only packets of different connections trade places).
+        // A batch is mostly one connection's packets, already in that order: checking
+        // costs one pass, sorting it anyway cost 6 % of the in-memory bulk bench's CPU.
         let offload = shared.config.offload();
         if offload {
-            items.sort_by_key(|item| match item.2 {
+            let key = |item: &(usize, usize, Class)| match item.2 {
                 Class::Tcp { tuple, .. } => (item.0, Some(tuple)),
                 _ => (item.0, None),
-            });
-        } else {
+            };
+            if !items.is_sorted_by_key(key) {
+                items.sort_by_key(key);
+            }
+        } else if !items.is_sorted_by_key(|item| item.0) {
             items.sort_by_key(|item| item.0);
         }
         // One buffer for every run of joined segments of this batch.

@@ -124,6 +124,33 @@ fn split_across_wraparound(make: impl Fn(&TcpRepr<'_>) -> Vec<u8>) {
     assert_eq!(split(&syn, 1, &mut Vec::new()), None);
 }
 
+/// Pieces of every size (odd ones too: a peer's MSS may be odd) carry valid checksums
+/// and the payload, byte for byte.
+fn split_at_every_size(make: impl Fn(&TcpRepr<'_>) -> Vec<u8>) {
+    let payload: Vec<u8> = (0..3_001u32).map(|i| (i * 13 + 5) as u8).collect();
+    let big = make(&repr(TcpControl::None, 9, 77, &payload));
+    for max in [1, 2, 31, 32, 33, 1367, 1368, 1379, 3_000] {
+        let mut out = Vec::new();
+        assert_eq!(split(&big, max, &mut out), Some(3_001usize.div_ceil(max)));
+        let mut joined = Vec::new();
+        for piece in &out {
+            // `check` verifies the IP and TCP checksums.
+            joined.extend_from_slice(&check(piece).4);
+        }
+        assert_eq!(joined, payload, "pieces of {max} bytes");
+    }
+}
+
+#[test]
+fn pieces_of_every_size_have_valid_checksums_v4() {
+    split_at_every_size(|t| ipv4_tcp(SRC, DST, t));
+}
+
+#[test]
+fn pieces_of_every_size_have_valid_checksums_v6() {
+    split_at_every_size(ipv6_tcp);
+}
+
 #[test]
 fn a_large_segment_splits_into_wire_segments_across_wraparound_v4() {
     split_across_wraparound(|t| ipv4_tcp(SRC, DST, t));
