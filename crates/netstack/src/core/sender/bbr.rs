@@ -302,9 +302,12 @@ impl Bbr {
         let extra = if self.loss_gain < CWND_GAIN {
             0.0
         } else {
-            self.extra_acked
-                .get(self.round)
-                .min(bw * EXTRA_ACKED_MAX.as_secs_f64())
+            // At most a smoothed round trip's worth: batches of ACKs further apart than
+            // that are no longer aggregation but the path itself.
+            let cap = self
+                .srtt
+                .map_or(EXTRA_ACKED_MAX, |s| s.min(EXTRA_ACKED_MAX));
+            self.extra_acked.get(self.round).min(bw * cap.as_secs_f64())
         };
         ((gain * bdp + extra) as u64).max(floor)
     }
