@@ -29,6 +29,37 @@ pub(crate) fn capabilities(mtu: usize, offload: bool) -> DeviceCapabilities {
     caps
 }
 
+/// A smoltcp interface on `addrs` whose random generator starts from `seed` (`Medium::Ip`:
+/// no hardware address). Building one draws from the generator in a fixed way, which the
+/// SYN table's ISN prediction relies on (see `synq.rs`).
+pub(crate) fn interface(
+    caps: &DeviceCapabilities,
+    seed: u64,
+    addrs: &[smoltcp::wire::IpCidr],
+    now: Instant,
+) -> smoltcp::iface::Interface {
+    let mut config = smoltcp::iface::Config::new(smoltcp::wire::HardwareAddress::Ip);
+    config.random_seed = seed;
+    let mut tx = Vec::new();
+    let mut dev = Dev {
+        rx: None,
+        tx: &mut tx,
+        tx_limit: 0,
+        bytes_limit: 0,
+        bytes: 0,
+        fill_below: 0,
+        caps,
+    };
+    let mut iface = smoltcp::iface::Interface::new(config, &mut dev, now);
+    iface.update_ip_addrs(|a| {
+        for addr in addrs {
+            // Capacity is 2: one address per family.
+            let _ = a.push(*addr);
+        }
+    });
+    iface
+}
+
 /// A device over one inbound packet and the outbound batch.
 pub(crate) struct Dev<'a> {
     /// The packet smoltcp will read next, if any.

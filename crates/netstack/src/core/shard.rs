@@ -19,10 +19,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use smoltcp::iface::{Config, Interface, SocketHandle};
+use smoltcp::iface::{Interface, SocketHandle};
 use smoltcp::phy::DeviceCapabilities;
 use smoltcp::socket::tcp;
-use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
+use smoltcp::wire::{IpAddress, IpCidr};
 
 use crate::autotune::Rings;
 use crate::buffer::{Owned, Sockets, TcpSocket};
@@ -148,31 +148,20 @@ impl Shard {
         now: Instant,
     ) -> Self {
         let caps = capabilities(config.segment_mtu(), config.offload());
-        let mut tx = Vec::new();
-        let mut dev = Dev {
-            rx: None,
-            tx: &mut tx,
-            tx_limit: 0,
-            bytes_limit: 0,
-            bytes: 0,
-            fill_below: 0,
-            caps: &caps,
-        };
-        let mut iface_config = Config::new(HardwareAddress::Ip);
-        iface_config.random_seed = seed;
-        let mut iface = Interface::new(iface_config, &mut dev, clock.smol_at(now));
-        iface.update_ip_addrs(|addrs| {
-            for addr in &config.addresses {
+        let addrs: Vec<IpCidr> = config
+            .addresses
+            .iter()
+            .map(|addr| {
                 let addr = IpAddress::from(*addr);
                 let prefix = if addr.version() == smoltcp::wire::IpVersion::Ipv4 {
                     32
                 } else {
                     128
                 };
-                // Capacity is 2 and the config allows one address per family.
-                let _ = addrs.push(IpCidr::new(addr, prefix));
-            }
-        });
+                IpCidr::new(addr, prefix)
+            })
+            .collect();
+        let mut iface = crate::device::interface(&caps, seed, &addrs, clock.smol_at(now));
         // Medium::Ip has no neighbours: a default route (via our own address, which is
         // never looked at) makes every destination reachable through the device.
         for addr in &config.addresses {
@@ -187,7 +176,7 @@ impl Shard {
             conns: HashMap::new(),
             caps,
             clock,
-            tx,
+            tx: Vec::new(),
             watched: 0,
             synq: SynTable::new(syn_promised),
             half_open: 0,

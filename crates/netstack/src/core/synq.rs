@@ -31,14 +31,13 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
-use smoltcp::iface::{Config, Interface};
+use smoltcp::iface::Interface;
 use smoltcp::phy::{ChecksumCapabilities, DeviceCapabilities};
 use smoltcp::wire::{
-    HardwareAddress, IpAddress, IpCidr, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr,
-    TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+    IpAddress, IpCidr, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, TcpControl,
+    TcpPacket, TcpRepr, TcpSeqNumber,
 };
 
-use crate::device::Dev;
 use crate::wire::Tuple;
 
 /// A half-open connection: what the peer's SYN offered and what our SYN-ACK answered.
@@ -409,30 +408,13 @@ pub(crate) fn replay_iface(
     salt: u64,
     now: smoltcp::time::Instant,
 ) -> Interface {
-    let mut config = Config::new(HardwareAddress::Ip);
-    config.random_seed = seed_for_isn(isn, salt);
-    let mut tx = Vec::new();
-    let mut dev = Dev {
-        rx: None,
-        tx: &mut tx,
-        tx_limit: 0,
-        bytes_limit: 0,
-        bytes: 0,
-        fill_below: 0,
-        caps,
-    };
-    let mut iface = Interface::new(config, &mut dev, now);
-    iface.update_ip_addrs(|a| {
-        for addr in addrs {
-            let _ = a.push(*addr);
-        }
-    });
-    iface
+    crate::device::interface(caps, seed_for_isn(isn, salt), addrs, now)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::device::Dev;
 
     #[test]
     fn the_inverse_inverts() {
