@@ -710,7 +710,16 @@ impl Shard {
             } else if let Some(conn) = conn.as_deref_mut()
                 && let Some((_, _, Some(ack))) = offload::seq_ack(&packet)
             {
-                let window = offload::window(&packet).unwrap_or(0);
+                let smoltcp_window = offload::window(&packet).unwrap_or(0);
+                let window = conn.offload.kept_window(ack, smoltcp_window);
+                if window != smoltcp_window {
+                    // In place when the device's buffer is ours alone (it is, fresh).
+                    let mut p = packet
+                        .try_into_mut()
+                        .unwrap_or_else(|shared| bytes::BytesMut::from(&shared[..]));
+                    crate::wire::set_ack_and_window(&mut p, ack, window);
+                    packet = p.freeze();
+                }
                 let shift = conn.offload.shift();
                 let block = offload::sack_blocks(&packet).first().copied();
                 conn.offload.sack.on_our_ack(ack, block);
