@@ -1194,3 +1194,65 @@ fn a_fin_first_seen_above_a_hole_is_taken_when_resent() {
     });
     assert_eq!(state, smoltcp::socket::tcp::State::CloseWait);
 }
+
+/// The writer queues more data while the end of its previous write still waits in the
+/// sender (the outbound queue is full): that short piece is joined to the new data, so
+/// the wire carries full segments and one short one at the very end. A short segment in
+/// the middle of a run stops the gateway's GRO there (wireguard-go joins equal segments
+/// only, a short one ending the run; see `offload/tests.rs`).
+#[test]
+fn a_short_piece_still_held_is_joined_to_the_next_write() {
+    let mut c = OneConn::with(|c| {
+        c.congestion = crate::config::CongestionControl::Cubic;
+        c.max_outbound_packets = 2;
+    });
+    let (a, idx, handle) = (&c.a, c.idx, c.handle);
+    let data: Vec<u8> = (0..15_000u32).map(|i| (i * 7 + 1) as u8).collect();
+    let mut written = 0;
+    let mut wire = Vec::new();
+    let mut received = Vec::new();
+    for _ in 0..400 {
+        // Three writes of 5,000 bytes (3 wire segments and 860 bytes each), one a
+        // round: the next comes while the end of the previous is still held.
+        if written < data.len() {
+            let end = (written + 5_000).min(data.len());
+            written += a.with_shard(idx, c.now, |s| {
+                s.tcp(handle).send_slice(&data[written..end]).expect("send")
+            });
+        }
+        // One packet a round from a to b; everything back.
+        let mut batch = Vec::new();
+        a.drain_out(&mut batch, 1);
+        for p in &batch {
+            if let Some(seg) = crate::wire::tcp_segment(p)
+                && seg.len > 0
+            {
+                wire.push(seg.len);
+            }
+        }
+        c.b.push_at(&batch, c.now);
+        let mut back = Vec::new();
+        c.b.drain_out(&mut back, usize::MAX);
+        a.push_at(&back, c.now);
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = c.b.with_shard(c.accepted.shard, c.now, |s| {
+            s.tcp(c.accepted.handle).recv_slice(&mut buf).expect("recv")
+        });
+        received.extend_from_slice(&buf[..n]);
+        if received.len() == data.len() {
+            break;
+        }
+        c.now += Duration::from_millis(1);
+        a.drive_at(c.now);
+        c.b.drive_at(c.now);
+    }
+    assert_eq!(received, data);
+    let mss = wire.iter().copied().max().expect("data sent");
+    let short: Vec<usize> = (0..wire.len()).filter(|&i| wire[i] < mss).collect();
+    assert_eq!(
+        short,
+        [wire.len() - 1],
+        "only the last wire segment is short: {wire:?}"
+    );
+    assert!(a.counters.snapshot().tcp_tails_joined >= 2);
+}
