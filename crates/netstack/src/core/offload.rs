@@ -53,6 +53,11 @@ pub(crate) struct Offload {
     ends: Vec<u32>,
     /// The out-of-order data held, for the SACK option of our ACKs.
     pub(crate) sack: sack::Sack,
+    /// The last data smoltcp emitted was cut with a short piece of the data before
+    /// joined in front (`split_after`): its wire segments are offset from smoltcp's cuts,
+    /// so a short piece ending it comes from that offset, not from a window edge, and is
+    /// joined to the data after it too (see `Sender::unsent_tail`).
+    pub(crate) carried: bool,
 }
 
 /// Wire segment ends remembered per connection between two ACKs of smoltcp (it ACKs
@@ -69,6 +74,7 @@ impl Offload {
             wire_ack: None,
             ends: Vec::new(),
             sack: sack::Sack::default(),
+            carried: false,
         }
     }
 

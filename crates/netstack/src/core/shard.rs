@@ -773,21 +773,23 @@ impl Shard {
             let max_payload = usize::from(wire).saturating_sub(options).max(1);
             // A short piece of the previous emission still held unsent is joined to this
             // data, so that the wire segments stay full (see `Sender::unsent_tail`).
-            let tail = match conn {
-                Some(c) if !self.sender_off && flags & (offload::SYN | offload::RST) == 0 => {
-                    offload::seq_ack(&packet)
-                        .filter(|&(len, _, _)| len > 0)
-                        .and_then(|(_, seq, _)| c.sender.unsent_tail(seq, max_payload))
-                        .map(|t| (c, t))
+            let data = offload::seq_ack(&packet)
+                .filter(|&(len, _, _)| len > 0 && flags & (offload::SYN | offload::RST) == 0)
+                .map(|(_, seq, _)| seq);
+            let joined = match (conn, data) {
+                (Some(c), Some(seq)) if !self.sender_off => {
+                    let tail = c.sender.unsent_tail(seq, max_payload, c.offload.carried);
+                    let n = tail
+                        .and_then(|t| offload::split_after(&t, &packet, max_payload, &mut self.tx));
+                    c.offload.carried = n.is_some();
+                    if n.is_some() {
+                        c.sender.take_unsent_tail();
+                        env.counters.tcp_tails_joined.fetch_add(1, Relaxed);
+                    }
+                    n
                 }
                 _ => None,
             };
-            let joined = tail.and_then(|(c, t)| {
-                let n = offload::split_after(&t, &packet, max_payload, &mut self.tx)?;
-                c.sender.take_unsent_tail();
-                env.counters.tcp_tails_joined.fetch_add(1, Relaxed);
-                Some(n)
-            });
             if let Some(n) = joined.or_else(|| offload::split(&packet, max_payload, &mut self.tx)) {
                 env.counters.tcp_split.fetch_add(n as u64, Relaxed);
             } else {

@@ -622,7 +622,7 @@ fn data_packet(seq: u32, len: usize, fin: bool) -> (Segment, Bytes) {
 }
 
 #[test]
-fn a_short_unsent_tail_is_handed_back_with_its_memory_as_a_reservation() {
+fn a_short_unsent_tail_is_handed_back_and_its_bytes_held_when_they_return() {
     let mut t = T::new();
     let max = MSS as usize;
     let (full, p) = data_packet(ISS, max, false);
@@ -631,27 +631,51 @@ fn a_short_unsent_tail_is_handed_back_with_its_memory_as_a_reservation() {
     assert_eq!(t.s.on_emitted(&short, &q, t.now), Verdict::Held);
     let used = t.budget.used();
     // Only the last, short, unsent segment, and only for data that follows it.
-    assert!(t.s.unsent_tail(ISS + MSS, max).is_none());
-    assert!(t.s.unsent_tail(ISS + MSS + 300, 300).is_none(), "not short");
-    let tail = t.s.unsent_tail(ISS + MSS + 300, max).expect("the tail");
+    assert!(t.s.unsent_tail(ISS + MSS, max, false).is_none());
+    assert!(
+        t.s.unsent_tail(ISS + MSS + 300, 300, false).is_none(),
+        "not short"
+    );
+    let tail =
+        t.s.unsent_tail(ISS + MSS + 300, max, false)
+            .expect("the tail");
     assert_eq!(&tail[..], &[0x5a; 300][..]);
     t.s.take_unsent_tail();
     assert_eq!(t.s.end, ISS + MSS);
-    assert_eq!(t.budget.used(), used, "the charge is a reservation now");
+    assert_eq!(t.budget.used(), used - (q.len() + SEG_OVERHEAD));
     assert_eq!(t.s.reserved_data, 300);
-    // Its bytes come back joined to newer ones, paid for by the reservation.
+    // Its bytes come back joined to newer ones and are held, past a full budget too.
+    t.budget.take(1 << 20, true);
     let (joined, r) = data_packet(ISS + MSS, max, false);
     assert_eq!(t.s.on_emitted(&joined, &r, t.now), Verdict::Held);
+    assert_eq!(t.s.reserved_data, 0);
+    t.budget.give(1 << 20);
     let (rest, s) = data_packet(ISS + 2 * MSS, 100, false);
     assert_eq!(t.s.on_emitted(&rest, &s, t.now), Verdict::Held);
     assert_eq!(t.s.end, ISS + 2 * MSS + 100);
-    assert_eq!(t.s.reserved, 0);
     let mut out = Vec::new();
     t.s.poll_transmit(t.now, &mut out, usize::MAX);
     assert_eq!(out.len(), 3);
     // Sent: nothing to hand back; a FIN is never handed back either.
-    assert!(t.s.unsent_tail(ISS + 2 * MSS + 100, max).is_none());
+    assert!(t.s.unsent_tail(ISS + 2 * MSS + 100, max, true).is_none());
     let (fin, f) = data_packet(ISS + 2 * MSS + 100, 50, true);
     assert_eq!(t.s.on_emitted(&fin, &f, t.now), Verdict::Held);
-    assert!(t.s.unsent_tail(ISS + 2 * MSS + 151, max).is_none());
+    assert!(t.s.unsent_tail(ISS + 2 * MSS + 151, max, true).is_none());
+}
+
+#[test]
+fn a_short_tail_without_psh_is_handed_back_only_behind_an_offset() {
+    let mut t = T::new();
+    let (mut short, q) = data_packet(ISS, 300, false);
+    // Cut at the peer's window edge: no PSH.
+    let mut q = q.to_vec();
+    q[33] &= !0x08;
+    crate::offload::fill_tcp_checksum(&mut q);
+    short.len = 300;
+    assert_eq!(
+        t.s.on_emitted(&short, &Bytes::from(q), t.now),
+        Verdict::Held
+    );
+    assert!(t.s.unsent_tail(ISS + 300, MSS as usize, false).is_none());
+    assert!(t.s.unsent_tail(ISS + 300, MSS as usize, true).is_some());
 }
