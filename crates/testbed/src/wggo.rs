@@ -268,7 +268,15 @@ impl WireguardGo {
         for peer in &self.config.peers {
             args.extend(peer.wg_set_args_with_files(self.dir.path())?);
         }
-        netns.run("wg", &args)?;
+        // The socket file appears when wireguard-go binds it, a moment before it listens:
+        // a `wg` connecting in between is refused and falls back to the kernel's netlink
+        // ("Protocol not supported"), as seen on a loaded machine. `wg set` is idempotent.
+        while let Err(e) = netns.run("wg", &args) {
+            if Instant::now() > deadline {
+                return Err(e);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         netns.ip(["addr", "add", &self.config.address, "dev", &self.ifname])?;
         netns.ip(["link", "set", &self.ifname, "up"])?;
         Ok(())

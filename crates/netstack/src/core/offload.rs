@@ -14,6 +14,9 @@
 //!   retransmission, a control flag or an older ACK ends a run.
 //! - ACKs: smoltcp acknowledges a joined segment once; [`ack_at`] builds the cumulative
 //!   ACKs in between, so the peer gets one ACK per two wire segments at least.
+//! - Windows: every window we announce is one scale unit short of smoltcp's, and never
+//!   short of one announced before ([`Offload::kept_window`]), so the peer never sends
+//!   past the edge smoltcp takes data up to.
 //!
 //! Sans-IO and allocation-light: everything works on packet bytes. Checksums are not
 //! filled on joined inbound segments: the device does not verify them (WireGuard's AEAD
@@ -58,6 +61,8 @@ pub(crate) struct Offload {
     /// so a short piece ending it comes from that offset, not from a window edge, and is
     /// joined to the data after it too (see `Sender::unsent_tail`).
     pub(crate) carried: bool,
+    /// The right edge of the window we announced last (see [`Offload::kept_window`]).
+    edge: Option<u32>,
 }
 
 /// Wire segment ends remembered per connection between two ACKs of smoltcp (it ACKs
@@ -75,7 +80,38 @@ impl Offload {
             ends: Vec::new(),
             sack: sack::Sack::default(),
             carried: false,
+            edge: None,
         }
+    }
+
+    /// The window field to announce with `ack` in place of smoltcp's `window`.
+    ///
+    /// smoltcp takes data only up to the right edge its latest segment announced, and
+    /// rounds the window down to the scale unit; so as its ACK number advances by other
+    /// than a multiple of the unit, that edge moves back by up to a unit, and bytes the
+    /// peer sent to an earlier edge are cut (it has room for them). Each edge smoltcp
+    /// announces lies within one unit below the end of its ring's free space, and that
+    /// end never moves back. So an edge one unit below any smoltcp announced is below
+    /// every edge it will announce: we announce the furthest such edge so far. The
+    /// window is a unit smaller than smoltcp's, and no edge on the wire moves back.
+    pub(crate) fn kept_window(&mut self, ack: u32, window: u16) -> u16 {
+        let shift = self.shift();
+        if shift == 0 {
+            // Exact windows: smoltcp's edge never moves back.
+            return window;
+        }
+        let below = ack
+            .wrapping_add(u32::from(window) << shift)
+            .wrapping_sub(1 << shift);
+        let edge = match self.edge {
+            Some(e) if seq_ge(e, below) => e,
+            _ => below,
+        };
+        self.edge = Some(edge);
+        if !seq_ge(edge, ack) {
+            return 0;
+        }
+        u16::try_from(edge.wrapping_sub(ack) >> shift).unwrap_or(u16::MAX)
     }
 
     /// The shift of the windows we advertise.

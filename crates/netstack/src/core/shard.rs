@@ -28,7 +28,7 @@ use crate::autotune::Rings;
 use crate::buffer::{Owned, Sockets, TcpSocket};
 use crate::config::NetstackConfig;
 use crate::deadlines::Deadlines;
-use crate::device::{Dev, capabilities};
+use crate::device::{Dev, Spare, capabilities};
 use crate::env::{Env, Event, Listen};
 use crate::offload::{self, Offload};
 use crate::sender::{Sender, Verdict};
@@ -108,6 +108,8 @@ pub(crate) struct Shard {
     caps: DeviceCapabilities,
     clock: Clock,
     tx: Vec<Bytes>,
+    /// Buffers of split segments for smoltcp's next large ones (emptied after egress).
+    spare: Spare,
     /// Connections in `HalfOpen` or `Closing`.
     watched: usize,
     /// Half-open connections, without sockets (see `synq.rs`).
@@ -177,6 +179,7 @@ impl Shard {
             caps,
             clock,
             tx: Vec::new(),
+            spare: Spare::default(),
             watched: 0,
             synq: SynTable::new(syn_promised),
             half_open: 0,
@@ -283,6 +286,7 @@ impl Shard {
             bytes: 0,
             fill_below,
             caps: &self.caps,
+            spare: Some(&mut self.spare),
         };
         self.sockets
             .poll_ingress_single(&mut self.iface, self.clock.smol_at(now), &mut dev);
@@ -323,6 +327,7 @@ impl Shard {
                 bytes,
                 fill_below,
                 caps: &self.caps,
+                spare: Some(&mut self.spare),
             };
             let res = self.sockets.poll_egress(&mut self.iface, t, &mut dev);
             bytes = dev.bytes;
@@ -336,6 +341,7 @@ impl Shard {
             }
         }
         self.transmit_ready(env, now, limit);
+        self.spare.clear();
         !self.ready.is_empty() && self.tx.len() >= limit
     }
 
@@ -710,7 +716,16 @@ impl Shard {
             } else if let Some(conn) = conn.as_deref_mut()
                 && let Some((_, _, Some(ack))) = offload::seq_ack(&packet)
             {
-                let window = offload::window(&packet).unwrap_or(0);
+                let smoltcp_window = offload::window(&packet).unwrap_or(0);
+                let window = conn.offload.kept_window(ack, smoltcp_window);
+                if window != smoltcp_window {
+                    // In place when the device's buffer is ours alone (it is, fresh).
+                    let mut p = packet
+                        .try_into_mut()
+                        .unwrap_or_else(|shared| bytes::BytesMut::from(&shared[..]));
+                    crate::wire::set_ack_and_window(&mut p, ack, window);
+                    packet = p.freeze();
+                }
                 let shift = conn.offload.shift();
                 let block = offload::sack_blocks(&packet).first().copied();
                 conn.offload.sack.on_our_ack(ack, block);
@@ -792,6 +807,7 @@ impl Shard {
             };
             if let Some(n) = joined.or_else(|| offload::split(&packet, max_payload, &mut self.tx)) {
                 env.counters.tcp_split.fetch_add(n as u64, Relaxed);
+                self.spare.put(packet);
             } else {
                 if packet.len() > self.path_mtu {
                     // Not split (no data to cut): its checksum is still ours to fill.

@@ -480,6 +480,7 @@ mod tests {
                 bytes: 0,
                 fill_below: 0,
                 caps: &caps,
+                spare: None,
             };
             sockets.poll_ingress_single(&mut iface, t, &mut dev);
             sockets.poll_egress(&mut iface, t, &mut dev);

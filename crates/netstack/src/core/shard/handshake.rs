@@ -189,6 +189,7 @@ impl Shard {
                 bytes: 0,
                 fill_below: 0,
                 caps: &self.caps,
+                spare: None,
             };
             self.sockets.poll_ingress_single(&mut iface, t, &mut dev);
         }
