@@ -73,7 +73,15 @@ pub(crate) struct Wire {
     pub(crate) multi_acked: u64,
     /// What the receiver got: ranges of offsets from the first data byte.
     got: Got,
+    /// ACKs of the receiver that repeated the one before in everything (ACK number,
+    /// window, SACK blocks): they tell the sender nothing.
+    pub(crate) redundant: u64,
+    /// The receiver's last pure ACK.
+    last_pure: Option<AckFields>,
 }
+
+/// What a pure ACK tells the sender: ACK number, window field, SACK blocks.
+type AckFields = (u32, u16, Vec<(u32, u32)>);
 
 /// Data the receiver got, as sorted disjoint ranges of offsets from `base` (the first
 /// data byte), so the checks hold across sequence number wraparound.
@@ -127,13 +135,22 @@ impl Got {
 impl Wire {
     /// Checks one ACK `p` of the receiver against what it got.
     fn check_ack(&mut self, p: &[u8]) {
-        let Some((0, _, Some(ack))) = crate::offload::seq_ack(p) else {
+        let Some((0, _, Some(number))) = crate::offload::seq_ack(p) else {
             return;
         };
-        let Some(ack) = self.got.offset(ack) else {
+        let Some(ack) = self.got.offset(number) else {
             return;
         };
         let blocks = crate::offload::sack_blocks(p);
+        let this = (
+            number,
+            crate::offload::window(p).unwrap_or(0),
+            blocks.clone(),
+        );
+        if self.last_pure.as_ref() == Some(&this) {
+            self.redundant += 1;
+        }
+        self.last_pure = Some(this);
         self.sack_max = self.sack_max.max(blocks.len());
         if self.got.above(ack) >= 2 {
             self.holes_acked += 1;
@@ -739,11 +756,22 @@ fn large_segments_keep_the_wire_standard_and_the_data_exact() {
             wire.delivered,
             wire.acks
         );
+        // Every ACK tells the sender something new: an ACK number, a window or a SACK
+        // block. Each one costs a gateway a UDP receive, a decryption and a TUN write.
+        assert_eq!(wire.redundant, 0, "{name}: ACKs repeating the one before");
         if path.loss == 0.0 {
             // Without holes to repair, no ACK ever covers more than two wire segments.
             let mss = (mtu - 40) as u32;
             assert!(wire.widest_ack <= 2 * mss, "{name}: {}", wire.widest_ack);
             assert!(wire.joined > 1000, "{name}: the receiver joined segments");
+            // Nor more than one per two, but for a flight's odd last segment: each costs
+            // the gateway a TUN write (PERFORMANCE.md, "The clean upload").
+            assert!(
+                2 * wire.acks <= wire.delivered + wire.delivered / 50,
+                "{name}: {} ACKs for {} segments",
+                wire.acks,
+                wire.delivered
+            );
         }
     }
 }
@@ -761,14 +789,16 @@ fn the_receiver_acks_every_second_segment_and_reports_what_it_holds() {
             let (t, _, wire) = transfer(4 << 20, path, seed, |_| {});
             eprintln!(
                 "{name} seed {seed}: {t:?}, {} segments, {} ACKs, most blocks {}, {} of {} \
-                 ACKs over two or more ranges named two or more, {} D-SACKs, {} false",
+                 ACKs over two or more ranges named two or more, {} D-SACKs, {} false, \
+                 {} redundant",
                 wire.delivered,
                 wire.acks,
                 wire.sack_max,
                 wire.multi_acked,
                 wire.holes_acked,
                 wire.dsacks,
-                wire.false_sacks
+                wire.false_sacks,
+                wire.redundant
             );
             runs.push((name, seed, wire));
         }
@@ -781,6 +811,10 @@ fn the_receiver_acks_every_second_segment_and_reports_what_it_holds() {
             wire.acks
         );
         assert_eq!(wire.false_sacks, 0, "{name} {seed}: blocks naming no data");
+        assert_eq!(
+            wire.redundant, 0,
+            "{name} {seed}: ACKs repeating the one before"
+        );
         assert!(
             wire.sack_max >= 3,
             "{name} {seed}: {} blocks",
