@@ -1195,6 +1195,101 @@ fn a_fin_first_seen_above_a_hole_is_taken_when_resent() {
     assert_eq!(state, smoltcp::socket::tcp::State::CloseWait);
 }
 
+/// a sends `writes` (one a round, in virtual time 1 ms apart) to b, one packet a round
+/// towards b through an outbound queue of 2 packets (so what smoltcp emitted waits in the
+/// sender); returns the payload lengths of a's data segments on the wire and a's stats.
+fn wire_segments_of_writes(writes: &[usize]) -> (Vec<u32>, crate::stats::NetstackStats) {
+    let mut c = OneConn::with(|c| {
+        c.congestion = crate::config::CongestionControl::Cubic;
+        c.max_outbound_packets = 2;
+    });
+    let (a, idx, handle) = (&c.a, c.idx, c.handle);
+    let total: usize = writes.iter().sum();
+    let data: Vec<u8> = (0..total as u32).map(|i| (i * 7 + 1) as u8).collect();
+    let mut ends = writes.iter().scan(0, |at, n| {
+        *at += n;
+        Some(*at)
+    });
+    let mut end = 0;
+    let mut written = 0;
+    let mut wire = Vec::new();
+    let mut received = Vec::new();
+    for _ in 0..20_000 {
+        if written == end {
+            end = ends.next().unwrap_or(end);
+        }
+        if written < end {
+            written += a.with_shard(idx, c.now, |s| {
+                s.tcp(handle).send_slice(&data[written..end]).expect("send")
+            });
+        }
+        let mut batch = Vec::new();
+        a.drain_out(&mut batch, 1);
+        for p in &batch {
+            if let Some(seg) = crate::wire::tcp_segment(p)
+                && seg.len > 0
+            {
+                wire.push(seg.len);
+            }
+        }
+        c.b.push_at(&batch, c.now);
+        let mut back = Vec::new();
+        c.b.drain_out(&mut back, usize::MAX);
+        a.push_at(&back, c.now);
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = c.b.with_shard(c.accepted.shard, c.now, |s| {
+            s.tcp(c.accepted.handle).recv_slice(&mut buf).expect("recv")
+        });
+        received.extend_from_slice(&buf[..n]);
+        if received.len() == data.len() {
+            break;
+        }
+        c.now += Duration::from_millis(1);
+        a.drive_at(c.now);
+        c.b.drive_at(c.now);
+    }
+    assert_eq!(received, data);
+    (wire, a.counters.snapshot())
+}
+
+/// Indices of the segments shorter than the longest.
+fn short_ones(wire: &[u32]) -> Vec<usize> {
+    let mss = wire.iter().copied().max().expect("data sent");
+    (0..wire.len()).filter(|&i| wire[i] < mss).collect()
+}
+
+/// The writer queues more data while the end of its previous write still waits in the
+/// sender (the outbound queue is full): that short piece is joined to the new data, so
+/// the wire carries full segments and one short one at the very end. A short segment in
+/// the middle of a run stops the gateway's GRO there (wireguard-go joins equal segments
+/// only, a short one ending the run; see `offload/tests.rs`).
+#[test]
+fn a_short_piece_still_held_is_joined_to_the_next_write() {
+    // Three writes of 5,000 bytes: 3 wire segments and 860 bytes each.
+    let (wire, stats) = wire_segments_of_writes(&[5_000, 5_000, 5_000]);
+    assert_eq!(
+        short_ones(&wire),
+        [wire.len() - 1],
+        "only the last wire segment is short: {wire:?}"
+    );
+    assert!(stats.tcp_tails_joined >= 2, "{stats:?}");
+}
+
+/// After a join the wire segments are offset from smoltcp's own cuts (it cuts 64 KiB
+/// segments at multiples of the wire segment from where it resumed): the short piece
+/// ending each of its later segments is joined to the next one as well.
+#[test]
+fn a_join_carries_its_offset_through_smoltcps_later_segments() {
+    // 860 bytes left over, then 300 KB that smoltcp cuts into several large segments.
+    let (wire, stats) = wire_segments_of_writes(&[5_000, 300_000]);
+    assert_eq!(
+        short_ones(&wire),
+        [wire.len() - 1],
+        "only the last wire segment is short: {wire:?}"
+    );
+    assert!(stats.tcp_tails_joined >= 4, "{stats:?}");
+}
+
 /// Review finding (in-memory bulk bench: 200 ms stalls, 21 timeouts in 3 GB without a
 /// loss): our receiver cut data it had room for, inside a window it had announced.
 /// smoltcp takes data only up to the right edge of its latest ACK, and that edge moves

@@ -35,7 +35,7 @@ pub(crate) const SEGMENT_MTU: usize = 65_535;
 
 pub(crate) const FIN: u8 = 0x01;
 pub(crate) const SYN: u8 = 0x02;
-const RST: u8 = 0x04;
+pub(crate) const RST: u8 = 0x04;
 const PSH: u8 = 0x08;
 const ACK: u8 = 0x10;
 
@@ -56,6 +56,11 @@ pub(crate) struct Offload {
     ends: Vec<u32>,
     /// The out-of-order data held, for the SACK option of our ACKs.
     pub(crate) sack: sack::Sack,
+    /// The last data smoltcp emitted was cut with a short piece of the data before
+    /// joined in front (`split_after`): its wire segments are offset from smoltcp's cuts,
+    /// so a short piece ending it comes from that offset, not from a window edge, and is
+    /// joined to the data after it too (see `Sender::unsent_tail`).
+    pub(crate) carried: bool,
     /// The right edge of the window we announced last (see [`Offload::kept_window`]).
     edge: Option<u32>,
 }
@@ -74,6 +79,7 @@ impl Offload {
             wire_ack: None,
             ends: Vec::new(),
             sack: sack::Sack::default(),
+            carried: false,
             edge: None,
         }
     }
@@ -269,6 +275,10 @@ fn options(packet: &[u8]) -> Option<Options> {
     Some(out)
 }
 
+pub(crate) fn has_psh(packet: &[u8]) -> bool {
+    flags(packet).is_some_and(|f| f & PSH != 0)
+}
+
 /// The TCP flags of `packet`, if it is a TCP segment.
 pub(crate) fn flags(packet: &[u8]) -> Option<u8> {
     let (ip, _) = headers(packet)?;
@@ -355,21 +365,44 @@ pub(crate) fn fill_tcp_checksum(packet: &mut [u8]) {
 /// (`checksum.rs`): the payload is read once.
 pub(crate) fn split(packet: &[u8], max_payload: usize, out: &mut Vec<Bytes>) -> Option<usize> {
     let (ip, tcp) = headers(packet)?;
+    if packet.len() - ip - tcp <= max_payload {
+        return None;
+    }
+    split_after(&[], packet, max_payload, out)
+}
+
+/// [`split`] of `prefix` followed by `packet`'s payload: the pieces start `prefix.len()`
+/// bytes before `packet`'s sequence number and carry `packet`'s headers otherwise. This
+/// joins a short piece not sent yet (the end of what smoltcp emitted before) to the data
+/// that follows it, so that only the end of the stream's data so far is shorter than a
+/// wire segment. Cuts even when the whole fits one piece (it is a new packet then);
+/// `None` (nothing appended) when `packet` is not a data segment.
+pub(crate) fn split_after(
+    prefix: &[u8],
+    packet: &[u8],
+    max_payload: usize,
+    out: &mut Vec<Bytes>,
+) -> Option<usize> {
+    let (ip, tcp) = headers(packet)?;
     let head = ip + tcp;
     let payload = &packet[head..];
-    if max_payload == 0 || payload.len() <= max_payload || packet[ip + 13] & (SYN | RST) != 0 {
+    if max_payload == 0 || payload.is_empty() || packet[ip + 13] & (SYN | RST) != 0 {
         return None;
     }
     let (src, dst) = addresses(packet)?;
-    let seq = u32::from_be_bytes(packet[ip + 4..ip + 8].try_into().ok()?);
+    let seq = u32::from_be_bytes(packet[ip + 4..ip + 8].try_into().ok()?)
+        .wrapping_sub(u32::try_from(prefix.len()).ok()?);
     let ident = u16::from_be_bytes([packet[4], packet[5]]);
-    let pieces = payload.len().div_ceil(max_payload);
+    let total = prefix.len() + payload.len();
+    let pieces = total.div_ceil(max_payload);
     // One allocation for all pieces, each a view into it.
-    let mut buf = BytesMut::zeroed(pieces * head + payload.len());
+    let mut buf = BytesMut::zeroed(pieces * head + total);
     let mut bounds = Vec::with_capacity(pieces);
     let mut at = 0;
-    for (i, chunk) in payload.chunks(max_payload).enumerate() {
-        let end = at + head + chunk.len();
+    for i in 0..pieces {
+        let from = i * max_payload;
+        let len = max_payload.min(total - from);
+        let end = at + head + len;
         let p = &mut buf[at..end];
         p[..head].copy_from_slice(&packet[..head]);
         if p[0] >> 4 == 4 {
@@ -377,7 +410,7 @@ pub(crate) fn split(packet: &[u8], max_payload: usize, out: &mut Vec<Bytes>) -> 
             p[4..6].copy_from_slice(&ident.wrapping_add(i as u16).to_be_bytes());
         }
         set_ip_len(p, ip);
-        let s = seq.wrapping_add((i * max_payload) as u32);
+        let s = seq.wrapping_add(from as u32);
         p[ip + 4..ip + 8].copy_from_slice(&s.to_be_bytes());
         if i + 1 < pieces {
             p[ip + 13] &= !(FIN | PSH);
@@ -386,7 +419,16 @@ pub(crate) fn split(packet: &[u8], max_payload: usize, out: &mut Vec<Bytes>) -> 
         let mut sum = Sum::default();
         sum.add_tcp_pseudo_header(&src, &dst, end - at - ip);
         sum.add(&p[ip..head]);
-        sum.copy_add(&mut p[head..], chunk);
+        if from >= prefix.len() {
+            let chunk = &payload[from - prefix.len()..from - prefix.len() + len];
+            sum.copy_add(&mut p[head..], chunk);
+        } else {
+            // The piece holding (part of) the prefix: copied, then summed.
+            let own = len.min(prefix.len() - from);
+            p[head..head + own].copy_from_slice(&prefix[from..from + own]);
+            p[head + own..].copy_from_slice(&payload[..len - own]);
+            sum.add(&p[head..]);
+        }
         p[ip + 16..ip + 18].copy_from_slice(&sum.field());
         bounds.push(at..end);
         at = end;

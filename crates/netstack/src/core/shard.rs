@@ -781,10 +781,31 @@ impl Shard {
                     }
                 }
             }
-            let wire = conn.map_or(path_mss, |c| c.offload.wire_mss.min(path_mss));
+            let wire = conn
+                .as_deref()
+                .map_or(path_mss, |c| c.offload.wire_mss.min(path_mss));
             let options = offload::options_len(&packet).unwrap_or(0);
             let max_payload = usize::from(wire).saturating_sub(options).max(1);
-            if let Some(n) = offload::split(&packet, max_payload, &mut self.tx) {
+            // A short piece of the previous emission still held unsent is joined to this
+            // data, so that the wire segments stay full (see `Sender::unsent_tail`).
+            let data = offload::seq_ack(&packet)
+                .filter(|&(len, _, _)| len > 0 && flags & (offload::SYN | offload::RST) == 0)
+                .map(|(_, seq, _)| seq);
+            let joined = match (conn, data) {
+                (Some(c), Some(seq)) if !self.sender_off => {
+                    let tail = c.sender.unsent_tail(seq, max_payload, c.offload.carried);
+                    let n = tail
+                        .and_then(|t| offload::split_after(&t, &packet, max_payload, &mut self.tx));
+                    c.offload.carried = n.is_some();
+                    if n.is_some() {
+                        c.sender.take_unsent_tail();
+                        env.counters.tcp_tails_joined.fetch_add(1, Relaxed);
+                    }
+                    n
+                }
+                _ => None,
+            };
+            if let Some(n) = joined.or_else(|| offload::split(&packet, max_payload, &mut self.tx)) {
                 env.counters.tcp_split.fetch_add(n as u64, Relaxed);
                 self.spare.put(packet);
             } else {

@@ -121,6 +121,9 @@ pub struct NetstackStats {
     pub tcp_segments_joined: u64,
     /// Outbound wire segments cut from smoltcp's larger ones.
     pub tcp_segments_split: u64,
+    /// Short wire segments not sent yet that were joined to the data smoltcp emitted
+    /// after them (so that the gateway's GRO can join the stream's wire segments).
+    pub tcp_tails_joined: u64,
     /// Cumulative ACKs the stack added between smoltcp's (one per two wire segments).
     pub tcp_acks_added: u64,
     /// Pure ACKs only the sender saw: a newer one of the same batch went to smoltcp.
@@ -155,6 +158,7 @@ pub(crate) struct Counters {
     pub(crate) tcp_ring_bytes: AtomicUsize,
     pub(crate) tcp_joined: AtomicU64,
     pub(crate) tcp_split: AtomicU64,
+    pub(crate) tcp_tails_joined: AtomicU64,
     pub(crate) tcp_acks_added: AtomicU64,
     pub(crate) tcp_acks_folded: AtomicU64,
     pub(crate) tcp_acks_sacked: AtomicU64,
@@ -184,6 +188,7 @@ impl Default for Counters {
             tcp_ring_bytes: AtomicUsize::new(0),
             tcp_joined: AtomicU64::new(0),
             tcp_split: AtomicU64::new(0),
+            tcp_tails_joined: AtomicU64::new(0),
             tcp_acks_added: AtomicU64::new(0),
             tcp_acks_folded: AtomicU64::new(0),
             tcp_acks_sacked: AtomicU64::new(0),
@@ -270,6 +275,7 @@ impl Counters {
             tcp_ring_bytes: self.tcp_ring_bytes.load(Relaxed),
             tcp_segments_joined: self.tcp_joined.load(Relaxed),
             tcp_segments_split: self.tcp_split.load(Relaxed),
+            tcp_tails_joined: self.tcp_tails_joined.load(Relaxed),
             tcp_acks_added: self.tcp_acks_added.load(Relaxed),
             tcp_acks_folded: self.tcp_acks_folded.load(Relaxed),
             tcp_acks_sacked: self.tcp_acks_sacked.load(Relaxed),

@@ -182,16 +182,33 @@ pub(crate) fn tcp_segment(packet: &[u8]) -> Option<Segment> {
 /// an older ACK number as a duplicate (smoltcp drops such a segment, data and all) and an
 /// older window as current.
 pub(crate) fn with_ack_and_window(packet: &[u8], ack: u32, window: u16) -> Option<Vec<u8>> {
+    // Most resends and every first transmission of a split piece carry the latest values
+    // already: only a change is worth the copy.
+    let tcp = packet.get(tcp_offset(packet)?..)?;
+    let current = (
+        u32::from_be_bytes(tcp.get(8..12)?.try_into().ok()?),
+        u16::from_be_bytes(tcp.get(14..16)?.try_into().ok()?),
+    );
+    if current == (ack, window) {
+        return None;
+    }
     let mut out = packet.to_vec();
     set_ack_and_window(&mut out, ack, window).then_some(out)
 }
 
+/// Where the TCP header of `packet` (IPv4 or IPv6 without extension headers) starts.
+fn tcp_offset(packet: &[u8]) -> Option<usize> {
+    match packet.first().map(|b| b >> 4) {
+        Some(4) => Some(usize::from(packet[0] & 0x0f) * 4),
+        Some(6) => Some(40),
+        _ => None,
+    }
+}
+
 /// [`with_ack_and_window`] in place: returns whether `packet` changed.
 pub(crate) fn set_ack_and_window(packet: &mut [u8], ack: u32, window: u16) -> bool {
-    let off = match packet.first().map(|b| b >> 4) {
-        Some(4) => usize::from(packet[0] & 0x0f) * 4,
-        Some(6) => 40,
-        _ => return false,
+    let Some(off) = tcp_offset(packet) else {
+        return false;
     };
     let Some(tcp) = packet.get_mut(off..off + 20) else {
         return false;

@@ -350,3 +350,224 @@ fn an_intermediate_ack_is_a_pure_ack_with_valid_checksums() {
         assert_eq!(seq_ack(&a), Some((0, 1234, Some(50))));
     }
 }
+
+/// Whether a receiver's GRO may join `pieces`, in this order, into one packet: the
+/// conditions wireguard-go 0.0.20231211 checks before it writes TCP segments of one
+/// flow to its TUN as one packet (tun/offload_linux.go; they follow Linux's GRO self
+/// tests), written from those conditions. Returns the first one that fails.
+fn gro_joinable(pieces: &[Bytes]) -> Result<(), String> {
+    struct Piece<'a> {
+        v6: bool,
+        ip: &'a [u8],
+        tcp: &'a [u8],
+        payload: usize,
+    }
+    let mut parsed = Vec::new();
+    for (i, p) in pieces.iter().enumerate() {
+        let v6 = p[0] >> 4 == 6;
+        let ip_len = if v6 {
+            // Only TCP right after the fixed header (no extension headers).
+            if p[6] != 6 {
+                return Err(format!("{i}: IPv6 next header {}", p[6]));
+            }
+            if usize::from(u16::from_be_bytes([p[4], p[5]])) + 40 != p.len() {
+                return Err(format!("{i}: IPv6 payload length"));
+            }
+            40
+        } else {
+            if p[0] & 0x0f != 5 {
+                return Err(format!("{i}: IPv4 options"));
+            }
+            if p[9] != 6 {
+                return Err(format!("{i}: not TCP"));
+            }
+            if usize::from(u16::from_be_bytes([p[2], p[3]])) != p.len() {
+                return Err(format!("{i}: IPv4 total length"));
+            }
+            if p[6] & 0x20 != 0 || u16::from_be_bytes([p[6] & 0x1f, p[7]]) != 0 {
+                return Err(format!("{i}: a fragment"));
+            }
+            20
+        };
+        let tcp_len = usize::from(p[ip_len + 12] >> 4) * 4;
+        if !(20..=60).contains(&tcp_len) || p.len() < ip_len + tcp_len {
+            return Err(format!("{i}: TCP header length {tcp_len}"));
+        }
+        let flags = p[ip_len + 13];
+        if flags != ACK && flags != ACK | PSH {
+            return Err(format!(
+                "{i}: flags {flags:#04x} (only ACK, or ACK and PSH)"
+            ));
+        }
+        let payload = p.len() - ip_len - tcp_len;
+        if payload == 0 {
+            return Err(format!("{i}: no payload"));
+        }
+        let (src, dst) = addresses(p).ok_or("addresses")?;
+        if !TcpPacket::new_checked(&p[ip_len..])
+            .map_err(|e| e.to_string())?
+            .verify_checksum(&src, &dst)
+        {
+            return Err(format!("{i}: TCP checksum"));
+        }
+        parsed.push(Piece {
+            v6,
+            ip: &p[..ip_len],
+            tcp: &p[ip_len..ip_len + tcp_len],
+            payload,
+        });
+    }
+    let Some(first) = parsed.first() else {
+        return Err("nothing".into());
+    };
+    let seq = |t: &[u8]| u32::from_be_bytes([t[4], t[5], t[6], t[7]]);
+    let addrs = |p: &Piece<'_>| -> Vec<u8> {
+        if p.v6 {
+            p.ip[8..40].to_vec()
+        } else {
+            p.ip[12..20].to_vec()
+        }
+    };
+    let mut total = first.ip.len() + first.tcp.len();
+    for (i, (prev, p)) in parsed.iter().zip(&parsed[1..]).enumerate() {
+        let i = i + 1;
+        // One flow: addresses, ports and the ACK number.
+        if p.v6 != first.v6 || addrs(p) != addrs(first) || p.tcp[..4] != first.tcp[..4] {
+            return Err(format!("{i}: another flow"));
+        }
+        if p.tcp[8..12] != first.tcp[8..12] {
+            return Err(format!("{i}: another ACK number"));
+        }
+        // The same TCP header length and option bytes.
+        if p.tcp.len() != first.tcp.len() || p.tcp[20..] != first.tcp[20..] {
+            return Err(format!("{i}: other TCP options"));
+        }
+        // The IP fields GRO keeps from the first.
+        if p.v6 {
+            if p.ip[0] != first.ip[0] || p.ip[1] >> 4 != first.ip[1] >> 4 {
+                return Err(format!("{i}: another traffic class"));
+            }
+            if p.ip[7] != first.ip[7] {
+                return Err(format!("{i}: another hop limit"));
+            }
+        } else {
+            if p.ip[1] != first.ip[1] {
+                return Err(format!("{i}: another TOS"));
+            }
+            if p.ip[6] >> 5 != first.ip[6] >> 5 {
+                return Err(format!("{i}: other DF or reserved bits"));
+            }
+            if p.ip[8] != first.ip[8] {
+                return Err(format!("{i}: another TTL"));
+            }
+        }
+        if seq(p.tcp) != seq(prev.tcp).wrapping_add(prev.payload as u32) {
+            return Err(format!("{i}: does not follow the previous piece"));
+        }
+        if prev.tcp[13] & PSH != 0 {
+            return Err(format!("{i}: follows a piece with PSH"));
+        }
+        if prev.payload != first.payload {
+            return Err(format!(
+                "{i}: follows a piece of {} bytes, the first has {}",
+                prev.payload, first.payload
+            ));
+        }
+        if p.payload > first.payload {
+            return Err(format!("{i}: larger than the first"));
+        }
+        total += prev.payload;
+    }
+    total += parsed.last().map_or(0, |p| p.payload);
+    if total > usize::from(u16::MAX) {
+        return Err(format!("{total} bytes joined"));
+    }
+    Ok(())
+}
+
+/// A large segment as smoltcp emits it behind this stack's MSS rewrite: the largest
+/// multiple of the wire segment under 64 KiB, PSH set (it emptied the send ring).
+fn large_segment(make: &dyn Fn(&TcpRepr<'_>) -> Vec<u8>, seq: u32, payload: &[u8]) -> Vec<u8> {
+    let big = make(&repr(TcpControl::Psh, seq, 77, payload));
+    check(&big);
+    let ip = if big[0] >> 4 == 4 { 20 } else { 40 };
+    assert_eq!(big[ip + 13], ACK | PSH);
+    big
+}
+
+fn split_pieces_are_joinable_by_gro(make: &dyn Fn(&TcpRepr<'_>) -> Vec<u8>) {
+    const WIRE: usize = 1380;
+    for len in [47 * WIRE, 20 * WIRE + 777, 2 * WIRE, WIRE + 1] {
+        let payload: Vec<u8> = (0..len as u32).map(|i| (i * 31) as u8).collect();
+        let big = large_segment(make, u32::MAX - 5_000, &payload);
+        let mut out = Vec::new();
+        assert!(split(&big, WIRE, &mut out).is_some());
+        gro_joinable(&out).unwrap_or_else(|e| panic!("{len} bytes: {e}"));
+    }
+}
+
+#[test]
+fn the_pieces_of_a_large_segment_meet_the_gateways_gro_conditions_v4() {
+    split_pieces_are_joinable_by_gro(&|t| ipv4_tcp(SRC, DST, t));
+}
+
+#[test]
+fn the_pieces_of_a_large_segment_meet_the_gateways_gro_conditions_v6() {
+    split_pieces_are_joinable_by_gro(&ipv6_tcp);
+}
+
+/// Two emissions of smoltcp in a row, the first ending short (it emptied the send ring
+/// before the writer queued more): cut apart, the short piece in the middle stops the
+/// gateway's GRO; joined to the data after it (`split_after`), every piece but the last
+/// is full and the run is joinable, byte-exact.
+fn a_short_piece_joined_to_the_next_emission(make: &dyn Fn(&TcpRepr<'_>) -> Vec<u8>) {
+    const WIRE: usize = 1380;
+    let data: Vec<u8> = (0..9_000u32).map(|i| (i * 7 + 3) as u8).collect();
+    let seq = u32::MAX - 4_000;
+    let first = large_segment(make, seq, &data[..5_000]);
+    let second = large_segment(make, seq.wrapping_add(5_000), &data[5_000..]);
+
+    let mut apart = Vec::new();
+    split(&first, WIRE, &mut apart).expect("cut");
+    split(&second, WIRE, &mut apart).expect("cut");
+    assert!(
+        gro_joinable(&apart).is_err(),
+        "a short piece followed by more is not joinable"
+    );
+
+    let mut joined = Vec::new();
+    split(&first, WIRE, &mut joined).expect("cut");
+    let tail = joined.pop().expect("a short last piece");
+    let tail_payload = check(&tail).4;
+    assert!(tail_payload.len() < WIRE);
+    assert_eq!(
+        split_after(&tail_payload, &second, WIRE, &mut joined),
+        Some((tail_payload.len() + 4_000).div_ceil(WIRE))
+    );
+    gro_joinable(&joined).unwrap_or_else(|e| panic!("{e}"));
+    let mut bytes = Vec::new();
+    let mut next = seq;
+    for piece in &joined {
+        let (s, ack, _, _, payload, _) = check(piece);
+        assert_eq!((s, ack), (next, 77));
+        next = next.wrapping_add(payload.len() as u32);
+        bytes.extend_from_slice(&payload);
+    }
+    assert_eq!(bytes, data);
+    // A prefix is joined even when the whole fits one piece.
+    let small = large_segment(make, seq.wrapping_add(10), &data[10..20]);
+    let mut one = Vec::new();
+    assert_eq!(split_after(&data[..10], &small, WIRE, &mut one), Some(1));
+    assert_eq!(check(&one[0]).0, seq);
+    assert_eq!(check(&one[0]).4, data[..20]);
+}
+
+#[test]
+fn a_short_piece_joined_to_the_next_emission_keeps_the_run_joinable_v4() {
+    a_short_piece_joined_to_the_next_emission(&|t| ipv4_tcp(SRC, DST, t));
+}
+
+#[test]
+fn a_short_piece_joined_to_the_next_emission_keeps_the_run_joinable_v6() {
+    a_short_piece_joined_to_the_next_emission(&ipv6_tcp);
+}

@@ -588,3 +588,94 @@ fn reserved_data_cut_into_more_segments_is_held_not_dropped() {
     t.s.abort();
     assert_eq!(t.budget.used(), 0);
 }
+
+/// A real TCP segment of `len` payload bytes at `seq`, with FIN when `fin`, else PSH
+/// (smoltcp emptied its send ring).
+fn data_packet(seq: u32, len: usize, fin: bool) -> (Segment, Bytes) {
+    use smoltcp::wire::{TcpControl, TcpRepr, TcpSeqNumber};
+    let payload = vec![0x5a; len];
+    let repr = TcpRepr {
+        src_port: 50_000,
+        dst_port: 80,
+        control: if fin {
+            TcpControl::Fin
+        } else {
+            TcpControl::Psh
+        },
+        seq_number: TcpSeqNumber(seq as i32),
+        ack_number: Some(TcpSeqNumber(RCV as i32)),
+        window_len: 1000,
+        window_scale: None,
+        max_seg_size: None,
+        sack_permitted: false,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload: &payload,
+    };
+    let p = Bytes::from(crate::wire::tests::ipv4_tcp(
+        Ipv4Address::new(10, 0, 0, 1),
+        Ipv4Address::new(10, 0, 0, 2),
+        &repr,
+    ));
+    let seg = crate::wire::tcp_segment(&p).expect("tcp");
+    (seg, p)
+}
+
+#[test]
+fn a_short_unsent_tail_is_handed_back_and_its_bytes_held_when_they_return() {
+    let mut t = T::new();
+    let max = MSS as usize;
+    let (full, p) = data_packet(ISS, max, false);
+    assert_eq!(t.s.on_emitted(&full, &p, t.now), Verdict::Held);
+    let (short, q) = data_packet(ISS + MSS, 300, false);
+    assert_eq!(t.s.on_emitted(&short, &q, t.now), Verdict::Held);
+    let used = t.budget.used();
+    // Only the last, short, unsent segment, and only for data that follows it.
+    assert!(t.s.unsent_tail(ISS + MSS, max, false).is_none());
+    assert!(
+        t.s.unsent_tail(ISS + MSS + 300, 300, false).is_none(),
+        "not short"
+    );
+    let tail =
+        t.s.unsent_tail(ISS + MSS + 300, max, false)
+            .expect("the tail");
+    assert_eq!(&tail[..], &[0x5a; 300][..]);
+    t.s.take_unsent_tail();
+    assert_eq!(t.s.end, ISS + MSS);
+    assert_eq!(t.budget.used(), used - (q.len() + SEG_OVERHEAD));
+    assert_eq!(t.s.reserved_data, 300);
+    // Its bytes come back joined to newer ones and are held, past a full budget too.
+    t.budget.take(1 << 20, true);
+    let (joined, r) = data_packet(ISS + MSS, max, false);
+    assert_eq!(t.s.on_emitted(&joined, &r, t.now), Verdict::Held);
+    assert_eq!(t.s.reserved_data, 0);
+    t.budget.give(1 << 20);
+    let (rest, s) = data_packet(ISS + 2 * MSS, 100, false);
+    assert_eq!(t.s.on_emitted(&rest, &s, t.now), Verdict::Held);
+    assert_eq!(t.s.end, ISS + 2 * MSS + 100);
+    let mut out = Vec::new();
+    t.s.poll_transmit(t.now, &mut out, usize::MAX);
+    assert_eq!(out.len(), 3);
+    // Sent: nothing to hand back; a FIN is never handed back either.
+    assert!(t.s.unsent_tail(ISS + 2 * MSS + 100, max, true).is_none());
+    let (fin, f) = data_packet(ISS + 2 * MSS + 100, 50, true);
+    assert_eq!(t.s.on_emitted(&fin, &f, t.now), Verdict::Held);
+    assert!(t.s.unsent_tail(ISS + 2 * MSS + 151, max, true).is_none());
+}
+
+#[test]
+fn a_short_tail_without_psh_is_handed_back_only_behind_an_offset() {
+    let mut t = T::new();
+    let (mut short, q) = data_packet(ISS, 300, false);
+    // Cut at the peer's window edge: no PSH.
+    let mut q = q.to_vec();
+    q[33] &= !0x08;
+    crate::offload::fill_tcp_checksum(&mut q);
+    short.len = 300;
+    assert_eq!(
+        t.s.on_emitted(&short, &Bytes::from(q), t.now),
+        Verdict::Held
+    );
+    assert!(t.s.unsent_tail(ISS + 300, MSS as usize, false).is_none());
+    assert!(t.s.unsent_tail(ISS + 300, MSS as usize, true).is_some());
+}
