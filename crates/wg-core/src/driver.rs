@@ -37,8 +37,11 @@ pub const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
 pub const RECV_BATCH: usize = quinn_udp::BATCH_SIZE;
 /// Bytes per receive buffer: one largest datagram, or one GRO train of smaller ones.
 const RECV_BUF: usize = 65_535;
-/// Largest GSO train (the whole train is one IP packet inside the kernel).
-const GSO_MAX_BYTES: usize = 65_000;
+/// Largest GSO train: the whole train is one IP packet inside the kernel, so its UDP
+/// payload is at most 65,535 − 20 (IPv4 header) − 8 (UDP header) bytes (IPv6 allows 20
+/// more). That is 45 datagrams of a 1,420-byte tunnel MTU (1,452 bytes with WireGuard's
+/// headers), one more per train than a round 65,000 allowed.
+pub const GSO_MAX_BYTES: usize = 65_507;
 
 /// A UDP socket with batched, segmentation-offloaded I/O.
 #[derive(Debug)]
@@ -394,6 +397,17 @@ mod tests {
         assert_eq!(b.len(), 9);
         b.clear();
         assert!(b.is_empty());
+    }
+
+    #[test]
+    fn a_train_holds_45_datagrams_of_a_1420_byte_tunnel() {
+        let mut b = SendBatch::with_limits(64, 100);
+        for _ in 0..45 {
+            assert!(b.push(addr(1), &[0; 1_452]));
+        }
+        assert_eq!(b.trains(), 1);
+        assert!(b.push(addr(1), &[0; 1_452]));
+        assert_eq!(b.trains(), 2, "the 46th would pass the IPv4 limit");
     }
 
     #[test]

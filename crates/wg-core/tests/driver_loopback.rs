@@ -55,6 +55,31 @@ async fn batches_cross_loopback_in_order() {
     assert_eq!(a.send_errors(), 0);
 }
 
+/// The largest train the batch builds is one the kernel takes: 45 datagrams of 1,452 bytes
+/// (a 1,420-byte tunnel MTU with WireGuard's headers) in one `sendmsg`, all delivered.
+#[tokio::test]
+async fn the_largest_gso_train_crosses_loopback() {
+    let a = UdpDriver::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let b = UdpDriver::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let to = b.local_addr().unwrap();
+    let mut batch = SendBatch::new(&a);
+    let sent: Vec<Vec<u8>> = (0..45u8).map(|i| vec![i; 1_452]).collect();
+    assert!(sent.iter().map(Vec::len).sum::<usize>() <= wg_core::driver::GSO_MAX_BYTES);
+    for d in &sent {
+        assert!(batch.push(to, d));
+    }
+    assert!(batch.trains() == 1 || a.max_gso_segments() < 45);
+    a.send(&mut batch).await.unwrap();
+    let mut rx = RecvBatch::new();
+    let got: Vec<Vec<u8>> = recv_n(&b, &mut rx, sent.len())
+        .await
+        .into_iter()
+        .map(|(_, d)| d)
+        .collect();
+    assert_eq!(got, sent);
+    assert_eq!(a.send_errors(), 0);
+}
+
 #[tokio::test]
 async fn ipv6_loopback_when_available() {
     let Ok(a) = UdpDriver::bind("[::1]:0".parse().unwrap()) else {
