@@ -274,6 +274,17 @@ impl Shard {
                 }
                 None => packet,
             },
+            Class::Tcp {
+                tuple, rst: false, ..
+            } if offload::is_syn(packet) => {
+                // Without offload only the peer's window scale counts (`keep_windows`).
+                if let Some(conn) = self.conns.get_mut(&tuple) {
+                    let v6 = tuple.local.addr.version() == smoltcp::wire::IpVersion::Ipv6;
+                    let mss = env.config.path_mss(v6);
+                    let _ = conn.offload.on_peer_syn(packet, mss, mss);
+                }
+                packet
+            }
             _ => packet,
         };
         let before = self.tx.len();
@@ -678,13 +689,41 @@ impl Shard {
         None
     }
 
+    /// Without segment offload, only the windows of the packets smoltcp just emitted
+    /// (`self.tx[from..]`) are rewritten (see [`Offload::kept_window`]); our SYN's window
+    /// scale is recorded for them.
+    fn keep_windows(&mut self, from: usize) {
+        for packet in &mut self.tx[from..] {
+            let (Some(flags), Some((src, dst))) =
+                (offload::flags(packet), offload::endpoints(packet))
+            else {
+                continue;
+            };
+            let Some(conn) = self.conns.get_mut(&Tuple {
+                local: src,
+                remote: dst,
+            }) else {
+                continue;
+            };
+            if flags & offload::SYN != 0 {
+                conn.offload.on_our_syn(packet);
+            } else if let Some((_, _, Some(ack))) = offload::seq_ack(packet) {
+                keep_window(&mut conn.offload, packet, ack);
+            }
+        }
+    }
+
     /// Segment offload for the packets smoltcp just emitted (`self.tx[from..]`), before
     /// the senders see them: our SYN's MSS becomes the path's, a segment larger than the
     /// connection's wire segment is split (each piece's checksum filled), an ACK is
     /// preceded by the ACKs the offload adds (one per two wire segments, see
     /// `Offload::on_our_ack`), and pure ACKs carry the SACK blocks of `offload/sack.rs`.
     fn offload_emitted(&mut self, env: &Env, from: usize) {
-        if !self.offload || self.tx.len() == from {
+        if self.tx.len() == from {
+            return;
+        }
+        if !self.offload {
+            self.keep_windows(from);
             return;
         }
         let emitted = self.tx.split_off(from);
@@ -716,16 +755,7 @@ impl Shard {
             } else if let Some(conn) = conn.as_deref_mut()
                 && let Some((_, _, Some(ack))) = offload::seq_ack(&packet)
             {
-                let smoltcp_window = offload::window(&packet).unwrap_or(0);
-                let window = conn.offload.kept_window(ack, smoltcp_window);
-                if window != smoltcp_window {
-                    // In place when the device's buffer is ours alone (it is, fresh).
-                    let mut p = packet
-                        .try_into_mut()
-                        .unwrap_or_else(|shared| bytes::BytesMut::from(&shared[..]));
-                    crate::wire::set_ack_and_window(&mut p, ack, window);
-                    packet = p.freeze();
-                }
+                let window = keep_window(&mut conn.offload, &mut packet, ack);
                 let shift = conn.offload.shift();
                 let block = offload::sack_blocks(&packet).first().copied();
                 conn.offload.sack.on_our_ack(ack, block);
@@ -819,4 +849,20 @@ impl Shard {
             }
         }
     }
+}
+
+/// Rewrites the window of `packet` (one of ours, acknowledging `ack`) as
+/// [`Offload::kept_window`] says; returns the window it carries. In place when the
+/// device's buffer is ours alone (it is, fresh).
+fn keep_window(offload: &mut Offload, packet: &mut Bytes, ack: u32) -> u16 {
+    let smoltcp_window = offload::window(packet).unwrap_or(0);
+    let window = offload.kept_window(ack, smoltcp_window);
+    if window != smoltcp_window {
+        let mut p = std::mem::take(packet)
+            .try_into_mut()
+            .unwrap_or_else(|shared| bytes::BytesMut::from(&shared[..]));
+        crate::wire::set_ack_and_window(&mut p, ack, window);
+        *packet = p.freeze();
+    }
+    window
 }

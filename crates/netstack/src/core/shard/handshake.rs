@@ -159,16 +159,17 @@ impl Shard {
         let path_mss = env.config.path_mss(v6);
         let mut offload = Offload::new(path_mss);
         let syn_ack = entry.syn_ack(&tuple, path_mss).map(Bytes::from);
-        if self.offload {
-            let inner = offload::SEGMENT_MTU - if v6 { 60 } else { 40 };
-            let inner = u16::try_from(inner).unwrap_or(u16::MAX);
-            if let Some(mss) = offload.on_peer_syn(&syn, path_mss, inner) {
-                offload::rewrite_mss(&mut syn, mss);
-            }
-            if let Some(syn_ack) = &syn_ack {
-                offload.on_our_syn(syn_ack);
-                let _ = offload.on_our_ack(entry.peer_isn.wrapping_add(1));
-            }
+        let inner = offload::SEGMENT_MTU - if v6 { 60 } else { 40 };
+        let inner = u16::try_from(inner).unwrap_or(u16::MAX);
+        // Without offload only the window scales count (see `Offload::kept_window`).
+        if let Some(mss) = offload.on_peer_syn(&syn, path_mss, inner)
+            && self.offload
+        {
+            offload::rewrite_mss(&mut syn, mss);
+        }
+        if let Some(syn_ack) = &syn_ack {
+            offload.on_our_syn(syn_ack);
+            let _ = offload.on_our_ack(entry.peer_isn.wrapping_add(1));
         }
         let t = self.clock.smol_at(now);
         let addrs: Vec<IpCidr> = self.iface.ip_addrs().to_vec();
