@@ -127,11 +127,14 @@ fn cpu_time() -> Duration {
     tv(usage.user_time()) + tv(usage.system_time())
 }
 
-/// CPU time and bytes of one bulk bench, summed over criterion's samples.
+/// CPU time and bytes of one bulk bench, summed over criterion's samples, and its slowest
+/// 1 MiB: a mean hides a stall (a 200 ms retransmission timeout once in a few thousand
+/// iterations moved the mean by a fraction and the slowest iteration 100-fold).
 #[derive(Default)]
 struct CpuPerByte {
     cpu: Duration,
     bytes: u64,
+    slowest: Duration,
 }
 
 impl CpuPerByte {
@@ -150,8 +153,10 @@ async fn bulk<W: AsyncWrite + Unpin>(
     let cpu_start = cpu_time();
     let start = Instant::now();
     for _ in 0..iters {
+        let at = Instant::now();
         w.write_all(&data).await.expect("write");
         done.recv().await.expect("sink");
+        cpu.slowest = cpu.slowest.max(at.elapsed());
     }
     let elapsed = start.elapsed();
     cpu.cpu += cpu_time().saturating_sub(cpu_start);
@@ -212,6 +217,7 @@ fn throughput(c: &mut Criterion) {
     });
     g.finish();
     if cpu.iter().all(|c| c.bytes > 0) {
+        let [slow_ours, slow_wire, slow_kernel] = cpu.each_ref().map(|c| c.slowest);
         let [ours, wire, kernel] = cpu.map(|c| c.ns_per_kib());
         println!(
             "netstack/bulk_tcp cpu per KiB (getrusage, whole process): netstack_in_memory \
@@ -219,6 +225,11 @@ fn throughput(c: &mut Criterion) {
              baseline_kernel_loopback {kernel:.0} ns; kernel/ours {:.2}, kernel/wire {:.2}",
             kernel / ours,
             kernel / wire
+        );
+        println!(
+            "netstack/bulk_tcp slowest 1 MiB: netstack_in_memory {slow_ours:.2?}, \
+             netstack_in_memory_wire_segments {slow_wire:.2?}, baseline_kernel_loopback \
+             {slow_kernel:.2?}"
         );
     }
 
