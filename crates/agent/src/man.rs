@@ -91,6 +91,10 @@ fn escape(text: &str) -> String {
 
 const EXTRA: &str = r#".SH "EXIT STATUS"
 0 success; 1 runtime failure (including \fBstatus \-\-check\fR when no gateway is up or the agent cannot be reached); 2 bad configuration or usage.
+.SH ENVIRONMENT
+.TP
+\fBTOKIO_WORKER_THREADS\fR
+Worker threads of \fBrun\fR (default: one fewer than the CPUs the process may use, at least one) and of \fBdemo\fR (default: every CPU). A value that is not a positive number is refused (exit 2).
 .SH FILES
 .TP
 \fI/etc/wg\-agent/agent.toml\fR
