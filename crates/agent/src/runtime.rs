@@ -225,6 +225,85 @@ impl Drop for UdpRoute {
     }
 }
 
+/// A running route of either kind, as [`Agent::apply_routes`] reconciles them.
+trait Running {
+    /// What the route serves on (a listener, a UDP socket): kept across a restart.
+    type On;
+    fn config(&self) -> &RouteConfig;
+    fn on(&self) -> &Arc<Self::On>;
+    fn task(&mut self) -> &mut JoinHandle<()>;
+}
+
+impl Running for Route {
+    type On = Listener;
+    fn config(&self) -> &RouteConfig {
+        &self.config
+    }
+    fn on(&self) -> &Arc<Listener> {
+        &self.listener
+    }
+    fn task(&mut self) -> &mut JoinHandle<()> {
+        &mut self.task
+    }
+}
+
+impl Running for UdpRoute {
+    type On = netstack::UdpSocket;
+    fn config(&self) -> &RouteConfig {
+        &self.config
+    }
+    fn on(&self) -> &Arc<netstack::UdpSocket> {
+        &self.socket
+    }
+    fn task(&mut self) -> &mut JoinHandle<()> {
+        &mut self.task
+    }
+}
+
+/// The routes of `config` that carry datagrams (`datagram`) or streams, by port.
+fn wanted_routes(config: &Config, datagram: bool) -> BTreeMap<u16, &RouteConfig> {
+    config
+        .routes
+        .iter()
+        .filter(|r| r.protocol.is_datagram() == datagram)
+        .map(|r| (r.port, r))
+        .collect()
+}
+
+/// Stops the running routes that go away or change (every one with `restart_all`) and waits
+/// for their tasks; a stream route's connections already accepted finish under the old
+/// settings, a UDP route's flows end with its task. What a changed route served on goes
+/// into `bound`, so the route that replaces it takes over the same listener or socket.
+async fn stop_changed<R: Running>(
+    routes: &Mutex<BTreeMap<u16, R>>,
+    wanted: &BTreeMap<u16, &RouteConfig>,
+    restart_all: bool,
+    bound: &mut BTreeMap<u16, Arc<R::On>>,
+) {
+    let stopped: Vec<R> = {
+        let mut routes = lock(routes);
+        let ports: Vec<u16> = routes
+            .iter()
+            .filter(|(port, route)| {
+                restart_all || wanted.get(*port).is_none_or(|w| **w != *route.config())
+            })
+            .map(|(port, _)| *port)
+            .collect();
+        ports.iter().filter_map(|p| routes.remove(p)).collect()
+    };
+    for mut route in stopped {
+        let task = route.task();
+        task.abort();
+        let _ = task.await;
+        let config = route.config();
+        if wanted.contains_key(&config.port) {
+            bound.insert(config.port, Arc::clone(route.on()));
+        } else {
+            tracing::info!(port = config.port, protocol = %config.protocol, "route stopped");
+        }
+    }
+}
+
 /// Sockets and listeners bound ahead of [`Agent::apply_routes`] (by a reload's preparation, or
 /// kept from the routes a change replaces).
 #[derive(Default)]
@@ -388,34 +467,9 @@ impl Agent {
             udp,
         } = bound;
         self.apply_udp_routes(config, restart_all, udp).await?;
-        let wanted: BTreeMap<u16, &RouteConfig> = config
-            .routes
-            .iter()
-            .filter(|r| !r.protocol.is_datagram())
-            .map(|r| (r.port, r))
-            .collect();
-        // Stop what goes away or changes; a new `[proxy]` restarts every route. Connections
-        // already accepted finish under the old settings.
-        let stopped: Vec<Route> = {
-            let mut routes = lock(&self.inner.routes);
-            let ports: Vec<u16> = routes
-                .iter()
-                .filter(|(port, route)| {
-                    restart_all || wanted.get(*port).is_none_or(|w| **w != route.config)
-                })
-                .map(|(port, _)| *port)
-                .collect();
-            ports.iter().filter_map(|p| routes.remove(p)).collect()
-        };
-        for mut route in stopped {
-            route.task.abort();
-            let _ = (&mut route.task).await;
-            if wanted.contains_key(&route.config.port) {
-                bound.insert(route.config.port, Arc::clone(&route.listener));
-            } else {
-                tracing::info!(port = route.config.port, "route stopped");
-            }
-        }
+        let wanted = wanted_routes(config, false);
+        // Stop what goes away or changes; a new `[proxy]` restarts every route.
+        stop_changed(&self.inner.routes, &wanted, restart_all, &mut bound).await;
         let mut routes = lock(&self.inner.routes);
         for (port, route) in wanted {
             if routes.contains_key(&port) {
@@ -475,33 +529,8 @@ impl Agent {
         restart_all: bool,
         mut bound: BTreeMap<u16, Arc<netstack::UdpSocket>>,
     ) -> anyhow::Result<()> {
-        let wanted: BTreeMap<u16, &RouteConfig> = config
-            .routes
-            .iter()
-            .filter(|r| r.protocol.is_datagram())
-            .map(|r| (r.port, r))
-            .collect();
-        let stopped: Vec<UdpRoute> = {
-            let mut routes = lock(&self.inner.udp_routes);
-            let ports: Vec<u16> = routes
-                .iter()
-                .filter(|(port, route)| {
-                    restart_all || wanted.get(*port).is_none_or(|w| **w != route.config)
-                })
-                .map(|(port, _)| *port)
-                .collect();
-            ports.iter().filter_map(|p| routes.remove(p)).collect()
-        };
-        for mut route in stopped {
-            // Its flows end with the task (their upstream sockets close).
-            route.task.abort();
-            let _ = (&mut route.task).await;
-            if wanted.contains_key(&route.config.port) {
-                bound.insert(route.config.port, Arc::clone(&route.socket));
-            } else {
-                tracing::info!(port = route.config.port, protocol = "udp", "route stopped");
-            }
-        }
+        let wanted = wanted_routes(config, true);
+        stop_changed(&self.inner.udp_routes, &wanted, restart_all, &mut bound).await;
         let mut routes = lock(&self.inner.udp_routes);
         for (port, route) in wanted {
             if routes.contains_key(&port) {
