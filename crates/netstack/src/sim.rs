@@ -22,6 +22,31 @@ fn stack_with(ip: &str, now: Instant, tune: impl FnOnce(&mut NetstackConfig)) ->
     Shared::new(config, now).expect("stack")
 }
 
+/// A connection from 10.0.0.1:`port` to 10.0.0.2:80, as a's connection table keys it.
+pub(crate) fn client_tuple(port: u16) -> Tuple {
+    Tuple {
+        local: IpEndpoint::new(
+            "10.0.0.1".parse::<std::net::IpAddr>().expect("ip").into(),
+            port,
+        ),
+        remote: IpEndpoint::from("10.0.0.2:80".parse::<SocketAddr>().expect("addr")),
+    }
+}
+
+/// a dials `tuple` at `now`: the shard that holds it and its socket.
+pub(crate) fn dial(
+    a: &Shared,
+    tuple: Tuple,
+    now: Instant,
+) -> (usize, smoltcp::iface::SocketHandle) {
+    let idx = a.shard_for(&tuple);
+    let handle = a
+        .with_shard(idx, now, |s| s.connect(a, tuple))
+        .expect("connect")
+        .expect("free tuple");
+    (idx, handle)
+}
+
 /// Moves packets both ways until none are in flight; `lose(n)` drops the n-th packet
 /// from `a` to `b`.
 fn exchange(a: &Shared, b: &Shared, now: Instant, sent: &mut usize, lose: &dyn Fn(usize) -> bool) {
@@ -75,18 +100,8 @@ fn transfer_losing_every_17th_packet(sender: bool) -> (Duration, NetstackStats) 
     let b = stack("10.0.0.2", now);
     let server: SocketAddr = "10.0.0.2:80".parse().expect("addr");
     let listener = b.register_listener(server, 4).expect("listen");
-    let tuple = Tuple {
-        local: IpEndpoint::new(
-            "10.0.0.1".parse::<std::net::IpAddr>().expect("ip").into(),
-            50_000,
-        ),
-        remote: IpEndpoint::from(server),
-    };
-    let idx = a.shard_for(&tuple);
-    let handle = a
-        .with_shard(idx, now, |s| s.connect(&a, tuple))
-        .expect("connect")
-        .expect("free tuple");
+    let tuple = client_tuple(50_000);
+    let (idx, handle) = dial(&a, tuple, now);
     let mut sent = 0;
     exchange(&a, &b, now, &mut sent, &|_| false);
     let accepted = listener.pop().expect("established and queued");
@@ -157,17 +172,8 @@ fn an_accepted_connection_without_its_accept_queue_is_reset_and_freed() {
     let server: SocketAddr = "10.0.0.2:80".parse().expect("addr");
     let listener = b.register_listener(server, 4).expect("listen");
     b.forget_accept_queue(&listener);
-    let tuple = Tuple {
-        local: IpEndpoint::new(
-            "10.0.0.1".parse::<std::net::IpAddr>().expect("ip").into(),
-            50_001,
-        ),
-        remote: IpEndpoint::from(server),
-    };
-    let idx = a.shard_for(&tuple);
-    a.with_shard(idx, now, |s| s.connect(&a, tuple))
-        .expect("connect")
-        .expect("free tuple");
+    let tuple = client_tuple(50_001);
+    let (idx, _) = dial(&a, tuple, now);
     let mut sent = 0;
     exchange(&a, &b, now, &mut sent, &|_| false);
     assert!(listener.pop().is_none(), "nothing queued");
@@ -201,17 +207,8 @@ fn an_accepted_connection_without_its_accept_queue_is_reset_and_freed() {
 fn real_syn(port: u16) -> Vec<u8> {
     let now = Instant::now();
     let a = stack("10.0.0.1", now);
-    let tuple = Tuple {
-        local: IpEndpoint::new(
-            "10.0.0.1".parse::<std::net::IpAddr>().expect("ip").into(),
-            port,
-        ),
-        remote: IpEndpoint::from("10.0.0.2:80".parse::<SocketAddr>().expect("addr")),
-    };
-    let idx = a.shard_for(&tuple);
-    a.with_shard(idx, now, |s| s.connect(&a, tuple))
-        .expect("connect")
-        .expect("free");
+    let tuple = client_tuple(port);
+    dial(&a, tuple, now);
     let mut out = Vec::new();
     a.drain_out(&mut out, 1);
     out.pop().expect("a SYN").to_vec()
@@ -255,13 +252,7 @@ fn a_new_syn_reuses_a_tuple_in_time_wait() {
     let b = stack("10.0.0.2", now);
     let server: SocketAddr = "10.0.0.2:80".parse().expect("addr");
     let listener = b.register_listener(server, 4).expect("listen");
-    let tuple = Tuple {
-        local: IpEndpoint::new(
-            "10.0.0.1".parse::<std::net::IpAddr>().expect("ip").into(),
-            50_001,
-        ),
-        remote: IpEndpoint::from(server),
-    };
+    let tuple = client_tuple(50_001);
     let idx = a.shard_for(&tuple);
     let mut sent = 0;
     for round in 0..2 {
@@ -325,18 +316,8 @@ impl OneConn {
         let b = stack_with("10.0.0.2", now, tune_b);
         let server: SocketAddr = "10.0.0.2:80".parse().expect("addr");
         let listener = b.register_listener(server, 4).expect("listen");
-        let tuple = Tuple {
-            local: IpEndpoint::new(
-                "10.0.0.1".parse::<std::net::IpAddr>().expect("ip").into(),
-                50_000,
-            ),
-            remote: IpEndpoint::from(server),
-        };
-        let idx = a.shard_for(&tuple);
-        let handle = a
-            .with_shard(idx, now, |s| s.connect(&a, tuple))
-            .expect("connect")
-            .expect("free tuple");
+        let tuple = client_tuple(50_000);
+        let (idx, handle) = dial(&a, tuple, now);
         let mut sent = 0;
         exchange(&a, &b, now, &mut sent, &|_| false);
         let accepted = listener.pop().expect("established");
@@ -606,18 +587,8 @@ fn an_idle_send_ring_is_released_through_smoltcp_and_reads_as_zeros() {
     let b = stack("10.0.0.2", start);
     let server: SocketAddr = "10.0.0.2:80".parse().expect("addr");
     let listener = b.register_listener(server, 4).expect("listen");
-    let tuple = Tuple {
-        local: IpEndpoint::new(
-            "10.0.0.1".parse::<std::net::IpAddr>().expect("ip").into(),
-            50_002,
-        ),
-        remote: IpEndpoint::from(server),
-    };
-    let idx = a.shard_for(&tuple);
-    let handle = a
-        .with_shard(idx, start, |s| s.connect(&a, tuple))
-        .expect("connect")
-        .expect("free tuple");
+    let tuple = client_tuple(50_002);
+    let (idx, handle) = dial(&a, tuple, start);
     let mut sent = 0;
     exchange(&a, &b, start, &mut sent, &|_| false);
     let accepted = listener.pop().expect("accepted");
@@ -674,13 +645,7 @@ fn a_panic_under_a_shard_lock_leaves_the_stack_usable() {
         a.with_shard(0, now, |_| panic!("a bug while the shard is locked"))
     }));
     assert!(poisoned.is_err());
-    let tuple = Tuple {
-        local: IpEndpoint::new(
-            "10.0.0.1".parse::<std::net::IpAddr>().expect("ip").into(),
-            50_003,
-        ),
-        remote: IpEndpoint::from(server),
-    };
+    let tuple = client_tuple(50_003);
     a.with_shard(0, now, |s| s.connect(&a, tuple))
         .expect("connect")
         .expect("free tuple");
@@ -699,22 +664,12 @@ fn at_the_half_open_bound_the_oldest_half_open_connection_is_evicted() {
     });
     let server: SocketAddr = "10.0.0.2:80".parse().expect("addr");
     let listener = b.register_listener(server, 16).expect("listen");
-    let client = |port| Tuple {
-        local: IpEndpoint::new(
-            "10.0.0.1".parse::<std::net::IpAddr>().expect("ip").into(),
-            port,
-        ),
-        remote: IpEndpoint::from(server),
-    };
     // Four SYNs, 1 ms apart; b's SYN-ACKs are held back, so all stay half-open.
     let mut held = Vec::new();
     for (i, port) in [51_000u16, 51_001, 51_002, 51_003].into_iter().enumerate() {
         let now = start + Duration::from_millis(i as u64);
-        let tuple = client(port);
-        let idx = a.shard_for(&tuple);
-        a.with_shard(idx, now, |s| s.connect(&a, tuple))
-            .expect("connect")
-            .expect("free");
+        let tuple = client_tuple(port);
+        dial(&a, tuple, now);
         let mut syn = Vec::new();
         a.drain_out(&mut syn, usize::MAX);
         b.push_at(&syn, now);
@@ -774,17 +729,8 @@ fn smoltcp_assumption_the_window_scale_offered_follows_the_receive_ring() {
             c.tcp_rx_buffer = ring;
             c.tcp_rx_buffer_max = ring;
         });
-        let tuple = Tuple {
-            local: IpEndpoint::new(
-                "10.0.0.1".parse::<std::net::IpAddr>().expect("ip").into(),
-                50_000,
-            ),
-            remote: IpEndpoint::from("10.0.0.2:80".parse::<SocketAddr>().expect("addr")),
-        };
-        let idx = a.shard_for(&tuple);
-        a.with_shard(idx, now, |s| s.connect(&a, tuple))
-            .expect("connect")
-            .expect("free tuple");
+        let tuple = client_tuple(50_000);
+        dial(&a, tuple, now);
         let mut out: Vec<Bytes> = Vec::new();
         a.drain_out(&mut out, usize::MAX);
         let syn = out.first().expect("a SYN");
@@ -872,10 +818,7 @@ fn a_real_client_gets_in_during_a_spoofed_syn_flood() {
     let server: SocketAddr = "10.0.0.2:80".parse().expect("addr");
     let listener = b.register_listener(server, 128).expect("listen");
     let client_ip: std::net::IpAddr = "10.0.0.1".parse().expect("ip");
-    let tuple = Tuple {
-        local: IpEndpoint::new(client_ip.into(), 50_010),
-        remote: IpEndpoint::from(server),
-    };
+    let tuple = client_tuple(50_010);
     let idx = a.shard_for(&tuple);
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = move || {
@@ -985,17 +928,8 @@ fn a_wrong_ack_gets_an_rst_and_leaves_the_half_open_connection() {
     let b = stack("10.0.0.2", now);
     let server: SocketAddr = "10.0.0.2:80".parse().expect("addr");
     let listener = b.register_listener(server, 4).expect("listen");
-    let tuple = Tuple {
-        local: IpEndpoint::new(
-            "10.0.0.1".parse::<std::net::IpAddr>().expect("ip").into(),
-            50_020,
-        ),
-        remote: IpEndpoint::from(server),
-    };
-    let idx = a.shard_for(&tuple);
-    a.with_shard(idx, now, |s| s.connect(&a, tuple))
-        .expect("connect")
-        .expect("free");
+    let tuple = client_tuple(50_020);
+    dial(&a, tuple, now);
     let mut syn = Vec::new();
     a.drain_out(&mut syn, usize::MAX);
     let client_isn = crate::wire::tcp_segment(&syn[0]).expect("syn").seq;
@@ -1063,17 +997,8 @@ fn a_completing_connection_keeps_the_window_its_syn_ack_announced() {
     });
     let server: SocketAddr = "10.0.0.2:80".parse().expect("addr");
     let listener = b.register_listener(server, 4).expect("listen");
-    let tuple = Tuple {
-        local: IpEndpoint::new(
-            "10.0.0.1".parse::<std::net::IpAddr>().expect("ip").into(),
-            50_030,
-        ),
-        remote: IpEndpoint::from(server),
-    };
-    let idx = a.shard_for(&tuple);
-    a.with_shard(idx, now, |s| s.connect(&a, tuple))
-        .expect("connect")
-        .expect("free");
+    let tuple = client_tuple(50_030);
+    dial(&a, tuple, now);
     let mut syn = Vec::new();
     a.drain_out(&mut syn, usize::MAX);
     b.push_at(&syn, now);

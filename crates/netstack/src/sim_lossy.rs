@@ -9,11 +9,10 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use smoltcp::wire::IpEndpoint;
 
 use crate::config::NetstackConfig;
+use crate::sim::{client_tuple, dial};
 use crate::stack::Shared;
-use crate::wire::Tuple;
 
 /// One direction of the simulated path.
 #[derive(Debug, Clone, Copy)]
@@ -234,18 +233,8 @@ pub(crate) fn transfer_flows(
     let mut senders = Vec::new();
     for f in 0..flows {
         let port = 50_000 + u16::try_from(f).expect("few flows");
-        let tuple = Tuple {
-            local: IpEndpoint::new(
-                "10.0.0.1".parse::<std::net::IpAddr>().expect("ip").into(),
-                port,
-            ),
-            remote: IpEndpoint::from(server),
-        };
-        let idx = a.shard_for(&tuple);
-        let handle = a
-            .with_shard(idx, now, |s| s.connect(&a, tuple))
-            .expect("connect")
-            .expect("free tuple");
+        let tuple = client_tuple(port);
+        let (idx, handle) = dial(&a, tuple, now);
         senders.push((idx, handle, tuple));
     }
     let mut rng = Rng(seed | 1);
