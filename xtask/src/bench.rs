@@ -43,6 +43,8 @@ pub(crate) struct Options {
     pub(crate) gateway: String,
     /// Time bound of each lossy transfer.
     pub(crate) lossy_limit: Duration,
+    /// The lossy profiles to run (`--profiles a,c`); all when empty.
+    pub(crate) lossy_profiles: Vec<String>,
     /// `--demo-vs REV`: compare `wg-agent demo` of the work tree with that of REV.
     pub(crate) demo_vs: Option<String>,
     /// Demo runs per build (alternating) for `--demo-vs`.
@@ -89,6 +91,7 @@ impl Default for Options {
                 .filter(|v| !v.trim().is_empty())
                 .unwrap_or_else(|| "current".to_owned()),
             lossy_limit: Duration::from_secs(120),
+            lossy_profiles: Vec::new(),
             demo_vs: None,
             demo_runs: 3,
         }
@@ -149,6 +152,23 @@ fn parse(args: &[String]) -> Result<Options> {
             }
             "--lossy-secs" => {
                 options.lossy_limit = Duration::from_secs(number("--lossy-secs")?.clamp(5, 600));
+            }
+            "--profiles" => {
+                let value = iter
+                    .next()
+                    .context("--profiles needs names, e.g. `b` or `a,c`")?;
+                let known = lossy::names();
+                options.lossy_profiles = value.split(',').map(|n| n.trim().to_owned()).collect();
+                if let Some(bad) = options
+                    .lossy_profiles
+                    .iter()
+                    .find(|n| !known.contains(&n.as_str()))
+                {
+                    bail!(
+                        "--profiles: no lossy profile `{bad}` (there are {})",
+                        known.join(", ")
+                    );
+                }
             }
             "--demo-vs" => {
                 let rev = iter.next().context("--demo-vs needs a git revision")?;

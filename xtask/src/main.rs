@@ -57,12 +57,14 @@ tasks:
   bench [--no-criterion] [--no-e2e] [--only lossy|main] [--secs N]
         [--idle-secs N] [--large-mib N] [--idle-conns N]
         [--agent-binary PATH] [--gateway current|2022|PATH]
-        [--lossy-secs N] [--pause-secs N] [-- CRITERION_ARGS..]
+        [--lossy-secs N] [--profiles a,b,c] [--pause-secs N]
+        [-- CRITERION_ARGS..]
                    criterion benches (short settings), then as root the
                    end-to-end comparison with a kernel-TCP reference through
                    wireguard-go in namespaces (installs nginx, wrk, iperf3),
                    clean-link rows then lossy rows (impaired relay; --only
-                   picks one part and skips criterion); gateways run
+                   picks one part and skips criterion; --profiles the lossy
+                   profiles to run); gateways run
                    wireguard-go 0.0.20231211 unless --gateway says otherwise;
                    report in target/bench-report/
   bench --demo-vs REV [--runs N] [--agent-binary PATH]

@@ -144,6 +144,7 @@ pub(crate) fn run(options: &Options) -> Result<()> {
             &[&ours, &reference],
             &files,
             options.lossy_limit,
+            &options.lossy_profiles,
             &mut report,
         );
         drop(reference);

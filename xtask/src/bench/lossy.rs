@@ -77,9 +77,22 @@ pub(crate) fn profiles() -> Vec<Profile> {
     ]
 }
 
-/// Runs every profile on the two relayed sides and adds rows and notes to `report`.
-pub(crate) fn run(sides: &[&Side; 2], files: &Files, limit: Duration, report: &mut Report) {
-    for profile in profiles() {
+/// The profiles' names, in the order they run.
+pub(crate) fn names() -> Vec<&'static str> {
+    profiles().iter().map(|p| p.name).collect()
+}
+
+/// Runs the profiles named in `only` (every one when it is empty) on the two relayed sides
+/// and adds rows and notes to `report`.
+pub(crate) fn run(
+    sides: &[&Side; 2],
+    files: &Files,
+    limit: Duration,
+    only: &[String],
+    report: &mut Report,
+) {
+    let chosen = |p: &Profile| only.is_empty() || only.iter().any(|n| n == p.name);
+    for profile in profiles().into_iter().filter(chosen) {
         let started = Instant::now();
         for side in sides {
             if let Some(relay) = &side.relay {
