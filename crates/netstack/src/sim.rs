@@ -161,6 +161,42 @@ fn transfer_losing_every_17th_packet(sender: bool) -> (Duration, NetstackStats) 
     (elapsed, stats)
 }
 
+/// A burst of SYNs that arrives before any handshake completes is promised no more
+/// rings than the budget holds. Each SYN-ACK's window scale sets the smallest ring its
+/// handshake can complete with; when every SYN of the burst was promised the usual 1 MiB
+/// ring, the budget ran out after a few dozen completions, the rest were dropped, and
+/// SYNs arriving then were refused (`a_thousand_concurrent_connections_each_moving_data`
+/// failed so under load: `connect: refused` with the budget full at 338 sockets).
+#[test]
+fn a_burst_of_syns_within_the_budget_all_complete() {
+    const BURST: u16 = 64;
+    let now = Instant::now();
+    let a = stack("10.0.0.1", now);
+    // 64 connections at the usual rings (1 MiB + 512 KiB) would take 96 MiB.
+    let b = stack_with("10.0.0.2", now, |c| c.tcp_buffer_budget = 32 << 20);
+    let server: SocketAddr = "10.0.0.2:80".parse().expect("addr");
+    let listener = b.register_listener(server, 1024).expect("listen");
+    for i in 0..BURST {
+        dial(&a, client_tuple(52_000 + i), now);
+    }
+    // Every SYN reaches b before any ACK does: all SYN-ACKs are out before a handshake
+    // completes.
+    let mut sent = 0;
+    exchange(&a, &b, now, &mut sent, &|_| false);
+    let mut accepted = 0;
+    while listener.pop().is_some() {
+        accepted += 1;
+    }
+    let stats = b.counters.snapshot();
+    assert_eq!(accepted, BURST, "{stats:?}");
+    assert_eq!(
+        stats.dropped.get(crate::DropReason::LimitReached),
+        0,
+        "{stats:?}"
+    );
+    assert!(stats.tcp_ring_bytes <= 32 << 20, "{stats:?}");
+}
+
 /// A connection established for a listener whose accept queue is gone by the time the
 /// shard's `Event::Accepted` is delivered (the listener was dropped in between): the
 /// socket layer resets it, undoes the pending counts, and the sweep frees the socket.

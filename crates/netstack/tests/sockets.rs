@@ -103,8 +103,13 @@ async fn a_thousand_concurrent_connections_each_moving_data() {
     let mut clients = Vec::new();
     for i in 0..1000u32 {
         let a = p.a.clone();
+        let server_stack = p.b.clone();
         clients.push(tokio::spawn(async move {
-            let mut s = a.connect(sa(B, 80)).await.expect("connect");
+            // A refusal names the connection and what the server's stack held then.
+            let mut s = match a.connect(sa(B, 80)).await {
+                Ok(s) => s,
+                Err(e) => panic!("connect {i}: {e}; server {:?}", server_stack.stats()),
+            };
             let msg: Vec<u8> = (0..16_384u32).map(|j| (i ^ j) as u8).collect();
             let (mut rd, mut wr) = tokio::io::split(&mut s);
             let write = async {

@@ -25,7 +25,7 @@ pub(crate) struct Env {
     /// The stack-wide buffer budget (`tcp_buffer_budget`): rings and what the senders
     /// hold (see `autotune.rs`, `sender.rs`).
     pub(crate) budget: Budget,
-    /// Bytes of large rings the SYN table's entries were promised (see `synq.rs`).
+    /// Bytes of rings the SYN table's entries were promised (see `synq.rs`).
     pub(crate) syn_promised: Arc<AtomicUsize>,
     /// The senders' share of `budget` (see `NetstackConfig::tcp_buffer_budget`).
     pub(crate) sender_budget: Budget,

@@ -60,9 +60,11 @@ pub(crate) struct HalfOpen {
     /// The window field of our SYN-ACK (unscaled): the connection's receive ring must
     /// hold at least this much, or the right edge the peer was told moves back.
     pub(crate) window: u16,
-    /// Bytes of large rings (the budget's first step) our SYN-ACK promised: the window
-    /// scale announced needs them when the handshake completes (0: the usual rings).
+    /// Bytes of rings our SYN-ACK promised (counted in the budget's reckoning until the
+    /// handshake completes or the entry goes): the window scale announced needs them.
     pub(crate) promised: usize,
+    /// Whether those are the large rings of the budget's first step.
+    pub(crate) large: bool,
     /// Dropped from the table past this.
     pub(crate) deadline: Instant,
     generation: u64,
@@ -260,7 +262,7 @@ impl SynTable {
         tuple: Tuple,
         syn: Syn,
         (our_wscale, window): (u8, u16),
-        promised: usize,
+        (promised, large): (usize, bool),
         deadline: Instant,
     ) -> (HalfOpen, bool) {
         if let Some(e) = self.entries.get(&tuple)
@@ -281,6 +283,7 @@ impl SynTable {
             our_wscale,
             window,
             promised,
+            large,
             deadline,
             generation,
         };
@@ -465,7 +468,8 @@ mod tests {
                 sack: true,
             };
             let deadline = Instant::now();
-            let (mut entry, _) = table.insert(tuple, syn, (smoltcp_wscale(rx), 0), 0, deadline);
+            let (mut entry, _) =
+                table.insert(tuple, syn, (smoltcp_wscale(rx), 0), (0, false), deadline);
             entry.our_isn = isn;
             let t = smoltcp::time::Instant::from_millis(1000);
             let addrs = [IpCidr::new(tuple.local.addr, 32)];
@@ -517,15 +521,15 @@ mod tests {
         let promised = Arc::new(AtomicUsize::new(0));
         let mut t = SynTable::new(Arc::clone(&promised));
         let ms = std::time::Duration::from_millis;
-        let (a, new) = t.insert(tuple(1), syn(5), (0, 0), 100, t0 + ms(10));
+        let (a, new) = t.insert(tuple(1), syn(5), (0, 0), (100, true), t0 + ms(10));
         assert!(new);
         // A retransmitted SYN keeps the entry (and our ISN, and its promise).
-        let (again, new) = t.insert(tuple(1), syn(5), (0, 0), 100, t0 + ms(11));
+        let (again, new) = t.insert(tuple(1), syn(5), (0, 0), (100, true), t0 + ms(11));
         assert!(!new);
         assert_eq!(again, a);
         assert_eq!(promised.load(Relaxed), 100);
-        t.insert(tuple(2), syn(6), (0, 0), 20, t0 + ms(20));
-        t.insert(tuple(3), syn(7), (0, 0), 3, t0 + ms(30));
+        t.insert(tuple(2), syn(6), (0, 0), (20, true), t0 + ms(20));
+        t.insert(tuple(3), syn(7), (0, 0), (3, true), t0 + ms(30));
         assert_eq!(promised.load(Relaxed), 123);
         assert!(t.evict_oldest());
         assert!(t.get(&tuple(1)).is_none());
@@ -536,7 +540,7 @@ mod tests {
         assert_eq!(promised.load(Relaxed), 3);
         // A new SYN on the tuple (another sequence number) replaces the entry and its
         // promise; what is left goes back when the table goes.
-        t.insert(tuple(3), syn(8), (0, 0), 4000, t0 + ms(40));
+        t.insert(tuple(3), syn(8), (0, 0), (4000, true), t0 + ms(40));
         assert_eq!(promised.load(Relaxed), 4000);
         drop(t);
         assert_eq!(promised.load(Relaxed), 0);

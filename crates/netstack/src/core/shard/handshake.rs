@@ -36,18 +36,25 @@ impl Shard {
             // A bad checksum: dropped silently, as smoltcp does.
             return true;
         };
-        // The receive ring the connection will get (its size sets the window scale). The
-        // large rings of the budget's first step are promised here and counted until the
-        // handshake completes or the entry goes: a burst of SYNs must not be promised
-        // more of them than the step holds, or their handshakes could not complete.
-        // Under a flood the promises go to entries that never complete, and a real client
-        // gets the usual rings until they expire.
+        // The receive ring the connection will get (its size sets the window scale, and
+        // the scale sets the smallest ring the handshake can complete with). Rings are
+        // promised here and counted until the handshake completes or the entry goes: a
+        // burst of SYNs must not be promised more than the budget holds, or their
+        // handshakes could not complete (and later SYNs were refused while the budget
+        // filled with rings no smaller than the early ones' window scales). So a burst
+        // gets the large rings, then the usual ones, then smaller ones, as connections
+        // created one after another would. Once the promises alone fill the budget (a
+        // flood: entries that never complete), a SYN is answered by what the budget's
+        // use allows and promised nothing, so a real client still gets in while the
+        // flood's entries wait to expire.
         let used = env.budget.used();
         let promised = env.syn_promised.load(Relaxed);
-        let sizes = config
-            .ring_sizes(used.saturating_add(promised), true)
+        let reserved = used.saturating_add(promised);
+        let counted = config
+            .ring_sizes(reserved, true)
             .filter(|s| s.large)
-            .or_else(|| config.ring_sizes(used, false));
+            .or_else(|| config.ring_sizes(reserved, false));
+        let sizes = counted.or_else(|| config.ring_sizes(used, false));
         let Some(sizes) = sizes.filter(|_| listener.pending.load(Relaxed) < listener.backlog)
         else {
             c.drop(DropReason::LimitReached);
@@ -62,7 +69,10 @@ impl Shard {
             c.half_open_evicted.fetch_add(1, Relaxed);
         }
         let deadline = now + config.handshake_timeout;
-        let promise = if sizes.large { sizes.rx + sizes.tx } else { 0 };
+        let promise = match counted {
+            Some(s) => (s.rx + s.tx, s.large),
+            None => (0, false),
+        };
         let wscale = smoltcp_wscale(sizes.rx);
         let window = u16::try_from(sizes.rx).unwrap_or(u16::MAX);
         let (entry, new) = self
@@ -135,7 +145,7 @@ impl Shard {
             _ => 0,
         };
         let rx_floor = scale_floor.max(usize::from(entry.window));
-        let Ok((handle, mut rings)) = self.new_tcp(env, rx_floor, entry.promised > 0) else {
+        let Ok((handle, mut rings)) = self.new_tcp(env, rx_floor, entry.large) else {
             c.drop(DropReason::LimitReached);
             return Completion::Consumed;
         };
